@@ -1,0 +1,733 @@
+//! Pipeline files (TOML) → a typed, validated [`Pipeline`].
+//!
+//! Every error names the file and, where it can, the line and the key, so
+//! that a typo in a rule is fixed in seconds. A file may `extends` another:
+//! each section it defines replaces the base's whole section, which lets a
+//! gateway-specific pipeline reuse the default rules and change only `[input]`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::decision::Action;
+use crate::event::Format;
+use crate::event::mapping::{FieldSpec, Mapping};
+use crate::event::time::parse_duration_ms;
+use crate::features::{EntityType, FeatureConfig};
+
+/// A configuration problem, located as precisely as the file allows.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read pipeline file: {source}")]
+    Io {
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{file}: {message}")]
+    Syntax { file: PathBuf, message: String },
+    #[error("{file}:{line}: {key}: {message}")]
+    Invalid {
+        file: PathBuf,
+        line: usize,
+        key: String,
+        message: String,
+    },
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PipelineFile {
+    extends: Option<String>,
+    input: Option<Spanned<InputSection>>,
+    features: Option<Spanned<FeaturesSection>>,
+    output: Option<Spanned<OutputSection>>,
+    decisions: Option<Spanned<DecisionsSection>>,
+    allowlist: Option<Spanned<AllowlistSection>>,
+    state: Option<Spanned<StateSection>>,
+    #[serde(default)]
+    rules: Option<Vec<Spanned<RuleSection>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InputSection {
+    #[serde(default = "default_format")]
+    format: Format,
+    #[serde(default = "default_max_line")]
+    max_line_bytes: usize,
+    path: Option<PathBuf>,
+    mapping: Option<BTreeMap<String, FieldSpec>>,
+}
+
+fn default_format() -> Format {
+    Format::Auto
+}
+fn default_max_line() -> usize {
+    64 * 1024
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FeaturesSection {
+    tick: Option<Spanned<String>>,
+    lateness: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OutputSection {
+    batch_rows: Option<usize>,
+    events: Option<bool>,
+    features: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DecisionsSection {
+    max_ttl: Option<Spanned<String>>,
+    escalation: Option<f64>,
+    offense_memory: Option<Spanned<String>>,
+    shared_min_users: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StateSection {
+    dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AllowlistSection {
+    #[serde(default)]
+    cidrs: Vec<Spanned<String>>,
+    #[serde(default)]
+    api_keys: Vec<String>,
+    #[serde(default)]
+    crawlers: Vec<Spanned<CrawlerSection>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CrawlerSection {
+    name: String,
+    user_agent: String,
+    cidrs: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleSection {
+    name: String,
+    entity: Spanned<String>,
+    when: Spanned<String>,
+    action: Spanned<String>,
+    ttl: Spanned<String>,
+    reason: String,
+    #[serde(default)]
+    score: Option<f64>,
+    #[serde(default)]
+    on_shared: Option<Spanned<String>>,
+    #[serde(default)]
+    enabled: Option<bool>,
+}
+
+/// A rule as configured, before its predicate is compiled (see [`crate::detect`]).
+#[derive(Debug, Clone)]
+pub struct RuleSpec {
+    pub name: String,
+    pub entity: EntityType,
+    pub when: String,
+    pub action: Action,
+    pub ttl_ms: i64,
+    pub reason: String,
+    pub score: f64,
+    /// What the action becomes on a shared entity (see [`DecisionConfig::shared_min_users`]).
+    pub on_shared: Action,
+    /// Where the rule is written, for error messages.
+    pub file: PathBuf,
+    pub line: usize,
+}
+
+/// Where lines come from and how they are read.
+#[derive(Debug, Clone)]
+pub struct InputConfig {
+    pub format: Format,
+    pub max_line_bytes: usize,
+    pub path: Option<PathBuf>,
+    pub mapping: Option<Mapping>,
+}
+
+/// What the pipeline writes besides decisions.
+#[derive(Debug, Clone)]
+pub struct OutputConfig {
+    pub batch_rows: usize,
+    pub events: bool,
+    pub features: bool,
+}
+
+/// How rule hits become decisions.
+#[derive(Debug, Clone)]
+pub struct DecisionConfig {
+    /// Repeat offences multiply the TTL by this, up to `max_ttl_ms`.
+    pub escalation: f64,
+    pub max_ttl_ms: i64,
+    /// How long a past offence still counts towards escalation.
+    pub offense_memory_ms: i64,
+    /// An entity with at least this many distinct users in the last hour is shared
+    /// (a NAT address, a public app key): a rule's action there becomes its `on_shared`.
+    pub shared_min_users: u32,
+}
+
+/// A verified crawler: its user agent only counts from its operator's networks.
+#[derive(Debug, Clone)]
+pub struct Crawler {
+    pub name: String,
+    pub user_agent: regex::Regex,
+    pub cidrs: Vec<ipnet::IpNet>,
+}
+
+/// Entities that no automatic decision may block.
+#[derive(Debug, Clone, Default)]
+pub struct Allowlist {
+    pub cidrs: Vec<ipnet::IpNet>,
+    pub api_keys: Vec<String>,
+    pub crawlers: Vec<Crawler>,
+}
+
+/// A loaded, validated pipeline.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    pub file: PathBuf,
+    pub input: InputConfig,
+    pub features: FeatureConfig,
+    pub output: OutputConfig,
+    pub decisions: DecisionConfig,
+    pub allowlist: Allowlist,
+    pub rules: Vec<RuleSpec>,
+    pub state_dir: PathBuf,
+}
+
+struct Located<T> {
+    file: PathBuf,
+    src: String,
+    value: T,
+}
+
+fn line_of(src: &str, offset: usize) -> usize {
+    src.as_bytes()[..offset.min(src.len())]
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count()
+        + 1
+}
+
+fn invalid(
+    file: &Path,
+    src: &str,
+    span: std::ops::Range<usize>,
+    key: &str,
+    message: impl Into<String>,
+) -> ConfigError {
+    ConfigError::Invalid {
+        file: file.to_path_buf(),
+        line: line_of(src, span.start),
+        key: key.to_string(),
+        message: message.into(),
+    }
+}
+
+fn duration(file: &Path, src: &str, v: &Spanned<String>, key: &str) -> Result<i64, ConfigError> {
+    let ms = parse_duration_ms(v.get_ref()).map_err(|m| invalid(file, src, v.span(), key, m))?;
+    if ms <= 0 {
+        return Err(invalid(
+            file,
+            src,
+            v.span(),
+            key,
+            "must be longer than zero",
+        ));
+    }
+    Ok(ms)
+}
+
+/// The pipeline used when none is named: `pipelines/default.toml`, shipped in the binary
+/// too so that `gatewatch demo` runs from any directory.
+pub const DEFAULT_PIPELINE: &str = include_str!("../pipelines/default.toml");
+pub const DEFAULT_PIPELINE_PATH: &str = "pipelines/default.toml";
+
+fn read_file(path: &Path) -> Result<String, ConfigError> {
+    match std::fs::read_to_string(path) {
+        Ok(s) => Ok(s),
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound
+                && path == Path::new(DEFAULT_PIPELINE_PATH) =>
+        {
+            Ok(DEFAULT_PIPELINE.to_string())
+        }
+        Err(source) => Err(ConfigError::Io {
+            file: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+impl Pipeline {
+    /// Loads and validates a pipeline file (following `extends`).
+    pub fn load(path: &Path) -> Result<Pipeline, ConfigError> {
+        let src = read_file(path)?;
+        Self::from_source(path, &src)
+    }
+
+    /// Parses pipeline text as if read from `path` (relative `extends` resolve against it).
+    pub fn from_source(path: &Path, src: &str) -> Result<Pipeline, ConfigError> {
+        let mut chain = vec![Self::parse_file(path, src.to_string())?];
+        while let Some(base) = chain.last().and_then(|f| f.value.extends.clone()) {
+            if chain.len() > 8 {
+                return Err(ConfigError::Syntax {
+                    file: path.to_path_buf(),
+                    message: "extends: chain longer than 8 files (a cycle?)".into(),
+                });
+            }
+            let cur = &chain[chain.len() - 1].file;
+            let base_path = cur.parent().unwrap_or(Path::new(".")).join(&base);
+            let base_src = read_file(&base_path)?;
+            chain.push(Self::parse_file(&base_path, base_src)?);
+        }
+        Self::resolve(path, &chain)
+    }
+
+    fn parse_file(path: &Path, src: String) -> Result<Located<PipelineFile>, ConfigError> {
+        let value: PipelineFile = toml::from_str(&src).map_err(|e| ConfigError::Syntax {
+            file: path.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        Ok(Located {
+            file: path.to_path_buf(),
+            src,
+            value,
+        })
+    }
+
+    /// Takes each section from the first file in the chain that defines it.
+    fn resolve(path: &Path, chain: &[Located<PipelineFile>]) -> Result<Pipeline, ConfigError> {
+        macro_rules! pick {
+            ($field:ident) => {
+                chain
+                    .iter()
+                    .find_map(|f| f.value.$field.as_ref().map(|v| (f, v)))
+            };
+        }
+
+        let input = match pick!(input) {
+            None => InputConfig {
+                format: Format::Auto,
+                max_line_bytes: default_max_line(),
+                path: None,
+                mapping: None,
+            },
+            Some((f, s)) => {
+                let v = s.get_ref();
+                let mapping = v
+                    .mapping
+                    .as_ref()
+                    .map(|m| {
+                        Mapping::compile(m)
+                            .map_err(|e| invalid(&f.file, &f.src, s.span(), "input.mapping", e))
+                    })
+                    .transpose()?;
+                if v.format == Format::Mapped && mapping.is_none() {
+                    return Err(invalid(
+                        &f.file,
+                        &f.src,
+                        s.span(),
+                        "input.format",
+                        "'mapped' needs an [input.mapping] table",
+                    ));
+                }
+                if v.max_line_bytes < 256 {
+                    return Err(invalid(
+                        &f.file,
+                        &f.src,
+                        s.span(),
+                        "input.max_line_bytes",
+                        "must be at least 256",
+                    ));
+                }
+                let path = v
+                    .path
+                    .as_ref()
+                    .map(|p| f.file.parent().unwrap_or(Path::new(".")).join(p));
+                InputConfig {
+                    format: v.format,
+                    max_line_bytes: v.max_line_bytes,
+                    path,
+                    mapping,
+                }
+            }
+        };
+
+        let mut features = FeatureConfig::default();
+        if let Some((f, s)) = pick!(features) {
+            let v = s.get_ref();
+            if let Some(t) = &v.tick {
+                features.tick_ms = duration(&f.file, &f.src, t, "features.tick")?;
+            }
+            if let Some(l) = &v.lateness {
+                features.lateness_ms = parse_duration_ms(l.get_ref())
+                    .map_err(|m| invalid(&f.file, &f.src, l.span(), "features.lateness", m))?;
+            }
+            features.idle_ms = 3_600_000 + features.lateness_ms + 600_000;
+        }
+
+        let mut output = OutputConfig {
+            batch_rows: 8192,
+            events: true,
+            features: true,
+        };
+        if let Some((f, s)) = pick!(output) {
+            let v = s.get_ref();
+            if let Some(n) = v.batch_rows {
+                if !(1..=1_000_000).contains(&n) {
+                    return Err(invalid(
+                        &f.file,
+                        &f.src,
+                        s.span(),
+                        "output.batch_rows",
+                        "must be between 1 and 1000000",
+                    ));
+                }
+                output.batch_rows = n;
+            }
+            output.events = v.events.unwrap_or(true);
+            output.features = v.features.unwrap_or(true);
+        }
+
+        let mut decisions = DecisionConfig {
+            escalation: 2.0,
+            max_ttl_ms: 86_400_000,
+            offense_memory_ms: 86_400_000,
+            shared_min_users: 30,
+        };
+        if let Some((f, s)) = pick!(decisions) {
+            let v = s.get_ref();
+            if let Some(t) = &v.max_ttl {
+                decisions.max_ttl_ms = duration(&f.file, &f.src, t, "decisions.max_ttl")?;
+            }
+            if let Some(t) = &v.offense_memory {
+                decisions.offense_memory_ms =
+                    duration(&f.file, &f.src, t, "decisions.offense_memory")?;
+            }
+            if let Some(e) = v.escalation {
+                if !(1.0..=10.0).contains(&e) {
+                    return Err(invalid(
+                        &f.file,
+                        &f.src,
+                        s.span(),
+                        "decisions.escalation",
+                        "must be between 1.0 and 10.0",
+                    ));
+                }
+                decisions.escalation = e;
+            }
+            if let Some(u) = v.shared_min_users {
+                decisions.shared_min_users = u.max(2);
+            }
+        }
+
+        let mut allowlist = Allowlist::default();
+        if let Some((f, s)) = pick!(allowlist) {
+            let v = s.get_ref();
+            for c in &v.cidrs {
+                allowlist.cidrs.push(
+                    parse_net(c.get_ref())
+                        .map_err(|m| invalid(&f.file, &f.src, c.span(), "allowlist.cidrs", m))?,
+                );
+            }
+            allowlist.api_keys = v.api_keys.clone();
+            for cr in &v.crawlers {
+                let c = cr.get_ref();
+                let key = format!("allowlist.crawlers '{}'", c.name);
+                let user_agent = regex::Regex::new(&c.user_agent).map_err(|e| {
+                    invalid(
+                        &f.file,
+                        &f.src,
+                        cr.span(),
+                        &key,
+                        format!("user_agent is not a valid regex: {e}"),
+                    )
+                })?;
+                let cidrs = c
+                    .cidrs
+                    .iter()
+                    .map(|n| parse_net(n))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|m| invalid(&f.file, &f.src, cr.span(), &key, m))?;
+                if cidrs.is_empty() {
+                    return Err(invalid(
+                        &f.file,
+                        &f.src,
+                        cr.span(),
+                        &key,
+                        "a crawler needs the networks it is verified from",
+                    ));
+                }
+                allowlist.crawlers.push(Crawler {
+                    name: c.name.clone(),
+                    user_agent,
+                    cidrs,
+                });
+            }
+        }
+
+        let state_dir = match pick!(state) {
+            Some((f, s)) => match &s.get_ref().dir {
+                Some(d) => f.file.parent().unwrap_or(Path::new(".")).join(d),
+                None => PathBuf::from("gatewatch-state"),
+            },
+            None => PathBuf::from("gatewatch-state"),
+        };
+
+        let mut rules = Vec::new();
+        if let Some(f) = chain.iter().find(|f| f.value.rules.is_some()) {
+            let mut names = std::collections::HashSet::new();
+            for r in f.value.rules.iter().flatten() {
+                let span = r.span();
+                let v = r.get_ref();
+                if v.enabled == Some(false) {
+                    continue;
+                }
+                let key = format!("rule '{}'", v.name);
+                let bad =
+                    |sp: std::ops::Range<usize>, m: String| invalid(&f.file, &f.src, sp, &key, m);
+                if v.name.is_empty()
+                    || !v
+                        .name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                {
+                    return Err(bad(
+                        span,
+                        "name must be non-empty letters, digits, '-' or '_'".into(),
+                    ));
+                }
+                if !names.insert(v.name.clone()) {
+                    return Err(bad(span, "a rule with this name is already defined".into()));
+                }
+                let entity = EntityType::parse(v.entity.get_ref()).ok_or_else(|| {
+                    bad(
+                        v.entity.span(),
+                        format!(
+                            "entity '{}' is not one of ip, cidr, user, api_key, device, session",
+                            v.entity.get_ref()
+                        ),
+                    )
+                })?;
+                let action = Action::parse(v.action.get_ref())
+                    .filter(|a| *a != Action::Allow)
+                    .ok_or_else(|| {
+                        bad(
+                            v.action.span(),
+                            format!(
+                                "action '{}' is not one of deny, challenge, throttle",
+                                v.action.get_ref()
+                            ),
+                        )
+                    })?;
+                let on_shared = match &v.on_shared {
+                    None => Action::Challenge.min(action),
+                    Some(s) => Action::parse(s.get_ref()).ok_or_else(|| {
+                        bad(
+                            s.span(),
+                            format!(
+                                "on_shared '{}' is not one of deny, challenge, throttle, allow",
+                                s.get_ref()
+                            ),
+                        )
+                    })?,
+                };
+                let ttl_ms = duration(&f.file, &f.src, &v.ttl, &format!("{key} ttl"))?;
+                let score = v.score.unwrap_or(1.0);
+                if !(0.0..=1.0).contains(&score) {
+                    return Err(bad(span, "score must be between 0 and 1".into()));
+                }
+                if v.when.get_ref().trim().is_empty() {
+                    return Err(bad(v.when.span(), "when: empty predicate".into()));
+                }
+                rules.push(RuleSpec {
+                    name: v.name.clone(),
+                    entity,
+                    when: v.when.get_ref().clone(),
+                    action,
+                    ttl_ms,
+                    reason: v.reason.clone(),
+                    score,
+                    on_shared,
+                    file: f.file.clone(),
+                    line: line_of(&f.src, v.when.span().start),
+                });
+            }
+        }
+
+        Ok(Pipeline {
+            file: path.to_path_buf(),
+            input,
+            features,
+            output,
+            decisions,
+            allowlist,
+            rules,
+            state_dir,
+        })
+    }
+}
+
+fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map(|n| n.trunc())
+        .map_err(|_| format!("'{s}' is not a CIDR (e.g. 203.0.113.0/24) or an address"))
+}
+
+impl Allowlist {
+    /// Whether requests from `ip` with this user agent may never be blocked automatically.
+    pub fn allows_request(
+        &self,
+        ip: std::net::IpAddr,
+        user_agent: Option<&str>,
+        api_key: Option<&str>,
+    ) -> bool {
+        if self.cidrs.iter().any(|n| n.contains(&ip)) {
+            return true;
+        }
+        if let Some(k) = api_key {
+            if self.api_keys.iter().any(|a| a == k) {
+                return true;
+            }
+        }
+        if let Some(ua) = user_agent {
+            return self
+                .crawlers
+                .iter()
+                .any(|c| c.cidrs.iter().any(|n| n.contains(&ip)) && c.user_agent.is_match(ua));
+        }
+        false
+    }
+
+    /// Whether an automatic decision on this entity must be suppressed. An address or
+    /// subnet inside a verified crawler's networks is protected: those networks are
+    /// the crawler operator's own.
+    pub fn protects_entity(&self, t: EntityType, entity: &str) -> bool {
+        match t {
+            EntityType::Ip => match entity.parse::<std::net::IpAddr>() {
+                Ok(ip) => {
+                    self.cidrs.iter().any(|n| n.contains(&ip))
+                        || self
+                            .crawlers
+                            .iter()
+                            .any(|c| c.cidrs.iter().any(|n| n.contains(&ip)))
+                }
+                Err(_) => false,
+            },
+            EntityType::Cidr => match entity.parse::<ipnet::IpNet>() {
+                Ok(net) => {
+                    let overlaps =
+                        |n: &ipnet::IpNet| n.contains(&net.network()) || net.contains(&n.network());
+                    self.cidrs.iter().any(overlaps)
+                        || self.crawlers.iter().any(|c| c.cidrs.iter().any(overlaps))
+                }
+                Err(_) => false,
+            },
+            EntityType::ApiKey => self.api_keys.iter().any(|k| k == entity),
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(src: &str) -> Result<Pipeline, ConfigError> {
+        Pipeline::from_source(Path::new("test.toml"), src)
+    }
+
+    const RULE: &str = r#"
+[[rules]]
+name = "r1"
+entity = "ip"
+when = "requests_1m > 10"
+action = "deny"
+ttl = "10m"
+reason = "too fast"
+"#;
+
+    #[test]
+    fn minimal_rule() {
+        let p = load(RULE).unwrap();
+        assert_eq!(p.rules.len(), 1);
+        assert_eq!(p.rules[0].ttl_ms, 600_000);
+        assert_eq!(p.rules[0].line, 5);
+        assert_eq!(p.rules[0].on_shared, Action::Challenge);
+    }
+
+    #[test]
+    fn errors_name_file_line_and_key() {
+        let e = load(&RULE.replace("\"ip\"", "\"planet\""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("test.toml:4: rule 'r1': entity 'planet'"),
+            "{e}"
+        );
+        let e = load(&RULE.replace("\"10m\"", "\"ten minutes\""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("test.toml:7: rule 'r1' ttl:"), "{e}");
+        let e = load(&RULE.replace("reason", "raison"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("test.toml") && e.contains("line") && e.contains("raison"),
+            "{e}"
+        );
+        let e = load("[allowlist]\ncidrs = [\"10.0.0.0/33\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("test.toml:2: allowlist.cidrs"), "{e}");
+    }
+
+    #[test]
+    fn allowlist_semantics() {
+        let p = load(
+            r#"
+[allowlist]
+cidrs = ["192.0.2.0/24"]
+api_keys = ["partner"]
+[[allowlist.crawlers]]
+name = "googlebot"
+user_agent = "Googlebot/"
+cidrs = ["66.249.64.0/19"]
+"#,
+        )
+        .unwrap();
+        let a = &p.allowlist;
+        assert!(a.allows_request("192.0.2.7".parse().unwrap(), None, None));
+        assert!(a.allows_request(
+            "66.249.66.1".parse().unwrap(),
+            Some("Mozilla/5.0 (compatible; Googlebot/2.1)"),
+            None
+        ));
+        assert!(!a.allows_request(
+            "203.0.113.5".parse().unwrap(),
+            Some("Mozilla/5.0 (compatible; Googlebot/2.1)"),
+            None
+        ));
+        assert!(a.protects_entity(EntityType::Cidr, "66.249.66.0/24"));
+        assert!(a.protects_entity(EntityType::ApiKey, "partner"));
+        assert!(!a.protects_entity(EntityType::Ip, "203.0.113.5"));
+    }
+}

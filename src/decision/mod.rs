@@ -1,0 +1,245 @@
+//! The decision store: one verdict per (entity type, entity), with expiry,
+//! precedence and escalation for repeat offenders.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::DecisionConfig;
+use crate::features::EntityType;
+
+/// What a gateway should do with a request. Ordered by strength.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Allow,
+    Throttle,
+    Challenge,
+    Deny,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Allow => "allow",
+            Action::Throttle => "throttle",
+            Action::Challenge => "challenge",
+            Action::Deny => "deny",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Action> {
+        [
+            Action::Allow,
+            Action::Throttle,
+            Action::Challenge,
+            Action::Deny,
+        ]
+        .into_iter()
+        .find(|a| a.as_str() == s)
+    }
+}
+
+/// One decision, as written to `decisions.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    /// RFC 3339 event time when decided.
+    pub ts: String,
+    pub entity_type: EntityType,
+    pub entity: String,
+    pub action: Action,
+    pub ttl_s: u64,
+    pub reason: String,
+    /// `rule:NAME` (later `model:NAME@VERSION`, `manual:WHO`).
+    pub source: String,
+    pub score: f64,
+    /// Sequential id within one run.
+    pub id: u64,
+    /// RFC 3339 expiry, `ts + ttl_s`.
+    pub expires_at: String,
+    /// How many times this entity has been decided against within the offence memory.
+    pub offense: u32,
+}
+
+/// A proposal from a rule (or later a model) to act on an entity.
+#[derive(Debug, Clone)]
+pub struct Proposal<'a> {
+    pub now_ms: i64,
+    pub entity_type: EntityType,
+    pub entity: &'a str,
+    pub action: Action,
+    pub ttl_ms: i64,
+    pub reason: String,
+    pub source: String,
+    pub score: f64,
+}
+
+#[derive(Debug, Clone)]
+struct Active {
+    action: Action,
+    created_ms: i64,
+    expires_ms: i64,
+}
+
+/// In-memory decision state for one pipeline run.
+#[derive(Debug)]
+pub struct DecisionStore {
+    cfg: DecisionConfig,
+    active: HashMap<(EntityType, String), Active>,
+    offenses: HashMap<(EntityType, String), (u32, i64)>,
+    next_id: u64,
+    last_gc: i64,
+}
+
+impl DecisionStore {
+    pub fn new(cfg: DecisionConfig) -> Self {
+        DecisionStore {
+            cfg,
+            active: HashMap::new(),
+            offenses: HashMap::new(),
+            next_id: 1,
+            last_gc: i64::MIN,
+        }
+    }
+
+    /// Decisions in force at `now_ms`.
+    pub fn active_count(&self, now_ms: i64) -> usize {
+        self.active
+            .values()
+            .filter(|a| a.expires_ms > now_ms)
+            .count()
+    }
+
+    /// Turns a proposal into a new decision, or `None` when an equal or stronger one
+    /// is already in force and not yet past half its lifetime (renewing a live
+    /// decision on every tick would only flood the change stream).
+    pub fn propose(&mut self, p: Proposal<'_>) -> Option<Decision> {
+        self.gc(p.now_ms);
+        let key = (p.entity_type, p.entity.to_string());
+        if let Some(a) = self.active.get(&key) {
+            if a.expires_ms > p.now_ms && a.action >= p.action {
+                let half = a.created_ms + (a.expires_ms - a.created_ms) / 2;
+                if p.now_ms < half {
+                    return None;
+                }
+                // Still offending late in its life: renew without escalating.
+                return Some(self.record(key, &p, p.ttl_ms.max(a.expires_ms - a.created_ms), None));
+            }
+        }
+        let memory = self.cfg.offense_memory_ms;
+        let entry = self.offenses.entry(key.clone()).or_insert((0, p.now_ms));
+        if p.now_ms - entry.1 > memory {
+            entry.0 = 0;
+        }
+        entry.0 += 1;
+        entry.1 = p.now_ms;
+        let n = entry.0;
+        let factor = self.cfg.escalation.powi(n.saturating_sub(1).min(30) as i32);
+        let ttl = ((p.ttl_ms as f64 * factor) as i64).min(self.cfg.max_ttl_ms.max(p.ttl_ms));
+        Some(self.record(key, &p, ttl, Some(n)))
+    }
+
+    fn record(
+        &mut self,
+        key: (EntityType, String),
+        p: &Proposal<'_>,
+        ttl_ms: i64,
+        offense: Option<u32>,
+    ) -> Decision {
+        let ttl_ms = (ttl_ms / 1000).max(1) * 1000;
+        let offense = offense.unwrap_or_else(|| self.offenses.get(&key).map(|o| o.0).unwrap_or(1));
+        self.active.insert(
+            key,
+            Active {
+                action: p.action,
+                created_ms: p.now_ms,
+                expires_ms: p.now_ms + ttl_ms,
+            },
+        );
+        let id = self.next_id;
+        self.next_id += 1;
+        Decision {
+            ts: crate::event::time::format_rfc3339(p.now_ms),
+            entity_type: p.entity_type,
+            entity: p.entity.to_string(),
+            action: p.action,
+            ttl_s: (ttl_ms / 1000) as u64,
+            reason: p.reason.clone(),
+            source: p.source.clone(),
+            score: p.score,
+            id,
+            expires_at: crate::event::time::format_rfc3339(p.now_ms + ttl_ms),
+            offense,
+        }
+    }
+
+    /// Drops expired decisions and forgotten offences, at most once a minute of event time.
+    fn gc(&mut self, now: i64) {
+        if now < self.last_gc.saturating_add(60_000) {
+            return;
+        }
+        self.last_gc = now;
+        self.active.retain(|_, a| a.expires_ms > now);
+        let memory = self.cfg.offense_memory_ms;
+        self.offenses.retain(|_, o| now - o.1 <= memory);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> DecisionStore {
+        DecisionStore::new(DecisionConfig {
+            escalation: 2.0,
+            max_ttl_ms: 4 * 3_600_000,
+            offense_memory_ms: 86_400_000,
+            shared_min_users: 30,
+        })
+    }
+
+    fn prop(now: i64, action: Action) -> Proposal<'static> {
+        Proposal {
+            now_ms: now,
+            entity_type: EntityType::Ip,
+            entity: "1.2.3.4",
+            action,
+            ttl_ms: 3_600_000,
+            reason: "r".into(),
+            source: "rule:x".into(),
+            score: 1.0,
+        }
+    }
+
+    #[test]
+    fn dedup_renew_and_escalate() {
+        let mut s = store();
+        let d1 = s.propose(prop(0, Action::Deny)).unwrap();
+        assert_eq!(d1.ttl_s, 3600);
+        assert!(
+            s.propose(prop(60_000, Action::Deny)).is_none(),
+            "live decision not repeated"
+        );
+        assert!(
+            s.propose(prop(60_000, Action::Challenge)).is_none(),
+            "weaker action suppressed"
+        );
+        let renew = s.propose(prop(2_000_000, Action::Deny)).unwrap();
+        assert_eq!(renew.offense, 1, "renewal is not a new offence");
+        // After expiry, the next offence doubles the TTL; the cap holds.
+        let d2 = s.propose(prop(10_000_000, Action::Deny)).unwrap();
+        assert_eq!((d2.offense, d2.ttl_s), (2, 7200));
+        let d3 = s.propose(prop(20_000_000, Action::Deny)).unwrap();
+        assert_eq!((d3.offense, d3.ttl_s), (3, 14_400));
+        let d4 = s.propose(prop(40_000_000, Action::Deny)).unwrap();
+        assert_eq!(d4.ttl_s, 14_400);
+    }
+
+    #[test]
+    fn stronger_action_replaces() {
+        let mut s = store();
+        s.propose(prop(0, Action::Throttle)).unwrap();
+        let d = s.propose(prop(1_000, Action::Deny)).unwrap();
+        assert_eq!(d.action, Action::Deny);
+    }
+}

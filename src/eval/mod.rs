@@ -1,0 +1,425 @@
+//! Measures decisions against labelled traffic by playing the gateway: every
+//! labelled request is checked, at its own time, against the decisions then in
+//! force for each entity it names, exactly as a gateway would look them up.
+//!
+//! Challenges count as blocked for everyone: a script cannot pass one, and a
+//! person who must is collateral all the same. Throttles let a request through
+//! while the throttled entity stays under `throttle_rps`. A denied session is
+//! revoked: its owner is sent to sign in again and continues under a new
+//! session, so for benign traffic only the first request a session decision
+//! blocks counts (as `reauthentications`), while an attacker holding a stolen
+//! session stays locked out.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt::Write as _;
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::config::Allowlist;
+use crate::decision::{Action, Decision};
+use crate::event::time::parse_rfc3339;
+use crate::features::{EntityType, subnet_of};
+use crate::simulate::Label;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}: {message}")]
+    Bad {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+}
+
+/// How the simulated gateway enforces.
+#[derive(Debug, Clone)]
+pub struct EvalConfig {
+    /// Requests per second a throttled entity may still make.
+    pub throttle_rps: f64,
+    /// Attack requests in a scenario's first minutes are reported but not judged.
+    pub grace_ms: i64,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        EvalConfig {
+            throttle_rps: 1.0,
+            grace_ms: 600_000,
+        }
+    }
+}
+
+/// Results for one scenario.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ScenarioReport {
+    pub scenario: String,
+    pub attack: bool,
+    pub requests: u64,
+    pub blocked: u64,
+    pub requests_after_grace: u64,
+    pub blocked_after_grace: u64,
+    pub ips: usize,
+    pub ips_caught: usize,
+    /// Seconds from the scenario's first request to its first blocked one.
+    pub time_to_detect_s: Option<f64>,
+    pub blocked_by_action: BTreeMap<String, u64>,
+}
+
+impl ScenarioReport {
+    pub fn blocked_share(&self) -> f64 {
+        ratio(self.blocked, self.requests)
+    }
+    pub fn blocked_share_after_grace(&self) -> f64 {
+        ratio(self.blocked_after_grace, self.requests_after_grace)
+    }
+}
+
+fn ratio(a: u64, b: u64) -> f64 {
+    if b == 0 { 0.0 } else { a as f64 / b as f64 }
+}
+
+/// A decision that blocked benign requests.
+#[derive(Debug, Clone, Serialize)]
+pub struct Collateral {
+    pub decision_id: u64,
+    pub entity_type: String,
+    pub entity: String,
+    pub action: String,
+    pub source: String,
+    pub reason: String,
+    pub benign_blocked: u64,
+}
+
+/// The whole evaluation.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    pub scenarios: Vec<ScenarioReport>,
+    pub benign_requests: u64,
+    pub benign_blocked: u64,
+    pub attack_requests: u64,
+    pub attack_blocked: u64,
+    pub decisions: usize,
+    /// Benign sessions revoked by a decision whose owners had to sign in again.
+    pub reauthentications: u64,
+    pub top_collateral: Vec<Collateral>,
+    /// Entities that carry an automatic deny at any time, by type.
+    pub denied_entities: BTreeMap<String, Vec<String>>,
+}
+
+impl Report {
+    pub fn benign_blocked_share(&self) -> f64 {
+        ratio(self.benign_blocked, self.benign_requests)
+    }
+
+    pub fn scenario(&self, name: &str) -> Option<&ScenarioReport> {
+        self.scenarios.iter().find(|s| s.scenario == name)
+    }
+
+    /// Whether any decision of `action` or stronger targets this entity.
+    pub fn was_denied(&self, t: EntityType, entity: &str) -> bool {
+        self.denied_entities
+            .get(t.as_str())
+            .is_some_and(|v| v.iter().any(|e| e == entity))
+    }
+
+    /// A table for people.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "{:<22} {:>9} {:>9} {:>12} {:>10} {:>9}  blocked by",
+            "scenario", "requests", "blocked", "after 10 min", "ips caught", "detect"
+        );
+        for r in &self.scenarios {
+            let detect = match r.time_to_detect_s {
+                Some(t) if r.attack => format!("{:.0}s", t),
+                _ => "-".into(),
+            };
+            let by: Vec<String> = r
+                .blocked_by_action
+                .iter()
+                .map(|(a, n)| format!("{a} {n}"))
+                .collect();
+            let _ = writeln!(
+                s,
+                "{:<22} {:>9} {:>8.2}% {:>11.2}% {:>10} {:>9}  {}",
+                format!("{}{}", if r.attack { "⚠ " } else { "" }, r.scenario),
+                r.requests,
+                100.0 * r.blocked_share(),
+                100.0 * r.blocked_share_after_grace(),
+                format!("{}/{}", r.ips_caught, r.ips),
+                detect,
+                by.join(", ")
+            );
+        }
+        let _ = writeln!(
+            s,
+            "\nattack requests blocked: {}/{} ({:.2}%)   benign requests blocked: {}/{} ({:.4}%)   decisions: {}   benign sessions revoked: {}",
+            self.attack_blocked,
+            self.attack_requests,
+            100.0 * ratio(self.attack_blocked, self.attack_requests),
+            self.benign_blocked,
+            self.benign_requests,
+            100.0 * self.benign_blocked_share(),
+            self.decisions,
+            self.reauthentications
+        );
+        if self.top_collateral.is_empty() {
+            let _ = writeln!(s, "no decision blocked a benign request");
+        } else {
+            let _ = writeln!(s, "decisions with the most collateral:");
+            for c in &self.top_collateral {
+                let _ = writeln!(
+                    s,
+                    "  {:>6} benign blocked by #{} {} {}={} ({}): {}",
+                    c.benign_blocked,
+                    c.decision_id,
+                    c.action,
+                    c.entity_type,
+                    c.entity,
+                    c.source,
+                    c.reason
+                );
+            }
+        }
+        s
+    }
+}
+
+struct Active {
+    start: i64,
+    end: i64,
+    action: Action,
+    idx: usize,
+}
+
+/// Reads `decisions.jsonl`.
+pub fn read_decisions(path: &Path) -> Result<Vec<Decision>, EvalError> {
+    let f = std::fs::File::open(path).map_err(|source| EvalError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut out = Vec::new();
+    for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
+        let line = line.map_err(|source| EvalError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let d: Decision = serde_json::from_str(&line).map_err(|e| EvalError::Bad {
+            path: path.to_path_buf(),
+            line: i + 1,
+            message: e.to_string(),
+        })?;
+        out.push(d);
+    }
+    Ok(out)
+}
+
+/// Plays the labelled requests against the decisions.
+pub fn evaluate(
+    labels: &Path,
+    decisions: &[Decision],
+    allowlist: &Allowlist,
+    cfg: &EvalConfig,
+) -> Result<Report, EvalError> {
+    let mut index: HashMap<(EntityType, &str), Vec<Active>> = HashMap::new();
+    let mut report = Report {
+        decisions: decisions.len(),
+        ..Default::default()
+    };
+    for (idx, d) in decisions.iter().enumerate() {
+        let start = parse_rfc3339(&d.ts).map_err(|e| EvalError::Bad {
+            path: PathBuf::from("decisions"),
+            line: idx + 1,
+            message: e.to_string(),
+        })?;
+        index
+            .entry((d.entity_type, d.entity.as_str()))
+            .or_default()
+            .push(Active {
+                start,
+                end: start + d.ttl_s as i64 * 1000,
+                action: d.action,
+                idx,
+            });
+        if d.action == Action::Deny {
+            let v = report
+                .denied_entities
+                .entry(d.entity_type.as_str().to_string())
+                .or_default();
+            if !v.contains(&d.entity) {
+                v.push(d.entity.clone());
+            }
+        }
+    }
+    let f = std::fs::File::open(labels).map_err(|source| EvalError::Io {
+        path: labels.to_path_buf(),
+        source,
+    })?;
+    let mut per: BTreeMap<String, (ScenarioReport, i64, HashSet<String>, HashSet<String>)> =
+        BTreeMap::new();
+    let mut collateral: HashMap<usize, u64> = HashMap::new();
+    // Throttle buckets: (decision index) → (tokens, last ts).
+    let mut buckets: HashMap<usize, (f64, i64)> = HashMap::new();
+    // Benign sessions already sent to sign in again, per (decision, session).
+    let mut reauthenticated: HashSet<(usize, String)> = HashSet::new();
+    for (i, line) in std::io::BufReader::with_capacity(1 << 20, f)
+        .lines()
+        .enumerate()
+    {
+        let line = line.map_err(|source| EvalError::Io {
+            path: labels.to_path_buf(),
+            source,
+        })?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let l: Label = serde_json::from_str(&line).map_err(|e| EvalError::Bad {
+            path: labels.to_path_buf(),
+            line: i + 1,
+            message: e.to_string(),
+        })?;
+        let ip: Option<std::net::IpAddr> = l.ip.parse().ok();
+        let allowed = ip
+            .is_some_and(|ip| allowlist.allows_request(ip, l.ua.as_deref(), l.api_key.as_deref()));
+        let mut verdict: Option<(Action, usize)> = None;
+        if !allowed {
+            let subnet = ip.map(subnet_of);
+            let keys = [
+                (EntityType::Ip, Some(l.ip.as_str())),
+                (EntityType::Cidr, subnet.as_deref()),
+                (EntityType::User, l.user.as_deref()),
+                (EntityType::ApiKey, l.api_key.as_deref()),
+                (EntityType::Device, l.device.as_deref()),
+                (EntityType::Session, l.session.as_deref()),
+            ];
+            for (t, v) in keys {
+                let Some(v) = v else { continue };
+                if let Some(list) = index.get(&(t, v)) {
+                    for a in list {
+                        if a.start <= l.ts
+                            && l.ts < a.end
+                            && verdict.is_none_or(|(act, _)| a.action > act)
+                        {
+                            verdict = Some((a.action, a.idx));
+                        }
+                    }
+                }
+            }
+        }
+        let blocked = match verdict {
+            None | Some((Action::Allow, _)) => false,
+            Some((Action::Throttle, idx)) => {
+                let b = buckets
+                    .entry(idx)
+                    .or_insert((cfg.throttle_rps.max(1.0), l.ts));
+                b.0 = (b.0 + (l.ts - b.1).max(0) as f64 / 1000.0 * cfg.throttle_rps)
+                    .min(cfg.throttle_rps.max(1.0));
+                b.1 = l.ts;
+                if b.0 >= 1.0 {
+                    b.0 -= 1.0;
+                    false
+                } else {
+                    true
+                }
+            }
+            Some((_, idx)) if !l.attack && decisions[idx].entity_type == EntityType::Session => {
+                let session = l.session.clone().unwrap_or_default();
+                if reauthenticated.insert((idx, session)) {
+                    report.reauthentications += 1;
+                    true
+                } else {
+                    false
+                }
+            }
+            Some(_) => true,
+        };
+        let entry = per.entry(l.scenario.clone()).or_insert_with(|| {
+            (
+                ScenarioReport {
+                    scenario: l.scenario.clone(),
+                    attack: l.attack,
+                    ..Default::default()
+                },
+                l.ts,
+                HashSet::new(),
+                HashSet::new(),
+            )
+        });
+        let (r, first, ips, caught) = entry;
+        r.requests += 1;
+        let after = l.ts >= *first + cfg.grace_ms;
+        if after {
+            r.requests_after_grace += 1;
+        }
+        ips.insert(l.ip.clone());
+        if l.attack {
+            report.attack_requests += 1;
+        } else {
+            report.benign_requests += 1;
+        }
+        if blocked {
+            r.blocked += 1;
+            if after {
+                r.blocked_after_grace += 1;
+            }
+            if r.time_to_detect_s.is_none() {
+                r.time_to_detect_s = Some((l.ts - *first) as f64 / 1000.0);
+            }
+            caught.insert(l.ip.clone());
+            if let Some((a, idx)) = verdict {
+                *r.blocked_by_action
+                    .entry(a.as_str().to_string())
+                    .or_default() += 1;
+                if !l.attack {
+                    *collateral.entry(idx).or_default() += 1;
+                }
+            }
+            if l.attack {
+                report.attack_blocked += 1;
+            } else {
+                report.benign_blocked += 1;
+            }
+        }
+    }
+    let mut scen: Vec<ScenarioReport> = per
+        .into_values()
+        .map(|(mut r, _, ips, caught)| {
+            r.ips = ips.len();
+            r.ips_caught = caught.len();
+            r
+        })
+        .collect();
+    scen.sort_by(|a, b| b.attack.cmp(&a.attack).then(a.scenario.cmp(&b.scenario)));
+    report.scenarios = scen;
+    let mut coll: Vec<(usize, u64)> = collateral.into_iter().collect();
+    coll.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    report.top_collateral = coll
+        .into_iter()
+        .take(5)
+        .map(|(idx, n)| {
+            let d = &decisions[idx];
+            Collateral {
+                decision_id: d.id,
+                entity_type: d.entity_type.as_str().into(),
+                entity: d.entity.clone(),
+                action: d.action.as_str().into(),
+                source: d.source.clone(),
+                reason: d.reason.clone(),
+                benign_blocked: n,
+            }
+        })
+        .collect();
+    Ok(report)
+}

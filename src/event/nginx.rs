@@ -1,0 +1,365 @@
+//! nginx `combined`, optionally followed by `key=value` / `key="quoted"` extras
+//! (`access-log-schema.md` §2).
+//!
+//! A small hand-written scanner: the layout is fixed, and a generic regex would
+//! cost more than the rest of the pipeline per line.
+
+use std::borrow::Cow;
+
+use super::time::{parse_nginx_time, truncate_for_error};
+use super::{
+    Attestation, AuthResult, EventRef, GrantType, ParseError, Signature, canonical_ip,
+    normalize_country, validate_required,
+};
+
+struct Cursor<'a> {
+    s: &'a str,
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn rest(&self) -> &'a str {
+        &self.s[self.pos..]
+    }
+
+    fn expect(&mut self, lit: &str, what: &str) -> Result<(), ParseError> {
+        if self.rest().starts_with(lit) {
+            self.pos += lit.len();
+            Ok(())
+        } else {
+            Err(ParseError(format!(
+                "nginx: expected {what} at byte {}",
+                self.pos
+            )))
+        }
+    }
+
+    /// A token up to the next space (or end).
+    fn token(&mut self, what: &str) -> Result<&'a str, ParseError> {
+        let rest = self.rest();
+        let end = memchr::memchr(b' ', rest.as_bytes()).unwrap_or(rest.len());
+        if end == 0 {
+            return Err(ParseError(format!(
+                "nginx: missing {what} at byte {}",
+                self.pos
+            )));
+        }
+        self.pos += end;
+        Ok(&rest[..end])
+    }
+
+    /// A `"…"` string; nginx escapes `"` as `\x22`, but `\"` is accepted too.
+    fn quoted(&mut self, what: &str) -> Result<Cow<'a, str>, ParseError> {
+        self.expect("\"", &format!("opening quote of {what}"))?;
+        let rest = self.rest();
+        let b = rest.as_bytes();
+        let mut i = 0;
+        let mut escaped = false;
+        while i < b.len() {
+            match b[i] {
+                b'\\' => {
+                    escaped = true;
+                    i += 2;
+                    continue;
+                }
+                b'"' => {
+                    self.pos += i + 1;
+                    let raw = &rest[..i.min(rest.len())];
+                    return Ok(if escaped {
+                        Cow::Owned(unescape(raw))
+                    } else {
+                        Cow::Borrowed(raw)
+                    });
+                }
+                _ => i += 1,
+            }
+        }
+        Err(ParseError(format!(
+            "nginx: unterminated quoted {what} (truncated line?)"
+        )))
+    }
+}
+
+/// Undoes nginx's `\xHH` and backslash escapes.
+fn unescape(s: &str) -> String {
+    let mut out: Vec<u8> = Vec::with_capacity(s.len());
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 1 < b.len() {
+            if b[i + 1] == b'x' && i + 3 < b.len() {
+                if let Ok(v) = u8::from_str_radix(&s[i + 2..i + 4], 16) {
+                    out.push(v);
+                    i += 4;
+                    continue;
+                }
+            }
+            out.push(b[i + 1]);
+            i += 2;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn dash(v: Cow<'_, str>) -> Option<Cow<'_, str>> {
+    if v.is_empty() || v == "-" {
+        None
+    } else {
+        Some(v)
+    }
+}
+
+fn num<T: std::str::FromStr>(field: &str, v: &str) -> Result<T, ParseError> {
+    v.parse().map_err(|_| {
+        ParseError(format!(
+            "{field}: '{}' is not a valid number",
+            truncate_for_error(v)
+        ))
+    })
+}
+
+/// Parses one nginx line.
+pub fn parse(line: &str) -> Result<EventRef<'_>, ParseError> {
+    let mut c = Cursor { s: line, pos: 0 };
+    let ip = c.token("$remote_addr")?;
+    c.expect(" ", "space after $remote_addr")?;
+    let _ident = c.token("ident ('-')")?;
+    c.expect(" ", "space after ident")?;
+    let remote_user = c.token("$remote_user")?;
+    c.expect(" [", "'[' opening $time_local")?;
+    let rest = c.rest();
+    let close = memchr::memchr(b']', rest.as_bytes())
+        .ok_or_else(|| ParseError::new("nginx: unterminated [$time_local]"))?;
+    let ts_ms = parse_nginx_time(&rest[..close])?;
+    c.pos += close + 1;
+    c.expect(" ", "space after $time_local")?;
+    let request = c.quoted("$request")?;
+    c.expect(" ", "space after $request")?;
+    let status_s = c.token("$status")?;
+    let status: u16 = num("status", status_s)?;
+    c.expect(" ", "space after $status")?;
+    let bytes_s = c.token("$body_bytes_sent")?;
+    let bytes_sent = if bytes_s == "-" {
+        None
+    } else {
+        Some(num::<u64>("bytes_sent", bytes_s)?)
+    };
+    c.expect(" ", "space after $body_bytes_sent")?;
+    let referer = dash(c.quoted("$http_referer")?);
+    c.expect(" ", "space after $http_referer")?;
+    let user_agent = dash(c.quoted("$http_user_agent")?);
+
+    let (method, target) = split_request(request)?;
+    let (path, query) = split_target(target);
+    validate_required(&method, &path, status)?;
+
+    let mut ev = EventRef {
+        ts_ms,
+        client_ip: canonical_ip(Cow::Borrowed(ip))?,
+        method,
+        path,
+        query,
+        status,
+        bytes_sent,
+        referer,
+        user_agent,
+        user_id: dash(Cow::Borrowed(remote_user)),
+        ..Default::default()
+    };
+    parse_extras(&mut c, &mut ev)?;
+    Ok(ev)
+}
+
+fn split_request(request: Cow<'_, str>) -> Result<(Cow<'_, str>, Cow<'_, str>), ParseError> {
+    let bad = || {
+        ParseError(format!(
+            "nginx: request '{}' is not 'METHOD TARGET PROTOCOL'",
+            truncate_for_error(&request)
+        ))
+    };
+    let mut parts = request.split(' ');
+    let method = parts.next().filter(|m| !m.is_empty()).ok_or_else(bad)?;
+    let target = parts.next().filter(|t| !t.is_empty()).ok_or_else(bad)?;
+    match &request {
+        Cow::Borrowed(r) => {
+            let m = &r[..method.len()];
+            let t = &r[method.len() + 1..method.len() + 1 + target.len()];
+            Ok((Cow::Borrowed(m), Cow::Borrowed(t)))
+        }
+        Cow::Owned(_) => Ok((
+            Cow::Owned(method.to_string()),
+            Cow::Owned(target.to_string()),
+        )),
+    }
+}
+
+fn split_target(target: Cow<'_, str>) -> (Cow<'_, str>, Option<Cow<'_, str>>) {
+    match target {
+        Cow::Borrowed(t) => match t.split_once('?') {
+            Some((p, q)) => (
+                Cow::Borrowed(p),
+                (!q.is_empty()).then_some(Cow::Borrowed(q)),
+            ),
+            None => (Cow::Borrowed(t), None),
+        },
+        Cow::Owned(t) => match t.split_once('?') {
+            Some((p, q)) => (
+                Cow::Owned(p.to_string()),
+                (!q.is_empty()).then(|| Cow::Owned(q.to_string())),
+            ),
+            None => (Cow::Owned(t), None),
+        },
+    }
+}
+
+fn parse_extras<'a>(c: &mut Cursor<'a>, ev: &mut EventRef<'a>) -> Result<(), ParseError> {
+    loop {
+        let rest = c.rest();
+        let trimmed = rest.trim_start_matches(' ');
+        if trimmed.is_empty() {
+            return Ok(());
+        }
+        if trimmed.len() == rest.len() {
+            return Err(ParseError(format!(
+                "nginx: expected a space before extras at byte {}",
+                c.pos
+            )));
+        }
+        c.pos += rest.len() - trimmed.len();
+        let eq = memchr::memchr2(b'=', b' ', trimmed.as_bytes())
+            .filter(|&i| trimmed.as_bytes()[i] == b'=')
+            .ok_or_else(|| {
+                ParseError(format!(
+                    "nginx: extra '{}' is not key=value",
+                    truncate_for_error(trimmed.split(' ').next().unwrap_or(""))
+                ))
+            })?;
+        let key = &trimmed[..eq];
+        c.pos += eq + 1;
+        let value: Cow<'a, str> = if c.rest().starts_with('"') {
+            c.quoted(key)?
+        } else {
+            let rest = c.rest();
+            let end = memchr::memchr(b' ', rest.as_bytes()).unwrap_or(rest.len());
+            c.pos += end;
+            Cow::Borrowed(&rest[..end])
+        };
+        let Some(v) = dash(value) else { continue };
+        apply_extra(ev, key, v)?;
+    }
+}
+
+fn apply_extra<'a>(ev: &mut EventRef<'a>, key: &str, v: Cow<'a, str>) -> Result<(), ParseError> {
+    match key {
+        "rt" => {
+            let secs: f64 = num("rt", &v)?;
+            if !(secs.is_finite() && secs >= 0.0) {
+                return Err(ParseError(format!(
+                    "rt: '{v}' is not a duration in seconds"
+                )));
+            }
+            ev.latency_ms = Some(secs * 1000.0);
+        }
+        "latency_ms" => ev.latency_ms = Some(num("latency_ms", &v)?),
+        "query" => ev.query = Some(v),
+        "user_agent" => ev.user_agent = Some(v),
+        "referer" => ev.referer = Some(v),
+        "host" => ev.host = Some(v),
+        "request_id" => ev.request_id = Some(v),
+        "user_id" => ev.user_id = Some(v),
+        "api_key_id" => ev.api_key_id = Some(v),
+        "session_id" => ev.session_id = Some(v),
+        "device_id" => ev.device_id = Some(v),
+        "grant_type" => ev.grant_type = Some(GrantType::parse("grant_type", &v)?),
+        "auth_result" => ev.auth_result = Some(AuthResult::parse("auth_result", &v)?),
+        "attestation" => ev.attestation = Some(Attestation::parse("attestation", &v)?),
+        "signature" => ev.signature = Some(Signature::parse("signature", &v)?),
+        "country" => ev.country = normalize_country(Some(v))?,
+        "asn" => ev.asn = Some(num("asn", &v)?),
+        "bytes_sent" => ev.bytes_sent = Some(num("bytes_sent", &v)?),
+        // Unknown keys are ignored, as unknown JSON fields are.
+        _ => {}
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stock_combined() {
+        let l = r#"203.0.113.9 - - [28/Nov/2026:10:15:02 +0000] "GET /v1/items/1042?x=1 HTTP/1.1" 200 1834 "https://shop.example/" "Mozilla/5.0 (X11; Linux x86_64)""#;
+        let e = parse(l).unwrap();
+        assert_eq!(e.client_ip, "203.0.113.9");
+        assert_eq!(e.ts_ms, 1_795_860_902_000);
+        assert_eq!(e.method, "GET");
+        assert_eq!(e.path, "/v1/items/1042");
+        assert_eq!(e.query.as_deref(), Some("x=1"));
+        assert_eq!(e.status, 200);
+        assert_eq!(e.bytes_sent, Some(1834));
+        assert_eq!(e.referer.as_deref(), Some("https://shop.example/"));
+        assert_eq!(e.user_id, None);
+    }
+
+    #[test]
+    fn combined_with_extras() {
+        let l = r#"203.0.113.9 - - [28/Nov/2026:10:15:02 +0000] "GET /v1/items/1042 HTTP/1.1" 200 1834 "-" "python-requests/2.32.3" rt=0.012 api_key_id=mobile-android user_id=u-8812 attestation=missing session_id="s 1" country=de asn=64500 unknown=1"#;
+        let e = parse(l).unwrap();
+        assert_eq!(e.referer, None);
+        assert_eq!(e.latency_ms, Some(12.0));
+        assert_eq!(e.api_key_id.as_deref(), Some("mobile-android"));
+        assert_eq!(e.user_id.as_deref(), Some("u-8812"));
+        assert_eq!(e.attestation, Some(Attestation::Missing));
+        assert_eq!(e.session_id.as_deref(), Some("s 1"));
+        assert_eq!(e.country.as_deref(), Some("DE"));
+        assert_eq!(e.asn, Some(64500));
+    }
+
+    #[test]
+    fn remote_user_ipv6_and_escapes() {
+        let l = r#"2001:db8::7 - bob [28/Nov/2026:10:15:02 -0500] "POST /login HTTP/2.0" 302 0 "-" "Mozilla \x22quoted\x22""#;
+        let e = parse(l).unwrap();
+        assert_eq!(e.user_id.as_deref(), Some("bob"));
+        assert_eq!(e.user_agent.as_deref(), Some("Mozilla \"quoted\""));
+        assert_eq!(e.ts_ms, 1_795_860_902_000 + 5 * 3_600_000);
+    }
+
+    #[test]
+    fn rejects_with_reasons() {
+        let cases = [
+            (
+                r#"203.0.113.9 - - [28/Nov/2026:10:15:02 +0000] "GET /v1/items HTTP/1.1" 200 1834 "-" "ua"#,
+                "unterminated",
+            ),
+            (
+                r#"203.0.113.9 - - [28/Nov/2026:10:15:02 +0000] "-" 400 0 "-" "-""#,
+                "METHOD TARGET",
+            ),
+            (
+                r#"999.0.113.9 - - [28/Nov/2026:10:15:02 +0000] "GET / HTTP/1.1" 200 1 "-" "-""#,
+                "client_ip",
+            ),
+            (
+                r#"203.0.113.9 - - [28/Nov/2026:10:15:02 +0000] "GET / HTTP/1.1" OK 1 "-" "-""#,
+                "status",
+            ),
+            (
+                r#"203.0.113.9 - - [28/Nov/2026:10:15:02 +0000] "GET / HTTP/1.1" 200 1 "-" "-" attestation=maybe"#,
+                "attestation",
+            ),
+            (
+                r#"203.0.113.9 - - [32/Nov/2026:10:15:02 +0000] "GET / HTTP/1.1" 200 1 "-" "-""#,
+                "time_local",
+            ),
+            ("hello world", "expected"),
+        ];
+        for (line, want) in cases {
+            let err = parse(line).unwrap_err().to_string();
+            assert!(err.contains(want), "{line}\n  -> {err}\n  wanted '{want}'");
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! The kinds of entity a request names, and how a client address maps to its subnet.
+
+use std::fmt;
+use std::net::IpAddr;
+
+/// What a decision or a feature row is about.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum EntityType {
+    Ip,
+    /// The client's subnet: /24 for IPv4, /64 for IPv6.
+    #[serde(alias = "subnet")]
+    Cidr,
+    User,
+    ApiKey,
+    Device,
+    Session,
+}
+
+impl EntityType {
+    pub const ALL: [EntityType; 6] = [
+        EntityType::Ip,
+        EntityType::Cidr,
+        EntityType::User,
+        EntityType::ApiKey,
+        EntityType::Device,
+        EntityType::Session,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntityType::Ip => "ip",
+            EntityType::Cidr => "cidr",
+            EntityType::User => "user",
+            EntityType::ApiKey => "api_key",
+            EntityType::Device => "device",
+            EntityType::Session => "session",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "subnet" => Some(EntityType::Cidr),
+            _ => EntityType::ALL.into_iter().find(|t| t.as_str() == s),
+        }
+    }
+}
+
+impl fmt::Display for EntityType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The subnet entity of an address: `a.b.c.0/24` or the /64 of an IPv6 address.
+pub fn subnet_of(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            format!("{}.{}.{}.0/24", o[0], o[1], o[2])
+        }
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            let net = std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0);
+            format!("{net}/64")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subnets() {
+        assert_eq!(subnet_of("203.0.113.9".parse().unwrap()), "203.0.113.0/24");
+        assert_eq!(
+            subnet_of("2001:db8:1:2:3:4:5:6".parse().unwrap()),
+            "2001:db8:1:2::/64"
+        );
+        assert_eq!(EntityType::parse("subnet"), Some(EntityType::Cidr));
+        assert_eq!(EntityType::parse("api_key"), Some(EntityType::ApiKey));
+    }
+}

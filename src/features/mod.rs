@@ -1,0 +1,604 @@
+//! Per-entity behaviour features over sliding event-time windows.
+//!
+//! Reads event batches, updates the state of every entity each request names
+//! (ip, cidr, user, api_key, device, session), and at each event-time tick emits
+//! one Arrow batch per entity type with a row for every entity touched since
+//! the previous tick. Rules, models, sinks and analysts all read those batches.
+//!
+//! Time is the events' own: a tick fires when the watermark (largest event time
+//! seen minus the allowed lateness) passes it, so replaying a file and following
+//! a live stream produce the same features.
+
+pub mod catalog;
+pub mod distinct;
+pub mod entity;
+pub mod state;
+pub mod window;
+
+use std::net::IpAddr;
+use std::sync::{Arc, OnceLock};
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, Float64Builder, StringArray, StringBuilder, TimestampMillisecondArray,
+    TimestampMillisecondBuilder, UInt16Array, UInt32Array, UInt64Array,
+};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::error::ArrowError;
+use datafusion::arrow::record_batch::RecordBatch;
+use std::fmt::Write as _;
+
+pub use entity::{EntityType, subnet_of};
+use state::{Contribution, EntityState, c, d};
+
+use crate::event::col;
+
+/// Feature columns, in order, with what each means. `docs/FEATURES.md` is written from this.
+pub const FEATURES: [(&str, &str); NF] = [
+    ("requests_1m", "requests in the last minute"),
+    ("requests_10m", "requests in the last 10 minutes"),
+    ("requests_1h", "requests in the last hour"),
+    (
+        "login_attempts_10m",
+        "credential checks: password grants and requests answered invalid_credentials",
+    ),
+    (
+        "login_failures_10m",
+        "requests answered auth_result=invalid_credentials",
+    ),
+    ("login_failures_1h", "as above, last hour"),
+    (
+        "login_failure_ratio_10m",
+        "login_failures_10m / login_attempts_10m (null without attempts)",
+    ),
+    (
+        "auth_ok_10m",
+        "requests that authenticated (auth_result=ok)",
+    ),
+    (
+        "token_failures_10m",
+        "requests answered invalid_token or invalid_client",
+    ),
+    ("token_failures_1h", "as above, last hour"),
+    (
+        "attestation_checked_10m",
+        "requests whose app attestation was checked (valid, invalid or missing)",
+    ),
+    (
+        "attestation_bad_10m",
+        "requests with attestation invalid or missing",
+    ),
+    (
+        "attestation_bad_ratio_10m",
+        "attestation_bad_10m / attestation_checked_10m (null when none checked)",
+    ),
+    (
+        "signature_checked_10m",
+        "requests whose HMAC signature was checked",
+    ),
+    ("signature_invalid_10m", "signature=invalid"),
+    (
+        "signature_stale_10m",
+        "signature=stale (timestamp outside the allowed skew)",
+    ),
+    (
+        "signature_replayed_10m",
+        "signature=replayed (nonce seen before)",
+    ),
+    (
+        "signature_bad_ratio_10m",
+        "invalid+stale+replayed+missing over checked (null when none checked)",
+    ),
+    ("status_4xx_10m", "responses 400-499"),
+    ("not_found_10m", "responses 404/410"),
+    (
+        "unknown_path_404_10m",
+        "404/410 on path templates never seen to exist (probing)",
+    ),
+    ("unknown_path_404_1h", "as above, last hour"),
+    (
+        "static_ratio_10m",
+        "share of requests for static assets (browsers load them, scripts do not)",
+    ),
+    ("referer_ratio_10m", "share of requests carrying a Referer"),
+    ("kib_out_10m", "response KiB sent"),
+    ("kib_out_1h", "response KiB sent, last hour"),
+    (
+        "id_requests_10m",
+        "requests whose path carries a numeric id",
+    ),
+    (
+        "sequential_ids_10m",
+        "id requests within ±32 of this entity's previous id (enumeration)",
+    ),
+    ("sequential_ids_1h", "as above, last hour"),
+    (
+        "sequential_ratio_10m",
+        "sequential_ids_10m / id_requests_10m (null without id requests)",
+    ),
+    (
+        "new_devices_10m",
+        "device ids not active in the last hour that first appeared with this entity",
+    ),
+    ("new_devices_1h", "as above, last hour"),
+    (
+        "country_switches_10m",
+        "consecutive requests from different countries",
+    ),
+    ("distinct_users_10m", "distinct user ids"),
+    ("distinct_users_1h", "distinct user ids, last hour"),
+    ("distinct_ips_10m", "distinct client addresses"),
+    ("distinct_ips_1h", "distinct client addresses, last hour"),
+    ("distinct_countries_1h", "distinct countries, last hour"),
+    ("distinct_asns_1h", "distinct autonomous systems, last hour"),
+    ("distinct_devices_1h", "distinct device ids, last hour"),
+    ("distinct_paths_10m", "distinct request paths"),
+    ("distinct_paths_1h", "distinct request paths, last hour"),
+    (
+        "iat_cv",
+        "coefficient of variation of inter-arrival times over recent requests (low = machine-regular; null below 10 requests)",
+    ),
+    (
+        "age_s",
+        "seconds since the entity was first seen (within state retention)",
+    ),
+];
+pub const NF: usize = 44;
+
+/// The Arrow schema of the `features` table: when, which entity, then every feature.
+pub fn schema() -> SchemaRef {
+    static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
+    SCHEMA
+        .get_or_init(|| {
+            let mut fields = vec![
+                Field::new(
+                    "ts",
+                    DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+                    false,
+                ),
+                Field::new("entity_type", DataType::Utf8, false),
+                Field::new("entity", DataType::Utf8, false),
+            ];
+            fields.extend(
+                FEATURES
+                    .iter()
+                    .map(|(n, _)| Field::new(*n, DataType::Float64, true)),
+            );
+            Arc::new(Schema::new(fields))
+        })
+        .clone()
+}
+
+/// Windowing and retention settings.
+#[derive(Debug, Clone, Copy)]
+pub struct FeatureConfig {
+    /// Event time between two feature emissions.
+    pub tick_ms: i64,
+    /// How far behind the newest event another may arrive and still count.
+    pub lateness_ms: i64,
+    /// An entity idle this long is forgotten (its windows are all empty by then).
+    pub idle_ms: i64,
+}
+
+impl Default for FeatureConfig {
+    fn default() -> Self {
+        FeatureConfig {
+            tick_ms: 10_000,
+            lateness_ms: 5_000,
+            idle_ms: 3_600_000 + 600_000,
+        }
+    }
+}
+
+/// Feature rows for the entities touched since the previous tick.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// Event time the features describe: the newest event applied.
+    pub as_of_ms: i64,
+    /// One batch per entity type that had activity, in [`EntityType::ALL`] order.
+    pub batches: Vec<(EntityType, RecordBatch)>,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    map: std::collections::HashMap<Box<str>, u32, foldhash::fast::RandomState>,
+    states: Vec<EntityState>,
+    dirty: Vec<u32>,
+}
+
+impl Table {
+    /// Index of `key`, creating its state if new; the flag says whether it was created.
+    #[inline]
+    fn upsert(&mut self, key: &str, ts: i64) -> (usize, bool) {
+        if let Some(&i) = self.map.get(key) {
+            return (i as usize, false);
+        }
+        let i = self.states.len();
+        self.states.push(EntityState::new(key.into(), ts));
+        self.map.insert(key.into(), i as u32);
+        (i, true)
+    }
+
+    fn mark_dirty(&mut self, i: usize) {
+        let s = &mut self.states[i];
+        if !s.dirty {
+            s.dirty = true;
+            self.dirty.push(i as u32);
+        }
+    }
+
+    /// Forgets entities idle since before `cutoff`.
+    fn sweep(&mut self, cutoff: i64) -> usize {
+        let before = self.states.len();
+        let mut i = 0;
+        while i < self.states.len() {
+            if self.states[i].last_seen < cutoff && !self.states[i].dirty {
+                let gone = self.states.swap_remove(i);
+                self.map.remove(&gone.key);
+                if i < self.states.len() {
+                    if let Some(slot) = self.map.get_mut(&self.states[i].key) {
+                        *slot = i as u32;
+                    }
+                }
+            } else {
+                i += 1;
+            }
+        }
+        before - self.states.len()
+    }
+}
+
+/// Counters the engine reports in its summary and metrics.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct FeatureStats {
+    pub events: u64,
+    pub late_events: u64,
+    pub ticks: u64,
+    pub feature_rows: u64,
+    pub entities_forgotten: u64,
+}
+
+/// The feature stage.
+pub struct FeatureEngine {
+    cfg: FeatureConfig,
+    tables: [Table; 6],
+    catalog: catalog::PathCatalog,
+    max_ts: i64,
+    next_tick: i64,
+    next_sweep: i64,
+    stats: FeatureStats,
+    subnet_buf: String,
+}
+
+const SWEEP_EVERY_MS: i64 = 60_000;
+
+fn is_static_asset(path: &str) -> bool {
+    const EXT: [&str; 14] = [
+        "js", "css", "png", "jpg", "jpeg", "gif", "svg", "webp", "ico", "woff", "woff2", "ttf",
+        "map", "avif",
+    ];
+    if path.starts_with("/static/") || path.starts_with("/assets/") {
+        return true;
+    }
+    let last = path.rsplit('/').next().unwrap_or(path);
+    match last.rsplit_once('.') {
+        Some((_, ext)) => EXT.iter().any(|e| ext.eq_ignore_ascii_case(e)),
+        None => false,
+    }
+}
+
+fn hash(s: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(s.as_bytes())
+}
+
+/// Borrowed typed columns of an events batch.
+struct Cols<'a> {
+    ts: &'a TimestampMillisecondArray,
+    ip: &'a StringArray,
+    path: &'a StringArray,
+    status: &'a UInt16Array,
+    bytes: &'a UInt64Array,
+    referer: &'a StringArray,
+    user: &'a StringArray,
+    key: &'a StringArray,
+    session: &'a StringArray,
+    device: &'a StringArray,
+    grant: &'a StringArray,
+    auth: &'a StringArray,
+    attest: &'a StringArray,
+    sig: &'a StringArray,
+    country: &'a StringArray,
+    asn: &'a UInt32Array,
+}
+
+fn column<'a, T: 'static>(b: &'a RecordBatch, i: usize) -> Result<&'a T, ArrowError> {
+    b.column(i)
+        .as_any()
+        .downcast_ref::<T>()
+        .ok_or_else(|| ArrowError::SchemaError(format!("events column {i} has an unexpected type")))
+}
+
+fn opt(a: &StringArray, i: usize) -> Option<&str> {
+    if a.is_valid(i) {
+        Some(a.value(i))
+    } else {
+        None
+    }
+}
+
+impl FeatureEngine {
+    pub fn new(cfg: FeatureConfig) -> Self {
+        FeatureEngine {
+            cfg,
+            tables: Default::default(),
+            catalog: Default::default(),
+            max_ts: i64::MIN,
+            next_tick: i64::MIN,
+            next_sweep: i64::MIN,
+            stats: FeatureStats::default(),
+            subnet_buf: String::with_capacity(48),
+        }
+    }
+
+    pub fn stats(&self) -> FeatureStats {
+        self.stats
+    }
+
+    /// Newest event time applied (`None` before the first event).
+    pub fn max_ts(&self) -> Option<i64> {
+        (self.max_ts != i64::MIN).then_some(self.max_ts)
+    }
+
+    /// Entities held per type, in [`EntityType::ALL`] order.
+    pub fn active_entities(&self) -> [usize; 6] {
+        std::array::from_fn(|i| self.tables[i].states.len())
+    }
+
+    /// Bytes of entity state held (states, keys, sketches; hash-map overhead estimated).
+    pub fn state_bytes(&self) -> usize {
+        self.tables
+            .iter()
+            .map(|t| {
+                t.states.iter().map(EntityState::bytes).sum::<usize>()
+                    + t.map.capacity() * (std::mem::size_of::<(Box<str>, u32)>() + 1)
+                    + t.states.capacity().saturating_sub(t.states.len())
+                        * std::mem::size_of::<EntityState>()
+            })
+            .sum()
+    }
+
+    /// Applies an events batch; returns the snapshots of the ticks it crossed.
+    pub fn ingest(&mut self, batch: &RecordBatch) -> Result<Vec<Snapshot>, ArrowError> {
+        let cols = Cols {
+            ts: column(batch, col::TS)?,
+            ip: column(batch, col::CLIENT_IP)?,
+            path: column(batch, col::PATH)?,
+            status: column(batch, col::STATUS)?,
+            bytes: column(batch, col::BYTES_SENT)?,
+            referer: column(batch, col::REFERER)?,
+            user: column(batch, col::USER_ID)?,
+            key: column(batch, col::API_KEY_ID)?,
+            session: column(batch, col::SESSION_ID)?,
+            device: column(batch, col::DEVICE_ID)?,
+            grant: column(batch, col::GRANT_TYPE)?,
+            auth: column(batch, col::AUTH_RESULT)?,
+            attest: column(batch, col::ATTESTATION)?,
+            sig: column(batch, col::SIGNATURE)?,
+            country: column(batch, col::COUNTRY)?,
+            asn: column(batch, col::ASN)?,
+        };
+        let mut out = Vec::new();
+        for i in 0..batch.num_rows() {
+            let ts = cols.ts.value(i);
+            if self.max_ts != i64::MIN && ts < self.max_ts - self.cfg.lateness_ms {
+                self.stats.late_events += 1;
+                continue;
+            }
+            self.advance(ts, &mut out)?;
+            self.apply(&cols, i, ts);
+        }
+        Ok(out)
+    }
+
+    /// Moves event time forward to `ts`, emitting every tick the watermark passes.
+    /// Live mode also calls this from the wall clock when input is idle.
+    pub fn advance(&mut self, ts: i64, out: &mut Vec<Snapshot>) -> Result<(), ArrowError> {
+        if self.next_tick == i64::MIN {
+            self.next_tick = (ts.div_euclid(self.cfg.tick_ms) + 1) * self.cfg.tick_ms;
+            self.next_sweep = ts + SWEEP_EVERY_MS;
+        }
+        let new_max = self.max_ts.max(ts);
+        while new_max - self.cfg.lateness_ms >= self.next_tick {
+            if let Some(s) = self.tick()? {
+                out.push(s);
+            }
+            self.next_tick += self.cfg.tick_ms;
+            if self.next_tick >= self.next_sweep {
+                self.sweep();
+            }
+        }
+        Ok(())
+    }
+
+    /// Emits the pending rows now (end of input, shutdown).
+    pub fn flush(&mut self) -> Result<Option<Snapshot>, ArrowError> {
+        self.tick()
+    }
+
+    fn sweep(&mut self) {
+        let cutoff = self.max_ts - self.cfg.idle_ms;
+        for t in &mut self.tables {
+            self.stats.entities_forgotten += t.sweep(cutoff) as u64;
+        }
+        self.next_sweep = self.next_tick + SWEEP_EVERY_MS;
+    }
+
+    fn apply(&mut self, cols: &Cols<'_>, i: usize, ts: i64) {
+        self.stats.events += 1;
+        self.max_ts = self.max_ts.max(ts);
+        let ip_text = cols.ip.value(i);
+        let path = cols.path.value(i);
+        let status = cols.status.value(i);
+        let user = opt(cols.user, i);
+        let key = opt(cols.key, i);
+        let session = opt(cols.session, i);
+        let device = opt(cols.device, i);
+        let country = opt(cols.country, i);
+
+        let mut k = Contribution {
+            ts,
+            ..Default::default()
+        };
+        let n = &mut k.counts;
+        n[c::REQ] = 1;
+        let auth = opt(cols.auth, i);
+        let login = opt(cols.grant, i) == Some("password") || auth == Some("invalid_credentials");
+        n[c::LOGIN_ATT] = login as u32;
+        n[c::LOGIN_FAIL] = (auth == Some("invalid_credentials")) as u32;
+        n[c::AUTH_OK] = (auth == Some("ok")) as u32;
+        n[c::TOKEN_FAIL] = matches!(auth, Some("invalid_token" | "invalid_client")) as u32;
+        if let Some(a) = opt(cols.attest, i) {
+            n[c::ATT_CHK] = 1;
+            n[c::ATT_BAD] = (a != "valid") as u32;
+        }
+        if let Some(s) = opt(cols.sig, i) {
+            n[c::SIG_CHK] = 1;
+            n[c::SIG_INVALID] = (s == "invalid") as u32;
+            n[c::SIG_STALE] = (s == "stale") as u32;
+            n[c::SIG_REPLAYED] = (s == "replayed") as u32;
+            n[c::SIG_BAD] = (s != "valid") as u32;
+        }
+        n[c::S4XX] = (400..500).contains(&status) as u32;
+        let not_found = status == 404 || status == 410;
+        n[c::NOT_FOUND] = not_found as u32;
+        n[c::UNK404] = self.catalog.observe(path, status) as u32;
+        n[c::STATIC] = is_static_asset(path) as u32;
+        n[c::REFERER] = cols.referer.is_valid(i) as u32;
+        if cols.bytes.is_valid(i) {
+            n[c::KIB] =
+                ((cols.bytes.value(i).saturating_add(512)) / 1024).min(u32::MAX as u64) as u32;
+        }
+        k.numeric_id = catalog::numeric_id(path);
+        n[c::IDREQ] = k.numeric_id.is_some() as u32;
+        k.country = country.and_then(|c| {
+            let b = c.as_bytes();
+            (b.len() == 2).then(|| [b[0], b[1]])
+        });
+        k.distinct[d::USERS] = user.map(hash);
+        k.distinct[d::IPS] = Some(hash(ip_text));
+        k.distinct[d::COUNTRIES] = country.map(hash);
+        k.distinct[d::ASNS] = cols
+            .asn
+            .is_valid(i)
+            .then(|| cols.asn.value(i) as u64 ^ 0x9e37_79b9_7f4a_7c15);
+        k.distinct[d::DEVICES] = device.map(hash);
+        k.distinct[d::PATHS] = Some(hash(path));
+
+        // The device first, so the others learn whether it is new.
+        let mut new_device = false;
+        if let Some(dev) = device {
+            let t = &mut self.tables[EntityType::Device.index()];
+            let (idx, created) = t.upsert(dev, ts);
+            new_device = created;
+            t.states[idx].apply(&k, Some(d::DEVICES), false);
+            t.mark_dirty(idx);
+        }
+        self.touch(EntityType::Ip, ip_text, &k, Some(d::IPS), new_device);
+        self.subnet_buf.clear();
+        match ip_text.parse::<IpAddr>() {
+            Ok(IpAddr::V4(v4)) => {
+                let o = v4.octets();
+                let _ = write!(self.subnet_buf, "{}.{}.{}.0/24", o[0], o[1], o[2]);
+            }
+            Ok(ip @ IpAddr::V6(_)) => self.subnet_buf.push_str(&subnet_of(ip)),
+            Err(_) => {}
+        }
+        if !self.subnet_buf.is_empty() {
+            let buf = std::mem::take(&mut self.subnet_buf);
+            self.touch(EntityType::Cidr, &buf, &k, None, new_device);
+            self.subnet_buf = buf;
+        }
+        if let Some(u) = user {
+            self.touch(EntityType::User, u, &k, Some(d::USERS), new_device);
+        }
+        if let Some(key) = key {
+            self.touch(EntityType::ApiKey, key, &k, None, new_device);
+        }
+        if let Some(s) = session {
+            self.touch(EntityType::Session, s, &k, None, new_device);
+        }
+    }
+
+    #[inline]
+    fn touch(
+        &mut self,
+        t: EntityType,
+        key: &str,
+        k: &Contribution,
+        skip: Option<usize>,
+        new_device: bool,
+    ) {
+        let table = &mut self.tables[t.index()];
+        let (idx, _) = table.upsert(key, k.ts);
+        table.states[idx].apply(k, skip, new_device);
+        table.mark_dirty(idx);
+    }
+
+    fn tick(&mut self) -> Result<Option<Snapshot>, ArrowError> {
+        self.stats.ticks += 1;
+        if self.max_ts == i64::MIN {
+            return Ok(None);
+        }
+        let now = self.max_ts;
+        let mut batches = Vec::new();
+        for t in EntityType::ALL {
+            let table = &mut self.tables[t.index()];
+            if table.dirty.is_empty() {
+                continue;
+            }
+            let dirty = std::mem::take(&mut table.dirty);
+            let batch = build_batch(t, now, dirty.iter().map(|&i| &table.states[i as usize]))?;
+            for &i in &dirty {
+                table.states[i as usize].dirty = false;
+            }
+            self.stats.feature_rows += batch.num_rows() as u64;
+            batches.push((t, batch));
+        }
+        Ok((!batches.is_empty()).then_some(Snapshot {
+            as_of_ms: now,
+            batches,
+        }))
+    }
+}
+
+/// Builds one feature batch for `states` of entity type `t` as of `now`.
+pub fn build_batch<'a>(
+    t: EntityType,
+    now: i64,
+    states: impl ExactSizeIterator<Item = &'a EntityState>,
+) -> Result<RecordBatch, ArrowError> {
+    let n = states.len();
+    let mut ts = TimestampMillisecondBuilder::with_capacity(n).with_timezone("UTC");
+    let mut et = StringBuilder::with_capacity(n, n * 8);
+    let mut ent = StringBuilder::with_capacity(n, n * 24);
+    let mut feats: Vec<Float64Builder> =
+        (0..NF).map(|_| Float64Builder::with_capacity(n)).collect();
+    for s in states {
+        ts.append_value(now);
+        et.append_value(t.as_str());
+        ent.append_value(&s.key);
+        for (b, v) in feats.iter_mut().zip(s.features(now)) {
+            if v.is_nan() {
+                b.append_null()
+            } else {
+                b.append_value(v)
+            }
+        }
+    }
+    let mut cols: Vec<ArrayRef> = vec![
+        Arc::new(ts.finish()),
+        Arc::new(et.finish()),
+        Arc::new(ent.finish()),
+    ];
+    cols.extend(feats.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
+    RecordBatch::try_new(schema(), cols)
+}

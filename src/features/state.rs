@@ -1,0 +1,235 @@
+//! Per-entity behaviour state: windowed counters, distinct sets and a few
+//! running statistics, and how one request updates them.
+
+use super::distinct::SlidingDistinct;
+use super::window::Ring;
+
+/// Counter slots kept per window slot.
+pub mod c {
+    pub const REQ: usize = 0;
+    pub const LOGIN_ATT: usize = 1;
+    pub const LOGIN_FAIL: usize = 2;
+    pub const AUTH_OK: usize = 3;
+    pub const TOKEN_FAIL: usize = 4;
+    pub const ATT_CHK: usize = 5;
+    pub const ATT_BAD: usize = 6;
+    pub const SIG_CHK: usize = 7;
+    pub const SIG_INVALID: usize = 8;
+    pub const SIG_STALE: usize = 9;
+    pub const SIG_REPLAYED: usize = 10;
+    pub const SIG_BAD: usize = 11;
+    pub const S4XX: usize = 12;
+    pub const NOT_FOUND: usize = 13;
+    pub const UNK404: usize = 14;
+    pub const STATIC: usize = 15;
+    pub const REFERER: usize = 16;
+    pub const KIB: usize = 17;
+    pub const IDREQ: usize = 18;
+    pub const SEQ: usize = 19;
+    pub const NEWDEV: usize = 20;
+    pub const CSWITCH: usize = 21;
+    pub const N: usize = 22;
+}
+
+/// Distinct sets kept per entity.
+pub mod d {
+    pub const USERS: usize = 0;
+    pub const IPS: usize = 1;
+    pub const COUNTRIES: usize = 2;
+    pub const ASNS: usize = 3;
+    pub const DEVICES: usize = 4;
+    pub const PATHS: usize = 5;
+    pub const N: usize = 6;
+}
+
+/// 1-minute window: 6 slots of 10 s, requests only.
+pub const G1_MS: i64 = 10_000;
+/// 10-minute window: 10 slots of 1 min.
+pub const G10_MS: i64 = 60_000;
+/// 1-hour window: 6 slots of 10 min.
+pub const G60_MS: i64 = 600_000;
+
+/// What one request contributes, computed once and applied to every entity it names.
+#[derive(Debug, Clone, Default)]
+pub struct Contribution {
+    pub ts: i64,
+    pub counts: [u32; c::N],
+    /// Hashes of the attributes counted distinctly, `None` when absent.
+    pub distinct: [Option<u64>; d::N],
+    pub numeric_id: Option<u64>,
+    pub country: Option<[u8; 2]>,
+}
+
+/// Everything known about one entity.
+#[derive(Debug, Clone)]
+pub struct EntityState {
+    pub key: Box<str>,
+    pub first_seen: i64,
+    pub last_seen: i64,
+    r1: Ring<6, 1>,
+    r10: Ring<10, { c::N }>,
+    r60: Ring<6, { c::N }>,
+    pub distinct: [SlidingDistinct; d::N],
+    last_id: u64,
+    last_country: [u8; 2],
+    iat_last: i64,
+    iat_mean: f32,
+    iat_var: f32,
+    iat_n: u32,
+    pub dirty: bool,
+}
+
+const IAT_ALPHA: f32 = 0.1;
+
+impl EntityState {
+    pub fn new(key: Box<str>, ts: i64) -> Self {
+        EntityState {
+            key,
+            first_seen: ts,
+            last_seen: ts,
+            r1: Ring::default(),
+            r10: Ring::default(),
+            r60: Ring::default(),
+            distinct: Default::default(),
+            last_id: 0,
+            last_country: [0, 0],
+            iat_last: 0,
+            iat_mean: 0.0,
+            iat_var: 0.0,
+            iat_n: 0,
+            dirty: false,
+        }
+    }
+
+    /// Applies one request. `skip_distinct` is the entity's own attribute (an IP
+    /// does not count its own address).
+    #[inline]
+    pub fn apply(&mut self, k: &Contribution, skip_distinct: Option<usize>, new_device: bool) {
+        let ts = k.ts;
+        if let Some(s) = self.r1.slot_mut(ts.div_euclid(G1_MS)) {
+            s[0] += 1;
+        }
+        let mut extra = [0u32; c::N];
+        if let Some(id) = k.numeric_id {
+            if self.last_id != 0 && id != self.last_id && id.abs_diff(self.last_id) <= 32 {
+                extra[c::SEQ] = 1;
+            }
+            self.last_id = id;
+        }
+        if let Some(cc) = k.country {
+            if self.last_country != [0, 0] && self.last_country != cc {
+                extra[c::CSWITCH] = 1;
+            }
+            self.last_country = cc;
+        }
+        if new_device {
+            extra[c::NEWDEV] = 1;
+        }
+        for ring in [
+            self.r10.slot_mut(ts.div_euclid(G10_MS)),
+            self.r60.slot_mut(ts.div_euclid(G60_MS)),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            for i in 0..c::N {
+                ring[i] = ring[i].saturating_add(k.counts[i] + extra[i]);
+            }
+        }
+        for (i, h) in k.distinct.iter().enumerate() {
+            if let Some(h) = h {
+                if Some(i) != skip_distinct {
+                    self.distinct[i].insert(*h, ts);
+                }
+            }
+        }
+        if self.iat_n > 0 && ts >= self.iat_last {
+            let gap = (ts - self.iat_last) as f32;
+            if self.iat_n == 1 {
+                self.iat_mean = gap;
+            } else {
+                let diff = gap - self.iat_mean;
+                self.iat_mean += IAT_ALPHA * diff;
+                self.iat_var = (1.0 - IAT_ALPHA) * (self.iat_var + IAT_ALPHA * diff * diff);
+            }
+        }
+        self.iat_n = self.iat_n.saturating_add(1);
+        self.iat_last = self.iat_last.max(ts);
+        self.last_seen = self.last_seen.max(ts);
+    }
+
+    /// Feature values as of event time `now`, in [`super::FEATURES`] order.
+    pub fn features(&self, now: i64) -> [f64; super::NF] {
+        let s1 = self.r1.sums(now.div_euclid(G1_MS));
+        let s10 = self.r10.sums(now.div_euclid(G10_MS));
+        let s60 = self.r60.sums(now.div_euclid(G60_MS));
+        let ratio = |a: u64, b: u64| {
+            if b == 0 {
+                f64::NAN
+            } else {
+                a as f64 / b as f64
+            }
+        };
+        let dc = |i: usize, w: i64| self.distinct[i].count(w, now);
+        let iat_cv = if self.iat_n >= 10 && self.iat_mean > 0.0 {
+            (self.iat_var.sqrt() / self.iat_mean) as f64
+        } else {
+            f64::NAN
+        };
+        const M10: i64 = 600_000;
+        const H1: i64 = 3_600_000;
+        [
+            s1[0] as f64,
+            s10[c::REQ] as f64,
+            s60[c::REQ] as f64,
+            s10[c::LOGIN_ATT] as f64,
+            s10[c::LOGIN_FAIL] as f64,
+            s60[c::LOGIN_FAIL] as f64,
+            ratio(s10[c::LOGIN_FAIL], s10[c::LOGIN_ATT]),
+            s10[c::AUTH_OK] as f64,
+            s10[c::TOKEN_FAIL] as f64,
+            s60[c::TOKEN_FAIL] as f64,
+            s10[c::ATT_CHK] as f64,
+            s10[c::ATT_BAD] as f64,
+            ratio(s10[c::ATT_BAD], s10[c::ATT_CHK]),
+            s10[c::SIG_CHK] as f64,
+            s10[c::SIG_INVALID] as f64,
+            s10[c::SIG_STALE] as f64,
+            s10[c::SIG_REPLAYED] as f64,
+            ratio(s10[c::SIG_BAD], s10[c::SIG_CHK]),
+            s10[c::S4XX] as f64,
+            s10[c::NOT_FOUND] as f64,
+            s10[c::UNK404] as f64,
+            s60[c::UNK404] as f64,
+            ratio(s10[c::STATIC], s10[c::REQ]),
+            ratio(s10[c::REFERER], s10[c::REQ]),
+            s10[c::KIB] as f64,
+            s60[c::KIB] as f64,
+            s10[c::IDREQ] as f64,
+            s10[c::SEQ] as f64,
+            s60[c::SEQ] as f64,
+            ratio(s10[c::SEQ], s10[c::IDREQ]),
+            s10[c::NEWDEV] as f64,
+            s60[c::NEWDEV] as f64,
+            s10[c::CSWITCH] as f64,
+            dc(d::USERS, M10),
+            dc(d::USERS, H1),
+            dc(d::IPS, M10),
+            dc(d::IPS, H1),
+            dc(d::COUNTRIES, H1),
+            dc(d::ASNS, H1),
+            dc(d::DEVICES, H1),
+            dc(d::PATHS, M10),
+            dc(d::PATHS, H1),
+            iat_cv,
+            ((now - self.first_seen).max(0) / 1000) as f64,
+        ]
+    }
+
+    /// Bytes this entity holds, inline and on the heap (excluding the map entry).
+    pub fn bytes(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self.key.len()
+            + self.distinct.iter().map(|d| d.heap_bytes()).sum::<usize>()
+    }
+}

@@ -1,0 +1,25 @@
+//! gatewatch: behaviour analytics for API gateways.
+//!
+//! Streams gateway access logs, builds per-entity behaviour features over
+//! event-time windows in Apache Arrow, scores them with SQL rules, and turns
+//! hits into decisions (deny, challenge, throttle) with a TTL and a reason.
+//!
+//! The modules follow the data: [`source`] → [`event`] → [`features`] →
+//! [`detect`] → [`decision`] → [`sink`], wired by [`engine`]; [`simulate`]
+//! produces labelled traffic, [`eval`] measures decisions against labels and
+//! [`analytics`] answers SQL over the stored tables.
+
+pub mod analytics;
+pub mod config;
+pub mod decision;
+pub mod detect;
+pub mod engine;
+pub mod eval;
+pub mod event;
+pub mod features;
+pub mod simulate;
+pub mod sink;
+pub mod source;
+
+/// The `arrow` that DataFusion is built with; use this one, never a separate crate.
+pub use datafusion::arrow;

@@ -1,0 +1,376 @@
+//! Attacks mixed into the benign traffic. Each draws its start, duration, rate
+//! and infrastructure from the seed, so every seed is a different incident.
+
+use rand::Rng;
+use rand::seq::IndexedRandom;
+use rand_chacha::ChaCha8Rng;
+
+use super::world::*;
+use super::{Req, SimConfig};
+
+fn window(cfg: &SimConfig, rng: &mut ChaCha8Rng, min_min: f64, max_min: f64) -> (i64, i64) {
+    let span = cfg.end_ms() - cfg.start_ms;
+    let dur = (rng.random_range(min_min..max_min) * 60_000.0) as i64;
+    let dur = dur.min(span * 2 / 3);
+    let latest = (cfg.end_ms() - dur - span / 12).max(cfg.start_ms + span / 12 + 1);
+    let start = rng.random_range(cfg.start_ms + span / 12..latest);
+    (start, start + dur)
+}
+
+fn req(
+    t: i64,
+    ip: &str,
+    net: &Net,
+    scenario: &'static str,
+    method: &'static str,
+    path: String,
+    status: u16,
+) -> Req {
+    Req {
+        ts: t,
+        ip: ip.to_string(),
+        method,
+        path,
+        status,
+        bytes: 0,
+        latency_ms: 20.0,
+        host: API_HOST,
+        country: net.country,
+        asn: net.asn,
+        scenario,
+        attack: true,
+        ..Default::default()
+    }
+}
+
+pub(super) fn generate(cfg: &SimConfig, which: &[&str], out: &mut Vec<Req>) {
+    for a in which {
+        match *a {
+            "credential-stuffing" => credential_stuffing(cfg, out),
+            "key-scraper" => key_scraper(cfg, out),
+            "path-probe" => path_probe(cfg, out),
+            "signature-replay" => signature_replay(cfg, out),
+            "session-hijack" => session_hijack(cfg, out),
+            "device-farm" => device_farm(cfg, out),
+            _ => {}
+        }
+    }
+}
+
+/// Leaked credentials tried against the mobile token endpoint from one address,
+/// with the app's extracted key but no app attestation.
+fn credential_stuffing(cfg: &SimConfig, out: &mut Vec<Req>) {
+    let mut rng = cfg.rng("credential-stuffing", 0);
+    let (start, end) = window(cfg, &mut rng, 40.0, 100.0);
+    let use_proxy = rng.random::<f64>() < 0.5;
+    let net = if use_proxy {
+        *PROXY_ABROAD.choose(&mut rng).unwrap_or(&PROXY_ABROAD[0])
+    } else {
+        *HOSTING.choose(&mut rng).unwrap_or(&HOSTING[0])
+    };
+    let ip = ip_in(&net, &mut rng);
+    let rate_ms = rng.random_range(400.0..1_500.0);
+    let device = format!("d-{}", hex(&mut rng, 12));
+    let mut t = start;
+    while t < end {
+        let ok = rng.random::<f64>() < 0.02;
+        let mut r = req(
+            t,
+            &ip,
+            &net,
+            "credential-stuffing",
+            "POST",
+            "/oauth/token".into(),
+            if ok { 200 } else { 401 },
+        );
+        r.grant = Some("password");
+        r.auth = Some(if ok { "ok" } else { "invalid_credentials" });
+        r.user = Some(format!(
+            "{}{}@{}",
+            ["j.smith", "anna", "mike", "li.wei", "sara"][rng.random_range(0..5)],
+            rng.random_range(1..999_999),
+            ["gmail.example", "yahoo.example", "mail.example"][rng.random_range(0..3)]
+        ));
+        r.api_key = Some("mobile-android".into());
+        r.ua = Some(ANDROID_APP_UA.into());
+        r.device = Some(device.clone());
+        r.attestation = Some("missing");
+        r.signature = Some("valid");
+        r.bytes = 120;
+        out.push(r);
+        t += exp(&mut rng, rate_ms) as i64 + 1;
+    }
+}
+
+/// A scraper holding the Android app's extracted key and signing secret walks the
+/// product ids from several hosting addresses that share one work queue.
+fn key_scraper(cfg: &SimConfig, out: &mut Vec<Req>) {
+    let mut rng = cfg.rng("key-scraper", 0);
+    let (start, end) = window(cfg, &mut rng, 60.0, 140.0);
+    let net = *HOSTING.choose(&mut rng).unwrap_or(&HOSTING[0]);
+    let third: u8 = rng.random_range(0..=255);
+    let n_ips = rng.random_range(3..7);
+    let ips: Vec<String> = (0..n_ips)
+        .map(|_| {
+            format!(
+                "{}.{}.{}.{}",
+                net.prefix[0],
+                net.prefix[1],
+                third,
+                rng.random_range(2..250u8)
+            )
+        })
+        .collect();
+    let devices: Vec<String> = (0..n_ips)
+        .map(|_| format!("d-{}", hex(&mut rng, 12)))
+        .collect();
+    let mut id = CATALOG_BASE + rng.random_range(0..CATALOG_SIZE);
+    let gap_ms = rng.random_range(80.0..300.0);
+    let mut t = start;
+    while t < end {
+        let k = rng.random_range(0..n_ips);
+        let exists = rng.random::<f64>() < 0.85;
+        let mut r = req(
+            t,
+            &ips[k],
+            &net,
+            "key-scraper",
+            "GET",
+            format!("/v1/products/{id}"),
+            if exists { 200 } else { 404 },
+        );
+        r.api_key = Some("mobile-android".into());
+        r.ua = Some(ANDROID_APP_UA.into());
+        r.device = Some(devices[k].clone());
+        r.attestation = Some("missing");
+        r.signature = Some("valid");
+        r.bytes = if exists {
+            rng.random_range(1_500..6_000)
+        } else {
+            90
+        };
+        out.push(r);
+        id += 1;
+        t += exp(&mut rng, gap_ms) as i64 + 1;
+    }
+}
+
+const PROBES: &[&str] = &[
+    "/.env",
+    "/.git/config",
+    "/.git/HEAD",
+    "/wp-login.php",
+    "/wp-admin/",
+    "/xmlrpc.php",
+    "/phpmyadmin/",
+    "/pma/",
+    "/admin",
+    "/admin.php",
+    "/administrator/",
+    "/actuator/env",
+    "/actuator/health",
+    "/server-status",
+    "/config.json",
+    "/.aws/credentials",
+    "/backup.zip",
+    "/backup.sql",
+    "/db.sql",
+    "/api/v1/debug",
+    "/debug/pprof/",
+    "/.DS_Store",
+    "/vendor/phpunit/phpunit/src/Util/PHP/eval-stdin.php",
+    "/cgi-bin/luci",
+    "/solr/admin/info/system",
+    "/console",
+    "/manager/html",
+    "/owa/auth/logon.aspx",
+    "/remote/login",
+    "/.well-known/security.txt",
+    "/swagger.json",
+    "/v2/api-docs",
+    "/graphql",
+    "/api/graphql",
+    "/telescope/requests",
+    "/_profiler/phpinfo",
+    "/info.php",
+    "/test.php",
+];
+
+/// A scanner requesting well-known sensitive paths and variations of them.
+fn path_probe(cfg: &SimConfig, out: &mut Vec<Req>) {
+    let mut rng = cfg.rng("path-probe", 0);
+    let (start, end) = window(cfg, &mut rng, 15.0, 45.0);
+    let net = *HOSTING.choose(&mut rng).unwrap_or(&HOSTING[0]);
+    let ip = ip_in(&net, &mut rng);
+    let ua = if rng.random::<f64>() < 0.5 {
+        BROWSERS[0]
+    } else {
+        "Mozilla/5.0 (compatible; Nuclei - Open-source project (github.com/projectdiscovery/nuclei))"
+    };
+    let gap = rng.random_range(150.0..2_000.0);
+    let mut t = start;
+    while t < end {
+        let base = PROBES.choose(&mut rng).copied().unwrap_or("/.env");
+        let path = match rng.random_range(0..4) {
+            0 => base.to_string(),
+            1 => format!("/api{base}"),
+            2 => format!(
+                "/{}{base}",
+                ["old", "new", "dev", "staging", "v1"][rng.random_range(0..5)]
+            ),
+            _ => format!(
+                "{}.{}",
+                base.trim_end_matches('/'),
+                ["bak", "old", "txt", "save"][rng.random_range(0..4)]
+            ),
+        };
+        let status = if path == "/actuator/health" || path == "/.well-known/security.txt" {
+            200
+        } else if rng.random::<f64>() < 0.05 {
+            403
+        } else {
+            404
+        };
+        let mut r = req(t, &ip, &net, "path-probe", "GET", path, status);
+        r.ua = Some(ua.into());
+        r.bytes = 150;
+        out.push(r);
+        t += exp(&mut rng, gap) as i64 + 1;
+    }
+}
+
+/// Captured signed requests of a real app user, replayed from elsewhere.
+fn signature_replay(cfg: &SimConfig, out: &mut Vec<Req>) {
+    let mut rng = cfg.rng("signature-replay", 0);
+    let (start, end) = window(cfg, &mut rng, 30.0, 80.0);
+    let net = *PROXY_ABROAD.choose(&mut rng).unwrap_or(&PROXY_ABROAD[0]);
+    let ip = ip_in(&net, &mut rng);
+    let victim_user = format!("m{}@mail.example", rng.random_range(0..6_000));
+    let victim_device = format!("d-{}", hex(&mut rng, 12));
+    let family = format!("rf-{}", hex(&mut rng, 12));
+    let captured = [
+        ("POST", "/v1/orders"),
+        ("GET", "/v1/account"),
+        ("POST", "/v1/payment-methods"),
+        ("GET", "/v1/orders/4410921"),
+    ];
+    let mut t = start;
+    while t < end {
+        let (m, p) = captured[rng.random_range(0..captured.len())];
+        let mut r = req(t, &ip, &net, "signature-replay", m, p.into(), 401);
+        r.user = Some(victim_user.clone());
+        r.device = Some(victim_device.clone());
+        r.session = Some(family.clone());
+        r.api_key = Some("mobile-ios".into());
+        r.ua = Some(IOS_APP_UA.into());
+        r.attestation = Some("valid");
+        r.signature = Some("replayed");
+        r.auth = Some("ok");
+        r.bytes = 60;
+        out.push(r);
+        // Bursts of replays, then pauses.
+        t += if rng.random::<f64>() < 0.2 {
+            exp(&mut rng, 30_000.0)
+        } else {
+            exp(&mut rng, 1_500.0)
+        } as i64
+            + 1;
+    }
+}
+
+/// A stolen web session cookie used from another country while its owner is still browsing.
+fn session_hijack(cfg: &SimConfig, out: &mut Vec<Req>) {
+    let mut rng = cfg.rng("session-hijack", 0);
+    let (start, _) = window(cfg, &mut rng, 30.0, 40.0);
+    let (session, user, _ua) = super::benign::victim_session(cfg, start, &mut rng, out);
+    let net = *PROXY_ABROAD.choose(&mut rng).unwrap_or(&PROXY_ABROAD[0]);
+    let ip = ip_in(&net, &mut rng);
+    let mut t = start + rng.random_range(60_000..240_000);
+    let end = t + rng.random_range(20..45) * 60_000;
+    let targets = [
+        ("GET", "/v1/account", 200),
+        ("GET", "/v1/orders", 200),
+        ("GET", "/v1/payment-methods", 200),
+        ("POST", "/v1/account/email", 200),
+        ("GET", "/v1/addresses", 200),
+    ];
+    while t < end {
+        let (m, p, s) = targets[rng.random_range(0..targets.len())];
+        let mut r = req(t, &ip, &net, "session-hijack", m, p.into(), s);
+        r.user = Some(user.clone());
+        r.session = Some(session.clone());
+        r.auth = Some("ok");
+        r.ua = Some(BROWSERS[2].into());
+        r.bytes = rng.random_range(500..3_000);
+        out.push(r);
+        t += lognormal(&mut rng, 12_000.0, 0.7) as i64 + 1;
+    }
+}
+
+/// An emulator farm registering fresh devices and accounts from one hosting subnet.
+fn device_farm(cfg: &SimConfig, out: &mut Vec<Req>) {
+    let mut rng = cfg.rng("device-farm", 0);
+    let (start, end) = window(cfg, &mut rng, 45.0, 120.0);
+    let net = *HOSTING.choose(&mut rng).unwrap_or(&HOSTING[0]);
+    let third: u8 = rng.random_range(0..=255);
+    let ips: Vec<String> = (0..rng.random_range(4..12))
+        .map(|_| {
+            format!(
+                "{}.{}.{}.{}",
+                net.prefix[0],
+                net.prefix[1],
+                third,
+                rng.random_range(2..250u8)
+            )
+        })
+        .collect();
+    let gap = rng.random_range(8_000.0..40_000.0);
+    let mut t = start;
+    while t < end {
+        let ip = ips.choose(&mut rng).cloned().unwrap_or_default();
+        let device = format!("d-{}", hex(&mut rng, 12));
+        let user = format!(
+            "promo{}@{}",
+            hex(&mut rng, 6),
+            ["mailinator.example", "tempmail.example"][rng.random_range(0..2)]
+        );
+        let mut s = t;
+        let steps: [(&str, &str, u16); 4] = [
+            ("POST", "/v1/devices", 201),
+            ("POST", "/v1/signup", 201),
+            ("POST", "/oauth/token", 200),
+            ("POST", "/v1/promotions/redeem", 200),
+        ];
+        for (m, p, st) in steps {
+            let mut r = req(
+                s,
+                &ip,
+                &net,
+                "device-farm",
+                if m == "POST" { "POST" } else { "GET" },
+                p.into(),
+                st,
+            );
+            r.device = Some(device.clone());
+            r.api_key = Some("mobile-android".into());
+            r.ua = Some(ANDROID_APP_UA.into());
+            r.attestation = Some(if rng.random::<f64>() < 0.7 {
+                "invalid"
+            } else {
+                "missing"
+            });
+            r.signature = Some("valid");
+            if p != "/v1/devices" {
+                r.user = Some(user.clone());
+            }
+            if p == "/oauth/token" {
+                r.grant = Some("password");
+                r.auth = Some("ok");
+            }
+            r.bytes = 300;
+            out.push(r);
+            s += rng.random_range(800..4_000);
+        }
+        t += exp(&mut rng, gap / ips.len() as f64 * 4.0) as i64 + 1;
+    }
+}
