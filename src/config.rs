@@ -29,12 +29,7 @@ pub enum ConfigError {
     #[error("{file}: {message}")]
     Syntax { file: PathBuf, message: String },
     #[error("{file}:{line}: {key}: {message}")]
-    Invalid {
-        file: PathBuf,
-        line: usize,
-        key: String,
-        message: String,
-    },
+    Invalid { file: PathBuf, line: usize, key: String, message: String },
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -82,6 +77,7 @@ struct OutputSection {
     batch_rows: Option<usize>,
     events: Option<bool>,
     features: Option<bool>,
+    features_every: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -218,20 +214,10 @@ struct Located<T> {
 }
 
 fn line_of(src: &str, offset: usize) -> usize {
-    src.as_bytes()[..offset.min(src.len())]
-        .iter()
-        .filter(|b| **b == b'\n')
-        .count()
-        + 1
+    src.as_bytes()[..offset.min(src.len())].iter().filter(|b| **b == b'\n').count() + 1
 }
 
-fn invalid(
-    file: &Path,
-    src: &str,
-    span: std::ops::Range<usize>,
-    key: &str,
-    message: impl Into<String>,
-) -> ConfigError {
+fn invalid(file: &Path, src: &str, span: std::ops::Range<usize>, key: &str, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         file: file.to_path_buf(),
         line: line_of(src, span.start),
@@ -243,13 +229,7 @@ fn invalid(
 fn duration(file: &Path, src: &str, v: &Spanned<String>, key: &str) -> Result<i64, ConfigError> {
     let ms = parse_duration_ms(v.get_ref()).map_err(|m| invalid(file, src, v.span(), key, m))?;
     if ms <= 0 {
-        return Err(invalid(
-            file,
-            src,
-            v.span(),
-            key,
-            "must be longer than zero",
-        ));
+        return Err(invalid(file, src, v.span(), key, "must be longer than zero"));
     }
     Ok(ms)
 }
@@ -262,16 +242,10 @@ pub const DEFAULT_PIPELINE_PATH: &str = "pipelines/default.toml";
 fn read_file(path: &Path) -> Result<String, ConfigError> {
     match std::fs::read_to_string(path) {
         Ok(s) => Ok(s),
-        Err(e)
-            if e.kind() == std::io::ErrorKind::NotFound
-                && path == Path::new(DEFAULT_PIPELINE_PATH) =>
-        {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && path == Path::new(DEFAULT_PIPELINE_PATH) => {
             Ok(DEFAULT_PIPELINE.to_string())
         }
-        Err(source) => Err(ConfigError::Io {
-            file: path.to_path_buf(),
-            source,
-        }),
+        Err(source) => Err(ConfigError::Io { file: path.to_path_buf(), source }),
     }
 }
 
@@ -305,39 +279,25 @@ impl Pipeline {
             file: path.to_path_buf(),
             message: e.to_string().trim_end().to_string(),
         })?;
-        Ok(Located {
-            file: path.to_path_buf(),
-            src,
-            value,
-        })
+        Ok(Located { file: path.to_path_buf(), src, value })
     }
 
     /// Takes each section from the first file in the chain that defines it.
     fn resolve(path: &Path, chain: &[Located<PipelineFile>]) -> Result<Pipeline, ConfigError> {
         macro_rules! pick {
             ($field:ident) => {
-                chain
-                    .iter()
-                    .find_map(|f| f.value.$field.as_ref().map(|v| (f, v)))
+                chain.iter().find_map(|f| f.value.$field.as_ref().map(|v| (f, v)))
             };
         }
 
         let input = match pick!(input) {
-            None => InputConfig {
-                format: Format::Auto,
-                max_line_bytes: default_max_line(),
-                path: None,
-                mapping: None,
-            },
+            None => InputConfig { format: Format::Auto, max_line_bytes: default_max_line(), path: None, mapping: None },
             Some((f, s)) => {
                 let v = s.get_ref();
                 let mapping = v
                     .mapping
                     .as_ref()
-                    .map(|m| {
-                        Mapping::compile(m)
-                            .map_err(|e| invalid(&f.file, &f.src, s.span(), "input.mapping", e))
-                    })
+                    .map(|m| Mapping::compile(m).map_err(|e| invalid(&f.file, &f.src, s.span(), "input.mapping", e)))
                     .transpose()?;
                 if v.format == Format::Mapped && mapping.is_none() {
                     return Err(invalid(
@@ -349,24 +309,10 @@ impl Pipeline {
                     ));
                 }
                 if v.max_line_bytes < 256 {
-                    return Err(invalid(
-                        &f.file,
-                        &f.src,
-                        s.span(),
-                        "input.max_line_bytes",
-                        "must be at least 256",
-                    ));
+                    return Err(invalid(&f.file, &f.src, s.span(), "input.max_line_bytes", "must be at least 256"));
                 }
-                let path = v
-                    .path
-                    .as_ref()
-                    .map(|p| f.file.parent().unwrap_or(Path::new(".")).join(p));
-                InputConfig {
-                    format: v.format,
-                    max_line_bytes: v.max_line_bytes,
-                    path,
-                    mapping,
-                }
+                let path = v.path.as_ref().map(|p| f.file.parent().unwrap_or(Path::new(".")).join(p));
+                InputConfig { format: v.format, max_line_bytes: v.max_line_bytes, path, mapping }
             }
         };
 
@@ -383,11 +329,7 @@ impl Pipeline {
             features.idle_ms = 3_600_000 + features.lateness_ms + 600_000;
         }
 
-        let mut output = OutputConfig {
-            batch_rows: 8192,
-            events: true,
-            features: true,
-        };
+        let mut output = OutputConfig { batch_rows: 8192, events: true, features: true };
         if let Some((f, s)) = pick!(output) {
             let v = s.get_ref();
             if let Some(n) = v.batch_rows {
@@ -404,6 +346,13 @@ impl Pipeline {
             }
             output.events = v.events.unwrap_or(true);
             output.features = v.features.unwrap_or(true);
+            if let Some(e) = &v.features_every {
+                let ms = duration(&f.file, &f.src, e, "output.features_every")?;
+                if ms < features.tick_ms || ms % features.tick_ms != 0 {
+                    return Err(invalid(&f.file, &f.src, e.span(), "output.features_every", "must be a whole number of features.tick"));
+                }
+                features.persist_every_ticks = (ms / features.tick_ms) as u32;
+            }
         }
 
         let mut decisions = DecisionConfig {
@@ -418,8 +367,7 @@ impl Pipeline {
                 decisions.max_ttl_ms = duration(&f.file, &f.src, t, "decisions.max_ttl")?;
             }
             if let Some(t) = &v.offense_memory {
-                decisions.offense_memory_ms =
-                    duration(&f.file, &f.src, t, "decisions.offense_memory")?;
+                decisions.offense_memory_ms = duration(&f.file, &f.src, t, "decisions.offense_memory")?;
             }
             if let Some(e) = v.escalation {
                 if !(1.0..=10.0).contains(&e) {
@@ -443,8 +391,7 @@ impl Pipeline {
             let v = s.get_ref();
             for c in &v.cidrs {
                 allowlist.cidrs.push(
-                    parse_net(c.get_ref())
-                        .map_err(|m| invalid(&f.file, &f.src, c.span(), "allowlist.cidrs", m))?,
+                    parse_net(c.get_ref()).map_err(|m| invalid(&f.file, &f.src, c.span(), "allowlist.cidrs", m))?,
                 );
             }
             allowlist.api_keys = v.api_keys.clone();
@@ -452,13 +399,7 @@ impl Pipeline {
                 let c = cr.get_ref();
                 let key = format!("allowlist.crawlers '{}'", c.name);
                 let user_agent = regex::Regex::new(&c.user_agent).map_err(|e| {
-                    invalid(
-                        &f.file,
-                        &f.src,
-                        cr.span(),
-                        &key,
-                        format!("user_agent is not a valid regex: {e}"),
-                    )
+                    invalid(&f.file, &f.src, cr.span(), &key, format!("user_agent is not a valid regex: {e}"))
                 })?;
                 let cidrs = c
                     .cidrs
@@ -475,11 +416,7 @@ impl Pipeline {
                         "a crawler needs the networks it is verified from",
                     ));
                 }
-                allowlist.crawlers.push(Crawler {
-                    name: c.name.clone(),
-                    user_agent,
-                    cidrs,
-                });
+                allowlist.crawlers.push(Crawler { name: c.name.clone(), user_agent, cidrs });
             }
         }
 
@@ -501,18 +438,9 @@ impl Pipeline {
                     continue;
                 }
                 let key = format!("rule '{}'", v.name);
-                let bad =
-                    |sp: std::ops::Range<usize>, m: String| invalid(&f.file, &f.src, sp, &key, m);
-                if v.name.is_empty()
-                    || !v
-                        .name
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-                {
-                    return Err(bad(
-                        span,
-                        "name must be non-empty letters, digits, '-' or '_'".into(),
-                    ));
+                let bad = |sp: std::ops::Range<usize>, m: String| invalid(&f.file, &f.src, sp, &key, m);
+                if v.name.is_empty() || !v.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+                    return Err(bad(span, "name must be non-empty letters, digits, '-' or '_'".into()));
                 }
                 if !names.insert(v.name.clone()) {
                     return Err(bad(span, "a rule with this name is already defined".into()));
@@ -526,26 +454,18 @@ impl Pipeline {
                         ),
                     )
                 })?;
-                let action = Action::parse(v.action.get_ref())
-                    .filter(|a| *a != Action::Allow)
-                    .ok_or_else(|| {
-                        bad(
-                            v.action.span(),
-                            format!(
-                                "action '{}' is not one of deny, challenge, throttle",
-                                v.action.get_ref()
-                            ),
-                        )
-                    })?;
+                let action = Action::parse(v.action.get_ref()).filter(|a| *a != Action::Allow).ok_or_else(|| {
+                    bad(
+                        v.action.span(),
+                        format!("action '{}' is not one of deny, challenge, throttle", v.action.get_ref()),
+                    )
+                })?;
                 let on_shared = match &v.on_shared {
                     None => Action::Challenge.min(action),
                     Some(s) => Action::parse(s.get_ref()).ok_or_else(|| {
                         bad(
                             s.span(),
-                            format!(
-                                "on_shared '{}' is not one of deny, challenge, throttle, allow",
-                                s.get_ref()
-                            ),
+                            format!("on_shared '{}' is not one of deny, challenge, throttle, allow", s.get_ref()),
                         )
                     })?,
                 };
@@ -572,16 +492,7 @@ impl Pipeline {
             }
         }
 
-        Ok(Pipeline {
-            file: path.to_path_buf(),
-            input,
-            features,
-            output,
-            decisions,
-            allowlist,
-            rules,
-            state_dir,
-        })
+        Ok(Pipeline { file: path.to_path_buf(), input, features, output, decisions, allowlist, rules, state_dir })
     }
 }
 
@@ -594,12 +505,7 @@ fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
 
 impl Allowlist {
     /// Whether requests from `ip` with this user agent may never be blocked automatically.
-    pub fn allows_request(
-        &self,
-        ip: std::net::IpAddr,
-        user_agent: Option<&str>,
-        api_key: Option<&str>,
-    ) -> bool {
+    pub fn allows_request(&self, ip: std::net::IpAddr, user_agent: Option<&str>, api_key: Option<&str>) -> bool {
         if self.cidrs.iter().any(|n| n.contains(&ip)) {
             return true;
         }
@@ -609,10 +515,7 @@ impl Allowlist {
             }
         }
         if let Some(ua) = user_agent {
-            return self
-                .crawlers
-                .iter()
-                .any(|c| c.cidrs.iter().any(|n| n.contains(&ip)) && c.user_agent.is_match(ua));
+            return self.crawlers.iter().any(|c| c.cidrs.iter().any(|n| n.contains(&ip)) && c.user_agent.is_match(ua));
         }
         false
     }
@@ -625,19 +528,14 @@ impl Allowlist {
             EntityType::Ip => match entity.parse::<std::net::IpAddr>() {
                 Ok(ip) => {
                     self.cidrs.iter().any(|n| n.contains(&ip))
-                        || self
-                            .crawlers
-                            .iter()
-                            .any(|c| c.cidrs.iter().any(|n| n.contains(&ip)))
+                        || self.crawlers.iter().any(|c| c.cidrs.iter().any(|n| n.contains(&ip)))
                 }
                 Err(_) => false,
             },
             EntityType::Cidr => match entity.parse::<ipnet::IpNet>() {
                 Ok(net) => {
-                    let overlaps =
-                        |n: &ipnet::IpNet| n.contains(&net.network()) || net.contains(&n.network());
-                    self.cidrs.iter().any(overlaps)
-                        || self.crawlers.iter().any(|c| c.cidrs.iter().any(overlaps))
+                    let overlaps = |n: &ipnet::IpNet| n.contains(&net.network()) || net.contains(&n.network());
+                    self.cidrs.iter().any(overlaps) || self.crawlers.iter().any(|c| c.cidrs.iter().any(overlaps))
                 }
                 Err(_) => false,
             },
@@ -676,27 +574,13 @@ reason = "too fast"
 
     #[test]
     fn errors_name_file_line_and_key() {
-        let e = load(&RULE.replace("\"ip\"", "\"planet\""))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.starts_with("test.toml:4: rule 'r1': entity 'planet'"),
-            "{e}"
-        );
-        let e = load(&RULE.replace("\"10m\"", "\"ten minutes\""))
-            .unwrap_err()
-            .to_string();
+        let e = load(&RULE.replace("\"ip\"", "\"planet\"")).unwrap_err().to_string();
+        assert!(e.starts_with("test.toml:4: rule 'r1': entity 'planet'"), "{e}");
+        let e = load(&RULE.replace("\"10m\"", "\"ten minutes\"")).unwrap_err().to_string();
         assert!(e.contains("test.toml:7: rule 'r1' ttl:"), "{e}");
-        let e = load(&RULE.replace("reason", "raison"))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("test.toml") && e.contains("line") && e.contains("raison"),
-            "{e}"
-        );
-        let e = load("[allowlist]\ncidrs = [\"10.0.0.0/33\"]\n")
-            .unwrap_err()
-            .to_string();
+        let e = load(&RULE.replace("reason", "raison")).unwrap_err().to_string();
+        assert!(e.contains("test.toml") && e.contains("line") && e.contains("raison"), "{e}");
+        let e = load("[allowlist]\ncidrs = [\"10.0.0.0/33\"]\n").unwrap_err().to_string();
         assert!(e.starts_with("test.toml:2: allowlist.cidrs"), "{e}");
     }
 

@@ -12,8 +12,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use datafusion::arrow::array::{
-    ArrayRef, Float64Builder, StringArray, StringBuilder, TimestampMillisecondBuilder,
-    UInt32Builder, UInt64Builder,
+    ArrayRef, Float64Builder, StringArray, StringBuilder, TimestampMillisecondBuilder, UInt32Builder, UInt64Builder,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::error::ArrowError;
@@ -71,11 +70,7 @@ pub struct Summary {
 impl Summary {
     /// One line for a terminal.
     pub fn line(&self) -> String {
-        let acts: Vec<String> = self
-            .decisions_by_action
-            .iter()
-            .map(|(a, n)| format!("{a} {n}"))
-            .collect();
+        let acts: Vec<String> = self.decisions_by_action.iter().map(|(a, n)| format!("{a} {n}")).collect();
         format!(
             "{} lines → {} events ({} dead letters, {} late) → {} decisions [{}] in {:.2}s ({:.0} events/s)",
             self.lines,
@@ -83,11 +78,7 @@ impl Summary {
             self.dead_letters,
             self.late_events,
             self.decisions,
-            if acts.is_empty() {
-                "none".to_string()
-            } else {
-                acts.join(", ")
-            },
+            if acts.is_empty() { "none".to_string() } else { acts.join(", ") },
             self.elapsed_s,
             self.events_per_s
         )
@@ -164,6 +155,12 @@ impl DecisionColumns {
     }
 }
 
+/// Event columns whose values are (nearly) unique, so a Parquet dictionary only costs.
+const EVENT_PLAIN: &[&str] = &["request_id"];
+
+/// Feature rows are buffered to this many before they go to the writer thread.
+const FEATURE_FLUSH_ROWS: usize = 16_384;
+
 /// Output locations inside a run directory.
 pub struct OutputPaths {
     pub dir: PathBuf,
@@ -194,6 +191,8 @@ pub struct Engine {
     events_out: Option<ParquetTable>,
     features_out: Option<ParquetTable>,
     decisions_out: ParquetTable,
+    feature_buf: Vec<RecordBatch>,
+    feature_buf_rows: usize,
     decision_cols: DecisionColumns,
     decisions_jsonl: BufWriter<File>,
     decisions_path: PathBuf,
@@ -212,55 +211,47 @@ impl Engine {
         source_name: &str,
         out_dir: &Path,
     ) -> Result<Engine, EngineError> {
-        std::fs::create_dir_all(out_dir).map_err(|source| EngineError::Io {
-            path: out_dir.to_path_buf(),
-            source,
-        })?;
-        let paths = OutputPaths {
-            dir: out_dir.to_path_buf(),
-        };
+        std::fs::create_dir_all(out_dir).map_err(|source| EngineError::Io { path: out_dir.to_path_buf(), source })?;
+        let paths = OutputPaths { dir: out_dir.to_path_buf() };
         let rules = RuleSet::compile(&pipeline.rules)?;
-        let rule_columns = rules
-            .rules()
-            .iter()
-            .map(|r| referenced_features(&r.spec.when))
-            .collect();
+        let rule_columns = rules.rules().iter().map(|r| referenced_features(&r.spec.when)).collect();
+        let mut judged = [false; 6];
+        for r in rules.rules() {
+            judged[r.spec.entity.index()] = true;
+        }
         let events_out = if pipeline.output.events {
-            Some(ParquetTable::create(
-                &paths.table("events"),
-                event::schema(),
-            )?)
+            Some(ParquetTable::create(&paths.table("events"), event::schema(), EVENT_PLAIN)?)
         } else {
             None
         };
         let features_out = if pipeline.output.features {
-            Some(ParquetTable::create(
-                &paths.table("features"),
-                features::schema(),
-            )?)
+            Some(ParquetTable::create(&paths.table("features"), features::schema(), &["entity_type"])?)
         } else {
             None
         };
-        let decisions_out = ParquetTable::create(&paths.table("decisions"), decisions_schema())?;
+        let decisions_out =
+            ParquetTable::create(&paths.table("decisions"), decisions_schema(), &[])?;
         let decisions_path = paths.decisions_jsonl();
-        let decisions_jsonl =
-            BufWriter::new(
-                File::create(&decisions_path).map_err(|source| EngineError::Io {
-                    path: decisions_path.clone(),
-                    source,
-                })?,
-            );
+        let decisions_jsonl = BufWriter::new(
+            File::create(&decisions_path).map_err(|source| EngineError::Io { path: decisions_path.clone(), source })?,
+        );
         Ok(Engine {
             format: format.unwrap_or(pipeline.input.format),
             source_name: source_name.to_string(),
             builder: EventBatchBuilder::with_capacity(pipeline.output.batch_rows),
-            features: FeatureEngine::new(pipeline.features),
+            features: {
+                let mut f = FeatureEngine::new(pipeline.features);
+                f.set_judged(judged);
+                f
+            },
             store: DecisionStore::new(pipeline.decisions.clone()),
             rules,
             rule_columns,
             events_out,
             features_out,
             decisions_out,
+            feature_buf: Vec::new(),
+            feature_buf_rows: 0,
             decision_cols: DecisionColumns::default(),
             decisions_jsonl,
             decisions_path,
@@ -293,28 +284,18 @@ impl Engine {
         } else {
             match std::str::from_utf8(line.bytes) {
                 Err(e) => Some(format!("invalid UTF-8 at byte {}", e.valid_up_to())),
-                Ok(text) => {
-                    match event::parse_line(text, self.format, self.pipeline.input.mapping.as_ref())
-                    {
-                        Ok(ev) => {
-                            self.first_ts.get_or_insert(ev.ts_ms);
-                            self.builder.append(&ev);
-                            None
-                        }
-                        Err(e) => Some(e.to_string()),
+                Ok(text) => match event::parse_line(text, self.format, self.pipeline.input.mapping.as_ref()) {
+                    Ok(ev) => {
+                        self.first_ts.get_or_insert(ev.ts_ms);
+                        self.builder.append(&ev);
+                        None
                     }
-                }
+                    Err(e) => Some(e.to_string()),
+                },
             }
         };
         if let Some(reason) = reason {
-            let dl = DeadLetter::new(
-                &self.source_name,
-                line.no,
-                line.offset,
-                &reason,
-                line.bytes,
-                line.len,
-            );
+            let dl = DeadLetter::new(&self.source_name, line.no, line.offset, &reason, line.bytes, line.len);
             self.dead.write(&dl)?;
             tracing::debug!(line = line.no, %reason, "dead letter");
         }
@@ -370,17 +351,31 @@ impl Engine {
                     .column(users_idx)
                     .as_any()
                     .downcast_ref::<datafusion::arrow::array::Float64Array>()
-                    .ok_or_else(|| {
-                        ArrowError::SchemaError("distinct_users_1h is not Float64".into())
-                    })?;
+                    .ok_or_else(|| ArrowError::SchemaError("distinct_users_1h is not Float64".into()))?;
                 for h in hits {
                     self.decide(t, now, &batch, entities.value(h.row), users, h)?;
                 }
             }
-            if let Some(out) = self.features_out.as_mut() {
+            if snap.persist && self.features_out.is_some() {
+                self.feature_buf_rows += batch.num_rows();
+                self.feature_buf.push(batch);
+                if self.feature_buf_rows >= FEATURE_FLUSH_ROWS {
+                    self.flush_features()?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn flush_features(&mut self) -> Result<(), EngineError> {
+        if let Some(out) = self.features_out.as_mut() {
+            if !self.feature_buf.is_empty() {
+                let batch = datafusion::arrow::compute::concat_batches(&features::schema(), &self.feature_buf)?;
                 out.write(batch)?;
             }
         }
+        self.feature_buf.clear();
+        self.feature_buf_rows = 0;
         Ok(())
     }
 
@@ -401,16 +396,9 @@ impl Engine {
         }
         let mut action = rule.action;
         let mut reason = rule.reason.clone();
-        let shared_users = if users.is_valid(h.row) {
-            users.value(h.row)
-        } else {
-            0.0
-        };
+        let shared_users = if users.is_valid(h.row) { users.value(h.row) } else { 0.0 };
         let shareable = matches!(t, EntityType::Ip | EntityType::Cidr | EntityType::ApiKey);
-        if shareable
-            && shared_users >= self.pipeline.decisions.shared_min_users as f64
-            && rule.on_shared < action
-        {
+        if shareable && shared_users >= self.pipeline.decisions.shared_min_users as f64 && rule.on_shared < action {
             self.summary.downgraded_shared += 1;
             action = rule.on_shared;
             if action == Action::Allow {
@@ -443,19 +431,12 @@ impl Engine {
     }
 
     fn emit(&mut self, d: &Decision, now: i64) -> Result<(), EngineError> {
-        let io = |source| EngineError::Io {
-            path: self.decisions_path.clone(),
-            source,
-        };
+        let io = |source| EngineError::Io { path: self.decisions_path.clone(), source };
         serde_json::to_writer(&mut self.decisions_jsonl, d).map_err(|e| io(e.into()))?;
         self.decisions_jsonl.write_all(b"\n").map_err(io)?;
         self.decision_cols.push(d, now);
         self.summary.decisions += 1;
-        *self
-            .summary
-            .decisions_by_action
-            .entry(d.action.as_str().to_string())
-            .or_default() += 1;
+        *self.summary.decisions_by_action.entry(d.action.as_str().to_string()).or_default() += 1;
         if let Some(f) = self.on_decision.as_mut() {
             f(d);
         }
@@ -468,10 +449,7 @@ impl Engine {
         if let Some(s) = self.features.flush()? {
             self.handle_snapshot(s)?;
         }
-        let io = |source| EngineError::Io {
-            path: self.decisions_path.clone(),
-            source,
-        };
+        let io = |source| EngineError::Io { path: self.decisions_path.clone(), source };
         self.decisions_jsonl.flush().map_err(io)?;
         self.dead.flush()?;
         let batch = self.decision_cols.finish()?;
@@ -495,11 +473,7 @@ impl Engine {
         s.first_event = self.first_ts.map(event::time::format_rfc3339);
         s.last_event = self.features.max_ts().map(event::time::format_rfc3339);
         s.elapsed_s = self.started.elapsed().as_secs_f64();
-        s.events_per_s = if s.elapsed_s > 0.0 {
-            s.events as f64 / s.elapsed_s
-        } else {
-            0.0
-        };
+        s.events_per_s = if s.elapsed_s > 0.0 { s.events as f64 / s.elapsed_s } else { 0.0 };
         s.peak_rss_bytes = peak_rss_bytes();
         Ok(self.summary)
     }
@@ -525,11 +499,7 @@ fn evidence(batch: &RecordBatch, row: usize, cols: &[(usize, &'static str)]) -> 
         if let Some(a) = batch.column(*i).as_any().downcast_ref::<Float64Array>() {
             if a.is_valid(row) {
                 let v = a.value(row);
-                parts.push(if v.fract() == 0.0 {
-                    format!("{name}={v:.0}")
-                } else {
-                    format!("{name}={v:.2}")
-                });
+                parts.push(if v.fract() == 0.0 { format!("{name}={v:.0}") } else { format!("{name}={v:.2}") });
             }
         }
     }
@@ -556,15 +526,9 @@ pub fn replay(
     let name = input.display().to_string();
     let mut engine = Engine::new(pipeline, format, &name, out_dir)?;
     let (reader, total): (Box<dyn std::io::BufRead>, u64) = if input == Path::new("-") {
-        (
-            Box::new(std::io::BufReader::with_capacity(1 << 20, std::io::stdin())),
-            0,
-        )
+        (Box::new(std::io::BufReader::with_capacity(1 << 20, std::io::stdin())), 0)
     } else {
-        let f = File::open(input).map_err(|source| EngineError::Io {
-            path: input.to_path_buf(),
-            source,
-        })?;
+        let f = File::open(input).map_err(|source| EngineError::Io { path: input.to_path_buf(), source })?;
         let len = f.metadata().map(|m| m.len()).unwrap_or(0);
         (Box::new(std::io::BufReader::with_capacity(1 << 20, f)), len)
     };
@@ -583,10 +547,7 @@ pub fn replay(
     let mut lines = crate::source::LineReader::new(reader, keep);
     let mut n = 0u64;
     loop {
-        let line = lines.next_line().map_err(|source| EngineError::Io {
-            path: input.to_path_buf(),
-            source,
-        })?;
+        let line = lines.next_line().map_err(|source| EngineError::Io { path: input.to_path_buf(), source })?;
         let Some(line) = line else { break };
         engine.push_line(&line)?;
         n += 1;

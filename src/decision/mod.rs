@@ -29,14 +29,7 @@ impl Action {
     }
 
     pub fn parse(s: &str) -> Option<Action> {
-        [
-            Action::Allow,
-            Action::Throttle,
-            Action::Challenge,
-            Action::Deny,
-        ]
-        .into_iter()
-        .find(|a| a.as_str() == s)
+        [Action::Allow, Action::Throttle, Action::Challenge, Action::Deny].into_iter().find(|a| a.as_str() == s)
     }
 }
 
@@ -93,21 +86,12 @@ pub struct DecisionStore {
 
 impl DecisionStore {
     pub fn new(cfg: DecisionConfig) -> Self {
-        DecisionStore {
-            cfg,
-            active: HashMap::new(),
-            offenses: HashMap::new(),
-            next_id: 1,
-            last_gc: i64::MIN,
-        }
+        DecisionStore { cfg, active: HashMap::new(), offenses: HashMap::new(), next_id: 1, last_gc: i64::MIN }
     }
 
     /// Decisions in force at `now_ms`.
     pub fn active_count(&self, now_ms: i64) -> usize {
-        self.active
-            .values()
-            .filter(|a| a.expires_ms > now_ms)
-            .count()
+        self.active.values().filter(|a| a.expires_ms > now_ms).count()
     }
 
     /// Turns a proposal into a new decision, or `None` when an equal or stronger one
@@ -139,23 +123,10 @@ impl DecisionStore {
         Some(self.record(key, &p, ttl, Some(n)))
     }
 
-    fn record(
-        &mut self,
-        key: (EntityType, String),
-        p: &Proposal<'_>,
-        ttl_ms: i64,
-        offense: Option<u32>,
-    ) -> Decision {
+    fn record(&mut self, key: (EntityType, String), p: &Proposal<'_>, ttl_ms: i64, offense: Option<u32>) -> Decision {
         let ttl_ms = (ttl_ms / 1000).max(1) * 1000;
         let offense = offense.unwrap_or_else(|| self.offenses.get(&key).map(|o| o.0).unwrap_or(1));
-        self.active.insert(
-            key,
-            Active {
-                action: p.action,
-                created_ms: p.now_ms,
-                expires_ms: p.now_ms + ttl_ms,
-            },
-        );
+        self.active.insert(key, Active { action: p.action, created_ms: p.now_ms, expires_ms: p.now_ms + ttl_ms });
         let id = self.next_id;
         self.next_id += 1;
         Decision {
@@ -216,14 +187,8 @@ mod tests {
         let mut s = store();
         let d1 = s.propose(prop(0, Action::Deny)).unwrap();
         assert_eq!(d1.ttl_s, 3600);
-        assert!(
-            s.propose(prop(60_000, Action::Deny)).is_none(),
-            "live decision not repeated"
-        );
-        assert!(
-            s.propose(prop(60_000, Action::Challenge)).is_none(),
-            "weaker action suppressed"
-        );
+        assert!(s.propose(prop(60_000, Action::Deny)).is_none(), "live decision not repeated");
+        assert!(s.propose(prop(60_000, Action::Challenge)).is_none(), "weaker action suppressed");
         let renew = s.propose(prop(2_000_000, Action::Deny)).unwrap();
         assert_eq!(renew.offense, 1, "renewal is not a new offence");
         // After expiry, the next offence doubles the TTL; the cap holds.

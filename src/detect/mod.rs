@@ -78,26 +78,14 @@ impl RuleSet {
                 rule: spec.name.clone(),
                 message,
             };
-            let expr = ctx
-                .parse_sql_expr(&spec.when, &df_schema)
-                .map_err(|e| err(format!("when: {}", clean(&e))))?;
-            let ty = expr
-                .get_type(&df_schema)
-                .map_err(|e| err(format!("when: {}", clean(&e))))?;
+            let expr = ctx.parse_sql_expr(&spec.when, &df_schema).map_err(|e| err(format!("when: {}", clean(&e))))?;
+            let ty = expr.get_type(&df_schema).map_err(|e| err(format!("when: {}", clean(&e))))?;
             if ty != DataType::Boolean {
-                return Err(err(format!(
-                    "when: must be a boolean condition, but '{}' is {ty}",
-                    spec.when
-                )));
+                return Err(err(format!("when: must be a boolean condition, but '{}' is {ty}", spec.when)));
             }
-            let expr = ctx
-                .create_physical_expr(expr, &df_schema)
-                .map_err(|e| err(format!("when: {}", clean(&e))))?;
+            let expr = ctx.create_physical_expr(expr, &df_schema).map_err(|e| err(format!("when: {}", clean(&e))))?;
             set.by_entity[spec.entity.index()].push(set.rules.len());
-            set.rules.push(Rule {
-                spec: spec.clone(),
-                expr,
-            });
+            set.rules.push(Rule { spec: spec.clone(), expr });
         }
         Ok(set)
     }
@@ -115,10 +103,7 @@ impl RuleSet {
         let mut hits = Vec::new();
         for &ri in &self.by_entity[t.index()] {
             let rule = &self.rules[ri];
-            let wrap = |source| EvalError {
-                rule: rule.spec.name.clone(),
-                source,
-            };
+            let wrap = |source| EvalError { rule: rule.spec.name.clone(), source };
             let value = rule.expr.evaluate(batch).map_err(wrap)?;
             let array = value.into_array(batch.num_rows()).map_err(wrap)?;
             let Some(mask) = array.as_any().downcast_ref::<BooleanArray>() else {
@@ -171,13 +156,11 @@ mod tests {
 
     #[test]
     fn evaluates_over_a_feature_batch() {
-        let set = rules("requests_1m >= 2 AND (login_failure_ratio_10m IS NULL OR login_failure_ratio_10m < 0.5)").unwrap();
+        let set =
+            rules("requests_1m >= 2 AND (login_failure_ratio_10m IS NULL OR login_failure_ratio_10m < 0.5)").unwrap();
         let mut a = features::state::EntityState::new("1.2.3.4".into(), 0);
         let mut b = features::state::EntityState::new("5.6.7.8".into(), 0);
-        let k = features::state::Contribution {
-            ts: 1_000,
-            ..Default::default()
-        };
+        let k = features::state::Contribution { ts: 1_000, ..Default::default() };
         let mut one = k.clone();
         one.counts[features::state::c::REQ] = 1;
         a.apply(&one, None, false);

@@ -32,11 +32,7 @@ pub enum EvalError {
         source: std::io::Error,
     },
     #[error("{path}:{line}: {message}")]
-    Bad {
-        path: PathBuf,
-        line: usize,
-        message: String,
-    },
+    Bad { path: PathBuf, line: usize, message: String },
 }
 
 /// How the simulated gateway enforces.
@@ -50,10 +46,7 @@ pub struct EvalConfig {
 
 impl Default for EvalConfig {
     fn default() -> Self {
-        EvalConfig {
-            throttle_rps: 1.0,
-            grace_ms: 600_000,
-        }
+        EvalConfig { throttle_rps: 1.0, grace_ms: 600_000 }
     }
 }
 
@@ -125,9 +118,7 @@ impl Report {
 
     /// Whether any decision of `action` or stronger targets this entity.
     pub fn was_denied(&self, t: EntityType, entity: &str) -> bool {
-        self.denied_entities
-            .get(t.as_str())
-            .is_some_and(|v| v.iter().any(|e| e == entity))
+        self.denied_entities.get(t.as_str()).is_some_and(|v| v.iter().any(|e| e == entity))
     }
 
     /// A table for people.
@@ -143,11 +134,7 @@ impl Report {
                 Some(t) if r.attack => format!("{:.0}s", t),
                 _ => "-".into(),
             };
-            let by: Vec<String> = r
-                .blocked_by_action
-                .iter()
-                .map(|(a, n)| format!("{a} {n}"))
-                .collect();
+            let by: Vec<String> = r.blocked_by_action.iter().map(|(a, n)| format!("{a} {n}")).collect();
             let _ = writeln!(
                 s,
                 "{:<22} {:>9} {:>8.2}% {:>11.2}% {:>10} {:>9}  {}",
@@ -180,13 +167,7 @@ impl Report {
                 let _ = writeln!(
                     s,
                     "  {:>6} benign blocked by #{} {} {}={} ({}): {}",
-                    c.benign_blocked,
-                    c.decision_id,
-                    c.action,
-                    c.entity_type,
-                    c.entity,
-                    c.source,
-                    c.reason
+                    c.benign_blocked, c.decision_id, c.action, c.entity_type, c.entity, c.source, c.reason
                 );
             }
         }
@@ -203,16 +184,10 @@ struct Active {
 
 /// Reads `decisions.jsonl`.
 pub fn read_decisions(path: &Path) -> Result<Vec<Decision>, EvalError> {
-    let f = std::fs::File::open(path).map_err(|source| EvalError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let f = std::fs::File::open(path).map_err(|source| EvalError::Io { path: path.to_path_buf(), source })?;
     let mut out = Vec::new();
     for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
-        let line = line.map_err(|source| EvalError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let line = line.map_err(|source| EvalError::Io { path: path.to_path_buf(), source })?;
         if line.trim().is_empty() {
             continue;
         }
@@ -234,54 +209,35 @@ pub fn evaluate(
     cfg: &EvalConfig,
 ) -> Result<Report, EvalError> {
     let mut index: HashMap<(EntityType, &str), Vec<Active>> = HashMap::new();
-    let mut report = Report {
-        decisions: decisions.len(),
-        ..Default::default()
-    };
+    let mut report = Report { decisions: decisions.len(), ..Default::default() };
     for (idx, d) in decisions.iter().enumerate() {
         let start = parse_rfc3339(&d.ts).map_err(|e| EvalError::Bad {
             path: PathBuf::from("decisions"),
             line: idx + 1,
             message: e.to_string(),
         })?;
-        index
-            .entry((d.entity_type, d.entity.as_str()))
-            .or_default()
-            .push(Active {
-                start,
-                end: start + d.ttl_s as i64 * 1000,
-                action: d.action,
-                idx,
-            });
+        index.entry((d.entity_type, d.entity.as_str())).or_default().push(Active {
+            start,
+            end: start + d.ttl_s as i64 * 1000,
+            action: d.action,
+            idx,
+        });
         if d.action == Action::Deny {
-            let v = report
-                .denied_entities
-                .entry(d.entity_type.as_str().to_string())
-                .or_default();
+            let v = report.denied_entities.entry(d.entity_type.as_str().to_string()).or_default();
             if !v.contains(&d.entity) {
                 v.push(d.entity.clone());
             }
         }
     }
-    let f = std::fs::File::open(labels).map_err(|source| EvalError::Io {
-        path: labels.to_path_buf(),
-        source,
-    })?;
-    let mut per: BTreeMap<String, (ScenarioReport, i64, HashSet<String>, HashSet<String>)> =
-        BTreeMap::new();
+    let f = std::fs::File::open(labels).map_err(|source| EvalError::Io { path: labels.to_path_buf(), source })?;
+    let mut per: BTreeMap<String, (ScenarioReport, i64, HashSet<String>, HashSet<String>)> = BTreeMap::new();
     let mut collateral: HashMap<usize, u64> = HashMap::new();
     // Throttle buckets: (decision index) → (tokens, last ts).
     let mut buckets: HashMap<usize, (f64, i64)> = HashMap::new();
     // Benign sessions already sent to sign in again, per (decision, session).
     let mut reauthenticated: HashSet<(usize, String)> = HashSet::new();
-    for (i, line) in std::io::BufReader::with_capacity(1 << 20, f)
-        .lines()
-        .enumerate()
-    {
-        let line = line.map_err(|source| EvalError::Io {
-            path: labels.to_path_buf(),
-            source,
-        })?;
+    for (i, line) in std::io::BufReader::with_capacity(1 << 20, f).lines().enumerate() {
+        let line = line.map_err(|source| EvalError::Io { path: labels.to_path_buf(), source })?;
         if line.trim().is_empty() {
             continue;
         }
@@ -291,8 +247,7 @@ pub fn evaluate(
             message: e.to_string(),
         })?;
         let ip: Option<std::net::IpAddr> = l.ip.parse().ok();
-        let allowed = ip
-            .is_some_and(|ip| allowlist.allows_request(ip, l.ua.as_deref(), l.api_key.as_deref()));
+        let allowed = ip.is_some_and(|ip| allowlist.allows_request(ip, l.ua.as_deref(), l.api_key.as_deref()));
         let mut verdict: Option<(Action, usize)> = None;
         if !allowed {
             let subnet = ip.map(subnet_of);
@@ -308,10 +263,7 @@ pub fn evaluate(
                 let Some(v) = v else { continue };
                 if let Some(list) = index.get(&(t, v)) {
                     for a in list {
-                        if a.start <= l.ts
-                            && l.ts < a.end
-                            && verdict.is_none_or(|(act, _)| a.action > act)
-                        {
+                        if a.start <= l.ts && l.ts < a.end && verdict.is_none_or(|(act, _)| a.action > act) {
                             verdict = Some((a.action, a.idx));
                         }
                     }
@@ -321,11 +273,8 @@ pub fn evaluate(
         let blocked = match verdict {
             None | Some((Action::Allow, _)) => false,
             Some((Action::Throttle, idx)) => {
-                let b = buckets
-                    .entry(idx)
-                    .or_insert((cfg.throttle_rps.max(1.0), l.ts));
-                b.0 = (b.0 + (l.ts - b.1).max(0) as f64 / 1000.0 * cfg.throttle_rps)
-                    .min(cfg.throttle_rps.max(1.0));
+                let b = buckets.entry(idx).or_insert((cfg.throttle_rps.max(1.0), l.ts));
+                b.0 = (b.0 + (l.ts - b.1).max(0) as f64 / 1000.0 * cfg.throttle_rps).min(cfg.throttle_rps.max(1.0));
                 b.1 = l.ts;
                 if b.0 >= 1.0 {
                     b.0 -= 1.0;
@@ -347,11 +296,7 @@ pub fn evaluate(
         };
         let entry = per.entry(l.scenario.clone()).or_insert_with(|| {
             (
-                ScenarioReport {
-                    scenario: l.scenario.clone(),
-                    attack: l.attack,
-                    ..Default::default()
-                },
+                ScenarioReport { scenario: l.scenario.clone(), attack: l.attack, ..Default::default() },
                 l.ts,
                 HashSet::new(),
                 HashSet::new(),
@@ -379,9 +324,7 @@ pub fn evaluate(
             }
             caught.insert(l.ip.clone());
             if let Some((a, idx)) = verdict {
-                *r.blocked_by_action
-                    .entry(a.as_str().to_string())
-                    .or_default() += 1;
+                *r.blocked_by_action.entry(a.as_str().to_string()).or_default() += 1;
                 if !l.attack {
                     *collateral.entry(idx).or_default() += 1;
                 }

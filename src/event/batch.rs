@@ -3,8 +3,7 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    ArrayRef, Float64Builder, StringBuilder, TimestampMillisecondBuilder, UInt16Builder,
-    UInt32Builder, UInt64Builder,
+    ArrayRef, Float64Builder, StringBuilder, TimestampMillisecondBuilder, UInt16Builder, UInt32Builder, UInt64Builder,
 };
 use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::record_batch::RecordBatch;
@@ -68,11 +67,7 @@ impl EventBatchBuilder {
 
     /// Event-time span of the rows collected so far, in ms (0 when empty).
     pub fn span_ms(&self) -> i64 {
-        if self.rows == 0 {
-            0
-        } else {
-            self.max_ts - self.min_ts
-        }
+        if self.rows == 0 { 0 } else { self.max_ts - self.min_ts }
     }
 
     pub fn append(&mut self, e: &EventRef<'_>) {
@@ -109,14 +104,8 @@ impl EventBatchBuilder {
         self.rows = 0;
         self.min_ts = i64::MAX;
         self.max_ts = i64::MIN;
-        let mut s = self
-            .strings
-            .iter_mut()
-            .map(|b| Arc::new(b.finish()) as ArrayRef);
-        let mut next = || {
-            s.next()
-                .ok_or_else(|| ArrowError::SchemaError("string column count".into()))
-        };
+        let mut s = self.strings.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef);
+        let mut next = || s.next().ok_or_else(|| ArrowError::SchemaError("string column count".into()));
         let columns: Vec<ArrayRef> = vec![
             Arc::new(self.ts.finish()),
             next()?, // client_ip

@@ -12,8 +12,8 @@ use serde::de::{self, Deserializer, Visitor};
 
 use super::time::{check_range, parse_rfc3339, truncate_for_error};
 use super::{
-    Attestation, AuthResult, EventRef, GrantType, ParseError, Signature, canonical_ip,
-    normalize_country, validate_required,
+    Attestation, AuthResult, EventRef, GrantType, ParseError, Signature, canonical_ip, normalize_country,
+    validate_required,
 };
 
 /// Event time as written: RFC 3339 text or epoch milliseconds, resolved to ms.
@@ -35,17 +35,13 @@ impl<'de> Deserialize<'de> for Ts {
                 check_range(v).map(Ts).map_err(E::custom)
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Ts, E> {
-                check_range(i64::try_from(v).unwrap_or(i64::MAX))
-                    .map(Ts)
-                    .map_err(E::custom)
+                check_range(i64::try_from(v).unwrap_or(i64::MAX)).map(Ts).map_err(E::custom)
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<Ts, E> {
                 if v.is_finite() && v.fract() == 0.0 && v.abs() < 9.0e15 {
                     check_range(v as i64).map(Ts).map_err(E::custom)
                 } else {
-                    Err(E::custom(format!(
-                        "timestamp {v} is not whole epoch milliseconds"
-                    )))
+                    Err(E::custom(format!("timestamp {v} is not whole epoch milliseconds")))
                 }
             }
         }
@@ -80,12 +76,37 @@ impl<'de> Deserialize<'de> for Num {
                     .ok()
                     .filter(|v| v.is_finite())
                     .map(Num)
-                    .ok_or_else(|| {
-                        E::custom(format!("'{}' is not a number", truncate_for_error(s)))
-                    })
+                    .ok_or_else(|| E::custom(format!("'{}' is not a number", truncate_for_error(s))))
             }
         }
         d.deserialize_any(V)
+    }
+}
+
+/// A string borrowed from the line when it has no escapes. (serde's own
+/// `#[serde(borrow)]` does not borrow through `Option<Cow<str>>`.)
+#[derive(Debug)]
+pub struct Text<'a>(pub Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Borrowed(s)))
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(s.to_string())))
+            }
+            fn visit_string<E: de::Error>(self, s: String) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(s)))
+            }
+        }
+        d.deserialize_str(V)
     }
 }
 
@@ -94,44 +115,44 @@ impl<'de> Deserialize<'de> for Num {
 pub struct RawEvent<'a> {
     pub ts: Option<Ts>,
     #[serde(borrow)]
-    pub client_ip: Option<Cow<'a, str>>,
+    pub client_ip: Option<Text<'a>>,
     #[serde(borrow)]
-    pub method: Option<Cow<'a, str>>,
+    pub method: Option<Text<'a>>,
     #[serde(borrow)]
-    pub path: Option<Cow<'a, str>>,
+    pub path: Option<Text<'a>>,
     #[serde(borrow, default)]
-    pub query: Option<Cow<'a, str>>,
+    pub query: Option<Text<'a>>,
     pub status: Option<Num>,
     #[serde(default)]
     pub bytes_sent: Option<Num>,
     #[serde(default)]
     pub latency_ms: Option<Num>,
     #[serde(borrow, default)]
-    pub user_agent: Option<Cow<'a, str>>,
+    pub user_agent: Option<Text<'a>>,
     #[serde(borrow, default)]
-    pub referer: Option<Cow<'a, str>>,
+    pub referer: Option<Text<'a>>,
     #[serde(borrow, default)]
-    pub host: Option<Cow<'a, str>>,
+    pub host: Option<Text<'a>>,
     #[serde(borrow, default)]
-    pub request_id: Option<Cow<'a, str>>,
+    pub request_id: Option<Text<'a>>,
     #[serde(borrow, default)]
-    pub user_id: Option<Cow<'a, str>>,
+    pub user_id: Option<Text<'a>>,
     #[serde(borrow, default)]
-    pub api_key_id: Option<Cow<'a, str>>,
+    pub api_key_id: Option<Text<'a>>,
     #[serde(borrow, default)]
-    pub session_id: Option<Cow<'a, str>>,
+    pub session_id: Option<Text<'a>>,
     #[serde(borrow, default)]
-    pub device_id: Option<Cow<'a, str>>,
+    pub device_id: Option<Text<'a>>,
     #[serde(borrow, default)]
-    pub grant_type: Option<Cow<'a, str>>,
+    pub grant_type: Option<Text<'a>>,
     #[serde(borrow, default)]
-    pub auth_result: Option<Cow<'a, str>>,
+    pub auth_result: Option<Text<'a>>,
     #[serde(borrow, default)]
-    pub attestation: Option<Cow<'a, str>>,
+    pub attestation: Option<Text<'a>>,
     #[serde(borrow, default)]
-    pub signature: Option<Cow<'a, str>>,
+    pub signature: Option<Text<'a>>,
     #[serde(borrow, default)]
-    pub country: Option<Cow<'a, str>>,
+    pub country: Option<Text<'a>>,
     #[serde(default)]
     pub asn: Option<Num>,
 }
@@ -139,38 +160,23 @@ pub struct RawEvent<'a> {
 fn whole<T: TryFrom<u64>>(field: &str, n: Num) -> Result<T, ParseError> {
     let v = n.0;
     if v.fract() != 0.0 || v < 0.0 || v > u64::MAX as f64 {
-        return Err(ParseError(format!(
-            "{field}: {v} is not a non-negative integer"
-        )));
+        return Err(ParseError(format!("{field}: {v} is not a non-negative integer")));
     }
     T::try_from(v as u64).map_err(|_| ParseError(format!("{field}: {v} is out of range")))
 }
 
-fn opt_str(v: Option<Cow<'_, str>>) -> Option<Cow<'_, str>> {
-    v.filter(|s| !s.is_empty() && s != "-")
+fn opt_str(v: Option<Text<'_>>) -> Option<Cow<'_, str>> {
+    v.map(|t| t.0).filter(|s| !s.is_empty() && s != "-")
 }
 
 impl<'a> RawEvent<'a> {
     /// Checks required fields and closed vocabularies, producing a canonical event.
     pub fn validate(self) -> Result<EventRef<'a>, ParseError> {
-        let ts = self
-            .ts
-            .ok_or_else(|| ParseError::new("ts: missing (required)"))?
-            .0;
-        let ip = self
-            .client_ip
-            .ok_or_else(|| ParseError::new("client_ip: missing (required)"))?;
-        let method = self
-            .method
-            .ok_or_else(|| ParseError::new("method: missing (required)"))?;
-        let path = self
-            .path
-            .ok_or_else(|| ParseError::new("path: missing (required)"))?;
-        let status: u16 = whole(
-            "status",
-            self.status
-                .ok_or_else(|| ParseError::new("status: missing (required)"))?,
-        )?;
+        let ts = self.ts.ok_or_else(|| ParseError::new("ts: missing (required)"))?.0;
+        let ip = self.client_ip.ok_or_else(|| ParseError::new("client_ip: missing (required)"))?.0;
+        let method = self.method.ok_or_else(|| ParseError::new("method: missing (required)"))?.0;
+        let path = self.path.ok_or_else(|| ParseError::new("path: missing (required)"))?.0;
+        let status: u16 = whole("status", self.status.ok_or_else(|| ParseError::new("status: missing (required)"))?)?;
         validate_required(&method, &path, status)?;
         let method = if method.bytes().all(|b| b.is_ascii_uppercase()) {
             method
@@ -191,10 +197,7 @@ impl<'a> RawEvent<'a> {
             path,
             query: opt_str(self.query),
             status,
-            bytes_sent: self
-                .bytes_sent
-                .map(|n| whole("bytes_sent", n))
-                .transpose()?,
+            bytes_sent: self.bytes_sent.map(|n| whole("bytes_sent", n)).transpose()?,
             latency_ms,
             user_agent: opt_str(self.user_agent),
             referer: opt_str(self.referer),
@@ -204,19 +207,11 @@ impl<'a> RawEvent<'a> {
             api_key_id: opt_str(self.api_key_id),
             session_id: opt_str(self.session_id),
             device_id: opt_str(self.device_id),
-            grant_type: opt_str(self.grant_type)
-                .map(|s| GrantType::parse("grant_type", &s))
-                .transpose()?,
-            auth_result: opt_str(self.auth_result)
-                .map(|s| AuthResult::parse("auth_result", &s))
-                .transpose()?,
-            attestation: opt_str(self.attestation)
-                .map(|s| Attestation::parse("attestation", &s))
-                .transpose()?,
-            signature: opt_str(self.signature)
-                .map(|s| Signature::parse("signature", &s))
-                .transpose()?,
-            country: normalize_country(self.country)?,
+            grant_type: opt_str(self.grant_type).map(|s| GrantType::parse("grant_type", &s)).transpose()?,
+            auth_result: opt_str(self.auth_result).map(|s| AuthResult::parse("auth_result", &s)).transpose()?,
+            attestation: opt_str(self.attestation).map(|s| Attestation::parse("attestation", &s)).transpose()?,
+            signature: opt_str(self.signature).map(|s| Signature::parse("signature", &s)).transpose()?,
+            country: normalize_country(self.country.map(|t| t.0))?,
             asn: self.asn.map(|n| whole("asn", n)).transpose()?,
         })
     }
@@ -224,6 +219,9 @@ impl<'a> RawEvent<'a> {
 
 /// Parses one canonical JSON line.
 pub fn parse(line: &str) -> Result<EventRef<'_>, ParseError> {
+    if !line.trim_start().starts_with('{') {
+        return Err(ParseError::new("invalid JSON: a line must be one JSON object"));
+    }
     match serde_json::from_str::<RawEvent<'_>>(line) {
         Ok(raw) => raw.validate(),
         Err(_) => Err(explain(line)),
@@ -242,13 +240,11 @@ fn explain(line: &str) -> ParseError {
         Err(e) => {
             let path = e.path().to_string();
             let inner = e.into_inner();
-            if path.is_empty() || path == "." {
-                let kind = if inner.is_eof() {
-                    "truncated JSON"
-                } else {
-                    "invalid JSON"
-                };
-                ParseError(format!("{kind}: {inner}"))
+            // Errors re-raised through the path tracker may lose their category; the text keeps it.
+            if inner.is_eof() || inner.to_string().starts_with("EOF while parsing") {
+                ParseError(format!("truncated JSON: {inner}"))
+            } else if inner.is_syntax() || path.is_empty() || path == "." || path == "?" {
+                ParseError(format!("invalid JSON: {inner}"))
             } else {
                 ParseError(format!("{path}: {inner}"))
             }
@@ -272,10 +268,7 @@ mod tests {
         assert_eq!(e.grant_type, Some(GrantType::Password));
         assert_eq!(e.auth_result, Some(AuthResult::InvalidCredentials));
         assert_eq!(e.device_id.as_deref(), Some("d-93f1"));
-        assert!(
-            matches!(e.path, Cow::Borrowed(_)),
-            "no allocation for plain strings"
-        );
+        assert!(matches!(e.path, Cow::Borrowed(_)), "no allocation for plain strings");
     }
 
     #[test]
@@ -296,26 +289,14 @@ mod tests {
                 r#"{"ts":"2026-11-28T10:15:02Z","client_ip":"1.2.3.4","method":"GET","path":"/","status":"abc"}"#,
                 "status",
             ),
-            (
-                r#"{"ts":"2026-11-28T10:15:02Z","client_ip":"1.2.3.4","method":"GET","path":"/","status":{}}"#,
-                "status",
-            ),
+            (r#"{"ts":"2026-11-28T10:15:02Z","client_ip":"1.2.3.4","method":"GET","path":"/","status":{}}"#, "status"),
             (
                 r#"{"ts":"2026-11-28T10:15:02Z","client_ip":"1.2.3.999","method":"GET","path":"/","status":200}"#,
                 "client_ip",
             ),
-            (
-                r#"{"ts":"2026-11-28T10:15:02Z","method":"GET","path":"/","status":200}"#,
-                "client_ip: missing",
-            ),
-            (
-                r#"{"ts":17958609,"client_ip":"1.2.3.4","method":"GET","path":"/","status":200}"#,
-                "ts",
-            ),
-            (
-                r#"{"ts":1795860902,"client_ip":"1.2.3.4","method":"GET","path":"/","status":200}"#,
-                "epoch seconds",
-            ),
+            (r#"{"ts":"2026-11-28T10:15:02Z","method":"GET","path":"/","status":200}"#, "client_ip: missing"),
+            (r#"{"ts":17958609,"client_ip":"1.2.3.4","method":"GET","path":"/","status":200}"#, "ts"),
+            (r#"{"ts":1795860902,"client_ip":"1.2.3.4","method":"GET","path":"/","status":200}"#, "epoch seconds"),
             (
                 r#"{"ts":"2026-11-28T10:15:02Z","client_ip":"1.2.3.4","method":"GET","path":"/","status":200,"signature":"maybe"}"#,
                 "signature",
@@ -324,14 +305,8 @@ mod tests {
                 r#"{"ts":"2026-11-28T10:15:02Z","client_ip":"1.2.3.4","method":"GET","path":"/","status":200,"bytes_sent":-5}"#,
                 "bytes_sent",
             ),
-            (
-                r#"{"ts":"2026-11-28T10:15:02Z","client_ip":"1.2.3.4","method":"GET","path":"/","status":99}"#,
-                "status",
-            ),
-            (
-                r#"{"ts":"2026-11-28T10:15:02Z","client_ip":"1.2.3.4","meth"#,
-                "truncated",
-            ),
+            (r#"{"ts":"2026-11-28T10:15:02Z","client_ip":"1.2.3.4","method":"GET","path":"/","status":99}"#, "status"),
+            (r#"{"ts":"2026-11-28T10:15:02Z","client_ip":"1.2.3.4","meth"#, "truncated"),
             (r#"[1,2,3]"#, "invalid JSON"),
         ];
         for (line, want) in cases {

@@ -82,9 +82,7 @@ impl Mapping {
             let canonical = FIELDS
                 .iter()
                 .find(|f| **f == name.as_str())
-                .ok_or_else(|| {
-                    format!("unknown field '{name}' (fields are: {})", FIELDS.join(", "))
-                })?;
+                .ok_or_else(|| format!("unknown field '{name}' (fields are: {})", FIELDS.join(", ")))?;
             let (path, transform) = match fs {
                 FieldSpec::Path(p) => (p.clone(), None),
                 FieldSpec::Full { from, transform } => (from.clone(), *transform),
@@ -94,11 +92,7 @@ impl Mapping {
                     "field '{name}': source path '{path}' is not a dotted path like request.headers.user-agent"
                 ));
             }
-            fields.push((
-                *canonical,
-                path.split('.').map(str::to_string).collect(),
-                transform,
-            ));
+            fields.push((*canonical, path.split('.').map(str::to_string).collect(), transform));
         }
         for req in ["ts", "client_ip", "method", "path", "status"] {
             if !spec.contains_key(req) {
@@ -111,11 +105,7 @@ impl Mapping {
     /// Parses one line of the mapped gateway's JSON.
     pub fn parse<'a>(&self, line: &'a str) -> Result<EventRef<'a>, ParseError> {
         let src: Value = serde_json::from_str(line).map_err(|e| {
-            let kind = if e.is_eof() {
-                "truncated JSON"
-            } else {
-                "invalid JSON"
-            };
+            let kind = if e.is_eof() { "truncated JSON" } else { "invalid JSON" };
             ParseError(format!("{kind}: {e}"))
         })?;
         if !src.is_object() {
@@ -141,27 +131,22 @@ impl Mapping {
             };
             out.insert((*name).to_string(), v);
         }
-        let raw: RawEvent<'a> =
-            serde_path_to_error::deserialize(Value::Object(out)).map_err(|e| {
-                let p = e.path().to_string();
-                ParseError(format!("{p}: {}", e.into_inner()))
-            })?;
+        let raw: RawEvent<'a> = serde_path_to_error::deserialize(Value::Object(out)).map_err(|e| {
+            let p = e.path().to_string();
+            ParseError(format!("{p}: {}", e.into_inner()))
+        })?;
         raw.validate()
     }
 }
 
 fn lookup<'v>(v: &'v Value, path: &[String]) -> Option<&'v Value> {
-    path.iter()
-        .try_fold(v, |cur, seg| cur.as_object()?.get(seg))
+    path.iter().try_fold(v, |cur, seg| cur.as_object()?.get(seg))
 }
 
 fn as_number(v: &Value) -> Result<f64, String> {
     match v {
         Value::Number(n) => n.as_f64().ok_or_else(|| "not a number".to_string()),
-        Value::String(s) => s
-            .trim()
-            .parse()
-            .map_err(|_| format!("'{s}' is not a number")),
+        Value::String(s) => s.trim().parse().map_err(|_| format!("'{s}' is not a number")),
         other => Err(format!("{other} is not a number")),
     }
 }
@@ -184,11 +169,9 @@ fn apply(t: Transform, v: &Value) -> Result<Option<Value>, String> {
             let s = text()?;
             Some(Value::String(s.split('?').next().unwrap_or(s).to_string()))
         }
-        Transform::QueryOnly => text()?
-            .split_once('?')
-            .map(|(_, q)| q)
-            .filter(|q| !q.is_empty())
-            .map(|q| Value::String(q.to_string())),
+        Transform::QueryOnly => {
+            text()?.split_once('?').map(|(_, q)| q).filter(|q| !q.is_empty()).map(|q| Value::String(q.to_string()))
+        }
         Transform::SecondsToMs => Some(ms_value(as_number(v)? * 1000.0)),
         Transform::MicrosToMs => Some(ms_value(as_number(v)? / 1000.0)),
     })
@@ -201,9 +184,7 @@ fn ms_value(ms: f64) -> Value {
     } else if ms.abs() > 1.0e11 {
         Value::from(ms.round() as i64)
     } else {
-        serde_json::Number::from_f64(ms)
-            .map(Value::Number)
-            .unwrap_or(Value::Null)
+        serde_json::Number::from_f64(ms).map(Value::Number).unwrap_or(Value::Null)
     }
 }
 
@@ -244,16 +225,8 @@ mod tests {
     #[test]
     fn compile_errors() {
         let spec: BTreeMap<String, FieldSpec> = toml::from_str(r#"tss = "a""#).unwrap();
-        assert!(
-            Mapping::compile(&spec)
-                .unwrap_err()
-                .contains("unknown field 'tss'")
-        );
+        assert!(Mapping::compile(&spec).unwrap_err().contains("unknown field 'tss'"));
         let spec: BTreeMap<String, FieldSpec> = toml::from_str(r#"ts = "a""#).unwrap();
-        assert!(
-            Mapping::compile(&spec)
-                .unwrap_err()
-                .contains("required field")
-        );
+        assert!(Mapping::compile(&spec).unwrap_err().contains("required field"));
     }
 }

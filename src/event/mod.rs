@@ -111,10 +111,7 @@ pub struct EventRef<'a> {
 /// Validates an address and returns its canonical text, borrowing when it already is.
 pub fn canonical_ip(s: Cow<'_, str>) -> Result<Cow<'_, str>, ParseError> {
     let ip: IpAddr = s.parse().map_err(|_| {
-        ParseError(format!(
-            "client_ip: '{}' is not an IPv4 or IPv6 address",
-            time::truncate_for_error(&s)
-        ))
+        ParseError(format!("client_ip: '{}' is not an IPv4 or IPv6 address", time::truncate_for_error(&s)))
     })?;
     match ip {
         IpAddr::V4(_) => Ok(s),
@@ -122,11 +119,7 @@ pub fn canonical_ip(s: Cow<'_, str>) -> Result<Cow<'_, str>, ParseError> {
             Some(v4) => Ok(Cow::Owned(v4.to_string())),
             None => {
                 let canon = v6.to_string();
-                if canon == s {
-                    Ok(s)
-                } else {
-                    Ok(Cow::Owned(canon))
-                }
+                if canon == s { Ok(s) } else { Ok(Cow::Owned(canon)) }
             }
         },
     }
@@ -135,18 +128,13 @@ pub fn canonical_ip(s: Cow<'_, str>) -> Result<Cow<'_, str>, ParseError> {
 /// Validates the fields every line must carry and that the contract constrains.
 pub fn validate_required(method: &str, path: &str, status: u16) -> Result<(), ParseError> {
     if method.is_empty() || method.len() > 16 || !method.bytes().all(|b| b.is_ascii_alphabetic()) {
-        return Err(ParseError(format!(
-            "method: '{}' is not an HTTP method",
-            time::truncate_for_error(method)
-        )));
+        return Err(ParseError(format!("method: '{}' is not an HTTP method", time::truncate_for_error(method))));
     }
     if path.is_empty() {
         return Err(ParseError::new("path: empty"));
     }
     if !(100..=599).contains(&status) {
-        return Err(ParseError(format!(
-            "status: {status} is not an HTTP status (100-599)"
-        )));
+        return Err(ParseError(format!("status: {status} is not an HTTP status (100-599)")));
     }
     Ok(())
 }
@@ -163,10 +151,9 @@ pub fn normalize_country(c: Option<Cow<'_, str>>) -> Result<Option<Cow<'_, str>>
                 Ok(Some(Cow::Owned(c.to_ascii_uppercase())))
             }
         }
-        Some(c) => Err(ParseError(format!(
-            "country: '{}' is not an ISO 3166 alpha-2 code",
-            time::truncate_for_error(&c)
-        ))),
+        Some(c) => {
+            Err(ParseError(format!("country: '{}' is not an ISO 3166 alpha-2 code", time::truncate_for_error(&c))))
+        }
     }
 }
 
@@ -177,11 +164,7 @@ pub fn schema() -> SchemaRef {
         .get_or_init(|| {
             let s = |n: &str, nullable: bool| Field::new(n, DataType::Utf8, nullable);
             Arc::new(Schema::new(vec![
-                Field::new(
-                    "ts",
-                    DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
-                    false,
-                ),
+                Field::new("ts", DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), false),
                 s("client_ip", false),
                 s("method", false),
                 s("path", false),
@@ -263,9 +246,7 @@ pub fn parse_line<'a>(
         Format::Nginx => nginx::parse(trimmed),
         Format::Mapped => match mapping {
             Some(m) => m.parse(trimmed),
-            None => Err(ParseError::new(
-                "format 'mapped' needs an [input.mapping] table in the pipeline",
-            )),
+            None => Err(ParseError::new("format 'mapped' needs an [input.mapping] table in the pipeline")),
         },
         Format::Auto => {
             if trimmed.trim_start().starts_with('{') {

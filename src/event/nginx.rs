@@ -8,8 +8,8 @@ use std::borrow::Cow;
 
 use super::time::{parse_nginx_time, truncate_for_error};
 use super::{
-    Attestation, AuthResult, EventRef, GrantType, ParseError, Signature, canonical_ip,
-    normalize_country, validate_required,
+    Attestation, AuthResult, EventRef, GrantType, ParseError, Signature, canonical_ip, normalize_country,
+    validate_required,
 };
 
 struct Cursor<'a> {
@@ -27,10 +27,7 @@ impl<'a> Cursor<'a> {
             self.pos += lit.len();
             Ok(())
         } else {
-            Err(ParseError(format!(
-                "nginx: expected {what} at byte {}",
-                self.pos
-            )))
+            Err(ParseError(format!("nginx: expected {what} at byte {}", self.pos)))
         }
     }
 
@@ -39,10 +36,7 @@ impl<'a> Cursor<'a> {
         let rest = self.rest();
         let end = memchr::memchr(b' ', rest.as_bytes()).unwrap_or(rest.len());
         if end == 0 {
-            return Err(ParseError(format!(
-                "nginx: missing {what} at byte {}",
-                self.pos
-            )));
+            return Err(ParseError(format!("nginx: missing {what} at byte {}", self.pos)));
         }
         self.pos += end;
         Ok(&rest[..end])
@@ -65,18 +59,12 @@ impl<'a> Cursor<'a> {
                 b'"' => {
                     self.pos += i + 1;
                     let raw = &rest[..i.min(rest.len())];
-                    return Ok(if escaped {
-                        Cow::Owned(unescape(raw))
-                    } else {
-                        Cow::Borrowed(raw)
-                    });
+                    return Ok(if escaped { Cow::Owned(unescape(raw)) } else { Cow::Borrowed(raw) });
                 }
                 _ => i += 1,
             }
         }
-        Err(ParseError(format!(
-            "nginx: unterminated quoted {what} (truncated line?)"
-        )))
+        Err(ParseError(format!("nginx: unterminated quoted {what} (truncated line?)")))
     }
 }
 
@@ -105,20 +93,11 @@ fn unescape(s: &str) -> String {
 }
 
 fn dash(v: Cow<'_, str>) -> Option<Cow<'_, str>> {
-    if v.is_empty() || v == "-" {
-        None
-    } else {
-        Some(v)
-    }
+    if v.is_empty() || v == "-" { None } else { Some(v) }
 }
 
 fn num<T: std::str::FromStr>(field: &str, v: &str) -> Result<T, ParseError> {
-    v.parse().map_err(|_| {
-        ParseError(format!(
-            "{field}: '{}' is not a valid number",
-            truncate_for_error(v)
-        ))
-    })
+    v.parse().map_err(|_| ParseError(format!("{field}: '{}' is not a valid number", truncate_for_error(v))))
 }
 
 /// Parses one nginx line.
@@ -131,8 +110,8 @@ pub fn parse(line: &str) -> Result<EventRef<'_>, ParseError> {
     let remote_user = c.token("$remote_user")?;
     c.expect(" [", "'[' opening $time_local")?;
     let rest = c.rest();
-    let close = memchr::memchr(b']', rest.as_bytes())
-        .ok_or_else(|| ParseError::new("nginx: unterminated [$time_local]"))?;
+    let close =
+        memchr::memchr(b']', rest.as_bytes()).ok_or_else(|| ParseError::new("nginx: unterminated [$time_local]"))?;
     let ts_ms = parse_nginx_time(&rest[..close])?;
     c.pos += close + 1;
     c.expect(" ", "space after $time_local")?;
@@ -142,11 +121,7 @@ pub fn parse(line: &str) -> Result<EventRef<'_>, ParseError> {
     let status: u16 = num("status", status_s)?;
     c.expect(" ", "space after $status")?;
     let bytes_s = c.token("$body_bytes_sent")?;
-    let bytes_sent = if bytes_s == "-" {
-        None
-    } else {
-        Some(num::<u64>("bytes_sent", bytes_s)?)
-    };
+    let bytes_sent = if bytes_s == "-" { None } else { Some(num::<u64>("bytes_sent", bytes_s)?) };
     c.expect(" ", "space after $body_bytes_sent")?;
     let referer = dash(c.quoted("$http_referer")?);
     c.expect(" ", "space after $http_referer")?;
@@ -174,12 +149,8 @@ pub fn parse(line: &str) -> Result<EventRef<'_>, ParseError> {
 }
 
 fn split_request(request: Cow<'_, str>) -> Result<(Cow<'_, str>, Cow<'_, str>), ParseError> {
-    let bad = || {
-        ParseError(format!(
-            "nginx: request '{}' is not 'METHOD TARGET PROTOCOL'",
-            truncate_for_error(&request)
-        ))
-    };
+    let bad =
+        || ParseError(format!("nginx: request '{}' is not 'METHOD TARGET PROTOCOL'", truncate_for_error(&request)));
     let mut parts = request.split(' ');
     let method = parts.next().filter(|m| !m.is_empty()).ok_or_else(bad)?;
     let target = parts.next().filter(|t| !t.is_empty()).ok_or_else(bad)?;
@@ -189,27 +160,18 @@ fn split_request(request: Cow<'_, str>) -> Result<(Cow<'_, str>, Cow<'_, str>), 
             let t = &r[method.len() + 1..method.len() + 1 + target.len()];
             Ok((Cow::Borrowed(m), Cow::Borrowed(t)))
         }
-        Cow::Owned(_) => Ok((
-            Cow::Owned(method.to_string()),
-            Cow::Owned(target.to_string()),
-        )),
+        Cow::Owned(_) => Ok((Cow::Owned(method.to_string()), Cow::Owned(target.to_string()))),
     }
 }
 
 fn split_target(target: Cow<'_, str>) -> (Cow<'_, str>, Option<Cow<'_, str>>) {
     match target {
         Cow::Borrowed(t) => match t.split_once('?') {
-            Some((p, q)) => (
-                Cow::Borrowed(p),
-                (!q.is_empty()).then_some(Cow::Borrowed(q)),
-            ),
+            Some((p, q)) => (Cow::Borrowed(p), (!q.is_empty()).then_some(Cow::Borrowed(q))),
             None => (Cow::Borrowed(t), None),
         },
         Cow::Owned(t) => match t.split_once('?') {
-            Some((p, q)) => (
-                Cow::Owned(p.to_string()),
-                (!q.is_empty()).then(|| Cow::Owned(q.to_string())),
-            ),
+            Some((p, q)) => (Cow::Owned(p.to_string()), (!q.is_empty()).then(|| Cow::Owned(q.to_string()))),
             None => (Cow::Owned(t), None),
         },
     }
@@ -223,10 +185,7 @@ fn parse_extras<'a>(c: &mut Cursor<'a>, ev: &mut EventRef<'a>) -> Result<(), Par
             return Ok(());
         }
         if trimmed.len() == rest.len() {
-            return Err(ParseError(format!(
-                "nginx: expected a space before extras at byte {}",
-                c.pos
-            )));
+            return Err(ParseError(format!("nginx: expected a space before extras at byte {}", c.pos)));
         }
         c.pos += rest.len() - trimmed.len();
         let eq = memchr::memchr2(b'=', b' ', trimmed.as_bytes())
@@ -257,9 +216,7 @@ fn apply_extra<'a>(ev: &mut EventRef<'a>, key: &str, v: Cow<'a, str>) -> Result<
         "rt" => {
             let secs: f64 = num("rt", &v)?;
             if !(secs.is_finite() && secs >= 0.0) {
-                return Err(ParseError(format!(
-                    "rt: '{v}' is not a duration in seconds"
-                )));
+                return Err(ParseError(format!("rt: '{v}' is not a duration in seconds")));
             }
             ev.latency_ms = Some(secs * 1000.0);
         }
@@ -335,26 +292,14 @@ mod tests {
                 r#"203.0.113.9 - - [28/Nov/2026:10:15:02 +0000] "GET /v1/items HTTP/1.1" 200 1834 "-" "ua"#,
                 "unterminated",
             ),
-            (
-                r#"203.0.113.9 - - [28/Nov/2026:10:15:02 +0000] "-" 400 0 "-" "-""#,
-                "METHOD TARGET",
-            ),
-            (
-                r#"999.0.113.9 - - [28/Nov/2026:10:15:02 +0000] "GET / HTTP/1.1" 200 1 "-" "-""#,
-                "client_ip",
-            ),
-            (
-                r#"203.0.113.9 - - [28/Nov/2026:10:15:02 +0000] "GET / HTTP/1.1" OK 1 "-" "-""#,
-                "status",
-            ),
+            (r#"203.0.113.9 - - [28/Nov/2026:10:15:02 +0000] "-" 400 0 "-" "-""#, "METHOD TARGET"),
+            (r#"999.0.113.9 - - [28/Nov/2026:10:15:02 +0000] "GET / HTTP/1.1" 200 1 "-" "-""#, "client_ip"),
+            (r#"203.0.113.9 - - [28/Nov/2026:10:15:02 +0000] "GET / HTTP/1.1" OK 1 "-" "-""#, "status"),
             (
                 r#"203.0.113.9 - - [28/Nov/2026:10:15:02 +0000] "GET / HTTP/1.1" 200 1 "-" "-" attestation=maybe"#,
                 "attestation",
             ),
-            (
-                r#"203.0.113.9 - - [32/Nov/2026:10:15:02 +0000] "GET / HTTP/1.1" 200 1 "-" "-""#,
-                "time_local",
-            ),
+            (r#"203.0.113.9 - - [32/Nov/2026:10:15:02 +0000] "GET / HTTP/1.1" 200 1 "-" "-""#, "time_local"),
             ("hello world", "expected"),
         ];
         for (line, want) in cases {

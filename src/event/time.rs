@@ -60,22 +60,12 @@ fn digits(b: &[u8], at: usize, n: usize) -> Option<u32> {
 
 /// Checks a millisecond timestamp against the accepted range.
 pub fn check_range(ms: i64) -> Result<i64, TimeError> {
-    if (MIN_TS_MS..MAX_TS_MS).contains(&ms) {
-        Ok(ms)
-    } else {
-        Err(TimeError::OutOfRange(ms))
-    }
+    if (MIN_TS_MS..MAX_TS_MS).contains(&ms) { Ok(ms) } else { Err(TimeError::OutOfRange(ms)) }
 }
 
 #[allow(clippy::too_many_arguments)]
 fn compose(y: u32, mo: u32, d: u32, h: u32, mi: u32, s: u32, ms: u32, off_s: i64) -> Option<i64> {
-    if !(1..=12).contains(&mo)
-        || d == 0
-        || d > days_in_month(y as i64, mo)
-        || h > 23
-        || mi > 59
-        || s > 60
-    {
+    if !(1..=12).contains(&mo) || d == 0 || d > days_in_month(y as i64, mo) || h > 23 || mi > 59 || s > 60 {
         return None;
     }
     // A leap second is folded into the last millisecond of its minute.
@@ -138,31 +128,20 @@ pub fn parse_rfc3339(s: &str) -> Result<i64, TimeError> {
     check_range(ms)
 }
 
-const MONTHS: [&[u8; 3]; 12] = [
-    b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec",
-];
+const MONTHS: [&[u8; 3]; 12] =
+    [b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec"];
 
 /// Parses nginx `$time_local` (`28/Nov/2026:10:15:02 +0000`) into epoch milliseconds.
 pub fn parse_nginx_time(s: &str) -> Result<i64, TimeError> {
     let err = || TimeError::Nginx(truncate_for_error(s));
     let b = s.as_bytes();
-    if b.len() != 26
-        || b[2] != b'/'
-        || b[6] != b'/'
-        || b[11] != b':'
-        || b[14] != b':'
-        || b[17] != b':'
-        || b[20] != b' '
+    if b.len() != 26 || b[2] != b'/' || b[6] != b'/' || b[11] != b':' || b[14] != b':' || b[17] != b':' || b[20] != b' '
     {
         return Err(err());
     }
     let d = digits(b, 0, 2).ok_or_else(err)?;
     let mon = &b[3..6];
-    let mo = MONTHS
-        .iter()
-        .position(|m| m.as_slice() == mon)
-        .ok_or_else(err)? as u32
-        + 1;
+    let mo = MONTHS.iter().position(|m| m.as_slice() == mon).ok_or_else(err)? as u32 + 1;
     let y = digits(b, 7, 4).ok_or_else(err)?;
     let h = digits(b, 12, 2).ok_or_else(err)?;
     let mi = digits(b, 15, 2).ok_or_else(err)?;
@@ -206,13 +185,7 @@ pub fn write_rfc3339(out: &mut String, ms: i64) {
     let days = secs.div_euclid(86_400);
     let sod = secs.rem_euclid(86_400);
     let (y, m, d) = civil_from_days(days);
-    let _ = write!(
-        out,
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{milli:03}Z",
-        sod / 3600,
-        (sod / 60) % 60,
-        sod % 60
-    );
+    let _ = write!(out, "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{milli:03}Z", sod / 3600, (sod / 60) % 60, sod % 60);
 }
 
 /// Formats epoch milliseconds as nginx `$time_local` in UTC.
@@ -222,12 +195,7 @@ pub fn format_nginx(ms: i64) -> String {
     let sod = secs.rem_euclid(86_400);
     let (y, m, d) = civil_from_days(days);
     let mon = std::str::from_utf8(MONTHS[(m - 1) as usize]).unwrap_or("Jan");
-    format!(
-        "{d:02}/{mon}/{y:04}:{:02}:{:02}:{:02} +0000",
-        sod / 3600,
-        (sod / 60) % 60,
-        sod % 60
-    )
+    format!("{d:02}/{mon}/{y:04}:{:02}:{:02}:{:02} +0000", sod / 3600, (sod / 60) % 60, sod % 60)
 }
 
 /// Keeps error messages readable when the offending value is huge.
@@ -259,10 +227,7 @@ mod tests {
         let z = parse_rfc3339("2026-11-28T10:15:02.113Z").unwrap();
         assert_eq!(z, 1_795_860_902_113);
         assert_eq!(parse_rfc3339("2026-11-28T11:15:02.113+01:00").unwrap(), z);
-        assert_eq!(
-            parse_rfc3339("2026-11-28T05:15:02.113456-05:00").unwrap(),
-            z
-        );
+        assert_eq!(parse_rfc3339("2026-11-28T05:15:02.113456-05:00").unwrap(), z);
         assert_eq!(parse_rfc3339("2026-11-28 10:15:02.1Z").unwrap(), z - 13);
         assert_eq!(parse_rfc3339("2026-11-28t10:15:02z").unwrap(), z - 113);
         assert_eq!(format_rfc3339(z), "2026-11-28T10:15:02.113Z");

@@ -33,8 +33,7 @@ pub fn is_id_segment(seg: &str) -> bool {
     }
     b.len() >= 16
         && b.iter().any(u8::is_ascii_digit)
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_'))
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_'))
 }
 
 /// The last all-digit segment of a path, for sequential-id detection.
@@ -103,9 +102,6 @@ mod tests {
         assert_eq!(numeric_id("/v1/products"), None);
         assert!(is_id_segment("5f2b8c3d"));
         assert!(!is_id_segment("products"));
-        assert!(
-            !is_id_segment("deadbeef"),
-            "hex words without digits are route names"
-        );
+        assert!(!is_id_segment("deadbeef"), "hex words without digits are route names");
     }
 }

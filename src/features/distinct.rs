@@ -37,10 +37,7 @@ const HORIZON_MS: i64 = 3_600_000;
 
 impl SketchRing {
     fn new() -> Self {
-        SketchRing {
-            head: i64::MIN,
-            slots: [[0; REGISTERS]; SLOTS],
-        }
+        SketchRing { head: i64::MIN, slots: [[0; REGISTERS]; SLOTS] }
     }
 
     fn insert(&mut self, h: u64, ts: i64) {
@@ -78,10 +75,7 @@ impl SketchRing {
             if s > now_slot {
                 continue;
             }
-            for (m, r) in merged
-                .iter_mut()
-                .zip(&self.slots[s.rem_euclid(SLOTS as i64) as usize])
-            {
+            for (m, r) in merged.iter_mut().zip(&self.slots[s.rem_euclid(SLOTS as i64) as usize]) {
                 *m = (*m).max(*r);
             }
         }
@@ -89,22 +83,31 @@ impl SketchRing {
     }
 }
 
+/// `2^-r` for every register value a 64-bit hash can produce.
+const INV_POW2: [f64; 66] = {
+    let mut t = [0.0; 66];
+    let mut i = 0;
+    let mut v = 1.0;
+    while i < 66 {
+        t[i] = v;
+        v /= 2.0;
+        i += 1;
+    }
+    t
+};
+
 fn hll_estimate(regs: &[u8; REGISTERS]) -> f64 {
     let m = REGISTERS as f64;
     let mut sum = 0.0;
     let mut zeros = 0;
     for &r in regs {
-        sum += 2f64.powi(-(r as i32));
+        sum += INV_POW2[(r as usize).min(65)];
         if r == 0 {
             zeros += 1;
         }
     }
     let raw = 0.709 * m * m / sum;
-    if raw <= 2.5 * m && zeros > 0 {
-        m * (m / zeros as f64).ln()
-    } else {
-        raw
-    }
+    if raw <= 2.5 * m && zeros > 0 { m * (m / zeros as f64).ln() } else { raw }
 }
 
 impl SlidingDistinct {
@@ -141,10 +144,7 @@ impl SlidingDistinct {
     /// Distinct values seen in `(now - window_ms, now]`.
     pub fn count(&self, window_ms: i64, now: i64) -> f64 {
         match self {
-            SlidingDistinct::Exact(v) => v
-                .iter()
-                .filter(|e| e.1 > now - window_ms && e.1 <= now)
-                .count() as f64,
+            SlidingDistinct::Exact(v) => v.iter().filter(|e| e.1 > now - window_ms && e.1 <= now).count() as f64,
             SlidingDistinct::Sketch(sk) => sk.estimate(window_ms, now).round(),
         }
     }
@@ -172,8 +172,8 @@ mod tests {
         d.insert(h(1), 0);
         d.insert(h(2), 500_000);
         d.insert(h(1), 700_000);
-        assert_eq!(d.count(600_000, 700_000), 2);
-        assert_eq!(d.count(100_000, 700_000), 1);
+        assert_eq!(d.count(600_000, 700_000), 2.0);
+        assert_eq!(d.count(100_000, 700_000), 1.0);
         assert!(matches!(d, SlidingDistinct::Exact(_)));
     }
 

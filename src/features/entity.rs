@@ -4,9 +4,7 @@ use std::fmt;
 use std::net::IpAddr;
 
 /// What a decision or a feature row is about.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EntityType {
     Ip,
@@ -80,10 +78,7 @@ mod tests {
     #[test]
     fn subnets() {
         assert_eq!(subnet_of("203.0.113.9".parse().unwrap()), "203.0.113.0/24");
-        assert_eq!(
-            subnet_of("2001:db8:1:2:3:4:5:6".parse().unwrap()),
-            "2001:db8:1:2::/64"
-        );
+        assert_eq!(subnet_of("2001:db8:1:2:3:4:5:6".parse().unwrap()), "2001:db8:1:2::/64");
         assert_eq!(EntityType::parse("subnet"), Some(EntityType::Cidr));
         assert_eq!(EntityType::parse("api_key"), Some(EntityType::ApiKey));
     }

@@ -37,93 +37,36 @@ pub const FEATURES: [(&str, &str); NF] = [
     ("requests_1m", "requests in the last minute"),
     ("requests_10m", "requests in the last 10 minutes"),
     ("requests_1h", "requests in the last hour"),
-    (
-        "login_attempts_10m",
-        "credential checks: password grants and requests answered invalid_credentials",
-    ),
-    (
-        "login_failures_10m",
-        "requests answered auth_result=invalid_credentials",
-    ),
+    ("login_attempts_10m", "credential checks: password grants and requests answered invalid_credentials"),
+    ("login_failures_10m", "requests answered auth_result=invalid_credentials"),
     ("login_failures_1h", "as above, last hour"),
-    (
-        "login_failure_ratio_10m",
-        "login_failures_10m / login_attempts_10m (null without attempts)",
-    ),
-    (
-        "auth_ok_10m",
-        "requests that authenticated (auth_result=ok)",
-    ),
-    (
-        "token_failures_10m",
-        "requests answered invalid_token or invalid_client",
-    ),
+    ("login_failure_ratio_10m", "login_failures_10m / login_attempts_10m (null without attempts)"),
+    ("auth_ok_10m", "requests that authenticated (auth_result=ok)"),
+    ("token_failures_10m", "requests answered invalid_token or invalid_client"),
     ("token_failures_1h", "as above, last hour"),
-    (
-        "attestation_checked_10m",
-        "requests whose app attestation was checked (valid, invalid or missing)",
-    ),
-    (
-        "attestation_bad_10m",
-        "requests with attestation invalid or missing",
-    ),
-    (
-        "attestation_bad_ratio_10m",
-        "attestation_bad_10m / attestation_checked_10m (null when none checked)",
-    ),
-    (
-        "signature_checked_10m",
-        "requests whose HMAC signature was checked",
-    ),
+    ("attestation_checked_10m", "requests whose app attestation was checked (valid, invalid or missing)"),
+    ("attestation_bad_10m", "requests with attestation invalid or missing"),
+    ("attestation_bad_ratio_10m", "attestation_bad_10m / attestation_checked_10m (null when none checked)"),
+    ("signature_checked_10m", "requests whose HMAC signature was checked"),
     ("signature_invalid_10m", "signature=invalid"),
-    (
-        "signature_stale_10m",
-        "signature=stale (timestamp outside the allowed skew)",
-    ),
-    (
-        "signature_replayed_10m",
-        "signature=replayed (nonce seen before)",
-    ),
-    (
-        "signature_bad_ratio_10m",
-        "invalid+stale+replayed+missing over checked (null when none checked)",
-    ),
+    ("signature_stale_10m", "signature=stale (timestamp outside the allowed skew)"),
+    ("signature_replayed_10m", "signature=replayed (nonce seen before)"),
+    ("signature_bad_ratio_10m", "invalid+stale+replayed+missing over checked (null when none checked)"),
     ("status_4xx_10m", "responses 400-499"),
     ("not_found_10m", "responses 404/410"),
-    (
-        "unknown_path_404_10m",
-        "404/410 on path templates never seen to exist (probing)",
-    ),
+    ("unknown_path_404_10m", "404/410 on path templates never seen to exist (probing)"),
     ("unknown_path_404_1h", "as above, last hour"),
-    (
-        "static_ratio_10m",
-        "share of requests for static assets (browsers load them, scripts do not)",
-    ),
+    ("static_ratio_10m", "share of requests for static assets (browsers load them, scripts do not)"),
     ("referer_ratio_10m", "share of requests carrying a Referer"),
     ("kib_out_10m", "response KiB sent"),
     ("kib_out_1h", "response KiB sent, last hour"),
-    (
-        "id_requests_10m",
-        "requests whose path carries a numeric id",
-    ),
-    (
-        "sequential_ids_10m",
-        "id requests within ±32 of this entity's previous id (enumeration)",
-    ),
+    ("id_requests_10m", "requests whose path carries a numeric id"),
+    ("sequential_ids_10m", "id requests within ±32 of this entity's previous id (enumeration)"),
     ("sequential_ids_1h", "as above, last hour"),
-    (
-        "sequential_ratio_10m",
-        "sequential_ids_10m / id_requests_10m (null without id requests)",
-    ),
-    (
-        "new_devices_10m",
-        "device ids not active in the last hour that first appeared with this entity",
-    ),
+    ("sequential_ratio_10m", "sequential_ids_10m / id_requests_10m (null without id requests)"),
+    ("new_devices_10m", "device ids not active in the last hour that first appeared with this entity"),
     ("new_devices_1h", "as above, last hour"),
-    (
-        "country_switches_10m",
-        "consecutive requests from different countries",
-    ),
+    ("country_switches_10m", "consecutive requests from different countries"),
     ("distinct_users_10m", "distinct user ids"),
     ("distinct_users_1h", "distinct user ids, last hour"),
     ("distinct_ips_10m", "distinct client addresses"),
@@ -137,10 +80,7 @@ pub const FEATURES: [(&str, &str); NF] = [
         "iat_cv",
         "coefficient of variation of inter-arrival times over recent requests (low = machine-regular; null below 10 requests)",
     ),
-    (
-        "age_s",
-        "seconds since the entity was first seen (within state retention)",
-    ),
+    ("age_s", "seconds since the entity was first seen (within state retention)"),
 ];
 pub const NF: usize = 44;
 
@@ -150,19 +90,11 @@ pub fn schema() -> SchemaRef {
     SCHEMA
         .get_or_init(|| {
             let mut fields = vec![
-                Field::new(
-                    "ts",
-                    DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
-                    false,
-                ),
+                Field::new("ts", DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), false),
                 Field::new("entity_type", DataType::Utf8, false),
                 Field::new("entity", DataType::Utf8, false),
             ];
-            fields.extend(
-                FEATURES
-                    .iter()
-                    .map(|(n, _)| Field::new(*n, DataType::Float64, true)),
-            );
+            fields.extend(FEATURES.iter().map(|(n, _)| Field::new(*n, DataType::Float64, true)));
             Arc::new(Schema::new(fields))
         })
         .clone()
@@ -177,15 +109,15 @@ pub struct FeatureConfig {
     pub lateness_ms: i64,
     /// An entity idle this long is forgotten (its windows are all empty by then).
     pub idle_ms: i64,
+    /// Every this many ticks, a snapshot covers every entity touched since the
+    /// previous such snapshot and is marked for persisting; in between, only
+    /// entity types that rules judge are computed.
+    pub persist_every_ticks: u32,
 }
 
 impl Default for FeatureConfig {
     fn default() -> Self {
-        FeatureConfig {
-            tick_ms: 10_000,
-            lateness_ms: 5_000,
-            idle_ms: 3_600_000 + 600_000,
-        }
+        FeatureConfig { tick_ms: 10_000, lateness_ms: 5_000, idle_ms: 3_600_000 + 600_000, persist_every_ticks: 6 }
     }
 }
 
@@ -196,6 +128,9 @@ pub struct Snapshot {
     pub as_of_ms: i64,
     /// One batch per entity type that had activity, in [`EntityType::ALL`] order.
     pub batches: Vec<(EntityType, RecordBatch)>,
+    /// Whether this snapshot covers everything since the last persisted one
+    /// (and so belongs in the `features` table).
+    pub persist: bool,
 }
 
 #[derive(Debug, Default)]
@@ -203,6 +138,7 @@ struct Table {
     map: std::collections::HashMap<Box<str>, u32, foldhash::fast::RandomState>,
     states: Vec<EntityState>,
     dirty: Vec<u32>,
+    sink_dirty: Vec<u32>,
 }
 
 impl Table {
@@ -218,12 +154,16 @@ impl Table {
         (i, true)
     }
 
+    #[inline]
     fn mark_dirty(&mut self, i: usize) {
         let s = &mut self.states[i];
-        if !s.dirty {
-            s.dirty = true;
+        if s.dirty & state::DIRTY_TICK == 0 {
             self.dirty.push(i as u32);
         }
+        if s.dirty & state::DIRTY_SINK == 0 {
+            self.sink_dirty.push(i as u32);
+        }
+        s.dirty = state::DIRTY_TICK | state::DIRTY_SINK;
     }
 
     /// Forgets entities idle since before `cutoff`.
@@ -231,7 +171,7 @@ impl Table {
         let before = self.states.len();
         let mut i = 0;
         while i < self.states.len() {
-            if self.states[i].last_seen < cutoff && !self.states[i].dirty {
+            if self.states[i].last_seen < cutoff && self.states[i].dirty == 0 {
                 let gone = self.states.swap_remove(i);
                 self.map.remove(&gone.key);
                 if i < self.states.len() {
@@ -267,15 +207,15 @@ pub struct FeatureEngine {
     next_sweep: i64,
     stats: FeatureStats,
     subnet_buf: String,
+    ticks_since_persist: u32,
+    judged: [bool; 6],
 }
 
 const SWEEP_EVERY_MS: i64 = 60_000;
 
 fn is_static_asset(path: &str) -> bool {
-    const EXT: [&str; 14] = [
-        "js", "css", "png", "jpg", "jpeg", "gif", "svg", "webp", "ico", "woff", "woff2", "ttf",
-        "map", "avif",
-    ];
+    const EXT: [&str; 14] =
+        ["js", "css", "png", "jpg", "jpeg", "gif", "svg", "webp", "ico", "woff", "woff2", "ttf", "map", "avif"];
     if path.starts_with("/static/") || path.starts_with("/assets/") {
         return true;
     }
@@ -318,11 +258,7 @@ fn column<'a, T: 'static>(b: &'a RecordBatch, i: usize) -> Result<&'a T, ArrowEr
 }
 
 fn opt(a: &StringArray, i: usize) -> Option<&str> {
-    if a.is_valid(i) {
-        Some(a.value(i))
-    } else {
-        None
-    }
+    if a.is_valid(i) { Some(a.value(i)) } else { None }
 }
 
 impl FeatureEngine {
@@ -336,7 +272,15 @@ impl FeatureEngine {
             next_sweep: i64::MIN,
             stats: FeatureStats::default(),
             subnet_buf: String::with_capacity(48),
+            ticks_since_persist: 0,
+            judged: [true; 6],
         }
+    }
+
+    /// Which entity types something evaluates every tick (rules, models); the
+    /// others are only computed for persisted snapshots.
+    pub fn set_judged(&mut self, judged: [bool; 6]) {
+        self.judged = judged;
     }
 
     pub fn stats(&self) -> FeatureStats {
@@ -360,8 +304,7 @@ impl FeatureEngine {
             .map(|t| {
                 t.states.iter().map(EntityState::bytes).sum::<usize>()
                     + t.map.capacity() * (std::mem::size_of::<(Box<str>, u32)>() + 1)
-                    + t.states.capacity().saturating_sub(t.states.len())
-                        * std::mem::size_of::<EntityState>()
+                    + t.states.capacity().saturating_sub(t.states.len()) * std::mem::size_of::<EntityState>()
             })
             .sum()
     }
@@ -408,7 +351,12 @@ impl FeatureEngine {
         }
         let new_max = self.max_ts.max(ts);
         while new_max - self.cfg.lateness_ms >= self.next_tick {
-            if let Some(s) = self.tick()? {
+            self.ticks_since_persist += 1;
+            let persist = self.ticks_since_persist >= self.cfg.persist_every_ticks.max(1);
+            if persist {
+                self.ticks_since_persist = 0;
+            }
+            if let Some(s) = self.tick(persist)? {
                 out.push(s);
             }
             self.next_tick += self.cfg.tick_ms;
@@ -421,7 +369,8 @@ impl FeatureEngine {
 
     /// Emits the pending rows now (end of input, shutdown).
     pub fn flush(&mut self) -> Result<Option<Snapshot>, ArrowError> {
-        self.tick()
+        self.ticks_since_persist = 0;
+        self.tick(true)
     }
 
     fn sweep(&mut self) {
@@ -444,10 +393,7 @@ impl FeatureEngine {
         let device = opt(cols.device, i);
         let country = opt(cols.country, i);
 
-        let mut k = Contribution {
-            ts,
-            ..Default::default()
-        };
+        let mut k = Contribution { ts, ..Default::default() };
         let n = &mut k.counts;
         n[c::REQ] = 1;
         let auth = opt(cols.auth, i);
@@ -474,8 +420,7 @@ impl FeatureEngine {
         n[c::STATIC] = is_static_asset(path) as u32;
         n[c::REFERER] = cols.referer.is_valid(i) as u32;
         if cols.bytes.is_valid(i) {
-            n[c::KIB] =
-                ((cols.bytes.value(i).saturating_add(512)) / 1024).min(u32::MAX as u64) as u32;
+            n[c::KIB] = ((cols.bytes.value(i).saturating_add(512)) / 1024).min(u32::MAX as u64) as u32;
         }
         k.numeric_id = catalog::numeric_id(path);
         n[c::IDREQ] = k.numeric_id.is_some() as u32;
@@ -486,10 +431,7 @@ impl FeatureEngine {
         k.distinct[d::USERS] = user.map(hash);
         k.distinct[d::IPS] = Some(hash(ip_text));
         k.distinct[d::COUNTRIES] = country.map(hash);
-        k.distinct[d::ASNS] = cols
-            .asn
-            .is_valid(i)
-            .then(|| cols.asn.value(i) as u64 ^ 0x9e37_79b9_7f4a_7c15);
+        k.distinct[d::ASNS] = cols.asn.is_valid(i).then(|| cols.asn.value(i) as u64 ^ 0x9e37_79b9_7f4a_7c15);
         k.distinct[d::DEVICES] = device.map(hash);
         k.distinct[d::PATHS] = Some(hash(path));
 
@@ -529,21 +471,17 @@ impl FeatureEngine {
     }
 
     #[inline]
-    fn touch(
-        &mut self,
-        t: EntityType,
-        key: &str,
-        k: &Contribution,
-        skip: Option<usize>,
-        new_device: bool,
-    ) {
+    fn touch(&mut self, t: EntityType, key: &str, k: &Contribution, skip: Option<usize>, new_device: bool) {
         let table = &mut self.tables[t.index()];
         let (idx, _) = table.upsert(key, k.ts);
         table.states[idx].apply(k, skip, new_device);
         table.mark_dirty(idx);
     }
 
-    fn tick(&mut self) -> Result<Option<Snapshot>, ArrowError> {
+    /// Emits the rows due at this tick. Invariants: `dirty` lists exactly the
+    /// entities with `DIRTY_TICK`, `sink_dirty` those with `DIRTY_SINK`, and
+    /// `dirty ⊆ sink_dirty` (marking sets both; only a persisted tick clears the latter).
+    fn tick(&mut self, persist: bool) -> Result<Option<Snapshot>, ArrowError> {
         self.stats.ticks += 1;
         if self.max_ts == i64::MIN {
             return Ok(None);
@@ -552,21 +490,31 @@ impl FeatureEngine {
         let mut batches = Vec::new();
         for t in EntityType::ALL {
             let table = &mut self.tables[t.index()];
-            if table.dirty.is_empty() {
+            let rows = if persist {
+                table.dirty.clear();
+                let rows = std::mem::take(&mut table.sink_dirty);
+                for &i in &rows {
+                    table.states[i as usize].dirty = 0;
+                }
+                rows
+            } else {
+                let rows = std::mem::take(&mut table.dirty);
+                for &i in &rows {
+                    table.states[i as usize].dirty &= !state::DIRTY_TICK;
+                }
+                if !self.judged[t.index()] {
+                    continue;
+                }
+                rows
+            };
+            if rows.is_empty() {
                 continue;
             }
-            let dirty = std::mem::take(&mut table.dirty);
-            let batch = build_batch(t, now, dirty.iter().map(|&i| &table.states[i as usize]))?;
-            for &i in &dirty {
-                table.states[i as usize].dirty = false;
-            }
+            let batch = build_batch(t, now, rows.iter().map(|&i| &table.states[i as usize]))?;
             self.stats.feature_rows += batch.num_rows() as u64;
             batches.push((t, batch));
         }
-        Ok((!batches.is_empty()).then_some(Snapshot {
-            as_of_ms: now,
-            batches,
-        }))
+        Ok((!batches.is_empty()).then_some(Snapshot { as_of_ms: now, batches, persist }))
     }
 }
 
@@ -580,25 +528,16 @@ pub fn build_batch<'a>(
     let mut ts = TimestampMillisecondBuilder::with_capacity(n).with_timezone("UTC");
     let mut et = StringBuilder::with_capacity(n, n * 8);
     let mut ent = StringBuilder::with_capacity(n, n * 24);
-    let mut feats: Vec<Float64Builder> =
-        (0..NF).map(|_| Float64Builder::with_capacity(n)).collect();
+    let mut feats: Vec<Float64Builder> = (0..NF).map(|_| Float64Builder::with_capacity(n)).collect();
     for s in states {
         ts.append_value(now);
         et.append_value(t.as_str());
         ent.append_value(&s.key);
         for (b, v) in feats.iter_mut().zip(s.features(now)) {
-            if v.is_nan() {
-                b.append_null()
-            } else {
-                b.append_value(v)
-            }
+            if v.is_nan() { b.append_null() } else { b.append_value(v) }
         }
     }
-    let mut cols: Vec<ArrayRef> = vec![
-        Arc::new(ts.finish()),
-        Arc::new(et.finish()),
-        Arc::new(ent.finish()),
-    ];
+    let mut cols: Vec<ArrayRef> = vec![Arc::new(ts.finish()), Arc::new(et.finish()), Arc::new(ent.finish())];
     cols.extend(feats.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
     RecordBatch::try_new(schema(), cols)
 }

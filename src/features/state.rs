@@ -76,10 +76,16 @@ pub struct EntityState {
     iat_mean: f32,
     iat_var: f32,
     iat_n: u32,
-    pub dirty: bool,
+    /// [`DIRTY_TICK`] and [`DIRTY_SINK`] bits: touched since the last tick / snapshot.
+    pub dirty: u8,
 }
 
 const IAT_ALPHA: f32 = 0.1;
+
+/// Touched since the last tick.
+pub const DIRTY_TICK: u8 = 1;
+/// Touched since the last persisted snapshot.
+pub const DIRTY_SINK: u8 = 2;
 
 impl EntityState {
     pub fn new(key: Box<str>, ts: i64) -> Self {
@@ -97,7 +103,7 @@ impl EntityState {
             iat_mean: 0.0,
             iat_var: 0.0,
             iat_n: 0,
-            dirty: false,
+            dirty: 0,
         }
     }
 
@@ -125,12 +131,8 @@ impl EntityState {
         if new_device {
             extra[c::NEWDEV] = 1;
         }
-        for ring in [
-            self.r10.slot_mut(ts.div_euclid(G10_MS)),
-            self.r60.slot_mut(ts.div_euclid(G60_MS)),
-        ]
-        .into_iter()
-        .flatten()
+        for ring in
+            [self.r10.slot_mut(ts.div_euclid(G10_MS)), self.r60.slot_mut(ts.div_euclid(G60_MS))].into_iter().flatten()
         {
             for i in 0..c::N {
                 ring[i] = ring[i].saturating_add(k.counts[i] + extra[i]);
@@ -164,11 +166,7 @@ impl EntityState {
         let s10 = self.r10.sums(now.div_euclid(G10_MS));
         let s60 = self.r60.sums(now.div_euclid(G60_MS));
         let ratio = |a: u64, b: u64| {
-            if b == 0 {
-                f64::NAN
-            } else {
-                a as f64 / b as f64
-            }
+            if b == 0 { f64::NAN } else { a as f64 / b as f64 }
         };
         let dc = |i: usize, w: i64| self.distinct[i].count(w, now);
         let iat_cv = if self.iat_n >= 10 && self.iat_mean > 0.0 {
@@ -228,8 +226,6 @@ impl EntityState {
 
     /// Bytes this entity holds, inline and on the heap (excluding the map entry).
     pub fn bytes(&self) -> usize {
-        std::mem::size_of::<Self>()
-            + self.key.len()
-            + self.distinct.iter().map(|d| d.heap_bytes()).sum::<usize>()
+        std::mem::size_of::<Self>() + self.key.len() + self.distinct.iter().map(|d| d.heap_bytes()).sum::<usize>()
     }
 }

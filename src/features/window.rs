@@ -16,10 +16,7 @@ pub struct Ring<const K: usize, const N: usize> {
 
 impl<const K: usize, const N: usize> Default for Ring<K, N> {
     fn default() -> Self {
-        Ring {
-            head: i64::MIN,
-            slots: [[0; N]; K],
-        }
+        Ring { head: i64::MIN, slots: [[0; N]; K] }
     }
 }
 

@@ -17,15 +17,7 @@ fn window(cfg: &SimConfig, rng: &mut ChaCha8Rng, min_min: f64, max_min: f64) -> 
     (start, start + dur)
 }
 
-fn req(
-    t: i64,
-    ip: &str,
-    net: &Net,
-    scenario: &'static str,
-    method: &'static str,
-    path: String,
-    status: u16,
-) -> Req {
+fn req(t: i64, ip: &str, net: &Net, scenario: &'static str, method: &'static str, path: String, status: u16) -> Req {
     Req {
         ts: t,
         ip: ip.to_string(),
@@ -74,15 +66,7 @@ fn credential_stuffing(cfg: &SimConfig, out: &mut Vec<Req>) {
     let mut t = start;
     while t < end {
         let ok = rng.random::<f64>() < 0.02;
-        let mut r = req(
-            t,
-            &ip,
-            &net,
-            "credential-stuffing",
-            "POST",
-            "/oauth/token".into(),
-            if ok { 200 } else { 401 },
-        );
+        let mut r = req(t, &ip, &net, "credential-stuffing", "POST", "/oauth/token".into(), if ok { 200 } else { 401 });
         r.grant = Some("password");
         r.auth = Some(if ok { "ok" } else { "invalid_credentials" });
         r.user = Some(format!(
@@ -111,44 +95,23 @@ fn key_scraper(cfg: &SimConfig, out: &mut Vec<Req>) {
     let third: u8 = rng.random_range(0..=255);
     let n_ips = rng.random_range(3..7);
     let ips: Vec<String> = (0..n_ips)
-        .map(|_| {
-            format!(
-                "{}.{}.{}.{}",
-                net.prefix[0],
-                net.prefix[1],
-                third,
-                rng.random_range(2..250u8)
-            )
-        })
+        .map(|_| format!("{}.{}.{}.{}", net.prefix[0], net.prefix[1], third, rng.random_range(2..250u8)))
         .collect();
-    let devices: Vec<String> = (0..n_ips)
-        .map(|_| format!("d-{}", hex(&mut rng, 12)))
-        .collect();
+    let devices: Vec<String> = (0..n_ips).map(|_| format!("d-{}", hex(&mut rng, 12))).collect();
     let mut id = CATALOG_BASE + rng.random_range(0..CATALOG_SIZE);
     let gap_ms = rng.random_range(80.0..300.0);
     let mut t = start;
     while t < end {
         let k = rng.random_range(0..n_ips);
         let exists = rng.random::<f64>() < 0.85;
-        let mut r = req(
-            t,
-            &ips[k],
-            &net,
-            "key-scraper",
-            "GET",
-            format!("/v1/products/{id}"),
-            if exists { 200 } else { 404 },
-        );
+        let mut r =
+            req(t, &ips[k], &net, "key-scraper", "GET", format!("/v1/products/{id}"), if exists { 200 } else { 404 });
         r.api_key = Some("mobile-android".into());
         r.ua = Some(ANDROID_APP_UA.into());
         r.device = Some(devices[k].clone());
         r.attestation = Some("missing");
         r.signature = Some("valid");
-        r.bytes = if exists {
-            rng.random_range(1_500..6_000)
-        } else {
-            90
-        };
+        r.bytes = if exists { rng.random_range(1_500..6_000) } else { 90 };
         out.push(r);
         id += 1;
         t += exp(&mut rng, gap_ms) as i64 + 1;
@@ -214,15 +177,8 @@ fn path_probe(cfg: &SimConfig, out: &mut Vec<Req>) {
         let path = match rng.random_range(0..4) {
             0 => base.to_string(),
             1 => format!("/api{base}"),
-            2 => format!(
-                "/{}{base}",
-                ["old", "new", "dev", "staging", "v1"][rng.random_range(0..5)]
-            ),
-            _ => format!(
-                "{}.{}",
-                base.trim_end_matches('/'),
-                ["bak", "old", "txt", "save"][rng.random_range(0..4)]
-            ),
+            2 => format!("/{}{base}", ["old", "new", "dev", "staging", "v1"][rng.random_range(0..5)]),
+            _ => format!("{}.{}", base.trim_end_matches('/'), ["bak", "old", "txt", "save"][rng.random_range(0..4)]),
         };
         let status = if path == "/actuator/health" || path == "/.well-known/security.txt" {
             200
@@ -269,12 +225,7 @@ fn signature_replay(cfg: &SimConfig, out: &mut Vec<Req>) {
         r.bytes = 60;
         out.push(r);
         // Bursts of replays, then pauses.
-        t += if rng.random::<f64>() < 0.2 {
-            exp(&mut rng, 30_000.0)
-        } else {
-            exp(&mut rng, 1_500.0)
-        } as i64
-            + 1;
+        t += if rng.random::<f64>() < 0.2 { exp(&mut rng, 30_000.0) } else { exp(&mut rng, 1_500.0) } as i64 + 1;
     }
 }
 
@@ -314,26 +265,15 @@ fn device_farm(cfg: &SimConfig, out: &mut Vec<Req>) {
     let net = *HOSTING.choose(&mut rng).unwrap_or(&HOSTING[0]);
     let third: u8 = rng.random_range(0..=255);
     let ips: Vec<String> = (0..rng.random_range(4..12))
-        .map(|_| {
-            format!(
-                "{}.{}.{}.{}",
-                net.prefix[0],
-                net.prefix[1],
-                third,
-                rng.random_range(2..250u8)
-            )
-        })
+        .map(|_| format!("{}.{}.{}.{}", net.prefix[0], net.prefix[1], third, rng.random_range(2..250u8)))
         .collect();
     let gap = rng.random_range(8_000.0..40_000.0);
     let mut t = start;
     while t < end {
         let ip = ips.choose(&mut rng).cloned().unwrap_or_default();
         let device = format!("d-{}", hex(&mut rng, 12));
-        let user = format!(
-            "promo{}@{}",
-            hex(&mut rng, 6),
-            ["mailinator.example", "tempmail.example"][rng.random_range(0..2)]
-        );
+        let user =
+            format!("promo{}@{}", hex(&mut rng, 6), ["mailinator.example", "tempmail.example"][rng.random_range(0..2)]);
         let mut s = t;
         let steps: [(&str, &str, u16); 4] = [
             ("POST", "/v1/devices", 201),
@@ -342,23 +282,11 @@ fn device_farm(cfg: &SimConfig, out: &mut Vec<Req>) {
             ("POST", "/v1/promotions/redeem", 200),
         ];
         for (m, p, st) in steps {
-            let mut r = req(
-                s,
-                &ip,
-                &net,
-                "device-farm",
-                if m == "POST" { "POST" } else { "GET" },
-                p.into(),
-                st,
-            );
+            let mut r = req(s, &ip, &net, "device-farm", if m == "POST" { "POST" } else { "GET" }, p.into(), st);
             r.device = Some(device.clone());
             r.api_key = Some("mobile-android".into());
             r.ua = Some(ANDROID_APP_UA.into());
-            r.attestation = Some(if rng.random::<f64>() < 0.7 {
-                "invalid"
-            } else {
-                "missing"
-            });
+            r.attestation = Some(if rng.random::<f64>() < 0.7 { "invalid" } else { "missing" });
             r.signature = Some("valid");
             if p != "/v1/devices" {
                 r.user = Some(user.clone());

@@ -25,15 +25,7 @@ fn session_starts(cfg: &SimConfig, rng: &mut ChaCha8Rng, per_day: f64) -> Vec<i6
     }
 }
 
-fn api(
-    ts: i64,
-    ip: &str,
-    net: &Net,
-    method: &'static str,
-    path: String,
-    status: u16,
-    bytes: u64,
-) -> Req {
+fn api(ts: i64, ip: &str, net: &Net, method: &'static str, path: String, status: u16, bytes: u64) -> Req {
     Req {
         ts,
         ip: ip.to_string(),
@@ -73,12 +65,7 @@ fn web_session(
 ) -> String {
     let session = format!("ws-{}", hex(rng, 16));
     let mut t = start;
-    let base = |t: i64,
-                rng: &mut ChaCha8Rng,
-                method: &'static str,
-                path: String,
-                status: u16,
-                bytes: u64| {
+    let base = |t: i64, rng: &mut ChaCha8Rng, method: &'static str, path: String, status: u16, bytes: u64| {
         let mut r = api(t, &u.ip, &u.net, method, path, status, bytes);
         r.ua = Some(u.ua.to_string());
         r.session = Some(session.clone());
@@ -120,22 +107,11 @@ fn web_session(
         r.api_key = Some("web-spa".into());
         r.referer = Some(SITE.into());
         out.push(r);
-        let typos = if rng.random::<f64>() < 0.05 {
-            rng.random_range(1..3)
-        } else {
-            0
-        };
+        let typos = if rng.random::<f64>() < 0.05 { rng.random_range(1..3) } else { 0 };
         for attempt in 0..=typos {
             t += lognormal(rng, 7_000.0, 0.5) as i64;
             let ok = attempt == typos;
-            let mut r = base(
-                t,
-                rng,
-                "POST",
-                "/login".into(),
-                if ok { 302 } else { 401 },
-                0,
-            );
+            let mut r = base(t, rng, "POST", "/login".into(), if ok { 302 } else { 401 }, 0);
             r.user = Some(u.id.clone());
             r.auth = Some(if ok { "ok" } else { "invalid_credentials" });
             r.referer = Some(format!("{SITE}login"));
@@ -157,11 +133,7 @@ fn web_session(
         user = Some(u.id.clone());
     }
 
-    let pages = if force_long {
-        60
-    } else {
-        (lognormal(rng, 9.0, 0.8) as usize).clamp(1, 150)
-    };
+    let pages = if force_long { 60 } else { (lognormal(rng, 9.0, 0.8) as usize).clamp(1, 150) };
     for _ in 0..pages {
         t += lognormal(rng, 14_000.0, 0.9) as i64;
         let id = product_id(rng);
@@ -178,14 +150,7 @@ fn web_session(
         t += rng.random_range(80..300);
         let missing = rng.random::<f64>() < 0.01;
         let bytes = rng.random_range(1_500..6_000);
-        let mut r = base(
-            t,
-            rng,
-            "GET",
-            api_path,
-            if missing { 404 } else { 200 },
-            bytes,
-        );
+        let mut r = base(t, rng, "GET", api_path, if missing { 404 } else { 200 }, bytes);
         if page == "/search" {
             r.query = Some(format!("q={}&page=1", hex(rng, 4)));
         }
@@ -235,40 +200,18 @@ struct MobileUser {
 
 /// One app session: token refresh (or a password login, with typos), then API calls.
 fn mobile_session(u: &MobileUser, start: i64, rng: &mut ChaCha8Rng, out: &mut Vec<Req>) {
-    let scenario = if u.nat_ip.is_some() {
-        "mobile-cgnat"
-    } else {
-        "mobile"
-    };
+    let scenario = if u.nat_ip.is_some() { "mobile-cgnat" } else { "mobile" };
     let (mut ip, mut net) = match &u.nat_ip {
         Some(n) => (n.clone(), u.carrier),
         None if rng.random::<f64>() < 0.5 => (u.home_ip.clone(), u.home),
         None => (ip_in(&u.carrier, rng), u.carrier),
     };
     let family = format!("rf-{}", &u.device[2..]);
-    let key = if u.ios {
-        "mobile-ios"
-    } else {
-        "mobile-android"
-    };
+    let key = if u.ios { "mobile-ios" } else { "mobile-android" };
     let ua = if u.ios { IOS_APP_UA } else { ANDROID_APP_UA };
     let mut t = start;
-    let mk = |t: i64,
-              ip: &str,
-              net: &Net,
-              rng: &mut ChaCha8Rng,
-              method: &'static str,
-              path: String,
-              status: u16| {
-        let mut r = api(
-            t,
-            ip,
-            net,
-            method,
-            path,
-            status,
-            rng.random_range(800..8_000),
-        );
+    let mk = |t: i64, ip: &str, net: &Net, rng: &mut ChaCha8Rng, method: &'static str, path: String, status: u16| {
+        let mut r = api(t, ip, net, method, path, status, rng.random_range(800..8_000));
         r.scenario = scenario;
         r.ua = Some(ua.into());
         r.api_key = Some(key.into());
@@ -296,22 +239,10 @@ fn mobile_session(u: &MobileUser, start: i64, rng: &mut ChaCha8Rng, out: &mut Ve
     };
     let login = rng.random::<f64>() < 0.08;
     if login {
-        let typos = if rng.random::<f64>() < 0.08 {
-            rng.random_range(1..3)
-        } else {
-            0
-        };
+        let typos = if rng.random::<f64>() < 0.08 { rng.random_range(1..3) } else { 0 };
         for attempt in 0..=typos {
             let ok = attempt == typos;
-            let mut r = mk(
-                t,
-                &ip,
-                &net,
-                rng,
-                "POST",
-                "/oauth/token".into(),
-                if ok { 200 } else { 401 },
-            );
+            let mut r = mk(t, &ip, &net, rng, "POST", "/oauth/token".into(), if ok { 200 } else { 401 });
             r.grant = Some("password");
             r.auth = Some(if ok { "ok" } else { "invalid_credentials" });
             out.push(r);
@@ -319,15 +250,7 @@ fn mobile_session(u: &MobileUser, start: i64, rng: &mut ChaCha8Rng, out: &mut Ve
         }
     } else {
         let expired = rng.random::<f64>() < 0.01;
-        let mut r = mk(
-            t,
-            &ip,
-            &net,
-            rng,
-            "POST",
-            "/oauth/token".into(),
-            if expired { 401 } else { 200 },
-        );
+        let mut r = mk(t, &ip, &net, rng, "POST", "/oauth/token".into(), if expired { 401 } else { 200 });
         r.grant = Some("refresh_token");
         r.auth = Some(if expired { "expired_token" } else { "ok" });
         out.push(r);
@@ -348,11 +271,7 @@ fn mobile_session(u: &MobileUser, start: i64, rng: &mut ChaCha8Rng, out: &mut Ve
         }
         let roll: f64 = rng.random();
         let (m, p, s): (&'static str, String, u16) = if roll < 0.35 {
-            (
-                "GET",
-                format!("/v1/products/{}", product_id(rng)),
-                if rng.random::<f64>() < 0.01 { 404 } else { 200 },
-            )
+            ("GET", format!("/v1/products/{}", product_id(rng)), if rng.random::<f64>() < 0.01 { 404 } else { 200 })
         } else if roll < 0.6 {
             ("GET", "/v1/feed".into(), 200)
         } else if roll < 0.75 {
@@ -362,19 +281,11 @@ fn mobile_session(u: &MobileUser, start: i64, rng: &mut ChaCha8Rng, out: &mut Ve
         } else if roll < 0.95 {
             ("GET", "/v1/products".into(), 200)
         } else {
-            (
-                "GET",
-                format!("/v1/orders/{}", rng.random_range(1_000_000..9_000_000u64)),
-                200,
-            )
+            ("GET", format!("/v1/orders/{}", rng.random_range(1_000_000..9_000_000u64)), 200)
         };
         let mut r = mk(t, &ip, &net, rng, m, p, s);
         if r.path == "/v1/products" {
-            r.query = Some(format!(
-                "category={}&page={}",
-                rng.random_range(1..40),
-                rng.random_range(1..5)
-            ));
+            r.query = Some(format!("category={}&page={}", rng.random_range(1..40), rng.random_range(1..5)));
         }
         r.auth = Some("ok");
         out.push(r);
@@ -416,19 +327,8 @@ pub(super) fn generate(cfg: &SimConfig, out: &mut Vec<Req>) {
         let home = *RESIDENTIAL.choose(&mut rng).unwrap_or(&RESIDENTIAL[0]);
         let nat = i >= n_mobile;
         // People roam between home Wi-Fi and a carrier of their own country.
-        let local: Vec<Net> = CARRIER
-            .iter()
-            .copied()
-            .filter(|c| c.country == home.country)
-            .collect();
-        let carrier = if nat {
-            CARRIER[0]
-        } else {
-            *local
-                .choose(&mut rng)
-                .or(CARRIER.first())
-                .unwrap_or(&CARRIER[0])
-        };
+        let local: Vec<Net> = CARRIER.iter().copied().filter(|c| c.country == home.country).collect();
+        let carrier = if nat { CARRIER[0] } else { *local.choose(&mut rng).or(CARRIER.first()).unwrap_or(&CARRIER[0]) };
         let u = MobileUser {
             id: format!("m{}@mail.example", i),
             device: format!("d-{}", hex(&mut rng, 12)),
@@ -476,9 +376,7 @@ fn partner(cfg: &SimConfig, out: &mut Vec<Req>) {
             let roll: f64 = rng.random();
             if roll < 0.6 {
                 r.path = "/v1/catalog/products".into();
-                r.query = Some(format!(
-                    "updated_since=2026-11-01T00:00:00Z&page={page}&per_page=200"
-                ));
+                r.query = Some(format!("updated_since=2026-11-01T00:00:00Z&page={page}&per_page=200"));
                 r.bytes = rng.random_range(80_000..250_000);
                 page = if page >= 300 { 1 } else { page + 1 };
             } else if roll < 0.9 {
@@ -487,10 +385,7 @@ fn partner(cfg: &SimConfig, out: &mut Vec<Req>) {
                 r.bytes = rng.random_range(300..1_200);
             } else {
                 r.method = "POST";
-                r.path = format!(
-                    "/v1/orders/{}/fulfillment",
-                    rng.random_range(1_000_000..9_000_000u64)
-                );
+                r.path = format!("/v1/orders/{}/fulfillment", rng.random_range(1_000_000..9_000_000u64));
                 r.status = 204;
             }
         }
@@ -501,20 +396,14 @@ fn partner(cfg: &SimConfig, out: &mut Vec<Req>) {
 
 /// An external uptime checker probing the health endpoint every minute from three regions.
 fn uptime(cfg: &SimConfig, out: &mut Vec<Req>) {
-    let probes = [
-        ("167.99.20.14", HOSTING[0]),
-        ("51.75.30.2", HOSTING[4]),
-        ("95.216.8.9", HOSTING[5]),
-    ];
+    let probes = [("167.99.20.14", HOSTING[0]), ("51.75.30.2", HOSTING[4]), ("95.216.8.9", HOSTING[5])];
     for (i, (ip, net)) in probes.iter().enumerate() {
         let mut rng = cfg.rng("uptime", i as u64);
         let mut t = cfg.start_ms + rng.random_range(0..60_000);
         while t < cfg.end_ms() {
             let mut r = api(t, ip, net, "GET", "/healthz".into(), 200, 15);
             r.scenario = "uptime";
-            r.ua = Some(
-                "Mozilla/5.0+(compatible; UptimeRobot/2.0; http://www.uptimerobot.com/)".into(),
-            );
+            r.ua = Some("Mozilla/5.0+(compatible; UptimeRobot/2.0; http://www.uptimerobot.com/)".into());
             r.latency_ms = lognormal(&mut rng, 3.0, 0.3);
             out.push(r);
             t += 60_000 + rng.random_range(0..40);
@@ -525,11 +414,7 @@ fn uptime(cfg: &SimConfig, out: &mut Vec<Req>) {
 /// Googlebot crawling product pages from Google's published crawler network.
 fn crawler(cfg: &SimConfig, out: &mut Vec<Req>) {
     let mut rng = cfg.rng("crawler", 0);
-    let net = Net {
-        prefix: [66, 249],
-        country: "US",
-        asn: 15169,
-    };
+    let net = Net { prefix: [66, 249], country: "US", asn: 15169 };
     let mut t = cfg.start_ms + rng.random_range(0..10_000);
     while t < cfg.end_ms() {
         let ip = format!("66.249.66.{}", rng.random_range(1..60));
@@ -541,20 +426,9 @@ fn crawler(cfg: &SimConfig, out: &mut Vec<Req>) {
         } else if roll < 0.15 {
             (format!("/category/{}", rng.random_range(1..40)), 200)
         } else {
-            (
-                format!("/products/{}", product_id(&mut rng)),
-                if rng.random::<f64>() < 0.03 { 404 } else { 200 },
-            )
+            (format!("/products/{}", product_id(&mut rng)), if rng.random::<f64>() < 0.03 { 404 } else { 200 })
         };
-        let mut r = api(
-            t,
-            &ip,
-            &net,
-            "GET",
-            path,
-            status,
-            rng.random_range(15_000..60_000),
-        );
+        let mut r = api(t, &ip, &net, "GET", path, status, rng.random_range(15_000..60_000));
         r.host = WEB_HOST;
         r.scenario = "crawler";
         r.ua = Some(GOOGLEBOT_UA.into());

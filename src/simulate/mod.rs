@@ -87,24 +87,11 @@ impl SimConfig {
 }
 
 /// The attack scenarios the simulator knows.
-pub const ATTACKS: &[&str] = &[
-    "credential-stuffing",
-    "key-scraper",
-    "path-probe",
-    "signature-replay",
-    "session-hijack",
-    "device-farm",
-];
+pub const ATTACKS: &[&str] =
+    &["credential-stuffing", "key-scraper", "path-probe", "signature-replay", "session-hijack", "device-farm"];
 
 /// The benign scenarios, for reports.
-pub const BENIGN: &[&str] = &[
-    "web",
-    "mobile",
-    "mobile-cgnat",
-    "partner",
-    "uptime",
-    "crawler",
-];
+pub const BENIGN: &[&str] = &["web", "mobile", "mobile-cgnat", "partner", "uptime", "crawler"];
 
 /// Generates every request, sorted by time.
 pub fn generate(cfg: &SimConfig) -> Vec<Req> {
@@ -112,11 +99,7 @@ pub fn generate(cfg: &SimConfig) -> Vec<Req> {
     benign::generate(cfg, &mut reqs);
     let chosen: Vec<&str> = match &cfg.attacks {
         None => ATTACKS.to_vec(),
-        Some(list) => ATTACKS
-            .iter()
-            .copied()
-            .filter(|a| list.iter().any(|l| l == a))
-            .collect(),
+        Some(list) => ATTACKS.iter().copied().filter(|a| list.iter().any(|l| l == a)).collect(),
     };
     attacks::generate(cfg, &chosen, &mut reqs);
     let end = cfg.end_ms();
@@ -215,35 +198,15 @@ struct ScenarioInfo {
 }
 
 /// Writes the requests in the chosen shapes plus `labels.jsonl` and `scenarios.json`.
-pub fn write(
-    cfg: &SimConfig,
-    reqs: &[Req],
-    dir: &Path,
-    formats: &[OutFormat],
-) -> std::io::Result<SimOutput> {
+pub fn write(cfg: &SimConfig, reqs: &[Req], dir: &Path, formats: &[OutFormat]) -> std::io::Result<SimOutput> {
     std::fs::create_dir_all(dir)?;
     let open = |name: &str| -> std::io::Result<(PathBuf, BufWriter<File>)> {
         let p = dir.join(name);
-        Ok((
-            p.clone(),
-            BufWriter::with_capacity(1 << 20, File::create(p)?),
-        ))
+        Ok((p.clone(), BufWriter::with_capacity(1 << 20, File::create(p)?)))
     };
-    let mut json = if formats.contains(&OutFormat::Json) {
-        Some(open("access.jsonl")?)
-    } else {
-        None
-    };
-    let mut nginx = if formats.contains(&OutFormat::Nginx) {
-        Some(open("access.log")?)
-    } else {
-        None
-    };
-    let mut combined = if formats.contains(&OutFormat::Combined) {
-        Some(open("access-combined.log")?)
-    } else {
-        None
-    };
+    let mut json = if formats.contains(&OutFormat::Json) { Some(open("access.jsonl")?) } else { None };
+    let mut nginx = if formats.contains(&OutFormat::Nginx) { Some(open("access.log")?) } else { None };
+    let mut combined = if formats.contains(&OutFormat::Combined) { Some(open("access-combined.log")?) } else { None };
     let (labels_path, mut labels) = open("labels.jsonl")?;
     let mut ts_buf = String::with_capacity(32);
     let mut attack_requests = 0;
@@ -300,12 +263,7 @@ pub fn write(
                 writeln!(w, "{base}")?;
             }
             if let Some((_, w)) = nginx.as_mut() {
-                write!(
-                    w,
-                    "{base} rt={:.3} request_id={rid} host={}",
-                    r.latency_ms / 1000.0,
-                    r.host
-                )?;
+                write!(w, "{base} rt={:.3} request_id={rid} host={}", r.latency_ms / 1000.0, r.host)?;
                 let extras = [
                     ("user_id", r.user.as_deref()),
                     ("api_key_id", r.api_key.as_deref()),
@@ -347,8 +305,7 @@ pub fn write(
     labels.flush()?;
 
     let mut infos: Vec<ScenarioInfo> = Vec::new();
-    let mut ips: std::collections::HashMap<&str, std::collections::HashSet<&str>> =
-        Default::default();
+    let mut ips: std::collections::HashMap<&str, std::collections::HashSet<&str>> = Default::default();
     for r in reqs {
         ips.entry(r.scenario).or_default().insert(&r.ip);
         match infos.iter_mut().find(|i| i.scenario == r.scenario) {
@@ -369,14 +326,6 @@ pub fn write(
     for i in &mut infos {
         i.distinct_ips = ips.get(i.scenario.as_str()).map(|s| s.len()).unwrap_or(0);
     }
-    std::fs::write(
-        dir.join("scenarios.json"),
-        serde_json::to_string_pretty(&infos)?,
-    )?;
-    Ok(SimOutput {
-        requests: reqs.len(),
-        attack_requests,
-        files,
-        labels: labels_path,
-    })
+    std::fs::write(dir.join("scenarios.json"), serde_json::to_string_pretty(&infos)?)?;
+    Ok(SimOutput { requests: reqs.len(), attack_requests, files, labels: labels_path })
 }

@@ -17,161 +17,45 @@ pub struct Net {
 }
 
 pub const RESIDENTIAL: &[Net] = &[
-    Net {
-        prefix: [73, 12],
-        country: "US",
-        asn: 7922,
-    },
-    Net {
-        prefix: [73, 140],
-        country: "US",
-        asn: 7922,
-    },
-    Net {
-        prefix: [24, 5],
-        country: "US",
-        asn: 7922,
-    },
-    Net {
-        prefix: [71, 190],
-        country: "US",
-        asn: 701,
-    },
-    Net {
-        prefix: [79, 205],
-        country: "DE",
-        asn: 3320,
-    },
-    Net {
-        prefix: [91, 42],
-        country: "DE",
-        asn: 3320,
-    },
-    Net {
-        prefix: [90, 12],
-        country: "FR",
-        asn: 3215,
-    },
-    Net {
-        prefix: [86, 150],
-        country: "GB",
-        asn: 2856,
-    },
-    Net {
-        prefix: [83, 48],
-        country: "ES",
-        asn: 3352,
-    },
-    Net {
-        prefix: [95, 236],
-        country: "IT",
-        asn: 3269,
-    },
+    Net { prefix: [73, 12], country: "US", asn: 7922 },
+    Net { prefix: [73, 140], country: "US", asn: 7922 },
+    Net { prefix: [24, 5], country: "US", asn: 7922 },
+    Net { prefix: [71, 190], country: "US", asn: 701 },
+    Net { prefix: [79, 205], country: "DE", asn: 3320 },
+    Net { prefix: [91, 42], country: "DE", asn: 3320 },
+    Net { prefix: [90, 12], country: "FR", asn: 3215 },
+    Net { prefix: [86, 150], country: "GB", asn: 2856 },
+    Net { prefix: [83, 48], country: "ES", asn: 3352 },
+    Net { prefix: [95, 236], country: "IT", asn: 3269 },
 ];
 
 pub const CARRIER: &[Net] = &[
-    Net {
-        prefix: [172, 56],
-        country: "US",
-        asn: 21928,
-    },
-    Net {
-        prefix: [174, 205],
-        country: "US",
-        asn: 22394,
-    },
-    Net {
-        prefix: [109, 40],
-        country: "DE",
-        asn: 3209,
-    },
-    Net {
-        prefix: [92, 184],
-        country: "FR",
-        asn: 51207,
-    },
-    Net {
-        prefix: [82, 132],
-        country: "GB",
-        asn: 12576,
-    },
-    Net {
-        prefix: [85, 58],
-        country: "ES",
-        asn: 12479,
-    },
-    Net {
-        prefix: [5, 90],
-        country: "IT",
-        asn: 30722,
-    },
+    Net { prefix: [172, 56], country: "US", asn: 21928 },
+    Net { prefix: [174, 205], country: "US", asn: 22394 },
+    Net { prefix: [109, 40], country: "DE", asn: 3209 },
+    Net { prefix: [92, 184], country: "FR", asn: 51207 },
+    Net { prefix: [82, 132], country: "GB", asn: 12576 },
+    Net { prefix: [85, 58], country: "ES", asn: 12479 },
+    Net { prefix: [5, 90], country: "IT", asn: 30722 },
 ];
 
 pub const HOSTING: &[Net] = &[
-    Net {
-        prefix: [167, 99],
-        country: "US",
-        asn: 14061,
-    },
-    Net {
-        prefix: [159, 89],
-        country: "DE",
-        asn: 14061,
-    },
-    Net {
-        prefix: [3, 80],
-        country: "US",
-        asn: 16509,
-    },
-    Net {
-        prefix: [54, 210],
-        country: "US",
-        asn: 16509,
-    },
-    Net {
-        prefix: [51, 75],
-        country: "FR",
-        asn: 16276,
-    },
-    Net {
-        prefix: [95, 216],
-        country: "FI",
-        asn: 24940,
-    },
-    Net {
-        prefix: [45, 77],
-        country: "NL",
-        asn: 20473,
-    },
+    Net { prefix: [167, 99], country: "US", asn: 14061 },
+    Net { prefix: [159, 89], country: "DE", asn: 14061 },
+    Net { prefix: [3, 80], country: "US", asn: 16509 },
+    Net { prefix: [54, 210], country: "US", asn: 16509 },
+    Net { prefix: [51, 75], country: "FR", asn: 16276 },
+    Net { prefix: [95, 216], country: "FI", asn: 24940 },
+    Net { prefix: [45, 77], country: "NL", asn: 20473 },
 ];
 
 /// Residential proxies abroad, as attackers rent them.
 pub const PROXY_ABROAD: &[Net] = &[
-    Net {
-        prefix: [177, 38],
-        country: "BR",
-        asn: 28573,
-    },
-    Net {
-        prefix: [103, 21],
-        country: "IN",
-        asn: 45609,
-    },
-    Net {
-        prefix: [5, 18],
-        country: "RU",
-        asn: 12389,
-    },
-    Net {
-        prefix: [41, 203],
-        country: "NG",
-        asn: 29465,
-    },
-    Net {
-        prefix: [113, 160],
-        country: "VN",
-        asn: 45899,
-    },
+    Net { prefix: [177, 38], country: "BR", asn: 28573 },
+    Net { prefix: [103, 21], country: "IN", asn: 45609 },
+    Net { prefix: [5, 18], country: "RU", asn: 12389 },
+    Net { prefix: [41, 203], country: "NG", asn: 29465 },
+    Net { prefix: [113, 160], country: "VN", asn: 45899 },
 ];
 
 pub const BROWSERS: &[&str] = &[
@@ -183,11 +67,9 @@ pub const BROWSERS: &[&str] = &[
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36 Edg/131.0.0.0",
 ];
 
-pub const IOS_APP_UA: &str =
-    "ShopApp/5.2.1 (iPhone; iOS 18.1; Scale/3.00) CFNetwork/1568.100.1 Darwin/24.0.0";
+pub const IOS_APP_UA: &str = "ShopApp/5.2.1 (iPhone; iOS 18.1; Scale/3.00) CFNetwork/1568.100.1 Darwin/24.0.0";
 pub const ANDROID_APP_UA: &str = "okhttp/4.12.0";
-pub const GOOGLEBOT_UA: &str =
-    "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)";
+pub const GOOGLEBOT_UA: &str = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)";
 
 pub const SITE: &str = "https://shop.example.com/";
 pub const API_HOST: &str = "api.shop.example.com";
@@ -199,13 +81,7 @@ pub const CATALOG_SIZE: u64 = 60_000;
 pub const CATALOG_BASE: u64 = 100_000;
 
 pub fn ip_in(net: &Net, rng: &mut ChaCha8Rng) -> String {
-    format!(
-        "{}.{}.{}.{}",
-        net.prefix[0],
-        net.prefix[1],
-        rng.random_range(0..=255u8),
-        rng.random_range(1..=254u8)
-    )
+    format!("{}.{}.{}.{}", net.prefix[0], net.prefix[1], rng.random_range(0..=255u8), rng.random_range(1..=254u8))
 }
 
 /// A standard normal draw (Box–Muller).
@@ -226,9 +102,7 @@ pub fn exp(rng: &mut ChaCha8Rng, mean: f64) -> f64 {
 }
 
 pub fn hex(rng: &mut ChaCha8Rng, n: usize) -> String {
-    (0..n)
-        .map(|_| char::from_digit(rng.random_range(0..16u32), 16).unwrap_or('0'))
-        .collect()
+    (0..n).map(|_| char::from_digit(rng.random_range(0..16u32), 16).unwrap_or('0')).collect()
 }
 
 /// A product id: popular ranks map to scattered ids through a fixed permutation.

@@ -36,14 +36,7 @@ pub struct DeadLetter<'a> {
 }
 
 impl<'a> DeadLetter<'a> {
-    pub fn new(
-        source: &'a str,
-        line: u64,
-        offset: u64,
-        reason: &'a str,
-        raw: &'a [u8],
-        total_bytes: u64,
-    ) -> Self {
+    pub fn new(source: &'a str, line: u64, offset: u64, reason: &'a str, raw: &'a [u8], total_bytes: u64) -> Self {
         let kept = &raw[..raw.len().min(MAX_RAW_BYTES)];
         let (raw, raw_base64) = match std::str::from_utf8(kept) {
             Ok(s) => (Some(s), None),
@@ -51,10 +44,7 @@ impl<'a> DeadLetter<'a> {
                 // Cut in the middle of a character by the size limit only.
                 (std::str::from_utf8(&kept[..e.valid_up_to()]).ok(), None)
             }
-            Err(_) => (
-                None,
-                Some(base64::engine::general_purpose::STANDARD.encode(kept)),
-            ),
+            Err(_) => (None, Some(base64::engine::general_purpose::STANDARD.encode(kept))),
         };
         DeadLetter {
             source,
@@ -79,11 +69,7 @@ pub struct DeadLetterSink {
 impl DeadLetterSink {
     /// The file is created on the first dead letter, so a clean run leaves none.
     pub fn new(path: &Path) -> Self {
-        DeadLetterSink {
-            path: path.to_path_buf(),
-            out: None,
-            count: 0,
-        }
+        DeadLetterSink { path: path.to_path_buf(), out: None, count: 0 }
     }
 
     pub fn count(&self) -> u64 {
@@ -95,22 +81,14 @@ impl DeadLetterSink {
     }
 
     pub fn write(&mut self, d: &DeadLetter<'_>) -> Result<(), SinkError> {
-        let io = |source| SinkError::Io {
-            path: self.path.clone(),
-            source,
-        };
+        let io = |source| SinkError::Io { path: self.path.clone(), source };
         if self.out.is_none() {
             self.out = Some(BufWriter::new(File::create(&self.path).map_err(io)?));
         }
         if let Some(out) = self.out.as_mut() {
-            serde_json::to_writer(&mut *out, d).map_err(|e| SinkError::Io {
-                path: self.path.clone(),
-                source: e.into(),
-            })?;
-            out.write_all(b"\n").map_err(|source| SinkError::Io {
-                path: self.path.clone(),
-                source,
-            })?;
+            serde_json::to_writer(&mut *out, d)
+                .map_err(|e| SinkError::Io { path: self.path.clone(), source: e.into() })?;
+            out.write_all(b"\n").map_err(|source| SinkError::Io { path: self.path.clone(), source })?;
         }
         self.count += 1;
         Ok(())
@@ -118,10 +96,7 @@ impl DeadLetterSink {
 
     pub fn flush(&mut self) -> Result<(), SinkError> {
         if let Some(out) = self.out.as_mut() {
-            out.flush().map_err(|source| SinkError::Io {
-                path: self.path.clone(),
-                source,
-            })?;
+            out.flush().map_err(|source| SinkError::Io { path: self.path.clone(), source })?;
         }
         Ok(())
     }

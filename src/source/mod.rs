@@ -38,14 +38,7 @@ pub struct LineReader<R> {
 
 impl<R: BufRead> LineReader<R> {
     pub fn new(inner: R, keep: usize) -> Self {
-        LineReader {
-            inner,
-            buf: Vec::with_capacity(4096),
-            keep,
-            no: 0,
-            offset: 0,
-            bytes_read: 0,
-        }
+        LineReader { inner, buf: Vec::with_capacity(4096), keep, no: 0, offset: 0, bytes_read: 0 }
     }
 
     /// Bytes consumed so far (for progress).
@@ -92,12 +85,7 @@ impl<R: BufRead> LineReader<R> {
         }
         self.no += 1;
         self.offset = start;
-        Ok(Some(Line {
-            no: self.no,
-            offset: self.offset,
-            bytes: &self.buf,
-            len,
-        }))
+        Ok(Some(Line { no: self.no, offset: self.offset, bytes: &self.buf, len }))
     }
 }
 
@@ -112,10 +100,7 @@ mod tests {
         let l = r.next_line().unwrap().unwrap();
         assert_eq!((l.no, l.offset, l.bytes, l.len), (1, 0, &b"ab"[..], 2));
         let l = r.next_line().unwrap().unwrap();
-        assert_eq!(
-            (l.no, l.offset, l.bytes, l.len, l.truncated()),
-            (2, 4, &b"cdef"[..], 6, true)
-        );
+        assert_eq!((l.no, l.offset, l.bytes, l.len, l.truncated()), (2, 4, &b"cdef"[..], 6, true));
         let l = r.next_line().unwrap().unwrap();
         assert_eq!((l.no, l.bytes.len()), (3, 0));
         let l = r.next_line().unwrap().unwrap();
