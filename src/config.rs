@@ -349,7 +349,13 @@ impl Pipeline {
             if let Some(e) = &v.features_every {
                 let ms = duration(&f.file, &f.src, e, "output.features_every")?;
                 if ms < features.tick_ms || ms % features.tick_ms != 0 {
-                    return Err(invalid(&f.file, &f.src, e.span(), "output.features_every", "must be a whole number of features.tick"));
+                    return Err(invalid(
+                        &f.file,
+                        &f.src,
+                        e.span(),
+                        "output.features_every",
+                        "must be a whole number of features.tick",
+                    ));
                 }
                 features.persist_every_ticks = (ms / features.tick_ms) as u32;
             }

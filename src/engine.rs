@@ -229,8 +229,7 @@ impl Engine {
         } else {
             None
         };
-        let decisions_out =
-            ParquetTable::create(&paths.table("decisions"), decisions_schema(), &[])?;
+        let decisions_out = ParquetTable::create(&paths.table("decisions"), decisions_schema(), &[])?;
         let decisions_path = paths.decisions_jsonl();
         let decisions_jsonl = BufWriter::new(
             File::create(&decisions_path).map_err(|source| EngineError::Io { path: decisions_path.clone(), source })?,

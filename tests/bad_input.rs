@@ -1,0 +1,98 @@
+//! Bad input never stops the stream: each bad line becomes a dead letter with
+//! its reason and position, and the good lines around it still count.
+
+use std::io::Write;
+use std::path::Path;
+
+use gatewatch::config::Pipeline;
+
+fn pipeline() -> Pipeline {
+    Pipeline::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/default.toml")).expect("pipeline")
+}
+
+const GOOD: &str = r#"{"ts":"2026-11-28T10:15:02.113Z","client_ip":"198.51.100.23","method":"GET","path":"/v1/products/1","status":200}"#;
+
+fn dead_letters(dir: &Path) -> Vec<serde_json::Value> {
+    match std::fs::read_to_string(dir.join("dead_letters.jsonl")) {
+        Ok(text) => text.lines().map(|l| serde_json::from_str(l).expect("dead letter is JSON")).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+#[test]
+fn every_kind_of_bad_line_is_a_dead_letter() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("in.log");
+    let mut f = std::fs::File::create(&input).expect("create");
+    let huge_ua = "x".repeat(1 << 20);
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (GOOD.as_bytes().to_vec(), ""),
+        (GOOD[..60].as_bytes().to_vec(), "truncated JSON"),
+        (b"{\"ts\":\"2026-11-28T10:15:02Z\",\"client_ip\":\"1.2.3.4\",\"method\":\"GET\",\"path\":\"/\xff\xfe\",\"status\":200}".to_vec(), "invalid UTF-8"),
+        (GOOD.replace("2026-11-28", "9999-11-28").into_bytes(), "outside the accepted range"),
+        (GOOD.replace("\"2026-11-28T10:15:02.113Z\"", "1795860902").into_bytes(), "epoch seconds"),
+        (GOOD.replace("\"status\":200", "\"status\":\"OK\"").into_bytes(), "status"),
+        (GOOD.replace("\"status\":200", "\"status\":[200]").into_bytes(), "status"),
+        (GOOD.replace("198.51.100.23", "not-an-ip").into_bytes(), "client_ip"),
+        (GOOD.replace("\"method\":\"GET\"", "\"method\":42").into_bytes(), "method"),
+        (format!(r#"{{"ts":"2026-11-28T10:15:02.113Z","client_ip":"198.51.100.23","method":"GET","path":"/","status":200,"user_agent":"{huge_ua}"}}"#).into_bytes(), "longer than input.max_line_bytes"),
+        (b"203.0.113.9 - - [28/Nov/2026:10:15:02 +0000] \"GET / HTTP/1.1\" 200".to_vec(), "nginx"),
+        (b"\xff\x00\x01 binary garbage".to_vec(), "invalid UTF-8"),
+        (b"   ".to_vec(), "empty line"),
+        (GOOD.as_bytes().to_vec(), ""),
+    ];
+    for (line, _) in &cases {
+        f.write_all(line).expect("write");
+        f.write_all(b"\n").expect("write");
+    }
+    drop(f);
+    let out = dir.path().join("out");
+    let s = gatewatch::engine::replay(pipeline(), &input, None, &out, false).expect("replay never fails on bad lines");
+    let bad: Vec<&str> = cases.iter().filter(|c| !c.1.is_empty()).map(|c| c.1).collect();
+    assert_eq!(s.lines, cases.len() as u64);
+    assert_eq!(s.events, 2);
+    assert_eq!(s.dead_letters, bad.len() as u64);
+    let dl = dead_letters(&out);
+    assert_eq!(dl.len(), bad.len());
+    for (d, want) in dl.iter().zip(&bad) {
+        let reason = d["reason"].as_str().expect("reason");
+        assert!(reason.contains(want), "line {}: reason '{reason}' should mention '{want}'", d["line"]);
+        assert!(d["line"].as_u64().is_some() && d["offset"].as_u64().is_some());
+        assert!(d["raw"].is_string() || d["raw_base64"].is_string(), "the line is kept");
+    }
+    // The 1 MiB line is kept whole (it fits the dead-letter limit) and measured.
+    let long = dl.iter().find(|d| d["reason"].as_str().is_some_and(|r| r.contains("longer"))).expect("long line");
+    assert!(long["bytes"].as_u64().expect("bytes") > 1 << 20);
+    // Invalid UTF-8 keeps its exact bytes.
+    let bin = dl.iter().find(|d| d["line"] == 12).expect("binary line");
+    assert!(bin["raw_base64"].as_str().expect("b64").starts_with("/wAB"), "{bin}");
+}
+
+#[test]
+fn empty_file_is_an_empty_run() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("empty.log");
+    std::fs::write(&input, b"").expect("write");
+    let out = dir.path().join("out");
+    let s = gatewatch::engine::replay(pipeline(), &input, None, &out, false).expect("replay");
+    assert_eq!((s.lines, s.events, s.decisions, s.dead_letters), (0, 0, 0, 0));
+    assert_eq!(std::fs::read_to_string(out.join("decisions.jsonl")).expect("decisions"), "");
+}
+
+#[test]
+fn missing_input_is_a_clear_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let err = gatewatch::engine::replay(pipeline(), &dir.path().join("nope.log"), None, &dir.path().join("out"), false)
+        .expect_err("missing file");
+    assert!(err.to_string().contains("nope.log"), "{err}");
+}
+
+#[test]
+fn late_events_are_counted_not_applied() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("late.log");
+    let later = GOOD.replace("10:15:02.113", "10:20:00.000");
+    std::fs::write(&input, format!("{GOOD}\n{later}\n{GOOD}\n")).expect("write");
+    let s = gatewatch::engine::replay(pipeline(), &input, None, &dir.path().join("out"), false).expect("replay");
+    assert_eq!((s.events, s.late_events), (3, 1));
+}

@@ -1,0 +1,119 @@
+//! The default pipeline against the simulator: every attack scenario caught,
+//! benign traffic left alone. Seeds 1–5 are the acceptance set; the other
+//! tests change scale and mix, so that nothing passes only at one operating point.
+
+use std::path::Path;
+
+use gatewatch::config::Pipeline;
+use gatewatch::eval::{self, EvalConfig, Report};
+use gatewatch::features::EntityType;
+use gatewatch::simulate::{self, ATTACKS, OutFormat, SimConfig};
+
+fn run(cfg: &SimConfig) -> Report {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let reqs = simulate::generate(cfg);
+    let out = simulate::write(cfg, &reqs, dir.path(), &[OutFormat::Json]).expect("simulate");
+    drop(reqs);
+    let pipeline =
+        Pipeline::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/default.toml")).expect("pipeline");
+    let allow = pipeline.allowlist.clone();
+    let run_dir = dir.path().join("run");
+    gatewatch::engine::replay(pipeline, &dir.path().join("access.jsonl"), None, &run_dir, false).expect("replay");
+    let decisions = eval::read_decisions(&run_dir.join("decisions.jsonl")).expect("decisions");
+    eval::evaluate(&out.labels, &decisions, &allow, &EvalConfig::default()).expect("eval")
+}
+
+fn check(cfg: &SimConfig, report: &Report) {
+    let label = format!("seed {} scale {} hours {}", cfg.seed, cfg.scale, cfg.hours);
+    let expected: Vec<&str> = match &cfg.attacks {
+        None => ATTACKS.to_vec(),
+        Some(l) => l.iter().map(String::as_str).collect(),
+    };
+    for a in expected {
+        let s = report.scenario(a).unwrap_or_else(|| panic!("{label}: scenario {a} missing\n{}", report.render()));
+        assert!(
+            s.blocked_share_after_grace() >= 0.5,
+            "{label}: {a} only {:.1}% blocked after its first 10 minutes\n{}",
+            100.0 * s.blocked_share_after_grace(),
+            report.render()
+        );
+    }
+    assert!(
+        report.benign_blocked_share() <= 0.001,
+        "{label}: {:.4}% of benign requests blocked\n{}",
+        100.0 * report.benign_blocked_share(),
+        report.render()
+    );
+    for nat in ["172.58.10.21", "172.58.77.4"] {
+        assert!(!report.was_denied(EntityType::Ip, nat), "{label}: NAT address {nat} denied\n{}", report.render());
+    }
+    assert!(!report.was_denied(EntityType::ApiKey, "partner-acme"), "{label}: partner key denied");
+    for key in ["mobile-ios", "mobile-android", "web-spa"] {
+        assert!(!report.was_denied(EntityType::ApiKey, key), "{label}: public app key {key} denied");
+    }
+    for benign in ["crawler", "partner", "mobile-cgnat"] {
+        let s = report.scenario(benign).expect("benign scenario present");
+        assert_eq!(s.blocked, 0, "{label}: {benign} had requests blocked\n{}", report.render());
+    }
+}
+
+fn acceptance(seed: u64) {
+    let cfg = SimConfig::new(seed, 6.0);
+    let report = run(&cfg);
+    check(&cfg, &report);
+}
+
+#[test]
+fn seed_1() {
+    acceptance(1);
+}
+#[test]
+fn seed_2() {
+    acceptance(2);
+}
+#[test]
+fn seed_3() {
+    acceptance(3);
+}
+#[test]
+fn seed_4() {
+    acceptance(4);
+}
+#[test]
+fn seed_5() {
+    acceptance(5);
+}
+
+#[test]
+fn held_out_seed_at_half_scale() {
+    let mut cfg = SimConfig::new(1001, 6.0);
+    cfg.scale = 0.5;
+    let report = run(&cfg);
+    check(&cfg, &report);
+}
+
+#[test]
+fn held_out_seed_at_double_scale() {
+    let mut cfg = SimConfig::new(2002, 4.0);
+    cfg.scale = 2.0;
+    let report = run(&cfg);
+    check(&cfg, &report);
+}
+
+#[test]
+fn other_mix_and_span() {
+    let mut cfg = SimConfig::new(3003, 3.0);
+    cfg.attacks = Some(vec!["key-scraper".into(), "session-hijack".into(), "device-farm".into()]);
+    let report = run(&cfg);
+    check(&cfg, &report);
+    assert!(report.scenario("credential-stuffing").is_none());
+}
+
+#[test]
+fn benign_only_traffic_is_left_alone() {
+    let mut cfg = SimConfig::new(4004, 6.0);
+    cfg.attacks = Some(vec![]);
+    let report = run(&cfg);
+    assert_eq!(report.attack_requests, 0);
+    assert!(report.benign_blocked_share() <= 0.001, "{}", report.render());
+}
