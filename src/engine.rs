@@ -178,6 +178,9 @@ impl OutputPaths {
     }
 }
 
+/// Called for every decision as it is made.
+pub type DecisionHook = Box<dyn FnMut(&Decision) + Send>;
+
 /// A running pipeline.
 pub struct Engine {
     pipeline: Pipeline,
@@ -200,7 +203,7 @@ pub struct Engine {
     summary: Summary,
     first_ts: Option<i64>,
     started: Instant,
-    on_decision: Option<Box<dyn FnMut(&Decision) + Send>>,
+    on_decision: Option<DecisionHook>,
 }
 
 impl Engine {
@@ -214,10 +217,18 @@ impl Engine {
         std::fs::create_dir_all(out_dir).map_err(|source| EngineError::Io { path: out_dir.to_path_buf(), source })?;
         let paths = OutputPaths { dir: out_dir.to_path_buf() };
         let rules = RuleSet::compile(&pipeline.rules)?;
-        let rule_columns = rules.rules().iter().map(|r| referenced_features(&r.spec.when)).collect();
+        let rule_columns: Vec<Vec<(usize, &'static str)>> =
+            rules.rules().iter().map(|r| referenced_features(&r.spec.when)).collect();
         let mut judged = [false; 6];
-        for r in rules.rules() {
-            judged[r.spec.entity.index()] = true;
+        let mut needed = [[false; features::NF]; 6];
+        let shared_col = features::FEATURES.iter().position(|(n, _)| *n == "distinct_users_1h").unwrap_or(0);
+        for (r, cols) in rules.rules().iter().zip(&rule_columns) {
+            let t = r.spec.entity.index();
+            judged[t] = true;
+            needed[t][shared_col] = true;
+            for (schema_idx, _) in cols {
+                needed[t][schema_idx - 3] = true;
+            }
         }
         let events_out = if pipeline.output.events {
             Some(ParquetTable::create(&paths.table("events"), event::schema(), EVENT_PLAIN)?)
@@ -241,6 +252,7 @@ impl Engine {
             features: {
                 let mut f = FeatureEngine::new(pipeline.features);
                 f.set_judged(judged);
+                f.set_needed(needed);
                 f
             },
             store: DecisionStore::new(pipeline.decisions.clone()),

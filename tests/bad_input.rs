@@ -27,7 +27,7 @@ fn every_kind_of_bad_line_is_a_dead_letter() {
     let huge_ua = "x".repeat(1 << 20);
     let cases: Vec<(Vec<u8>, &str)> = vec![
         (GOOD.as_bytes().to_vec(), ""),
-        (GOOD[..60].as_bytes().to_vec(), "truncated JSON"),
+        (GOOD.as_bytes()[..60].to_vec(), "truncated JSON"),
         (b"{\"ts\":\"2026-11-28T10:15:02Z\",\"client_ip\":\"1.2.3.4\",\"method\":\"GET\",\"path\":\"/\xff\xfe\",\"status\":200}".to_vec(), "invalid UTF-8"),
         (GOOD.replace("2026-11-28", "9999-11-28").into_bytes(), "outside the accepted range"),
         (GOOD.replace("\"2026-11-28T10:15:02.113Z\"", "1795860902").into_bytes(), "epoch seconds"),

@@ -209,6 +209,7 @@ pub struct FeatureEngine {
     subnet_buf: String,
     ticks_since_persist: u32,
     judged: [bool; 6],
+    needed: [[bool; NF]; 6],
 }
 
 const SWEEP_EVERY_MS: i64 = 60_000;
@@ -250,7 +251,7 @@ struct Cols<'a> {
     asn: &'a UInt32Array,
 }
 
-fn column<'a, T: 'static>(b: &'a RecordBatch, i: usize) -> Result<&'a T, ArrowError> {
+fn column<T: 'static>(b: &RecordBatch, i: usize) -> Result<&T, ArrowError> {
     b.column(i)
         .as_any()
         .downcast_ref::<T>()
@@ -274,6 +275,7 @@ impl FeatureEngine {
             subnet_buf: String::with_capacity(48),
             ticks_since_persist: 0,
             judged: [true; 6],
+            needed: [[true; NF]; 6],
         }
     }
 
@@ -281,6 +283,12 @@ impl FeatureEngine {
     /// others are only computed for persisted snapshots.
     pub fn set_judged(&mut self, judged: [bool; 6]) {
         self.judged = judged;
+    }
+
+    /// Which feature columns the per-tick evaluation of each entity type reads;
+    /// the others may be left null between persisted snapshots.
+    pub fn set_needed(&mut self, needed: [[bool; NF]; 6]) {
+        self.needed = needed;
     }
 
     pub fn stats(&self) -> FeatureStats {
@@ -510,7 +518,8 @@ impl FeatureEngine {
             if rows.is_empty() {
                 continue;
             }
-            let batch = build_batch(t, now, rows.iter().map(|&i| &table.states[i as usize]))?;
+            let need = if persist { &[true; NF] } else { &self.needed[t.index()] };
+            let batch = build_batch_masked(t, now, rows.iter().map(|&i| &table.states[i as usize]), need)?;
             self.stats.feature_rows += batch.num_rows() as u64;
             batches.push((t, batch));
         }
@@ -524,6 +533,16 @@ pub fn build_batch<'a>(
     now: i64,
     states: impl ExactSizeIterator<Item = &'a EntityState>,
 ) -> Result<RecordBatch, ArrowError> {
+    build_batch_masked(t, now, states, &[true; NF])
+}
+
+/// Like [`build_batch`], computing only the costly columns marked in `need`.
+pub fn build_batch_masked<'a>(
+    t: EntityType,
+    now: i64,
+    states: impl ExactSizeIterator<Item = &'a EntityState>,
+    need: &[bool; NF],
+) -> Result<RecordBatch, ArrowError> {
     let n = states.len();
     let mut ts = TimestampMillisecondBuilder::with_capacity(n).with_timezone("UTC");
     let mut et = StringBuilder::with_capacity(n, n * 8);
@@ -533,7 +552,7 @@ pub fn build_batch<'a>(
         ts.append_value(now);
         et.append_value(t.as_str());
         ent.append_value(&s.key);
-        for (b, v) in feats.iter_mut().zip(s.features(now)) {
+        for (b, v) in feats.iter_mut().zip(s.features_masked(now, need)) {
             if v.is_nan() { b.append_null() } else { b.append_value(v) }
         }
     }

@@ -112,9 +112,7 @@ impl EntityState {
     #[inline]
     pub fn apply(&mut self, k: &Contribution, skip_distinct: Option<usize>, new_device: bool) {
         let ts = k.ts;
-        if let Some(s) = self.r1.slot_mut(ts.div_euclid(G1_MS)) {
-            s[0] += 1;
-        }
+        self.r1.add(ts.div_euclid(G1_MS), &[1]);
         let mut extra = [0u32; c::N];
         if let Some(id) = k.numeric_id {
             if self.last_id != 0 && id != self.last_id && id.abs_diff(self.last_id) <= 32 {
@@ -131,13 +129,12 @@ impl EntityState {
         if new_device {
             extra[c::NEWDEV] = 1;
         }
-        for ring in
-            [self.r10.slot_mut(ts.div_euclid(G10_MS)), self.r60.slot_mut(ts.div_euclid(G60_MS))].into_iter().flatten()
-        {
-            for i in 0..c::N {
-                ring[i] = ring[i].saturating_add(k.counts[i] + extra[i]);
-            }
+        let mut delta = k.counts;
+        for (d, e) in delta.iter_mut().zip(&extra) {
+            *d += *e;
         }
+        self.r10.add(ts.div_euclid(G10_MS), &delta);
+        self.r60.add(ts.div_euclid(G60_MS), &delta);
         for (i, h) in k.distinct.iter().enumerate() {
             if let Some(h) = h {
                 if Some(i) != skip_distinct {
@@ -162,13 +159,19 @@ impl EntityState {
 
     /// Feature values as of event time `now`, in [`super::FEATURES`] order.
     pub fn features(&self, now: i64) -> [f64; super::NF] {
+        self.features_masked(now, &[true; super::NF])
+    }
+
+    /// Like [`Self::features`], but the distinct counts (the costly part) not
+    /// marked in `need` are left NaN (null).
+    pub fn features_masked(&self, now: i64, need: &[bool; super::NF]) -> [f64; super::NF] {
         let s1 = self.r1.sums(now.div_euclid(G1_MS));
         let s10 = self.r10.sums(now.div_euclid(G10_MS));
         let s60 = self.r60.sums(now.div_euclid(G60_MS));
         let ratio = |a: u64, b: u64| {
             if b == 0 { f64::NAN } else { a as f64 / b as f64 }
         };
-        let dc = |i: usize, w: i64| self.distinct[i].count(w, now);
+        let dc = |col: usize, i: usize, w: i64| if need[col] { self.distinct[i].count(w, now) } else { f64::NAN };
         let iat_cv = if self.iat_n >= 10 && self.iat_mean > 0.0 {
             (self.iat_var.sqrt() / self.iat_mean) as f64
         } else {
@@ -210,15 +213,15 @@ impl EntityState {
             s10[c::NEWDEV] as f64,
             s60[c::NEWDEV] as f64,
             s10[c::CSWITCH] as f64,
-            dc(d::USERS, M10),
-            dc(d::USERS, H1),
-            dc(d::IPS, M10),
-            dc(d::IPS, H1),
-            dc(d::COUNTRIES, H1),
-            dc(d::ASNS, H1),
-            dc(d::DEVICES, H1),
-            dc(d::PATHS, M10),
-            dc(d::PATHS, H1),
+            dc(33, d::USERS, M10),
+            dc(34, d::USERS, H1),
+            dc(35, d::IPS, M10),
+            dc(36, d::IPS, H1),
+            dc(37, d::COUNTRIES, H1),
+            dc(38, d::ASNS, H1),
+            dc(39, d::DEVICES, H1),
+            dc(40, d::PATHS, M10),
+            dc(41, d::PATHS, H1),
             iat_cv,
             ((now - self.first_seen).max(0) / 1000) as f64,
         ]

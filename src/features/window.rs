@@ -12,11 +12,16 @@ pub struct Ring<const K: usize, const N: usize> {
     /// Absolute slot number (`ts / granularity`) of the newest slot; `i64::MIN` when empty.
     head: i64,
     slots: [[u32; N]; K],
+    /// Running sum of all slots, so that reading a window that ends at the
+    /// newest slot (the usual case: entities are read right after an update)
+    /// costs `N`, not `K × N`. Counters wrap rather than saturate so that the
+    /// running sum stays exact when slots are evicted.
+    total: [u32; N],
 }
 
 impl<const K: usize, const N: usize> Default for Ring<K, N> {
     fn default() -> Self {
-        Ring { head: i64::MIN, slots: [[0; N]; K] }
+        Ring { head: i64::MIN, slots: [[0; N]; K], total: [0; N] }
     }
 }
 
@@ -24,26 +29,48 @@ impl<const K: usize, const N: usize> Ring<K, N> {
     /// Returns the counters of absolute slot `slot`, rotating the ring forward if
     /// needed; `None` when the slot has already left the window (a very late event).
     #[inline]
-    pub fn slot_mut(&mut self, slot: i64) -> Option<&mut [u32; N]> {
+    fn slot_index(&mut self, slot: i64) -> Option<usize> {
         if self.head == i64::MIN {
             self.head = slot;
         } else if slot > self.head {
             let gap = (slot - self.head).min(K as i64);
             for i in 1..=gap {
                 let idx = (self.head + i).rem_euclid(K as i64) as usize;
+                for (t, v) in self.total.iter_mut().zip(&self.slots[idx]) {
+                    *t = t.wrapping_sub(*v);
+                }
                 self.slots[idx] = [0; N];
             }
             self.head = slot;
         } else if slot <= self.head - K as i64 {
             return None;
         }
-        Some(&mut self.slots[slot.rem_euclid(K as i64) as usize])
+        Some(slot.rem_euclid(K as i64) as usize)
+    }
+
+    /// Adds `delta` to the counters of absolute slot `slot`, rotating the ring
+    /// forward if needed; false when the slot has already left the window.
+    #[inline]
+    pub fn add(&mut self, slot: i64, delta: &[u32; N]) -> bool {
+        let Some(idx) = self.slot_index(slot) else { return false };
+        let row = &mut self.slots[idx];
+        for i in 0..N {
+            row[i] = row[i].wrapping_add(delta[i]);
+            self.total[i] = self.total[i].wrapping_add(delta[i]);
+        }
+        true
     }
 
     /// Sums every counter over the slots still inside the window that ends at `now_slot`.
     pub fn sums(&self, now_slot: i64) -> [u64; N] {
         let mut out = [0u64; N];
         if self.head == i64::MIN {
+            return out;
+        }
+        if now_slot == self.head {
+            for (o, t) in out.iter_mut().zip(&self.total) {
+                *o = *t as u64;
+            }
             return out;
         }
         for back in 0..K as i64 {
@@ -75,16 +102,18 @@ mod tests {
     #[test]
     fn slides_and_expires() {
         let mut r: Ring<3, 1> = Ring::default();
-        r.slot_mut(10).unwrap()[0] += 1;
-        r.slot_mut(11).unwrap()[0] += 2;
-        r.slot_mut(12).unwrap()[0] += 4;
+        assert!(r.add(10, &[1]));
+        assert!(r.add(11, &[2]));
+        assert!(r.add(12, &[4]));
         assert_eq!(r.sums(12)[0], 7);
         assert_eq!(r.sums(13)[0], 6, "slot 10 left the window");
         assert_eq!(r.sums(20)[0], 0);
-        r.slot_mut(11).unwrap()[0] += 8; // late but inside the window
+        assert!(r.add(11, &[8]), "late but inside the window");
         assert_eq!(r.sums(12)[0], 15);
-        assert!(r.slot_mut(9).is_none(), "too late");
-        r.slot_mut(100).unwrap()[0] += 1; // long gap clears everything
+        assert!(!r.add(9, &[1]), "too late");
+        assert!(r.add(13, &[16]));
+        assert_eq!(r.sums(13)[0], 30, "running total drops the evicted slot");
+        assert!(r.add(100, &[1]), "long gap clears everything");
         assert_eq!(r.sums(100)[0], 1);
     }
 }

@@ -226,9 +226,8 @@ fn mobile_session(u: &MobileUser, start: i64, rng: &mut ChaCha8Rng, out: &mut Ve
         } else {
             "valid"
         });
-        r.signature = Some(if u.skewed_clock && rng.random::<f64>() < 0.9 {
-            "stale"
-        } else if rng.random::<f64>() < 0.002 {
+        let stale = if u.skewed_clock { 0.9 } else { 0.002 };
+        r.signature = Some(if rng.random::<f64>() < stale {
             "stale"
         } else if rng.random::<f64>() < 0.001 {
             "replayed" // a retry after a timeout reuses its nonce

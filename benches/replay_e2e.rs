@@ -1,0 +1,87 @@
+//! End-to-end replay of a 1,000,000-line JSON file through the default pipeline
+//! (parse → Arrow → features → rules → decisions → Parquet sinks).
+//!
+//! Not a criterion bench: one run takes seconds and its interesting numbers are
+//! throughput and peak memory, printed as one JSON line. Pin it to one core with
+//! `taskset -c 0 cargo bench --bench replay_e2e` to measure events/s per core.
+//! `GATEWATCH_BENCH_LINES` changes the size; `GATEWATCH_BENCH_FILE` reuses a file.
+
+use std::io::{BufRead, BufWriter, Write};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use gatewatch::config::Pipeline;
+use gatewatch::simulate::{self, OutFormat, SimConfig};
+
+/// The same allocator as the `gatewatch` binary, so the numbers are the binary's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --benches` runs this as a smoke test.
+    let smoke = !std::env::args().any(|a| a == "--bench");
+    let lines: usize = std::env::var("GATEWATCH_BENCH_LINES").ok().and_then(|v| v.parse().ok()).unwrap_or(if smoke {
+        20_000
+    } else {
+        1_000_000
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = match std::env::var("GATEWATCH_BENCH_FILE") {
+        Ok(f) => PathBuf::from(f),
+        Err(_) => {
+            // Generate here, replay in a fresh child process, so that peak memory
+            // is the replay's alone.
+            let input = make_input(dir.path(), lines);
+            let status = std::process::Command::new(std::env::current_exe().expect("self"))
+                .args(std::env::args().skip(1))
+                .env("GATEWATCH_BENCH_FILE", &input)
+                .status()
+                .expect("re-run");
+            std::process::exit(status.code().unwrap_or(1));
+        }
+    };
+    let pipeline = Pipeline::load(std::path::Path::new("pipelines/default.toml")).expect("pipeline");
+    let out = dir.path().join("run");
+    let started = Instant::now();
+    let s = gatewatch::engine::replay(pipeline, &input, None, &out, false).expect("replay");
+    let secs = started.elapsed().as_secs_f64();
+    let active: usize = s.active_entities.values().sum();
+    println!(
+        "{}",
+        serde_json::json!({
+            "bench": "replay_e2e",
+            "lines": s.lines,
+            "events": s.events,
+            "decisions": s.decisions,
+            "seconds": secs,
+            "events_per_s": s.events as f64 / secs,
+            "peak_rss_mib": s.peak_rss_bytes.map(|b| b as f64 / 1048576.0),
+            "active_entities_at_end": active,
+            "state_bytes_per_active_entity": s.state_bytes.checked_div(active).unwrap_or(0),
+        })
+    );
+}
+
+/// Simulated traffic at three times the default population, cut to exactly `lines` lines.
+fn make_input(dir: &std::path::Path, lines: usize) -> PathBuf {
+    let mut cfg = SimConfig::new(99, 6.0);
+    cfg.scale = (lines as f64 / 240_000.0).max(0.05);
+    let sim = dir.join("sim");
+    let reqs = simulate::generate(&cfg);
+    simulate::write(&cfg, &reqs, &sim, &[OutFormat::Json]).expect("simulate");
+    drop(reqs);
+    let path = dir.join("replay.jsonl");
+    let mut w = BufWriter::new(std::fs::File::create(&path).expect("create"));
+    let r = std::io::BufReader::new(std::fs::File::open(sim.join("access.jsonl")).expect("open"));
+    let mut n = 0;
+    for l in r.lines().map_while(Result::ok) {
+        if n == lines {
+            break;
+        }
+        writeln!(w, "{l}").expect("write");
+        n += 1;
+    }
+    w.flush().expect("flush");
+    assert_eq!(n, lines, "the simulator produced too few lines; raise the scale");
+    path
+}
