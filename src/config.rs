@@ -75,6 +75,7 @@ struct FeaturesSection {
 #[serde(deny_unknown_fields)]
 struct OutputSection {
     batch_rows: Option<usize>,
+    batch_max_age: Option<Spanned<String>>,
     events: Option<bool>,
     features: Option<bool>,
     features_every: Option<Spanned<String>>,
@@ -161,6 +162,9 @@ pub struct InputConfig {
 #[derive(Debug, Clone)]
 pub struct OutputConfig {
     pub batch_rows: usize,
+    /// Wall-clock age at which a partial batch is sent on anyway, so that a
+    /// slow live stream still reaches the rules promptly.
+    pub batch_max_age_ms: i64,
     pub events: bool,
     pub features: bool,
 }
@@ -329,7 +333,7 @@ impl Pipeline {
             features.idle_ms = 3_600_000 + features.lateness_ms + 600_000;
         }
 
-        let mut output = OutputConfig { batch_rows: 8192, events: true, features: true };
+        let mut output = OutputConfig { batch_rows: 8192, batch_max_age_ms: 200, events: true, features: true };
         if let Some((f, s)) = pick!(output) {
             let v = s.get_ref();
             if let Some(n) = v.batch_rows {
@@ -343,6 +347,9 @@ impl Pipeline {
                     ));
                 }
                 output.batch_rows = n;
+            }
+            if let Some(a) = &v.batch_max_age {
+                output.batch_max_age_ms = duration(&f.file, &f.src, a, "output.batch_max_age")?;
             }
             output.events = v.events.unwrap_or(true);
             output.features = v.features.unwrap_or(true);

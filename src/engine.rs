@@ -203,6 +203,7 @@ pub struct Engine {
     summary: Summary,
     first_ts: Option<i64>,
     started: Instant,
+    batch_started: Instant,
     on_decision: Option<DecisionHook>,
 }
 
@@ -270,6 +271,7 @@ impl Engine {
             summary: Summary::default(),
             first_ts: None,
             started: Instant::now(),
+            batch_started: Instant::now(),
             on_decision: None,
             pipeline,
         })
@@ -310,7 +312,14 @@ impl Engine {
             self.dead.write(&dl)?;
             tracing::debug!(line = line.no, %reason, "dead letter");
         }
-        if self.builder.len() >= self.pipeline.output.batch_rows {
+        // Batches are bounded by rows and by wall-clock age. Neither changes
+        // any decision (ticks follow event time, row by row); the age bound only
+        // keeps a slow live stream from waiting for a full batch.
+        let rows = self.builder.len();
+        if rows >= self.pipeline.output.batch_rows
+            || (rows % 256 == 1
+                && self.batch_started.elapsed().as_millis() as i64 >= self.pipeline.output.batch_max_age_ms)
+        {
             self.flush_batch()?;
         }
         Ok(())
@@ -321,6 +330,7 @@ impl Engine {
         if self.builder.is_empty() {
             return Ok(());
         }
+        self.batch_started = Instant::now();
         let batch = self.builder.finish()?;
         self.summary.events += batch.num_rows() as u64;
         let snapshots = self.features.ingest(&batch)?;

@@ -44,6 +44,9 @@ pub const FEATURES: [(&str, &str); NF] = [
     ("auth_ok_10m", "requests that authenticated (auth_result=ok)"),
     ("token_failures_10m", "requests answered invalid_token or invalid_client"),
     ("token_failures_1h", "as above, last hour"),
+    ("token_grant_attempts_10m", "token requests with a refresh_token, authorization_code or client_credentials grant"),
+    ("token_grant_failures_10m", "such token requests that did not authenticate (auth_result other than ok)"),
+    ("token_grant_failure_ratio_10m", "token_grant_failures_10m / token_grant_attempts_10m (null without attempts)"),
     ("attestation_checked_10m", "requests whose app attestation was checked (valid, invalid or missing)"),
     ("attestation_bad_10m", "requests with attestation invalid or missing"),
     ("attestation_bad_ratio_10m", "attestation_bad_10m / attestation_checked_10m (null when none checked)"),
@@ -82,7 +85,7 @@ pub const FEATURES: [(&str, &str); NF] = [
     ),
     ("age_s", "seconds since the entity was first seen (within state retention)"),
 ];
-pub const NF: usize = 44;
+pub const NF: usize = 47;
 
 /// The Arrow schema of the `features` table: when, which entity, then every feature.
 pub fn schema() -> SchemaRef {
@@ -410,6 +413,10 @@ impl FeatureEngine {
         n[c::LOGIN_FAIL] = (auth == Some("invalid_credentials")) as u32;
         n[c::AUTH_OK] = (auth == Some("ok")) as u32;
         n[c::TOKEN_FAIL] = matches!(auth, Some("invalid_token" | "invalid_client")) as u32;
+        if matches!(opt(cols.grant, i), Some("refresh_token" | "authorization_code" | "client_credentials")) {
+            n[c::GRANT_ATT] = 1;
+            n[c::GRANT_FAIL] = (auth.is_some() && auth != Some("ok")) as u32;
+        }
         if let Some(a) = opt(cols.attest, i) {
             n[c::ATT_CHK] = 1;
             n[c::ATT_BAD] = (a != "valid") as u32;

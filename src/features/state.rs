@@ -28,7 +28,9 @@ pub mod c {
     pub const SEQ: usize = 19;
     pub const NEWDEV: usize = 20;
     pub const CSWITCH: usize = 21;
-    pub const N: usize = 22;
+    pub const GRANT_ATT: usize = 22;
+    pub const GRANT_FAIL: usize = 23;
+    pub const N: usize = 24;
 }
 
 /// Distinct sets kept per entity.
@@ -190,6 +192,9 @@ impl EntityState {
             s10[c::AUTH_OK] as f64,
             s10[c::TOKEN_FAIL] as f64,
             s60[c::TOKEN_FAIL] as f64,
+            s10[c::GRANT_ATT] as f64,
+            s10[c::GRANT_FAIL] as f64,
+            ratio(s10[c::GRANT_FAIL], s10[c::GRANT_ATT]),
             s10[c::ATT_CHK] as f64,
             s10[c::ATT_BAD] as f64,
             ratio(s10[c::ATT_BAD], s10[c::ATT_CHK]),
@@ -213,15 +218,15 @@ impl EntityState {
             s10[c::NEWDEV] as f64,
             s60[c::NEWDEV] as f64,
             s10[c::CSWITCH] as f64,
-            dc(33, d::USERS, M10),
-            dc(34, d::USERS, H1),
-            dc(35, d::IPS, M10),
-            dc(36, d::IPS, H1),
-            dc(37, d::COUNTRIES, H1),
-            dc(38, d::ASNS, H1),
-            dc(39, d::DEVICES, H1),
-            dc(40, d::PATHS, M10),
-            dc(41, d::PATHS, H1),
+            dc(36, d::USERS, M10),
+            dc(37, d::USERS, H1),
+            dc(38, d::IPS, M10),
+            dc(39, d::IPS, H1),
+            dc(40, d::COUNTRIES, H1),
+            dc(41, d::ASNS, H1),
+            dc(42, d::DEVICES, H1),
+            dc(43, d::PATHS, M10),
+            dc(44, d::PATHS, H1),
             iat_cv,
             ((now - self.first_seen).max(0) / 1000) as f64,
         ]
@@ -230,5 +235,30 @@ impl EntityState {
     /// Bytes this entity holds, inline and on the heap (excluding the map entry).
     pub fn bytes(&self) -> usize {
         std::mem::size_of::<Self>() + self.key.len() + self.distinct.iter().map(|d| d.heap_bytes()).sum::<usize>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::FEATURES;
+
+    #[test]
+    fn masked_columns_are_the_distinct_counts() {
+        // `features_masked` names distinct-count columns by position; keep them in step.
+        let names: Vec<&str> = (36..=44).map(|i| FEATURES[i].0).collect();
+        assert_eq!(
+            names,
+            [
+                "distinct_users_10m",
+                "distinct_users_1h",
+                "distinct_ips_10m",
+                "distinct_ips_1h",
+                "distinct_countries_1h",
+                "distinct_asns_1h",
+                "distinct_devices_1h",
+                "distinct_paths_10m",
+                "distinct_paths_1h"
+            ]
+        );
     }
 }
