@@ -42,9 +42,11 @@ fn main() {
     };
     let pipeline = Pipeline::load(std::path::Path::new("pipelines/default.toml")).expect("pipeline");
     let out = dir.path().join("run");
+    let cpu0 = cpu_seconds();
     let started = Instant::now();
     let s = gatewatch::engine::replay(pipeline, &input, None, &out, false).expect("replay");
     let secs = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds().zip(cpu0).map(|(b, a)| b - a);
     let active: usize = s.active_entities.values().sum();
     println!(
         "{}",
@@ -55,11 +57,25 @@ fn main() {
             "decisions": s.decisions,
             "seconds": secs,
             "events_per_s": s.events as f64 / secs,
+            "cpu_seconds": cpu,
+            // Throughput per core-second of CPU (all threads, user + system): steadier
+            // than wall-clock rates on a shared VM.
+            "events_per_cpu_s": cpu.map(|c| s.events as f64 / c),
             "peak_rss_mib": s.peak_rss_bytes.map(|b| b as f64 / 1048576.0),
             "active_entities_at_end": active,
             "state_bytes_per_active_entity": s.state_bytes.checked_div(active).unwrap_or(0),
         })
     );
+}
+
+/// CPU time of this process so far (all threads, user + system), from /proc.
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = f.get(11)?.parse().ok()?;
+    let stime: f64 = f.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
 }
 
 /// Simulated traffic at three times the default population, cut to exactly `lines` lines.

@@ -155,8 +155,17 @@ impl DecisionColumns {
     }
 }
 
-/// Event columns whose values are (nearly) unique, so a Parquet dictionary only costs.
+/// Event columns with (nearly) one value per entity or request: a Parquet
+/// dictionary for them costs interning every value and mostly falls back to
+/// plain encoding anyway.
 const EVENT_PLAIN: &[&str] = &["request_id"];
+
+/// Feature columns are floats and entity ids: a dictionary rarely pays for itself there.
+static FEATURE_PLAIN: std::sync::LazyLock<Vec<&'static str>> = std::sync::LazyLock::new(|| {
+    let mut v: Vec<&'static str> = features::FEATURES.iter().map(|(n, _)| *n).collect();
+    v.push("entity");
+    v
+});
 
 /// Feature rows are buffered to this many before they go to the writer thread.
 const FEATURE_FLUSH_ROWS: usize = 16_384;
@@ -237,7 +246,7 @@ impl Engine {
             None
         };
         let features_out = if pipeline.output.features {
-            Some(ParquetTable::create(&paths.table("features"), features::schema(), &["entity_type"])?)
+            Some(ParquetTable::create(&paths.table("features"), features::schema(), &FEATURE_PLAIN)?)
         } else {
             None
         };

@@ -20,7 +20,7 @@ use std::sync::{Arc, OnceLock};
 
 use datafusion::arrow::array::{
     Array, ArrayRef, Float64Builder, StringArray, StringBuilder, TimestampMillisecondArray,
-    TimestampMillisecondBuilder, UInt16Array, UInt32Array, UInt64Array,
+    TimestampMillisecondBuilder, UInt16Array, UInt32Array, UInt64Array, new_null_array,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::error::ArrowError;
@@ -543,7 +543,7 @@ pub fn build_batch<'a>(
     build_batch_masked(t, now, states, &[true; NF])
 }
 
-/// Like [`build_batch`], computing only the costly columns marked in `need`.
+/// Like [`build_batch`], filling only the columns marked in `need` (the others are null).
 pub fn build_batch_masked<'a>(
     t: EntityType,
     now: i64,
@@ -559,11 +559,16 @@ pub fn build_batch_masked<'a>(
         ts.append_value(now);
         et.append_value(t.as_str());
         ent.append_value(&s.key);
-        for (b, v) in feats.iter_mut().zip(s.features_masked(now, need)) {
+        for ((b, v), wanted) in feats.iter_mut().zip(s.features_masked(now, need)).zip(need) {
+            if !wanted {
+                continue;
+            }
             if v.is_nan() { b.append_null() } else { b.append_value(v) }
         }
     }
     let mut cols: Vec<ArrayRef> = vec![Arc::new(ts.finish()), Arc::new(et.finish()), Arc::new(ent.finish())];
-    cols.extend(feats.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
+    cols.extend(feats.iter_mut().zip(need).map(|(b, wanted)| {
+        if *wanted { Arc::new(b.finish()) as ArrayRef } else { new_null_array(&DataType::Float64, n) }
+    }));
     RecordBatch::try_new(schema(), cols)
 }

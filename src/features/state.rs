@@ -165,7 +165,7 @@ impl EntityState {
     }
 
     /// Like [`Self::features`], but the distinct counts (the costly part) not
-    /// marked in `need` are left NaN (null).
+    /// marked in `need` are left NaN (null); callers drop the other unneeded values.
     pub fn features_masked(&self, now: i64, need: &[bool; super::NF]) -> [f64; super::NF] {
         let s1 = self.r1.sums(now.div_euclid(G1_MS));
         let s10 = self.r10.sums(now.div_euclid(G10_MS));

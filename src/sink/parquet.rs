@@ -37,7 +37,10 @@ impl ParquetTable {
         let mut props = WriterProperties::builder()
             .set_compression(Compression::SNAPPY)
             .set_max_row_group_row_count(Some(256 * 1024))
-            .set_statistics_enabled(EnabledStatistics::Chunk);
+            // Min/max statistics cost a comparison per value per column; only the
+            // time column is worth it (it prunes row groups in time-range queries).
+            .set_statistics_enabled(EnabledStatistics::None)
+            .set_column_statistics_enabled(ColumnPath::from("ts"), EnabledStatistics::Page);
         for c in plain {
             props = props.set_column_dictionary_enabled(ColumnPath::from(*c), false);
         }
