@@ -87,7 +87,7 @@ struct DecisionsSection {
     max_ttl: Option<Spanned<String>>,
     escalation: Option<f64>,
     offense_memory: Option<Spanned<String>>,
-    shared_min_users: Option<u32>,
+    shared_when: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -142,7 +142,7 @@ pub struct RuleSpec {
     pub ttl_ms: i64,
     pub reason: String,
     pub score: f64,
-    /// What the action becomes on a shared entity (see [`DecisionConfig::shared_min_users`]).
+    /// What the action becomes on a shared entity (see [`DecisionConfig::shared_when`]).
     pub on_shared: Action,
     /// Where the rule is written, for error messages.
     pub file: PathBuf,
@@ -177,10 +177,18 @@ pub struct DecisionConfig {
     pub max_ttl_ms: i64,
     /// How long a past offence still counts towards escalation.
     pub offense_memory_ms: i64,
-    /// An entity with at least this many distinct users in the last hour is shared
-    /// (a NAT address, a public app key): a rule's action there becomes its `on_shared`.
-    pub shared_min_users: u32,
+    /// When an ip, cidr or api_key counts as *shared* (a NAT address, a public
+    /// app key): a SQL predicate over the features, like a rule's. A rule's
+    /// action on a shared entity becomes its `on_shared`.
+    pub shared_when: String,
+    /// Where `shared_when` is written, for errors.
+    pub shared_when_at: (PathBuf, usize),
 }
+
+/// Many users acting normally: logins mostly succeed. An address where most
+/// logins fail is not shared by its users but used against them.
+pub const DEFAULT_SHARED_WHEN: &str =
+    "distinct_users_1h >= 30 AND (login_failure_ratio_10m IS NULL OR login_failure_ratio_10m < 0.5)";
 
 /// A verified crawler: its user agent only counts from its operator's networks.
 #[derive(Debug, Clone)]
@@ -372,7 +380,8 @@ impl Pipeline {
             escalation: 2.0,
             max_ttl_ms: 86_400_000,
             offense_memory_ms: 86_400_000,
-            shared_min_users: 30,
+            shared_when: DEFAULT_SHARED_WHEN.to_string(),
+            shared_when_at: (path.to_path_buf(), 0),
         };
         if let Some((f, s)) = pick!(decisions) {
             let v = s.get_ref();
@@ -394,8 +403,9 @@ impl Pipeline {
                 }
                 decisions.escalation = e;
             }
-            if let Some(u) = v.shared_min_users {
-                decisions.shared_min_users = u.max(2);
+            if let Some(w) = &v.shared_when {
+                decisions.shared_when = w.get_ref().clone();
+                decisions.shared_when_at = (f.file.clone(), line_of(&f.src, w.span().start));
             }
         }
 

@@ -199,6 +199,8 @@ pub struct Engine {
     features: FeatureEngine,
     rules: RuleSet,
     rule_columns: Vec<Vec<(usize, &'static str)>>,
+    shared: crate::detect::Predicate,
+    shared_columns: Vec<(usize, &'static str)>,
     store: DecisionStore,
     events_out: Option<ParquetTable>,
     features_out: Option<ParquetTable>,
@@ -229,13 +231,22 @@ impl Engine {
         let rules = RuleSet::compile(&pipeline.rules)?;
         let rule_columns: Vec<Vec<(usize, &'static str)>> =
             rules.rules().iter().map(|r| referenced_features(&r.spec.when)).collect();
+        let (shared_file, shared_line) = &pipeline.decisions.shared_when_at;
+        let shared = crate::detect::Predicate::compile(
+            &pipeline.decisions.shared_when,
+            shared_file,
+            *shared_line,
+            "decisions.shared_when",
+        )?;
+        let shared_columns = referenced_features(&pipeline.decisions.shared_when);
         let mut judged = [false; 6];
         let mut needed = [[false; features::NF]; 6];
-        let shared_col = features::FEATURES.iter().position(|(n, _)| *n == "distinct_users_1h").unwrap_or(0);
         for (r, cols) in rules.rules().iter().zip(&rule_columns) {
             let t = r.spec.entity.index();
             judged[t] = true;
-            needed[t][shared_col] = true;
+            for (schema_idx, _) in &shared_columns {
+                needed[t][schema_idx - 3] = true;
+            }
             for (schema_idx, _) in cols {
                 needed[t][schema_idx - 3] = true;
             }
@@ -268,6 +279,8 @@ impl Engine {
             store: DecisionStore::new(pipeline.decisions.clone()),
             rules,
             rule_columns,
+            shared,
+            shared_columns,
             events_out,
             features_out,
             decisions_out,
@@ -376,14 +389,17 @@ impl Engine {
                     .as_any()
                     .downcast_ref::<StringArray>()
                     .ok_or_else(|| ArrowError::SchemaError("features.entity is not Utf8".into()))?;
-                let users_idx = batch.schema().index_of("distinct_users_1h")?;
-                let users = batch
-                    .column(users_idx)
-                    .as_any()
-                    .downcast_ref::<datafusion::arrow::array::Float64Array>()
-                    .ok_or_else(|| ArrowError::SchemaError("distinct_users_1h is not Float64".into()))?;
+                let shareable = matches!(t, EntityType::Ip | EntityType::Cidr | EntityType::ApiKey);
+                let shared = if shareable {
+                    self.shared
+                        .matches(&batch)
+                        .map_err(|source| EvalError { rule: "decisions.shared_when".into(), source })?
+                } else {
+                    Vec::new()
+                };
                 for h in hits {
-                    self.decide(t, now, &batch, entities.value(h.row), users, h)?;
+                    let is_shared = shared.get(h.row).copied().unwrap_or(false);
+                    self.decide(t, now, &batch, entities.value(h.row), is_shared, h)?;
                 }
             }
             if snap.persist && self.features_out.is_some() {
@@ -415,10 +431,9 @@ impl Engine {
         now: i64,
         batch: &RecordBatch,
         entity: &str,
-        users: &datafusion::arrow::array::Float64Array,
+        shared: bool,
         h: crate::detect::Hit,
     ) -> Result<(), EngineError> {
-        use datafusion::arrow::array::Array;
         let rule = &self.rules.rules()[h.rule].spec;
         if self.pipeline.allowlist.protects_entity(t, entity) {
             self.summary.suppressed_by_allowlist += 1;
@@ -426,16 +441,15 @@ impl Engine {
         }
         let mut action = rule.action;
         let mut reason = rule.reason.clone();
-        let shared_users = if users.is_valid(h.row) { users.value(h.row) } else { 0.0 };
-        let shareable = matches!(t, EntityType::Ip | EntityType::Cidr | EntityType::ApiKey);
-        if shareable && shared_users >= self.pipeline.decisions.shared_min_users as f64 && rule.on_shared < action {
+        if shared && rule.on_shared < action {
             self.summary.downgraded_shared += 1;
             action = rule.on_shared;
             if action == Action::Allow {
                 return Ok(());
             }
             reason.push_str(&format!(
-                "; shared by {shared_users:.0} users in the last hour, so {} instead of {}",
+                "; shared by many users acting normally ({}), so {} instead of {}",
+                evidence(batch, h.row, &self.shared_columns),
                 action.as_str(),
                 rule.action.as_str()
             ));

@@ -165,7 +165,8 @@ mod tests {
             escalation: 2.0,
             max_ttl_ms: 4 * 3_600_000,
             offense_memory_ms: 86_400_000,
-            shared_min_users: 30,
+            shared_when: crate::config::DEFAULT_SHARED_WHEN.into(),
+            shared_when_at: (std::path::PathBuf::new(), 0),
         })
     }
 

@@ -21,7 +21,7 @@ use crate::features::{self, EntityType};
 
 /// A rule that cannot be compiled.
 #[derive(Debug, thiserror::Error)]
-#[error("{file}:{line}: rule '{rule}': {message}")]
+#[error("{file}:{line}: {rule}: {message}")]
 pub struct RuleError {
     pub file: PathBuf,
     pub line: usize,
@@ -59,33 +59,44 @@ pub struct RuleSet {
     by_entity: [Vec<usize>; 6],
 }
 
+/// A boolean SQL predicate over feature batches, compiled once.
+#[derive(Debug, Clone)]
+pub struct Predicate {
+    pub sql: String,
+    expr: Arc<dyn PhysicalExpr>,
+}
+
+impl Predicate {
+    /// Compiles `sql` against the features schema; `what` names it in errors.
+    pub fn compile(sql: &str, file: &std::path::Path, line: usize, what: &str) -> Result<Predicate, RuleError> {
+        let err = |message: String| RuleError { file: file.to_path_buf(), line, rule: what.to_string(), message };
+        let ctx = SessionContext::new();
+        let df_schema = DFSchema::try_from(features::schema().as_ref().clone()).map_err(|e| err(e.to_string()))?;
+        let expr = ctx.parse_sql_expr(sql, &df_schema).map_err(|e| err(format!("when: {}", clean(&e))))?;
+        let ty = expr.get_type(&df_schema).map_err(|e| err(format!("when: {}", clean(&e))))?;
+        if ty != DataType::Boolean {
+            return Err(err(format!("when: must be a boolean condition, but '{sql}' is {ty}")));
+        }
+        let expr = ctx.create_physical_expr(expr, &df_schema).map_err(|e| err(format!("when: {}", clean(&e))))?;
+        Ok(Predicate { sql: sql.to_string(), expr })
+    }
+
+    /// Which rows satisfy the predicate (null counts as false).
+    pub fn matches(&self, batch: &RecordBatch) -> Result<Vec<bool>, datafusion::error::DataFusionError> {
+        let array = self.expr.evaluate(batch)?.into_array(batch.num_rows())?;
+        let mask = array.as_any().downcast_ref::<BooleanArray>();
+        Ok((0..batch.num_rows()).map(|i| mask.is_some_and(|m| m.is_valid(i) && m.value(i))).collect())
+    }
+}
+
 impl RuleSet {
     /// Compiles every rule against the features schema.
     pub fn compile(specs: &[RuleSpec]) -> Result<RuleSet, RuleError> {
-        let ctx = SessionContext::new();
-        let schema = features::schema();
-        let df_schema = DFSchema::try_from(schema.as_ref().clone()).map_err(|e| RuleError {
-            file: PathBuf::new(),
-            line: 0,
-            rule: String::new(),
-            message: e.to_string(),
-        })?;
         let mut set = RuleSet::default();
         for spec in specs {
-            let err = |message: String| RuleError {
-                file: spec.file.clone(),
-                line: spec.line,
-                rule: spec.name.clone(),
-                message,
-            };
-            let expr = ctx.parse_sql_expr(&spec.when, &df_schema).map_err(|e| err(format!("when: {}", clean(&e))))?;
-            let ty = expr.get_type(&df_schema).map_err(|e| err(format!("when: {}", clean(&e))))?;
-            if ty != DataType::Boolean {
-                return Err(err(format!("when: must be a boolean condition, but '{}' is {ty}", spec.when)));
-            }
-            let expr = ctx.create_physical_expr(expr, &df_schema).map_err(|e| err(format!("when: {}", clean(&e))))?;
+            let p = Predicate::compile(&spec.when, &spec.file, spec.line, &format!("rule '{}'", spec.name))?;
             set.by_entity[spec.entity.index()].push(set.rules.len());
-            set.rules.push(Rule { spec: spec.clone(), expr });
+            set.rules.push(Rule { spec: spec.clone(), expr: p.expr });
         }
         Ok(set)
     }

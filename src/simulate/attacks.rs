@@ -44,6 +44,7 @@ pub(super) fn generate(cfg: &SimConfig, which: &[&str], out: &mut Vec<Req>) {
             "signature-replay" => signature_replay(cfg, out),
             "session-hijack" => session_hijack(cfg, out),
             "device-farm" => device_farm(cfg, out),
+            "bulk-export" => bulk_export(cfg, out),
             _ => {}
         }
     }
@@ -300,5 +301,34 @@ fn device_farm(cfg: &SimConfig, out: &mut Vec<Req>) {
             s += rng.random_range(800..4_000);
         }
         t += exp(&mut rng, gap / ips.len() as f64 * 4.0) as i64 + 1;
+    }
+}
+
+/// A stolen account token used to page through the account's order history
+/// export as fast as the API answers.
+fn bulk_export(cfg: &SimConfig, out: &mut Vec<Req>) {
+    let mut rng = cfg.rng("bulk-export", 0);
+    let (start, end) = window(cfg, &mut rng, 20.0, 60.0);
+    let net = if rng.random::<f64>() < 0.5 {
+        *PROXY_ABROAD.choose(&mut rng).unwrap_or(&PROXY_ABROAD[0])
+    } else {
+        *HOSTING.choose(&mut rng).unwrap_or(&HOSTING[0])
+    };
+    let ip = ip_in(&net, &mut rng);
+    let user = format!("user{}@mail.example", rng.random_range(0..8_000));
+    let gap = rng.random_range(300.0..1_200.0);
+    let mut page = 1u32;
+    let mut t = start;
+    while t < end {
+        let mut r = req(t, &ip, &net, "bulk-export", "GET", "/v1/orders/export".into(), 200);
+        r.query = Some(format!("format=json&page={page}&per_page=500"));
+        r.user = Some(user.clone());
+        r.auth = Some("ok");
+        r.ua = Some("python-requests/2.32.3".into());
+        r.bytes = rng.random_range(400_000..1_200_000);
+        r.latency_ms = rng.random_range(200.0..900.0);
+        out.push(r);
+        page += 1;
+        t += exp(&mut rng, gap) as i64 + 1;
     }
 }

@@ -87,8 +87,15 @@ impl SimConfig {
 }
 
 /// The attack scenarios the simulator knows.
-pub const ATTACKS: &[&str] =
-    &["credential-stuffing", "key-scraper", "path-probe", "signature-replay", "session-hijack", "device-farm"];
+pub const ATTACKS: &[&str] = &[
+    "credential-stuffing",
+    "key-scraper",
+    "path-probe",
+    "signature-replay",
+    "session-hijack",
+    "device-farm",
+    "bulk-export",
+];
 
 /// The benign scenarios, for reports.
 pub const BENIGN: &[&str] = &["web", "mobile", "mobile-cgnat", "partner", "uptime", "crawler"];
