@@ -42,6 +42,7 @@ struct PipelineFile {
     decisions: Option<Spanned<DecisionsSection>>,
     allowlist: Option<Spanned<AllowlistSection>>,
     state: Option<Spanned<StateSection>>,
+    api: Option<Spanned<ApiSection>>,
     #[serde(default)]
     rules: Option<Vec<Spanned<RuleSection>>>,
 }
@@ -88,6 +89,59 @@ struct DecisionsSection {
     escalation: Option<f64>,
     offense_memory: Option<Spanned<String>>,
     shared_when: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApiSection {
+    listen: Option<String>,
+    client_ip: Option<Spanned<String>>,
+    trusted_hops: Option<usize>,
+    user_header: Option<String>,
+    api_key_header: Option<String>,
+    device_header: Option<String>,
+    session_header: Option<String>,
+    throttle_rps: Option<f64>,
+}
+
+/// Where forward-auth finds the client address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientIpFrom {
+    /// `X-Forwarded-For`, the `trusted_hops`-th address from the right.
+    XForwardedFor,
+    /// `X-Real-IP`.
+    XRealIp,
+}
+
+/// The decision API's settings.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    pub listen: String,
+    pub client_ip: ClientIpFrom,
+    /// Proxies that append to `X-Forwarded-For` between the client and gatewatch,
+    /// the gateway itself included: the client is that many entries from the right.
+    pub trusted_hops: usize,
+    pub user_header: String,
+    pub api_key_header: String,
+    pub device_header: String,
+    pub session_header: String,
+    /// Requests per second a throttled entity may still make through forward-auth.
+    pub throttle_rps: f64,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            listen: "127.0.0.1:8790".into(),
+            client_ip: ClientIpFrom::XForwardedFor,
+            trusted_hops: 1,
+            user_header: "x-user-id".into(),
+            api_key_header: "x-api-key-id".into(),
+            device_header: "x-device-id".into(),
+            session_header: "x-session-id".into(),
+            throttle_rps: 1.0,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -217,6 +271,7 @@ pub struct Pipeline {
     pub allowlist: Allowlist,
     pub rules: Vec<RuleSpec>,
     pub state_dir: PathBuf,
+    pub api: ApiConfig,
 }
 
 struct Located<T> {
@@ -515,7 +570,67 @@ impl Pipeline {
             }
         }
 
-        Ok(Pipeline { file: path.to_path_buf(), input, features, output, decisions, allowlist, rules, state_dir })
+        let mut api = ApiConfig::default();
+        if let Some((f, s)) = pick!(api) {
+            let v = s.get_ref();
+            if let Some(l) = &v.listen {
+                if l.parse::<std::net::SocketAddr>().is_err() {
+                    return Err(invalid(
+                        &f.file,
+                        &f.src,
+                        s.span(),
+                        "api.listen",
+                        format!("'{l}' is not an address:port"),
+                    ));
+                }
+                api.listen = l.clone();
+            }
+            if let Some(c) = &v.client_ip {
+                api.client_ip = match c.get_ref().to_ascii_lowercase().as_str() {
+                    "x-forwarded-for" => ClientIpFrom::XForwardedFor,
+                    "x-real-ip" => ClientIpFrom::XRealIp,
+                    other => {
+                        return Err(invalid(
+                            &f.file,
+                            &f.src,
+                            c.span(),
+                            "api.client_ip",
+                            format!("'{other}' is not x-forwarded-for or x-real-ip"),
+                        ));
+                    }
+                };
+            }
+            if let Some(h) = v.trusted_hops {
+                if h == 0 {
+                    return Err(invalid(
+                        &f.file,
+                        &f.src,
+                        s.span(),
+                        "api.trusted_hops",
+                        "must be at least 1 (the gateway itself)",
+                    ));
+                }
+                api.trusted_hops = h;
+            }
+            for (slot, val) in [
+                (&mut api.user_header, &v.user_header),
+                (&mut api.api_key_header, &v.api_key_header),
+                (&mut api.device_header, &v.device_header),
+                (&mut api.session_header, &v.session_header),
+            ] {
+                if let Some(h) = val {
+                    *slot = h.to_ascii_lowercase();
+                }
+            }
+            if let Some(r) = v.throttle_rps {
+                if !(r > 0.0 && r <= 1_000_000.0) {
+                    return Err(invalid(&f.file, &f.src, s.span(), "api.throttle_rps", "must be a positive rate"));
+                }
+                api.throttle_rps = r;
+            }
+        }
+
+        Ok(Pipeline { file: path.to_path_buf(), input, features, output, decisions, allowlist, rules, state_dir, api })
     }
 }
 

@@ -299,11 +299,17 @@ impl Engine {
         })
     }
 
+    /// Numbers decisions from `id` on.
+    pub fn set_next_decision_id(&mut self, id: u64) {
+        self.store.set_next_id(id);
+    }
+
     /// Calls `f` for every decision as it is made (live mode publishes them).
     pub fn on_decision(&mut self, f: impl FnMut(&Decision) + Send + 'static) {
         self.on_decision = Some(Box::new(f));
     }
 
+    /// Running totals (`events`, `dead_letters`, `decisions` are current; the rest is filled by `finish`).
     pub fn summary(&self) -> &Summary {
         &self.summary
     }
@@ -332,6 +338,7 @@ impl Engine {
         if let Some(reason) = reason {
             let dl = DeadLetter::new(&self.source_name, line.no, line.offset, &reason, line.bytes, line.len);
             self.dead.write(&dl)?;
+            self.summary.dead_letters += 1;
             tracing::debug!(line = line.no, %reason, "dead letter");
         }
         // Batches are bounded by rows and by wall-clock age. Neither changes
@@ -363,6 +370,26 @@ impl Engine {
             self.handle_snapshot(s)?;
         }
         Ok(())
+    }
+
+    /// Sends pending events through and evaluates every entity they touched now
+    /// (live mode; see [`FeatureEngine::evaluate_now`]).
+    pub fn evaluate_now(&mut self) -> Result<(), EngineError> {
+        self.flush_batch()?;
+        if let Some(s) = self.features.evaluate_now()? {
+            self.handle_snapshot(s)?;
+        }
+        Ok(())
+    }
+
+    /// Newest event time applied so far.
+    pub fn max_event_ts(&self) -> Option<i64> {
+        self.features.max_ts()
+    }
+
+    /// Whether events are waiting in the current batch.
+    pub fn has_pending(&self) -> bool {
+        !self.builder.is_empty()
     }
 
     /// Advances event time without input (live mode's idle clock).
@@ -508,6 +535,7 @@ impl Engine {
         let fs = self.features.stats();
         let s = &mut self.summary;
         s.dead_letters = self.dead.count();
+        self.dead.flush()?;
         s.late_events = fs.late_events;
         s.feature_rows = fs.feature_rows;
         s.state_bytes = self.features.state_bytes();

@@ -7,9 +7,11 @@
 //! The modules follow the data: [`source`] → [`event`] → [`features`] →
 //! [`detect`] → [`decision`] → [`sink`], wired by [`engine`]; [`simulate`]
 //! produces labelled traffic, [`eval`] measures decisions against labels and
-//! [`analytics`] answers SQL over the stored tables.
+//! [`analytics`] answers SQL over the stored tables. [`live`] follows a log as it
+//! grows and [`api`] serves the decisions to gateways.
 
 pub mod analytics;
+pub mod api;
 pub mod config;
 pub mod decision;
 pub mod detect;
@@ -17,6 +19,7 @@ pub mod engine;
 pub mod eval;
 pub mod event;
 pub mod features;
+pub mod live;
 pub mod simulate;
 pub mod sink;
 pub mod source;

@@ -84,6 +84,19 @@ enum Command {
         /// The SQL statement, e.g. "SELECT action, count(*) FROM decisions GROUP BY action".
         sql: String,
     },
+    /// Follow a log as it grows and serve decisions to gateways over HTTP.
+    Run {
+        /// Log file to follow (like tail -F, across rotation), or - for stdin;
+        /// default: the pipeline's [input] path.
+        #[arg(long, value_name = "FILE")]
+        input: Option<PathBuf>,
+        /// Address to serve the decision API on; default: the pipeline's [api] listen (127.0.0.1:8790).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
+        /// Read the file from its beginning instead of only new lines.
+        #[arg(long)]
+        from_start: bool,
+    },
     /// Simulate, replay, evaluate and print the report; nothing to install.
     Demo {
         #[arg(long, default_value_t = 7)]
@@ -160,8 +173,111 @@ fn run(cli: Cli) -> Result<()> {
             println!("{}", analytics::render(&batches)?);
         }
         Command::Demo { seed, hours, out } => demo(&cli.pipeline, seed, hours, &out)?,
+        Command::Run { input, listen, from_start } => live(&cli.pipeline, input, listen, from_start)?,
     }
     Ok(())
+}
+
+fn live(pipeline: &Path, input: Option<PathBuf>, listen: Option<String>, from_start: bool) -> Result<()> {
+    use gatewatch::api::{self, AppState, Metrics};
+    use gatewatch::live::{LiveDecision, LiveStore, runner};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let mut p = load(pipeline)?;
+    if let Some(l) = listen {
+        if l.parse::<std::net::SocketAddr>().is_err() {
+            bail!("--listen '{l}' is not an address:port such as 127.0.0.1:8790");
+        }
+        p.api.listen = l;
+    }
+    let input = input
+        .or_else(|| p.input.path.clone())
+        .context("nothing to follow: pass --input FILE (or - for stdin), or set path in the pipeline's [input]")?;
+    let store = Arc::new(LiveStore::open(&p.state_dir, api::now_ms())?);
+    let metrics = Arc::new(Metrics::new()?);
+    let ready = Arc::new(AtomicBool::new(false));
+    // Each run keeps its own output directory, so a restart never overwrites history.
+    let run_dir = p.state_dir.join("runs").join(api::now_ms().to_string());
+    let mut engine = engine::Engine::new(p.clone(), None, &input.display().to_string(), &run_dir)?;
+    engine.set_next_decision_id(store.max_id() + 1);
+    {
+        let (store, metrics) = (store.clone(), metrics.clone());
+        engine.on_decision(move |d| {
+            metrics.decisions.with_label_values(&[d.source.as_str(), d.action.as_str()]).inc();
+            if let Some(ld) = LiveDecision::from_decision(d) {
+                if let Err(e) = store.put(ld) {
+                    metrics.store_errors.inc();
+                    tracing::error!(error = %e, "decision not persisted");
+                }
+            }
+        });
+    }
+    let progress: runner::Progress = {
+        let metrics = metrics.clone();
+        let (mut events, mut dead) = (0u64, 0u64);
+        Box::new(move |s: &engine::Summary| {
+            metrics.events_in.inc_by(s.events.saturating_sub(events));
+            metrics.dead_letters.inc_by(s.dead_letters.saturating_sub(dead));
+            events = s.events;
+            dead = s.dead_letters;
+        })
+    };
+    let source = runner::LiveSource::open(&input, p.input.max_line_bytes, from_start)
+        .with_context(|| format!("cannot follow {}", input.display()))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let engine_thread = {
+        let stop = stop.clone();
+        std::thread::Builder::new()
+            .name("engine".into())
+            .spawn(move || runner::run(engine, source, stop, Some(progress)))?
+    };
+    let state = Arc::new(AppState::new(store.clone(), p.allowlist.clone(), p.api.clone(), metrics, ready.clone()));
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let served: Result<()> = rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(&p.api.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", p.api.listen))?;
+        let addr = listener.local_addr()?;
+        tokio::spawn({
+            let store = store.clone();
+            async move {
+                let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+                loop {
+                    tick.tick().await;
+                    if let Err(e) = store.purge_expired(api::now_ms()) {
+                        tracing::warn!(error = %e, "purging expired decisions failed");
+                    }
+                }
+            }
+        });
+        ready.store(true, Ordering::Relaxed);
+        eprintln!("gatewatch: following {}, serving decisions on http://{addr}", input.display());
+        axum::serve(listener, api::router(state)).with_graceful_shutdown(shutdown_signal()).await?;
+        Ok(())
+    });
+    // Stop intake, drain, flush sinks, persist: the engine thread finishes its run.
+    stop.store(true, Ordering::Relaxed);
+    let summary = engine_thread.join().map_err(|_| anyhow::anyhow!("engine thread panicked"))??;
+    served?;
+    eprintln!("gatewatch: stopped; {}", summary.line());
+    Ok(())
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = term => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
 }
 
 fn demo(pipeline: &Path, seed: u64, hours: f64, out: &Path) -> Result<()> {

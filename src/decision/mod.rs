@@ -89,6 +89,12 @@ impl DecisionStore {
         DecisionStore { cfg, active: HashMap::new(), offenses: HashMap::new(), next_id: 1, last_gc: i64::MIN }
     }
 
+    /// Numbers the next decision from `id` on (live mode continues after the
+    /// ids already persisted, so ids stay unique across restarts).
+    pub fn set_next_id(&mut self, id: u64) {
+        self.next_id = self.next_id.max(id);
+    }
+
     /// Decisions in force at `now_ms`.
     pub fn active_count(&self, now_ms: i64) -> usize {
         self.active.values().filter(|a| a.expires_ms > now_ms).count()

@@ -378,6 +378,15 @@ impl FeatureEngine {
         Ok(())
     }
 
+    /// Emits rows for the entities touched since the last tick right away,
+    /// without waiting for the watermark: live mode calls this after every
+    /// batch so that a line reaches the rules within the batch age, not a tick
+    /// plus the lateness later. Replay never calls it, so replay stays a pure
+    /// function of its input.
+    pub fn evaluate_now(&mut self) -> Result<Option<Snapshot>, ArrowError> {
+        self.tick(false)
+    }
+
     /// Emits the pending rows now (end of input, shutdown).
     pub fn flush(&mut self) -> Result<Option<Snapshot>, ArrowError> {
         self.ticks_since_persist = 0;

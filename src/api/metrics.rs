@@ -1,0 +1,66 @@
+//! Prometheus metrics for the engine and the API.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
+
+/// Every metric gatewatch exports.
+pub struct Metrics {
+    registry: Registry,
+    pub events_in: IntCounter,
+    pub dead_letters: IntCounter,
+    pub decisions: IntCounterVec,
+    pub active_decisions: IntGauge,
+    pub api_requests: IntCounterVec,
+    pub api_latency: HistogramVec,
+    pub store_errors: IntCounter,
+}
+
+impl Metrics {
+    pub fn new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new();
+        let events_in = IntCounter::new("gatewatch_events_total", "Access-log events parsed")?;
+        let dead_letters = IntCounter::new("gatewatch_dead_letters_total", "Lines that did not parse")?;
+        let decisions = IntCounterVec::new(
+            Opts::new("gatewatch_decisions_total", "Decisions made, by source (rule:NAME, manual) and action"),
+            &["source", "action"],
+        )?;
+        let active_decisions = IntGauge::new("gatewatch_active_decisions", "Decisions in force")?;
+        let api_requests = IntCounterVec::new(
+            Opts::new("gatewatch_api_requests_total", "API requests by route and status"),
+            &["route", "status"],
+        )?;
+        let api_latency = HistogramVec::new(
+            HistogramOpts::new("gatewatch_api_request_duration_seconds", "API request latency by route")
+                .buckets(vec![0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.05, 0.25, 1.0]),
+            &["route"],
+        )?;
+        let store_errors = IntCounter::new("gatewatch_store_errors_total", "Decisions that could not be persisted")?;
+        registry.register(Box::new(events_in.clone()))?;
+        registry.register(Box::new(dead_letters.clone()))?;
+        registry.register(Box::new(decisions.clone()))?;
+        registry.register(Box::new(active_decisions.clone()))?;
+        registry.register(Box::new(api_requests.clone()))?;
+        registry.register(Box::new(api_latency.clone()))?;
+        registry.register(Box::new(store_errors.clone()))?;
+        Ok(Metrics {
+            registry,
+            events_in,
+            dead_letters,
+            decisions,
+            active_decisions,
+            api_requests,
+            api_latency,
+            store_errors,
+        })
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        if TextEncoder::new().encode(&self.registry.gather(), &mut buf).is_err() {
+            return String::new();
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}

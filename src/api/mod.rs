@@ -1,0 +1,268 @@
+//! The decision API gateways call: lookups, forward-auth, health and metrics.
+//!
+//! Handlers are a few lines each over one [`AppState`]; every error is a JSON
+//! body `{"error": "..."}` with the status that says whose fault it is.
+
+pub mod metrics;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+
+use crate::config::{Allowlist, ApiConfig, ClientIpFrom};
+use crate::decision::Action;
+use crate::live::store::{LiveStore, Query as Lookup, Verdict};
+
+pub use metrics::Metrics;
+
+/// Everything a handler may need.
+pub struct AppState {
+    pub store: Arc<LiveStore>,
+    pub allowlist: Allowlist,
+    pub api: ApiConfig,
+    pub metrics: Arc<Metrics>,
+    /// Set once the store is loaded and the engine runs.
+    pub ready: Arc<AtomicBool>,
+    /// Token buckets of throttled decisions: decision id → (tokens, last ms).
+    throttles: Mutex<HashMap<u64, (f64, i64)>>,
+}
+
+impl AppState {
+    pub fn new(
+        store: Arc<LiveStore>,
+        allowlist: Allowlist,
+        api: ApiConfig,
+        metrics: Arc<Metrics>,
+        ready: Arc<AtomicBool>,
+    ) -> Self {
+        AppState { store, allowlist, api, metrics, ready, throttles: Mutex::new(HashMap::new()) }
+    }
+}
+
+/// A request the API refuses.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        ApiError { status: StatusCode::BAD_REQUEST, message: message.into() }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({ "error": self.message }))).into_response()
+    }
+}
+
+/// Current wall-clock time in epoch milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// The router with every route.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .route("/v1/decision", get(decision))
+        .route("/v1/authz", get(authz))
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+/// Counts and times every request by route.
+async fn observe(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let route =
+        req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_else(|| "unmatched".into());
+    let started = Instant::now();
+    let resp = next.run(req).await;
+    state.metrics.api_latency.with_label_values(&[route.as_str()]).observe(started.elapsed().as_secs_f64());
+    state.metrics.api_requests.with_label_values(&[route.as_str(), resp.status().as_str()]).inc();
+    resp
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    if state.ready.load(Ordering::Relaxed) {
+        Json(json!({ "status": "ready" })).into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "starting" }))).into_response()
+    }
+}
+
+async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
+    state.metrics.active_decisions.set(state.store.active(now_ms()).len() as i64);
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response()
+}
+
+async fn not_found(req: Request) -> ApiError {
+    ApiError {
+        status: StatusCode::NOT_FOUND,
+        message: format!(
+            "no route {} {}; routes: /v1/decision, /v1/authz, /healthz, /readyz, /metrics",
+            req.method(),
+            req.uri().path()
+        ),
+    }
+}
+
+const LOOKUP_PARAMS: [&str; 6] = ["ip", "user", "api_key", "device", "session", "user_agent"];
+/// Longest value accepted for one identifier.
+const MAX_PARAM: usize = 512;
+
+fn parse_ip(field: &str, s: &str) -> Result<IpAddr, ApiError> {
+    s.trim()
+        .parse()
+        .map_err(|_| ApiError::bad_request(format!("{field}: '{}' is not an IPv4 or IPv6 address", shorten(s))))
+}
+
+fn shorten(s: &str) -> String {
+    crate::event::time::truncate_for_error(s)
+}
+
+/// `GET /v1/decision?ip=&user=&api_key=&device=&session=`: the verdict for a request.
+async fn decision(
+    State(state): State<Arc<AppState>>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<Verdict>, ApiError> {
+    for (k, v) in &params {
+        if !LOOKUP_PARAMS.contains(&k.as_str()) {
+            return Err(ApiError::bad_request(format!(
+                "unknown parameter '{}' (use {})",
+                shorten(k),
+                LOOKUP_PARAMS.join(", ")
+            )));
+        }
+        if v.len() > MAX_PARAM {
+            return Err(ApiError::bad_request(format!("{k}: longer than {MAX_PARAM} bytes")));
+        }
+    }
+    if !params.keys().any(|k| k != "user_agent") {
+        return Err(ApiError::bad_request("name at least one of ip, user, api_key, device, session"));
+    }
+    let ip = params.get("ip").map(|s| parse_ip("ip", s)).transpose()?;
+    let q = Lookup {
+        ip,
+        user: params.get("user").map(String::as_str),
+        api_key: params.get("api_key").map(String::as_str),
+        device: params.get("device").map(String::as_str),
+        session: params.get("session").map(String::as_str),
+        user_agent: params.get("user_agent").map(String::as_str),
+    };
+    Ok(Json(state.store.lookup(&q, &state.allowlist, now_ms())))
+}
+
+fn header<'a>(h: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, ApiError> {
+    match h.get(name) {
+        None => Ok(None),
+        Some(v) => {
+            let s =
+                v.to_str().map_err(|_| ApiError::bad_request(format!("header {name} is not visible ASCII")))?.trim();
+            if s.len() > MAX_PARAM {
+                return Err(ApiError::bad_request(format!("header {name} is longer than {MAX_PARAM} bytes")));
+            }
+            Ok((!s.is_empty() && s != "-").then_some(s))
+        }
+    }
+}
+
+/// The client address per the configured header.
+fn client_ip(api: &ApiConfig, h: &HeaderMap) -> Result<IpAddr, ApiError> {
+    match api.client_ip {
+        ClientIpFrom::XRealIp => {
+            let v = header(h, "x-real-ip")?.ok_or_else(|| ApiError::bad_request("missing X-Real-IP header"))?;
+            parse_ip("X-Real-IP", v)
+        }
+        ClientIpFrom::XForwardedFor => {
+            let v =
+                header(h, "x-forwarded-for")?.ok_or_else(|| ApiError::bad_request("missing X-Forwarded-For header"))?;
+            let hops: Vec<&str> = v.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+            if hops.len() < api.trusted_hops {
+                return Err(ApiError::bad_request(format!(
+                    "X-Forwarded-For has {} address(es), fewer than api.trusted_hops = {}",
+                    hops.len(),
+                    api.trusted_hops
+                )));
+            }
+            parse_ip("X-Forwarded-For", hops[hops.len() - api.trusted_hops])
+        }
+    }
+}
+
+/// `GET /v1/authz`: forward-auth for nginx `auth_request`, Traefik ForwardAuth and
+/// Envoy `ext_authz`. 200 allows; 403 denies; 429 with `Retry-After` throttles;
+/// 403 with `X-Gatewatch-Action: challenge` asks for a challenge.
+async fn authz(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let api = &state.api;
+    let ip = client_ip(api, &headers)?;
+    let q = Lookup {
+        ip: Some(ip),
+        user: header(&headers, &api.user_header)?,
+        api_key: header(&headers, &api.api_key_header)?,
+        device: header(&headers, &api.device_header)?,
+        session: header(&headers, &api.session_header)?,
+        user_agent: header(&headers, "user-agent")?,
+    };
+    let now = now_ms();
+    let v = state.store.lookup(&q, &state.allowlist, now);
+    let (status, retry_after) = match v.action {
+        Action::Allow => (StatusCode::OK, None),
+        Action::Deny | Action::Challenge => (StatusCode::FORBIDDEN, None),
+        Action::Throttle => {
+            let id = v.decision_id.unwrap_or(0);
+            let rate = api.throttle_rps;
+            let ok = match state.throttles.lock() {
+                Ok(mut t) => {
+                    let b = t.entry(id).or_insert((rate.max(1.0), now));
+                    b.0 = (b.0 + (now - b.1).max(0) as f64 / 1000.0 * rate).min(rate.max(1.0));
+                    b.1 = now;
+                    if b.0 >= 1.0 {
+                        b.0 -= 1.0;
+                        true
+                    } else {
+                        false
+                    }
+                }
+                Err(_) => true,
+            };
+            if ok {
+                (StatusCode::OK, None)
+            } else {
+                (StatusCode::TOO_MANY_REQUESTS, Some((1.0 / rate).ceil().max(1.0) as u64))
+            }
+        }
+    };
+    let mut resp = status.into_response();
+    let h = resp.headers_mut();
+    h.insert("x-gatewatch-action", HeaderValue::from_static(v.action.as_str()));
+    if let Some(id) = v.decision_id {
+        if let Ok(val) = HeaderValue::from_str(&id.to_string()) {
+            h.insert("x-gatewatch-decision-id", val);
+        }
+    }
+    if let Some(secs) = retry_after {
+        if let Ok(val) = HeaderValue::from_str(&secs.to_string()) {
+            h.insert(axum::http::header::RETRY_AFTER, val);
+        }
+    }
+    Ok(resp)
+}

@@ -1,0 +1,192 @@
+//! `gatewatch run` end to end: follow a growing file, serve decisions over HTTP,
+//! refuse bad requests with JSON errors, stop cleanly on SIGTERM, and remember
+//! decisions across a restart and a `kill -9`.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Server {
+    fn start(pipeline: &Path, input: &Path) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_gatewatch"))
+            .arg("--pipeline")
+            .arg(pipeline)
+            .args(["run", "--listen", "127.0.0.1:0", "--input"])
+            .arg(input)
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("starts");
+        let stderr = child.stderr.take().expect("stderr");
+        let mut lines = BufReader::new(stderr).lines();
+        let addr = loop {
+            let line = lines.next().expect("server says where it listens").expect("utf-8");
+            if let Some(rest) = line.split("serving decisions on http://").nth(1) {
+                break rest.trim().to_string();
+            }
+        };
+        // Keep draining stderr so the server never blocks on a full pipe.
+        std::thread::spawn(move || lines.map_while(Result::ok).for_each(|l| eprintln!("[gatewatch] {l}")));
+        Server { child, addr }
+    }
+
+    fn get(&self, path: &str, headers: &[(&str, &str)]) -> (u16, Vec<(String, String)>, String) {
+        let mut s = TcpStream::connect(&self.addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        let mut req = format!("GET {path} HTTP/1.1\r\nHost: gatewatch\r\nConnection: close\r\n");
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        s.write_all(req.as_bytes()).expect("send");
+        let mut raw = String::new();
+        s.read_to_string(&mut raw).expect("read");
+        let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+        let mut head_lines = head.lines();
+        let status: u16 =
+            head_lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|c| c.parse().ok()).expect("status");
+        let hdrs = head_lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        (status, hdrs, body.to_string())
+    }
+
+    fn json(&self, path: &str) -> (u16, serde_json::Value) {
+        let (status, _, body) = self.get(path, &[]);
+        (status, serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: body is not JSON ({e}): {body}")))
+    }
+
+    fn signal(&mut self, sig: &str) -> std::process::ExitStatus {
+        let ok = Command::new("kill").arg(sig).arg(self.child.id().to_string()).status().expect("kill");
+        assert!(ok.success());
+        self.child.wait().expect("wait")
+    }
+
+    /// Polls until `f` holds, up to a generous bound (never a timing assertion).
+    fn until(&self, what: &str, f: impl Fn(&Server) -> bool) -> Duration {
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(20) {
+            if f(self) {
+                return started.elapsed();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("{what} did not happen");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn now_rfc3339() -> String {
+    let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as i64;
+    gatewatch::event::time::format_rfc3339(ms)
+}
+
+fn stuffing_lines(ip: &str, n: usize) -> String {
+    (0..n)
+        .map(|i| {
+            format!(
+                r#"{{"ts":"{}","client_ip":"{ip}","method":"POST","path":"/oauth/token","status":401,"grant_type":"password","auth_result":"invalid_credentials","user_id":"leaked{i}@example.com","api_key_id":"mobile-android"}}"#,
+                now_rfc3339()
+            ) + "\n"
+        })
+        .collect()
+}
+
+#[test]
+fn follow_decide_serve_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pipeline = dir.path().join("live.toml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            "extends = \"{}\"\n[state]\ndir = \"state\"\n",
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/default.toml").display()
+        ),
+    )
+    .expect("pipeline");
+    let input = dir.path().join("access.log");
+    std::fs::write(&input, "").expect("input");
+
+    let mut server = Server::start(&pipeline, &input);
+    assert_eq!(server.json("/healthz").0, 200);
+    server.until("ready", |s| s.json("/readyz").0 == 200);
+    let (status, v) = server.json("/v1/decision?ip=203.0.113.77");
+    assert_eq!((status, v["action"].as_str()), (200, Some("allow")));
+
+    // An attack appended to the followed file reaches the API.
+    let mut f = std::fs::OpenOptions::new().append(true).open(&input).expect("append");
+    f.write_all(stuffing_lines("203.0.113.77", 40).as_bytes()).expect("write");
+    f.flush().expect("flush");
+    let took = server.until("deny for the attacker", |s| s.json("/v1/decision?ip=203.0.113.77").1["action"] == "deny");
+    eprintln!("append → deny served in {took:?}");
+    let (_, v) = server.json("/v1/decision?ip=203.0.113.77&user_agent=curl");
+    assert_eq!(v["source"], "rule:credential-stuffing-ip");
+    assert_eq!(v["entity_type"], "ip");
+    assert!(v["reason"].as_str().expect("reason").contains("credential stuffing"));
+    assert!(v["decision_id"].as_u64().is_some() && v["expires_at"].is_string());
+
+    // Forward-auth: the attacker gets 403, everyone else 200; the client address is
+    // the trusted hop from the right of X-Forwarded-For.
+    let (status, h, _) = server.get("/v1/authz", &[("X-Forwarded-For", "203.0.113.77")]);
+    assert_eq!(status, 403);
+    assert!(h.iter().any(|(k, v)| k == "x-gatewatch-action" && v == "deny"));
+    assert_eq!(server.get("/v1/authz", &[("X-Forwarded-For", "198.51.100.1")]).0, 200);
+    assert_eq!(server.get("/v1/authz", &[("X-Forwarded-For", "203.0.113.77, 198.51.100.1")]).0, 200);
+    assert_eq!(server.get("/v1/authz", &[("X-Forwarded-For", "198.51.100.1, 203.0.113.77")]).0, 403);
+
+    // Bad requests: JSON errors with a 4xx.
+    for (path, want) in [
+        ("/v1/decision?ip=999.1.1.1", 400),
+        ("/v1/decision?planet=mars", 400),
+        ("/v1/decision", 400),
+        ("/v1/nope", 404),
+    ] {
+        let (status, v) = server.json(path);
+        assert_eq!(status, want, "{path}");
+        assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{path}: {v}");
+    }
+    let huge = format!("/v1/decision?user={}", "u".repeat(5000));
+    assert_eq!(server.json(&huge).0, 400);
+    let (status, _, body) = server.get("/v1/authz", &[]);
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(server.get("/v1/authz", &[("X-Forwarded-For", "not-an-ip")]).0, 400);
+
+    let (_, _, metrics) = server.get("/metrics", &[]);
+    assert!(metrics.contains("gatewatch_events_total 40"), "{metrics}");
+    assert!(metrics.contains("rule:credential-stuffing-ip"), "{metrics}");
+    assert!(metrics.contains("gatewatch_api_request_duration_seconds_bucket"), "{metrics}");
+
+    // SIGTERM: drains and exits 0.
+    let status = server.signal("-TERM");
+    assert!(status.success(), "{status:?}");
+    let runs: Vec<_> = std::fs::read_dir(dir.path().join("state/runs")).expect("runs").filter_map(Result::ok).collect();
+    assert_eq!(runs.len(), 1);
+    let written = std::fs::read_to_string(runs[0].path().join("decisions.jsonl")).expect("decisions.jsonl");
+    assert!(written.contains("credential-stuffing-ip"), "sinks flushed on SIGTERM");
+
+    // Restart: the decision is still served.
+    let mut server = Server::start(&pipeline, &input);
+    let (_, v) = server.json("/v1/decision?ip=203.0.113.77");
+    assert_eq!(v["action"], "deny", "decision survives a restart");
+
+    // kill -9, restart: still there, and the store opens cleanly.
+    let status = server.signal("-KILL");
+    assert!(!status.success());
+    let server = Server::start(&pipeline, &input);
+    let (_, v) = server.json("/v1/decision?ip=203.0.113.77");
+    assert_eq!(v["action"], "deny", "decision survives kill -9");
+}
