@@ -97,6 +97,11 @@ enum Command {
         #[arg(long)]
         from_start: bool,
     },
+    /// Create, list and revoke the API keys gateways and admins use.
+    Keys {
+        #[command(subcommand)]
+        action: KeysCommand,
+    },
     /// Simulate, replay, evaluate and print the report; nothing to install.
     Demo {
         #[arg(long, default_value_t = 7)]
@@ -106,6 +111,25 @@ enum Command {
         /// Working directory for the demo's files.
         #[arg(long, default_value = "gatewatch-demo", value_name = "DIR")]
         out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create a key and print it once (only a salted hash is kept).
+    Create {
+        #[arg(long, value_enum)]
+        role: gatewatch::api::Role,
+        /// A name to recognise the key by, e.g. edge-nginx-1.
+        #[arg(long)]
+        name: String,
+    },
+    /// List keys (never their secrets).
+    List,
+    /// Revoke a key by name or id; a running server stops accepting it within a second.
+    Revoke {
+        /// The key's name or id.
+        key: String,
     },
 }
 
@@ -174,6 +198,35 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Demo { seed, hours, out } => demo(&cli.pipeline, seed, hours, &out)?,
         Command::Run { input, listen, from_start } => live(&cli.pipeline, input, listen, from_start)?,
+        Command::Keys { action } => {
+            use gatewatch::api::keys;
+            let p = load(&cli.pipeline)?;
+            let file = keys::path_in(&p.state_dir);
+            match action {
+                KeysCommand::Create { role, name } => {
+                    let (rec, key) = keys::create(&file, &name, role)?;
+                    eprintln!("created {:?} key '{}' (id {}); it is shown only now:", rec.role, rec.name, rec.id);
+                    println!("{key}");
+                }
+                KeysCommand::List => {
+                    println!("{:<10} {:<24} {:<8} {:<25} revoked", "id", "name", "role", "created");
+                    for k in keys::list(&file)? {
+                        println!(
+                            "{:<10} {:<24} {:<8} {:<25} {}",
+                            k.id,
+                            k.name,
+                            format!("{:?}", k.role).to_lowercase(),
+                            gatewatch::event::time::format_rfc3339(k.created_ms),
+                            k.revoked_ms.map(gatewatch::event::time::format_rfc3339).unwrap_or_else(|| "-".into())
+                        );
+                    }
+                }
+                KeysCommand::Revoke { key } => {
+                    let rec = keys::revoke(&file, &key)?;
+                    println!("revoked '{}' (id {})", rec.name, rec.id);
+                }
+            }
+        }
     }
     Ok(())
 }
@@ -232,7 +285,16 @@ fn live(pipeline: &Path, input: Option<PathBuf>, listen: Option<String>, from_st
             .name("engine".into())
             .spawn(move || runner::run(engine, source, stop, Some(progress)))?
     };
-    let state = Arc::new(AppState::new(store.clone(), p.allowlist.clone(), p.api.clone(), metrics, ready.clone()));
+    let keys = api::KeyRing::open(&api::keys::path_in(&p.state_dir))?;
+    if keys.is_empty() {
+        eprintln!(
+            "gatewatch: no API keys yet; every request but /healthz and /readyz gets 401 until one is created with \
+             `gatewatch --pipeline {} keys create --role gateway --name NAME`",
+            pipeline.display()
+        );
+    }
+    let state =
+        Arc::new(AppState::new(store.clone(), p.allowlist.clone(), p.api.clone(), metrics, keys, ready.clone()));
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let served: Result<()> = rt.block_on(async {
         let listener = tokio::net::TcpListener::bind(&p.api.listen)

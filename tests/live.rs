@@ -11,10 +11,22 @@ use std::time::{Duration, Instant};
 struct Server {
     child: Child,
     addr: String,
+    key: String,
+}
+
+fn create_key(pipeline: &Path, role: &str, name: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_gatewatch"))
+        .arg("--pipeline")
+        .arg(pipeline)
+        .args(["keys", "create", "--role", role, "--name", name])
+        .output()
+        .expect("keys create");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).expect("utf-8").trim().to_string()
 }
 
 impl Server {
-    fn start(pipeline: &Path, input: &Path) -> Server {
+    fn start(pipeline: &Path, input: &Path, key: &str) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_gatewatch"))
             .arg("--pipeline")
             .arg(pipeline)
@@ -34,10 +46,16 @@ impl Server {
         };
         // Keep draining stderr so the server never blocks on a full pipe.
         std::thread::spawn(move || lines.map_while(Result::ok).for_each(|l| eprintln!("[gatewatch] {l}")));
-        Server { child, addr }
+        Server { child, addr, key: key.to_string() }
     }
 
     fn get(&self, path: &str, headers: &[(&str, &str)]) -> (u16, Vec<(String, String)>, String) {
+        let mut all = vec![("X-Api-Key", self.key.as_str())];
+        all.extend_from_slice(headers);
+        self.get_raw(path, &all)
+    }
+
+    fn get_raw(&self, path: &str, headers: &[(&str, &str)]) -> (u16, Vec<(String, String)>, String) {
         let mut s = TcpStream::connect(&self.addr).expect("connect");
         s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
         let mut req = format!("GET {path} HTTP/1.1\r\nHost: gatewatch\r\nConnection: close\r\n");
@@ -121,8 +139,10 @@ fn follow_decide_serve_restart() {
     let input = dir.path().join("access.log");
     std::fs::write(&input, "").expect("input");
 
-    let mut server = Server::start(&pipeline, &input);
-    assert_eq!(server.json("/healthz").0, 200);
+    let gateway_key = create_key(&pipeline, "gateway", "edge-1");
+    let admin_key = create_key(&pipeline, "admin", "ops");
+    let mut server = Server::start(&pipeline, &input, &gateway_key);
+    assert_eq!(server.get_raw("/healthz", &[]).0, 200, "health checks need no key");
     server.until("ready", |s| s.json("/readyz").0 == 200);
     let (status, v) = server.json("/v1/decision?ip=203.0.113.77");
     assert_eq!((status, v["action"].as_str()), (200, Some("allow")));
@@ -165,6 +185,22 @@ fn follow_decide_serve_restart() {
     assert_eq!(status, 400, "{body}");
     assert_eq!(server.get("/v1/authz", &[("X-Forwarded-For", "not-an-ip")]).0, 400);
 
+    // Keys and roles.
+    let (status, _, body) = server.get_raw("/v1/decision?ip=203.0.113.77", &[]);
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("error"));
+    assert_eq!(
+        server.get_raw("/v1/authz", &[("X-Api-Key", "gw_00000000_nope"), ("X-Forwarded-For", "198.51.100.1")]).0,
+        401
+    );
+    assert_eq!(server.get("/v1/admin/decisions", &[]).0, 403, "a gateway key on an admin route");
+    let auth = format!("Bearer {admin_key}");
+    let (status, _, body) =
+        server.get_raw("/v1/admin/decisions?entity_type=ip&action=deny", &[("Authorization", &auth)]);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("203.0.113.77"), "{body}");
+    assert_eq!(server.get_raw("/v1/admin/decisions?entity_type=planet", &[("Authorization", &auth)]).0, 400);
+
     let (_, _, metrics) = server.get("/metrics", &[]);
     assert!(metrics.contains("gatewatch_events_total 40"), "{metrics}");
     assert!(metrics.contains("rule:credential-stuffing-ip"), "{metrics}");
@@ -179,14 +215,24 @@ fn follow_decide_serve_restart() {
     assert!(written.contains("credential-stuffing-ip"), "sinks flushed on SIGTERM");
 
     // Restart: the decision is still served.
-    let mut server = Server::start(&pipeline, &input);
+    let mut server = Server::start(&pipeline, &input, &gateway_key);
     let (_, v) = server.json("/v1/decision?ip=203.0.113.77");
     assert_eq!(v["action"], "deny", "decision survives a restart");
 
     // kill -9, restart: still there, and the store opens cleanly.
     let status = server.signal("-KILL");
     assert!(!status.success());
-    let server = Server::start(&pipeline, &input);
+    let server = Server::start(&pipeline, &input, &gateway_key);
     let (_, v) = server.json("/v1/decision?ip=203.0.113.77");
     assert_eq!(v["action"], "deny", "decision survives kill -9");
+
+    // Revoking a key takes effect without a restart.
+    let out = Command::new(env!("CARGO_BIN_EXE_gatewatch"))
+        .arg("--pipeline")
+        .arg(&pipeline)
+        .args(["keys", "revoke", "edge-1"])
+        .output()
+        .expect("keys revoke");
+    assert!(out.status.success());
+    server.until("revoked key refused", |s| s.get("/v1/decision?ip=203.0.113.77", &[]).0 == 401);
 }

@@ -3,6 +3,7 @@
 //! Handlers are a few lines each over one [`AppState`]; every error is a JSON
 //! body `{"error": "..."}` with the status that says whose fault it is.
 
+pub mod keys;
 pub mod metrics;
 
 use std::collections::HashMap;
@@ -23,6 +24,7 @@ use crate::config::{Allowlist, ApiConfig, ClientIpFrom};
 use crate::decision::Action;
 use crate::live::store::{LiveStore, Query as Lookup, Verdict};
 
+pub use keys::{KeyRing, Role};
 pub use metrics::Metrics;
 
 /// Everything a handler may need.
@@ -31,6 +33,7 @@ pub struct AppState {
     pub allowlist: Allowlist,
     pub api: ApiConfig,
     pub metrics: Arc<Metrics>,
+    pub keys: Arc<KeyRing>,
     /// Set once the store is loaded and the engine runs.
     pub ready: Arc<AtomicBool>,
     /// Token buckets of throttled decisions: decision id → (tokens, last ms).
@@ -43,9 +46,10 @@ impl AppState {
         allowlist: Allowlist,
         api: ApiConfig,
         metrics: Arc<Metrics>,
+        keys: Arc<KeyRing>,
         ready: Arc<AtomicBool>,
     ) -> Self {
-        AppState { store, allowlist, api, metrics, ready, throttles: Mutex::new(HashMap::new()) }
+        AppState { store, allowlist, api, metrics, keys, ready, throttles: Mutex::new(HashMap::new()) }
     }
 }
 
@@ -81,7 +85,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics_text))
         .route("/v1/decision", get(decision))
         .route("/v1/authz", get(authz))
+        .route("/v1/admin/decisions", get(admin_decisions))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), authenticate))
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }
@@ -95,6 +101,50 @@ async fn observe(State(state): State<Arc<AppState>>, req: Request, next: Next) -
     state.metrics.api_latency.with_label_values(&[route.as_str()]).observe(started.elapsed().as_secs_f64());
     state.metrics.api_requests.with_label_values(&[route.as_str(), resp.status().as_str()]).inc();
     resp
+}
+
+/// The role a path needs; `None` for the open health checks.
+fn required_role(path: &str) -> Option<Role> {
+    if path == "/healthz" || path == "/readyz" {
+        None
+    } else if path.starts_with("/v1/admin") {
+        Some(Role::Admin)
+    } else {
+        Some(Role::Gateway)
+    }
+}
+
+/// Checks the caller's key: `X-Api-Key: KEY` or `Authorization: Bearer KEY`.
+/// No or unknown key → 401; a gateway key on an admin route → 403.
+async fn authenticate(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let Some(need) = required_role(req.uri().path()) else { return next.run(req).await };
+    let h = req.headers();
+    let presented = h
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| h.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")))
+        .map(str::trim);
+    let unauthorized = |message: &str| {
+        let mut r = ApiError { status: StatusCode::UNAUTHORIZED, message: message.to_string() }.into_response();
+        r.headers_mut().insert(axum::http::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        r
+    };
+    let Some(key) = presented else {
+        return unauthorized(if state.keys.is_empty() {
+            "no API keys exist yet: create one with `gatewatch keys create --role gateway --name NAME`"
+        } else {
+            "missing API key: send it as X-Api-Key or Authorization: Bearer"
+        });
+    };
+    match state.keys.verify(key) {
+        None => unauthorized("unknown or revoked API key"),
+        Some(role) if role < need => ApiError {
+            status: StatusCode::FORBIDDEN,
+            message: format!("this route needs an {} key; this is a gateway key", "admin"),
+        }
+        .into_response(),
+        Some(_) => next.run(req).await,
+    }
 }
 
 async fn healthz() -> Json<serde_json::Value> {
@@ -112,6 +162,61 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
 async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
     state.metrics.active_decisions.set(state.store.active(now_ms()).len() as i64);
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response()
+}
+
+/// `GET /v1/admin/decisions?entity_type=&action=&source=`: decisions in force, filtered.
+async fn admin_decisions(
+    State(state): State<Arc<AppState>>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    for k in params.keys() {
+        if !["entity_type", "action", "source", "entity"].contains(&k.as_str()) {
+            return Err(ApiError::bad_request(format!(
+                "unknown parameter '{}' (use entity_type, entity, action, source)",
+                shorten(k)
+            )));
+        }
+    }
+    let t = params
+        .get("entity_type")
+        .map(|t| {
+            crate::features::EntityType::parse(t).ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "entity_type: '{}' is not one of ip, cidr, user, api_key, device, session",
+                    shorten(t)
+                ))
+            })
+        })
+        .transpose()?;
+    let action = params
+        .get("action")
+        .map(|a| {
+            Action::parse(a).ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "action: '{}' is not one of allow, throttle, challenge, deny",
+                    shorten(a)
+                ))
+            })
+        })
+        .transpose()?;
+    let list: Vec<_> = state
+        .store
+        .active(now_ms())
+        .into_iter()
+        .filter(|d| t.is_none_or(|t| d.entity_type == t))
+        .filter(|d| action.is_none_or(|a| d.action == a))
+        .filter(|d| params.get("source").is_none_or(|s| &d.source == s))
+        .filter(|d| params.get("entity").is_none_or(|e| &d.entity == e))
+        .map(|d| {
+            json!({
+                "decision_id": d.id, "entity_type": d.entity_type, "entity": d.entity, "action": d.action,
+                "reason": d.reason, "source": d.source, "score": d.score,
+                "created_at": crate::event::time::format_rfc3339(d.created_ms),
+                "expires_at": crate::event::time::format_rfc3339(d.expires_ms),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "decisions": list })))
 }
 
 async fn not_found(req: Request) -> ApiError {
