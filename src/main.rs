@@ -253,13 +253,13 @@ fn live(pipeline: &Path, input: Option<PathBuf>, listen: Option<String>, from_st
     // Each run keeps its own output directory, so a restart never overwrites history.
     let run_dir = p.state_dir.join("runs").join(api::now_ms().to_string());
     let mut engine = engine::Engine::new(p.clone(), None, &input.display().to_string(), &run_dir)?;
-    engine.set_next_decision_id(store.max_id() + 1);
+    engine.set_next_decision_id(store.max_id_below(api::MANUAL_ID_BASE) + 1);
     {
         let (store, metrics) = (store.clone(), metrics.clone());
         engine.on_decision(move |d| {
             metrics.decisions.with_label_values(&[d.source.as_str(), d.action.as_str()]).inc();
             if let Some(ld) = LiveDecision::from_decision(d) {
-                if let Err(e) = store.put(ld) {
+                if let Err(e) = store.put_automatic(ld, api::now_ms()) {
                     metrics.store_errors.inc();
                     tracing::error!(error = %e, "decision not persisted");
                 }

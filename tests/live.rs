@@ -56,13 +56,27 @@ impl Server {
     }
 
     fn get_raw(&self, path: &str, headers: &[(&str, &str)]) -> (u16, Vec<(String, String)>, String) {
+        self.request("GET", path, headers, "")
+    }
+
+    fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> (u16, Vec<(String, String)>, String) {
         let mut s = TcpStream::connect(&self.addr).expect("connect");
         s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-        let mut req = format!("GET {path} HTTP/1.1\r\nHost: gatewatch\r\nConnection: close\r\n");
+        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: gatewatch\r\nConnection: close\r\n");
         for (k, v) in headers {
             req.push_str(&format!("{k}: {v}\r\n"));
         }
+        if !body.is_empty() {
+            req.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len()));
+        }
         req.push_str("\r\n");
+        req.push_str(body);
         s.write_all(req.as_bytes()).expect("send");
         let mut raw = String::new();
         s.read_to_string(&mut raw).expect("read");
@@ -201,8 +215,44 @@ fn follow_decide_serve_restart() {
     assert!(body.contains("203.0.113.77"), "{body}");
     assert_eq!(server.get_raw("/v1/admin/decisions?entity_type=planet", &[("Authorization", &auth)]).0, 400);
 
+    // A manual allow lifts the block at once, and the next rule hit does not undo it.
+    let admin = [("X-Api-Key", admin_key.as_str())];
+    let allow =
+        r#"{"entity_type":"ip","entity":"203.0.113.77","action":"allow","ttl":"1h","reason":"our own load test"}"#;
+    let gateway = [("X-Api-Key", gateway_key.as_str())];
+    assert_eq!(server.request("POST", "/v1/admin/decisions", &gateway, allow).0, 403, "gateway key cannot write");
+    assert_eq!(server.request("POST", "/v1/admin/decisions", &[], allow).0, 401, "no key");
+    let (status, _, body) = server.request("POST", "/v1/admin/decisions", &admin, allow);
+    assert_eq!(status, 201, "{body}");
+    assert!(body.contains("manual:ops"), "{body}");
+    assert_eq!(server.get("/v1/authz", &[("X-Forwarded-For", "203.0.113.77")]).0, 200);
+    f.write_all(stuffing_lines("203.0.113.77", 40).as_bytes()).expect("write");
+    f.flush().expect("flush");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(server.json("/v1/decision?ip=203.0.113.77").1["action"], "allow");
+    for bad in [
+        r#"{"entity_type":"ip","entity":"999.0.0.1","action":"deny","ttl":"1h","reason":"x"}"#,
+        r#"{"entity_type":"planet","entity":"x","action":"deny","ttl":"1h","reason":"x"}"#,
+        r#"{"entity_type":"user","entity":"x","action":"explode","ttl":"1h","reason":"x"}"#,
+        r#"{"entity_type":"user","entity":"x","action":"deny","ttl":"forever","reason":"x"}"#,
+        r#"{"entity_type":"user","entity":"x","action":"deny","ttl":"1h","reason":""}"#,
+        r#"{"entity_type":"user""#,
+    ] {
+        let (status, _, body) = server.request("POST", "/v1/admin/decisions", &admin, bad);
+        assert_eq!(status, 400, "{bad} → {body}");
+        assert!(body.contains("\"error\""), "{body}");
+    }
+    let deny_user = r#"{"entity_type":"user","entity":"mallory","action":"deny","ttl":"10m","reason":"fraud team"}"#;
+    assert_eq!(server.request("POST", "/v1/admin/decisions", &admin, deny_user).0, 201);
+    let (_, v) = server.json("/v1/decision?user=mallory&ip=198.51.100.9");
+    assert_eq!((v["action"].as_str(), v["source"].as_str()), (Some("deny"), Some("manual:ops")));
+    let (status, _, _) = server.request("DELETE", "/v1/admin/decisions?entity_type=user&entity=mallory", &admin, "");
+    assert_eq!(status, 200);
+    assert_eq!(server.json("/v1/decision?user=mallory").1["action"], "allow");
+    assert_eq!(server.request("DELETE", "/v1/admin/decisions?entity_type=user&entity=mallory", &admin, "").0, 404);
+
     let (_, _, metrics) = server.get("/metrics", &[]);
-    assert!(metrics.contains("gatewatch_events_total 40"), "{metrics}");
+    assert!(metrics.contains("gatewatch_events_total 80"), "{metrics}");
     assert!(metrics.contains("rule:credential-stuffing-ip"), "{metrics}");
     assert!(metrics.contains("gatewatch_api_request_duration_seconds_bucket"), "{metrics}");
 
@@ -214,17 +264,20 @@ fn follow_decide_serve_restart() {
     let written = std::fs::read_to_string(runs[0].path().join("decisions.jsonl")).expect("decisions.jsonl");
     assert!(written.contains("credential-stuffing-ip"), "sinks flushed on SIGTERM");
 
-    // Restart: the decision is still served.
+    // Restart: the decisions are still served (the manual allow on the address).
     let mut server = Server::start(&pipeline, &input, &gateway_key);
     let (_, v) = server.json("/v1/decision?ip=203.0.113.77");
-    assert_eq!(v["action"], "deny", "decision survives a restart");
+    assert_eq!((v["action"].as_str(), v["source"].as_str()), (Some("allow"), Some("manual:ops")), "survives a restart");
+    let deny_key =
+        r#"{"entity_type":"api_key","entity":"leaked-key","action":"deny","ttl":"1h","reason":"leaked on a forum"}"#;
+    assert_eq!(server.request("POST", "/v1/admin/decisions", &admin, deny_key).0, 201);
 
     // kill -9, restart: still there, and the store opens cleanly.
     let status = server.signal("-KILL");
     assert!(!status.success());
     let server = Server::start(&pipeline, &input, &gateway_key);
-    let (_, v) = server.json("/v1/decision?ip=203.0.113.77");
-    assert_eq!(v["action"], "deny", "decision survives kill -9");
+    let (_, v) = server.json("/v1/decision?api_key=leaked-key");
+    assert_eq!(v["action"], "deny", "a decision acknowledged just before kill -9 survives it");
 
     // Revoking a key takes effect without a restart.
     let out = Command::new(env!("CARGO_BIN_EXE_gatewatch"))

@@ -193,6 +193,11 @@ impl KeyRing {
 
     /// The role of a presented key, if it is a valid, unrevoked key.
     pub fn verify(&self, presented: &str) -> Option<Role> {
+        self.verify_named(presented).map(|(r, _)| r)
+    }
+
+    /// The role and name of a presented key, if it is a valid, unrevoked key.
+    pub fn verify_named(&self, presented: &str) -> Option<(Role, String)> {
         self.refresh();
         let rest = presented.strip_prefix("gw_")?;
         let (id, secret) = rest.split_once('_')?;
@@ -205,7 +210,7 @@ impl KeyRing {
             .map(|i| u8::from_str_radix(rec.hash.get(2 * i..2 * i + 2).unwrap_or("zz"), 16).ok())
             .collect::<Option<Vec<u8>>>()?;
         let got = digest(&rec.salt, secret);
-        bool::from(got.ct_eq(&want)).then_some(rec.role)
+        bool::from(got.ct_eq(&want)).then(|| (rec.role, rec.name.clone()))
     }
 
     /// Whether any active key exists (a server with none refuses every guarded request).

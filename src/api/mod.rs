@@ -19,6 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
+use std::sync::atomic::AtomicU64;
 
 use crate::config::{Allowlist, ApiConfig, ClientIpFrom};
 use crate::decision::Action;
@@ -38,7 +39,16 @@ pub struct AppState {
     pub ready: Arc<AtomicBool>,
     /// Token buckets of throttled decisions: decision id → (tokens, last ms).
     throttles: Mutex<HashMap<u64, (f64, i64)>>,
+    /// Manual decisions are numbered in their own range, above any engine id.
+    next_manual_id: AtomicU64,
 }
+
+/// The first id of manual decisions (engine ids count up from 1).
+pub const MANUAL_ID_BASE: u64 = 1 << 62;
+
+/// The name of the key that made a request, for `manual:NAME` sources.
+#[derive(Debug, Clone)]
+pub struct Caller(pub String);
 
 impl AppState {
     pub fn new(
@@ -49,7 +59,8 @@ impl AppState {
         keys: Arc<KeyRing>,
         ready: Arc<AtomicBool>,
     ) -> Self {
-        AppState { store, allowlist, api, metrics, keys, ready, throttles: Mutex::new(HashMap::new()) }
+        let next_manual_id = AtomicU64::new(store.max_id().max(MANUAL_ID_BASE) + 1);
+        AppState { store, allowlist, api, metrics, keys, ready, throttles: Mutex::new(HashMap::new()), next_manual_id }
     }
 }
 
@@ -85,7 +96,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics_text))
         .route("/v1/decision", get(decision))
         .route("/v1/authz", get(authz))
-        .route("/v1/admin/decisions", get(admin_decisions))
+        .route("/v1/admin/decisions", get(admin_decisions).post(admin_create).delete(admin_delete))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), authenticate))
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
@@ -116,7 +127,7 @@ fn required_role(path: &str) -> Option<Role> {
 
 /// Checks the caller's key: `X-Api-Key: KEY` or `Authorization: Bearer KEY`.
 /// No or unknown key → 401; a gateway key on an admin route → 403.
-async fn authenticate(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+async fn authenticate(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
     let Some(need) = required_role(req.uri().path()) else { return next.run(req).await };
     let h = req.headers();
     let presented = h
@@ -136,14 +147,17 @@ async fn authenticate(State(state): State<Arc<AppState>>, req: Request, next: Ne
             "missing API key: send it as X-Api-Key or Authorization: Bearer"
         });
     };
-    match state.keys.verify(key) {
+    match state.keys.verify_named(key) {
         None => unauthorized("unknown or revoked API key"),
-        Some(role) if role < need => ApiError {
+        Some((role, _)) if role < need => ApiError {
             status: StatusCode::FORBIDDEN,
             message: format!("this route needs an {} key; this is a gateway key", "admin"),
         }
         .into_response(),
-        Some(_) => next.run(req).await,
+        Some((_, name)) => {
+            req.extensions_mut().insert(Caller(name));
+            next.run(req).await
+        }
     }
 }
 
@@ -217,6 +231,120 @@ async fn admin_decisions(
         })
         .collect();
     Ok(Json(json!({ "decisions": list })))
+}
+
+/// A manual decision, as posted by an admin.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManualDecision {
+    pub entity_type: String,
+    pub entity: String,
+    pub action: String,
+    /// Duration such as `30m`, `1h`, `7d`.
+    pub ttl: String,
+    pub reason: String,
+}
+
+fn canonical_entity(t: crate::features::EntityType, entity: &str) -> Result<String, ApiError> {
+    use crate::features::EntityType;
+    let e = entity.trim();
+    if e.is_empty() || e.len() > MAX_PARAM {
+        return Err(ApiError::bad_request(format!("entity: must be 1–{MAX_PARAM} bytes")));
+    }
+    Ok(match t {
+        EntityType::Ip => parse_ip("entity", e)?.to_string(),
+        EntityType::Cidr => e
+            .parse::<ipnet::IpNet>()
+            .map_err(|_| {
+                ApiError::bad_request(format!("entity: '{}' is not a CIDR such as 203.0.113.0/24", shorten(e)))
+            })?
+            .trunc()
+            .to_string(),
+        _ => e.to_string(),
+    })
+}
+
+/// `POST /v1/admin/decisions`: deny, challenge, throttle or allow an entity by hand.
+/// A manual decision replaces what is in force on the entity, and automatic
+/// decisions do not replace it until it expires or is deleted.
+async fn admin_create(
+    State(state): State<Arc<AppState>>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    body: Result<Json<ManualDecision>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let Json(m) = body.map_err(|e| ApiError::bad_request(format!("body: {}", e.body_text())))?;
+    let t = crate::features::EntityType::parse(&m.entity_type).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "entity_type: '{}' is not one of ip, cidr, user, api_key, device, session",
+            shorten(&m.entity_type)
+        ))
+    })?;
+    let entity = canonical_entity(t, &m.entity)?;
+    let action = Action::parse(&m.action).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "action: '{}' is not one of deny, challenge, throttle, allow",
+            shorten(&m.action)
+        ))
+    })?;
+    let ttl_ms =
+        crate::event::time::parse_duration_ms(&m.ttl).map_err(|e| ApiError::bad_request(format!("ttl: {e}")))?;
+    if !(1_000..=366 * 86_400_000).contains(&ttl_ms) {
+        return Err(ApiError::bad_request("ttl: must be between 1s and 366d"));
+    }
+    if m.reason.trim().is_empty() || m.reason.len() > 1024 {
+        return Err(ApiError::bad_request("reason: say why, in at most 1024 bytes"));
+    }
+    let now = now_ms();
+    let d = crate::live::LiveDecision {
+        id: state.next_manual_id.fetch_add(1, Ordering::Relaxed),
+        entity_type: t,
+        entity,
+        action,
+        reason: m.reason.trim().to_string(),
+        source: format!("manual:{}", caller.0),
+        score: 1.0,
+        created_ms: now,
+        expires_ms: now + ttl_ms,
+    };
+    state
+        .store
+        .put(d.clone())
+        .map_err(|e| ApiError { status: StatusCode::INTERNAL_SERVER_ERROR, message: e.to_string() })?;
+    state.metrics.decisions.with_label_values(&[d.source.as_str(), d.action.as_str()]).inc();
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "decision_id": d.id, "entity_type": d.entity_type, "entity": d.entity, "action": d.action,
+            "reason": d.reason, "source": d.source,
+            "expires_at": crate::event::time::format_rfc3339(d.expires_ms),
+        })),
+    ))
+}
+
+/// `DELETE /v1/admin/decisions?entity_type=&entity=`: lifts whatever is in force on an entity.
+async fn admin_delete(
+    State(state): State<Arc<AppState>>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let t = params.get("entity_type").ok_or_else(|| ApiError::bad_request("entity_type: required"))?;
+    let t = crate::features::EntityType::parse(t).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "entity_type: '{}' is not one of ip, cidr, user, api_key, device, session",
+            shorten(t)
+        ))
+    })?;
+    let entity = canonical_entity(t, params.get("entity").ok_or_else(|| ApiError::bad_request("entity: required"))?)?;
+    match state
+        .store
+        .remove(t, &entity)
+        .map_err(|e| ApiError { status: StatusCode::INTERNAL_SERVER_ERROR, message: e.to_string() })?
+    {
+        Some(d) => Ok(Json(json!({ "deleted": d.id }))),
+        None => Err(ApiError {
+            status: StatusCode::NOT_FOUND,
+            message: format!("no decision on {} {}", t.as_str(), entity),
+        }),
+    }
 }
 
 async fn not_found(req: Request) -> ApiError {

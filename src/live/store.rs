@@ -187,6 +187,19 @@ impl LiveStore {
         Ok(())
     }
 
+    /// Publishes an automatic decision unless a manual one is in force on the
+    /// same entity: what an operator decided (an allow above all) is not undone
+    /// by the next rule hit. Returns whether it was stored.
+    pub fn put_automatic(&self, d: LiveDecision, now_ms: i64) -> Result<bool, StoreError> {
+        if let Some(cur) = self.get(d.entity_type, &d.entity, now_ms) {
+            if cur.source.starts_with("manual:") {
+                return Ok(false);
+            }
+        }
+        self.put(d)?;
+        Ok(true)
+    }
+
     /// Removes the decision on an entity; returns it if there was one.
     pub fn remove(&self, t: EntityType, entity: &str) -> Result<Option<Arc<LiveDecision>>, StoreError> {
         let key = key_of(t, entity);
@@ -229,6 +242,11 @@ impl LiveStore {
         }
         self.map.store(Arc::new(next));
         Ok(expired.len())
+    }
+
+    /// The largest decision id below `limit` (0 when none).
+    pub fn max_id_below(&self, limit: u64) -> u64 {
+        self.map.load().values().map(|d| d.id).filter(|id| *id < limit).max().unwrap_or(0)
     }
 
     /// The largest decision id held (0 when empty).
