@@ -1,0 +1,208 @@
+//! A real nginx in front of an upstream, asking `gatewatch run` through
+//! `auth_request` (the configuration the README shows): the attacker gets 403
+//! once its traffic reaches the followed log, a benign client keeps getting
+//! 200, and a manual allow lifts the block.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: shop.example\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !body.is_empty() {
+        req.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len()));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).expect("send");
+    let mut raw = String::new();
+    let _ = s.read_to_string(&mut raw);
+    let status = raw.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, raw)
+}
+
+fn gatewatch(pipeline: &Path, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_gatewatch"))
+        .arg("--pipeline")
+        .arg(pipeline)
+        .args(args)
+        .output()
+        .expect("runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).expect("utf-8").trim().to_string()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+fn until(what: &str, f: impl Fn() -> bool) {
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(20) {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{what} did not happen");
+}
+
+/// The nginx configuration the README documents, with this test's paths and ports.
+fn nginx_conf(dir: &Path, port: u16, gatewatch: &str, key: &str) -> String {
+    let d = dir.display();
+    format!(
+        r#"master_process off;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/nginx-error.log info;
+events {{ worker_connections 256; }}
+http {{
+    access_log {d}/nginx-access.log;
+    client_body_temp_path {d}/tmp/body;
+    proxy_temp_path {d}/tmp/proxy;
+    fastcgi_temp_path {d}/tmp/fastcgi;
+    uwsgi_temp_path {d}/tmp/uwsgi;
+    scgi_temp_path {d}/tmp/scgi;
+
+    # This nginx sits behind a load balancer on 127.0.0.1 that sets X-Forwarded-For.
+    set_real_ip_from 127.0.0.1;
+    real_ip_header X-Forwarded-For;
+
+    server {{
+        listen 127.0.0.1:{port};
+
+        # --- gatewatch forward-auth -----------------------------------------
+        location = /_gatewatch {{
+            internal;
+            proxy_pass http://{gatewatch}/v1/authz;
+            proxy_pass_request_body off;
+            proxy_set_header Content-Length "";
+            proxy_set_header X-Api-Key "{key}";
+            proxy_set_header X-Forwarded-For $remote_addr;
+            proxy_set_header X-User-Id $http_x_user_id;
+            proxy_set_header X-Api-Key-Id $http_x_api_key_id;
+            proxy_set_header X-Device-Id $http_x_device_id;
+            proxy_set_header X-Session-Id $cookie_session;
+            proxy_connect_timeout 200ms;
+            proxy_read_timeout 500ms;
+        }}
+
+        location / {{
+            auth_request /_gatewatch;
+            root {d}/www;
+            try_files /index.html =404;
+        }}
+    }}
+}}
+"#
+    )
+}
+
+#[test]
+fn nginx_auth_request_blocks_the_attacker_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    for sub in ["tmp", "www"] {
+        std::fs::create_dir_all(d.join(sub)).expect("mkdir");
+    }
+    std::fs::write(d.join("www/index.html"), "upstream ok\n").expect("www");
+    let pipeline = d.join("live.toml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            "extends = \"{}\"\n[state]\ndir = \"state\"\n",
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/default.toml").display()
+        ),
+    )
+    .expect("pipeline");
+    let log = d.join("access.log");
+    std::fs::write(&log, "").expect("log");
+    let key = gatewatch(&pipeline, &["keys", "create", "--role", "gateway", "--name", "edge-nginx"]);
+    let admin = gatewatch(&pipeline, &["keys", "create", "--role", "admin", "--name", "ops"]);
+
+    let mut gw = Command::new(env!("CARGO_BIN_EXE_gatewatch"))
+        .arg("--pipeline")
+        .arg(&pipeline)
+        .args(["run", "--listen", "127.0.0.1:0", "--input"])
+        .arg(&log)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("gatewatch run");
+    let mut lines = BufReader::new(gw.stderr.take().expect("stderr")).lines();
+    let gw_addr = loop {
+        let l = lines.next().expect("gatewatch announces its address").expect("utf-8");
+        if let Some(a) = l.split("serving decisions on http://").nth(1) {
+            break a.trim().to_string();
+        }
+    };
+    std::thread::spawn(move || lines.map_while(Result::ok).for_each(|l| eprintln!("[gatewatch] {l}")));
+    let _gw = Proc(gw);
+
+    let port = free_port();
+    std::fs::write(d.join("nginx.conf"), nginx_conf(d, port, &gw_addr, &key)).expect("conf");
+    let nginx = Command::new("nginx")
+        .arg("-e")
+        .arg(d.join("nginx-error.log"))
+        .arg("-p")
+        .arg(d)
+        .arg("-c")
+        .arg(d.join("nginx.conf"))
+        .args(["-g", "daemon off;"])
+        .spawn()
+        .expect("nginx is installed (scripts/services/nginx.sh)");
+    let _nginx = Proc(nginx);
+    let front = format!("127.0.0.1:{port}");
+    until("nginx listens", || TcpStream::connect(&front).is_ok());
+
+    let attacker = [("X-Forwarded-For", "203.0.113.77")];
+    let benign = [("X-Forwarded-For", "198.51.100.20")];
+    let (status, body) = http(&front, "GET", "/v1/products/1", &attacker, "");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("upstream ok"));
+
+    // The attack reaches the log gatewatch follows.
+    let mut f = std::fs::OpenOptions::new().append(true).open(&log).expect("append");
+    let now = || {
+        let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as i64;
+        gatewatch::event::time::format_rfc3339(ms)
+    };
+    for i in 0..40 {
+        writeln!(
+            f,
+            r#"{{"ts":"{}","client_ip":"203.0.113.77","method":"POST","path":"/oauth/token","status":401,"grant_type":"password","auth_result":"invalid_credentials","user_id":"leaked{i}@example.com"}}"#,
+            now()
+        )
+        .expect("write");
+    }
+    f.flush().expect("flush");
+    until("nginx answers 403 to the attacker", || http(&front, "GET", "/v1/products/1", &attacker, "").0 == 403);
+    assert_eq!(http(&front, "GET", "/v1/products/2", &benign, "").0, 200, "a benign client is not affected");
+    assert_eq!(http(&front, "GET", "/", &[("X-Forwarded-For", "203.0.113.78")], "").0, 200, "nor its neighbour");
+
+    // A manual allow lifts the block.
+    let (status, body) = http(
+        &gw_addr,
+        "POST",
+        "/v1/admin/decisions",
+        &[("X-Api-Key", admin.as_str())],
+        r#"{"entity_type":"ip","entity":"203.0.113.77","action":"allow","ttl":"1h","reason":"customer support confirmed"}"#,
+    );
+    assert_eq!(status, 201, "{body}");
+    until("the allow reaches nginx", || http(&front, "GET", "/v1/products/1", &attacker, "").0 == 200);
+}
