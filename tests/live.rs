@@ -2,11 +2,12 @@
 //! refuse bad requests with JSON errors, stop cleanly on SIGTERM, and remember
 //! decisions across a restart and a `kill -9`.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 struct Server {
     child: Child,
@@ -66,29 +67,7 @@ impl Server {
         headers: &[(&str, &str)],
         body: &str,
     ) -> (u16, Vec<(String, String)>, String) {
-        let mut s = TcpStream::connect(&self.addr).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: gatewatch\r\nConnection: close\r\n");
-        for (k, v) in headers {
-            req.push_str(&format!("{k}: {v}\r\n"));
-        }
-        if !body.is_empty() {
-            req.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len()));
-        }
-        req.push_str("\r\n");
-        req.push_str(body);
-        s.write_all(req.as_bytes()).expect("send");
-        let mut raw = String::new();
-        s.read_to_string(&mut raw).expect("read");
-        let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-        let mut head_lines = head.lines();
-        let status: u16 =
-            head_lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|c| c.parse().ok()).expect("status");
-        let hdrs = head_lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-            .collect();
-        (status, hdrs, body.to_string())
+        common::http(&self.addr, method, path, headers, body)
     }
 
     fn json(&self, path: &str) -> (u16, serde_json::Value) {
@@ -104,14 +83,7 @@ impl Server {
 
     /// Polls until `f` holds, up to a generous bound (never a timing assertion).
     fn until(&self, what: &str, f: impl Fn(&Server) -> bool) -> Duration {
-        let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(20) {
-            if f(self) {
-                return started.elapsed();
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("{what} did not happen");
+        common::until(what, || f(self))
     }
 }
 

@@ -3,11 +3,12 @@
 //! once its traffic reaches the followed log, a benign client keeps getting
 //! 200, and a manual allow lifts the block.
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 struct Proc(Child);
 
@@ -19,22 +20,8 @@ impl Drop for Proc {
 }
 
 fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: shop.example\r\nConnection: close\r\n");
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    if !body.is_empty() {
-        req.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len()));
-    }
-    req.push_str("\r\n");
-    req.push_str(body);
-    s.write_all(req.as_bytes()).expect("send");
-    let mut raw = String::new();
-    let _ = s.read_to_string(&mut raw);
-    let status = raw.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    (status, raw)
+    let (status, _, body) = common::http(addr, method, path, headers, body);
+    (status, body)
 }
 
 fn gatewatch(pipeline: &Path, args: &[&str]) -> String {
@@ -50,17 +37,6 @@ fn gatewatch(pipeline: &Path, args: &[&str]) -> String {
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
-
-fn until(what: &str, f: impl Fn() -> bool) {
-    let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(20) {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("{what} did not happen");
 }
 
 /// The nginx configuration the README documents, with this test's paths and ports.
@@ -168,7 +144,7 @@ fn nginx_auth_request_blocks_the_attacker_only() {
         .expect("nginx is installed (scripts/services/nginx.sh)");
     let _nginx = Proc(nginx);
     let front = format!("127.0.0.1:{port}");
-    until("nginx listens", || TcpStream::connect(&front).is_ok());
+    common::until("nginx listens", || TcpStream::connect(&front).is_ok());
 
     let attacker = [("X-Forwarded-For", "203.0.113.77")];
     let benign = [("X-Forwarded-For", "198.51.100.20")];
@@ -191,7 +167,9 @@ fn nginx_auth_request_blocks_the_attacker_only() {
         .expect("write");
     }
     f.flush().expect("flush");
-    until("nginx answers 403 to the attacker", || http(&front, "GET", "/v1/products/1", &attacker, "").0 == 403);
+    common::until("nginx answers 403 to the attacker", || {
+        http(&front, "GET", "/v1/products/1", &attacker, "").0 == 403
+    });
     assert_eq!(http(&front, "GET", "/v1/products/2", &benign, "").0, 200, "a benign client is not affected");
     assert_eq!(http(&front, "GET", "/", &[("X-Forwarded-For", "203.0.113.78")], "").0, 200, "nor its neighbour");
 
@@ -204,5 +182,5 @@ fn nginx_auth_request_blocks_the_attacker_only() {
         r#"{"entity_type":"ip","entity":"203.0.113.77","action":"allow","ttl":"1h","reason":"customer support confirmed"}"#,
     );
     assert_eq!(status, 201, "{body}");
-    until("the allow reaches nginx", || http(&front, "GET", "/v1/products/1", &attacker, "").0 == 200);
+    common::until("the allow reaches nginx", || http(&front, "GET", "/v1/products/1", &attacker, "").0 == 200);
 }
