@@ -129,6 +129,9 @@ fn follow_decide_serve_restart() {
     let admin_key = create_key(&pipeline, "admin", "ops");
     let mut server = Server::start(&pipeline, &input, &gateway_key);
     assert_eq!(server.get_raw("/healthz", &[]).0, 200, "health checks need no key");
+    let (status, _, spec) = server.get_raw("/openapi.json", &[]);
+    assert_eq!(status, 200);
+    assert!(serde_json::from_str::<serde_json::Value>(&spec).expect("spec is JSON")["paths"]["/v1/authz"].is_object());
     server.until("ready", |s| s.json("/readyz").0 == 200);
     let (status, v) = server.json("/v1/decision?ip=203.0.113.77");
     assert_eq!((status, v["action"].as_str()), (200, Some("allow")));

@@ -94,6 +94,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
+        .route("/openapi.json", get(openapi))
         .route("/v1/decision", get(decision))
         .route("/v1/authz", get(authz))
         .route("/v1/admin/decisions", get(admin_decisions).post(admin_create).delete(admin_delete))
@@ -116,7 +117,7 @@ async fn observe(State(state): State<Arc<AppState>>, req: Request, next: Next) -
 
 /// The role a path needs; `None` for the open health checks.
 fn required_role(path: &str) -> Option<Role> {
-    if path == "/healthz" || path == "/readyz" {
+    if path == "/healthz" || path == "/readyz" || path == "/openapi.json" {
         None
     } else if path.starts_with("/v1/admin") {
         Some(Role::Admin)
@@ -159,6 +160,13 @@ async fn authenticate(State(state): State<Arc<AppState>>, mut req: Request, next
             next.run(req).await
         }
     }
+}
+
+/// The OpenAPI 3 description of every route.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+async fn openapi() -> Response {
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }
 
 async fn healthz() -> Json<serde_json::Value> {
@@ -498,4 +506,24 @@ async fn authz(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result
         }
     }
     Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn openapi_documents_every_route() {
+        let spec: serde_json::Value = serde_json::from_str(super::OPENAPI).expect("valid JSON");
+        let paths = spec["paths"].as_object().expect("paths");
+        let src = include_str!("mod.rs");
+        let routes: Vec<&str> = src
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix(".route(\""))
+            .filter_map(|l| l.split('"').next())
+            .collect();
+        assert!(routes.len() >= 7);
+        for r in &routes {
+            assert!(paths.contains_key(*r), "route {r} is missing from openapi.json");
+        }
+        assert_eq!(paths.len(), routes.len(), "openapi.json documents a route that does not exist");
+    }
 }
