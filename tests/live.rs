@@ -4,9 +4,9 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 struct Server {
@@ -16,37 +16,12 @@ struct Server {
 }
 
 fn create_key(pipeline: &Path, role: &str, name: &str) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_gatewatch"))
-        .arg("--pipeline")
-        .arg(pipeline)
-        .args(["keys", "create", "--role", role, "--name", name])
-        .output()
-        .expect("keys create");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).expect("utf-8").trim().to_string()
+    common::gatewatch(pipeline, &["keys", "create", "--role", role, "--name", name])
 }
 
 impl Server {
     fn start(pipeline: &Path, input: &Path, key: &str) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_gatewatch"))
-            .arg("--pipeline")
-            .arg(pipeline)
-            .args(["run", "--listen", "127.0.0.1:0", "--input"])
-            .arg(input)
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("starts");
-        let stderr = child.stderr.take().expect("stderr");
-        let mut lines = BufReader::new(stderr).lines();
-        let addr = loop {
-            let line = lines.next().expect("server says where it listens").expect("utf-8");
-            if let Some(rest) = line.split("serving decisions on http://").nth(1) {
-                break rest.trim().to_string();
-            }
-        };
-        // Keep draining stderr so the server never blocks on a full pipe.
-        std::thread::spawn(move || lines.map_while(Result::ok).for_each(|l| eprintln!("[gatewatch] {l}")));
+        let (child, addr) = common::start_run(pipeline, input);
         Server { child, addr, key: key.to_string() }
     }
 
@@ -94,34 +69,10 @@ impl Drop for Server {
     }
 }
 
-fn now_rfc3339() -> String {
-    let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as i64;
-    gatewatch::event::time::format_rfc3339(ms)
-}
-
-fn stuffing_lines(ip: &str, n: usize) -> String {
-    (0..n)
-        .map(|i| {
-            format!(
-                r#"{{"ts":"{}","client_ip":"{ip}","method":"POST","path":"/oauth/token","status":401,"grant_type":"password","auth_result":"invalid_credentials","user_id":"leaked{i}@example.com","api_key_id":"mobile-android"}}"#,
-                now_rfc3339()
-            ) + "\n"
-        })
-        .collect()
-}
-
 #[test]
 fn follow_decide_serve_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let pipeline = dir.path().join("live.toml");
-    std::fs::write(
-        &pipeline,
-        format!(
-            "extends = \"{}\"\n[state]\ndir = \"state\"\n",
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/default.toml").display()
-        ),
-    )
-    .expect("pipeline");
+    let pipeline = common::live_pipeline(dir.path());
     let input = dir.path().join("access.log");
     std::fs::write(&input, "").expect("input");
 
@@ -138,7 +89,7 @@ fn follow_decide_serve_restart() {
 
     // An attack appended to the followed file reaches the API.
     let mut f = std::fs::OpenOptions::new().append(true).open(&input).expect("append");
-    f.write_all(stuffing_lines("203.0.113.77", 40).as_bytes()).expect("write");
+    f.write_all(common::stuffing_lines("203.0.113.77", 40).as_bytes()).expect("write");
     f.flush().expect("flush");
     let took = server.until("deny for the attacker", |s| s.json("/v1/decision?ip=203.0.113.77").1["action"] == "deny");
     eprintln!("append → deny served in {took:?}");
@@ -201,7 +152,7 @@ fn follow_decide_serve_restart() {
     assert_eq!(status, 201, "{body}");
     assert!(body.contains("manual:ops"), "{body}");
     assert_eq!(server.get("/v1/authz", &[("X-Forwarded-For", "203.0.113.77")]).0, 200);
-    f.write_all(stuffing_lines("203.0.113.77", 40).as_bytes()).expect("write");
+    f.write_all(common::stuffing_lines("203.0.113.77", 40).as_bytes()).expect("write");
     f.flush().expect("flush");
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(server.json("/v1/decision?ip=203.0.113.77").1["action"], "allow");

@@ -5,10 +5,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 
 struct Proc(Child);
 
@@ -22,17 +22,6 @@ impl Drop for Proc {
 fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
     let (status, _, body) = common::http(addr, method, path, headers, body);
     (status, body)
-}
-
-fn gatewatch(pipeline: &Path, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_gatewatch"))
-        .arg("--pipeline")
-        .arg(pipeline)
-        .args(args)
-        .output()
-        .expect("runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).expect("utf-8").trim().to_string()
 }
 
 fn free_port() -> u16 {
@@ -98,36 +87,13 @@ fn nginx_auth_request_blocks_the_attacker_only() {
         std::fs::create_dir_all(d.join(sub)).expect("mkdir");
     }
     std::fs::write(d.join("www/index.html"), "upstream ok\n").expect("www");
-    let pipeline = d.join("live.toml");
-    std::fs::write(
-        &pipeline,
-        format!(
-            "extends = \"{}\"\n[state]\ndir = \"state\"\n",
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/default.toml").display()
-        ),
-    )
-    .expect("pipeline");
+    let pipeline = common::live_pipeline(d);
     let log = d.join("access.log");
     std::fs::write(&log, "").expect("log");
-    let key = gatewatch(&pipeline, &["keys", "create", "--role", "gateway", "--name", "edge-nginx"]);
-    let admin = gatewatch(&pipeline, &["keys", "create", "--role", "admin", "--name", "ops"]);
+    let key = common::gatewatch(&pipeline, &["keys", "create", "--role", "gateway", "--name", "edge-nginx"]);
+    let admin = common::gatewatch(&pipeline, &["keys", "create", "--role", "admin", "--name", "ops"]);
 
-    let mut gw = Command::new(env!("CARGO_BIN_EXE_gatewatch"))
-        .arg("--pipeline")
-        .arg(&pipeline)
-        .args(["run", "--listen", "127.0.0.1:0", "--input"])
-        .arg(&log)
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("gatewatch run");
-    let mut lines = BufReader::new(gw.stderr.take().expect("stderr")).lines();
-    let gw_addr = loop {
-        let l = lines.next().expect("gatewatch announces its address").expect("utf-8");
-        if let Some(a) = l.split("serving decisions on http://").nth(1) {
-            break a.trim().to_string();
-        }
-    };
-    std::thread::spawn(move || lines.map_while(Result::ok).for_each(|l| eprintln!("[gatewatch] {l}")));
+    let (gw, gw_addr) = common::start_run(&pipeline, &log);
     let _gw = Proc(gw);
 
     let port = free_port();
@@ -154,18 +120,7 @@ fn nginx_auth_request_blocks_the_attacker_only() {
 
     // The attack reaches the log gatewatch follows.
     let mut f = std::fs::OpenOptions::new().append(true).open(&log).expect("append");
-    let now = || {
-        let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as i64;
-        gatewatch::event::time::format_rfc3339(ms)
-    };
-    for i in 0..40 {
-        writeln!(
-            f,
-            r#"{{"ts":"{}","client_ip":"203.0.113.77","method":"POST","path":"/oauth/token","status":401,"grant_type":"password","auth_result":"invalid_credentials","user_id":"leaked{i}@example.com"}}"#,
-            now()
-        )
-        .expect("write");
-    }
+    f.write_all(common::stuffing_lines("203.0.113.77", 40).as_bytes()).expect("write");
     f.flush().expect("flush");
     common::until("nginx answers 403 to the attacker", || {
         http(&front, "GET", "/v1/products/1", &attacker, "").0 == 403

@@ -49,3 +49,66 @@ pub fn until(what: &str, f: impl Fn() -> bool) -> Duration {
     }
     panic!("{what} did not happen");
 }
+
+/// A pipeline in `dir` that extends the default one and keeps its state in `dir/state`.
+pub fn live_pipeline(dir: &std::path::Path) -> std::path::PathBuf {
+    let pipeline = dir.join("live.toml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            "extends = \"{}\"\n[state]\ndir = \"state\"\n",
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/default.toml").display()
+        ),
+    )
+    .expect("pipeline");
+    pipeline
+}
+
+/// Runs a `gatewatch` command to completion; returns its trimmed stdout.
+pub fn gatewatch(pipeline: &std::path::Path, args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gatewatch"))
+        .arg("--pipeline")
+        .arg(pipeline)
+        .args(args)
+        .output()
+        .expect("runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).expect("utf-8").trim().to_string()
+}
+
+/// Starts `gatewatch run` on a free loopback port; returns the child and the
+/// address it announced. Its stderr keeps being echoed so it never blocks.
+pub fn start_run(pipeline: &std::path::Path, input: &std::path::Path) -> (std::process::Child, String) {
+    use std::io::{BufRead, BufReader};
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_gatewatch"))
+        .arg("--pipeline")
+        .arg(pipeline)
+        .args(["run", "--listen", "127.0.0.1:0", "--input"])
+        .arg(input)
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("gatewatch run starts");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let addr = loop {
+        let line = lines.next().expect("gatewatch says where it listens").expect("utf-8");
+        if let Some(rest) = line.split("serving decisions on http://").nth(1) {
+            break rest.trim().to_string();
+        }
+    };
+    std::thread::spawn(move || lines.map_while(Result::ok).for_each(|l| eprintln!("[gatewatch] {l}")));
+    (child, addr)
+}
+
+/// `n` failed password logins for different accounts from `ip`, stamped now.
+pub fn stuffing_lines(ip: &str, n: usize) -> String {
+    (0..n)
+        .map(|i| {
+            let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as i64;
+            format!(
+                r#"{{"ts":"{}","client_ip":"{ip}","method":"POST","path":"/oauth/token","status":401,"grant_type":"password","auth_result":"invalid_credentials","user_id":"leaked{i}@example.com","api_key_id":"mobile-android"}}"#,
+                gatewatch::event::time::format_rfc3339(ms)
+            ) + "\n"
+        })
+        .collect()
+}
