@@ -102,6 +102,7 @@ struct ApiSection {
     device_header: Option<String>,
     session_header: Option<String>,
     throttle_rps: Option<f64>,
+    stream_retention: Option<usize>,
 }
 
 /// Where forward-auth finds the client address.
@@ -127,6 +128,8 @@ pub struct ApiConfig {
     pub session_header: String,
     /// Requests per second a throttled entity may still make through forward-auth.
     pub throttle_rps: f64,
+    /// Changes the decision stream keeps; a reader further behind gets a snapshot.
+    pub stream_retention: usize,
 }
 
 impl Default for ApiConfig {
@@ -140,6 +143,7 @@ impl Default for ApiConfig {
             device_header: "x-device-id".into(),
             session_header: "x-session-id".into(),
             throttle_rps: 1.0,
+            stream_retention: 100_000,
         }
     }
 }
@@ -627,6 +631,18 @@ impl Pipeline {
                     return Err(invalid(&f.file, &f.src, s.span(), "api.throttle_rps", "must be a positive rate"));
                 }
                 api.throttle_rps = r;
+            }
+            if let Some(n) = v.stream_retention {
+                if !(1..=10_000_000).contains(&n) {
+                    return Err(invalid(
+                        &f.file,
+                        &f.src,
+                        s.span(),
+                        "api.stream_retention",
+                        "must be 1 to 10000000 changes",
+                    ));
+                }
+                api.stream_retention = n;
             }
         }
 

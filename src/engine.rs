@@ -19,7 +19,9 @@ use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::record_batch::RecordBatch;
 use serde::Serialize;
 
-use crate::config::Pipeline;
+use arc_swap::ArcSwap;
+
+use crate::config::{Allowlist, DecisionConfig, Pipeline, RuleSpec};
 use crate::decision::{Action, Decision, DecisionStore, Proposal};
 use crate::detect::{EvalError, RuleError, RuleSet};
 use crate::event::{self, EventBatchBuilder, Format};
@@ -187,6 +189,45 @@ impl OutputPaths {
     }
 }
 
+/// Rules and the shared-entity predicate compiled, with what they need computed.
+struct Compiled {
+    rules: RuleSet,
+    rule_columns: Vec<Vec<(usize, &'static str)>>,
+    shared: crate::detect::Predicate,
+    shared_columns: Vec<(usize, &'static str)>,
+    judged: [bool; 6],
+    needed: [[bool; features::NF]; 6],
+}
+
+impl Compiled {
+    fn new(specs: &[RuleSpec], decisions: &DecisionConfig) -> Result<Compiled, EngineError> {
+        let rules = RuleSet::compile(specs)?;
+        let rule_columns: Vec<Vec<(usize, &'static str)>> =
+            rules.rules().iter().map(|r| referenced_features(&r.spec.when)).collect();
+        let (shared_file, shared_line) = &decisions.shared_when_at;
+        let shared = crate::detect::Predicate::compile(
+            &decisions.shared_when,
+            shared_file,
+            *shared_line,
+            "decisions.shared_when",
+        )?;
+        let shared_columns = referenced_features(&decisions.shared_when);
+        let mut judged = [false; 6];
+        let mut needed = [[false; features::NF]; 6];
+        for (r, cols) in rules.rules().iter().zip(&rule_columns) {
+            let t = r.spec.entity.index();
+            judged[t] = true;
+            for (schema_idx, _) in &shared_columns {
+                needed[t][schema_idx - 3] = true;
+            }
+            for (schema_idx, _) in cols {
+                needed[t][schema_idx - 3] = true;
+            }
+        }
+        Ok(Compiled { rules, rule_columns, shared, shared_columns, judged, needed })
+    }
+}
+
 /// Called for every decision as it is made.
 pub type DecisionHook = Box<dyn FnMut(&Decision) + Send>;
 
@@ -216,6 +257,7 @@ pub struct Engine {
     started: Instant,
     batch_started: Instant,
     on_decision: Option<DecisionHook>,
+    allowlist: Arc<ArcSwap<Allowlist>>,
 }
 
 impl Engine {
@@ -228,29 +270,8 @@ impl Engine {
     ) -> Result<Engine, EngineError> {
         std::fs::create_dir_all(out_dir).map_err(|source| EngineError::Io { path: out_dir.to_path_buf(), source })?;
         let paths = OutputPaths { dir: out_dir.to_path_buf() };
-        let rules = RuleSet::compile(&pipeline.rules)?;
-        let rule_columns: Vec<Vec<(usize, &'static str)>> =
-            rules.rules().iter().map(|r| referenced_features(&r.spec.when)).collect();
-        let (shared_file, shared_line) = &pipeline.decisions.shared_when_at;
-        let shared = crate::detect::Predicate::compile(
-            &pipeline.decisions.shared_when,
-            shared_file,
-            *shared_line,
-            "decisions.shared_when",
-        )?;
-        let shared_columns = referenced_features(&pipeline.decisions.shared_when);
-        let mut judged = [false; 6];
-        let mut needed = [[false; features::NF]; 6];
-        for (r, cols) in rules.rules().iter().zip(&rule_columns) {
-            let t = r.spec.entity.index();
-            judged[t] = true;
-            for (schema_idx, _) in &shared_columns {
-                needed[t][schema_idx - 3] = true;
-            }
-            for (schema_idx, _) in cols {
-                needed[t][schema_idx - 3] = true;
-            }
-        }
+        let Compiled { rules, rule_columns, shared, shared_columns, judged, needed } =
+            Compiled::new(&pipeline.rules, &pipeline.decisions)?;
         let events_out = if pipeline.output.events {
             Some(ParquetTable::create(&paths.table("events"), event::schema(), EVENT_PLAIN)?)
         } else {
@@ -295,8 +316,42 @@ impl Engine {
             started: Instant::now(),
             batch_started: Instant::now(),
             on_decision: None,
+            allowlist: Arc::new(ArcSwap::from_pointee(pipeline.allowlist.clone())),
             pipeline,
         })
+    }
+
+    /// The allowlist decisions are checked against; storing a new one applies
+    /// from the next decision on (the API shares it, so edits reach both).
+    pub fn allowlist(&self) -> Arc<ArcSwap<Allowlist>> {
+        self.allowlist.clone()
+    }
+
+    /// Replaces the rules and the decision policy without losing feature state,
+    /// decisions in force or offence history. Nothing changes if they do not compile.
+    pub fn reload(&mut self, rules: Vec<RuleSpec>, decisions: DecisionConfig) -> Result<(), EngineError> {
+        let c = Compiled::new(&rules, &decisions)?;
+        self.features.set_judged(c.judged);
+        self.features.set_needed(c.needed);
+        self.rules = c.rules;
+        self.rule_columns = c.rule_columns;
+        self.shared = c.shared;
+        self.shared_columns = c.shared_columns;
+        self.store.set_config(decisions.clone());
+        self.pipeline.rules = rules;
+        self.pipeline.decisions = decisions;
+        Ok(())
+    }
+
+    /// The names of the rules in force.
+    pub fn rule_names(&self) -> Vec<String> {
+        self.rules.rules().iter().map(|r| r.spec.name.clone()).collect()
+    }
+
+    /// Tells the decision memory about a decision made before a restart, so that
+    /// it is not re-made with a shorter TTL and repeat offences keep escalating.
+    pub fn restore_decision(&mut self, r: crate::decision::Restored<'_>) {
+        self.store.restore(r);
     }
 
     /// Numbers decisions from `id` on.
@@ -462,7 +517,7 @@ impl Engine {
         h: crate::detect::Hit,
     ) -> Result<(), EngineError> {
         let rule = &self.rules.rules()[h.rule].spec;
-        if self.pipeline.allowlist.protects_entity(t, entity) {
+        if self.allowlist.load().protects_entity(t, entity) {
             self.summary.suppressed_by_allowlist += 1;
             return Ok(());
         }

@@ -19,6 +19,7 @@ pub mod engine;
 pub mod eval;
 pub mod event;
 pub mod features;
+pub mod fsutil;
 pub mod live;
 pub mod simulate;
 pub mod sink;

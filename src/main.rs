@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use gatewatch::config::{DEFAULT_PIPELINE_PATH, Pipeline};
 use gatewatch::event::Format;
 use gatewatch::simulate::{self, OutFormat, SimConfig};
-use gatewatch::{analytics, engine, eval};
+use gatewatch::{analytics, decision, engine, eval};
 
 /// The engine allocates many short-lived Arrow buffers per tick; mimalloc
 /// measured ~10% faster end to end than the system allocator here.
@@ -232,8 +232,10 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn live(pipeline: &Path, input: Option<PathBuf>, listen: Option<String>, from_start: bool) -> Result<()> {
-    use gatewatch::api::{self, AppState, Metrics};
-    use gatewatch::live::{LiveDecision, LiveStore, runner};
+    use gatewatch::api::{self, AppState, Metrics, Services};
+    use gatewatch::decision::Restored;
+    use gatewatch::live::allow::AllowOverlay;
+    use gatewatch::live::{LiveDecision, LiveStore, control, runner};
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -247,13 +249,42 @@ fn live(pipeline: &Path, input: Option<PathBuf>, listen: Option<String>, from_st
     let input = input
         .or_else(|| p.input.path.clone())
         .context("nothing to follow: pass --input FILE (or - for stdin), or set path in the pipeline's [input]")?;
-    let store = Arc::new(LiveStore::open(&p.state_dir, api::now_ms())?);
+    let now = api::now_ms();
+    let store = Arc::new(LiveStore::open_with_retention(&p.state_dir, now, p.api.stream_retention)?);
+    let overlay = AllowOverlay::open(&p.state_dir)?;
     let metrics = Arc::new(Metrics::new()?);
     let ready = Arc::new(AtomicBool::new(false));
     // Each run keeps its own output directory, so a restart never overwrites history.
-    let run_dir = p.state_dir.join("runs").join(api::now_ms().to_string());
+    let run_dir = p.state_dir.join("runs").join(now.to_string());
     let mut engine = engine::Engine::new(p.clone(), None, &input.display().to_string(), &run_dir)?;
     engine.set_next_decision_id(store.max_id_below(api::MANUAL_ID_BASE) + 1);
+    // What the engine decided before a restart still counts: decisions in force
+    // are not re-made shorter, and repeat offenders keep escalating.
+    for (entity_type, entity, offense, at) in store.offenses(now - p.decisions.offense_memory_ms)? {
+        let r = Restored {
+            id: 0,
+            entity_type,
+            entity: &entity,
+            action: decision::Action::Allow,
+            created_ms: at,
+            expires_ms: at,
+            offense,
+        };
+        engine.restore_decision(r);
+    }
+    for d in store.active(now).iter().filter(|d| !d.source.starts_with("manual:")) {
+        engine.restore_decision(Restored {
+            id: d.id,
+            entity_type: d.entity_type,
+            entity: &d.entity,
+            action: d.action,
+            created_ms: d.created_ms,
+            expires_ms: d.expires_ms,
+            offense: d.offense,
+        });
+    }
+    let allowlist = engine.allowlist();
+    allowlist.store(Arc::new(overlay.apply(&p.allowlist)));
     {
         let (store, metrics) = (store.clone(), metrics.clone());
         engine.on_decision(move |d| {
@@ -279,11 +310,12 @@ fn live(pipeline: &Path, input: Option<PathBuf>, listen: Option<String>, from_st
     let source = runner::LiveSource::open(&input, p.input.max_line_bytes, from_start)
         .with_context(|| format!("cannot follow {}", input.display()))?;
     let stop = Arc::new(AtomicBool::new(false));
+    let (control, inbox) = control::channel_pair();
     let engine_thread = {
         let stop = stop.clone();
         std::thread::Builder::new()
             .name("engine".into())
-            .spawn(move || runner::run(engine, source, stop, Some(progress)))?
+            .spawn(move || runner::run(engine, source, stop, Some(progress), Some(inbox)))?
     };
     let keys = api::KeyRing::open(&api::keys::path_in(&p.state_dir))?;
     if keys.is_empty() {
@@ -293,18 +325,27 @@ fn live(pipeline: &Path, input: Option<PathBuf>, listen: Option<String>, from_st
             pipeline.display()
         );
     }
-    let state =
-        Arc::new(AppState::new(store.clone(), p.allowlist.clone(), p.api.clone(), metrics, keys, ready.clone()));
+    let listen = p.api.listen.clone();
+    let state = Arc::new(AppState::new(Services {
+        store: store.clone(),
+        pipeline: p,
+        overlay,
+        allowlist,
+        metrics,
+        keys,
+        ready: ready.clone(),
+        control: Some(control),
+    }));
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let served: Result<()> = rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind(&p.api.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", p.api.listen))?;
+        let listener =
+            tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
         let addr = listener.local_addr()?;
         tokio::spawn({
             let store = store.clone();
             async move {
-                let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+                // Expiry is reported on the change stream within a second.
+                let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
                 loop {
                     tick.tick().await;
                     if let Err(e) = store.purge_expired(api::now_ms()) {
@@ -313,9 +354,29 @@ fn live(pipeline: &Path, input: Option<PathBuf>, listen: Option<String>, from_st
                 }
             }
         });
+        tokio::spawn({
+            let state = state.clone();
+            async move {
+                let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+                    return;
+                };
+                while hup.recv().await.is_some() {
+                    match state.reload().await {
+                        Ok(r) => eprintln!("gatewatch: reloaded {r}"),
+                        Err(e) => eprintln!("gatewatch: reload refused: {}", e.message),
+                    }
+                }
+            }
+        });
         ready.store(true, Ordering::Relaxed);
         eprintln!("gatewatch: following {}, serving decisions on http://{addr}", input.display());
-        axum::serve(listener, api::router(state)).with_graceful_shutdown(shutdown_signal()).await?;
+        let closing = state.clone();
+        axum::serve(listener, api::router(state))
+            .with_graceful_shutdown(async move {
+                shutdown_signal().await;
+                closing.close_streams();
+            })
+            .await?;
         Ok(())
     });
     // Stop intake, drain, flush sinks, persist: the engine thread finishes its run.

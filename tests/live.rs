@@ -5,69 +5,10 @@
 mod common;
 
 use std::io::Write;
-use std::path::Path;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::Duration;
 
-struct Server {
-    child: Child,
-    addr: String,
-    key: String,
-}
-
-fn create_key(pipeline: &Path, role: &str, name: &str) -> String {
-    common::gatewatch(pipeline, &["keys", "create", "--role", role, "--name", name])
-}
-
-impl Server {
-    fn start(pipeline: &Path, input: &Path, key: &str) -> Server {
-        let (child, addr) = common::start_run(pipeline, input);
-        Server { child, addr, key: key.to_string() }
-    }
-
-    fn get(&self, path: &str, headers: &[(&str, &str)]) -> (u16, Vec<(String, String)>, String) {
-        let mut all = vec![("X-Api-Key", self.key.as_str())];
-        all.extend_from_slice(headers);
-        self.get_raw(path, &all)
-    }
-
-    fn get_raw(&self, path: &str, headers: &[(&str, &str)]) -> (u16, Vec<(String, String)>, String) {
-        self.request("GET", path, headers, "")
-    }
-
-    fn request(
-        &self,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: &str,
-    ) -> (u16, Vec<(String, String)>, String) {
-        common::http(&self.addr, method, path, headers, body)
-    }
-
-    fn json(&self, path: &str) -> (u16, serde_json::Value) {
-        let (status, _, body) = self.get(path, &[]);
-        (status, serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: body is not JSON ({e}): {body}")))
-    }
-
-    fn signal(&mut self, sig: &str) -> std::process::ExitStatus {
-        let ok = Command::new("kill").arg(sig).arg(self.child.id().to_string()).status().expect("kill");
-        assert!(ok.success());
-        self.child.wait().expect("wait")
-    }
-
-    /// Polls until `f` holds, up to a generous bound (never a timing assertion).
-    fn until(&self, what: &str, f: impl Fn(&Server) -> bool) -> Duration {
-        common::until(what, || f(self))
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::{Server, create_key};
 
 #[test]
 fn follow_decide_serve_restart() {

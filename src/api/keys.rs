@@ -7,7 +7,6 @@
 //! second, so creating or revoking a key needs no restart.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -83,22 +82,9 @@ fn load(path: &Path) -> Result<BTreeMap<String, KeyRecord>, KeyError> {
 }
 
 fn save(path: &Path, keys: &BTreeMap<String, KeyRecord>) -> Result<(), KeyError> {
-    let err = |e: std::io::Error| KeyError::File { path: path.to_path_buf(), message: e.to_string() };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(err)?;
-    }
-    let tmp = path.with_extension("json.tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(err)?;
-    f.write_all(&serde_json::to_vec_pretty(keys).unwrap_or_default()).map_err(err)?;
-    f.sync_all().map_err(err)?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(err)?;
-    if let Some(dir) = path.parent() {
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-    }
-    Ok(())
+    let bytes = serde_json::to_vec_pretty(keys).unwrap_or_default();
+    crate::fsutil::write_atomic(path, &bytes)
+        .map_err(|e| KeyError::File { path: path.to_path_buf(), message: e.to_string() })
 }
 
 /// Creates a key; returns its record and the full key (shown once, never stored).
@@ -198,6 +184,11 @@ impl KeyRing {
 
     /// The role and name of a presented key, if it is a valid, unrevoked key.
     pub fn verify_named(&self, presented: &str) -> Option<(Role, String)> {
+        self.verify_caller(presented).map(|(r, c)| (r, c.name))
+    }
+
+    /// The role, id and name of a presented key, if it is a valid, unrevoked key.
+    pub fn verify_caller(&self, presented: &str) -> Option<(Role, super::Caller)> {
         self.refresh();
         let rest = presented.strip_prefix("gw_")?;
         let (id, secret) = rest.split_once('_')?;
@@ -210,7 +201,7 @@ impl KeyRing {
             .map(|i| u8::from_str_radix(rec.hash.get(2 * i..2 * i + 2).unwrap_or("zz"), 16).ok())
             .collect::<Option<Vec<u8>>>()?;
         let got = digest(&rec.salt, secret);
-        bool::from(got.ct_eq(&want)).then(|| (rec.role, rec.name.clone()))
+        bool::from(got.ct_eq(&want)).then(|| (rec.role, super::Caller { id: rec.id.clone(), name: rec.name.clone() }))
     }
 
     /// Whether any active key exists (a server with none refuses every guarded request).

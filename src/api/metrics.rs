@@ -14,6 +14,8 @@ pub struct Metrics {
     pub api_requests: IntCounterVec,
     pub api_latency: HistogramVec,
     pub store_errors: IntCounter,
+    pub reloads: IntCounter,
+    pub stream_cursor: IntGauge,
 }
 
 impl Metrics {
@@ -36,6 +38,11 @@ impl Metrics {
             &["route"],
         )?;
         let store_errors = IntCounter::new("gatewatch_store_errors_total", "Decisions that could not be persisted")?;
+        let reloads = IntCounter::new("gatewatch_reloads_total", "Pipeline reloads applied")?;
+        let stream_cursor =
+            IntGauge::new("gatewatch_decision_stream_cursor", "Sequence number of the newest decision change")?;
+        registry.register(Box::new(reloads.clone()))?;
+        registry.register(Box::new(stream_cursor.clone()))?;
         registry.register(Box::new(events_in.clone()))?;
         registry.register(Box::new(dead_letters.clone()))?;
         registry.register(Box::new(decisions.clone()))?;
@@ -52,6 +59,8 @@ impl Metrics {
             api_requests,
             api_latency,
             store_errors,
+            reloads,
+            stream_cursor,
         })
     }
 

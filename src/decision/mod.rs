@@ -67,6 +67,19 @@ pub struct Proposal<'a> {
     pub score: f64,
 }
 
+/// A decision from before a restart, or an offence still remembered (then
+/// `expires_ms <= created_ms`: nothing in force, only the count).
+#[derive(Debug, Clone)]
+pub struct Restored<'a> {
+    pub id: u64,
+    pub entity_type: EntityType,
+    pub entity: &'a str,
+    pub action: Action,
+    pub created_ms: i64,
+    pub expires_ms: i64,
+    pub offense: u32,
+}
+
 #[derive(Debug, Clone)]
 struct Active {
     action: Action,
@@ -93,6 +106,29 @@ impl DecisionStore {
     /// ids already persisted, so ids stay unique across restarts).
     pub fn set_next_id(&mut self, id: u64) {
         self.next_id = self.next_id.max(id);
+    }
+
+    /// Applies a new policy from the next proposal on; memory is kept.
+    pub fn set_config(&mut self, cfg: DecisionConfig) {
+        self.cfg = cfg;
+    }
+
+    /// Remembers a decision made before a restart (see [`Restored`]).
+    pub fn restore(&mut self, r: Restored<'_>) {
+        let key = (r.entity_type, r.entity.to_string());
+        if r.expires_ms > r.created_ms {
+            let a = Active { action: r.action, created_ms: r.created_ms, expires_ms: r.expires_ms };
+            if self.active.get(&key).is_none_or(|cur| cur.expires_ms < a.expires_ms) {
+                self.active.insert(key.clone(), a);
+            }
+        }
+        if r.offense > 0 {
+            let o = self.offenses.entry(key).or_insert((0, i64::MIN));
+            if r.created_ms >= o.1 {
+                *o = (r.offense, r.created_ms);
+            }
+        }
+        self.next_id = self.next_id.max(r.id + 1);
     }
 
     /// Decisions in force at `now_ms`.

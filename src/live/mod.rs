@@ -1,6 +1,8 @@
 //! Live mode: follow a log as it grows, keep features and decisions current,
 //! and publish decisions to the API's store.
 
+pub mod allow;
+pub mod control;
 pub mod follow;
 pub mod runner;
 pub mod store;

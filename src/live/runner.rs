@@ -90,11 +90,15 @@ pub fn run(
     mut source: LiveSource,
     stop: Arc<AtomicBool>,
     mut progress: Option<Progress>,
+    inbox: Option<super::control::Inbox>,
 ) -> Result<Summary, EngineError> {
     let mut lines = Vec::with_capacity(4096);
     let mut last_input = Instant::now();
     let mut last_input_ts: Option<i64> = None;
     while !stop.load(Ordering::Relaxed) {
+        if let Some(i) = &inbox {
+            i.apply(&mut engine);
+        }
         lines.clear();
         source.poll(&mut lines, 4096).map_err(|e| EngineError::Io { path: PathBuf::from(source.name()), source: e })?;
         if !lines.is_empty() {

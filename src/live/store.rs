@@ -8,6 +8,7 @@
 //! database (copy-on-write B-tree, fsync on commit), so a decision that was
 //! acknowledged survives `kill -9`.
 
+use std::collections::{BTreeSet, VecDeque};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -19,9 +20,15 @@ use serde::{Deserialize, Serialize};
 use crate::config::Allowlist;
 use crate::decision::{Action, Decision};
 use crate::event::time::{format_rfc3339, parse_rfc3339};
-use crate::features::{EntityType, subnet_of};
+use crate::features::EntityType;
 
 const DECISIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("decisions");
+/// Store-wide values; `seq` is the number of the newest change.
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const SEQ: &str = "seq";
+/// Entity key → (offence count, when): outlives the decisions themselves, so
+/// escalation survives a restart.
+const OFFENSES: TableDefinition<&str, (u32, i64)> = TableDefinition::new("offenses");
 
 /// The store could not read or write its database.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +50,9 @@ pub struct LiveDecision {
     pub score: f64,
     pub created_ms: i64,
     pub expires_ms: i64,
+    /// Which repeat offence of its entity an automatic decision answers (0: manual).
+    #[serde(default)]
+    pub offense: u32,
 }
 
 impl LiveDecision {
@@ -59,6 +69,7 @@ impl LiveDecision {
             score: d.score,
             created_ms: created,
             expires_ms: created + d.ttl_s as i64 * 1000,
+            offense: d.offense,
         })
     }
 
@@ -127,42 +138,199 @@ impl Verdict {
 
 type Map = imbl::HashMap<String, Arc<LiveDecision>>;
 
+/// What readers see: the decisions, and which subnet prefix lengths they use,
+/// so a lookup tries only the prefixes some range decision has.
+#[derive(Clone, Default)]
+struct Published {
+    map: Map,
+    /// Range decisions per prefix length: IPv4 `[0..=32]`, IPv6 `[33..=161]`.
+    prefixes: Vec<u32>,
+}
+
+impl Published {
+    fn count_prefix(&mut self, d: &LiveDecision, delta: i64) {
+        if d.entity_type != EntityType::Cidr {
+            return;
+        }
+        let Ok(net) = d.entity.parse::<ipnet::IpNet>() else { return };
+        let slot = match net {
+            ipnet::IpNet::V4(n) => n.prefix_len() as usize,
+            ipnet::IpNet::V6(n) => 33 + n.prefix_len() as usize,
+        };
+        if self.prefixes.len() < 162 {
+            self.prefixes.resize(162, 0);
+        }
+        self.prefixes[slot] = (self.prefixes[slot] as i64 + delta).max(0) as u32;
+    }
+
+    fn insert(&mut self, key: String, d: Arc<LiveDecision>) -> Option<Arc<LiveDecision>> {
+        self.count_prefix(&d, 1);
+        let old = self.map.insert(key, d);
+        if let Some(o) = &old {
+            self.count_prefix(o, -1);
+        }
+        old
+    }
+
+    fn remove(&mut self, key: &str) -> Option<Arc<LiveDecision>> {
+        let old = self.map.remove(key);
+        if let Some(o) = &old {
+            self.count_prefix(o, -1);
+        }
+        old
+    }
+
+    /// The subnets of `ip` that some range decision could cover.
+    fn ranges_of(&self, ip: IpAddr) -> impl Iterator<Item = String> + '_ {
+        let (base, max) = match ip {
+            IpAddr::V4(_) => (0, 32),
+            IpAddr::V6(_) => (33, 128),
+        };
+        (0..=max)
+            .rev()
+            .filter(move |len| self.prefixes.get(base + *len as usize).is_some_and(|c| *c > 0))
+            .filter_map(move |len| ipnet::IpNet::new(ip, len as u8).ok().map(|n| n.trunc().to_string()))
+    }
+}
+
+/// How a decision changed, as the change stream reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeKind {
+    /// A decision on an entity that had none in force.
+    Created,
+    /// A decision replaced the one in force (renewed, escalated, overridden by hand).
+    Changed,
+    /// Removed by an operator.
+    Deleted,
+    /// Its TTL ran out.
+    Expired,
+}
+
+/// One numbered change; sequence numbers have no gaps and never repeat.
+#[derive(Debug, Clone)]
+pub struct Change {
+    pub seq: u64,
+    pub kind: ChangeKind,
+    /// The decision as it is now (created/changed) or as it was (deleted/expired).
+    pub decision: Arc<LiveDecision>,
+}
+
+/// The answer to "what changed since cursor C".
+#[derive(Debug)]
+pub enum Since {
+    /// The cursor is unknown or older than what is retained: every decision in
+    /// force, as of `cursor`. The reader replaces its whole cache.
+    Snapshot { cursor: u64, decisions: Vec<Arc<LiveDecision>> },
+    /// The changes after the asked cursor, in order, up to `cursor`; `more` when
+    /// the limit cut them short.
+    Changes { cursor: u64, changes: Vec<Change>, more: bool },
+}
+
+/// Recent changes kept for readers of the stream.
+struct ChangeLog {
+    /// Sequence number of the newest change (0 before the first).
+    last: u64,
+    entries: VecDeque<Change>,
+    retention: usize,
+}
+
+impl ChangeLog {
+    /// The oldest sequence number still retained (`last + 1` when none is).
+    fn first(&self) -> u64 {
+        self.entries.front().map(|c| c.seq).unwrap_or(self.last + 1)
+    }
+
+    fn push(&mut self, c: Change) {
+        debug_assert_eq!(c.seq, self.last + 1);
+        self.last = c.seq;
+        self.entries.push_back(c);
+        while self.entries.len() > self.retention {
+            self.entries.pop_front();
+        }
+    }
+}
+
+/// What only the (single) writer touches.
+struct Writer {
+    db: redb::Database,
+    seq: u64,
+    /// (expires_ms, key) of every decision held, to purge without a scan.
+    expiry: BTreeSet<(i64, String)>,
+}
+
+/// Changes kept for the stream unless configured otherwise.
+pub const DEFAULT_RETENTION: usize = 100_000;
+
 /// Decisions in force.
 pub struct LiveStore {
     path: PathBuf,
-    map: ArcSwap<Map>,
-    db: Mutex<redb::Database>,
+    published: ArcSwap<Published>,
+    writer: Mutex<Writer>,
+    log: Mutex<ChangeLog>,
+    notify: tokio::sync::watch::Sender<u64>,
 }
 
 impl LiveStore {
-    /// Opens (or creates) `dir/decisions.redb` and loads the decisions still in force.
+    /// Opens (or creates) `dir/decisions.redb` and loads the decisions still in
+    /// force; those that expired while the store was closed are removed and
+    /// reported as expired changes.
     pub fn open(dir: &Path, now_ms: i64) -> Result<LiveStore, StoreError> {
+        Self::open_with_retention(dir, now_ms, DEFAULT_RETENTION)
+    }
+
+    /// Like [`LiveStore::open`], keeping `retention` changes for the stream.
+    pub fn open_with_retention(dir: &Path, now_ms: i64, retention: usize) -> Result<LiveStore, StoreError> {
         let path = dir.join("decisions.redb");
         let err = |m: String| StoreError { path: path.clone(), message: m };
         std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
         let db = redb::Database::create(&path).map_err(|e| err(e.to_string()))?;
-        let mut map = Map::new();
-        let mut expired = Vec::new();
+        let mut published = Published::default();
+        let mut expiry = BTreeSet::new();
+        let mut seq = 0;
         {
             let tx = db.begin_write().map_err(|e| err(e.to_string()))?;
             tx.open_table(DECISIONS).map_err(|e| err(e.to_string()))?;
+            tx.open_table(META).map_err(|e| err(e.to_string()))?;
+            tx.open_table(OFFENSES).map_err(|e| err(e.to_string()))?;
             tx.commit().map_err(|e| err(e.to_string()))?;
         }
         {
             let tx = db.begin_read().map_err(|e| err(e.to_string()))?;
+            let meta = tx.open_table(META).map_err(|e| err(e.to_string()))?;
+            if let Some(v) = meta.get(SEQ).map_err(|e| err(e.to_string()))? {
+                seq = v.value();
+            }
             let table = tx.open_table(DECISIONS).map_err(|e| err(e.to_string()))?;
             for row in table.iter().map_err(|e| err(e.to_string()))? {
                 let (k, v) = row.map_err(|e| err(e.to_string()))?;
-                match serde_json::from_slice::<LiveDecision>(v.value()) {
-                    Ok(d) if d.expires_ms > now_ms => {
-                        map.insert(k.value().to_string(), Arc::new(d));
-                    }
-                    _ => expired.push(k.value().to_string()),
-                }
+                // A row that does not parse cannot be served; it is dropped (and
+                // reported as expired) rather than keeping the store from opening.
+                let d = serde_json::from_slice::<LiveDecision>(v.value()).unwrap_or_else(|_| LiveDecision {
+                    id: 0,
+                    entity_type: EntityType::Ip,
+                    entity: k.value().to_string(),
+                    action: Action::Allow,
+                    reason: "unreadable record".into(),
+                    source: "store".into(),
+                    score: 0.0,
+                    created_ms: 0,
+                    expires_ms: i64::MIN,
+                    offense: 0,
+                });
+                expiry.insert((d.expires_ms, k.value().to_string()));
+                published.insert(k.value().to_string(), Arc::new(d));
             }
         }
-        let store = LiveStore { path: path.clone(), map: ArcSwap::from_pointee(map), db: Mutex::new(db) };
-        store.delete_keys(&expired)?;
+        let (notify, _) = tokio::sync::watch::channel(seq);
+        let store = LiveStore {
+            path: path.clone(),
+            published: ArcSwap::from_pointee(published),
+            writer: Mutex::new(Writer { db, seq, expiry }),
+            log: Mutex::new(ChangeLog { last: seq, entries: VecDeque::new(), retention: retention.max(1) }),
+            notify,
+        };
+        store.purge_expired(now_ms)?;
         Ok(store)
     }
 
@@ -170,100 +338,219 @@ impl LiveStore {
         StoreError { path: self.path.clone(), message: m.to_string() }
     }
 
-    /// Persists, then publishes, a decision: it replaces whatever was in force for its entity.
-    pub fn put(&self, d: LiveDecision) -> Result<(), StoreError> {
-        let key = d.key();
-        let bytes = serde_json::to_vec(&d).map_err(|e| self.err(e))?;
-        let db = self.db.lock().map_err(|_| self.err("lock poisoned"))?;
-        let tx = db.begin_write().map_err(|e| self.err(e))?;
+    fn writer(&self) -> Result<std::sync::MutexGuard<'_, Writer>, StoreError> {
+        self.writer.lock().map_err(|_| self.err("writer lock poisoned"))
+    }
+
+    /// Commits `puts` and `deletes` with their sequence numbers in one
+    /// transaction, then publishes them to readers and to the change log.
+    /// Called with the writer lock held, so changes are numbered, stored and
+    /// published in one order.
+    fn commit(
+        &self,
+        w: &mut Writer,
+        mut edits: Vec<(String, Option<Arc<LiveDecision>>, ChangeKind)>,
+    ) -> Result<Vec<Change>, StoreError> {
+        {
+            let current = self.published.load();
+            edits.retain(|(k, d, _)| d.is_some() || current.map.contains_key(k));
+        }
+        if edits.is_empty() {
+            return Ok(Vec::new());
+        }
+        let tx = w.db.begin_write().map_err(|e| self.err(e))?;
         {
             let mut t = tx.open_table(DECISIONS).map_err(|e| self.err(e))?;
-            t.insert(key.as_str(), bytes.as_slice()).map_err(|e| self.err(e))?;
+            for (key, d, _) in &edits {
+                match d {
+                    Some(d) => {
+                        let bytes = serde_json::to_vec(&**d).map_err(|e| self.err(e))?;
+                        t.insert(key.as_str(), bytes.as_slice()).map_err(|e| self.err(e))?;
+                    }
+                    None => {
+                        t.remove(key.as_str()).map_err(|e| self.err(e))?;
+                    }
+                }
+            }
+            let mut offenses = tx.open_table(OFFENSES).map_err(|e| self.err(e))?;
+            for (key, d, _) in &edits {
+                if let Some(d) = d.as_ref().filter(|d| d.offense > 0) {
+                    offenses.insert(key.as_str(), (d.offense, d.created_ms)).map_err(|e| self.err(e))?;
+                }
+            }
+            let mut meta = tx.open_table(META).map_err(|e| self.err(e))?;
+            meta.insert(SEQ, w.seq + edits.len() as u64).map_err(|e| self.err(e))?;
         }
         tx.commit().map_err(|e| self.err(e))?;
-        let mut next = (**self.map.load()).clone();
-        next.insert(key, Arc::new(d));
-        self.map.store(Arc::new(next));
-        Ok(())
+        let mut next = (**self.published.load()).clone();
+        let mut changes = Vec::with_capacity(edits.len());
+        for (key, d, kind) in edits {
+            let old = match &d {
+                Some(d) => {
+                    w.expiry.insert((d.expires_ms, key.clone()));
+                    next.insert(key.clone(), d.clone())
+                }
+                None => next.remove(&key),
+            };
+            if let Some(o) = &old {
+                if d.as_ref().is_none_or(|d| d.expires_ms != o.expires_ms) {
+                    w.expiry.remove(&(o.expires_ms, key.clone()));
+                }
+            }
+            let Some(decision) = d.or(old) else { continue };
+            w.seq += 1;
+            changes.push(Change { seq: w.seq, kind, decision });
+        }
+        {
+            // Publishing under the log lock makes a snapshot's cursor exact: a
+            // reader sees either both the new map and its changes, or neither.
+            let mut log = self.log.lock().map_err(|_| self.err("log lock poisoned"))?;
+            self.published.store(Arc::new(next));
+            for c in &changes {
+                log.push(c.clone());
+            }
+        }
+        self.notify.send_replace(w.seq);
+        Ok(changes)
+    }
+
+    /// Persists, then publishes, a decision: it replaces whatever was in force for its entity.
+    pub fn put(&self, d: LiveDecision) -> Result<(), StoreError> {
+        self.put_if(d, i64::MIN, |_| true).map(|_| ())
     }
 
     /// Publishes an automatic decision unless a manual one is in force on the
     /// same entity: what an operator decided (an allow above all) is not undone
     /// by the next rule hit. Returns whether it was stored.
     pub fn put_automatic(&self, d: LiveDecision, now_ms: i64) -> Result<bool, StoreError> {
-        if let Some(cur) = self.get(d.entity_type, &d.entity, now_ms) {
-            if cur.source.starts_with("manual:") {
-                return Ok(false);
-            }
+        self.put_if(d, now_ms, |cur| !cur.is_some_and(|c| c.source.starts_with("manual:")))
+    }
+
+    /// Stores `d` if `allowed` accepts the decision in force on its entity (checked
+    /// under the writer lock, so no other write slips in between).
+    fn put_if(
+        &self,
+        d: LiveDecision,
+        now_ms: i64,
+        allowed: impl Fn(Option<&LiveDecision>) -> bool,
+    ) -> Result<bool, StoreError> {
+        let key = d.key();
+        let mut w = self.writer()?;
+        let cur = self.published.load().map.get(&key).cloned();
+        let in_force = cur.as_deref().filter(|c| c.expires_ms > now_ms);
+        if !allowed(in_force) {
+            return Ok(false);
         }
-        self.put(d)?;
+        let kind = if in_force.is_some() { ChangeKind::Changed } else { ChangeKind::Created };
+        self.commit(&mut w, vec![(key, Some(Arc::new(d)), kind)])?;
         Ok(true)
     }
 
     /// Removes the decision on an entity; returns it if there was one.
     pub fn remove(&self, t: EntityType, entity: &str) -> Result<Option<Arc<LiveDecision>>, StoreError> {
         let key = key_of(t, entity);
-        let _db = self.db.lock().map_err(|_| self.err("lock poisoned"))?;
-        drop(_db);
-        self.delete_keys(std::slice::from_ref(&key))?;
-        let mut next = (**self.map.load()).clone();
-        let old = next.remove(&key);
-        self.map.store(Arc::new(next));
-        Ok(old)
+        let mut w = self.writer()?;
+        if !self.published.load().map.contains_key(&key) {
+            return Ok(None);
+        }
+        let changes = self.commit(&mut w, vec![(key, None, ChangeKind::Deleted)])?;
+        Ok(changes.into_iter().next().map(|c| c.decision))
     }
 
-    fn delete_keys(&self, keys: &[String]) -> Result<(), StoreError> {
-        if keys.is_empty() {
-            return Ok(());
-        }
-        let db = self.db.lock().map_err(|_| self.err("lock poisoned"))?;
-        let tx = db.begin_write().map_err(|e| self.err(e))?;
+    /// Drops expired decisions from memory and disk, reporting each as expired.
+    pub fn purge_expired(&self, now_ms: i64) -> Result<usize, StoreError> {
+        let mut w = self.writer()?;
+        let due: Vec<String> =
+            w.expiry.range(..(now_ms.saturating_add(1), String::new())).map(|(_, k)| k.clone()).collect();
+        let edits: Vec<_> = due.into_iter().map(|k| (k, None, ChangeKind::Expired)).collect();
+        Ok(self.commit(&mut w, edits)?.len())
+    }
+
+    /// Offences recorded since `since_ms`: (entity type, entity, count, when).
+    /// Older ones are deleted: they no longer count towards escalation.
+    pub fn offenses(&self, since_ms: i64) -> Result<Vec<(EntityType, String, u32, i64)>, StoreError> {
+        let w = self.writer()?;
+        let tx = w.db.begin_write().map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
         {
-            let mut t = tx.open_table(DECISIONS).map_err(|e| self.err(e))?;
-            for k in keys {
+            let mut t = tx.open_table(OFFENSES).map_err(|e| self.err(e))?;
+            let mut old = Vec::new();
+            for row in t.iter().map_err(|e| self.err(e))? {
+                let (k, v) = row.map_err(|e| self.err(e))?;
+                let (count, at) = v.value();
+                let parsed = k.value().split_once('\u{1f}').and_then(|(t, e)| EntityType::parse(t).map(|t| (t, e)));
+                match parsed {
+                    Some((t, e)) if at >= since_ms => out.push((t, e.to_string(), count, at)),
+                    _ => old.push(k.value().to_string()),
+                }
+            }
+            for k in old {
                 t.remove(k.as_str()).map_err(|e| self.err(e))?;
             }
         }
-        tx.commit().map_err(|e| self.err(e))
-    }
-
-    /// Drops expired decisions from memory and disk.
-    pub fn purge_expired(&self, now_ms: i64) -> Result<usize, StoreError> {
-        let current = self.map.load();
-        let expired: Vec<String> =
-            current.iter().filter(|(_, d)| d.expires_ms <= now_ms).map(|(k, _)| k.clone()).collect();
-        if expired.is_empty() {
-            return Ok(0);
-        }
-        self.delete_keys(&expired)?;
-        let mut next = (**self.map.load()).clone();
-        for k in &expired {
-            next.remove(k);
-        }
-        self.map.store(Arc::new(next));
-        Ok(expired.len())
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(out)
     }
 
     /// The largest decision id below `limit` (0 when none).
     pub fn max_id_below(&self, limit: u64) -> u64 {
-        self.map.load().values().map(|d| d.id).filter(|id| *id < limit).max().unwrap_or(0)
+        self.published.load().map.values().map(|d| d.id).filter(|id| *id < limit).max().unwrap_or(0)
     }
 
     /// The largest decision id held (0 when empty).
     pub fn max_id(&self) -> u64 {
-        self.map.load().values().map(|d| d.id).max().unwrap_or(0)
+        self.published.load().map.values().map(|d| d.id).max().unwrap_or(0)
     }
 
     /// Decisions in force at `now_ms`.
     pub fn active(&self, now_ms: i64) -> Vec<Arc<LiveDecision>> {
-        let mut v: Vec<_> = self.map.load().values().filter(|d| d.expires_ms > now_ms).cloned().collect();
-        v.sort_by_key(|d| d.id);
-        v
+        active_in(&self.published.load().map, now_ms)
+    }
+
+    /// How many decisions are held (expired ones not yet purged included).
+    pub fn len(&self) -> usize {
+        self.published.load().map.len()
+    }
+
+    /// Whether no decision is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// The decision in force on one entity.
     pub fn get(&self, t: EntityType, entity: &str, now_ms: i64) -> Option<Arc<LiveDecision>> {
-        self.map.load().get(&key_of(t, entity)).filter(|d| d.expires_ms > now_ms).cloned()
+        self.published.load().map.get(&key_of(t, entity)).filter(|d| d.expires_ms > now_ms).cloned()
+    }
+
+    /// The sequence number of the newest change.
+    pub fn cursor(&self) -> u64 {
+        *self.notify.borrow()
+    }
+
+    /// Wakes when a change after the current one is published.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.notify.subscribe()
+    }
+
+    /// The changes after `cursor` (at most `limit`), or a snapshot when the
+    /// cursor is absent, unknown (ahead of the newest change, e.g. from before
+    /// the store was wiped) or older than the retained changes (cursor 0 reads
+    /// from the first change, if that is still retained).
+    pub fn since(&self, cursor: Option<u64>, limit: usize, now_ms: i64) -> Result<Since, StoreError> {
+        let log = self.log.lock().map_err(|_| self.err("log lock poisoned"))?;
+        match cursor {
+            Some(c) if c <= log.last && c + 1 >= log.first() => {
+                let skip = (c + 1 - log.first()) as usize;
+                let changes: Vec<Change> = log.entries.iter().skip(skip).take(limit.max(1)).cloned().collect();
+                let cursor = changes.last().map(|ch| ch.seq).unwrap_or(c);
+                Ok(Since::Changes { cursor, more: cursor < log.last, changes })
+            }
+            _ => {
+                let (cursor, published) = (log.last, self.published.load_full());
+                drop(log);
+                Ok(Since::Snapshot { cursor, decisions: active_in(&published.map, now_ms) })
+            }
+        }
     }
 
     /// The verdict for a request: allowlists first, then a manual allow on any of
@@ -278,21 +565,24 @@ impl LiveStore {
                 return Verdict::allow();
             }
         }
-        let map = self.map.load();
-        let subnet = q.ip.map(subnet_of);
+        let published = self.published.load();
+        let map = &published.map;
         let ip_text = q.ip.map(|ip| ip.to_string());
+        let ranges: Vec<String> = q.ip.map(|ip| published.ranges_of(ip).collect()).unwrap_or_default();
         let keys = [
             (EntityType::Ip, ip_text.as_deref()),
-            (EntityType::Cidr, subnet.as_deref()),
             (EntityType::User, q.user),
             (EntityType::ApiKey, q.api_key),
             (EntityType::Device, q.device),
             (EntityType::Session, q.session),
         ];
+        let candidates = keys
+            .into_iter()
+            .filter_map(|(t, v)| v.map(|v| key_of(t, v)))
+            .chain(ranges.iter().map(|r| key_of(EntityType::Cidr, r)));
         let mut best: Option<&Arc<LiveDecision>> = None;
-        for (t, v) in keys {
-            let Some(v) = v else { continue };
-            let Some(d) = map.get(&key_of(t, v)) else { continue };
+        for key in candidates {
+            let Some(d) = map.get(&key) else { continue };
             if d.expires_ms <= now_ms {
                 continue;
             }
@@ -305,6 +595,21 @@ impl LiveStore {
         }
         best.map(|d| Verdict::from(d)).unwrap_or_else(Verdict::allow)
     }
+
+    /// Decisions in force on `ip` itself or on any range that contains it.
+    pub fn covering(&self, ip: IpAddr, now_ms: i64) -> Vec<Arc<LiveDecision>> {
+        let published = self.published.load();
+        std::iter::once(key_of(EntityType::Ip, &ip.to_string()))
+            .chain(published.ranges_of(ip).map(|r| key_of(EntityType::Cidr, &r)))
+            .filter_map(|k| published.map.get(&k).filter(|d| d.expires_ms > now_ms).cloned())
+            .collect()
+    }
+}
+
+fn active_in(map: &Map, now_ms: i64) -> Vec<Arc<LiveDecision>> {
+    let mut v: Vec<_> = map.values().filter(|d| d.expires_ms > now_ms).cloned().collect();
+    v.sort_by_key(|d| d.id);
+    v
 }
 
 #[cfg(test)]
@@ -322,6 +627,7 @@ mod tests {
             score: 1.0,
             created_ms: 0,
             expires_ms: expires,
+            offense: 0,
         }
     }
 
@@ -349,5 +655,129 @@ mod tests {
         assert_eq!(s.lookup(&q("203.0.113.9", None), &none, 150).action, Action::Challenge);
         assert!(s.remove(EntityType::Cidr, "203.0.113.0/24").unwrap().is_some());
         assert_eq!(s.lookup(&q("203.0.113.9", None), &none, 150).action, Action::Allow);
+    }
+
+    fn apply(cache: &mut std::collections::HashMap<String, LiveDecision>, since: Since, seen: &mut Vec<u64>) -> u64 {
+        match since {
+            Since::Snapshot { cursor, decisions } => {
+                cache.clear();
+                for d in decisions {
+                    cache.insert(d.key(), (*d).clone());
+                }
+                cursor
+            }
+            Since::Changes { cursor, changes, .. } => {
+                for c in changes {
+                    seen.push(c.seq);
+                    match c.kind {
+                        ChangeKind::Created | ChangeKind::Changed => {
+                            cache.insert(c.decision.key(), (*c.decision).clone());
+                        }
+                        ChangeKind::Deleted | ChangeKind::Expired => {
+                            cache.remove(&c.decision.key());
+                        }
+                    }
+                }
+                cursor
+            }
+        }
+    }
+
+    #[test]
+    fn change_log_numbers_every_change_and_snapshots_out_of_retention() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = LiveStore::open_with_retention(dir.path(), 0, 4).unwrap();
+        assert!(matches!(s.since(None, 10, 0).unwrap(), Since::Snapshot { cursor: 0, .. }));
+        s.put(d(1, EntityType::Ip, "192.0.2.1", Action::Deny, 1_000)).unwrap();
+        s.put(d(2, EntityType::Ip, "192.0.2.1", Action::Deny, 2_000)).unwrap();
+        s.put(d(3, EntityType::User, "bob", Action::Challenge, 500)).unwrap();
+        assert!(s.remove(EntityType::User, "nobody").unwrap().is_none(), "no change for a missing entity");
+        let Since::Changes { cursor, changes, more } = s.since(Some(1), 10, 0).unwrap() else { panic!("changes") };
+        assert_eq!((cursor, more), (3, false));
+        let kinds: Vec<_> = changes.iter().map(|c| (c.seq, c.kind)).collect();
+        assert_eq!(kinds, vec![(2, ChangeKind::Changed), (3, ChangeKind::Created)]);
+        assert_eq!(s.purge_expired(600).unwrap(), 1);
+        let Since::Changes { changes, .. } = s.since(Some(3), 10, 600).unwrap() else { panic!("changes") };
+        assert_eq!(
+            (changes[0].seq, changes[0].kind, changes[0].decision.entity.as_str()),
+            (4, ChangeKind::Expired, "bob")
+        );
+        // The limit pages through.
+        let Since::Changes { cursor, changes, more } = s.since(Some(1), 1, 600).unwrap() else { panic!("changes") };
+        assert_eq!((cursor, changes.len(), more), (2, 1, true));
+        // Up to date: nothing, same cursor.
+        let Since::Changes { cursor, changes, .. } = s.since(Some(4), 10, 600).unwrap() else { panic!("changes") };
+        assert_eq!((cursor, changes.len()), (4, 0));
+        // Push seq 1 out of the 4 retained: cursor 0 or 1 now gets a snapshot; so does one from the future.
+        s.remove(EntityType::Ip, "192.0.2.1").unwrap();
+        assert!(matches!(s.since(Some(1), 10, 600).unwrap(), Since::Changes { .. }), "seq 2.. still retained");
+        s.put(d(5, EntityType::Device, "d1", Action::Deny, 9_000)).unwrap();
+        assert!(matches!(s.since(Some(1), 10, 600).unwrap(), Since::Snapshot { cursor: 6, .. }));
+        assert!(matches!(s.since(Some(99), 10, 600).unwrap(), Since::Snapshot { cursor: 6, .. }));
+        drop(s);
+        // The sequence survives a restart; a cursor from before it gets a snapshot.
+        let s = LiveStore::open_with_retention(dir.path(), 600, 4).unwrap();
+        assert_eq!(s.cursor(), 6);
+        let Since::Snapshot { decisions, .. } = s.since(Some(5), 10, 600).unwrap() else { panic!("snapshot") };
+        assert_eq!(decisions.len(), 1);
+        let Since::Changes { changes, .. } = s.since(Some(6), 10, 600).unwrap() else { panic!("changes") };
+        assert!(changes.is_empty());
+    }
+
+    #[test]
+    fn concurrent_writers_a_follower_misses_nothing_and_sees_nothing_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Arc::new(LiveStore::open(dir.path(), 0).unwrap());
+        let writers: Vec<_> = (0..4)
+            .map(|w| {
+                let s = s.clone();
+                std::thread::spawn(move || {
+                    for i in 0..150u64 {
+                        let e = format!("10.{w}.0.{}", i % 37);
+                        if i % 5 == 4 {
+                            s.remove(EntityType::Ip, &e).unwrap();
+                        } else {
+                            s.put(d(w * 1000 + i, EntityType::Ip, &e, Action::Deny, 1_000_000 + i as i64)).unwrap();
+                        }
+                    }
+                })
+            })
+            .collect();
+        let mut cache = std::collections::HashMap::new();
+        let mut seen = Vec::new();
+        let mut cursor = apply(&mut cache, s.since(None, 7, 0).unwrap(), &mut seen);
+        while writers.iter().any(|w| !w.is_finished()) {
+            cursor = apply(&mut cache, s.since(Some(cursor).filter(|c| *c > 0), 7, 0).unwrap(), &mut seen);
+        }
+        for w in writers {
+            w.join().unwrap();
+        }
+        loop {
+            let since = s.since(Some(cursor).filter(|c| *c > 0), 7, 0).unwrap();
+            let done = matches!(&since, Since::Changes { more: false, .. });
+            cursor = apply(&mut cache, since, &mut seen);
+            if done {
+                break;
+            }
+        }
+        assert_eq!(cursor, s.cursor());
+        let first = seen.first().copied().unwrap_or(cursor + 1);
+        assert_eq!(seen, (first..=cursor).collect::<Vec<_>>(), "consecutive, no gap, no repeat");
+        let truth: std::collections::HashMap<_, _> = s.active(0).iter().map(|d| (d.key(), (**d).clone())).collect();
+        assert_eq!(cache, truth);
+    }
+
+    #[test]
+    fn ranges_of_any_prefix_match() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = LiveStore::open(dir.path(), 0).unwrap();
+        let none = Allowlist::default();
+        s.put(d(1, EntityType::Cidr, "198.18.0.0/15", Action::Deny, 10_000)).unwrap();
+        let q = |ip: &str| Query { ip: ip.parse().ok(), ..Default::default() };
+        assert_eq!(s.lookup(&q("198.19.4.4"), &none, 0).action, Action::Deny);
+        assert_eq!(s.lookup(&q("198.20.4.4"), &none, 0).action, Action::Allow);
+        assert_eq!(s.covering("198.19.4.4".parse().unwrap(), 0).len(), 1);
+        s.remove(EntityType::Cidr, "198.18.0.0/15").unwrap();
+        assert_eq!(s.lookup(&q("198.19.4.4"), &none, 0).action, Action::Allow);
     }
 }

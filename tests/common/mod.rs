@@ -112,3 +112,63 @@ pub fn stuffing_lines(ip: &str, n: usize) -> String {
         })
         .collect()
 }
+
+pub struct Server {
+    pub child: std::process::Child,
+    pub addr: String,
+    pub key: String,
+}
+
+pub fn create_key(pipeline: &std::path::Path, role: &str, name: &str) -> String {
+    gatewatch(pipeline, &["keys", "create", "--role", role, "--name", name])
+}
+
+impl Server {
+    pub fn start(pipeline: &std::path::Path, input: &std::path::Path, key: &str) -> Server {
+        let (child, addr) = start_run(pipeline, input);
+        Server { child, addr, key: key.to_string() }
+    }
+
+    pub fn get(&self, path: &str, headers: &[(&str, &str)]) -> (u16, Vec<(String, String)>, String) {
+        let mut all = vec![("X-Api-Key", self.key.as_str())];
+        all.extend_from_slice(headers);
+        self.get_raw(path, &all)
+    }
+
+    pub fn get_raw(&self, path: &str, headers: &[(&str, &str)]) -> (u16, Vec<(String, String)>, String) {
+        self.request("GET", path, headers, "")
+    }
+
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> (u16, Vec<(String, String)>, String) {
+        http(&self.addr, method, path, headers, body)
+    }
+
+    pub fn json(&self, path: &str) -> (u16, serde_json::Value) {
+        let (status, _, body) = self.get(path, &[]);
+        (status, serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: body is not JSON ({e}): {body}")))
+    }
+
+    pub fn signal(&mut self, sig: &str) -> std::process::ExitStatus {
+        let ok = std::process::Command::new("kill").arg(sig).arg(self.child.id().to_string()).status().expect("kill");
+        assert!(ok.success());
+        self.child.wait().expect("wait")
+    }
+
+    /// Polls until `f` holds, up to a generous bound (never a timing assertion).
+    pub fn until(&self, what: &str, f: impl Fn(&Server) -> bool) -> std::time::Duration {
+        until(what, || f(self))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,316 @@
+//! Admin routes: decisions by hand, the allowlist, and reloading rules.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Json;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use serde_json::json;
+
+use super::{ApiError, AppState, Caller, MAX_PARAM, check_params, decision_json, now_ms, parse_ip, shorten};
+use crate::config::Pipeline;
+use crate::decision::Action;
+use crate::event::time::format_rfc3339;
+use crate::features::EntityType;
+use crate::live::allow::{AllowEntry, AllowKind};
+
+fn entity_type(t: &str) -> Result<EntityType, ApiError> {
+    EntityType::parse(t).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "entity_type: '{}' is not one of ip, cidr, user, api_key, device, session",
+            shorten(t)
+        ))
+    })
+}
+
+/// `GET /v1/admin/decisions?entity_type=&action=&source=`: decisions in force, filtered.
+pub(super) async fn list(
+    State(state): State<Arc<AppState>>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    check_params(&params, &["entity_type", "entity", "action", "source"])?;
+    let t = params.get("entity_type").map(|t| entity_type(t)).transpose()?;
+    let action = params
+        .get("action")
+        .map(|a| {
+            Action::parse(a).ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "action: '{}' is not one of allow, throttle, challenge, deny",
+                    shorten(a)
+                ))
+            })
+        })
+        .transpose()?;
+    let list: Vec<_> = state
+        .store
+        .active(now_ms())
+        .into_iter()
+        .filter(|d| t.is_none_or(|t| d.entity_type == t))
+        .filter(|d| action.is_none_or(|a| d.action == a))
+        .filter(|d| params.get("source").is_none_or(|s| &d.source == s))
+        .filter(|d| params.get("entity").is_none_or(|e| &d.entity == e))
+        .map(|d| decision_json(&d))
+        .collect();
+    Ok(Json(json!({ "decisions": list })))
+}
+
+/// A manual decision, as posted by an admin.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManualDecision {
+    pub entity_type: String,
+    pub entity: String,
+    pub action: String,
+    /// Duration such as `30m`, `1h`, `7d`.
+    pub ttl: String,
+    pub reason: String,
+}
+
+fn canonical_entity(t: crate::features::EntityType, entity: &str) -> Result<String, ApiError> {
+    use crate::features::EntityType;
+    let e = entity.trim();
+    if e.is_empty() || e.len() > MAX_PARAM {
+        return Err(ApiError::bad_request(format!("entity: must be 1–{MAX_PARAM} bytes")));
+    }
+    Ok(match t {
+        EntityType::Ip => parse_ip("entity", e)?.to_string(),
+        EntityType::Cidr => e
+            .parse::<ipnet::IpNet>()
+            .map_err(|_| {
+                ApiError::bad_request(format!("entity: '{}' is not a CIDR such as 203.0.113.0/24", shorten(e)))
+            })?
+            .trunc()
+            .to_string(),
+        _ => e.to_string(),
+    })
+}
+
+/// `POST /v1/admin/decisions`: deny, challenge, throttle or allow an entity by hand.
+/// A manual decision replaces what is in force on the entity, and automatic
+/// decisions do not replace it until it expires or is deleted.
+pub(super) async fn create(
+    State(state): State<Arc<AppState>>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    body: Result<Json<ManualDecision>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let Json(m) = body.map_err(|e| ApiError::bad_request(format!("body: {}", e.body_text())))?;
+    let t = entity_type(&m.entity_type)?;
+    let entity = canonical_entity(t, &m.entity)?;
+    let action = Action::parse(&m.action).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "action: '{}' is not one of deny, challenge, throttle, allow",
+            shorten(&m.action)
+        ))
+    })?;
+    let ttl_ms =
+        crate::event::time::parse_duration_ms(&m.ttl).map_err(|e| ApiError::bad_request(format!("ttl: {e}")))?;
+    if !(1_000..=366 * 86_400_000).contains(&ttl_ms) {
+        return Err(ApiError::bad_request("ttl: must be between 1s and 366d"));
+    }
+    if m.reason.trim().is_empty() || m.reason.len() > 1024 {
+        return Err(ApiError::bad_request("reason: say why, in at most 1024 bytes"));
+    }
+    let now = now_ms();
+    let d = crate::live::LiveDecision {
+        id: state.next_manual_id.fetch_add(1, Ordering::Relaxed),
+        entity_type: t,
+        entity,
+        action,
+        reason: m.reason.trim().to_string(),
+        source: format!("manual:{}", caller.name),
+        score: 1.0,
+        created_ms: now,
+        expires_ms: now + ttl_ms,
+        offense: 0,
+    };
+    state.store.put(d.clone()).map_err(ApiError::internal)?;
+    state.metrics.decisions.with_label_values(&[d.source.as_str(), d.action.as_str()]).inc();
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "decision_id": d.id, "entity_type": d.entity_type, "entity": d.entity, "action": d.action,
+            "reason": d.reason, "source": d.source,
+            "expires_at": crate::event::time::format_rfc3339(d.expires_ms),
+        })),
+    ))
+}
+
+/// `DELETE /v1/admin/decisions?entity_type=&entity=`: lifts whatever is in force on an entity.
+pub(super) async fn delete(
+    State(state): State<Arc<AppState>>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let t = params.get("entity_type").ok_or_else(|| ApiError::bad_request("entity_type: required"))?;
+    let t = entity_type(t)?;
+    let entity = canonical_entity(t, params.get("entity").ok_or_else(|| ApiError::bad_request("entity: required"))?)?;
+    match state.store.remove(t, &entity).map_err(ApiError::internal)? {
+        Some(d) => Ok(Json(json!({ "deleted": d.id }))),
+        None => Err(ApiError {
+            status: StatusCode::NOT_FOUND,
+            message: format!("no decision on {} {}", t.as_str(), entity),
+        }),
+    }
+}
+
+/// `GET /v1/admin/allowlist`: the pipeline file's allowlist and the operators' entries.
+pub(super) async fn allowlist(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    let admin = state.admin.lock().await;
+    let a = &admin.pipeline.allowlist;
+    Json(json!({
+        "pipeline": {
+            "file": admin.pipeline.file,
+            "cidrs": a.cidrs.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+            "api_keys": a.api_keys,
+            "crawlers": a.crawlers.iter().map(|c| json!({
+                "name": c.name, "user_agent": c.user_agent.as_str(),
+                "cidrs": c.cidrs.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+        },
+        "entries": admin.overlay.entries(),
+    }))
+}
+
+/// An allowlist entry, as posted by an admin.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AllowRequest {
+    /// `cidr` (an address or a network) or `api_key`.
+    pub kind: String,
+    pub value: String,
+    pub reason: String,
+}
+
+fn allow_target(kind: &str, value: &str) -> Result<(AllowKind, String), ApiError> {
+    let v = value.trim();
+    if v.is_empty() || v.len() > MAX_PARAM {
+        return Err(ApiError::bad_request(format!("value: must be 1–{MAX_PARAM} bytes")));
+    }
+    match kind {
+        "cidr" | "ip" => {
+            let net = match v.parse::<ipnet::IpNet>() {
+                Ok(n) => n.trunc(),
+                Err(_) => ipnet::IpNet::from(parse_ip("value", v)?),
+            };
+            Ok((AllowKind::Cidr, net.to_string()))
+        }
+        "api_key" => Ok((AllowKind::ApiKey, v.to_string())),
+        other => Err(ApiError::bad_request(format!("kind: '{}' is not one of cidr, ip, api_key", shorten(other)))),
+    }
+}
+
+/// `POST /v1/admin/allowlist`: protect an address, network or API key from
+/// every decision (automatic or not) until the entry is deleted.
+pub(super) async fn allow(
+    State(state): State<Arc<AppState>>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    body: Result<Json<AllowRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let Json(r) = body.map_err(|e| ApiError::bad_request(format!("body: {}", e.body_text())))?;
+    let (kind, value) = allow_target(&r.kind, &r.value)?;
+    if r.reason.trim().is_empty() || r.reason.len() > 1024 {
+        return Err(ApiError::bad_request("reason: say why, in at most 1024 bytes"));
+    }
+    let entry = AllowEntry {
+        kind,
+        value,
+        reason: r.reason.trim().to_string(),
+        added_by: caller.name,
+        added_at: format_rfc3339(now_ms()),
+    };
+    let mut admin = state.admin.lock().await;
+    admin.overlay.add(entry.clone()).map_err(ApiError::internal)?;
+    state.allowlist.store(Arc::new(admin.overlay.apply(&admin.pipeline.allowlist)));
+    Ok((StatusCode::CREATED, Json(json!(entry))))
+}
+
+/// `DELETE /v1/admin/allowlist?kind=&value=`: removes an operator entry.
+pub(super) async fn disallow(
+    State(state): State<Arc<AppState>>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    check_params(&params, &["kind", "value"])?;
+    let kind = params.get("kind").ok_or_else(|| ApiError::bad_request("kind: required"))?;
+    let value = params.get("value").ok_or_else(|| ApiError::bad_request("value: required"))?;
+    let (kind, value) = allow_target(kind, value)?;
+    let mut admin = state.admin.lock().await;
+    let Some(removed) = admin.overlay.remove(kind, &value).map_err(ApiError::internal)? else {
+        let in_file = match kind {
+            AllowKind::Cidr => admin.pipeline.allowlist.cidrs.iter().any(|n| n.to_string() == value),
+            AllowKind::ApiKey => admin.pipeline.allowlist.api_keys.contains(&value),
+        };
+        return Err(if in_file {
+            ApiError {
+                status: StatusCode::CONFLICT,
+                message: format!(
+                    "{value} is in the pipeline file's allowlist ({}); edit the file and reload",
+                    admin.pipeline.file.display()
+                ),
+            }
+        } else {
+            ApiError { status: StatusCode::NOT_FOUND, message: format!("no allowlist entry for {value}") }
+        });
+    };
+    state.allowlist.store(Arc::new(admin.overlay.apply(&admin.pipeline.allowlist)));
+    Ok(Json(json!({ "deleted": removed })))
+}
+
+/// `POST /v1/admin/reload`: see [`AppState::reload`].
+pub(super) async fn reload_route(State(state): State<Arc<AppState>>) -> Result<Json<serde_json::Value>, ApiError> {
+    state.reload().await.map(Json)
+}
+
+/// Sections whose changes only a restart applies.
+fn needs_restart(old: &Pipeline, new: &Pipeline) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    let differs = |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
+    if differs(&old.input, &new.input) {
+        out.push("input");
+    }
+    if differs(&old.features, &new.features) {
+        out.push("features");
+    }
+    if differs(&old.output, &new.output) {
+        out.push("output");
+    }
+    if differs(&old.api, &new.api) {
+        out.push("api");
+    }
+    if old.state_dir != new.state_dir {
+        out.push("state");
+    }
+    out
+}
+
+pub(super) async fn reload(state: &AppState) -> Result<serde_json::Value, ApiError> {
+    let control = state.control.as_ref().ok_or_else(|| ApiError {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        message: "no engine is running to reload".into(),
+    })?;
+    let mut admin = state.admin.lock().await;
+    let file = admin.pipeline.file.clone();
+    let mut next = Pipeline::load(&file).map_err(|e| ApiError {
+        status: StatusCode::UNPROCESSABLE_ENTITY,
+        message: format!("pipeline not reloaded, the running rules stay: {e}"),
+    })?;
+    let rules = control.reload(next.rules.clone(), next.decisions.clone()).await.map_err(|e| ApiError {
+        status: StatusCode::UNPROCESSABLE_ENTITY,
+        message: format!("pipeline not reloaded, the running rules stay: {e}"),
+    })?;
+    // `--listen` overrides the file's address; that is not a change to report.
+    next.api.listen = admin.pipeline.api.listen.clone();
+    let restart = needs_restart(&admin.pipeline, &next);
+    state.allowlist.store(Arc::new(admin.overlay.apply(&next.allowlist)));
+    admin.pipeline.rules = next.rules;
+    admin.pipeline.decisions = next.decisions;
+    admin.pipeline.allowlist = next.allowlist;
+    state.metrics.reloads.inc();
+    tracing::info!(file = %file.display(), rules = rules.len(), "pipeline reloaded");
+    Ok(json!({
+        "file": file,
+        "rules": rules,
+        "applied": ["rules", "decisions", "allowlist"],
+        "needs_restart": restart,
+    }))
+}

@@ -1,0 +1,120 @@
+//! The routes gateways call per request: a verdict, and forward-auth.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use super::{ApiError, AppState, check_params, header, now_ms, parse_ip};
+use crate::config::{ApiConfig, ClientIpFrom};
+use crate::decision::Action;
+use crate::live::store::{Query as Lookup, Verdict};
+
+const LOOKUP_PARAMS: [&str; 6] = ["ip", "user", "api_key", "device", "session", "user_agent"];
+
+/// `GET /v1/decision?ip=&user=&api_key=&device=&session=`: the verdict for a request.
+pub(super) async fn decision(
+    State(state): State<Arc<AppState>>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<Verdict>, ApiError> {
+    check_params(&params, &LOOKUP_PARAMS)?;
+    if !params.keys().any(|k| k != "user_agent") {
+        return Err(ApiError::bad_request("name at least one of ip, user, api_key, device, session"));
+    }
+    let ip = params.get("ip").map(|s| parse_ip("ip", s)).transpose()?;
+    let q = Lookup {
+        ip,
+        user: params.get("user").map(String::as_str),
+        api_key: params.get("api_key").map(String::as_str),
+        device: params.get("device").map(String::as_str),
+        session: params.get("session").map(String::as_str),
+        user_agent: params.get("user_agent").map(String::as_str),
+    };
+    Ok(Json(state.store.lookup(&q, &state.allowlist.load(), now_ms())))
+}
+
+/// The client address per the configured header.
+fn client_ip(api: &ApiConfig, h: &HeaderMap) -> Result<IpAddr, ApiError> {
+    match api.client_ip {
+        ClientIpFrom::XRealIp => {
+            let v = header(h, "x-real-ip")?.ok_or_else(|| ApiError::bad_request("missing X-Real-IP header"))?;
+            parse_ip("X-Real-IP", v)
+        }
+        ClientIpFrom::XForwardedFor => {
+            let v =
+                header(h, "x-forwarded-for")?.ok_or_else(|| ApiError::bad_request("missing X-Forwarded-For header"))?;
+            let hops: Vec<&str> = v.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+            if hops.len() < api.trusted_hops {
+                return Err(ApiError::bad_request(format!(
+                    "X-Forwarded-For has {} address(es), fewer than api.trusted_hops = {}",
+                    hops.len(),
+                    api.trusted_hops
+                )));
+            }
+            parse_ip("X-Forwarded-For", hops[hops.len() - api.trusted_hops])
+        }
+    }
+}
+
+/// `GET /v1/authz`: forward-auth for nginx `auth_request`, Traefik ForwardAuth and
+/// Envoy `ext_authz`. 200 allows; 403 denies; 429 with `Retry-After` throttles;
+/// 403 with `X-Gatewatch-Action: challenge` asks for a challenge.
+pub(super) async fn authz(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let api = &state.api;
+    let ip = client_ip(api, &headers)?;
+    let q = Lookup {
+        ip: Some(ip),
+        user: header(&headers, &api.user_header)?,
+        api_key: header(&headers, &api.api_key_header)?,
+        device: header(&headers, &api.device_header)?,
+        session: header(&headers, &api.session_header)?,
+        user_agent: header(&headers, "user-agent")?,
+    };
+    let now = now_ms();
+    let v = state.store.lookup(&q, &state.allowlist.load(), now);
+    let (status, retry_after) = match v.action {
+        Action::Allow => (StatusCode::OK, None),
+        Action::Deny | Action::Challenge => (StatusCode::FORBIDDEN, None),
+        Action::Throttle => {
+            let id = v.decision_id.unwrap_or(0);
+            let rate = api.throttle_rps;
+            let ok = match state.throttles.lock() {
+                Ok(mut t) => {
+                    let b = t.entry(id).or_insert((rate.max(1.0), now));
+                    b.0 = (b.0 + (now - b.1).max(0) as f64 / 1000.0 * rate).min(rate.max(1.0));
+                    b.1 = now;
+                    if b.0 >= 1.0 {
+                        b.0 -= 1.0;
+                        true
+                    } else {
+                        false
+                    }
+                }
+                Err(_) => true,
+            };
+            if ok {
+                (StatusCode::OK, None)
+            } else {
+                (StatusCode::TOO_MANY_REQUESTS, Some((1.0 / rate).ceil().max(1.0) as u64))
+            }
+        }
+    };
+    let mut resp = status.into_response();
+    let h = resp.headers_mut();
+    h.insert("x-gatewatch-action", HeaderValue::from_static(v.action.as_str()));
+    if let Some(id) = v.decision_id {
+        if let Ok(val) = HeaderValue::from_str(&id.to_string()) {
+            h.insert("x-gatewatch-decision-id", val);
+        }
+    }
+    if let Some(secs) = retry_after {
+        if let Ok(val) = HeaderValue::from_str(&secs.to_string()) {
+            h.insert(axum::http::header::RETRY_AFTER, val);
+        }
+    }
+    Ok(resp)
+}
