@@ -103,6 +103,7 @@ struct ApiSection {
     session_header: Option<String>,
     throttle_rps: Option<f64>,
     stream_retention: Option<usize>,
+    workers: Option<usize>,
 }
 
 /// Where forward-auth finds the client address.
@@ -130,6 +131,8 @@ pub struct ApiConfig {
     pub throttle_rps: f64,
     /// Changes the decision stream keeps; a reader further behind gets a snapshot.
     pub stream_retention: usize,
+    /// Threads serving the API (0: one per core but one, left to the engine).
+    pub workers: usize,
 }
 
 impl Default for ApiConfig {
@@ -144,6 +147,7 @@ impl Default for ApiConfig {
             session_header: "x-session-id".into(),
             throttle_rps: 1.0,
             stream_retention: 100_000,
+            workers: 0,
         }
     }
 }
@@ -631,6 +635,12 @@ impl Pipeline {
                     return Err(invalid(&f.file, &f.src, s.span(), "api.throttle_rps", "must be a positive rate"));
                 }
                 api.throttle_rps = r;
+            }
+            if let Some(n) = v.workers {
+                if n > 1024 {
+                    return Err(invalid(&f.file, &f.src, s.span(), "api.workers", "must be 0 (one per core) to 1024"));
+                }
+                api.workers = n;
             }
             if let Some(n) = v.stream_retention {
                 if !(1..=10_000_000).contains(&n) {

@@ -313,9 +313,10 @@ fn live(pipeline: &Path, input: Option<PathBuf>, listen: Option<String>, from_st
     let (control, inbox) = control::channel_pair();
     let engine_thread = {
         let stop = stop.clone();
-        std::thread::Builder::new()
-            .name("engine".into())
-            .spawn(move || runner::run(engine, source, stop, Some(progress), Some(inbox)))?
+        std::thread::Builder::new().name("engine".into()).spawn(move || {
+            runner::lower_thread_priority(runner::ENGINE_NICE);
+            runner::run(engine, source, stop, Some(progress), Some(inbox))
+        })?
     };
     let keys = api::KeyRing::open(&api::keys::path_in(&p.state_dir))?;
     if keys.is_empty() {
@@ -326,6 +327,7 @@ fn live(pipeline: &Path, input: Option<PathBuf>, listen: Option<String>, from_st
         );
     }
     let listen = p.api.listen.clone();
+    let api_workers = p.api.workers;
     let state = Arc::new(AppState::new(Services {
         store: store.clone(),
         pipeline: p,
@@ -336,24 +338,38 @@ fn live(pipeline: &Path, input: Option<PathBuf>, listen: Option<String>, from_st
         ready: ready.clone(),
         control: Some(control),
     }));
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let served: Result<()> = rt.block_on(async {
-        let listener =
-            tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
-        let addr = listener.local_addr()?;
-        tokio::spawn({
-            let store = store.clone();
-            async move {
-                // Expiry is reported on the change stream within a second.
-                let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
-                loop {
-                    tick.tick().await;
+    // Expiry reaches the change stream within a second. Purging commits (and
+    // fsyncs) through the store's writer, so it runs on its own thread: an API
+    // worker never waits on a disk or on the engine's writes.
+    let purge_stop = Arc::new(AtomicBool::new(false));
+    let purger = {
+        let (store, stop) = (store.clone(), purge_stop.clone());
+        std::thread::Builder::new().name("purge".into()).spawn(move || {
+            let mut last = std::time::Instant::now();
+            while !stop.load(Ordering::Relaxed) {
+                if last.elapsed() >= std::time::Duration::from_secs(1) {
+                    last = std::time::Instant::now();
                     if let Err(e) = store.purge_expired(api::now_ms()) {
                         tracing::warn!(error = %e, "purging expired decisions failed");
                     }
                 }
+                std::thread::sleep(std::time::Duration::from_millis(100));
             }
-        });
+        })?
+    };
+    let workers = if api_workers > 0 {
+        api_workers
+    } else {
+        // One core is left to the engine thread (and on a small box, to whatever
+        // else runs there): measured on 2 cores, one API worker serves more
+        // requests with a shorter tail than two (docs/PERFORMANCE.md).
+        std::thread::available_parallelism().map(|n| n.get().saturating_sub(1).max(1)).unwrap_or(1)
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build()?;
+    let served: Result<()> = rt.block_on(async {
+        let listener =
+            tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+        let addr = listener.local_addr()?;
         tokio::spawn({
             let state = state.clone();
             async move {
@@ -381,6 +397,8 @@ fn live(pipeline: &Path, input: Option<PathBuf>, listen: Option<String>, from_st
     });
     // Stop intake, drain, flush sinks, persist: the engine thread finishes its run.
     stop.store(true, Ordering::Relaxed);
+    purge_stop.store(true, Ordering::Relaxed);
+    let _ = purger.join();
     let summary = engine_thread.join().map_err(|_| anyhow::anyhow!("engine thread panicked"))??;
     served?;
     eprintln!("gatewatch: stopped; {}", summary.line());

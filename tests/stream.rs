@@ -312,6 +312,20 @@ fn operator_allowlist_and_rule_reload() {
     post(&server, &admin, "/v1/admin/decisions", &manual("cidr", "203.0.113.0/24", "deny"));
     assert_eq!(server.json("/v1/decision?ip=203.0.113.9").1["action"], "deny");
 
+    // A block list in one request: all or nothing, errors name the item.
+    let list =
+        json!([manual("ip", "192.0.2.51", "deny"), manual("ip", "300.1.1.1", "deny"), manual("user", "eve", "deny")]);
+    let (status, v) = post(&server, &admin, "/v1/admin/decisions", &list);
+    assert_eq!(status, 400, "{v}");
+    assert!(v["error"].as_str().expect("error").starts_with("decisions[1].entity"), "{v}");
+    assert_eq!(server.json("/v1/decision?ip=192.0.2.51").1["action"], "allow", "nothing stored");
+    let list =
+        json!([manual("ip", "192.0.2.51", "deny"), manual("ip", "192.0.2.52", "deny"), manual("user", "eve", "deny")]);
+    let (status, v) = post(&server, &admin, "/v1/admin/decisions", &list);
+    assert_eq!((status, v["created"].as_u64()), (201, Some(3)), "{v}");
+    assert_eq!(server.json("/v1/decision?ip=192.0.2.52").1["action"], "deny");
+    assert_eq!(post(&server, &admin, "/v1/admin/decisions", &json!([])).0, 400);
+
     // Allowlist an address: it is allowed despite the block; others in the /24 are not.
     let (status, v) = post(
         &server,

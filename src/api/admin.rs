@@ -87,34 +87,34 @@ fn canonical_entity(t: crate::features::EntityType, entity: &str) -> Result<Stri
     })
 }
 
-/// `POST /v1/admin/decisions`: deny, challenge, throttle or allow an entity by hand.
-/// A manual decision replaces what is in force on the entity, and automatic
-/// decisions do not replace it until it expires or is deleted.
-pub(super) async fn create(
-    State(state): State<Arc<AppState>>,
-    axum::Extension(caller): axum::Extension<Caller>,
-    body: Result<Json<ManualDecision>, axum::extract::rejection::JsonRejection>,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
-    let Json(m) = body.map_err(|e| ApiError::bad_request(format!("body: {}", e.body_text())))?;
-    let t = entity_type(&m.entity_type)?;
-    let entity = canonical_entity(t, &m.entity)?;
+/// Most decisions one request may create (an imported block list).
+const MAX_BULK: usize = 200_000;
+
+/// Checks one manual decision; `at` names it in errors (`decisions[3].ttl: ...`).
+fn manual_decision(
+    v: serde_json::Value,
+    at: &str,
+    id: u64,
+    caller: &Caller,
+    now: i64,
+) -> Result<crate::live::LiveDecision, ApiError> {
+    let m: ManualDecision =
+        serde_json::from_value(v).map_err(|e| ApiError::bad_request(format!("{at}{}", shorten(&e.to_string()))))?;
+    let bad = |m: String| ApiError::bad_request(format!("{at}{m}"));
+    let t = entity_type(&m.entity_type).map_err(|e| bad(e.message))?;
+    let entity = canonical_entity(t, &m.entity).map_err(|e| bad(e.message))?;
     let action = Action::parse(&m.action).ok_or_else(|| {
-        ApiError::bad_request(format!(
-            "action: '{}' is not one of deny, challenge, throttle, allow",
-            shorten(&m.action)
-        ))
+        bad(format!("action: '{}' is not one of deny, challenge, throttle, allow", shorten(&m.action)))
     })?;
-    let ttl_ms =
-        crate::event::time::parse_duration_ms(&m.ttl).map_err(|e| ApiError::bad_request(format!("ttl: {e}")))?;
+    let ttl_ms = crate::event::time::parse_duration_ms(&m.ttl).map_err(|e| bad(format!("ttl: {e}")))?;
     if !(1_000..=366 * 86_400_000).contains(&ttl_ms) {
-        return Err(ApiError::bad_request("ttl: must be between 1s and 366d"));
+        return Err(bad("ttl: must be between 1s and 366d".into()));
     }
     if m.reason.trim().is_empty() || m.reason.len() > 1024 {
-        return Err(ApiError::bad_request("reason: say why, in at most 1024 bytes"));
+        return Err(bad("reason: say why, in at most 1024 bytes".into()));
     }
-    let now = now_ms();
-    let d = crate::live::LiveDecision {
-        id: state.next_manual_id.fetch_add(1, Ordering::Relaxed),
+    Ok(crate::live::LiveDecision {
+        id,
         entity_type: t,
         entity,
         action,
@@ -124,17 +124,52 @@ pub(super) async fn create(
         created_ms: now,
         expires_ms: now + ttl_ms,
         offense: 0,
+    })
+}
+
+/// `POST /v1/admin/decisions`: deny, challenge, throttle or allow an entity by
+/// hand — one decision, or an array of them (a block list) stored in one
+/// transaction: all or none. A manual decision replaces what is in force on the
+/// entity, and automatic decisions do not replace it until it expires or is deleted.
+pub(super) async fn create(
+    State(state): State<Arc<AppState>>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    body: Result<Json<serde_json::Value>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let Json(body) = body.map_err(|e| ApiError::bad_request(format!("body: {}", e.body_text())))?;
+    let now = now_ms();
+    let (many, items) = match body {
+        serde_json::Value::Array(items) => (true, items),
+        one => (false, vec![one]),
     };
-    state.store.put(d.clone()).map_err(ApiError::internal)?;
-    state.metrics.decisions.with_label_values(&[d.source.as_str(), d.action.as_str()]).inc();
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({
+    if items.is_empty() || items.len() > MAX_BULK {
+        return Err(ApiError::bad_request(format!("body: send 1 to {MAX_BULK} decisions")));
+    }
+    let first = state.next_manual_id.fetch_add(items.len() as u64, Ordering::Relaxed);
+    let mut ds = Vec::with_capacity(items.len());
+    for (i, v) in items.into_iter().enumerate() {
+        let at = if many { format!("decisions[{i}].") } else { String::new() };
+        ds.push(manual_decision(v, &at, first + i as u64, &caller, now)?);
+    }
+    let store = state.store.clone();
+    let stored = ds.clone();
+    // A commit waits for fsync: off the async workers, so lookups never queue behind it.
+    tokio::task::spawn_blocking(move || store.put_many(stored))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
+    for d in &ds {
+        state.metrics.decisions.with_label_values(&[d.source.as_str(), d.action.as_str()]).inc();
+    }
+    let shown = |d: &crate::live::LiveDecision| {
+        json!({
             "decision_id": d.id, "entity_type": d.entity_type, "entity": d.entity, "action": d.action,
             "reason": d.reason, "source": d.source,
             "expires_at": crate::event::time::format_rfc3339(d.expires_ms),
-        })),
-    ))
+        })
+    };
+    let answer = if many { json!({ "created": ds.len(), "first_id": first }) } else { shown(&ds[0]) };
+    Ok((StatusCode::CREATED, Json(answer)))
 }
 
 /// `DELETE /v1/admin/decisions?entity_type=&entity=`: lifts whatever is in force on an entity.
@@ -145,7 +180,10 @@ pub(super) async fn delete(
     let t = params.get("entity_type").ok_or_else(|| ApiError::bad_request("entity_type: required"))?;
     let t = entity_type(t)?;
     let entity = canonical_entity(t, params.get("entity").ok_or_else(|| ApiError::bad_request("entity: required"))?)?;
-    match state.store.remove(t, &entity).map_err(ApiError::internal)? {
+    let store = state.store.clone();
+    let key = entity.clone();
+    let removed = tokio::task::spawn_blocking(move || store.remove(t, &key)).await.map_err(ApiError::internal)?;
+    match removed.map_err(ApiError::internal)? {
         Some(d) => Ok(Json(json!({ "deleted": d.id }))),
         None => Err(ApiError {
             status: StatusCode::NOT_FOUND,

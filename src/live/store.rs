@@ -419,6 +419,26 @@ impl LiveStore {
         self.put_if(d, i64::MIN, |_| true).map(|_| ())
     }
 
+    /// Stores many decisions in one transaction: all or none.
+    pub fn put_many(&self, ds: Vec<LiveDecision>) -> Result<(), StoreError> {
+        let mut w = self.writer()?;
+        let current = self.published.load();
+        let mut seen = std::collections::HashSet::new();
+        let edits = ds
+            .into_iter()
+            .map(|d| {
+                let key = d.key();
+                let in_force =
+                    seen.contains(&key) || current.map.get(&key).is_some_and(|c| c.expires_ms > d.created_ms);
+                seen.insert(key.clone());
+                (key, Some(Arc::new(d)), if in_force { ChangeKind::Changed } else { ChangeKind::Created })
+            })
+            .collect();
+        drop(current);
+        self.commit(&mut w, edits)?;
+        Ok(())
+    }
+
     /// Publishes an automatic decision unless a manual one is in force on the
     /// same entity: what an operator decided (an allow above all) is not undone
     /// by the next rule hit. Returns whether it was stored.

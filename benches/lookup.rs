@@ -1,0 +1,69 @@
+//! The per-request path of the decision API: a verdict from 100,000 decisions in
+//! force (hits and misses, with a range decision to check), and reading the
+//! change stream.
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use gatewatch::config::Allowlist;
+use gatewatch::decision::Action;
+use gatewatch::features::EntityType;
+use gatewatch::live::store::{LiveDecision, LiveStore, Query};
+
+fn decision(id: u64, t: EntityType, entity: String, action: Action) -> LiveDecision {
+    LiveDecision {
+        id,
+        entity_type: t,
+        entity,
+        action,
+        reason: "bench".into(),
+        source: "manual:bench".into(),
+        score: 1.0,
+        created_ms: 0,
+        expires_ms: i64::MAX / 2,
+        offense: 0,
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = LiveStore::open(dir.path(), 0).expect("store");
+    let mut ds: Vec<_> = (0..100_000u64)
+        .map(|i| {
+            decision(i + 1, EntityType::Ip, format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255), Action::Deny)
+        })
+        .collect();
+    ds.push(decision(200_000, EntityType::Cidr, "198.51.100.0/24".into(), Action::Challenge));
+    store.put_many(ds).expect("put");
+    let allow = Allowlist::default();
+    let ips: Vec<std::net::IpAddr> = (0..1024u64)
+        .map(|i| {
+            if i % 2 == 0 {
+                format!("10.{}.{}.{}", ((i * 97) >> 16) & 1, ((i * 97) >> 8) & 255, (i * 97) & 255)
+            } else {
+                format!("172.16.{}.{}", i >> 8, i & 255)
+            }
+            .parse()
+            .expect("ip")
+        })
+        .collect();
+    let mut g = c.benchmark_group("lookup");
+    g.throughput(Throughput::Elements(ips.len() as u64));
+    g.bench_function("verdict_ip_user_100k_decisions", |b| {
+        b.iter(|| {
+            for ip in &ips {
+                let q = Query { ip: Some(*ip), user: Some("user-17"), ..Default::default() };
+                std::hint::black_box(store.lookup(&q, &allow, 1));
+            }
+        })
+    });
+    g.finish();
+    let mut g = c.benchmark_group("stream");
+    g.throughput(Throughput::Elements(1000));
+    let cursor = store.cursor() - 1000;
+    g.bench_function("since_cursor_1000_changes", |b| {
+        b.iter(|| std::hint::black_box(store.since(Some(cursor), 1000, 1).expect("since")))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
