@@ -20,12 +20,10 @@ use crate::features::{EntityType, FeatureConfig};
 /// A configuration problem, located as precisely as the file allows.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{file}: cannot read pipeline file: {source}")]
-    Io {
-        file: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// The I/O error is part of the message (not a `source`), so that both a
+    /// plain and a chained display say it once.
+    #[error("{file}: cannot read pipeline file: {error}")]
+    Io { file: PathBuf, error: std::io::Error },
     #[error("{file}: {message}")]
     Syntax { file: PathBuf, message: String },
     #[error("{file}:{line}: {key}: {message}")]
@@ -320,7 +318,7 @@ fn read_file(path: &Path) -> Result<String, ConfigError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && path == Path::new(DEFAULT_PIPELINE_PATH) => {
             Ok(DEFAULT_PIPELINE.to_string())
         }
-        Err(source) => Err(ConfigError::Io { file: path.to_path_buf(), source }),
+        Err(error) => Err(ConfigError::Io { file: path.to_path_buf(), error }),
     }
 }
 
