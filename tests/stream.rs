@@ -186,7 +186,7 @@ fn server_sent_events_deliver_each_change() {
     let (_dir, pipeline, input) = setup("");
     let gateway = create_key(&pipeline, "gateway", "edge");
     let admin = create_key(&pipeline, "admin", "ops");
-    let server = Server::start(&pipeline, &input, &gateway);
+    let mut server = Server::start(&pipeline, &input, &gateway);
     server.until("ready", |s| s.json("/readyz").0 == 200);
     post(&server, &admin, "/v1/admin/decisions", &manual("user", "mallory", "deny"));
 
@@ -234,6 +234,43 @@ fn server_sent_events_deliver_each_change() {
     // A long poll with nothing new answers with the same cursor when the wait ends.
     let (_, v) = get(&server, &gateway, &format!("/v1/decisions/stream?cursor={}&wait=1", ids[2]));
     assert_eq!((v["cursor"].as_u64(), v["changes"].as_array().map(Vec::len)), (Some(ids[2]), Some(0)));
+
+    // SIGTERM with an event stream and a long poll open: both end, the server exits 0 (it
+    // would otherwise wait for them for as long as they last).
+    let mut sse = std::net::TcpStream::connect(&server.addr).expect("connect");
+    write!(sse, "GET /v1/decisions/stream?cursor={} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\nX-Api-Key: {gateway}\r\n\r\n", ids[2])
+        .expect("send");
+    let poll = {
+        let (addr, key, cursor) = (server.addr.clone(), gateway.clone(), ids[2]);
+        std::thread::spawn(move || {
+            common::http(
+                &addr,
+                "GET",
+                &format!("/v1/decisions/stream?cursor={cursor}&wait=60"),
+                &[("X-Api-Key", &key)],
+                "",
+            )
+            .0
+        })
+    };
+    server.until("both readers are waiting", |s| {
+        let (_, _, m) = s.get("/metrics", &[]);
+        m.lines().any(|l| l == "gatewatch_stream_readers 2")
+    });
+    let ok = std::process::Command::new("kill").arg("-TERM").arg(server.child.id().to_string()).status().expect("kill");
+    assert!(ok.success());
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(st) = server.child.try_wait().expect("try_wait") {
+            break st;
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(20), "shutdown waited on the open streams");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(status.success());
+    assert_eq!(poll.join().expect("poll"), 200, "the long poll was answered, not cut");
+    let mut rest = Vec::new();
+    let _ = sse.read_to_end(&mut rest);
 }
 
 #[test]

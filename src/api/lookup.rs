@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use axum::Json;
 use axum::extract::{Query, State};
@@ -84,6 +85,12 @@ pub(super) async fn authz(State(state): State<Arc<AppState>>, headers: HeaderMap
             let rate = api.throttle_rps;
             let ok = match state.throttles.lock() {
                 Ok(mut t) => {
+                    // A bucket idle this long has refilled: forgetting it changes nothing.
+                    let idle_ms = (rate.max(1.0) / rate * 1000.0).max(60_000.0) as i64;
+                    if state.throttles_pruned.load(Ordering::Relaxed) + 10_000 <= now {
+                        state.throttles_pruned.store(now, Ordering::Relaxed);
+                        t.retain(|_, b| now - b.1 < idle_ms);
+                    }
                     let b = t.entry(id).or_insert((rate.max(1.0), now));
                     b.0 = (b.0 + (now - b.1).max(0) as f64 / 1000.0 * rate).min(rate.max(1.0));
                     b.1 = now;

@@ -16,6 +16,7 @@ pub struct Metrics {
     pub store_errors: IntCounter,
     pub reloads: IntCounter,
     pub stream_cursor: IntGauge,
+    pub stream_readers: IntGauge,
 }
 
 impl Metrics {
@@ -41,6 +42,9 @@ impl Metrics {
         let reloads = IntCounter::new("gatewatch_reloads_total", "Pipeline reloads applied")?;
         let stream_cursor =
             IntGauge::new("gatewatch_decision_stream_cursor", "Sequence number of the newest decision change")?;
+        let stream_readers =
+            IntGauge::new("gatewatch_stream_readers", "Long polls and event streams open on the decision stream")?;
+        registry.register(Box::new(stream_readers.clone()))?;
         registry.register(Box::new(reloads.clone()))?;
         registry.register(Box::new(stream_cursor.clone()))?;
         registry.register(Box::new(events_in.clone()))?;
@@ -61,6 +65,7 @@ impl Metrics {
             store_errors,
             reloads,
             stream_cursor,
+            stream_readers,
         })
     }
 

@@ -67,6 +67,8 @@ pub struct AppState {
     pub ready: Arc<AtomicBool>,
     /// Token buckets of throttled decisions: decision id → (tokens, last ms).
     throttles: Mutex<HashMap<u64, (f64, i64)>>,
+    /// When idle buckets were last dropped (epoch ms).
+    throttles_pruned: std::sync::atomic::AtomicI64,
     /// Manual decisions are numbered in their own range, above any engine id.
     next_manual_id: AtomicU64,
     admin: tokio::sync::Mutex<AdminState>,
@@ -99,6 +101,7 @@ impl AppState {
             keys: s.keys,
             ready: s.ready,
             throttles: Mutex::new(HashMap::new()),
+            throttles_pruned: std::sync::atomic::AtomicI64::new(0),
             next_manual_id,
             admin: tokio::sync::Mutex::new(AdminState { pipeline: s.pipeline, overlay: s.overlay }),
             control: s.control,

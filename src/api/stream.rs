@@ -76,6 +76,7 @@ pub(super) async fn stream(
     let mut changed = state.store.subscribe();
     let mut closing = state.closing.subscribe();
     let deadline = tokio::time::Instant::now() + wait;
+    let _reading = (!wait.is_zero()).then(|| Reading::new(&state.metrics.stream_readers));
     loop {
         let since = state.store.since(cursor, limit, now_ms()).map_err(ApiError::internal)?;
         let empty = matches!(&since, Since::Changes { changes, .. } if changes.is_empty());
@@ -87,6 +88,22 @@ pub(super) async fn stream(
             _ = closing.changed() => {}
             _ = tokio::time::sleep_until(deadline) => return Ok(Json(since_json(since)).into_response()),
         }
+    }
+}
+
+/// Counts an open long poll or event stream for as long as it lives.
+struct Reading(prometheus::IntGauge);
+
+impl Reading {
+    fn new(g: &prometheus::IntGauge) -> Reading {
+        g.inc();
+        Reading(g.clone())
+    }
+}
+
+impl Drop for Reading {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
@@ -125,6 +142,7 @@ struct Reader {
     pending: VecDeque<Event>,
     changed: tokio::sync::watch::Receiver<u64>,
     closing: tokio::sync::watch::Receiver<bool>,
+    _reading: Reading,
 }
 
 /// The SSE form: a `snapshot` event when needed (`id` = its cursor, data
@@ -135,6 +153,7 @@ fn events(
     cursor: Option<u64>,
 ) -> Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>> {
     let reader = Reader {
+        _reading: Reading::new(&state.metrics.stream_readers),
         changed: state.store.subscribe(),
         closing: state.closing.subscribe(),
         state,
