@@ -43,6 +43,22 @@ struct PipelineFile {
     api: Option<Spanned<ApiSection>>,
     #[serde(default)]
     rules: Option<Vec<Spanned<RuleSection>>>,
+    #[serde(default)]
+    models: Option<Vec<Spanned<ModelSection>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModelSection {
+    path: Spanned<String>,
+    entity: Spanned<String>,
+    #[serde(default)]
+    challenge_at: Option<f64>,
+    #[serde(default)]
+    deny_at: Option<f64>,
+    ttl: Spanned<String>,
+    #[serde(default)]
+    enabled: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -209,6 +225,20 @@ pub struct RuleSpec {
     pub line: usize,
 }
 
+/// A model scored next to the rules (see [`crate::model`]).
+#[derive(Debug, Clone)]
+pub struct ModelSpec {
+    pub model: std::sync::Arc<crate::model::Model>,
+    pub entity: EntityType,
+    /// Scores at or above this make a `challenge` (default: the model's threshold).
+    pub challenge_at: f64,
+    /// Scores at or above this make a `deny` (default: never; a model alone challenges).
+    pub deny_at: Option<f64>,
+    pub ttl_ms: i64,
+    pub file: PathBuf,
+    pub line: usize,
+}
+
 /// Where lines come from and how they are read.
 #[derive(Debug, Clone)]
 pub struct InputConfig {
@@ -276,6 +306,7 @@ pub struct Pipeline {
     pub decisions: DecisionConfig,
     pub allowlist: Allowlist,
     pub rules: Vec<RuleSpec>,
+    pub models: Vec<ModelSpec>,
     pub state_dir: PathBuf,
     pub api: ApiConfig,
 }
@@ -576,6 +607,46 @@ impl Pipeline {
             }
         }
 
+        let mut models = Vec::new();
+        if let Some(f) = chain.iter().find(|f| f.value.models.is_some()) {
+            for m in f.value.models.iter().flatten() {
+                let v = m.get_ref();
+                if v.enabled == Some(false) {
+                    continue;
+                }
+                let key = format!("model '{}'", v.path.get_ref());
+                let bad = |sp: std::ops::Range<usize>, msg: String| invalid(&f.file, &f.src, sp, &key, msg);
+                let entity = EntityType::parse(v.entity.get_ref()).ok_or_else(|| {
+                    bad(v.entity.span(), format!("entity '{}' is not an entity type", v.entity.get_ref()))
+                })?;
+                let path = f.file.parent().unwrap_or(Path::new(".")).join(v.path.get_ref());
+                let model = crate::model::Model::load(&path).map_err(|e| bad(v.path.span(), e.to_string()))?;
+                if model.file.entity != entity {
+                    return Err(bad(
+                        v.entity.span(),
+                        format!("the model scores {} rows, not {}", model.file.entity.as_str(), entity.as_str()),
+                    ));
+                }
+                let challenge_at = v.challenge_at.unwrap_or(model.file.threshold);
+                if !challenge_at.is_finite() || v.deny_at.is_some_and(|d| !d.is_finite() || d < challenge_at) {
+                    return Err(bad(
+                        m.span(),
+                        "challenge_at and deny_at must be numbers, deny_at ≥ challenge_at".into(),
+                    ));
+                }
+                let ttl_ms = duration(&f.file, &f.src, &v.ttl, &format!("{key} ttl"))?;
+                models.push(ModelSpec {
+                    model: std::sync::Arc::new(model),
+                    entity,
+                    challenge_at,
+                    deny_at: v.deny_at,
+                    ttl_ms,
+                    file: f.file.clone(),
+                    line: line_of(&f.src, m.span().start),
+                });
+            }
+        }
+
         let mut api = ApiConfig::default();
         if let Some((f, s)) = pick!(api) {
             let v = s.get_ref();
@@ -654,7 +725,18 @@ impl Pipeline {
             }
         }
 
-        Ok(Pipeline { file: path.to_path_buf(), input, features, output, decisions, allowlist, rules, state_dir, api })
+        Ok(Pipeline {
+            file: path.to_path_buf(),
+            input,
+            features,
+            output,
+            decisions,
+            allowlist,
+            rules,
+            models,
+            state_dir,
+            api,
+        })
     }
 }
 

@@ -21,7 +21,7 @@ use serde::Serialize;
 
 use arc_swap::ArcSwap;
 
-use crate::config::{Allowlist, DecisionConfig, Pipeline, RuleSpec};
+use crate::config::{Allowlist, DecisionConfig, ModelSpec, Pipeline, RuleSpec};
 use crate::decision::{Action, Decision, DecisionStore, Proposal};
 use crate::detect::{EvalError, RuleError, RuleSet};
 use crate::event::{self, EventBatchBuilder, Format};
@@ -40,6 +40,8 @@ pub enum EngineError {
     Sink(#[from] SinkError),
     #[error("arrow: {0}")]
     Arrow(#[from] ArrowError),
+    #[error(transparent)]
+    Model(#[from] crate::model::ModelError),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -59,6 +61,8 @@ pub struct Summary {
     pub decisions: u64,
     pub decisions_by_action: std::collections::BTreeMap<String, u64>,
     pub suppressed_by_allowlist: u64,
+    /// Rows a model scored at or above its threshold.
+    pub model_flags: u64,
     pub downgraded_shared: u64,
     pub active_entities: std::collections::BTreeMap<String, usize>,
     pub state_bytes: usize,
@@ -200,7 +204,7 @@ struct Compiled {
 }
 
 impl Compiled {
-    fn new(specs: &[RuleSpec], decisions: &DecisionConfig) -> Result<Compiled, EngineError> {
+    fn new(specs: &[RuleSpec], decisions: &DecisionConfig, models: &[ModelSpec]) -> Result<Compiled, EngineError> {
         let rules = RuleSet::compile(specs)?;
         let rule_columns: Vec<Vec<(usize, &'static str)>> =
             rules.rules().iter().map(|r| referenced_features(&r.spec.when)).collect();
@@ -224,8 +228,33 @@ impl Compiled {
                 needed[t][schema_idx - 3] = true;
             }
         }
+        for m in models {
+            let t = m.entity.index();
+            judged[t] = true;
+            for (schema_idx, _) in &shared_columns {
+                needed[t][schema_idx - 3] = true;
+            }
+            for schema_idx in m.model.columns() {
+                needed[t][schema_idx - 3] = true;
+            }
+        }
         Ok(Compiled { rules, rule_columns, shared, shared_columns, judged, needed })
     }
+}
+
+/// What a rule hit or a model score proposes, before allowlists and sharing.
+struct Candidate {
+    action: Action,
+    on_shared: Action,
+    ttl_ms: i64,
+    reason: String,
+    source: String,
+    score: f64,
+}
+
+/// A feature value as a reason shows it: integers without decimals.
+fn fmt_value(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e15 { format!("{}", v as i64) } else { format!("{v:.3}") }
 }
 
 /// Called for every decision as it is made.
@@ -271,7 +300,7 @@ impl Engine {
         std::fs::create_dir_all(out_dir).map_err(|source| EngineError::Io { path: out_dir.to_path_buf(), source })?;
         let paths = OutputPaths { dir: out_dir.to_path_buf() };
         let Compiled { rules, rule_columns, shared, shared_columns, judged, needed } =
-            Compiled::new(&pipeline.rules, &pipeline.decisions)?;
+            Compiled::new(&pipeline.rules, &pipeline.decisions, &pipeline.models)?;
         let events_out = if pipeline.output.events {
             Some(ParquetTable::create(&paths.table("events"), event::schema(), EVENT_PLAIN)?)
         } else {
@@ -329,8 +358,13 @@ impl Engine {
 
     /// Replaces the rules and the decision policy without losing feature state,
     /// decisions in force or offence history. Nothing changes if they do not compile.
-    pub fn reload(&mut self, rules: Vec<RuleSpec>, decisions: DecisionConfig) -> Result<(), EngineError> {
-        let c = Compiled::new(&rules, &decisions)?;
+    pub fn reload(
+        &mut self,
+        rules: Vec<RuleSpec>,
+        decisions: DecisionConfig,
+        models: Vec<ModelSpec>,
+    ) -> Result<(), EngineError> {
+        let c = Compiled::new(&rules, &decisions, &models)?;
         self.features.set_judged(c.judged);
         self.features.set_needed(c.needed);
         self.rules = c.rules;
@@ -340,7 +374,13 @@ impl Engine {
         self.store.set_config(decisions.clone());
         self.pipeline.rules = rules;
         self.pipeline.decisions = decisions;
+        self.pipeline.models = models;
         Ok(())
+    }
+
+    /// The models in force (`NAME@VERSION`).
+    pub fn model_ids(&self) -> Vec<String> {
+        self.pipeline.models.iter().map(|m| m.model.id()).collect()
     }
 
     /// The names of the rules in force.
@@ -462,7 +502,8 @@ impl Engine {
         let now = snap.as_of_ms;
         for (t, batch) in snap.batches {
             let mut hits = self.rules.evaluate(t, &batch)?;
-            if !hits.is_empty() {
+            let scored = self.score_models(t, &batch)?;
+            if !hits.is_empty() || !scored.is_empty() {
                 let rules = self.rules.rules();
                 // Strongest action first for each entity, then rule order.
                 hits.sort_by_key(|h| (h.row, std::cmp::Reverse(rules[h.rule].spec.action), h.rule));
@@ -481,7 +522,12 @@ impl Engine {
                 };
                 for h in hits {
                     let is_shared = shared.get(h.row).copied().unwrap_or(false);
-                    self.decide(t, now, &batch, entities.value(h.row), is_shared, h)?;
+                    let c = self.rule_candidate(&batch, h);
+                    self.decide(t, now, (&batch, h.row, entities.value(h.row)), is_shared, c)?;
+                }
+                for (row, c) in scored {
+                    let is_shared = shared.get(row).copied().unwrap_or(false);
+                    self.decide(t, now, (&batch, row, entities.value(row)), is_shared, c)?;
                 }
             }
             if snap.persist && self.features_out.is_some() {
@@ -507,48 +553,91 @@ impl Engine {
         Ok(())
     }
 
+    fn rule_candidate(&self, batch: &RecordBatch, h: crate::detect::Hit) -> Candidate {
+        let rule = &self.rules.rules()[h.rule].spec;
+        let evidence = evidence(batch, h.row, &self.rule_columns[h.rule]);
+        let reason = if evidence.is_empty() { rule.reason.clone() } else { format!("{} [{evidence}]", rule.reason) };
+        Candidate {
+            action: rule.action,
+            on_shared: rule.on_shared,
+            ttl_ms: rule.ttl_ms,
+            reason,
+            source: format!("rule:{}", rule.name),
+            score: rule.score,
+        }
+    }
+
+    /// Rows of `batch` the models of its entity type flag, with what each decides.
+    fn score_models(&mut self, t: EntityType, batch: &RecordBatch) -> Result<Vec<(usize, Candidate)>, EngineError> {
+        let mut out = Vec::new();
+        for m in self.pipeline.models.iter().filter(|m| m.entity == t) {
+            for s in m.model.score_batch(batch)? {
+                if s.score < m.challenge_at {
+                    continue;
+                }
+                let action = if m.deny_at.is_some_and(|d| s.score >= d) { Action::Deny } else { Action::Challenge };
+                let top: Vec<String> =
+                    s.top.iter().map(|(name, value, c)| format!("{name}={} (+{c:.1})", fmt_value(*value))).collect();
+                out.push((
+                    s.row,
+                    Candidate {
+                        action,
+                        // A model alone never acts on a shared address or key.
+                        on_shared: Action::Allow,
+                        ttl_ms: m.ttl_ms,
+                        reason: format!(
+                            "model:{} score {:.3} ≥ {:.3}: driven by {}",
+                            m.model.id(),
+                            s.score,
+                            m.challenge_at,
+                            top.join(", ")
+                        ),
+                        source: format!("model:{}", m.model.id()),
+                        score: s.score,
+                    },
+                ));
+                self.summary.model_flags += 1;
+            }
+        }
+        Ok(out)
+    }
+
     fn decide(
         &mut self,
         t: EntityType,
         now: i64,
-        batch: &RecordBatch,
-        entity: &str,
+        (batch, row, entity): (&RecordBatch, usize, &str),
         shared: bool,
-        h: crate::detect::Hit,
+        c: Candidate,
     ) -> Result<(), EngineError> {
-        let rule = &self.rules.rules()[h.rule].spec;
         if self.allowlist.load().protects_entity(t, entity) {
             self.summary.suppressed_by_allowlist += 1;
             return Ok(());
         }
-        let mut action = rule.action;
-        let mut reason = rule.reason.clone();
-        if shared && rule.on_shared < action {
+        let mut action = c.action;
+        let mut reason = c.reason;
+        if shared && c.on_shared < action {
             self.summary.downgraded_shared += 1;
-            action = rule.on_shared;
+            action = c.on_shared;
             if action == Action::Allow {
                 return Ok(());
             }
             reason.push_str(&format!(
                 "; shared by many users acting normally ({}), so {} instead of {}",
-                evidence(batch, h.row, &self.shared_columns),
+                evidence(batch, row, &self.shared_columns),
                 action.as_str(),
-                rule.action.as_str()
+                c.action.as_str()
             ));
-        }
-        let evidence = evidence(batch, h.row, &self.rule_columns[h.rule]);
-        if !evidence.is_empty() {
-            reason.push_str(&format!(" [{evidence}]"));
         }
         let proposal = Proposal {
             now_ms: now,
             entity_type: t,
             entity,
             action,
-            ttl_ms: rule.ttl_ms,
+            ttl_ms: c.ttl_ms,
             reason,
-            source: format!("rule:{}", rule.name),
-            score: rule.score,
+            source: c.source,
+            score: c.score,
         };
         if let Some(d) = self.store.propose(proposal) {
             self.emit(&d, now)?;

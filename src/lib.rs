@@ -21,6 +21,7 @@ pub mod event;
 pub mod features;
 pub mod fsutil;
 pub mod live;
+pub mod model;
 pub mod simulate;
 pub mod sink;
 pub mod source;

@@ -102,6 +102,57 @@ enum Command {
         #[command(subcommand)]
         action: KeysCommand,
     },
+    /// Replay the same labelled traffic through several pipelines (rules only,
+    /// rules + model A, ...) and print detection and collateral side by side.
+    Compare {
+        /// A `gatewatch simulate --out` directory (access.jsonl and labels.jsonl).
+        #[arg(long, value_name = "DIR")]
+        traffic: PathBuf,
+        /// Pipeline files to compare (comma-separated).
+        #[arg(long, value_delimiter = ',', required = true)]
+        pipelines: Vec<PathBuf>,
+        /// Where each pipeline's run goes (DIR/<pipeline name>/).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// Train a model from stored feature snapshots and labels; writes the model and its card.
+    Train {
+        /// A run directory with a features/ table (`gatewatch replay --out`).
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+        /// Labels: simulator labels.jsonl, or analyst verdicts {"entity_type","entity","attack","from"?,"to"?}.
+        #[arg(long, value_name = "FILE")]
+        labels: PathBuf,
+        /// anomaly (Gaussian mixture, unsupervised) or classifier (logistic regression on labels).
+        #[arg(long)]
+        kind: ModelKind,
+        /// Entity type whose feature rows the model scores.
+        #[arg(long, default_value = "ip")]
+        entity: String,
+        /// Model directory to write; its name is the model's name.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Version recorded in the model and cited by its decisions.
+        #[arg(long, default_value = "1")]
+        version: String,
+        /// Features to use (comma-separated); default: every feature that varies.
+        #[arg(long, value_delimiter = ',')]
+        features: Option<Vec<String>>,
+        /// Share of benign training rows allowed to reach the threshold.
+        #[arg(long, default_value_t = 0.001)]
+        target_fpr: f64,
+        /// The latest share of the time range kept out of training, for the card's metrics.
+        #[arg(long, default_value_t = 0.3)]
+        holdout: f64,
+        /// Mixture components (anomaly).
+        #[arg(long, default_value_t = 4)]
+        components: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Most training rows fitted (an evenly spaced sample beyond).
+        #[arg(long, default_value_t = 40_000)]
+        max_rows: usize,
+    },
     /// Simulate, replay, evaluate and print the report; nothing to install.
     Demo {
         #[arg(long, default_value_t = 7)]
@@ -131,6 +182,22 @@ enum KeysCommand {
         /// The key's name or id.
         key: String,
     },
+}
+
+/// Model kinds on the command line.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ModelKind {
+    Anomaly,
+    Classifier,
+}
+
+impl From<ModelKind> for gatewatch::model::Kind {
+    fn from(k: ModelKind) -> Self {
+        match k {
+            ModelKind::Anomaly => gatewatch::model::Kind::Anomaly,
+            ModelKind::Classifier => gatewatch::model::Kind::Classifier,
+        }
+    }
 }
 
 fn main() {
@@ -195,6 +262,59 @@ fn run(cli: Cli) -> Result<()> {
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
             let batches = rt.block_on(analytics::query(&data, &sql))?;
             println!("{}", analytics::render(&batches)?);
+        }
+        Command::Train {
+            data,
+            labels,
+            kind,
+            entity,
+            out,
+            version,
+            features,
+            target_fpr,
+            holdout,
+            components,
+            seed,
+            max_rows,
+        } => {
+            let entity = gatewatch::features::EntityType::parse(&entity).with_context(|| {
+                format!("--entity '{entity}' is not one of ip, cidr, user, api_key, device, session")
+            })?;
+            let cfg = gatewatch::model::train::TrainConfig {
+                data,
+                labels,
+                kind: kind.into(),
+                entity,
+                out,
+                version,
+                features,
+                target_fpr,
+                holdout,
+                components,
+                seed,
+                max_train_rows: max_rows,
+                command: std::env::args()
+                    .map(|a| if a.contains(' ') { format!("'{a}'") } else { a })
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            };
+            let card = gatewatch::model::train::train(&cfg)?;
+            print!("{}", gatewatch::model::train::render_card(&card));
+        }
+        Command::Compare { traffic, pipelines, out } => {
+            let labels = traffic.join("labels.jsonl");
+            let mut reports = Vec::new();
+            for p in &pipelines {
+                let pipeline = load(p)?;
+                let name = p.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "pipeline".into());
+                let run = out.join(&name);
+                let allow = pipeline.allowlist.clone();
+                let cfg = eval::EvalConfig { throttle_rps: pipeline.api.throttle_rps, ..eval::EvalConfig::default() };
+                engine::replay(pipeline, &traffic.join("access.jsonl"), None, &run, std::io::stderr().is_terminal())?;
+                let decisions = eval::read_decisions(&run.join("decisions.jsonl"))?;
+                reports.push((name, eval::evaluate(&labels, &decisions, &allow, &cfg)?));
+            }
+            print!("{}", eval::compare(&reports));
         }
         Command::Demo { seed, hours, out } => demo(&cli.pipeline, seed, hours, &out)?,
         Command::Run { input, listen, from_start } => live(&cli.pipeline, input, listen, from_start)?,

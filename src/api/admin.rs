@@ -332,23 +332,69 @@ pub(super) async fn reload(state: &AppState) -> Result<serde_json::Value, ApiErr
         status: StatusCode::UNPROCESSABLE_ENTITY,
         message: format!("pipeline not reloaded, the running rules stay: {e}"),
     })?;
-    let rules = control.reload(next.rules.clone(), next.decisions.clone()).await.map_err(|e| ApiError {
-        status: StatusCode::UNPROCESSABLE_ENTITY,
-        message: format!("pipeline not reloaded, the running rules stay: {e}"),
+    let rules = control.reload(next.rules.clone(), next.decisions.clone(), next.models.clone()).await.map_err(|e| {
+        ApiError {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            message: format!("pipeline not reloaded, the running rules stay: {e}"),
+        }
     })?;
     // `--listen` overrides the file's address; that is not a change to report.
     next.api.listen = admin.pipeline.api.listen.clone();
     let restart = needs_restart(&admin.pipeline, &next);
+    let models: Vec<String> = next.models.iter().map(|m| m.model.id()).collect();
     state.allowlist.store(Arc::new(admin.overlay.apply(&next.allowlist)));
     admin.pipeline.rules = next.rules;
     admin.pipeline.decisions = next.decisions;
     admin.pipeline.allowlist = next.allowlist;
+    admin.previous_models = Some(std::mem::replace(&mut admin.pipeline.models, next.models));
+    state.metrics.set_models(&admin.pipeline.models);
     state.metrics.reloads.inc();
     tracing::info!(file = %file.display(), rules = rules.len(), "pipeline reloaded");
     Ok(json!({
         "file": file,
         "rules": rules,
-        "applied": ["rules", "decisions", "allowlist"],
+        "models": models,
+        "applied": ["rules", "models", "decisions", "allowlist"],
         "needs_restart": restart,
     }))
+}
+
+fn model_json(m: &crate::config::ModelSpec) -> serde_json::Value {
+    json!({
+        "model": m.model.id(), "name": m.model.file.name, "version": m.model.file.version,
+        "kind": m.model.file.kind.as_str(), "entity": m.entity, "path": m.model.path,
+        "features": m.model.file.features, "threshold": m.model.file.threshold,
+        "challenge_at": m.challenge_at, "deny_at": m.deny_at, "ttl_s": m.ttl_ms / 1000,
+    })
+}
+
+/// `GET /v1/admin/models`: the models in force, and those a rollback would restore.
+pub(super) async fn models(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    let admin = state.admin.lock().await;
+    Json(json!({
+        "models": admin.pipeline.models.iter().map(model_json).collect::<Vec<_>>(),
+        "previous": admin.previous_models.as_ref().map(|p| p.iter().map(model_json).collect::<Vec<_>>()),
+    }))
+}
+
+/// `POST /v1/admin/models/rollback`: puts back the models in force before the
+/// last reload (rules and everything else stay as they are).
+pub(super) async fn rollback(State(state): State<Arc<AppState>>) -> Result<Json<serde_json::Value>, ApiError> {
+    let control = state
+        .control
+        .as_ref()
+        .ok_or_else(|| ApiError { status: StatusCode::SERVICE_UNAVAILABLE, message: "no engine is running".into() })?;
+    let mut admin = state.admin.lock().await;
+    let previous = admin.previous_models.clone().ok_or_else(|| ApiError {
+        status: StatusCode::CONFLICT,
+        message: "nothing to roll back to: no reload has replaced the models since start".into(),
+    })?;
+    control
+        .reload(admin.pipeline.rules.clone(), admin.pipeline.decisions.clone(), previous.clone())
+        .await
+        .map_err(|e| ApiError { status: StatusCode::UNPROCESSABLE_ENTITY, message: e })?;
+    admin.previous_models = Some(std::mem::replace(&mut admin.pipeline.models, previous));
+    state.metrics.set_models(&admin.pipeline.models);
+    tracing::info!("models rolled back");
+    Ok(Json(json!({ "models": admin.pipeline.models.iter().map(model_json).collect::<Vec<_>>() })))
 }

@@ -17,6 +17,7 @@ pub struct Metrics {
     pub reloads: IntCounter,
     pub stream_cursor: IntGauge,
     pub stream_readers: IntGauge,
+    pub model_info: prometheus::IntGaugeVec,
 }
 
 impl Metrics {
@@ -45,6 +46,11 @@ impl Metrics {
         let stream_readers =
             IntGauge::new("gatewatch_stream_readers", "Long polls and event streams open on the decision stream")?;
         registry.register(Box::new(stream_readers.clone()))?;
+        let model_info = prometheus::IntGaugeVec::new(
+            Opts::new("gatewatch_model_info", "Models in force (1), by model NAME@VERSION, entity type and kind"),
+            &["model", "entity", "kind"],
+        )?;
+        registry.register(Box::new(model_info.clone()))?;
         registry.register(Box::new(reloads.clone()))?;
         registry.register(Box::new(stream_cursor.clone()))?;
         registry.register(Box::new(events_in.clone()))?;
@@ -66,7 +72,18 @@ impl Metrics {
             reloads,
             stream_cursor,
             stream_readers,
+            model_info,
         })
+    }
+
+    /// Shows exactly these models as in force.
+    pub fn set_models(&self, models: &[crate::config::ModelSpec]) {
+        self.model_info.reset();
+        for m in models {
+            self.model_info
+                .with_label_values(&[m.model.id().as_str(), m.entity.as_str(), m.model.file.kind.as_str()])
+                .set(1);
+        }
     }
 
     /// The Prometheus text exposition.

@@ -55,6 +55,8 @@ pub struct Services {
 struct AdminState {
     pipeline: Pipeline,
     overlay: AllowOverlay,
+    /// The models before the last reload, for a rollback.
+    previous_models: Option<Vec<crate::config::ModelSpec>>,
 }
 
 /// Everything a handler may need.
@@ -93,6 +95,7 @@ pub struct Caller {
 impl AppState {
     pub fn new(s: Services) -> Self {
         let next_manual_id = AtomicU64::new(s.store.max_id().max(MANUAL_ID_BASE) + 1);
+        s.metrics.set_models(&s.pipeline.models);
         AppState {
             store: s.store,
             allowlist: s.allowlist,
@@ -103,7 +106,11 @@ impl AppState {
             throttles: Mutex::new(HashMap::new()),
             throttles_pruned: std::sync::atomic::AtomicI64::new(0),
             next_manual_id,
-            admin: tokio::sync::Mutex::new(AdminState { pipeline: s.pipeline, overlay: s.overlay }),
+            admin: tokio::sync::Mutex::new(AdminState {
+                pipeline: s.pipeline,
+                overlay: s.overlay,
+                previous_models: None,
+            }),
             control: s.control,
             bouncers: Mutex::new(HashMap::new()),
             closing: tokio::sync::watch::channel(false).0,
@@ -169,6 +176,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/v1/admin/allowlist", get(admin::allowlist).post(admin::allow).delete(admin::disallow))
         .route("/v1/admin/reload", post(admin::reload_route))
+        .route("/v1/admin/models", get(admin::models))
+        .route("/v1/admin/models/rollback", post(admin::rollback))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), authenticate))
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe))

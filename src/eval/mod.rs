@@ -366,3 +366,52 @@ pub fn evaluate(
         .collect();
     Ok(report)
 }
+
+/// Several pipelines' reports on the same traffic, side by side: per scenario the
+/// share of its requests blocked after its first minutes and the time to the
+/// first block; benign requests blocked at the bottom.
+pub fn compare(reports: &[(String, Report)]) -> String {
+    let mut names: Vec<&str> = Vec::new();
+    for (_, r) in reports {
+        for s in &r.scenarios {
+            if !names.contains(&s.scenario.as_str()) {
+                names.push(&s.scenario);
+            }
+        }
+    }
+    let mut out = String::from("| scenario |");
+    for (p, _) in reports {
+        out.push_str(&format!(" {p} |"));
+    }
+    out.push_str("\n|---|");
+    out.push_str(&"---|".repeat(reports.len()));
+    out.push('\n');
+    let attack = |n: &str| reports.iter().any(|(_, r)| r.scenario(n).is_some_and(|s| s.attack));
+    for n in names.iter().filter(|n| attack(n)) {
+        out.push_str(&format!("| {n} |"));
+        for (_, r) in reports {
+            match r.scenario(n) {
+                Some(s) => {
+                    let ttd = s.time_to_detect_s.map(|t| format!("{t:.0} s")).unwrap_or_else(|| "never".into());
+                    out.push_str(&format!(
+                        " {:.1}% blocked, first after {ttd} |",
+                        100.0 * s.blocked_share_after_grace()
+                    ));
+                }
+                None => out.push_str(" – |"),
+            }
+        }
+        out.push('\n');
+    }
+    out.push_str("| **benign requests blocked** |");
+    for (_, r) in reports {
+        out.push_str(&format!(
+            " {} of {} ({:.4}%) |",
+            r.benign_blocked,
+            r.benign_requests,
+            100.0 * r.benign_blocked_share()
+        ));
+    }
+    out.push('\n');
+    out
+}

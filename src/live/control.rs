@@ -4,7 +4,7 @@
 
 use std::sync::mpsc::{Receiver, Sender, channel};
 
-use crate::config::{DecisionConfig, RuleSpec};
+use crate::config::{DecisionConfig, ModelSpec, RuleSpec};
 use crate::engine::Engine;
 
 /// A request to the engine thread, with where to send the answer.
@@ -13,6 +13,7 @@ pub enum Command {
     Reload {
         rules: Vec<RuleSpec>,
         decisions: DecisionConfig,
+        models: Vec<ModelSpec>,
         reply: tokio::sync::oneshot::Sender<Result<Vec<String>, String>>,
     },
 }
@@ -32,9 +33,16 @@ pub fn channel_pair() -> (Control, Inbox) {
 
 impl Control {
     /// Asks the engine to reload; `Err` if the engine is gone or refused them.
-    pub async fn reload(&self, rules: Vec<RuleSpec>, decisions: DecisionConfig) -> Result<Vec<String>, String> {
+    pub async fn reload(
+        &self,
+        rules: Vec<RuleSpec>,
+        decisions: DecisionConfig,
+        models: Vec<ModelSpec>,
+    ) -> Result<Vec<String>, String> {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        self.0.send(Command::Reload { rules, decisions, reply }).map_err(|_| "the engine has stopped".to_string())?;
+        self.0
+            .send(Command::Reload { rules, decisions, models, reply })
+            .map_err(|_| "the engine has stopped".to_string())?;
         answer.await.map_err(|_| "the engine has stopped".to_string())?
     }
 }
@@ -44,9 +52,11 @@ impl Inbox {
     pub fn apply(&self, engine: &mut Engine) {
         while let Ok(cmd) = self.0.try_recv() {
             match cmd {
-                Command::Reload { rules, decisions, reply } => {
-                    let result =
-                        engine.reload(rules, decisions).map(|()| engine.rule_names()).map_err(|e| e.to_string());
+                Command::Reload { rules, decisions, models, reply } => {
+                    let result = engine
+                        .reload(rules, decisions, models)
+                        .map(|()| engine.rule_names())
+                        .map_err(|e| e.to_string());
                     if let Err(e) = &result {
                         tracing::warn!(error = %e, "rules not reloaded");
                     } else {

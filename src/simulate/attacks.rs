@@ -45,6 +45,8 @@ pub(super) fn generate(cfg: &SimConfig, which: &[&str], out: &mut Vec<Req>) {
             "session-hijack" => session_hijack(cfg, out),
             "device-farm" => device_farm(cfg, out),
             "bulk-export" => bulk_export(cfg, out),
+            "distributed-stuffing" => distributed_stuffing(cfg, out),
+            "slow-scraper" => slow_scraper(cfg, out),
             _ => {}
         }
     }
@@ -330,5 +332,67 @@ fn bulk_export(cfg: &SimConfig, out: &mut Vec<Req>) {
         out.push(r);
         page += 1;
         t += exp(&mut rng, gap) as i64 + 1;
+    }
+}
+
+/// Leaked credentials tried on the web login form from a botnet of home and
+/// mobile addresses, each used for a handful of attempts only: no address,
+/// subnet, account or device crosses any per-entity count that normal users do
+/// not also reach. Each bot fakes a browser (user agent, referer) but only ever
+/// posts the login form.
+fn distributed_stuffing(cfg: &SimConfig, out: &mut Vec<Req>) {
+    let mut rng = cfg.rng("distributed-stuffing", 0);
+    let (start, end) = window(cfg, &mut rng, 60.0, 150.0);
+    let bots = (rng.random_range(600.0..1_500.0) * cfg.scale.max(0.2)) as usize;
+    for _ in 0..bots {
+        let pool = if rng.random::<f64>() < 0.6 { RESIDENTIAL } else { CARRIER };
+        let net = *pool.choose(&mut rng).unwrap_or(&pool[0]);
+        let ip = ip_in(&net, &mut rng);
+        let ua = *BROWSERS.choose(&mut rng).unwrap_or(&BROWSERS[0]);
+        let mut t = rng.random_range(start..end);
+        for _ in 0..rng.random_range(1..=3) {
+            let ok = rng.random::<f64>() < 0.03;
+            let mut r = req(t, &ip, &net, "distributed-stuffing", "POST", "/login".into(), if ok { 302 } else { 401 });
+            r.host = WEB_HOST;
+            r.auth = Some(if ok { "ok" } else { "invalid_credentials" });
+            r.user = Some(format!(
+                "{}{}@{}",
+                ["j.smith", "anna", "mike", "li.wei", "sara", "tom"][rng.random_range(0..6)],
+                rng.random_range(1..999_999),
+                ["gmail.example", "yahoo.example", "mail.example"][rng.random_range(0..3)]
+            ));
+            r.ua = Some(ua.into());
+            r.referer = Some(format!("{SITE}login"));
+            out.push(r);
+            t += lognormal(&mut rng, 9_000.0, 0.6) as i64;
+        }
+    }
+}
+
+/// One logged-in web account copying the catalogue at a person's pace: a
+/// product page every few seconds to half a minute, ids in order with small
+/// skips, for hours, from one home address. No per-window volume stands out;
+/// it never loads a page asset and never stops.
+fn slow_scraper(cfg: &SimConfig, out: &mut Vec<Req>) {
+    let mut rng = cfg.rng("slow-scraper", 0);
+    let (start, end) = window(cfg, &mut rng, 150.0, 300.0);
+    let net = *RESIDENTIAL.choose(&mut rng).unwrap_or(&RESIDENTIAL[0]);
+    let ip = ip_in(&net, &mut rng);
+    let ua = *BROWSERS.choose(&mut rng).unwrap_or(&BROWSERS[0]);
+    let user = format!("u{}", rng.random_range(100_000..999_999));
+    let session = format!("ws-{}", hex(&mut rng, 16));
+    let mut id = CATALOG_BASE + rng.random_range(0..CATALOG_SIZE / 2);
+    let mut t = start;
+    while t < end {
+        let mut r = req(t, &ip, &net, "slow-scraper", "GET", format!("/v1/products/{id}"), 200);
+        r.user = Some(user.clone());
+        r.session = Some(session.clone());
+        r.api_key = Some("web-spa".into());
+        r.ua = Some(ua.into());
+        r.referer = Some(SITE.into());
+        r.bytes = rng.random_range(2_000..9_000);
+        out.push(r);
+        id += rng.random_range(1..=3);
+        t += lognormal(&mut rng, 11_000.0, 0.5) as i64;
     }
 }

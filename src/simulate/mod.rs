@@ -95,7 +95,14 @@ pub const ATTACKS: &[&str] = &[
     "session-hijack",
     "device-farm",
     "bulk-export",
+    "distributed-stuffing",
+    "slow-scraper",
 ];
+
+/// Attacks built so that no fixed per-entity threshold catches them without
+/// blocking normal users too: spread thin over many addresses, or paced like a
+/// person. The default rules are not expected to catch them; models are.
+pub const EVADES_RULES: &[&str] = &["distributed-stuffing", "slow-scraper"];
 
 /// The benign scenarios, for reports.
 pub const BENIGN: &[&str] = &["web", "mobile", "mobile-cgnat", "partner", "uptime", "crawler"];

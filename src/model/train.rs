@@ -1,0 +1,460 @@
+//! `gatewatch train`: a training set from stored feature snapshots joined with
+//! labels, split by time, fitted with linfa, a threshold picked, and the model
+//! written with its card.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use datafusion::arrow::array::{Array, Float64Array, StringArray, TimestampMillisecondArray};
+use linfa::prelude::*;
+use ndarray::{Array1, Array2};
+use rand_xoshiro::Xoshiro256Plus;
+use rand_xoshiro::rand_core::SeedableRng;
+use serde::{Deserialize, Serialize};
+
+use super::metrics::{self, Metrics};
+use super::{FORMAT, Kind, Model, ModelError, ModelFile, Params, transform};
+use crate::features::{self, EntityType, subnet_of};
+
+/// What to train.
+#[derive(Debug, Clone)]
+pub struct TrainConfig {
+    /// A run directory with a `features/` table (`gatewatch replay --out`).
+    pub data: PathBuf,
+    /// JSON lines: simulator labels (one per request, naming its entities) or
+    /// analyst verdicts `{"entity_type", "entity", "attack", "from"?, "to"?}`.
+    pub labels: PathBuf,
+    pub kind: Kind,
+    pub entity: EntityType,
+    /// The model directory to write (`model.json`, `card.md`, `card.json`).
+    pub out: PathBuf,
+    pub version: String,
+    /// Features to use; `None`: every feature that varies in the training rows.
+    pub features: Option<Vec<String>>,
+    /// Share of benign training rows allowed at or above the threshold.
+    pub target_fpr: f64,
+    /// The latest share of the time range held out for evaluation.
+    pub holdout: f64,
+    /// Mixture components (anomaly).
+    pub components: usize,
+    pub seed: u64,
+    /// Most rows fitted (a deterministic, evenly spaced sample beyond that).
+    pub max_train_rows: usize,
+    /// The command line that produced it, for the card.
+    pub command: String,
+}
+
+/// Card metadata (`card.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Card {
+    pub name: String,
+    pub version: String,
+    pub kind: Kind,
+    pub entity: EntityType,
+    pub features: Vec<String>,
+    pub transform: String,
+    pub scaler_mean: Vec<f64>,
+    pub scaler_std: Vec<f64>,
+    pub data: String,
+    pub labels: String,
+    pub label_source: String,
+    pub train_from: String,
+    pub train_to: String,
+    pub holdout_from: String,
+    pub holdout_to: String,
+    pub train_rows: usize,
+    pub train_rows_fitted: usize,
+    pub train_positives: usize,
+    pub target_fpr: f64,
+    pub threshold: f64,
+    pub holdout: Metrics,
+    pub seed: u64,
+    pub command: String,
+}
+
+/// Labelled feature rows of one entity type, in time order.
+pub struct Dataset {
+    pub ts: Vec<i64>,
+    pub entity: Vec<String>,
+    /// Raw feature values (all features, schema order), row-major.
+    pub raw: Vec<Vec<Option<f64>>>,
+    pub label: Vec<bool>,
+    pub label_source: String,
+}
+
+/// Attack and benign request counts per entity per 10-minute bucket.
+#[derive(Default)]
+struct Counts {
+    buckets: HashMap<(String, i64), (u32, u32)>,
+    verdicts: HashMap<String, Vec<(bool, i64, i64)>>,
+    requests: usize,
+    entity_verdicts: usize,
+}
+
+const BUCKET: i64 = 600_000;
+
+fn load_labels(path: &Path, t: EntityType) -> Result<Counts, ModelError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io { path: path.to_path_buf(), source })?;
+    let mut c = Counts::default();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let bad = |m: &str| ModelError::Invalid { path: path.to_path_buf(), message: format!("line {}: {m}", i + 1) };
+        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| bad(&e.to_string()))?;
+        let attack = v.get("attack").and_then(|a| a.as_bool()).ok_or_else(|| bad("no boolean 'attack'"))?;
+        if let (Some(et), Some(e)) =
+            (v.get("entity_type").and_then(|x| x.as_str()), v.get("entity").and_then(|x| x.as_str()))
+        {
+            if EntityType::parse(et).ok_or_else(|| bad("unknown entity_type"))? == t {
+                let time =
+                    |k: &str| v.get(k).and_then(|x| x.as_str()).and_then(|s| crate::event::time::parse_rfc3339(s).ok());
+                c.verdicts.entry(e.to_string()).or_default().push((
+                    attack,
+                    time("from").unwrap_or(i64::MIN),
+                    time("to").unwrap_or(i64::MAX),
+                ));
+                c.entity_verdicts += 1;
+            }
+            continue;
+        }
+        let ts = v.get("ts").and_then(|x| x.as_i64()).ok_or_else(|| bad("a request label needs 'ts' (epoch ms)"))?;
+        let field = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
+        let entity = match t {
+            EntityType::Ip => field("ip"),
+            EntityType::Cidr => field("ip").and_then(|ip| ip.parse().ok()).map(subnet_of),
+            EntityType::User => field("user"),
+            EntityType::ApiKey => field("api_key"),
+            EntityType::Device => field("device"),
+            EntityType::Session => field("session"),
+        };
+        if let Some(e) = entity {
+            let b = c.buckets.entry((e, ts.div_euclid(BUCKET))).or_default();
+            if attack {
+                b.0 += 1;
+            } else {
+                b.1 += 1;
+            }
+            c.requests += 1;
+        }
+    }
+    Ok(c)
+}
+
+impl Counts {
+    /// An entity's verdict at `ts`: an analyst's verdict if one covers it,
+    /// otherwise whether most of its labelled requests in the last 10–20
+    /// minutes were attacks.
+    fn label(&self, entity: &str, ts: i64) -> bool {
+        if let Some(v) = self.verdicts.get(entity) {
+            if let Some((a, _, _)) = v.iter().find(|(_, from, to)| *from <= ts && ts <= *to) {
+                return *a;
+            }
+        }
+        let b = ts.div_euclid(BUCKET);
+        let (mut a, mut n) = (0, 0);
+        for k in [b, b - 1] {
+            if let Some((x, y)) = self.buckets.get(&(entity.to_string(), k)) {
+                a += x;
+                n += y;
+            }
+        }
+        a > n
+    }
+}
+
+/// Reads the feature rows of `t` from `data` and labels them.
+pub fn dataset(data: &Path, labels: &Path, t: EntityType) -> Result<Dataset, ModelError> {
+    let counts = load_labels(labels, t)?;
+    let sql = format!("SELECT * FROM features WHERE entity_type = '{}' ORDER BY ts, entity", t.as_str());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .map_err(|source| ModelError::Io { path: data.to_path_buf(), source })?;
+    let batches = rt
+        .block_on(crate::analytics::query(data, &sql))
+        .map_err(|e| ModelError::Invalid { path: data.to_path_buf(), message: e.to_string() })?;
+    let mut ds = Dataset {
+        ts: Vec::new(),
+        entity: Vec::new(),
+        raw: Vec::new(),
+        label: Vec::new(),
+        label_source: format!(
+            "{}: {} request labels, {} entity verdicts",
+            labels.display(),
+            counts.requests,
+            counts.entity_verdicts
+        ),
+    };
+    let schema_err =
+        |m: &str| ModelError::Invalid { path: data.to_path_buf(), message: format!("features table: {m}") };
+    for b in &batches {
+        let ts = b.column(0).as_any().downcast_ref::<TimestampMillisecondArray>().ok_or_else(|| schema_err("ts"))?;
+        // Parquet strings may come back as views; one cast covers both.
+        let ent = datafusion::arrow::compute::cast(b.column(2), &datafusion::arrow::datatypes::DataType::Utf8)?;
+        let ent = ent.as_any().downcast_ref::<StringArray>().ok_or_else(|| schema_err("entity"))?;
+        let cols: Vec<&Float64Array> = (0..features::NF)
+            .map(|i| b.column(3 + i).as_any().downcast_ref::<Float64Array>())
+            .collect::<Option<_>>()
+            .ok_or_else(|| schema_err("feature columns"))?;
+        for r in 0..b.num_rows() {
+            let e = ent.value(r);
+            ds.ts.push(ts.value(r));
+            ds.entity.push(e.to_string());
+            ds.raw.push(cols.iter().map(|c| (!c.is_null(r)).then(|| c.value(r))).collect());
+            ds.label.push(counts.label(e, ts.value(r)));
+        }
+    }
+    if ds.ts.is_empty() {
+        return Err(schema_err(&format!("no {} rows", t.as_str())));
+    }
+    Ok(ds)
+}
+
+/// Trains, picks the threshold, evaluates on the held-out time range, writes the
+/// model and its card. Deterministic for a seed.
+pub fn train(cfg: &TrainConfig) -> Result<Card, ModelError> {
+    let ds = dataset(&cfg.data, &cfg.labels, cfg.entity)?;
+    let (t0, t1) = (ds.ts[0], ds.ts[ds.ts.len() - 1]);
+    let cutoff = t1 - ((t1 - t0) as f64 * cfg.holdout.clamp(0.05, 0.9)) as i64;
+    let train_idx: Vec<usize> = (0..ds.ts.len()).filter(|&i| ds.ts[i] < cutoff).collect();
+    let test_idx: Vec<usize> = (0..ds.ts.len()).filter(|&i| ds.ts[i] >= cutoff).collect();
+    if train_idx.len() < 50 || test_idx.is_empty() {
+        return Err(ModelError::Train(format!(
+            "too few rows: {} to train, {} held out",
+            train_idx.len(),
+            test_idx.len()
+        )));
+    }
+    // Features: as asked, or every one that varies in the training rows.
+    let all: Vec<usize> = match &cfg.features {
+        Some(names) => names
+            .iter()
+            .map(|n| {
+                features::FEATURES
+                    .iter()
+                    .position(|(f, _)| f == n)
+                    .ok_or_else(|| ModelError::Train(format!("feature '{n}' does not exist")))
+            })
+            .collect::<Result<_, _>>()?,
+        None => (0..features::NF).collect(),
+    };
+    let column = |j: usize, rows: &[usize]| -> Vec<f64> { rows.iter().map(|&i| transform(ds.raw[i][j])).collect() };
+    let mut chosen = Vec::new();
+    let (mut mean, mut std) = (Vec::new(), Vec::new());
+    for j in all {
+        let v = column(j, &train_idx);
+        let m = v.iter().sum::<f64>() / v.len() as f64;
+        let s = (v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / v.len() as f64).sqrt();
+        if s > 1e-9 {
+            chosen.push(j);
+            mean.push(m);
+            std.push(s);
+        } else if cfg.features.is_some() {
+            return Err(ModelError::Train(format!(
+                "feature '{}' is constant in the training rows",
+                features::FEATURES[j].0
+            )));
+        }
+    }
+    let d = chosen.len();
+    if d == 0 {
+        return Err(ModelError::Train("no feature varies in the training rows".into()));
+    }
+    let standardised = |rows: &[usize]| -> Array2<f64> {
+        Array2::from_shape_fn((rows.len(), d), |(r, k)| (transform(ds.raw[rows[r]][chosen[k]]) - mean[k]) / std[k])
+    };
+    // An evenly spaced sample keeps fitting time bounded and deterministic.
+    let stride = train_idx.len().div_ceil(cfg.max_train_rows.max(100));
+    let fit_idx: Vec<usize> = train_idx.iter().copied().step_by(stride).collect();
+    let positives = fit_idx.iter().filter(|&&i| ds.label[i]).count();
+    let names: Vec<String> = chosen.iter().map(|&j| features::FEATURES[j].0.to_string()).collect();
+    let name = cfg
+        .out
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| ModelError::Train("--out must name a directory".into()))?;
+    let params = match cfg.kind {
+        Kind::Anomaly => {
+            let x = standardised(&fit_idx);
+            let rng = Xoshiro256Plus::seed_from_u64(cfg.seed);
+            let gmm = linfa_clustering::GaussianMixtureModel::params_with_rng(cfg.components.max(1), rng)
+                .n_runs(1)
+                .tolerance(1e-4)
+                .reg_covariance(1e-2)
+                .max_n_iterations(300)
+                .fit(&DatasetBase::from(x))
+                .map_err(|e| ModelError::Train(format!("mixture: {e}")))?;
+            let k = gmm.weights().len();
+            Params::Gmm {
+                weights: gmm.weights().to_vec(),
+                means: (0..k).map(|c| gmm.means().row(c).to_vec()).collect(),
+                covariances: (0..k)
+                    .map(|c| gmm.covariances().index_axis(ndarray::Axis(0), c).iter().copied().collect())
+                    .collect(),
+            }
+        }
+        Kind::Classifier => {
+            if positives == 0 || positives == fit_idx.len() {
+                return Err(ModelError::Train(format!(
+                    "a classifier needs both classes in the training range; {positives} of {} rows are attacks",
+                    fit_idx.len()
+                )));
+            }
+            // Class weighting for rare attacks: each attack row is repeated so the
+            // classes weigh about the same (at most 50 times).
+            let reps = ((fit_idx.len() - positives) / positives).clamp(1, 50);
+            let rows: Vec<usize> =
+                fit_idx.iter().flat_map(|&i| std::iter::repeat_n(i, if ds.label[i] { reps } else { 1 })).collect();
+            let x = standardised(&rows);
+            let y: Array1<bool> = rows.iter().map(|&i| ds.label[i]).collect();
+            let fitted = linfa_logistic::LogisticRegression::default()
+                .alpha(1e-3)
+                .max_iterations(300)
+                .fit(&linfa::Dataset::new(x, y))
+                .map_err(|e| ModelError::Train(format!("logistic regression: {e}")))?;
+            // linfa orders the two labels itself; make the score the probability of `true`.
+            let sign = if fitted.labels().pos.class { 1.0 } else { -1.0 };
+            Params::Logistic {
+                coefficients: fitted.params().iter().map(|c| sign * c).collect(),
+                intercept: sign * fitted.intercept(),
+            }
+        }
+    };
+    let mut file = ModelFile {
+        format: FORMAT.into(),
+        name: name.clone(),
+        version: cfg.version.clone(),
+        kind: cfg.kind,
+        entity: cfg.entity,
+        features: names.clone(),
+        mean: mean.clone(),
+        std: std.clone(),
+        params,
+        threshold: 0.0,
+    };
+    let model = Model::from_file(file.clone(), cfg.out.join("model.json")).map_err(ModelError::Train)?;
+    let scores = |rows: &[usize]| -> Vec<f64> {
+        let (mut z, mut c) = (Vec::new(), Vec::new());
+        rows.iter()
+            .map(|&i| {
+                let raw: Vec<Option<f64>> = chosen.iter().map(|&j| ds.raw[i][j]).collect();
+                model.standardise(&raw, &mut z);
+                model.score_row(&z, &mut c)
+            })
+            .collect()
+    };
+    // Threshold: the score that only `target_fpr` of benign training rows reach.
+    let benign_train: Vec<usize> = train_idx.iter().copied().filter(|&i| !ds.label[i]).collect();
+    let mut threshold = metrics::quantile(&scores(&benign_train), 1.0 - cfg.target_fpr.clamp(0.0, 1.0));
+    if cfg.kind == Kind::Classifier {
+        // A probability below one half is not a verdict of attack, whatever the quantile says.
+        threshold = threshold.max(0.5);
+    }
+    // Just above the benign quantile, so that `>= threshold` flags at most the target share.
+    threshold = f64::from_bits(threshold.to_bits() + 1);
+    file.threshold = threshold;
+    let test_scores = scores(&test_idx);
+    let test_labels: Vec<bool> = test_idx.iter().map(|&i| ds.label[i]).collect();
+    let holdout = metrics::evaluate(&test_scores, &test_labels, threshold);
+    let iso = crate::event::time::format_rfc3339;
+    let last_train = train_idx[train_idx.len() - 1];
+    let card = Card {
+        name,
+        version: cfg.version.clone(),
+        kind: cfg.kind,
+        entity: cfg.entity,
+        features: names,
+        transform: "ln(1 + max(x, 0)), missing = 0, then (x - mean) / std".into(),
+        scaler_mean: mean,
+        scaler_std: std,
+        data: cfg.data.display().to_string(),
+        labels: cfg.labels.display().to_string(),
+        label_source: ds.label_source.clone(),
+        train_from: iso(t0),
+        train_to: iso(ds.ts[last_train]),
+        holdout_from: iso(cutoff),
+        holdout_to: iso(t1),
+        train_rows: train_idx.len(),
+        train_rows_fitted: fit_idx.len(),
+        train_positives: train_idx.iter().filter(|&&i| ds.label[i]).count(),
+        target_fpr: cfg.target_fpr,
+        threshold,
+        holdout,
+        seed: cfg.seed,
+        command: cfg.command.clone(),
+    };
+    write(&cfg.out, &file, &card)?;
+    Ok(card)
+}
+
+fn write(dir: &Path, file: &ModelFile, card: &Card) -> Result<(), ModelError> {
+    let io = |source| ModelError::Io { path: dir.to_path_buf(), source };
+    std::fs::create_dir_all(dir).map_err(io)?;
+    crate::fsutil::write_atomic(&dir.join("model.json"), pretty(file).as_bytes()).map_err(io)?;
+    crate::fsutil::write_atomic(&dir.join("card.json"), pretty(card).as_bytes()).map_err(io)?;
+    crate::fsutil::write_atomic(&dir.join("card.md"), render_card(card).as_bytes()).map_err(io)?;
+    Ok(())
+}
+
+/// Pretty JSON ending with a newline.
+fn pretty<T: Serialize>(v: &T) -> String {
+    serde_json::to_string_pretty(v).unwrap_or_default() + "\n"
+}
+
+/// The human-readable model card.
+pub fn render_card(c: &Card) -> String {
+    let h = &c.holdout;
+    let what = match c.kind {
+        Kind::Anomaly => {
+            "Gaussian mixture (linfa-clustering) over standardised, log-scaled features; score = negative log-likelihood (higher = less like anything seen in training). Trained without labels; labels only set the threshold and measure it."
+        }
+        Kind::Classifier => {
+            "Logistic regression (linfa-logistic) over standardised, log-scaled features, attack rows weighted up to balance the classes; score = probability of attack."
+        }
+    };
+    format!(
+        "# Model card: {name}@{version}\n\n\
+         - **Kind**: {kind} — {what}\n\
+         - **Entity**: {entity}\n\
+         - **Features** ({nf}): {features}\n\
+         - **Scaler**: {transform} (means and deviations in `card.json` and `model.json`)\n\
+         - **Training data**: `{data}`, {train_from} → {train_to}: {train_rows} rows ({fitted} fitted), {pos} labelled attack\n\
+         - **Labels**: {labels}\n\
+         - **Held out** (the latest part of the time range, never seen in training): {ho_from} → {ho_to}\n\
+         - **Threshold**: {threshold:.6} — the score reached by {fpr_pct}% of benign training rows\n\n\
+         ## Held-out metrics\n\n\
+         | rows | attacks | flagged attacks | flagged benign | precision | recall | FPR | PR-AUC |\n\
+         |---|---|---|---|---|---|---|---|\n\
+         | {rows} | {positives} | {tp} | {fp} | {precision:.4} | {recall:.4} | {hfpr:.6} | {pr_auc:.4} |\n\n\
+         ## Reproduce\n\n```sh\n{command}\n```\n\nSeed {seed}; training is deterministic for a seed.\n",
+        name = c.name,
+        version = c.version,
+        kind = c.kind.as_str(),
+        entity = c.entity.as_str(),
+        nf = c.features.len(),
+        features = c.features.join(", "),
+        transform = c.transform,
+        data = c.data,
+        train_from = c.train_from,
+        train_to = c.train_to,
+        train_rows = c.train_rows,
+        fitted = c.train_rows_fitted,
+        pos = c.train_positives,
+        labels = c.label_source,
+        ho_from = c.holdout_from,
+        ho_to = c.holdout_to,
+        threshold = c.threshold,
+        fpr_pct = c.target_fpr * 100.0,
+        rows = h.rows,
+        positives = h.positives,
+        tp = h.true_positives,
+        fp = h.false_positives,
+        precision = h.precision,
+        recall = h.recall,
+        hfpr = h.fpr,
+        pr_auc = h.pr_auc,
+        command = c.command,
+        seed = c.seed,
+    )
+}
