@@ -149,6 +149,9 @@ enum Command {
         components: usize,
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// L2 penalty of the classifier (larger: smaller coefficients, smoother scores).
+        #[arg(long, default_value_t = 0.1)]
+        l2: f64,
         /// Most training rows fitted (an evenly spaced sample beyond).
         #[arg(long, default_value_t = 40_000)]
         max_rows: usize,
@@ -275,6 +278,7 @@ fn run(cli: Cli) -> Result<()> {
             holdout,
             components,
             seed,
+            l2,
             max_rows,
         } => {
             let entity = gatewatch::features::EntityType::parse(&entity).with_context(|| {
@@ -292,8 +296,10 @@ fn run(cli: Cli) -> Result<()> {
                 holdout,
                 components,
                 seed,
+                l2,
                 max_train_rows: max_rows,
-                command: std::env::args()
+                command: std::iter::once("gatewatch".to_string())
+                    .chain(std::env::args().skip(1))
                     .map(|a| if a.contains(' ') { format!("'{a}'") } else { a })
                     .collect::<Vec<_>>()
                     .join(" "),

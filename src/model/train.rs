@@ -38,6 +38,9 @@ pub struct TrainConfig {
     /// Mixture components (anomaly).
     pub components: usize,
     pub seed: u64,
+    /// L2 penalty of the classifier: larger keeps coefficients small, so no
+    /// single feature can carry a verdict alone.
+    pub l2: f64,
     /// Most rows fitted (a deterministic, evenly spaced sample beyond that).
     pub max_train_rows: usize,
     /// The command line that produced it, for the card.
@@ -66,6 +69,7 @@ pub struct Card {
     pub train_rows_fitted: usize,
     pub train_positives: usize,
     pub target_fpr: f64,
+    pub l2: f64,
     pub threshold: f64,
     pub holdout: Metrics,
     pub seed: u64,
@@ -309,7 +313,7 @@ pub fn train(cfg: &TrainConfig) -> Result<Card, ModelError> {
             let x = standardised(&rows);
             let y: Array1<bool> = rows.iter().map(|&i| ds.label[i]).collect();
             let fitted = linfa_logistic::LogisticRegression::default()
-                .alpha(1e-3)
+                .alpha(cfg.l2)
                 .max_iterations(300)
                 .fit(&linfa::Dataset::new(x, y))
                 .map_err(|e| ModelError::Train(format!("logistic regression: {e}")))?;
@@ -379,6 +383,7 @@ pub fn train(cfg: &TrainConfig) -> Result<Card, ModelError> {
         train_rows_fitted: fit_idx.len(),
         train_positives: train_idx.iter().filter(|&&i| ds.label[i]).count(),
         target_fpr: cfg.target_fpr,
+        l2: cfg.l2,
         threshold,
         holdout,
         seed: cfg.seed,
