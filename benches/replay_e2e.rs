@@ -40,7 +40,9 @@ fn main() {
             std::process::exit(status.code().unwrap_or(1));
         }
     };
-    let pipeline = Pipeline::load(std::path::Path::new("pipelines/default.toml")).expect("pipeline");
+    // GATEWATCH_BENCH_PIPELINE=pipelines/rules-only.toml measures what the models cost.
+    let path = std::env::var("GATEWATCH_BENCH_PIPELINE").unwrap_or_else(|_| "pipelines/default.toml".into());
+    let pipeline = Pipeline::load(std::path::Path::new(&path)).expect("pipeline");
     let out = dir.path().join("run");
     let cpu0 = cpu_seconds();
     let started = Instant::now();

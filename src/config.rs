@@ -53,6 +53,8 @@ struct ModelSection {
     path: Spanned<String>,
     entity: Spanned<String>,
     #[serde(default)]
+    when: Option<Spanned<String>>,
+    #[serde(default)]
     challenge_at: Option<f64>,
     #[serde(default)]
     deny_at: Option<f64>,
@@ -234,6 +236,8 @@ pub struct ModelSpec {
     pub challenge_at: f64,
     /// Scores at or above this make a `deny` (default: never; a model alone challenges).
     pub deny_at: Option<f64>,
+    /// Only rows matching this SQL predicate are scored (minimum evidence, like a rule's).
+    pub when: Option<String>,
     pub ttl_ms: i64,
     pub file: PathBuf,
     pub line: usize,
@@ -620,7 +624,19 @@ impl Pipeline {
                     bad(v.entity.span(), format!("entity '{}' is not an entity type", v.entity.get_ref()))
                 })?;
                 let path = f.file.parent().unwrap_or(Path::new(".")).join(v.path.get_ref());
-                let model = crate::model::Model::load(&path).map_err(|e| bad(v.path.span(), e.to_string()))?;
+                let model = match crate::model::Model::load(&path) {
+                    Ok(m) => m,
+                    // The embedded default pipeline, run outside the repository, uses the built-in copies.
+                    Err(crate::model::ModelError::Io { .. })
+                        if f.file == Path::new(DEFAULT_PIPELINE_PATH) && !Path::new(DEFAULT_PIPELINE_PATH).exists() =>
+                    {
+                        let name = Path::new(v.path.get_ref()).file_name().and_then(|n| n.to_str()).unwrap_or("");
+                        crate::model::Model::embedded(name).ok_or_else(|| {
+                            bad(v.path.span(), format!("{}: no such model (and none built in)", path.display()))
+                        })?
+                    }
+                    Err(e) => return Err(bad(v.path.span(), e.to_string())),
+                };
                 if model.file.entity != entity {
                     return Err(bad(
                         v.entity.span(),
@@ -640,6 +656,7 @@ impl Pipeline {
                     entity,
                     challenge_at,
                     deny_at: v.deny_at,
+                    when: v.when.as_ref().map(|w| w.get_ref().clone()),
                     ttl_ms,
                     file: f.file.clone(),
                     line: line_of(&f.src, m.span().start),

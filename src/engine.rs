@@ -195,6 +195,8 @@ impl OutputPaths {
 
 /// Rules and the shared-entity predicate compiled, with what they need computed.
 struct Compiled {
+    /// Each model's `when`, compiled (same order as the pipeline's models).
+    model_guards: Vec<Option<crate::detect::Predicate>>,
     rules: RuleSet,
     rule_columns: Vec<Vec<(usize, &'static str)>>,
     shared: crate::detect::Predicate,
@@ -228,8 +230,24 @@ impl Compiled {
                 needed[t][schema_idx - 3] = true;
             }
         }
+        let mut model_guards = Vec::with_capacity(models.len());
         for m in models {
             let t = m.entity.index();
+            let guard = match &m.when {
+                Some(w) => {
+                    for (schema_idx, _) in referenced_features(w) {
+                        needed[t][schema_idx - 3] = true;
+                    }
+                    Some(crate::detect::Predicate::compile(
+                        w,
+                        &m.file,
+                        m.line,
+                        &format!("model {} when", m.model.id()),
+                    )?)
+                }
+                None => None,
+            };
+            model_guards.push(guard);
             judged[t] = true;
             for (schema_idx, _) in &shared_columns {
                 needed[t][schema_idx - 3] = true;
@@ -238,7 +256,7 @@ impl Compiled {
                 needed[t][schema_idx - 3] = true;
             }
         }
-        Ok(Compiled { rules, rule_columns, shared, shared_columns, judged, needed })
+        Ok(Compiled { model_guards, rules, rule_columns, shared, shared_columns, judged, needed })
     }
 }
 
@@ -263,6 +281,7 @@ pub type DecisionHook = Box<dyn FnMut(&Decision) + Send>;
 /// A running pipeline.
 pub struct Engine {
     pipeline: Pipeline,
+    model_guards: Vec<Option<crate::detect::Predicate>>,
     format: Format,
     source_name: String,
     builder: EventBatchBuilder,
@@ -299,7 +318,7 @@ impl Engine {
     ) -> Result<Engine, EngineError> {
         std::fs::create_dir_all(out_dir).map_err(|source| EngineError::Io { path: out_dir.to_path_buf(), source })?;
         let paths = OutputPaths { dir: out_dir.to_path_buf() };
-        let Compiled { rules, rule_columns, shared, shared_columns, judged, needed } =
+        let Compiled { model_guards, rules, rule_columns, shared, shared_columns, judged, needed } =
             Compiled::new(&pipeline.rules, &pipeline.decisions, &pipeline.models)?;
         let events_out = if pipeline.output.events {
             Some(ParquetTable::create(&paths.table("events"), event::schema(), EVENT_PLAIN)?)
@@ -329,6 +348,7 @@ impl Engine {
             store: DecisionStore::new(pipeline.decisions.clone()),
             rules,
             rule_columns,
+            model_guards,
             shared,
             shared_columns,
             events_out,
@@ -369,6 +389,7 @@ impl Engine {
         self.features.set_needed(c.needed);
         self.rules = c.rules;
         self.rule_columns = c.rule_columns;
+        self.model_guards = c.model_guards;
         self.shared = c.shared;
         self.shared_columns = c.shared_columns;
         self.store.set_config(decisions.clone());
@@ -570,9 +591,14 @@ impl Engine {
     /// Rows of `batch` the models of its entity type flag, with what each decides.
     fn score_models(&mut self, t: EntityType, batch: &RecordBatch) -> Result<Vec<(usize, Candidate)>, EngineError> {
         let mut out = Vec::new();
-        for m in self.pipeline.models.iter().filter(|m| m.entity == t) {
+        for (m, guard) in self.pipeline.models.iter().zip(&self.model_guards).filter(|(m, _)| m.entity == t) {
+            let allowed = match guard {
+                Some(g) => Some(g.matches(batch).map_err(|source| EvalError { rule: g.sql.clone(), source })?),
+                None => None,
+            };
             for s in m.model.score_batch(batch)? {
-                if s.score < m.challenge_at {
+                if s.score < m.challenge_at || allowed.as_ref().is_some_and(|a| !a.get(s.row).copied().unwrap_or(false))
+                {
                     continue;
                 }
                 let action = if m.deny_at.is_some_and(|d| s.score >= d) { Action::Deny } else { Action::Challenge };

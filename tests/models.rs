@@ -125,22 +125,38 @@ fn report(pipeline: &str, traffic: &Path, labels: &Path, out: &Path) -> gatewatc
 }
 
 #[test]
-fn the_shipped_classifier_catches_what_rules_miss_on_a_held_out_seed() {
+fn rules_and_models_catch_what_rules_miss_at_no_more_collateral_on_a_held_out_seed() {
     // Seed 2002 is not the training seed (101, scripts/train-default-models.sh).
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = SimConfig { scale: 0.5, ..SimConfig::new(2002, 3.0) };
     let reqs = simulate::generate(&cfg);
     let out = simulate::write(&cfg, &reqs, dir.path(), &[OutFormat::Json]).expect("simulate");
-    let rules = report("default.toml", dir.path(), &out.labels, dir.path());
-    let models = report("models.toml", dir.path(), &out.labels, dir.path());
-    eprintln!("{}", gatewatch::eval::compare(&[("rules".into(), rules.clone()), ("rules+model".into(), models.clone())]));
+    let rules = report("rules-only.toml", dir.path(), &out.labels, dir.path());
+    let default = report("default.toml", dir.path(), &out.labels, dir.path());
+    let aggressive = report("models-aggressive.toml", dir.path(), &out.labels, dir.path());
+    eprintln!(
+        "{}",
+        gatewatch::eval::compare(&[
+            ("rules only".into(), rules.clone()),
+            ("default (rules + guarded model)".into(), default.clone()),
+            ("rules + unguarded model".into(), aggressive.clone()),
+        ])
+    );
     let share = |r: &gatewatch::eval::Report, s: &str| r.scenario(s).expect("scenario").blocked_share_after_grace();
+    // The default pipeline: a family the rules miss, caught, at no more benign collateral.
     assert!(share(&rules, "slow-scraper") < 0.1, "rules alone are not expected to catch the slow scraper");
-    assert!(share(&models, "slow-scraper") >= 0.9, "the model catches the slow scraper");
-    assert!(share(&models, "distributed-stuffing") > share(&rules, "distributed-stuffing") + 0.2);
-    // Collateral is higher than the rules' own (docs/MODELS.md); it must stay bounded.
-    assert!(models.benign_blocked_share() <= 0.003, "{:.4}%", 100.0 * models.benign_blocked_share());
-    for nat in ["172.58.10.21", "172.58.77.4"] {
-        assert!(!models.was_denied(EntityType::Ip, nat), "a model denied the NAT address {nat}");
+    assert!(share(&default, "slow-scraper") >= 0.9, "rules + model catch the slow scraper");
+    assert!(default.benign_blocked <= rules.benign_blocked, "{} > {}", default.benign_blocked, rules.benign_blocked);
+    for s in rules.scenarios.iter().filter(|s| s.attack && !simulate::EVADES_RULES.contains(&s.scenario.as_str())) {
+        assert!(share(&default, &s.scenario) >= share(&rules, &s.scenario) - 1e-9, "{} got worse", s.scenario);
+    }
+    // Without the guard the model also takes on the thin stuffing campaign, at a
+    // collateral that is measured (docs/MODELS.md) and must stay bounded.
+    assert!(share(&aggressive, "distributed-stuffing") > share(&rules, "distributed-stuffing") + 0.2);
+    assert!(aggressive.benign_blocked_share() <= 0.003, "{:.4}%", 100.0 * aggressive.benign_blocked_share());
+    for r in [&default, &aggressive] {
+        for nat in ["172.58.10.21", "172.58.77.4"] {
+            assert!(!r.was_denied(EntityType::Ip, nat), "a model denied the NAT address {nat}");
+        }
     }
 }

@@ -87,6 +87,10 @@ pub struct ModelFile {
     pub threshold: f64,
 }
 
+/// The models the default pipeline uses, built into the binary so that the
+/// embedded default pipeline works from any directory.
+pub const EMBEDDED: &[(&str, &str)] = &[("ip-classifier", include_str!("../../models/ip-classifier/model.json"))];
+
 /// A row's score and what drove it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Score {
@@ -142,6 +146,13 @@ impl Model {
         let file: ModelFile =
             serde_json::from_slice(&bytes).map_err(|e| invalid(format!("not a gatewatch model file: {e}")))?;
         Model::from_file(file, file_path.clone()).map_err(invalid)
+    }
+
+    /// A model built into the binary, by directory name.
+    pub fn embedded(name: &str) -> Option<Model> {
+        let (_, text) = EMBEDDED.iter().find(|(n, _)| *n == name)?;
+        let file: ModelFile = serde_json::from_str(text).ok()?;
+        Model::from_file(file, PathBuf::from(format!("(built in)/{name}/model.json"))).ok()
     }
 
     /// Validates a model file and prepares it for scoring.
