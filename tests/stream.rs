@@ -464,3 +464,61 @@ fn sighup_reloads() {
     let mut rest = String::new();
     let _ = server.child.stdout.take().map(|mut o| o.read_to_string(&mut rest));
 }
+
+#[test]
+fn models_ship_without_a_restart_and_a_bad_one_is_refused() {
+    let (dir, pipeline, input) = setup("");
+    // The pipeline scores with its own copy of the shipped classifier.
+    let model_dir = dir.path().join("models/ip-classifier");
+    std::fs::create_dir_all(&model_dir).expect("dir");
+    let shipped = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/ip-classifier/model.json"),
+    )
+    .expect("shipped model");
+    std::fs::write(model_dir.join("model.json"), &shipped).expect("copy");
+    let mut f = std::fs::OpenOptions::new().append(true).open(&pipeline).expect("pipeline");
+    f.write_all(b"\n[[models]]\npath = \"models/ip-classifier\"\nentity = \"ip\"\nttl = \"10m\"\n").expect("write");
+    drop(f);
+    let gateway = create_key(&pipeline, "gateway", "edge");
+    let admin = create_key(&pipeline, "admin", "ops");
+    let server = Server::start(&pipeline, &input, &gateway);
+    server.until("ready", |s| s.json("/readyz").0 == 200);
+    let in_force = |s: &Server| -> Vec<String> {
+        let (_, v) = get(s, &admin, "/v1/admin/models");
+        v["models"].as_array().expect("models").iter().map(|m| m["model"].as_str().unwrap_or("").to_string()).collect()
+    };
+    let metric = |s: &Server, id: &str| {
+        let (_, _, m) = s.get("/metrics", &[]);
+        m.lines().any(|l| {
+            l.starts_with("gatewatch_model_info") && l.contains(&format!("model=\"{id}\"")) && l.ends_with(" 1")
+        })
+    };
+    assert_eq!(in_force(&server), vec!["ip-classifier@1"]);
+    assert!(metric(&server, "ip-classifier@1"));
+    assert_eq!(post(&server, &admin, "/v1/admin/models/rollback", &json!({})).0, 409, "nothing to roll back to yet");
+
+    // A corrupt file: refused with why, the running model stays.
+    std::fs::write(model_dir.join("model.json"), &shipped[..shipped.len() / 2]).expect("corrupt");
+    let (status, v) = post(&server, &admin, "/v1/admin/reload", &json!({}));
+    assert_eq!(status, 422, "{v}");
+    assert!(v["error"].as_str().expect("error").contains("not a gatewatch model file"), "{v}");
+    assert_eq!(in_force(&server), vec!["ip-classifier@1"]);
+    // An incompatible one (a feature this build does not have): refused too.
+    std::fs::write(model_dir.join("model.json"), shipped.replace("\"iat_cv\"", "\"iat_mystery\"")).expect("write");
+    let (status, v) = post(&server, &admin, "/v1/admin/reload", &json!({}));
+    assert_eq!(status, 422, "{v}");
+    assert!(v["error"].as_str().expect("error").contains("iat_mystery"), "{v}");
+
+    // Version 2 ships with a reload; rollback restores version 1.
+    std::fs::write(model_dir.join("model.json"), shipped.replace("\"version\": \"1\"", "\"version\": \"2\""))
+        .expect("v2");
+    let (status, v) = post(&server, &admin, "/v1/admin/reload", &json!({}));
+    assert_eq!((status, v["models"].clone()), (200, json!(["ip-classifier@2"])), "{v}");
+    assert_eq!(in_force(&server), vec!["ip-classifier@2"]);
+    assert!(metric(&server, "ip-classifier@2") && !metric(&server, "ip-classifier@1"));
+    let (status, v) = post(&server, &admin, "/v1/admin/models/rollback", &json!({}));
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(in_force(&server), vec!["ip-classifier@1"]);
+    assert!(metric(&server, "ip-classifier@1"));
+    assert_eq!(get(&server, &gateway, "/v1/admin/models").0, 403);
+}
