@@ -690,6 +690,8 @@ impl Engine {
         if let Some(s) = self.features.flush()? {
             self.handle_snapshot(s)?;
         }
+        // Rows still buffered for the features table (fewer than a flush's worth).
+        self.flush_features()?;
         let io = |source| EngineError::Io { path: self.decisions_path.clone(), source };
         self.decisions_jsonl.flush().map_err(io)?;
         self.dead.flush()?;

@@ -73,7 +73,8 @@ pub fn average_precision(scores: &[f64], labels: &[bool]) -> f64 {
             ap += (tp as f64 / seen as f64) * (gained as f64 / positives as f64);
         }
     }
-    ap
+    // A sum of fractions may land a rounding step above 1.
+    ap.min(1.0)
 }
 
 /// The score at the `q` quantile (0..=1) of `scores` (nearest rank).

@@ -97,9 +97,11 @@ struct Counts {
 
 const BUCKET: i64 = 600_000;
 
-fn load_labels(path: &Path, t: EntityType) -> Result<Counts, ModelError> {
+fn load_labels(path: &Path, t: EntityType, data: &Path) -> Result<Counts, ModelError> {
     let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io { path: path.to_path_buf(), source })?;
     let mut c = Counts::default();
+    // Labels that name only a request: resolved against the run's events table.
+    let mut by_request: HashMap<String, bool> = HashMap::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
@@ -122,8 +124,14 @@ fn load_labels(path: &Path, t: EntityType) -> Result<Counts, ModelError> {
             }
             continue;
         }
-        let ts = v.get("ts").and_then(|x| x.as_i64()).ok_or_else(|| bad("a request label needs 'ts' (epoch ms)"))?;
         let field = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
+        let Some(ts) = v.get("ts").and_then(|x| x.as_i64()) else {
+            let id = field("request_id").ok_or_else(|| {
+                bad("a label names an entity (entity_type, entity) or a request (request_id, and ts with its entities)")
+            })?;
+            by_request.insert(id, attack);
+            continue;
+        };
         let entity = match t {
             EntityType::Ip => field("ip"),
             EntityType::Cidr => field("ip").and_then(|ip| ip.parse().ok()).map(subnet_of),
@@ -142,7 +150,68 @@ fn load_labels(path: &Path, t: EntityType) -> Result<Counts, ModelError> {
             c.requests += 1;
         }
     }
+    if !by_request.is_empty() {
+        resolve_requests(data, t, &by_request, &mut c)?;
+    }
     Ok(c)
+}
+
+/// Finds labelled request ids in the run's `events` table and counts them
+/// against the entity of type `t` each request named.
+fn resolve_requests(
+    data: &Path,
+    t: EntityType,
+    labels: &HashMap<String, bool>,
+    c: &mut Counts,
+) -> Result<(), ModelError> {
+    let column = match t {
+        EntityType::Ip | EntityType::Cidr => "client_ip",
+        EntityType::User => "user_id",
+        EntityType::ApiKey => "api_key_id",
+        EntityType::Device => "device_id",
+        EntityType::Session => "session_id",
+    };
+    let sql = format!(
+        "SELECT request_id, CAST(ts AS BIGINT) AS ts, CAST({column} AS VARCHAR) AS entity FROM events \
+         WHERE request_id IS NOT NULL AND {column} IS NOT NULL"
+    );
+    let bad = |m: String| ModelError::Invalid { path: data.to_path_buf(), message: m };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .map_err(|source| ModelError::Io { path: data.to_path_buf(), source })?;
+    let batches = rt
+        .block_on(crate::analytics::query(data, &sql))
+        .map_err(|e| bad(format!("labels name request ids, so the events table is needed: {e}")))?;
+    let utf8 = &datafusion::arrow::datatypes::DataType::Utf8;
+    for b in &batches {
+        let ids = datafusion::arrow::compute::cast(b.column(0), utf8)?;
+        let ents = datafusion::arrow::compute::cast(b.column(2), utf8)?;
+        let ts = datafusion::arrow::compute::cast(b.column(1), &datafusion::arrow::datatypes::DataType::Int64)?;
+        let ids = ids.as_any().downcast_ref::<StringArray>().ok_or_else(|| bad("events.request_id".into()))?;
+        let ents = ents.as_any().downcast_ref::<StringArray>().ok_or_else(|| bad("events entity".into()))?;
+        let ts = ts
+            .as_any()
+            .downcast_ref::<datafusion::arrow::array::Int64Array>()
+            .ok_or_else(|| bad("events.ts".into()))?;
+        for r in 0..b.num_rows() {
+            let Some(attack) = labels.get(ids.value(r)) else { continue };
+            let entity = match t {
+                EntityType::Cidr => match ents.value(r).parse() {
+                    Ok(ip) => subnet_of(ip),
+                    Err(_) => continue,
+                },
+                _ => ents.value(r).to_string(),
+            };
+            let e = c.buckets.entry((entity, ts.value(r).div_euclid(BUCKET))).or_default();
+            if *attack {
+                e.0 += 1;
+            } else {
+                e.1 += 1;
+            }
+            c.requests += 1;
+        }
+    }
+    Ok(())
 }
 
 impl Counts {
@@ -169,7 +238,7 @@ impl Counts {
 
 /// Reads the feature rows of `t` from `data` and labels them.
 pub fn dataset(data: &Path, labels: &Path, t: EntityType) -> Result<Dataset, ModelError> {
-    let counts = load_labels(labels, t)?;
+    let counts = load_labels(labels, t, data)?;
     let sql = format!("SELECT * FROM features WHERE entity_type = '{}' ORDER BY ts, entity", t.as_str());
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
