@@ -65,16 +65,28 @@ enum Command {
         out: PathBuf,
     },
     /// Play labelled traffic against decisions as a gateway would, and report detection and collateral.
+    ///
+    /// With --pipelines (and --traffic, --out) it replays the traffic through each
+    /// pipeline and prints them side by side, as `gatewatch compare` does.
     Eval {
         /// labels.jsonl from `gatewatch simulate` (or your own labelled requests).
-        #[arg(long, value_name = "FILE")]
-        labels: PathBuf,
+        #[arg(long, value_name = "FILE", required_unless_present = "pipelines")]
+        labels: Option<PathBuf>,
         /// decisions.jsonl from `gatewatch replay`.
-        #[arg(long, value_name = "FILE")]
-        decisions: PathBuf,
+        #[arg(long, value_name = "FILE", required_unless_present = "pipelines")]
+        decisions: Option<PathBuf>,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+        /// Pipelines to compare on --traffic (comma-separated).
+        #[arg(long, value_delimiter = ',', requires_all = ["traffic", "out"])]
+        pipelines: Option<Vec<PathBuf>>,
+        /// A `gatewatch simulate --out` directory (access.jsonl and labels.jsonl).
+        #[arg(long, value_name = "DIR")]
+        traffic: Option<PathBuf>,
+        /// Where each pipeline's run goes.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
     },
     /// SQL over a replay's tables: events, features, decisions.
     Query {
@@ -251,7 +263,13 @@ fn run(cli: Cli) -> Result<()> {
             let s = engine::replay(p, &input, format, &out, progress)?;
             println!("{}", s.line());
         }
-        Command::Eval { labels, decisions, json } => {
+        Command::Eval { pipelines: Some(pipelines), traffic: Some(traffic), out: Some(out), .. } => {
+            compare(&traffic, &pipelines, &out)?;
+        }
+        Command::Eval { labels, decisions, json, .. } => {
+            let (Some(labels), Some(decisions)) = (labels, decisions) else {
+                bail!("eval needs --labels and --decisions, or --pipelines with --traffic and --out");
+            };
             let p = load(&cli.pipeline)?;
             let d = eval::read_decisions(&decisions)?;
             let r = eval::evaluate(&labels, &d, &p.allowlist, &eval::EvalConfig::default())?;
@@ -307,21 +325,7 @@ fn run(cli: Cli) -> Result<()> {
             let card = gatewatch::model::train::train(&cfg)?;
             print!("{}", gatewatch::model::train::render_card(&card));
         }
-        Command::Compare { traffic, pipelines, out } => {
-            let labels = traffic.join("labels.jsonl");
-            let mut reports = Vec::new();
-            for p in &pipelines {
-                let pipeline = load(p)?;
-                let name = p.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "pipeline".into());
-                let run = out.join(&name);
-                let allow = pipeline.allowlist.clone();
-                let cfg = eval::EvalConfig { throttle_rps: pipeline.api.throttle_rps, ..eval::EvalConfig::default() };
-                engine::replay(pipeline, &traffic.join("access.jsonl"), None, &run, std::io::stderr().is_terminal())?;
-                let decisions = eval::read_decisions(&run.join("decisions.jsonl"))?;
-                reports.push((name, eval::evaluate(&labels, &decisions, &allow, &cfg)?));
-            }
-            print!("{}", eval::compare(&reports));
-        }
+        Command::Compare { traffic, pipelines, out } => compare(&traffic, &pipelines, &out)?,
         Command::Demo { seed, hours, out } => demo(&cli.pipeline, seed, hours, &out)?,
         Command::Run { input, listen, from_start } => live(&cli.pipeline, input, listen, from_start)?,
         Command::Keys { action } => {
@@ -528,6 +532,24 @@ fn live(pipeline: &Path, input: Option<PathBuf>, listen: Option<String>, from_st
     let summary = engine_thread.join().map_err(|_| anyhow::anyhow!("engine thread panicked"))??;
     served?;
     eprintln!("gatewatch: stopped; {}", summary.line());
+    Ok(())
+}
+
+/// Replays labelled traffic through each pipeline and prints the reports side by side.
+fn compare(traffic: &Path, pipelines: &[PathBuf], out: &Path) -> Result<()> {
+    let labels = traffic.join("labels.jsonl");
+    let mut reports = Vec::new();
+    for p in pipelines {
+        let pipeline = load(p)?;
+        let name = p.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "pipeline".into());
+        let run = out.join(&name);
+        let allow = pipeline.allowlist.clone();
+        let cfg = eval::EvalConfig { throttle_rps: pipeline.api.throttle_rps, ..eval::EvalConfig::default() };
+        engine::replay(pipeline, &traffic.join("access.jsonl"), None, &run, std::io::stderr().is_terminal())?;
+        let decisions = eval::read_decisions(&run.join("decisions.jsonl"))?;
+        reports.push((name, eval::evaluate(&labels, &decisions, &allow, &cfg)?));
+    }
+    print!("{}", eval::compare(&reports));
     Ok(())
 }
 

@@ -22,7 +22,7 @@ fn ok(c: &mut Command) -> String {
 #[test]
 fn help_names_every_command() {
     let help = ok(gw().arg("--help"));
-    for cmd in ["simulate", "replay", "eval", "query", "demo"] {
+    for cmd in ["simulate", "replay", "eval", "compare", "train", "query", "demo", "run", "keys"] {
         assert!(help.contains(cmd), "{help}");
     }
 }
@@ -101,4 +101,22 @@ fn demo_runs_end_to_end() {
     for want in ["1/3", "2/3", "3/3", "scenario", "benign requests blocked", "gatewatch query"] {
         assert!(out.contains(want), "missing '{want}':\n{out}");
     }
+}
+
+#[test]
+fn eval_compares_pipelines_side_by_side() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    ok(gw()
+        .args(["simulate", "--seed", "8", "--hours", "1", "--scale", "0.2", "--formats", "json", "--out"])
+        .arg(d.join("sim")));
+    let table = ok(gw()
+        .args(["eval", "--pipelines", "pipelines/rules-only.toml,pipelines/default.toml", "--traffic"])
+        .arg(d.join("sim"))
+        .arg("--out")
+        .arg(d.join("cmp")));
+    assert!(table.starts_with("| scenario | rules-only | default |"), "{table}");
+    assert!(table.contains("slow-scraper") && table.contains("benign requests blocked"), "{table}");
+    let out = gw().args(["eval"]).output().expect("runs");
+    assert!(!out.status.success(), "eval with nothing to evaluate must fail");
 }
