@@ -1,11 +1,12 @@
 //! gatewatch: behaviour analytics for API gateways.
 //!
 //! Streams gateway access logs, builds per-entity behaviour features over
-//! event-time windows in Apache Arrow, scores them with SQL rules, and turns
-//! hits into decisions (deny, challenge, throttle) with a TTL and a reason.
+//! event-time windows in Apache Arrow, scores them with SQL rules and linfa
+//! models, and turns hits into decisions (deny, challenge, throttle) with a TTL
+//! and a reason.
 //!
 //! The modules follow the data: [`source`] → [`event`] → [`features`] →
-//! [`detect`] → [`decision`] → [`sink`], wired by [`engine`]; [`simulate`]
+//! [`detect`] and [`model`] → [`decision`] → [`sink`], wired by [`engine`]; [`simulate`]
 //! produces labelled traffic, [`eval`] measures decisions against labels and
 //! [`analytics`] answers SQL over the stored tables. [`live`] follows a log as it
 //! grows and [`api`] serves the decisions to gateways.
