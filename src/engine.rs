@@ -399,11 +399,6 @@ impl Engine {
         Ok(())
     }
 
-    /// The models in force (`NAME@VERSION`).
-    pub fn model_ids(&self) -> Vec<String> {
-        self.pipeline.models.iter().map(|m| m.model.id()).collect()
-    }
-
     /// The names of the rules in force.
     pub fn rule_names(&self) -> Vec<String> {
         self.rules.rules().iter().map(|r| r.spec.name.clone()).collect()

@@ -12,10 +12,7 @@ use common::{Server, create_key};
 
 #[test]
 fn follow_decide_serve_restart() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let pipeline = common::live_pipeline(dir.path());
-    let input = dir.path().join("access.log");
-    std::fs::write(&input, "").expect("input");
+    let (dir, pipeline, input) = common::live_setup();
 
     let gateway_key = create_key(&pipeline, "gateway", "edge-1");
     let admin_key = create_key(&pipeline, "admin", "ops");

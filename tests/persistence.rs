@@ -35,10 +35,7 @@ fn decisions(s: &Server, admin: &str, query: &str) -> Vec<Value> {
 
 #[test]
 fn kill_9_during_a_write_burst_loses_no_acknowledged_decision() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let pipeline = common::live_pipeline(dir.path());
-    let input = dir.path().join("access.log");
-    std::fs::write(&input, "").expect("input");
+    let (_dir, pipeline, input) = common::live_setup();
     let gateway = create_key(&pipeline, "gateway", "edge");
     let admin = create_key(&pipeline, "admin", "ops");
     let mut server = Server::start(&pipeline, &input, &gateway);
@@ -101,10 +98,7 @@ fn kill_9_during_a_write_burst_loses_no_acknowledged_decision() {
 
 #[test]
 fn engine_memory_survives_a_restart() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let pipeline = common::live_pipeline(dir.path());
-    let input = dir.path().join("access.log");
-    std::fs::write(&input, "").expect("input");
+    let (_dir, pipeline, input) = common::live_setup();
     let gateway = create_key(&pipeline, "gateway", "edge");
     let admin = create_key(&pipeline, "admin", "ops");
     let append = |s: String| {

@@ -11,18 +11,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use common::{Server, create_key};
 use serde_json::{Value, json};
 
-fn setup(extra: &str) -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let pipeline = common::live_pipeline(dir.path());
-    if !extra.is_empty() {
-        let mut f = std::fs::OpenOptions::new().append(true).open(&pipeline).expect("pipeline");
-        f.write_all(extra.as_bytes()).expect("write");
-    }
-    let input = dir.path().join("access.log");
-    std::fs::write(&input, "").expect("input");
-    (dir, pipeline, input)
-}
-
 fn post(s: &Server, key: &str, path: &str, body: &Value) -> (u16, Value) {
     let (status, _, b) = s.request("POST", path, &[("X-Api-Key", key)], &body.to_string());
     (status, serde_json::from_str(&b).unwrap_or(Value::Null))
@@ -91,7 +79,7 @@ impl Follower {
 
 #[test]
 fn stream_misses_nothing_and_repeats_nothing_under_concurrent_writers() {
-    let (dir, pipeline, input) = setup("");
+    let (dir, pipeline, input) = common::live_setup();
     let gateway = create_key(&pipeline, "gateway", "edge");
     let admin = create_key(&pipeline, "admin", "ops");
     let server = Arc::new(Server::start(&pipeline, &input, &gateway));
@@ -183,7 +171,7 @@ fn stream_misses_nothing_and_repeats_nothing_under_concurrent_writers() {
 
 #[test]
 fn server_sent_events_deliver_each_change() {
-    let (_dir, pipeline, input) = setup("");
+    let (_dir, pipeline, input) = common::live_setup();
     let gateway = create_key(&pipeline, "gateway", "edge");
     let admin = create_key(&pipeline, "admin", "ops");
     let mut server = Server::start(&pipeline, &input, &gateway);
@@ -275,7 +263,7 @@ fn server_sent_events_deliver_each_change() {
 
 #[test]
 fn crowdsec_bouncer_protocol() {
-    let (_dir, pipeline, input) = setup("");
+    let (_dir, pipeline, input) = common::live_setup();
     let bouncer = create_key(&pipeline, "gateway", "crowdsec-firewall");
     let admin = create_key(&pipeline, "admin", "ops");
     let server = Server::start(&pipeline, &input, &bouncer);
@@ -341,7 +329,7 @@ fn crowdsec_bouncer_protocol() {
 
 #[test]
 fn operator_allowlist_and_rule_reload() {
-    let (dir, pipeline, input) = setup("");
+    let (dir, pipeline, input) = common::live_setup();
     let gateway = create_key(&pipeline, "gateway", "edge");
     let admin = create_key(&pipeline, "admin", "ops");
     let mut server = Server::start(&pipeline, &input, &gateway);
@@ -450,7 +438,7 @@ fn operator_allowlist_and_rule_reload() {
 
 #[test]
 fn sighup_reloads() {
-    let (_dir, pipeline, input) = setup("");
+    let (_dir, pipeline, input) = common::live_setup();
     let gateway = create_key(&pipeline, "gateway", "edge");
     let mut server = Server::start(&pipeline, &input, &gateway);
     server.until("ready", |s| s.json("/readyz").0 == 200);
@@ -467,7 +455,7 @@ fn sighup_reloads() {
 
 #[test]
 fn models_ship_without_a_restart_and_a_bad_one_is_refused() {
-    let (dir, pipeline, input) = setup("");
+    let (dir, pipeline, input) = common::live_setup();
     // The pipeline scores with its own copy of the shipped classifier.
     let model_dir = dir.path().join("models/ip-classifier");
     std::fs::create_dir_all(&model_dir).expect("dir");

@@ -527,16 +527,6 @@ impl LiveStore {
         active_in(&self.published.load().map, now_ms)
     }
 
-    /// How many decisions are held (expired ones not yet purged included).
-    pub fn len(&self) -> usize {
-        self.published.load().map.len()
-    }
-
-    /// Whether no decision is held.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// The decision in force on one entity.
     pub fn get(&self, t: EntityType, entity: &str, now_ms: i64) -> Option<Arc<LiveDecision>> {
         self.published.load().map.get(&key_of(t, entity)).filter(|d| d.expires_ms > now_ms).cloned()

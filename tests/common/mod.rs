@@ -64,6 +64,15 @@ pub fn live_pipeline(dir: &std::path::Path) -> std::path::PathBuf {
     pipeline
 }
 
+/// A temporary directory with a live pipeline and an empty followed log: (dir, pipeline, log).
+pub fn live_setup() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pipeline = live_pipeline(dir.path());
+    let input = dir.path().join("access.log");
+    std::fs::write(&input, "").expect("input");
+    (dir, pipeline, input)
+}
+
 /// Runs a `gatewatch` command to completion; returns its trimmed stdout.
 pub fn gatewatch(pipeline: &std::path::Path, args: &[&str]) -> String {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_gatewatch"))
