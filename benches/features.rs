@@ -9,10 +9,22 @@ use gatewatch::features::{FeatureConfig, FeatureEngine};
 use gatewatch::simulate::OutFormat;
 
 fn batches(n: usize) -> Vec<gatewatch::arrow::record_batch::RecordBatch> {
-    let lines = common::lines(OutFormat::Json, n);
+    to_batches(&common::lines(OutFormat::Json, n))
+}
+
+/// A flood of new entities (every request a new address, device and session).
+fn flood_batches(n: usize) -> Vec<gatewatch::arrow::record_batch::RecordBatch> {
+    let mut buf = Vec::new();
+    let start = gatewatch::event::time::parse_rfc3339("2026-11-02T10:00:00Z").expect("time");
+    gatewatch::simulate::flood::write(&mut buf, n, start, 600_000, 50).expect("write");
+    let text = String::from_utf8(buf).expect("utf-8");
+    to_batches(&text.lines().map(str::to_string).collect::<Vec<_>>())
+}
+
+fn to_batches(lines: &[String]) -> Vec<gatewatch::arrow::record_batch::RecordBatch> {
     let mut b = EventBatchBuilder::with_capacity(8192);
     let mut out = Vec::new();
-    for l in &lines {
+    for l in lines {
         b.append(&parse_line(l, Format::Json, None).expect("simulated lines parse"));
         if b.len() == 8192 {
             out.push(b.finish().expect("batch"));
@@ -47,6 +59,27 @@ fn bench(c: &mut Criterion) {
             || FeatureEngine::new(cfg),
             |mut f| {
                 for batch in &input {
+                    std::hint::black_box(f.ingest(batch).expect("ingest"));
+                }
+                f
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    g.finish();
+
+    // High cardinality: 200,000 requests, ~600,000 new entities, through a
+    // 64 MiB budget that holds a few tens of thousands (eviction included).
+    let flood = flood_batches(200_000);
+    let mut g = c.benchmark_group("features_flood");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(200_000));
+    g.bench_function("ingest_evicting", |b| {
+        let cfg = FeatureConfig { state_budget_bytes: 64 << 20, ..FeatureConfig::default() };
+        b.iter_batched(
+            || FeatureEngine::new(cfg),
+            |mut f| {
+                for batch in &flood {
                     std::hint::black_box(f.ingest(batch).expect("ingest"));
                 }
                 f

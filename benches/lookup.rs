@@ -5,11 +5,12 @@
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use gatewatch::config::Allowlist;
 use gatewatch::decision::Action;
+use gatewatch::decision::Decision;
 use gatewatch::features::EntityType;
-use gatewatch::live::store::{LiveDecision, LiveStore, Query};
+use gatewatch::live::store::{LiveStore, Query};
 
-fn decision(id: u64, t: EntityType, entity: String, action: Action) -> LiveDecision {
-    LiveDecision {
+fn decision(id: u64, t: EntityType, entity: String, action: Action) -> Decision {
+    Decision {
         id,
         entity_type: t,
         entity,

@@ -5,6 +5,11 @@
 //! throughput and peak memory, printed as one JSON line. Pin it to one core with
 //! `taskset -c 0 cargo bench --bench replay_e2e` to measure events/s per core.
 //! `GATEWATCH_BENCH_LINES` changes the size; `GATEWATCH_BENCH_FILE` reuses a file.
+//! `GATEWATCH_BENCH_MIX` picks the traffic: `sim` (the simulator's JSON, the
+//! default), `combined` (the simulator's stock nginx `combined` lines, shaped
+//! like a real web server's log: no ids, whole-second times) or `flood` (every
+//! request from a new address, device and session; `GATEWATCH_BENCH_BUDGET`,
+//! e.g. `256MiB`, sets the state budget).
 
 use std::io::{BufRead, BufWriter, Write};
 use std::path::PathBuf;
@@ -42,7 +47,10 @@ fn main() {
     };
     // GATEWATCH_BENCH_PIPELINE=pipelines/rules-only.toml measures what the models cost.
     let path = std::env::var("GATEWATCH_BENCH_PIPELINE").unwrap_or_else(|_| "pipelines/default.toml".into());
-    let pipeline = Pipeline::load(std::path::Path::new(&path)).expect("pipeline");
+    let mut pipeline = Pipeline::load(std::path::Path::new(&path)).expect("pipeline");
+    if let Ok(b) = std::env::var("GATEWATCH_BENCH_BUDGET") {
+        pipeline.features.state_budget_bytes = gatewatch::features::budget::parse_bytes(&b).expect("budget");
+    }
     let out = dir.path().join("run");
     let cpu0 = cpu_seconds();
     let started = Instant::now();
@@ -54,6 +62,7 @@ fn main() {
         "{}",
         serde_json::json!({
             "bench": "replay_e2e",
+            "mix": mix(),
             "lines": s.lines,
             "events": s.events,
             "decisions": s.decisions,
@@ -65,6 +74,8 @@ fn main() {
             "events_per_cpu_s": cpu.map(|c| s.events as f64 / c),
             "peak_rss_mib": s.peak_rss_bytes.map(|b| b as f64 / 1048576.0),
             "active_entities_at_end": active,
+            "evicted_entities": s.evicted_entities,
+            "state_bytes": s.state_bytes,
             "state_bytes_per_active_entity": s.state_bytes.checked_div(active).unwrap_or(0),
         })
     );
@@ -80,17 +91,36 @@ fn cpu_seconds() -> Option<f64> {
     Some((utime + stime) / 100.0)
 }
 
-/// Simulated traffic at three times the default population, cut to exactly `lines` lines.
+fn mix() -> String {
+    std::env::var("GATEWATCH_BENCH_MIX").unwrap_or_else(|_| "sim".into())
+}
+
+/// Exactly `lines` lines of the chosen mix.
 fn make_input(dir: &std::path::Path, lines: usize) -> PathBuf {
+    if mix() == "flood" {
+        let path = dir.join("flood.jsonl");
+        let mut w = BufWriter::new(std::fs::File::create(&path).expect("create"));
+        let start = gatewatch::event::time::parse_rfc3339("2026-11-02T10:00:00Z").expect("time");
+        // A million requests in ten minutes, a stuffing address among them.
+        let span = (lines as i64 * 6 / 10).max(1);
+        gatewatch::simulate::flood::write(&mut w, lines, start, span, 50).expect("write");
+        w.flush().expect("flush");
+        return path;
+    }
+    let (format, file) = match mix().as_str() {
+        "sim" => (OutFormat::Json, "access.jsonl"),
+        "combined" => (OutFormat::Combined, "access-combined.log"),
+        other => panic!("GATEWATCH_BENCH_MIX={other}: expected sim, combined or flood"),
+    };
     let mut cfg = SimConfig::new(99, 6.0);
     cfg.scale = (lines as f64 / 240_000.0).max(0.05);
     let sim = dir.join("sim");
     let reqs = simulate::generate(&cfg);
-    simulate::write(&cfg, &reqs, &sim, &[OutFormat::Json]).expect("simulate");
+    simulate::write(&cfg, &reqs, &sim, &[format]).expect("simulate");
     drop(reqs);
-    let path = dir.join("replay.jsonl");
+    let path = dir.join("replay.log");
     let mut w = BufWriter::new(std::fs::File::create(&path).expect("create"));
-    let r = std::io::BufReader::new(std::fs::File::open(sim.join("access.jsonl")).expect("open"));
+    let r = std::io::BufReader::new(std::fs::File::open(sim.join(file)).expect("open"));
     let mut n = 0;
     for l in r.lines().map_while(Result::ok) {
         if n == lines {

@@ -45,6 +45,17 @@ struct PipelineFile {
     rules: Option<Vec<Spanned<RuleSection>>>,
     #[serde(default)]
     models: Option<Vec<Spanned<ModelSection>>>,
+    #[serde(default)]
+    sinks: Option<Vec<Spanned<SinkSection>>>,
+}
+
+/// One `[[sinks]]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SinkSection {
+    #[serde(rename = "type")]
+    kind: crate::sink::SinkKind,
+    tables: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -72,6 +83,7 @@ struct InputSection {
     max_line_bytes: usize,
     path: Option<PathBuf>,
     mapping: Option<BTreeMap<String, FieldSpec>>,
+    max_future: Option<Spanned<String>>,
 }
 
 fn default_format() -> Format {
@@ -86,6 +98,7 @@ fn default_max_line() -> usize {
 struct FeaturesSection {
     tick: Option<Spanned<String>>,
     lateness: Option<Spanned<String>>,
+    state_budget: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -250,7 +263,14 @@ pub struct InputConfig {
     pub max_line_bytes: usize,
     pub path: Option<PathBuf>,
     pub mapping: Option<Mapping>,
+    /// Live mode: how far ahead of the wall clock an event may be stamped
+    /// before it is applied at its arrival time instead.
+    pub max_future_ms: i64,
 }
+
+/// Default for `input.max_future`: more than any NTP-synchronised clock is
+/// off, less than a tick.
+pub const DEFAULT_MAX_FUTURE_MS: i64 = 5_000;
 
 /// What the pipeline writes besides decisions.
 #[derive(Debug, Clone)]
@@ -263,26 +283,7 @@ pub struct OutputConfig {
     pub features: bool,
 }
 
-/// How rule hits become decisions.
-#[derive(Debug, Clone)]
-pub struct DecisionConfig {
-    /// Repeat offences multiply the TTL by this, up to `max_ttl_ms`.
-    pub escalation: f64,
-    pub max_ttl_ms: i64,
-    /// How long a past offence still counts towards escalation.
-    pub offense_memory_ms: i64,
-    /// When an ip, cidr or api_key counts as *shared* (a NAT address, a public
-    /// app key): a SQL predicate over the features, like a rule's. A rule's
-    /// action on a shared entity becomes its `on_shared`.
-    pub shared_when: String,
-    /// Where `shared_when` is written, for errors.
-    pub shared_when_at: (PathBuf, usize),
-}
-
-/// Many users acting normally: logins mostly succeed. An address where most
-/// logins fail is not shared by its users but used against them.
-pub const DEFAULT_SHARED_WHEN: &str =
-    "distinct_users_1h >= 30 AND (login_failure_ratio_10m IS NULL OR login_failure_ratio_10m < 0.5)";
+pub use crate::decision::{DEFAULT_SHARED_WHEN, DecisionConfig};
 
 /// A verified crawler: its user agent only counts from its operator's networks.
 #[derive(Debug, Clone)]
@@ -313,6 +314,56 @@ pub struct Pipeline {
     pub models: Vec<ModelSpec>,
     pub state_dir: PathBuf,
     pub api: ApiConfig,
+    /// Outputs of a run, in order; every one receives what it asks for.
+    pub sinks: Vec<crate::sink::SinkSpec>,
+}
+
+/// The `[[sinks]]` of one file, checked: known tables, and dead letters kept somewhere.
+fn sinks_from(f: &Located<PipelineFile>, output: &OutputConfig) -> Result<Vec<crate::sink::SinkSpec>, ConfigError> {
+    use crate::sink::{SinkKind, SinkSpec};
+    const TABLES: [&str; 3] = ["events", "features", "decisions"];
+
+    let mut out = Vec::new();
+    let sections = f.value.sinks.as_deref().unwrap_or_default();
+    for sec in sections {
+        let v = sec.get_ref();
+        let tables = match (&v.tables, v.kind) {
+            // Without a list, the [output] flags choose, as they do without [[sinks]].
+            (None, SinkKind::Parquet) => SinkSpec::defaults(output.events, output.features).remove(0).tables,
+            (None, _) => Vec::new(),
+            (Some(_), k) if k != SinkKind::Parquet => {
+                return Err(invalid(&f.file, &f.src, sec.span(), "sinks.tables", "only a parquet sink has tables"));
+            }
+            (Some(ts), _) => {
+                let mut names = Vec::new();
+                for t in ts {
+                    if !TABLES.contains(&t.get_ref().as_str()) {
+                        return Err(invalid(
+                            &f.file,
+                            &f.src,
+                            t.span(),
+                            "sinks.tables",
+                            format!("unknown table '{}' (expected events, features or decisions)", t.get_ref()),
+                        ));
+                    }
+                    names.push(t.get_ref().clone());
+                }
+                names
+            }
+        };
+        out.push(SinkSpec { kind: v.kind, tables });
+    }
+    if !out.iter().any(|s| s.kind == SinkKind::DeadLetters) {
+        let span = sections.first().map(|s| s.span()).unwrap_or(0..0);
+        return Err(invalid(
+            &f.file,
+            &f.src,
+            span,
+            "sinks",
+            "no sink keeps dead letters: add [[sinks]] type = \"dead_letters\" (bad lines must never vanish)",
+        ));
+    }
+    Ok(out)
 }
 
 struct Located<T> {
@@ -399,7 +450,13 @@ impl Pipeline {
         }
 
         let input = match pick!(input) {
-            None => InputConfig { format: Format::Auto, max_line_bytes: default_max_line(), path: None, mapping: None },
+            None => InputConfig {
+                format: Format::Auto,
+                max_line_bytes: default_max_line(),
+                path: None,
+                mapping: None,
+                max_future_ms: DEFAULT_MAX_FUTURE_MS,
+            },
             Some((f, s)) => {
                 let v = s.get_ref();
                 let mapping = v
@@ -420,7 +477,11 @@ impl Pipeline {
                     return Err(invalid(&f.file, &f.src, s.span(), "input.max_line_bytes", "must be at least 256"));
                 }
                 let path = v.path.as_ref().map(|p| f.file.parent().unwrap_or(Path::new(".")).join(p));
-                InputConfig { format: v.format, max_line_bytes: v.max_line_bytes, path, mapping }
+                let max_future_ms = match &v.max_future {
+                    Some(d) => duration(&f.file, &f.src, d, "input.max_future")?,
+                    None => DEFAULT_MAX_FUTURE_MS,
+                };
+                InputConfig { format: v.format, max_line_bytes: v.max_line_bytes, path, mapping, max_future_ms }
             }
         };
 
@@ -435,6 +496,10 @@ impl Pipeline {
                     .map_err(|m| invalid(&f.file, &f.src, l.span(), "features.lateness", m))?;
             }
             features.idle_ms = 3_600_000 + features.lateness_ms + 600_000;
+            if let Some(b) = &v.state_budget {
+                features.state_budget_bytes = crate::features::budget::parse_bytes(b.get_ref())
+                    .map_err(|m| invalid(&f.file, &f.src, b.span(), "features.state_budget", m))?;
+            }
         }
 
         let mut output = OutputConfig { batch_rows: 8192, batch_max_age_ms: 200, events: true, features: true };
@@ -742,6 +807,11 @@ impl Pipeline {
             }
         }
 
+        let sinks = match chain.iter().find(|f| f.value.sinks.is_some()) {
+            None => crate::sink::SinkSpec::defaults(output.events, output.features),
+            Some(f) => sinks_from(f, &output)?,
+        };
+
         Ok(Pipeline {
             file: path.to_path_buf(),
             input,
@@ -753,6 +823,7 @@ impl Pipeline {
             models,
             state_dir,
             api,
+            sinks,
         })
     }
 }

@@ -5,16 +5,11 @@
 //! what makes a replay's decisions byte-identical from run to run. Only Parquet
 //! encoding runs on other threads.
 
-use std::fs::File;
-use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use datafusion::arrow::array::{
-    ArrayRef, Float64Builder, StringArray, StringBuilder, TimestampMillisecondBuilder, UInt32Builder, UInt64Builder,
-};
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::array::StringArray;
 use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::record_batch::RecordBatch;
 use serde::Serialize;
@@ -26,7 +21,7 @@ use crate::decision::{Action, Decision, DecisionStore, Proposal};
 use crate::detect::{EvalError, RuleError, RuleSet};
 use crate::event::{self, EventBatchBuilder, Format};
 use crate::features::{self, EntityType, FeatureEngine, Snapshot};
-use crate::sink::{DeadLetter, DeadLetterSink, ParquetTable, SinkError};
+use crate::sink::{DeadLetter, Sink, SinkError, Wants};
 use crate::source::Line;
 
 /// Why a run stopped.
@@ -56,7 +51,22 @@ pub struct Summary {
     pub lines: u64,
     pub events: u64,
     pub dead_letters: u64,
+    /// Events behind the watermark (newest event − `features.lateness`):
+    /// out of order, but applied to every window that still holds their time.
+    pub reordered_events: u64,
+    /// Events older than the longest window behind the newest event: no
+    /// window could hold them, so they went to the dead letters.
     pub late_events: u64,
+    /// Events stamped further ahead of the wall clock than `input.max_future`
+    /// (live mode), applied at their arrival time instead.
+    pub future_events: u64,
+    /// Values outside a closed vocabulary, kept as `unknown`.
+    pub unknown_values: u64,
+    /// Quoted fields cut off at the end of a line, kept as far as they went.
+    pub truncated_fields: u64,
+    /// Entities forgotten early to keep state within `features.state_budget`.
+    pub evicted_entities: u64,
+    pub state_budget_bytes: u64,
     pub feature_rows: u64,
     pub decisions: u64,
     pub decisions_by_action: std::collections::BTreeMap<String, u64>,
@@ -78,118 +88,19 @@ impl Summary {
     pub fn line(&self) -> String {
         let acts: Vec<String> = self.decisions_by_action.iter().map(|(a, n)| format!("{a} {n}")).collect();
         format!(
-            "{} lines → {} events ({} dead letters, {} late) → {} decisions [{}] in {:.2}s ({:.0} events/s)",
+            "{} lines → {} events ({} dead letters, {} late, {} reordered, {} from the future, {} evicted) → {} decisions [{}] in {:.2}s ({:.0} events/s)",
             self.lines,
             self.events,
             self.dead_letters,
             self.late_events,
+            self.reordered_events,
+            self.future_events,
+            self.evicted_entities,
             self.decisions,
             if acts.is_empty() { "none".to_string() } else { acts.join(", ") },
             self.elapsed_s,
             self.events_per_s
         )
-    }
-}
-
-/// The `decisions` table schema.
-pub fn decisions_schema() -> SchemaRef {
-    let ts = || DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()));
-    Arc::new(Schema::new(vec![
-        Field::new("ts", ts(), false),
-        Field::new("entity_type", DataType::Utf8, false),
-        Field::new("entity", DataType::Utf8, false),
-        Field::new("action", DataType::Utf8, false),
-        Field::new("ttl_s", DataType::UInt64, false),
-        Field::new("reason", DataType::Utf8, false),
-        Field::new("source", DataType::Utf8, false),
-        Field::new("score", DataType::Float64, false),
-        Field::new("id", DataType::UInt64, false),
-        Field::new("expires_at", ts(), false),
-        Field::new("offense", DataType::UInt32, false),
-    ]))
-}
-
-/// Column builders for decisions.
-#[derive(Default)]
-struct DecisionColumns {
-    ts: TimestampMillisecondBuilder,
-    entity_type: StringBuilder,
-    entity: StringBuilder,
-    action: StringBuilder,
-    ttl_s: UInt64Builder,
-    reason: StringBuilder,
-    source: StringBuilder,
-    score: Float64Builder,
-    id: UInt64Builder,
-    expires_at: TimestampMillisecondBuilder,
-    offense: UInt32Builder,
-    rows: usize,
-}
-
-impl DecisionColumns {
-    fn push(&mut self, d: &Decision, now_ms: i64) {
-        self.ts.append_value(now_ms);
-        self.entity_type.append_value(d.entity_type.as_str());
-        self.entity.append_value(&d.entity);
-        self.action.append_value(d.action.as_str());
-        self.ttl_s.append_value(d.ttl_s);
-        self.reason.append_value(&d.reason);
-        self.source.append_value(&d.source);
-        self.score.append_value(d.score);
-        self.id.append_value(d.id);
-        self.expires_at.append_value(now_ms + d.ttl_s as i64 * 1000);
-        self.offense.append_value(d.offense);
-        self.rows += 1;
-    }
-
-    fn finish(&mut self) -> Result<RecordBatch, ArrowError> {
-        self.rows = 0;
-        let cols: Vec<ArrayRef> = vec![
-            Arc::new(self.ts.finish().with_timezone("UTC")),
-            Arc::new(self.entity_type.finish()),
-            Arc::new(self.entity.finish()),
-            Arc::new(self.action.finish()),
-            Arc::new(self.ttl_s.finish()),
-            Arc::new(self.reason.finish()),
-            Arc::new(self.source.finish()),
-            Arc::new(self.score.finish()),
-            Arc::new(self.id.finish()),
-            Arc::new(self.expires_at.finish().with_timezone("UTC")),
-            Arc::new(self.offense.finish()),
-        ];
-        RecordBatch::try_new(decisions_schema(), cols)
-    }
-}
-
-/// Event columns with (nearly) one value per entity or request: a Parquet
-/// dictionary for them costs interning every value and mostly falls back to
-/// plain encoding anyway.
-const EVENT_PLAIN: &[&str] = &["request_id"];
-
-/// Feature columns are floats and entity ids: a dictionary rarely pays for itself there.
-static FEATURE_PLAIN: std::sync::LazyLock<Vec<&'static str>> = std::sync::LazyLock::new(|| {
-    let mut v: Vec<&'static str> = features::FEATURES.iter().map(|(n, _)| *n).collect();
-    v.push("entity");
-    v
-});
-
-/// Feature rows are buffered to this many before they go to the writer thread.
-const FEATURE_FLUSH_ROWS: usize = 16_384;
-
-/// Output locations inside a run directory.
-pub struct OutputPaths {
-    pub dir: PathBuf,
-}
-
-impl OutputPaths {
-    pub fn decisions_jsonl(&self) -> PathBuf {
-        self.dir.join("decisions.jsonl")
-    }
-    pub fn dead_letters(&self) -> PathBuf {
-        self.dir.join("dead_letters.jsonl")
-    }
-    pub fn table(&self, name: &str) -> PathBuf {
-        self.dir.join(name)
     }
 }
 
@@ -275,9 +186,6 @@ fn fmt_value(v: f64) -> String {
     if v.fract() == 0.0 && v.abs() < 1e15 { format!("{}", v as i64) } else { format!("{v:.3}") }
 }
 
-/// Called for every decision as it is made.
-pub type DecisionHook = Box<dyn FnMut(&Decision) + Send>;
-
 /// A running pipeline.
 pub struct Engine {
     pipeline: Pipeline,
@@ -291,21 +199,17 @@ pub struct Engine {
     shared: crate::detect::Predicate,
     shared_columns: Vec<(usize, &'static str)>,
     store: DecisionStore,
-    events_out: Option<ParquetTable>,
-    features_out: Option<ParquetTable>,
-    decisions_out: ParquetTable,
-    feature_buf: Vec<RecordBatch>,
-    feature_buf_rows: usize,
-    decision_cols: DecisionColumns,
-    decisions_jsonl: BufWriter<File>,
-    decisions_path: PathBuf,
-    dead: DeadLetterSink,
+    /// Every output, in the pipeline's order; each gets what it [`Wants`].
+    sinks: Vec<Box<dyn Sink>>,
+    /// What any sink wants, so nothing nobody reads is built.
+    wants: Wants,
     summary: Summary,
     first_ts: Option<i64>,
     started: Instant,
     batch_started: Instant,
-    on_decision: Option<DecisionHook>,
     allowlist: Arc<ArcSwap<Allowlist>>,
+    /// Live mode: the wall clock (epoch ms) at the start of this round of input.
+    wall_clock: Option<i64>,
 }
 
 impl Engine {
@@ -317,24 +221,11 @@ impl Engine {
         out_dir: &Path,
     ) -> Result<Engine, EngineError> {
         std::fs::create_dir_all(out_dir).map_err(|source| EngineError::Io { path: out_dir.to_path_buf(), source })?;
-        let paths = OutputPaths { dir: out_dir.to_path_buf() };
         let Compiled { model_guards, rules, rule_columns, shared, shared_columns, judged, needed } =
             Compiled::new(&pipeline.rules, &pipeline.decisions, &pipeline.models)?;
-        let events_out = if pipeline.output.events {
-            Some(ParquetTable::create(&paths.table("events"), event::schema(), EVENT_PLAIN)?)
-        } else {
-            None
-        };
-        let features_out = if pipeline.output.features {
-            Some(ParquetTable::create(&paths.table("features"), features::schema(), &FEATURE_PLAIN)?)
-        } else {
-            None
-        };
-        let decisions_out = ParquetTable::create(&paths.table("decisions"), decisions_schema(), &[])?;
-        let decisions_path = paths.decisions_jsonl();
-        let decisions_jsonl = BufWriter::new(
-            File::create(&decisions_path).map_err(|source| EngineError::Io { path: decisions_path.clone(), source })?,
-        );
+        let sinks =
+            pipeline.sinks.iter().map(|spec| crate::sink::build(spec, out_dir)).collect::<Result<Vec<_>, _>>()?;
+        let wants = sinks.iter().fold(Wants::NONE, |w, s| w.or(s.wants()));
         Ok(Engine {
             format: format.unwrap_or(pipeline.input.format),
             source_name: source_name.to_string(),
@@ -351,21 +242,14 @@ impl Engine {
             model_guards,
             shared,
             shared_columns,
-            events_out,
-            features_out,
-            decisions_out,
-            feature_buf: Vec::new(),
-            feature_buf_rows: 0,
-            decision_cols: DecisionColumns::default(),
-            decisions_jsonl,
-            decisions_path,
-            dead: DeadLetterSink::new(&paths.dead_letters()),
+            sinks,
+            wants,
             summary: Summary::default(),
             first_ts: None,
             started: Instant::now(),
             batch_started: Instant::now(),
-            on_decision: None,
             allowlist: Arc::new(ArcSwap::from_pointee(pipeline.allowlist.clone())),
+            wall_clock: None,
             pipeline,
         })
     }
@@ -415,14 +299,85 @@ impl Engine {
         self.store.set_next_id(id);
     }
 
-    /// Calls `f` for every decision as it is made (live mode publishes them).
-    pub fn on_decision(&mut self, f: impl FnMut(&Decision) + Send + 'static) {
-        self.on_decision = Some(Box::new(f));
+    /// Adds an output beside the pipeline's (live mode adds the decision store).
+    pub fn add_sink(&mut self, sink: Box<dyn Sink>) {
+        self.wants = self.wants.or(sink.wants());
+        self.sinks.push(sink);
     }
 
-    /// Running totals (`events`, `dead_letters`, `decisions` are current; the rest is filled by `finish`).
-    pub fn summary(&self) -> &Summary {
+    /// Applies what is pending and makes every sink as durable as it can be:
+    /// after this returns, a source may acknowledge everything pushed so far.
+    pub fn checkpoint(&mut self) -> Result<(), EngineError> {
+        self.flush_batch()?;
+        for s in &mut self.sinks {
+            s.checkpoint()?;
+        }
+        Ok(())
+    }
+
+    /// Running totals; the timing and memory peaks are filled in by `finish`.
+    pub fn summary(&mut self) -> &Summary {
+        self.refresh_summary();
         &self.summary
+    }
+
+    fn refresh_summary(&mut self) {
+        let fs = self.features.stats();
+        let s = &mut self.summary;
+        s.reordered_events = fs.reordered_events;
+        s.evicted_entities = fs.entities_evicted;
+        s.feature_rows = fs.feature_rows;
+        s.state_bytes = self.features.state_bytes();
+        s.state_budget_bytes = self.features.budget_bytes() as u64;
+        for (t, n) in EntityType::ALL.iter().zip(self.features.active_entities()) {
+            s.active_entities.insert(t.as_str().to_string(), n);
+        }
+    }
+
+    /// Live mode: event time may not run ahead of this wall-clock time (epoch
+    /// ms) by more than `input.max_future`. A line stamped later is applied at
+    /// this time and counted, so one forged or skewed line can neither push
+    /// the watermark past every later line nor stretch a decision's expiry.
+    /// Replay never sets it, so a replay stays a function of its input.
+    pub fn set_wall_clock(&mut self, now_ms: i64) {
+        self.wall_clock = Some(now_ms);
+    }
+
+    /// Newest event time seen, applied or still in the current batch.
+    fn newest_ts(&self) -> Option<i64> {
+        match (self.features.max_ts(), self.builder.max_ts()) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Checks an event's time: clamps one from the future (live mode), refuses
+    /// one older than every window. `Err` is the dead-letter reason.
+    fn admit_time(&mut self, ev: &mut event::EventRef<'_>) -> Result<(), String> {
+        if let Some(now) = self.wall_clock {
+            if ev.ts_ms > now.saturating_add(self.pipeline.input.max_future_ms) {
+                self.summary.future_events += 1;
+                let ahead = (ev.ts_ms - now) / 1000;
+                ev.notes.push_owned(format!(
+                    "ts={} clamped to arrival, {ahead}s ahead of the wall clock",
+                    event::time::format_rfc3339(ev.ts_ms)
+                ));
+                ev.ts_ms = now;
+            }
+        }
+        if let Some(newest) = self.newest_ts() {
+            if ev.ts_ms < newest.saturating_sub(features::LONGEST_WINDOW_MS) {
+                self.summary.late_events += 1;
+                return Err(format!(
+                    "ts: {} is {}s behind the newest event ({}), older than the longest feature window (1h): \
+                     no window holds it",
+                    event::time::format_rfc3339(ev.ts_ms),
+                    (newest - ev.ts_ms) / 1000,
+                    event::time::format_rfc3339(newest)
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Parses one line; a bad one becomes a dead letter.
@@ -437,20 +392,27 @@ impl Engine {
             match std::str::from_utf8(line.bytes) {
                 Err(e) => Some(format!("invalid UTF-8 at byte {}", e.valid_up_to())),
                 Ok(text) => match event::parse_line(text, self.format, self.pipeline.input.mapping.as_ref()) {
-                    Ok(ev) => {
-                        self.first_ts.get_or_insert(ev.ts_ms);
-                        self.builder.append(&ev);
-                        None
-                    }
+                    Ok(mut ev) => match self.admit_time(&mut ev) {
+                        Ok(()) => {
+                            self.summary.unknown_values += u64::from(ev.notes.unknown);
+                            self.summary.truncated_fields += u64::from(ev.notes.truncated);
+                            self.first_ts.get_or_insert(ev.ts_ms);
+                            self.builder.append(&ev);
+                            None
+                        }
+                        Err(reason) => Some(reason),
+                    },
                     Err(e) => Some(e.to_string()),
                 },
             }
         };
         if let Some(reason) = reason {
-            let dl = DeadLetter::new(&self.source_name, line.no, line.offset, &reason, line.bytes, line.len);
-            self.dead.write(&dl)?;
+            let dl = DeadLetter::new(&self.source_name, line.pos, &reason, line.bytes, line.len);
+            for s in self.sinks.iter_mut().filter(|s| s.wants().dead_letters) {
+                s.dead_letter(&dl)?;
+            }
             self.summary.dead_letters += 1;
-            tracing::debug!(line = line.no, %reason, "dead letter");
+            tracing::debug!(pos = ?line.pos, %reason, "dead letter");
         }
         // Batches are bounded by rows and by wall-clock age. Neither changes
         // any decision (ticks follow event time, row by row); the age bound only
@@ -474,8 +436,10 @@ impl Engine {
         let batch = self.builder.finish()?;
         self.summary.events += batch.num_rows() as u64;
         let snapshots = self.features.ingest(&batch)?;
-        if let Some(out) = self.events_out.as_mut() {
-            out.write(batch)?;
+        if self.wants.events {
+            for s in self.sinks.iter_mut().filter(|s| s.wants().events) {
+                s.events(&batch)?;
+            }
         }
         for s in snapshots {
             self.handle_snapshot(s)?;
@@ -546,26 +510,12 @@ impl Engine {
                     self.decide(t, now, (&batch, row, entities.value(row)), is_shared, c)?;
                 }
             }
-            if snap.persist && self.features_out.is_some() {
-                self.feature_buf_rows += batch.num_rows();
-                self.feature_buf.push(batch);
-                if self.feature_buf_rows >= FEATURE_FLUSH_ROWS {
-                    self.flush_features()?;
+            if snap.persist && self.wants.features {
+                for s in self.sinks.iter_mut().filter(|s| s.wants().features) {
+                    s.features(&batch)?;
                 }
             }
         }
-        Ok(())
-    }
-
-    fn flush_features(&mut self) -> Result<(), EngineError> {
-        if let Some(out) = self.features_out.as_mut() {
-            if !self.feature_buf.is_empty() {
-                let batch = datafusion::arrow::compute::concat_batches(&features::schema(), &self.feature_buf)?;
-                out.write(batch)?;
-            }
-        }
-        self.feature_buf.clear();
-        self.feature_buf_rows = 0;
         Ok(())
     }
 
@@ -661,20 +611,16 @@ impl Engine {
             score: c.score,
         };
         if let Some(d) = self.store.propose(proposal) {
-            self.emit(&d, now)?;
+            self.emit(&d)?;
         }
         Ok(())
     }
 
-    fn emit(&mut self, d: &Decision, now: i64) -> Result<(), EngineError> {
-        let io = |source| EngineError::Io { path: self.decisions_path.clone(), source };
-        serde_json::to_writer(&mut self.decisions_jsonl, d).map_err(|e| io(e.into()))?;
-        self.decisions_jsonl.write_all(b"\n").map_err(io)?;
-        self.decision_cols.push(d, now);
+    fn emit(&mut self, d: &Decision) -> Result<(), EngineError> {
         self.summary.decisions += 1;
         *self.summary.decisions_by_action.entry(d.action.as_str().to_string()).or_default() += 1;
-        if let Some(f) = self.on_decision.as_mut() {
-            f(d);
+        for s in self.sinks.iter_mut().filter(|s| s.wants().decisions) {
+            s.decision(d)?;
         }
         Ok(())
     }
@@ -685,30 +631,11 @@ impl Engine {
         if let Some(s) = self.features.flush()? {
             self.handle_snapshot(s)?;
         }
-        // Rows still buffered for the features table (fewer than a flush's worth).
-        self.flush_features()?;
-        let io = |source| EngineError::Io { path: self.decisions_path.clone(), source };
-        self.decisions_jsonl.flush().map_err(io)?;
-        self.dead.flush()?;
-        let batch = self.decision_cols.finish()?;
-        self.decisions_out.write(batch)?;
-        self.decisions_out.finish()?;
-        if let Some(t) = self.events_out.take() {
-            t.finish()?;
+        for sink in std::mem::take(&mut self.sinks) {
+            sink.finish()?;
         }
-        if let Some(t) = self.features_out.take() {
-            t.finish()?;
-        }
-        let fs = self.features.stats();
+        self.refresh_summary();
         let s = &mut self.summary;
-        s.dead_letters = self.dead.count();
-        self.dead.flush()?;
-        s.late_events = fs.late_events;
-        s.feature_rows = fs.feature_rows;
-        s.state_bytes = self.features.state_bytes();
-        for (t, n) in EntityType::ALL.iter().zip(self.features.active_entities()) {
-            s.active_entities.insert(t.as_str().to_string(), n);
-        }
         s.first_event = self.first_ts.map(event::time::format_rfc3339);
         s.last_event = self.features.max_ts().map(event::time::format_rfc3339);
         s.elapsed_s = self.started.elapsed().as_secs_f64();
@@ -753,7 +680,8 @@ pub fn peak_rss_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
-/// Replays a file (or `-` for stdin) through the pipeline into `out_dir`.
+/// Replays a file (or `-` for stdin) through the pipeline into `out_dir`;
+/// writes `summary.json` there too.
 pub fn replay(
     pipeline: Pipeline,
     input: &Path,
@@ -762,44 +690,10 @@ pub fn replay(
     progress: bool,
 ) -> Result<Summary, EngineError> {
     let keep = pipeline.input.max_line_bytes;
-    let name = input.display().to_string();
-    let mut engine = Engine::new(pipeline, format, &name, out_dir)?;
-    let (reader, total): (Box<dyn std::io::BufRead>, u64) = if input == Path::new("-") {
-        (Box::new(std::io::BufReader::with_capacity(1 << 20, std::io::stdin())), 0)
-    } else {
-        let f = File::open(input).map_err(|source| EngineError::Io { path: input.to_path_buf(), source })?;
-        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-        (Box::new(std::io::BufReader::with_capacity(1 << 20, f)), len)
-    };
-    let bar = if progress && total > 0 {
-        let b = indicatif::ProgressBar::new(total);
-        b.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} {bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        Some(b)
-    } else {
-        None
-    };
-    let mut lines = crate::source::LineReader::new(reader, keep);
-    let mut n = 0u64;
-    loop {
-        let line = lines.next_line().map_err(|source| EngineError::Io { path: input.to_path_buf(), source })?;
-        let Some(line) = line else { break };
-        engine.push_line(&line)?;
-        n += 1;
-        if n % 65_536 == 0 {
-            if let Some(b) = &bar {
-                b.set_position(lines.bytes_read());
-            }
-        }
-    }
-    if let Some(b) = bar {
-        b.finish_and_clear();
-    }
-    let summary = engine.finish()?;
+    let mut source = crate::source::open(input, keep, false, true)
+        .map_err(|source| EngineError::Io { path: input.to_path_buf(), source })?;
+    let engine = Engine::new(pipeline, format, &source.name(), out_dir)?;
+    let summary = crate::driver::replay(engine, source.as_mut(), progress)?;
     let path = out_dir.join("summary.json");
     let text = serde_json::to_string_pretty(&summary).unwrap_or_default();
     std::fs::write(&path, text).map_err(|source| EngineError::Io { path, source })?;

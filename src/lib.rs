@@ -6,7 +6,8 @@
 //! and a reason.
 //!
 //! The modules follow the data: [`source`] → [`event`] → [`features`] →
-//! [`detect`] and [`model`] → [`decision`] → [`sink`], wired by [`engine`]; [`simulate`]
+//! [`detect`] and [`model`] → [`decision`] → [`sink`], wired by [`engine`] and
+//! driven by [`driver`] (one loop for replay and live mode); [`simulate`]
 //! produces labelled traffic, [`eval`] measures decisions against labels and
 //! [`analytics`] answers SQL over the stored tables. [`live`] follows a log as it
 //! grows and [`api`] serves the decisions to gateways.
@@ -16,6 +17,7 @@ pub mod api;
 pub mod config;
 pub mod decision;
 pub mod detect;
+pub mod driver;
 pub mod engine;
 pub mod eval;
 pub mod event;

@@ -365,7 +365,7 @@ fn live(pipeline: &Path, input: Option<PathBuf>, listen: Option<String>, from_st
     use gatewatch::api::{self, AppState, Metrics, Services};
     use gatewatch::decision::Restored;
     use gatewatch::live::allow::AllowOverlay;
-    use gatewatch::live::{LiveDecision, LiveStore, control, runner};
+    use gatewatch::live::{LiveStore, StoreSink, control, runner};
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -415,29 +415,13 @@ fn live(pipeline: &Path, input: Option<PathBuf>, listen: Option<String>, from_st
     }
     let allowlist = engine.allowlist();
     allowlist.store(Arc::new(overlay.apply(&p.allowlist)));
-    {
-        let (store, metrics) = (store.clone(), metrics.clone());
-        engine.on_decision(move |d| {
-            metrics.decisions.with_label_values(&[d.source.as_str(), d.action.as_str()]).inc();
-            if let Some(ld) = LiveDecision::from_decision(d) {
-                if let Err(e) = store.put_automatic(ld, api::now_ms()) {
-                    metrics.store_errors.inc();
-                    tracing::error!(error = %e, "decision not persisted");
-                }
-            }
-        });
-    }
-    let progress: runner::Progress = {
+    engine.add_sink(Box::new(StoreSink::new(store.clone(), metrics.clone(), p.decisions.max_ttl_ms)));
+    let progress: gatewatch::driver::Progress = {
         let metrics = metrics.clone();
-        let (mut events, mut dead) = (0u64, 0u64);
-        Box::new(move |s: &engine::Summary| {
-            metrics.events_in.inc_by(s.events.saturating_sub(events));
-            metrics.dead_letters.inc_by(s.dead_letters.saturating_sub(dead));
-            events = s.events;
-            dead = s.dead_letters;
-        })
+        let mut seen = engine::Summary::default();
+        Box::new(move |s: &engine::Summary| metrics.observe_summary(s, &mut seen))
     };
-    let source = runner::LiveSource::open(&input, p.input.max_line_bytes, from_start)
+    let source = gatewatch::source::open(&input, p.input.max_line_bytes, true, from_start)
         .with_context(|| format!("cannot follow {}", input.display()))?;
     let stop = Arc::new(AtomicBool::new(false));
     let (control, inbox) = control::channel_pair();
@@ -445,7 +429,8 @@ fn live(pipeline: &Path, input: Option<PathBuf>, listen: Option<String>, from_st
         let stop = stop.clone();
         std::thread::Builder::new().name("engine".into()).spawn(move || {
             runner::lower_thread_priority(runner::ENGINE_NICE);
-            runner::run(engine, source, stop, Some(progress), Some(inbox))
+            let between: gatewatch::driver::RoundHook = Box::new(move |e| inbox.apply(e));
+            gatewatch::driver::live(engine, source, stop, Some(between), Some(progress))
         })?
     };
     let keys = api::KeyRing::open(&api::keys::path_in(&p.state_dir))?;

@@ -88,11 +88,20 @@ fn missing_input_is_a_clear_error() {
 }
 
 #[test]
-fn late_events_are_counted_not_applied() {
+fn out_of_order_events_count_and_only_what_no_window_holds_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let input = dir.path().join("late.log");
     let later = GOOD.replace("10:15:02.113", "10:20:00.000");
-    std::fs::write(&input, format!("{GOOD}\n{later}\n{GOOD}\n")).expect("write");
-    let s = gatewatch::engine::replay(pipeline(), &input, None, &dir.path().join("out"), false).expect("replay");
-    assert_eq!((s.events, s.late_events), (3, 1));
+    let ancient = GOOD.replace("10:15:02.113", "08:15:02.113");
+    std::fs::write(&input, format!("{GOOD}\n{later}\n{GOOD}\n{ancient}\n")).expect("write");
+    let out = dir.path().join("out");
+    let s = gatewatch::engine::replay(pipeline(), &input, None, &out, false).expect("replay");
+    // Five minutes behind the newest event is behind the watermark, but every
+    // window of the 10-minute and 1-hour features still holds it.
+    assert_eq!((s.events, s.reordered_events, s.late_events, s.dead_letters), (3, 1, 1, 1));
+    let dl = dead_letters(&out);
+    assert_eq!(dl.len(), 1);
+    assert_eq!(dl[0]["line"], 4);
+    let reason = dl[0]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("older than the longest feature window"), "{reason}");
 }

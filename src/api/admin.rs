@@ -97,7 +97,7 @@ fn manual_decision(
     id: u64,
     caller: &Caller,
     now: i64,
-) -> Result<crate::live::LiveDecision, ApiError> {
+) -> Result<crate::decision::Decision, ApiError> {
     let m: ManualDecision =
         serde_json::from_value(v).map_err(|e| ApiError::bad_request(format!("{at}{}", shorten(&e.to_string()))))?;
     let bad = |m: String| ApiError::bad_request(format!("{at}{m}"));
@@ -113,7 +113,7 @@ fn manual_decision(
     if m.reason.trim().is_empty() || m.reason.len() > 1024 {
         return Err(bad("reason: say why, in at most 1024 bytes".into()));
     }
-    Ok(crate::live::LiveDecision {
+    Ok(crate::decision::Decision {
         id,
         entity_type: t,
         entity,
@@ -161,7 +161,7 @@ pub(super) async fn create(
     for d in &ds {
         state.metrics.decisions.with_label_values(&[d.source.as_str(), d.action.as_str()]).inc();
     }
-    let shown = |d: &crate::live::LiveDecision| {
+    let shown = |d: &crate::decision::Decision| {
         json!({
             "decision_id": d.id, "entity_type": d.entity_type, "entity": d.entity, "action": d.action,
             "reason": d.reason, "source": d.source,

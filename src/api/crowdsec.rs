@@ -26,9 +26,10 @@ use serde_json::{Value, json};
 
 use super::{ApiError, AppState, Caller, check_params, now_ms, parse_ip, shorten};
 use crate::decision::Action;
+use crate::decision::Decision;
 use crate::event::time::format_rfc3339;
 use crate::features::EntityType;
-use crate::live::store::{ChangeKind, LiveDecision, Since};
+use crate::live::store::{ChangeKind, Since};
 
 fn scope_of(t: EntityType) -> &'static str {
     match t {
@@ -68,13 +69,13 @@ fn go_duration(ms: i64) -> String {
     }
 }
 
-fn origin_of(d: &LiveDecision) -> &'static str {
+fn origin_of(d: &Decision) -> &'static str {
     if d.source.starts_with("manual:") { "cscli" } else { "gatewatch" }
 }
 
 /// One decision in CrowdSec's shape; `kind` overrides the type (deletions of a
 /// block replaced by an allow are sent as the block they lift).
-fn crowdsec_json(d: &LiveDecision, kind: &str, now: i64) -> Value {
+fn crowdsec_json(d: &Decision, kind: &str, now: i64) -> Value {
     json!({
         "id": d.id,
         "origin": origin_of(d),
@@ -110,7 +111,7 @@ impl Filters {
         }
     }
 
-    fn keep(&self, d: &LiveDecision) -> bool {
+    fn keep(&self, d: &Decision) -> bool {
         let scenario = format!("{}: {}", d.source, d.reason).to_ascii_lowercase();
         self.origins.as_ref().is_none_or(|o| o.iter().any(|o| o == origin_of(d)))
             && self.containing.as_ref().is_none_or(|c| c.iter().any(|c| scenario.contains(c.as_str())))
@@ -145,7 +146,7 @@ pub(super) async fn decisions(
             return Err(ApiError::bad_request(format!("type: '{}' is not one of ban, captcha, throttle", shorten(t))));
         }
     }
-    let found: Vec<Arc<LiveDecision>> = if let Some(ip) = params.get("ip") {
+    let found: Vec<Arc<Decision>> = if let Some(ip) = params.get("ip") {
         let ip = parse_ip("ip", ip)?;
         if state.allowlist.load().allows_request(ip, None, None) {
             return Ok(Json(Value::Null));
@@ -228,7 +229,7 @@ pub(super) fn stream(
         Some(s) => s.split(',').filter(|s| !s.trim().is_empty()).filter_map(entity_of_scope).collect(),
     };
     let filters = Filters::from(params);
-    let keep = |d: &LiveDecision| scopes.contains(&d.entity_type) && filters.keep(d);
+    let keep = |d: &Decision| scopes.contains(&d.entity_type) && filters.keep(d);
     let now = now_ms();
     let mut bouncers = state.bouncers.lock().map_err(|_| ApiError::internal("bouncer cursors lock poisoned"))?;
     let cursor = if startup { None } else { bouncers.get(&caller.id).copied() };

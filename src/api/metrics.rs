@@ -18,7 +18,19 @@ pub struct Metrics {
     pub stream_cursor: IntGauge,
     pub stream_readers: IntGauge,
     pub model_info: prometheus::IntGaugeVec,
+    /// Input the engine kept or refused other than as it came, by kind:
+    /// `reordered` (applied behind the watermark), `late` (older than every
+    /// window: dead letter), `future` (stamped ahead of the wall clock: applied
+    /// at arrival), `unknown_value`, `truncated_field`.
+    pub input_anomalies: IntCounterVec,
+    pub state_bytes: IntGauge,
+    pub state_budget_bytes: IntGauge,
+    pub entities: prometheus::IntGaugeVec,
+    pub entities_evicted: IntCounter,
 }
+
+/// Kinds of `gatewatch_input_anomalies_total`.
+pub const ANOMALY_KINDS: [&str; 5] = ["reordered", "late", "future", "unknown_value", "truncated_field"];
 
 impl Metrics {
     pub fn new() -> Result<Metrics, prometheus::Error> {
@@ -51,6 +63,34 @@ impl Metrics {
             &["model", "entity", "kind"],
         )?;
         registry.register(Box::new(model_info.clone()))?;
+        let input_anomalies = IntCounterVec::new(
+            Opts::new(
+                "gatewatch_input_anomalies_total",
+                "Events kept or refused other than as they came: reordered (applied behind the watermark), late \
+                 (older than every window: dead letter), future (ahead of the wall clock: applied at arrival), \
+                 unknown_value, truncated_field",
+            ),
+            &["kind"],
+        )?;
+        for k in ANOMALY_KINDS {
+            input_anomalies.with_label_values(&[k]);
+        }
+        registry.register(Box::new(input_anomalies.clone()))?;
+        let state_bytes = IntGauge::new("gatewatch_state_bytes", "Bytes held by per-entity feature state")?;
+        let state_budget_bytes =
+            IntGauge::new("gatewatch_state_budget_bytes", "features.state_budget: evictions keep state below it")?;
+        let entities = prometheus::IntGaugeVec::new(
+            Opts::new("gatewatch_entities", "Entities held in feature state, by type"),
+            &["type"],
+        )?;
+        let entities_evicted = IntCounter::new(
+            "gatewatch_entities_evicted_total",
+            "Least recently seen entities evicted to stay within the state budget",
+        )?;
+        registry.register(Box::new(state_bytes.clone()))?;
+        registry.register(Box::new(state_budget_bytes.clone()))?;
+        registry.register(Box::new(entities.clone()))?;
+        registry.register(Box::new(entities_evicted.clone()))?;
         registry.register(Box::new(reloads.clone()))?;
         registry.register(Box::new(stream_cursor.clone()))?;
         registry.register(Box::new(events_in.clone()))?;
@@ -73,7 +113,39 @@ impl Metrics {
             stream_cursor,
             stream_readers,
             model_info,
+            input_anomalies,
+            state_bytes,
+            state_budget_bytes,
+            entities,
+            entities_evicted,
         })
+    }
+
+    /// Brings the engine's gauges and counters up to its running summary.
+    /// `seen` holds what was already counted (counters only go up).
+    pub fn observe_summary(&self, s: &crate::engine::Summary, seen: &mut crate::engine::Summary) {
+        let add = |c: &IntCounter, now: u64, before: &mut u64| {
+            c.inc_by(now.saturating_sub(*before));
+            *before = now;
+        };
+        add(&self.events_in, s.events, &mut seen.events);
+        add(&self.dead_letters, s.dead_letters, &mut seen.dead_letters);
+        add(&self.entities_evicted, s.evicted_entities, &mut seen.evicted_entities);
+        let kinds = [
+            (s.reordered_events, &mut seen.reordered_events),
+            (s.late_events, &mut seen.late_events),
+            (s.future_events, &mut seen.future_events),
+            (s.unknown_values, &mut seen.unknown_values),
+            (s.truncated_fields, &mut seen.truncated_fields),
+        ];
+        for (kind, (now, before)) in ANOMALY_KINDS.iter().zip(kinds) {
+            add(&self.input_anomalies.with_label_values(&[*kind]), now, before);
+        }
+        self.state_bytes.set(s.state_bytes as i64);
+        self.state_budget_bytes.set(s.state_budget_bytes as i64);
+        for (t, n) in &s.active_entities {
+            self.entities.with_label_values(&[t.as_str()]).set(*n as i64);
+        }
     }
 
     /// Shows exactly these models as in force.

@@ -26,7 +26,7 @@ use axum::{Json, Router};
 use serde_json::json;
 
 use crate::config::{Allowlist, ApiConfig, Pipeline};
-use crate::live::LiveDecision;
+use crate::decision::Decision;
 use crate::live::allow::AllowOverlay;
 use crate::live::control::Control;
 use crate::live::store::LiveStore;
@@ -150,10 +150,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Current wall-clock time in epoch milliseconds.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
+pub use crate::event::time::now_ms;
 
 /// The router with every route.
 pub fn router(state: Arc<AppState>) -> Router {
@@ -281,7 +278,7 @@ impl ApiError {
 }
 
 /// A decision as the API shows it.
-pub fn decision_json(d: &LiveDecision) -> serde_json::Value {
+pub fn decision_json(d: &Decision) -> serde_json::Value {
     json!({
         "decision_id": d.id, "entity_type": d.entity_type, "entity": d.entity, "action": d.action,
         "reason": d.reason, "source": d.source, "score": d.score,

@@ -2,11 +2,35 @@
 //! precedence and escalation for repeat offenders.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::DecisionConfig;
 use crate::features::EntityType;
+
+mod record;
+pub use record::Decision;
+
+/// How rule hits become decisions.
+#[derive(Debug, Clone)]
+pub struct DecisionConfig {
+    /// Repeat offences multiply the TTL by this, up to `max_ttl_ms`.
+    pub escalation: f64,
+    pub max_ttl_ms: i64,
+    /// How long a past offence still counts towards escalation.
+    pub offense_memory_ms: i64,
+    /// When an ip, cidr or api_key counts as *shared* (a NAT address, a public
+    /// app key): a SQL predicate over the features, like a rule's. A rule's
+    /// action on a shared entity becomes its `on_shared`.
+    pub shared_when: String,
+    /// Where `shared_when` is written, for errors.
+    pub shared_when_at: (PathBuf, usize),
+}
+
+/// Many users acting normally: logins mostly succeed. An address where most
+/// logins fail is not shared by its users but used against them.
+pub const DEFAULT_SHARED_WHEN: &str =
+    "distinct_users_1h >= 30 AND (login_failure_ratio_10m IS NULL OR login_failure_ratio_10m < 0.5)";
 
 /// What a gateway should do with a request. Ordered by strength.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -31,27 +55,6 @@ impl Action {
     pub fn parse(s: &str) -> Option<Action> {
         [Action::Allow, Action::Throttle, Action::Challenge, Action::Deny].into_iter().find(|a| a.as_str() == s)
     }
-}
-
-/// One decision, as written to `decisions.jsonl`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Decision {
-    /// RFC 3339 event time when decided.
-    pub ts: String,
-    pub entity_type: EntityType,
-    pub entity: String,
-    pub action: Action,
-    pub ttl_s: u64,
-    pub reason: String,
-    /// `rule:NAME` (later `model:NAME@VERSION`, `manual:WHO`).
-    pub source: String,
-    pub score: f64,
-    /// Sequential id within one run.
-    pub id: u64,
-    /// RFC 3339 expiry, `ts + ttl_s`.
-    pub expires_at: String,
-    /// How many times this entity has been decided against within the offence memory.
-    pub offense: u32,
 }
 
 /// A proposal from a rule (or later a model) to act on an entity.
@@ -172,16 +175,15 @@ impl DecisionStore {
         let id = self.next_id;
         self.next_id += 1;
         Decision {
-            ts: crate::event::time::format_rfc3339(p.now_ms),
+            id,
             entity_type: p.entity_type,
             entity: p.entity.to_string(),
             action: p.action,
-            ttl_s: (ttl_ms / 1000) as u64,
             reason: p.reason.clone(),
             source: p.source.clone(),
             score: p.score,
-            id,
-            expires_at: crate::event::time::format_rfc3339(p.now_ms + ttl_ms),
+            created_ms: p.now_ms,
+            expires_ms: p.now_ms + ttl_ms,
             offense,
         }
     }
@@ -207,7 +209,7 @@ mod tests {
             escalation: 2.0,
             max_ttl_ms: 4 * 3_600_000,
             offense_memory_ms: 86_400_000,
-            shared_when: crate::config::DEFAULT_SHARED_WHEN.into(),
+            shared_when: DEFAULT_SHARED_WHEN.into(),
             shared_when_at: (std::path::PathBuf::new(), 0),
         })
     }
@@ -229,18 +231,18 @@ mod tests {
     fn dedup_renew_and_escalate() {
         let mut s = store();
         let d1 = s.propose(prop(0, Action::Deny)).unwrap();
-        assert_eq!(d1.ttl_s, 3600);
+        assert_eq!(d1.ttl_s(), 3600);
         assert!(s.propose(prop(60_000, Action::Deny)).is_none(), "live decision not repeated");
         assert!(s.propose(prop(60_000, Action::Challenge)).is_none(), "weaker action suppressed");
         let renew = s.propose(prop(2_000_000, Action::Deny)).unwrap();
         assert_eq!(renew.offense, 1, "renewal is not a new offence");
         // After expiry, the next offence doubles the TTL; the cap holds.
         let d2 = s.propose(prop(10_000_000, Action::Deny)).unwrap();
-        assert_eq!((d2.offense, d2.ttl_s), (2, 7200));
+        assert_eq!((d2.offense, d2.ttl_s()), (2, 7200));
         let d3 = s.propose(prop(20_000_000, Action::Deny)).unwrap();
-        assert_eq!((d3.offense, d3.ttl_s), (3, 14_400));
+        assert_eq!((d3.offense, d3.ttl_s()), (3, 14_400));
         let d4 = s.propose(prop(40_000_000, Action::Deny)).unwrap();
-        assert_eq!(d4.ttl_s, 14_400);
+        assert_eq!(d4.ttl_s(), 14_400);
     }
 
     #[test]

@@ -19,7 +19,6 @@ use serde::Serialize;
 
 use crate::config::Allowlist;
 use crate::decision::{Action, Decision};
-use crate::event::time::parse_rfc3339;
 use crate::features::{EntityType, subnet_of};
 use crate::simulate::Label;
 
@@ -211,14 +210,9 @@ pub fn evaluate(
     let mut index: HashMap<(EntityType, &str), Vec<Active>> = HashMap::new();
     let mut report = Report { decisions: decisions.len(), ..Default::default() };
     for (idx, d) in decisions.iter().enumerate() {
-        let start = parse_rfc3339(&d.ts).map_err(|e| EvalError::Bad {
-            path: PathBuf::from("decisions"),
-            line: idx + 1,
-            message: e.to_string(),
-        })?;
         index.entry((d.entity_type, d.entity.as_str())).or_default().push(Active {
-            start,
-            end: start + d.ttl_s as i64 * 1000,
+            start: d.created_ms,
+            end: d.expires_ms,
             action: d.action,
             idx,
         });

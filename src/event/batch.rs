@@ -13,7 +13,7 @@ use super::EventRef;
 /// Column builders for one batch of events.
 pub struct EventBatchBuilder {
     ts: TimestampMillisecondBuilder,
-    strings: [StringBuilder; 17],
+    strings: [StringBuilder; 18],
     status: UInt16Builder,
     bytes_sent: UInt64Builder,
     latency_ms: Float64Builder,
@@ -41,6 +41,7 @@ const S_AUTH_RESULT: usize = 13;
 const S_ATTESTATION: usize = 14;
 const S_SIGNATURE: usize = 15;
 const S_COUNTRY: usize = 16;
+const S_NOTES: usize = 17;
 
 impl EventBatchBuilder {
     pub fn with_capacity(rows: usize) -> Self {
@@ -63,6 +64,11 @@ impl EventBatchBuilder {
 
     pub fn is_empty(&self) -> bool {
         self.rows == 0
+    }
+
+    /// Newest event time among the rows collected so far.
+    pub fn max_ts(&self) -> Option<i64> {
+        (self.rows > 0).then_some(self.max_ts)
     }
 
     /// Event-time span of the rows collected so far, in ms (0 when empty).
@@ -92,6 +98,7 @@ impl EventBatchBuilder {
         s[S_ATTESTATION].append_option(e.attestation.map(|v| v.as_str()));
         s[S_SIGNATURE].append_option(e.signature.map(|v| v.as_str()));
         s[S_COUNTRY].append_option(e.country.as_deref());
+        s[S_NOTES].append_option(e.notes.text.as_deref());
         self.status.append_value(e.status);
         self.bytes_sent.append_option(e.bytes_sent);
         self.latency_ms.append_option(e.latency_ms);
@@ -129,6 +136,7 @@ impl EventBatchBuilder {
             next()?, // signature
             next()?, // country
             Arc::new(self.asn.finish()),
+            next()?, // notes
         ];
         RecordBatch::try_new(super::schema(), columns)
     }

@@ -190,6 +190,11 @@ impl<'a> RawEvent<'a> {
             Some(Num(v)) => Some(v),
             None => None,
         };
+        let mut notes = super::Notes::default();
+        let grant_type = opt_str(self.grant_type).map(|s| GrantType::parse("grant_type", &s, &mut notes));
+        let auth_result = opt_str(self.auth_result).map(|s| AuthResult::parse("auth_result", &s, &mut notes));
+        let attestation = opt_str(self.attestation).map(|s| Attestation::parse("attestation", &s, &mut notes));
+        let signature = opt_str(self.signature).map(|s| Signature::parse("signature", &s, &mut notes));
         Ok(EventRef {
             ts_ms: ts,
             client_ip: canonical_ip(ip)?,
@@ -207,12 +212,13 @@ impl<'a> RawEvent<'a> {
             api_key_id: opt_str(self.api_key_id),
             session_id: opt_str(self.session_id),
             device_id: opt_str(self.device_id),
-            grant_type: opt_str(self.grant_type).map(|s| GrantType::parse("grant_type", &s)).transpose()?,
-            auth_result: opt_str(self.auth_result).map(|s| AuthResult::parse("auth_result", &s)).transpose()?,
-            attestation: opt_str(self.attestation).map(|s| Attestation::parse("attestation", &s)).transpose()?,
-            signature: opt_str(self.signature).map(|s| Signature::parse("signature", &s)).transpose()?,
+            grant_type,
+            auth_result,
+            attestation,
+            signature,
             country: normalize_country(self.country.map(|t| t.0))?,
             asn: self.asn.map(|n| whole("asn", n)).transpose()?,
+            notes,
         })
     }
 }
@@ -297,10 +303,6 @@ mod tests {
             (r#"{"ts":"2026-11-28T10:15:02Z","method":"GET","path":"/","status":200}"#, "client_ip: missing"),
             (r#"{"ts":17958609,"client_ip":"1.2.3.4","method":"GET","path":"/","status":200}"#, "ts"),
             (r#"{"ts":1795860902,"client_ip":"1.2.3.4","method":"GET","path":"/","status":200}"#, "epoch seconds"),
-            (
-                r#"{"ts":"2026-11-28T10:15:02Z","client_ip":"1.2.3.4","method":"GET","path":"/","status":200,"signature":"maybe"}"#,
-                "signature",
-            ),
             (
                 r#"{"ts":"2026-11-28T10:15:02Z","client_ip":"1.2.3.4","method":"GET","path":"/","status":200,"bytes_sent":-5}"#,
                 "bytes_sent",

@@ -36,48 +36,126 @@ impl From<time::TimeError> for ParseError {
     }
 }
 
+/// What a parser kept but could not read fully: values outside a closed
+/// vocabulary and quoted fields cut off at the end of the line. The request is
+/// kept (losing a failed login because a gateway spells its outcome its own
+/// way would blind the features); the note goes to the `notes` column and the
+/// engine counts it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Notes {
+    /// `field=value unknown; field truncated`, or `None` for a clean line.
+    pub text: Option<String>,
+    /// Values outside a closed vocabulary, read as `unknown`.
+    pub unknown: u8,
+    /// Quoted fields cut off at the end of the line, kept as far as they go.
+    pub truncated: u8,
+}
+
+impl Notes {
+    fn push(&mut self, note: std::fmt::Arguments<'_>) {
+        use std::fmt::Write as _;
+        let t = self.text.get_or_insert_with(String::new);
+        if !t.is_empty() {
+            t.push_str("; ");
+        }
+        let _ = t.write_fmt(note);
+    }
+
+    /// Records a value outside `field`'s vocabulary.
+    pub fn unknown(&mut self, field: &str, value: &str) {
+        self.unknown = self.unknown.saturating_add(1);
+        self.push(format_args!("{field}={} unknown", time::truncate_for_error(value)));
+    }
+
+    /// Records that `field` was cut off at the end of the line.
+    pub fn truncated(&mut self, field: &str) {
+        self.truncated = self.truncated.saturating_add(1);
+        self.push(format_args!("{field} truncated"));
+    }
+
+    /// Records a note of the engine's own (a clamped timestamp).
+    pub fn push_owned(&mut self, note: String) {
+        self.push(format_args!("{note}"));
+    }
+
+    /// Records a value read as another one (`auth_result=invalid_grant read as invalid_credentials`).
+    pub fn mapped(&mut self, field: &str, from: &str, to: &str) {
+        self.push(format_args!("{field}={from} read as {to}"));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.text.is_none()
+    }
+}
+
 macro_rules! closed_enum {
-    ($(#[$m:meta])* $name:ident { $($var:ident => $text:literal),+ $(,)? }) => {
+    ($(#[$m:meta])* $name:ident { $($var:ident => $text:literal $(| $alias:literal)*),+ $(,)? }) => {
         $(#[$m])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-        pub enum $name { $($var),+ }
+        pub enum $name {
+            $($var,)+
+            /// A value outside the vocabulary; the raw value is in the event's notes.
+            Unknown,
+        }
 
         impl $name {
-            /// All accepted spellings, for error messages.
+            /// The contract's spellings.
             pub const NAMES: &'static [&'static str] = &[$($text),+];
 
             pub fn as_str(self) -> &'static str {
-                match self { $($name::$var => $text),+ }
+                match self { $($name::$var => $text,)+ $name::Unknown => "unknown" }
             }
 
-            /// Parses the contract's spelling (case-insensitive).
-            pub fn parse(field: &str, s: &str) -> Result<Self, ParseError> {
-                $(if s.eq_ignore_ascii_case($text) { return Ok($name::$var); })+
-                Err(ParseError(format!(
-                    "{field}: unknown value '{}' (expected one of {})",
-                    time::truncate_for_error(s),
-                    Self::NAMES.join(", ")
-                )))
+            /// Parses the contract's spelling or a common alias (case-insensitive);
+            /// anything else is `Unknown`, noted in `notes`.
+            pub fn parse(field: &str, s: &str, notes: &mut Notes) -> Self {
+                $(if s.eq_ignore_ascii_case($text) $(|| s.eq_ignore_ascii_case($alias))* { return $name::$var; })+
+                notes.unknown(field, s);
+                $name::Unknown
             }
         }
     };
 }
 
 closed_enum!(
-    /// OAuth2 grant presented at the token endpoint.
-    GrantType { Password => "password", AuthorizationCode => "authorization_code", RefreshToken => "refresh_token", ClientCredentials => "client_credentials" }
+    /// OAuth2 grant presented at the token endpoint (RFC 6749 §4; the URN
+    /// forms of the device and JWT grants are outside the vocabulary).
+    GrantType {
+        Password => "password",
+        AuthorizationCode => "authorization_code",
+        RefreshToken => "refresh_token",
+        ClientCredentials => "client_credentials",
+    }
 );
 closed_enum!(
-    /// Outcome of authentication at the gateway.
-    AuthResult { Ok => "ok", InvalidCredentials => "invalid_credentials", InvalidToken => "invalid_token", ExpiredToken => "expired_token", InvalidClient => "invalid_client", Missing => "missing" }
+    /// Outcome of authentication at the gateway. Besides the contract's values,
+    /// the error codes of RFC 6749 §5.2 and RFC 6750 §3.1 are read as what they
+    /// mean: `unauthorized_client` is a client failure; `invalid_grant` (a wrong
+    /// password, or a bad refresh token or code) is resolved by the grant type
+    /// once the whole line is read (see [`EventRef::normalize`]).
+    AuthResult {
+        Ok => "ok" | "success" | "succeeded" | "authenticated" | "pass",
+        InvalidCredentials => "invalid_credentials" | "bad_credentials" | "wrong_password",
+        InvalidToken => "invalid_token",
+        ExpiredToken => "expired_token" | "token_expired",
+        InvalidClient => "invalid_client" | "unauthorized_client",
+        Missing => "missing" | "none" | "anonymous",
+        InvalidGrant => "invalid_grant",
+    }
 );
 closed_enum!(
     /// Mobile app-attestation check.
-    Attestation { Valid => "valid", Invalid => "invalid", Missing => "missing" }
+    Attestation { Valid => "valid" | "ok" | "pass", Invalid => "invalid" | "fail" | "failed", Missing => "missing" | "none" | "absent" }
 );
 closed_enum!(
     /// HMAC request-signature check.
-    Signature { Valid => "valid", Invalid => "invalid", Stale => "stale", Replayed => "replayed", Missing => "missing" }
+    Signature {
+        Valid => "valid" | "ok",
+        Invalid => "invalid" | "bad" | "mismatch",
+        Stale => "stale" | "expired",
+        Replayed => "replayed" | "replay",
+        Missing => "missing" | "none" | "absent",
+    }
 );
 
 /// One parsed, validated request, borrowing from the line it came from.
@@ -106,6 +184,24 @@ pub struct EventRef<'a> {
     pub signature: Option<Signature>,
     pub country: Option<Cow<'a, str>>,
     pub asn: Option<u32>,
+    /// What was kept but not read fully (unknown values, truncated fields).
+    pub notes: Notes,
+}
+
+impl EventRef<'_> {
+    /// Resolves what depends on more than one field, once the whole line is read:
+    /// RFC 6749's `invalid_grant` is a failed login on a password grant (or with
+    /// no grant named) and a bad token on a refresh-token or code grant.
+    pub fn normalize(&mut self) {
+        if self.auth_result == Some(AuthResult::InvalidGrant) {
+            let to = match self.grant_type {
+                Some(GrantType::RefreshToken | GrantType::AuthorizationCode) => AuthResult::InvalidToken,
+                _ => AuthResult::InvalidCredentials,
+            };
+            self.notes.mapped("auth_result", "invalid_grant", to.as_str());
+            self.auth_result = Some(to);
+        }
+    }
 }
 
 /// Validates an address and returns its canonical text, borrowing when it already is.
@@ -186,6 +282,7 @@ pub fn schema() -> SchemaRef {
                 s("signature", true),
                 s("country", true),
                 Field::new("asn", DataType::UInt32, true),
+                s("notes", true),
             ]))
         })
         .clone()
@@ -215,6 +312,7 @@ pub mod col {
     pub const SIGNATURE: usize = 19;
     pub const COUNTRY: usize = 20;
     pub const ASN: usize = 21;
+    pub const NOTES: usize = 22;
 }
 
 /// The input shapes a line may have.
@@ -241,7 +339,7 @@ pub fn parse_line<'a>(
     if trimmed.trim().is_empty() {
         return Err(ParseError::new("empty line"));
     }
-    match format {
+    let mut ev = match format {
         Format::Json => json::parse(trimmed),
         Format::Nginx => nginx::parse(trimmed),
         Format::Mapped => match mapping {
@@ -258,5 +356,39 @@ pub fn parse_line<'a>(
                 nginx::parse(trimmed)
             }
         }
+    }?;
+    ev.normalize();
+    Ok(ev)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn json(fields: &str) -> EventRef<'static> {
+        let line = format!(
+            r#"{{"ts":"2026-11-28T10:15:02Z","client_ip":"198.51.100.23","method":"POST","path":"/oauth/token","status":400{fields}}}"#
+        );
+        let line: &'static str = Box::leak(line.into_boxed_str());
+        parse_line(line, Format::Json, None).unwrap()
+    }
+
+    #[test]
+    fn rfc6749_error_codes_keep_the_request() {
+        // A wrong password, logged with the code RFC 6749 defines for it.
+        let e = json(r#","grant_type":"password","auth_result":"invalid_grant""#);
+        assert_eq!(e.auth_result, Some(AuthResult::InvalidCredentials));
+        assert_eq!(e.notes.text.as_deref(), Some("auth_result=invalid_grant read as invalid_credentials"));
+        // The same code on a refresh: the token was bad, not a password.
+        let e = json(r#","auth_result":"invalid_grant","grant_type":"refresh_token""#);
+        assert_eq!(e.auth_result, Some(AuthResult::InvalidToken));
+        let e = json(r#","grant_type":"password","auth_result":"unauthorized_client""#);
+        assert_eq!(e.auth_result, Some(AuthResult::InvalidClient));
+        assert!(e.notes.is_empty(), "an alias is not worth a note");
+        // Codes that say nothing about credentials are kept, marked unknown.
+        let e = json(r#","grant_type":"urn:ietf:params:oauth:grant-type:device_code","auth_result":"invalid_scope""#);
+        assert_eq!((e.grant_type, e.auth_result), (Some(GrantType::Unknown), Some(AuthResult::Unknown)));
+        assert_eq!(e.notes.unknown, 2);
+        assert_eq!(e.auth_result.map(AuthResult::as_str), Some("unknown"));
     }
 }

@@ -43,7 +43,9 @@ impl<'a> Cursor<'a> {
     }
 
     /// A `"…"` string; nginx escapes `"` as `\x22`, but `\"` is accepted too.
-    fn quoted(&mut self, what: &str) -> Result<Cow<'a, str>, ParseError> {
+    /// A string that runs to the end of the line without its closing quote (a
+    /// line cut off by the writer) is returned as far as it goes, flagged `true`.
+    fn quoted(&mut self, what: &str) -> Result<(Cow<'a, str>, bool), ParseError> {
         self.expect("\"", &format!("opening quote of {what}"))?;
         let rest = self.rest();
         let b = rest.as_bytes();
@@ -59,12 +61,25 @@ impl<'a> Cursor<'a> {
                 b'"' => {
                     self.pos += i + 1;
                     let raw = &rest[..i.min(rest.len())];
-                    return Ok(if escaped { Cow::Owned(unescape(raw)) } else { Cow::Borrowed(raw) });
+                    return Ok((if escaped { Cow::Owned(unescape(raw)) } else { Cow::Borrowed(raw) }, false));
                 }
                 _ => i += 1,
             }
         }
-        Err(ParseError(format!("nginx: unterminated quoted {what} (truncated line?)")))
+        self.pos = self.s.len();
+        Ok((if escaped { Cow::Owned(unescape(rest)) } else { Cow::Borrowed(rest) }, true))
+    }
+
+    /// Like [`Self::quoted`], for a field that must be whole.
+    fn quoted_whole(&mut self, what: &str) -> Result<Cow<'a, str>, ParseError> {
+        match self.quoted(what)? {
+            (v, false) => Ok(v),
+            (_, true) => Err(ParseError(format!("nginx: unterminated quoted {what} (truncated line?)"))),
+        }
+    }
+
+    fn at_end(&self) -> bool {
+        self.pos >= self.s.len()
     }
 }
 
@@ -115,17 +130,32 @@ pub fn parse(line: &str) -> Result<EventRef<'_>, ParseError> {
     let ts_ms = parse_nginx_time(&rest[..close])?;
     c.pos += close + 1;
     c.expect(" ", "space after $time_local")?;
-    let request = c.quoted("$request")?;
+    let request = c.quoted_whole("$request")?;
     c.expect(" ", "space after $request")?;
     let status_s = c.token("$status")?;
     let status: u16 = num("status", status_s)?;
     c.expect(" ", "space after $status")?;
     let bytes_s = c.token("$body_bytes_sent")?;
     let bytes_sent = if bytes_s == "-" { None } else { Some(num::<u64>("bytes_sent", bytes_s)?) };
-    c.expect(" ", "space after $body_bytes_sent")?;
-    let referer = dash(c.quoted("$http_referer")?);
-    c.expect(" ", "space after $http_referer")?;
-    let user_agent = dash(c.quoted("$http_user_agent")?);
+    // The last quoted fields are the ones a cut-off line loses: keep what is there.
+    let mut notes = super::Notes::default();
+    let mut referer = None;
+    let mut user_agent = None;
+    if !c.at_end() {
+        c.expect(" ", "space after $body_bytes_sent")?;
+        let (r, cut) = c.quoted("$http_referer")?;
+        referer = dash(r);
+        if cut {
+            notes.truncated("referer");
+        } else if !c.at_end() {
+            c.expect(" ", "space after $http_referer")?;
+            let (ua, cut) = c.quoted("$http_user_agent")?;
+            user_agent = dash(ua);
+            if cut {
+                notes.truncated("user_agent");
+            }
+        }
+    }
 
     let (method, target) = split_request(request)?;
     let (path, query) = split_target(target);
@@ -142,6 +172,7 @@ pub fn parse(line: &str) -> Result<EventRef<'_>, ParseError> {
         referer,
         user_agent,
         user_id: dash(Cow::Borrowed(remote_user)),
+        notes,
         ..Default::default()
     };
     parse_extras(&mut c, &mut ev)?;
@@ -199,7 +230,11 @@ fn parse_extras<'a>(c: &mut Cursor<'a>, ev: &mut EventRef<'a>) -> Result<(), Par
         let key = &trimmed[..eq];
         c.pos += eq + 1;
         let value: Cow<'a, str> = if c.rest().starts_with('"') {
-            c.quoted(key)?
+            let (v, cut) = c.quoted(key)?;
+            if cut {
+                ev.notes.truncated(key);
+            }
+            v
         } else {
             let rest = c.rest();
             let end = memchr::memchr(b' ', rest.as_bytes()).unwrap_or(rest.len());
@@ -230,10 +265,10 @@ fn apply_extra<'a>(ev: &mut EventRef<'a>, key: &str, v: Cow<'a, str>) -> Result<
         "api_key_id" => ev.api_key_id = Some(v),
         "session_id" => ev.session_id = Some(v),
         "device_id" => ev.device_id = Some(v),
-        "grant_type" => ev.grant_type = Some(GrantType::parse("grant_type", &v)?),
-        "auth_result" => ev.auth_result = Some(AuthResult::parse("auth_result", &v)?),
-        "attestation" => ev.attestation = Some(Attestation::parse("attestation", &v)?),
-        "signature" => ev.signature = Some(Signature::parse("signature", &v)?),
+        "grant_type" => ev.grant_type = Some(GrantType::parse("grant_type", &v, &mut ev.notes)),
+        "auth_result" => ev.auth_result = Some(AuthResult::parse("auth_result", &v, &mut ev.notes)),
+        "attestation" => ev.attestation = Some(Attestation::parse("attestation", &v, &mut ev.notes)),
+        "signature" => ev.signature = Some(Signature::parse("signature", &v, &mut ev.notes)),
         "country" => ev.country = normalize_country(Some(v))?,
         "asn" => ev.asn = Some(num("asn", &v)?),
         "bytes_sent" => ev.bytes_sent = Some(num("bytes_sent", &v)?),
@@ -286,19 +321,40 @@ mod tests {
     }
 
     #[test]
+    fn keeps_what_a_cut_off_line_has() {
+        let l = r#"203.0.113.9 - - [28/Nov/2026:10:15:02 +0000] "GET /v1/items HTTP/1.1" 200 1834 "-" "Mozilla/5.0 (Windows NT"#;
+        let e = parse(l).unwrap();
+        assert_eq!(e.user_agent.as_deref(), Some("Mozilla/5.0 (Windows NT"));
+        assert_eq!((e.notes.truncated, e.notes.text.as_deref()), (1, Some("user_agent truncated")));
+        let l = r#"203.0.113.9 - - [28/Nov/2026:10:15:02 +0000] "GET /v1/items HTTP/1.1" 200 1834 "https://shop.exa"#;
+        let e = parse(l).unwrap();
+        assert_eq!((e.referer.as_deref(), e.user_agent.as_deref()), (Some("https://shop.exa"), None));
+        assert_eq!(e.notes.text.as_deref(), Some("referer truncated"));
+        // Common log format: no referer or user agent at all.
+        let l = r#"203.0.113.9 - - [28/Nov/2026:10:15:02 +0000] "GET /v1/items HTTP/1.1" 200 1834"#;
+        let e = parse(l).unwrap();
+        assert!(e.notes.is_empty() && e.user_agent.is_none());
+        let l = r#"203.0.113.9 - - [28/Nov/2026:10:15:02 +0000] "GET / HTTP/1.1" 200 1 "-" "-" session_id="abc"#;
+        let e = parse(l).unwrap();
+        assert_eq!((e.session_id.as_deref(), e.notes.truncated), (Some("abc"), 1));
+    }
+
+    #[test]
+    fn unknown_vocabulary_is_kept_and_noted() {
+        let l = r#"203.0.113.9 - - [28/Nov/2026:10:15:02 +0000] "GET / HTTP/1.1" 200 1 "-" "-" attestation=maybe signature=OK"#;
+        let e = parse(l).unwrap();
+        assert_eq!(e.attestation, Some(Attestation::Unknown));
+        assert_eq!(e.signature, Some(Signature::Valid), "a common alias");
+        assert_eq!((e.notes.unknown, e.notes.text.as_deref()), (1, Some("attestation=maybe unknown")));
+    }
+
+    #[test]
     fn rejects_with_reasons() {
         let cases = [
-            (
-                r#"203.0.113.9 - - [28/Nov/2026:10:15:02 +0000] "GET /v1/items HTTP/1.1" 200 1834 "-" "ua"#,
-                "unterminated",
-            ),
+            (r#"203.0.113.9 - - [28/Nov/2026:10:15:02 +0000] "GET /v1/items HTTP/1.1"#, "unterminated"),
             (r#"203.0.113.9 - - [28/Nov/2026:10:15:02 +0000] "-" 400 0 "-" "-""#, "METHOD TARGET"),
             (r#"999.0.113.9 - - [28/Nov/2026:10:15:02 +0000] "GET / HTTP/1.1" 200 1 "-" "-""#, "client_ip"),
             (r#"203.0.113.9 - - [28/Nov/2026:10:15:02 +0000] "GET / HTTP/1.1" OK 1 "-" "-""#, "status"),
-            (
-                r#"203.0.113.9 - - [28/Nov/2026:10:15:02 +0000] "GET / HTTP/1.1" 200 1 "-" "-" attestation=maybe"#,
-                "attestation",
-            ),
             (r#"203.0.113.9 - - [32/Nov/2026:10:15:02 +0000] "GET / HTTP/1.1" 200 1 "-" "-""#, "time_local"),
             ("hello world", "expected"),
         ];

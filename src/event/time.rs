@@ -158,6 +158,11 @@ pub fn parse_nginx_time(s: &str) -> Result<i64, TimeError> {
     check_range(ms)
 }
 
+/// Current wall-clock time in epoch milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
 /// Formats epoch milliseconds as RFC 3339 UTC with milliseconds (`2026-11-28T10:15:02.113Z`).
 pub fn format_rfc3339(ms: i64) -> String {
     let mut out = String::with_capacity(24);

@@ -111,9 +111,17 @@ fn hll_estimate(regs: &[u8; REGISTERS]) -> f64 {
 }
 
 impl SlidingDistinct {
-    /// Records value hash `h` seen at `ts`.
+    /// Records value hash `h` seen at `ts`; returns the change in heap bytes
+    /// (for the state budget's running total).
     #[inline]
-    pub fn insert(&mut self, h: u64, ts: i64) {
+    pub fn insert(&mut self, h: u64, ts: i64) -> isize {
+        let before = self.heap_bytes();
+        self.insert_inner(h, ts);
+        self.heap_bytes() as isize - before as isize
+    }
+
+    #[inline]
+    fn insert_inner(&mut self, h: u64, ts: i64) {
         match self {
             SlidingDistinct::Exact(v) => {
                 if let Some(e) = v.iter_mut().find(|e| e.0 == h) {

@@ -9,6 +9,7 @@
 //! seen minus the allowed lateness) passes it, so replaying a file and following
 //! a live stream produce the same features.
 
+pub mod budget;
 pub mod catalog;
 pub mod distinct;
 pub mod entity;
@@ -64,7 +65,10 @@ pub const FEATURES: [(&str, &str); NF] = [
     ("kib_out_10m", "response KiB sent"),
     ("kib_out_1h", "response KiB sent, last hour"),
     ("id_requests_10m", "requests whose path carries a numeric id"),
-    ("sequential_ids_10m", "id requests within ±32 of this entity's previous id (enumeration)"),
+    (
+        "sequential_ids_10m",
+        "id requests within ±32 of one of this entity's 16 most recent ids (enumeration, in any order)",
+    ),
     ("sequential_ids_1h", "as above, last hour"),
     ("sequential_ratio_10m", "sequential_ids_10m / id_requests_10m (null without id requests)"),
     ("new_devices_10m", "device ids not active in the last hour that first appeared with this entity"),
@@ -86,6 +90,11 @@ pub const FEATURES: [(&str, &str); NF] = [
     ("age_s", "seconds since the entity was first seen (within state retention)"),
 ];
 pub const NF: usize = 47;
+
+/// The longest window any feature covers. An event further behind the newest
+/// one than this can update no window, so the engine refuses it (dead letter)
+/// instead of pretending to count it.
+pub const LONGEST_WINDOW_MS: i64 = 3_600_000;
 
 /// The Arrow schema of the `features` table: when, which entity, then every feature.
 pub fn schema() -> SchemaRef {
@@ -116,11 +125,20 @@ pub struct FeatureConfig {
     /// previous such snapshot and is marked for persisting; in between, only
     /// entity types that rules judge are computed.
     pub persist_every_ticks: u32,
+    /// Bytes entity state may hold; past it the least recently seen entities
+    /// are evicted (see [`budget`]).
+    pub state_budget_bytes: usize,
 }
 
 impl Default for FeatureConfig {
     fn default() -> Self {
-        FeatureConfig { tick_ms: 10_000, lateness_ms: 5_000, idle_ms: 3_600_000 + 600_000, persist_every_ticks: 6 }
+        FeatureConfig {
+            tick_ms: 10_000,
+            lateness_ms: 5_000,
+            idle_ms: 3_600_000 + 600_000,
+            persist_every_ticks: 6,
+            state_budget_bytes: budget::default_budget(),
+        }
     }
 }
 
@@ -136,12 +154,23 @@ pub struct Snapshot {
     pub persist: bool,
 }
 
+/// Bytes a map entry costs besides the state it points to: the key's box and
+/// index, hashbrown's control byte, and the state's slot in `states`.
+const ENTRY_BYTES: usize = std::mem::size_of::<(Box<str>, u32)>() + 1;
+
+/// The entities of one type. States are boxed one by one, so the vector that
+/// lists them grows by pointers, not by whole states: growing it never copies
+/// (or briefly doubles) the state itself.
 #[derive(Debug, Default)]
 struct Table {
     map: std::collections::HashMap<Box<str>, u32, foldhash::fast::RandomState>,
-    states: Vec<EntityState>,
+    // Boxed on purpose (see above): growth copies pointers, never states.
+    #[allow(clippy::vec_box)]
+    states: Vec<Box<EntityState>>,
     dirty: Vec<u32>,
     sink_dirty: Vec<u32>,
+    /// Σ [`EntityState::bytes`] over `states`, kept as they change.
+    state_bytes: usize,
 }
 
 impl Table {
@@ -152,9 +181,16 @@ impl Table {
             return (i as usize, false);
         }
         let i = self.states.len();
-        self.states.push(EntityState::new(key.into(), ts));
+        let st = Box::new(EntityState::new(key.into(), ts));
+        self.state_bytes += st.bytes();
+        self.states.push(st);
         self.map.insert(key.into(), i as u32);
         (i, true)
+    }
+
+    /// Memory held, including the map's and the list's spare capacity.
+    fn bytes(&self) -> usize {
+        self.state_bytes + self.map.capacity() * ENTRY_BYTES + self.states.capacity() * 8
     }
 
     #[inline]
@@ -176,6 +212,7 @@ impl Table {
         while i < self.states.len() {
             if self.states[i].last_seen < cutoff && self.states[i].dirty == 0 {
                 let gone = self.states.swap_remove(i);
+                self.state_bytes -= gone.bytes();
                 self.map.remove(&gone.key);
                 if i < self.states.len() {
                     if let Some(slot) = self.map.get_mut(&self.states[i].key) {
@@ -188,16 +225,55 @@ impl Table {
         }
         before - self.states.len()
     }
+
+    /// Evicts every entity last seen before `cutoff` (or at it, with `inclusive`),
+    /// dirty or not, keeping the order of the others and the dirty lists exact.
+    fn evict(&mut self, cutoff: i64, inclusive: bool) -> usize {
+        let old = std::mem::take(&mut self.states);
+        let mut remap = vec![u32::MAX; old.len()];
+        let mut kept: Vec<Box<EntityState>> = Vec::with_capacity(old.capacity());
+        let mut evicted = 0;
+        for (i, st) in old.into_iter().enumerate() {
+            let cold = st.last_seen < cutoff || (inclusive && st.last_seen == cutoff);
+            if cold {
+                self.state_bytes -= st.bytes();
+                self.map.remove(&st.key);
+                evicted += 1;
+            } else {
+                let j = kept.len() as u32;
+                remap[i] = j;
+                if j as usize != i {
+                    if let Some(slot) = self.map.get_mut(&st.key) {
+                        *slot = j;
+                    }
+                }
+                kept.push(st);
+            }
+        }
+        self.states = kept;
+        let fix = |v: &mut Vec<u32>| {
+            v.retain_mut(|i| {
+                *i = remap[*i as usize];
+                *i != u32::MAX
+            })
+        };
+        fix(&mut self.dirty);
+        fix(&mut self.sink_dirty);
+        evicted
+    }
 }
 
 /// Counters the engine reports in its summary and metrics.
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
 pub struct FeatureStats {
     pub events: u64,
-    pub late_events: u64,
+    /// Events behind the watermark, applied where their windows are kept.
+    pub reordered_events: u64,
     pub ticks: u64,
     pub feature_rows: u64,
     pub entities_forgotten: u64,
+    /// Entities evicted before their time to stay within the state budget.
+    pub entities_evicted: u64,
 }
 
 /// The feature stage.
@@ -308,16 +384,54 @@ impl FeatureEngine {
         std::array::from_fn(|i| self.tables[i].states.len())
     }
 
-    /// Bytes of entity state held (states, keys, sketches; hash-map overhead estimated).
+    /// Bytes of entity state held: states, keys, sketches, and the maps'
+    /// capacity. This is what [`FeatureConfig::state_budget_bytes`] bounds.
     pub fn state_bytes(&self) -> usize {
-        self.tables
-            .iter()
-            .map(|t| {
-                t.states.iter().map(EntityState::bytes).sum::<usize>()
-                    + t.map.capacity() * (std::mem::size_of::<(Box<str>, u32)>() + 1)
-                    + t.states.capacity().saturating_sub(t.states.len()) * std::mem::size_of::<EntityState>()
-            })
-            .sum()
+        self.tables.iter().map(Table::bytes).sum()
+    }
+
+    /// The state budget in force.
+    pub fn budget_bytes(&self) -> usize {
+        self.cfg.state_budget_bytes
+    }
+
+    /// Evicts the least recently seen entities (by event time, across every
+    /// type) until state is back to three quarters of the budget. Cost is
+    /// linear in the entities held, paid once per quarter-budget of growth.
+    fn enforce_budget(&mut self) {
+        let budget = self.cfg.state_budget_bytes;
+        let held = self.state_bytes();
+        if held <= budget {
+            return;
+        }
+        let target = budget / 4 * 3;
+        let entity_bytes: usize = self.tables.iter().map(|t| t.state_bytes).sum();
+        let count: usize = self.tables.iter().map(|t| t.states.len()).sum();
+        if count == 0 {
+            return;
+        }
+        // The share of entities to drop, if they weigh the average.
+        let share = ((held - target) as f64 / entity_bytes.max(1) as f64).clamp(0.0, 1.0);
+        // A strided sample of last-seen times (deterministic) gives the cutoff.
+        let stride = (count / 65_536).max(1);
+        let mut sample: Vec<i64> = Vec::with_capacity(count / stride + 6);
+        for t in &self.tables {
+            sample.extend(t.states.iter().step_by(stride).map(|s| s.last_seen));
+        }
+        sample.sort_unstable();
+        let k = ((sample.len() as f64 * share).ceil() as usize).clamp(1, sample.len()) - 1;
+        let cutoff = sample[k];
+        let mut evicted = 0;
+        for t in &mut self.tables {
+            evicted += t.evict(cutoff, false);
+        }
+        if self.state_bytes() > target {
+            for t in &mut self.tables {
+                evicted += t.evict(cutoff, true);
+            }
+        }
+        self.stats.entities_evicted += evicted as u64;
+        tracing::debug!(evicted, held, budget, "state budget: evicted the least recently seen entities");
     }
 
     /// Applies an events batch; returns the snapshots of the ticks it crossed.
@@ -343,12 +457,17 @@ impl FeatureEngine {
         let mut out = Vec::new();
         for i in 0..batch.num_rows() {
             let ts = cols.ts.value(i);
+            // A late event (behind the watermark) still counts in every window
+            // that holds its time: rings and sketches take it in its own slot.
+            // The engine has already refused events older than every window.
             if self.max_ts != i64::MIN && ts < self.max_ts - self.cfg.lateness_ms {
-                self.stats.late_events += 1;
-                continue;
+                self.stats.reordered_events += 1;
             }
             self.advance(ts, &mut out)?;
             self.apply(&cols, i, ts);
+            if self.state_bytes() > self.cfg.state_budget_bytes {
+                self.enforce_budget();
+            }
         }
         Ok(out)
     }
@@ -465,7 +584,8 @@ impl FeatureEngine {
             let t = &mut self.tables[EntityType::Device.index()];
             let (idx, created) = t.upsert(dev, ts);
             new_device = created;
-            t.states[idx].apply(&k, Some(d::DEVICES), false);
+            let heap = t.states[idx].apply(&k, Some(d::DEVICES), false);
+            t.state_bytes = t.state_bytes.saturating_add_signed(heap);
             t.mark_dirty(idx);
         }
         self.touch(EntityType::Ip, ip_text, &k, Some(d::IPS), new_device);
@@ -498,7 +618,8 @@ impl FeatureEngine {
     fn touch(&mut self, t: EntityType, key: &str, k: &Contribution, skip: Option<usize>, new_device: bool) {
         let table = &mut self.tables[t.index()];
         let (idx, _) = table.upsert(key, k.ts);
-        table.states[idx].apply(k, skip, new_device);
+        let heap = table.states[idx].apply(k, skip, new_device);
+        table.state_bytes = table.state_bytes.saturating_add_signed(heap);
         table.mark_dirty(idx);
     }
 
@@ -535,7 +656,7 @@ impl FeatureEngine {
                 continue;
             }
             let need = if persist { &[true; NF] } else { &self.needed[t.index()] };
-            let batch = build_batch_masked(t, now, rows.iter().map(|&i| &table.states[i as usize]), need)?;
+            let batch = build_batch_masked(t, now, rows.iter().map(|&i| &*table.states[i as usize]), need)?;
             self.stats.feature_rows += batch.num_rows() as u64;
             batches.push((t, batch));
         }
@@ -568,7 +689,12 @@ pub fn build_batch_masked<'a>(
         ts.append_value(now);
         et.append_value(t.as_str());
         ent.append_value(&s.key);
-        for ((b, v), wanted) in feats.iter_mut().zip(s.features_masked(now, need)).zip(need) {
+        // Each entity is described as of its own newest event: when input
+        // arrives out of order, "now" (the newest event of all) may be minutes
+        // past an entity whose events are still arriving, and its short windows
+        // would be read as empty. In order, the two differ by less than a tick.
+        let as_of = s.last_seen.min(now);
+        for ((b, v), wanted) in feats.iter_mut().zip(s.features_masked(as_of, need)).zip(need) {
             if !wanted {
                 continue;
             }

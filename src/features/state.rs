@@ -33,6 +33,22 @@ pub mod c {
     pub const N: usize = 24;
 }
 
+/// The counters an hour-long feature reads, and where each sits in the
+/// 1-hour ring: only these are kept per 10-minute slot, which more than halves
+/// the ring (7 counters instead of 24).
+pub mod h {
+    use super::c;
+    pub const FROM: [usize; N] = [c::REQ, c::LOGIN_FAIL, c::TOKEN_FAIL, c::UNK404, c::KIB, c::SEQ, c::NEWDEV];
+    pub const REQ: usize = 0;
+    pub const LOGIN_FAIL: usize = 1;
+    pub const TOKEN_FAIL: usize = 2;
+    pub const UNK404: usize = 3;
+    pub const KIB: usize = 4;
+    pub const SEQ: usize = 5;
+    pub const NEWDEV: usize = 6;
+    pub const N: usize = 7;
+}
+
 /// Distinct sets kept per entity.
 pub mod d {
     pub const USERS: usize = 0;
@@ -70,9 +86,11 @@ pub struct EntityState {
     pub last_seen: i64,
     r1: Ring<6, 1>,
     r10: Ring<10, { c::N }>,
-    r60: Ring<6, { c::N }>,
+    r60: Ring<6, { h::N }>,
     pub distinct: [SlidingDistinct; d::N],
-    last_id: u64,
+    /// The last [`RECENT_IDS`] numeric ids requested (low 32 bits + 1; 0 =
+    /// empty), allocated with the first: most entities never request one.
+    recent_ids: Option<Box<[u32; RECENT_IDS]>>,
     last_country: [u8; 2],
     iat_last: i64,
     iat_mean: f32,
@@ -83,6 +101,14 @@ pub struct EntityState {
 }
 
 const IAT_ALPHA: f32 = 0.1;
+
+/// How many recent ids a new id is compared with. A walk over ids is dense
+/// in id space whatever the order its requests arrive in (parallel workers,
+/// a multi-worker log, partitions read side by side); comparing with the one
+/// previous id only recognised walks logged strictly in order.
+pub const RECENT_IDS: usize = 16;
+/// Distance in id space within which two ids count as one walk.
+const ID_NEAR: u32 = 32;
 
 /// Touched since the last tick.
 pub const DIRTY_TICK: u8 = 1;
@@ -99,7 +125,7 @@ impl EntityState {
             r10: Ring::default(),
             r60: Ring::default(),
             distinct: Default::default(),
-            last_id: 0,
+            recent_ids: None,
             last_country: [0, 0],
             iat_last: 0,
             iat_mean: 0.0,
@@ -110,17 +136,27 @@ impl EntityState {
     }
 
     /// Applies one request. `skip_distinct` is the entity's own attribute (an IP
-    /// does not count its own address).
+    /// does not count its own address). Returns the change in heap bytes.
     #[inline]
-    pub fn apply(&mut self, k: &Contribution, skip_distinct: Option<usize>, new_device: bool) {
+    pub fn apply(&mut self, k: &Contribution, skip_distinct: Option<usize>, new_device: bool) -> isize {
         let ts = k.ts;
         self.r1.add(ts.div_euclid(G1_MS), &[1]);
         let mut extra = [0u32; c::N];
+        let mut heap = 0isize;
         if let Some(id) = k.numeric_id {
-            if self.last_id != 0 && id != self.last_id && id.abs_diff(self.last_id) <= 32 {
+            let v = (id as u32).wrapping_add(1);
+            let near = |r: u32| r != 0 && r != v && r.wrapping_sub(v).min(v.wrapping_sub(r)) <= ID_NEAR;
+            let recent = self.recent_ids.get_or_insert_with(|| {
+                heap += std::mem::size_of::<[u32; RECENT_IDS]>() as isize;
+                Box::new([0; RECENT_IDS])
+            });
+            if recent.iter().any(|&r| near(r)) {
                 extra[c::SEQ] = 1;
             }
-            self.last_id = id;
+            if !recent.contains(&v) {
+                recent.rotate_right(1);
+                recent[0] = v;
+            }
         }
         if let Some(cc) = k.country {
             if self.last_country != [0, 0] && self.last_country != cc {
@@ -136,11 +172,11 @@ impl EntityState {
             *d += *e;
         }
         self.r10.add(ts.div_euclid(G10_MS), &delta);
-        self.r60.add(ts.div_euclid(G60_MS), &delta);
+        self.r60.add(ts.div_euclid(G60_MS), &h::FROM.map(|i| delta[i]));
         for (i, h) in k.distinct.iter().enumerate() {
             if let Some(h) = h {
                 if Some(i) != skip_distinct {
-                    self.distinct[i].insert(*h, ts);
+                    heap += self.distinct[i].insert(*h, ts);
                 }
             }
         }
@@ -157,6 +193,7 @@ impl EntityState {
         self.iat_n = self.iat_n.saturating_add(1);
         self.iat_last = self.iat_last.max(ts);
         self.last_seen = self.last_seen.max(ts);
+        heap
     }
 
     /// Feature values as of event time `now`, in [`super::FEATURES`] order.
@@ -184,14 +221,14 @@ impl EntityState {
         [
             s1[0] as f64,
             s10[c::REQ] as f64,
-            s60[c::REQ] as f64,
+            s60[h::REQ] as f64,
             s10[c::LOGIN_ATT] as f64,
             s10[c::LOGIN_FAIL] as f64,
-            s60[c::LOGIN_FAIL] as f64,
+            s60[h::LOGIN_FAIL] as f64,
             ratio(s10[c::LOGIN_FAIL], s10[c::LOGIN_ATT]),
             s10[c::AUTH_OK] as f64,
             s10[c::TOKEN_FAIL] as f64,
-            s60[c::TOKEN_FAIL] as f64,
+            s60[h::TOKEN_FAIL] as f64,
             s10[c::GRANT_ATT] as f64,
             s10[c::GRANT_FAIL] as f64,
             ratio(s10[c::GRANT_FAIL], s10[c::GRANT_ATT]),
@@ -206,17 +243,17 @@ impl EntityState {
             s10[c::S4XX] as f64,
             s10[c::NOT_FOUND] as f64,
             s10[c::UNK404] as f64,
-            s60[c::UNK404] as f64,
+            s60[h::UNK404] as f64,
             ratio(s10[c::STATIC], s10[c::REQ]),
             ratio(s10[c::REFERER], s10[c::REQ]),
             s10[c::KIB] as f64,
-            s60[c::KIB] as f64,
+            s60[h::KIB] as f64,
             s10[c::IDREQ] as f64,
             s10[c::SEQ] as f64,
-            s60[c::SEQ] as f64,
+            s60[h::SEQ] as f64,
             ratio(s10[c::SEQ], s10[c::IDREQ]),
             s10[c::NEWDEV] as f64,
-            s60[c::NEWDEV] as f64,
+            s60[h::NEWDEV] as f64,
             s10[c::CSWITCH] as f64,
             dc(36, d::USERS, M10),
             dc(37, d::USERS, H1),
@@ -234,13 +271,33 @@ impl EntityState {
 
     /// Bytes this entity holds, inline and on the heap (excluding the map entry).
     pub fn bytes(&self) -> usize {
-        std::mem::size_of::<Self>() + self.key.len() + self.distinct.iter().map(|d| d.heap_bytes()).sum::<usize>()
+        std::mem::size_of::<Self>()
+            + self.key.len()
+            + self.distinct.iter().map(|d| d.heap_bytes()).sum::<usize>()
+            + self.recent_ids.as_ref().map_or(0, |_| std::mem::size_of::<[u32; RECENT_IDS]>())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::super::FEATURES;
+    use super::{c, h};
+
+    #[test]
+    fn hour_ring_indices_match_their_counters() {
+        let pairs = [
+            (h::REQ, c::REQ),
+            (h::LOGIN_FAIL, c::LOGIN_FAIL),
+            (h::TOKEN_FAIL, c::TOKEN_FAIL),
+            (h::UNK404, c::UNK404),
+            (h::KIB, c::KIB),
+            (h::SEQ, c::SEQ),
+            (h::NEWDEV, c::NEWDEV),
+        ];
+        for (hi, ci) in pairs {
+            assert_eq!(h::FROM[hi], ci);
+        }
+    }
 
     #[test]
     fn masked_columns_are_the_distinct_counts() {

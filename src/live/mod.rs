@@ -3,8 +3,9 @@
 
 pub mod allow;
 pub mod control;
-pub mod follow;
 pub mod runner;
+pub mod sink;
 pub mod store;
 
-pub use store::{LiveDecision, LiveStore, Query, Verdict};
+pub use sink::StoreSink;
+pub use store::{LiveStore, Query, Verdict};

@@ -15,11 +15,11 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::config::Allowlist;
 use crate::decision::{Action, Decision};
-use crate::event::time::{format_rfc3339, parse_rfc3339};
+use crate::event::time::format_rfc3339;
 use crate::features::EntityType;
 
 const DECISIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("decisions");
@@ -38,44 +38,9 @@ pub struct StoreError {
     pub message: String,
 }
 
-/// A decision as the API serves it; times are epoch milliseconds.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LiveDecision {
-    pub id: u64,
-    pub entity_type: EntityType,
-    pub entity: String,
-    pub action: Action,
-    pub reason: String,
-    pub source: String,
-    pub score: f64,
-    pub created_ms: i64,
-    pub expires_ms: i64,
-    /// Which repeat offence of its entity an automatic decision answers (0: manual).
-    #[serde(default)]
-    pub offense: u32,
-}
-
-impl LiveDecision {
-    /// From an engine decision (its times are event time).
-    pub fn from_decision(d: &Decision) -> Option<LiveDecision> {
-        let created = parse_rfc3339(&d.ts).ok()?;
-        Some(LiveDecision {
-            id: d.id,
-            entity_type: d.entity_type,
-            entity: d.entity.clone(),
-            action: d.action,
-            reason: d.reason.clone(),
-            source: d.source.clone(),
-            score: d.score,
-            created_ms: created,
-            expires_ms: created + d.ttl_s as i64 * 1000,
-            offense: d.offense,
-        })
-    }
-
-    fn key(&self) -> String {
-        key_of(self.entity_type, &self.entity)
-    }
+/// The store's key of a decision.
+fn store_key(d: &Decision) -> String {
+    key_of(d.entity_type, &d.entity)
 }
 
 fn key_of(t: EntityType, entity: &str) -> String {
@@ -122,7 +87,7 @@ impl Verdict {
         }
     }
 
-    fn from(d: &LiveDecision) -> Verdict {
+    fn from(d: &Decision) -> Verdict {
         Verdict {
             action: d.action,
             entity_type: Some(d.entity_type),
@@ -136,7 +101,7 @@ impl Verdict {
     }
 }
 
-type Map = imbl::HashMap<String, Arc<LiveDecision>>;
+type Map = imbl::HashMap<String, Arc<Decision>>;
 
 /// What readers see: the decisions, and which subnet prefix lengths they use,
 /// so a lookup tries only the prefixes some range decision has.
@@ -148,7 +113,7 @@ struct Published {
 }
 
 impl Published {
-    fn count_prefix(&mut self, d: &LiveDecision, delta: i64) {
+    fn count_prefix(&mut self, d: &Decision, delta: i64) {
         if d.entity_type != EntityType::Cidr {
             return;
         }
@@ -163,7 +128,7 @@ impl Published {
         self.prefixes[slot] = (self.prefixes[slot] as i64 + delta).max(0) as u32;
     }
 
-    fn insert(&mut self, key: String, d: Arc<LiveDecision>) -> Option<Arc<LiveDecision>> {
+    fn insert(&mut self, key: String, d: Arc<Decision>) -> Option<Arc<Decision>> {
         self.count_prefix(&d, 1);
         let old = self.map.insert(key, d);
         if let Some(o) = &old {
@@ -172,7 +137,7 @@ impl Published {
         old
     }
 
-    fn remove(&mut self, key: &str) -> Option<Arc<LiveDecision>> {
+    fn remove(&mut self, key: &str) -> Option<Arc<Decision>> {
         let old = self.map.remove(key);
         if let Some(o) = &old {
             self.count_prefix(o, -1);
@@ -213,7 +178,7 @@ pub struct Change {
     pub seq: u64,
     pub kind: ChangeKind,
     /// The decision as it is now (created/changed) or as it was (deleted/expired).
-    pub decision: Arc<LiveDecision>,
+    pub decision: Arc<Decision>,
 }
 
 /// The answer to "what changed since cursor C".
@@ -221,7 +186,7 @@ pub struct Change {
 pub enum Since {
     /// The cursor is unknown or older than what is retained: every decision in
     /// force, as of `cursor`. The reader replaces its whole cache.
-    Snapshot { cursor: u64, decisions: Vec<Arc<LiveDecision>> },
+    Snapshot { cursor: u64, decisions: Vec<Arc<Decision>> },
     /// The changes after the asked cursor, in order, up to `cursor`; `more` when
     /// the limit cut them short.
     Changes { cursor: u64, changes: Vec<Change>, more: bool },
@@ -306,7 +271,7 @@ impl LiveStore {
                 let (k, v) = row.map_err(|e| err(e.to_string()))?;
                 // A row that does not parse cannot be served; it is dropped (and
                 // reported as expired) rather than keeping the store from opening.
-                let d = serde_json::from_slice::<LiveDecision>(v.value()).unwrap_or_else(|_| LiveDecision {
+                let d = serde_json::from_slice::<Decision>(v.value()).unwrap_or_else(|_| Decision {
                     id: 0,
                     entity_type: EntityType::Ip,
                     entity: k.value().to_string(),
@@ -349,7 +314,7 @@ impl LiveStore {
     fn commit(
         &self,
         w: &mut Writer,
-        mut edits: Vec<(String, Option<Arc<LiveDecision>>, ChangeKind)>,
+        mut edits: Vec<(String, Option<Arc<Decision>>, ChangeKind)>,
     ) -> Result<Vec<Change>, StoreError> {
         {
             let current = self.published.load();
@@ -415,19 +380,19 @@ impl LiveStore {
     }
 
     /// Persists, then publishes, a decision: it replaces whatever was in force for its entity.
-    pub fn put(&self, d: LiveDecision) -> Result<(), StoreError> {
+    pub fn put(&self, d: Decision) -> Result<(), StoreError> {
         self.put_if(d, i64::MIN, |_| true).map(|_| ())
     }
 
     /// Stores many decisions in one transaction: all or none.
-    pub fn put_many(&self, ds: Vec<LiveDecision>) -> Result<(), StoreError> {
+    pub fn put_many(&self, ds: Vec<Decision>) -> Result<(), StoreError> {
         let mut w = self.writer()?;
         let current = self.published.load();
         let mut seen = std::collections::HashSet::new();
         let edits = ds
             .into_iter()
             .map(|d| {
-                let key = d.key();
+                let key = store_key(&d);
                 let in_force =
                     seen.contains(&key) || current.map.get(&key).is_some_and(|c| c.expires_ms > d.created_ms);
                 seen.insert(key.clone());
@@ -442,7 +407,7 @@ impl LiveStore {
     /// Publishes an automatic decision unless a manual one is in force on the
     /// same entity: what an operator decided (an allow above all) is not undone
     /// by the next rule hit. Returns whether it was stored.
-    pub fn put_automatic(&self, d: LiveDecision, now_ms: i64) -> Result<bool, StoreError> {
+    pub fn put_automatic(&self, d: Decision, now_ms: i64) -> Result<bool, StoreError> {
         self.put_if(d, now_ms, |cur| !cur.is_some_and(|c| c.source.starts_with("manual:")))
     }
 
@@ -450,11 +415,11 @@ impl LiveStore {
     /// under the writer lock, so no other write slips in between).
     fn put_if(
         &self,
-        d: LiveDecision,
+        d: Decision,
         now_ms: i64,
-        allowed: impl Fn(Option<&LiveDecision>) -> bool,
+        allowed: impl Fn(Option<&Decision>) -> bool,
     ) -> Result<bool, StoreError> {
-        let key = d.key();
+        let key = store_key(&d);
         let mut w = self.writer()?;
         let cur = self.published.load().map.get(&key).cloned();
         let in_force = cur.as_deref().filter(|c| c.expires_ms > now_ms);
@@ -467,7 +432,7 @@ impl LiveStore {
     }
 
     /// Removes the decision on an entity; returns it if there was one.
-    pub fn remove(&self, t: EntityType, entity: &str) -> Result<Option<Arc<LiveDecision>>, StoreError> {
+    pub fn remove(&self, t: EntityType, entity: &str) -> Result<Option<Arc<Decision>>, StoreError> {
         let key = key_of(t, entity);
         let mut w = self.writer()?;
         if !self.published.load().map.contains_key(&key) {
@@ -523,12 +488,12 @@ impl LiveStore {
     }
 
     /// Decisions in force at `now_ms`.
-    pub fn active(&self, now_ms: i64) -> Vec<Arc<LiveDecision>> {
+    pub fn active(&self, now_ms: i64) -> Vec<Arc<Decision>> {
         active_in(&self.published.load().map, now_ms)
     }
 
     /// The decision in force on one entity.
-    pub fn get(&self, t: EntityType, entity: &str, now_ms: i64) -> Option<Arc<LiveDecision>> {
+    pub fn get(&self, t: EntityType, entity: &str, now_ms: i64) -> Option<Arc<Decision>> {
         self.published.load().map.get(&key_of(t, entity)).filter(|d| d.expires_ms > now_ms).cloned()
     }
 
@@ -590,7 +555,7 @@ impl LiveStore {
             .into_iter()
             .filter_map(|(t, v)| v.map(|v| key_of(t, v)))
             .chain(ranges.iter().map(|r| key_of(EntityType::Cidr, r)));
-        let mut best: Option<&Arc<LiveDecision>> = None;
+        let mut best: Option<&Arc<Decision>> = None;
         for key in candidates {
             let Some(d) = map.get(&key) else { continue };
             if d.expires_ms <= now_ms {
@@ -607,7 +572,7 @@ impl LiveStore {
     }
 
     /// Decisions in force on `ip` itself or on any range that contains it.
-    pub fn covering(&self, ip: IpAddr, now_ms: i64) -> Vec<Arc<LiveDecision>> {
+    pub fn covering(&self, ip: IpAddr, now_ms: i64) -> Vec<Arc<Decision>> {
         let published = self.published.load();
         std::iter::once(key_of(EntityType::Ip, &ip.to_string()))
             .chain(published.ranges_of(ip).map(|r| key_of(EntityType::Cidr, &r)))
@@ -616,7 +581,7 @@ impl LiveStore {
     }
 }
 
-fn active_in(map: &Map, now_ms: i64) -> Vec<Arc<LiveDecision>> {
+fn active_in(map: &Map, now_ms: i64) -> Vec<Arc<Decision>> {
     let mut v: Vec<_> = map.values().filter(|d| d.expires_ms > now_ms).cloned().collect();
     v.sort_by_key(|d| d.id);
     v
@@ -626,8 +591,8 @@ fn active_in(map: &Map, now_ms: i64) -> Vec<Arc<LiveDecision>> {
 mod tests {
     use super::*;
 
-    fn d(id: u64, t: EntityType, e: &str, action: Action, expires: i64) -> LiveDecision {
-        LiveDecision {
+    fn d(id: u64, t: EntityType, e: &str, action: Action, expires: i64) -> Decision {
+        Decision {
             id,
             entity_type: t,
             entity: e.into(),
@@ -667,12 +632,12 @@ mod tests {
         assert_eq!(s.lookup(&q("203.0.113.9", None), &none, 150).action, Action::Allow);
     }
 
-    fn apply(cache: &mut std::collections::HashMap<String, LiveDecision>, since: Since, seen: &mut Vec<u64>) -> u64 {
+    fn apply(cache: &mut std::collections::HashMap<String, Decision>, since: Since, seen: &mut Vec<u64>) -> u64 {
         match since {
             Since::Snapshot { cursor, decisions } => {
                 cache.clear();
                 for d in decisions {
-                    cache.insert(d.key(), (*d).clone());
+                    cache.insert(store_key(&d), (*d).clone());
                 }
                 cursor
             }
@@ -681,10 +646,10 @@ mod tests {
                     seen.push(c.seq);
                     match c.kind {
                         ChangeKind::Created | ChangeKind::Changed => {
-                            cache.insert(c.decision.key(), (*c.decision).clone());
+                            cache.insert(store_key(&c.decision), (*c.decision).clone());
                         }
                         ChangeKind::Deleted | ChangeKind::Expired => {
-                            cache.remove(&c.decision.key());
+                            cache.remove(&store_key(&c.decision));
                         }
                     }
                 }
@@ -773,7 +738,8 @@ mod tests {
         assert_eq!(cursor, s.cursor());
         let first = seen.first().copied().unwrap_or(cursor + 1);
         assert_eq!(seen, (first..=cursor).collect::<Vec<_>>(), "consecutive, no gap, no repeat");
-        let truth: std::collections::HashMap<_, _> = s.active(0).iter().map(|d| (d.key(), (**d).clone())).collect();
+        let truth: std::collections::HashMap<_, _> =
+            s.active(0).iter().map(|d| (store_key(d), (**d).clone())).collect();
         assert_eq!(cache, truth);
     }
 

@@ -9,6 +9,7 @@
 
 mod attacks;
 mod benign;
+pub mod flood;
 pub mod world;
 
 use std::fs::File;

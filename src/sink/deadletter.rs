@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use base64::Engine as _;
 use serde::Serialize;
 
-use super::SinkError;
+use super::{Sink, SinkError, Wants};
+use crate::source::Position;
 
 /// Bytes of a rejected line kept verbatim; longer lines keep this prefix and say so.
 pub const MAX_RAW_BYTES: usize = 1 << 20;
@@ -18,10 +19,9 @@ pub const MAX_RAW_BYTES: usize = 1 << 20;
 pub struct DeadLetter<'a> {
     /// Input name (file path, `-` for stdin).
     pub source: &'a str,
-    /// 1-based line number.
-    pub line: u64,
-    /// Byte offset of the line's start.
-    pub offset: u64,
+    /// Where in the source (`line` and byte `offset` for files).
+    #[serde(flatten)]
+    pub pos: Position,
     pub reason: &'a str,
     /// The line, when it is valid UTF-8.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -36,7 +36,7 @@ pub struct DeadLetter<'a> {
 }
 
 impl<'a> DeadLetter<'a> {
-    pub fn new(source: &'a str, line: u64, offset: u64, reason: &'a str, raw: &'a [u8], total_bytes: u64) -> Self {
+    pub fn new(source: &'a str, pos: Position, reason: &'a str, raw: &'a [u8], total_bytes: u64) -> Self {
         let kept = &raw[..raw.len().min(MAX_RAW_BYTES)];
         let (raw, raw_base64) = match std::str::from_utf8(kept) {
             Ok(s) => (Some(s), None),
@@ -48,8 +48,7 @@ impl<'a> DeadLetter<'a> {
         };
         DeadLetter {
             source,
-            line,
-            offset,
+            pos,
             reason,
             raw,
             raw_base64,
@@ -99,5 +98,27 @@ impl DeadLetterSink {
             out.flush().map_err(|source| SinkError::Io { path: self.path.clone(), source })?;
         }
         Ok(())
+    }
+}
+
+impl Sink for DeadLetterSink {
+    fn name(&self) -> &str {
+        "dead_letters"
+    }
+
+    fn wants(&self) -> Wants {
+        Wants { dead_letters: true, ..Wants::NONE }
+    }
+
+    fn dead_letter(&mut self, dl: &DeadLetter<'_>) -> Result<(), SinkError> {
+        self.write(dl)
+    }
+
+    fn checkpoint(&mut self) -> Result<(), SinkError> {
+        self.flush()
+    }
+
+    fn finish(mut self: Box<Self>) -> Result<(), SinkError> {
+        self.flush()
     }
 }

@@ -1,11 +1,46 @@
-//! Where the pipeline's outputs go: Parquet tables, decisions as JSON lines,
-//! and dead letters.
+//! Sinks: where a run's outputs go. Each sink receives every event batch,
+//! feature snapshot, decision and dead letter it asks for ([`Wants`]); the
+//! engine holds them as a list built from the pipeline's `[[sinks]]`, so any
+//! number of them see every decision and a new one needs no change to the
+//! engine.
+//!
+//! A new sink is a file here implementing [`Sink`], plus one arm in [`build`]
+//! (and its `type` name in [`SinkKind`]). The shortest one:
+//!
+//! ```
+//! use gatewatch::decision::Decision;
+//! use gatewatch::sink::{Sink, SinkError, Wants};
+//!
+//! /// Counts denials (tests, examples).
+//! struct Denials(u64);
+//!
+//! impl Sink for Denials {
+//!     fn name(&self) -> &str {
+//!         "denials"
+//!     }
+//!     fn wants(&self) -> Wants {
+//!         Wants { decisions: true, ..Wants::NONE }
+//!     }
+//!     fn decision(&mut self, d: &Decision) -> Result<(), SinkError> {
+//!         self.0 += u64::from(d.action == gatewatch::decision::Action::Deny);
+//!         Ok(())
+//!     }
+//! }
+//! ```
 
 pub mod deadletter;
+pub mod jsonl;
 pub mod parquet;
 
+use std::path::Path;
+
+use datafusion::arrow::record_batch::RecordBatch;
+
+use crate::decision::Decision;
+
 pub use deadletter::{DeadLetter, DeadLetterSink};
-pub use parquet::ParquetTable;
+pub use jsonl::DecisionsJsonl;
+pub use parquet::{ParquetSink, ParquetTable};
 
 /// A sink failed; the run stops, since continuing would lose data silently.
 #[derive(Debug, thiserror::Error)]
@@ -24,4 +59,122 @@ pub enum SinkError {
     },
     #[error("{table}: the writer thread stopped: {message}")]
     Writer { table: String, message: String },
+    #[error("{table}: arrow: {source}")]
+    Arrow {
+        table: String,
+        #[source]
+        source: datafusion::arrow::error::ArrowError,
+    },
+}
+
+/// What a sink receives; the engine builds only what some sink wants.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Wants {
+    pub events: bool,
+    pub features: bool,
+    pub decisions: bool,
+    pub dead_letters: bool,
+}
+
+impl Wants {
+    pub const NONE: Wants = Wants { events: false, features: false, decisions: false, dead_letters: false };
+
+    /// Either side's wants.
+    pub fn or(self, o: Wants) -> Wants {
+        Wants {
+            events: self.events || o.events,
+            features: self.features || o.features,
+            decisions: self.decisions || o.decisions,
+            dead_letters: self.dead_letters || o.dead_letters,
+        }
+    }
+}
+
+/// An output of a run.
+pub trait Sink: Send {
+    /// For errors and logs.
+    fn name(&self) -> &str;
+
+    /// What this sink receives.
+    fn wants(&self) -> Wants;
+
+    /// A batch of parsed events (the `events` table's schema).
+    fn events(&mut self, _batch: &RecordBatch) -> Result<(), SinkError> {
+        Ok(())
+    }
+
+    /// A batch of feature rows (the `features` table's schema), from persisted snapshots.
+    fn features(&mut self, _batch: &RecordBatch) -> Result<(), SinkError> {
+        Ok(())
+    }
+
+    /// A decision, as it is made.
+    fn decision(&mut self, _d: &Decision) -> Result<(), SinkError> {
+        Ok(())
+    }
+
+    /// A line that could not become an event.
+    fn dead_letter(&mut self, _dl: &DeadLetter<'_>) -> Result<(), SinkError> {
+        Ok(())
+    }
+
+    /// Makes what was received so far as durable as this sink can before the
+    /// source acknowledges it (see [`crate::source::Source::ack`]).
+    fn checkpoint(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
+
+    /// Flushes and closes everything (end of input, shutdown).
+    fn finish(self: Box<Self>) -> Result<(), SinkError> {
+        Ok(())
+    }
+}
+
+/// The kinds of sink a pipeline's `[[sinks]]` may name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SinkKind {
+    /// `events/`, `features/` and `decisions/` Parquet tables in the run directory.
+    Parquet,
+    /// `decisions.jsonl` in the run directory.
+    DecisionsJsonl,
+    /// `dead_letters.jsonl` in the run directory.
+    DeadLetters,
+}
+
+/// One configured sink.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SinkSpec {
+    pub kind: SinkKind,
+    /// Parquet: which tables (`events`, `features`, `decisions`).
+    pub tables: Vec<String>,
+}
+
+impl SinkSpec {
+    /// The sinks a pipeline without `[[sinks]]` writes: every table the
+    /// `[output]` flags ask for, decisions as JSON lines, dead letters.
+    pub fn defaults(events: bool, features: bool) -> Vec<SinkSpec> {
+        let mut tables = Vec::new();
+        if events {
+            tables.push("events".into());
+        }
+        if features {
+            tables.push("features".into());
+        }
+        tables.push("decisions".into());
+        vec![
+            SinkSpec { kind: SinkKind::Parquet, tables },
+            SinkSpec { kind: SinkKind::DecisionsJsonl, tables: Vec::new() },
+            SinkSpec { kind: SinkKind::DeadLetters, tables: Vec::new() },
+        ]
+    }
+}
+
+/// Opens the sink `spec` describes, writing into the run directory `dir`.
+pub fn build(spec: &SinkSpec, dir: &Path) -> Result<Box<dyn Sink>, SinkError> {
+    Ok(match spec.kind {
+        SinkKind::Parquet => Box::new(ParquetSink::create(dir, &spec.tables)?),
+        SinkKind::DecisionsJsonl => Box::new(DecisionsJsonl::create(&dir.join("decisions.jsonl"))?),
+        SinkKind::DeadLetters => Box::new(DeadLetterSink::new(&dir.join("dead_letters.jsonl"))),
+    })
 }

@@ -1,4 +1,4 @@
-//! A Parquet table written by a background thread.
+//! The run's Parquet tables, each written by a background thread.
 //!
 //! Encoding and compressing Parquet costs about as much as everything else in
 //! the pipeline, so it runs beside the main loop; the bounded channel gives
@@ -9,14 +9,22 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{SyncSender, sync_channel};
 use std::thread::JoinHandle;
 
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    ArrayRef, Float64Builder, StringBuilder, TimestampMillisecondBuilder, UInt32Builder, UInt64Builder,
+};
+use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::basic::Compression;
 use datafusion::parquet::file::properties::{EnabledStatistics, WriterProperties};
 use datafusion::parquet::schema::types::ColumnPath;
 
-use super::SinkError;
+use super::{Sink, SinkError, Wants};
+use crate::decision::Decision;
 
 /// One table (a directory of Parquet files readable as one DataFusion table).
 pub struct ParquetTable {
@@ -102,5 +110,202 @@ impl Drop for ParquetTable {
         if self.handle.is_some() {
             let _ = self.join();
         }
+    }
+}
+
+/// Event columns with (nearly) one value per entity or request: a Parquet
+/// dictionary for them costs interning every value and mostly falls back to
+/// plain encoding anyway.
+const EVENT_PLAIN: &[&str] = &["request_id"];
+
+/// Feature columns are floats and entity ids: a dictionary rarely pays for itself there.
+static FEATURE_PLAIN: std::sync::LazyLock<Vec<&'static str>> = std::sync::LazyLock::new(|| {
+    let mut v: Vec<&'static str> = crate::features::FEATURES.iter().map(|(n, _)| *n).collect();
+    v.push("entity");
+    v
+});
+
+/// Feature rows are gathered to this many before they go to the writer thread
+/// (snapshot batches are small; row groups of them would be tiny).
+const FEATURE_FLUSH_ROWS: usize = 16_384;
+
+/// The `decisions` table schema.
+pub fn decisions_schema() -> SchemaRef {
+    use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    let ts = || DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()));
+    std::sync::Arc::new(Schema::new(vec![
+        Field::new("ts", ts(), false),
+        Field::new("entity_type", DataType::Utf8, false),
+        Field::new("entity", DataType::Utf8, false),
+        Field::new("action", DataType::Utf8, false),
+        Field::new("ttl_s", DataType::UInt64, false),
+        Field::new("reason", DataType::Utf8, false),
+        Field::new("source", DataType::Utf8, false),
+        Field::new("score", DataType::Float64, false),
+        Field::new("id", DataType::UInt64, false),
+        Field::new("expires_at", ts(), false),
+        Field::new("offense", DataType::UInt32, false),
+    ]))
+}
+
+/// Column builders for decisions.
+#[derive(Default)]
+struct DecisionColumns {
+    ts: TimestampMillisecondBuilder,
+    entity_type: StringBuilder,
+    entity: StringBuilder,
+    action: StringBuilder,
+    ttl_s: UInt64Builder,
+    reason: StringBuilder,
+    source: StringBuilder,
+    score: Float64Builder,
+    id: UInt64Builder,
+    expires_at: TimestampMillisecondBuilder,
+    offense: UInt32Builder,
+    rows: usize,
+}
+
+impl DecisionColumns {
+    fn push(&mut self, d: &Decision) {
+        self.ts.append_value(d.created_ms);
+        self.entity_type.append_value(d.entity_type.as_str());
+        self.entity.append_value(&d.entity);
+        self.action.append_value(d.action.as_str());
+        self.ttl_s.append_value(d.ttl_s());
+        self.reason.append_value(&d.reason);
+        self.source.append_value(&d.source);
+        self.score.append_value(d.score);
+        self.id.append_value(d.id);
+        self.expires_at.append_value(d.expires_ms);
+        self.offense.append_value(d.offense);
+        self.rows += 1;
+    }
+
+    fn finish(&mut self) -> Result<RecordBatch, ArrowError> {
+        self.rows = 0;
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(self.ts.finish().with_timezone("UTC")),
+            Arc::new(self.entity_type.finish()),
+            Arc::new(self.entity.finish()),
+            Arc::new(self.action.finish()),
+            Arc::new(self.ttl_s.finish()),
+            Arc::new(self.reason.finish()),
+            Arc::new(self.source.finish()),
+            Arc::new(self.score.finish()),
+            Arc::new(self.id.finish()),
+            Arc::new(self.expires_at.finish().with_timezone("UTC")),
+            Arc::new(self.offense.finish()),
+        ];
+        RecordBatch::try_new(decisions_schema(), cols)
+    }
+}
+
+/// The run's Parquet tables: `events/`, `features/`, `decisions/` (each optional).
+pub struct ParquetSink {
+    events: Option<ParquetTable>,
+    features: Option<ParquetTable>,
+    decisions: Option<ParquetTable>,
+    feature_buf: Vec<RecordBatch>,
+    feature_buf_rows: usize,
+    decision_cols: DecisionColumns,
+}
+
+impl ParquetSink {
+    /// Opens the named tables (`events`, `features`, `decisions`) under `dir`.
+    pub fn create(dir: &Path, tables: &[String]) -> Result<Self, SinkError> {
+        let want = |t: &str| tables.iter().any(|n| n == t);
+        let open = |name: &str, schema: SchemaRef, plain: &[&str]| -> Result<Option<ParquetTable>, SinkError> {
+            if want(name) { ParquetTable::create(&dir.join(name), schema, plain).map(Some) } else { Ok(None) }
+        };
+        Ok(ParquetSink {
+            events: open("events", crate::event::schema(), EVENT_PLAIN)?,
+            features: open("features", crate::features::schema(), &FEATURE_PLAIN)?,
+            decisions: open("decisions", decisions_schema(), &[])?,
+            feature_buf: Vec::new(),
+            feature_buf_rows: 0,
+            decision_cols: DecisionColumns::default(),
+        })
+    }
+
+    fn flush_features(&mut self) -> Result<(), SinkError> {
+        if let Some(out) = self.features.as_mut() {
+            if !self.feature_buf.is_empty() {
+                let batch = concat_batches(&crate::features::schema(), &self.feature_buf)
+                    .map_err(|source| SinkError::Arrow { table: "features".into(), source })?;
+                out.write(batch)?;
+            }
+        }
+        self.feature_buf.clear();
+        self.feature_buf_rows = 0;
+        Ok(())
+    }
+
+    fn flush_decisions(&mut self) -> Result<(), SinkError> {
+        if let Some(out) = self.decisions.as_mut() {
+            if self.decision_cols.rows > 0 {
+                let batch = self
+                    .decision_cols
+                    .finish()
+                    .map_err(|source| SinkError::Arrow { table: "decisions".into(), source })?;
+                out.write(batch)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Sink for ParquetSink {
+    fn name(&self) -> &str {
+        "parquet"
+    }
+
+    fn wants(&self) -> Wants {
+        Wants {
+            events: self.events.is_some(),
+            features: self.features.is_some(),
+            decisions: self.decisions.is_some(),
+            dead_letters: false,
+        }
+    }
+
+    fn events(&mut self, batch: &RecordBatch) -> Result<(), SinkError> {
+        match self.events.as_mut() {
+            Some(t) => t.write(batch.clone()),
+            None => Ok(()),
+        }
+    }
+
+    fn features(&mut self, batch: &RecordBatch) -> Result<(), SinkError> {
+        if self.features.is_some() {
+            self.feature_buf_rows += batch.num_rows();
+            self.feature_buf.push(batch.clone());
+            if self.feature_buf_rows >= FEATURE_FLUSH_ROWS {
+                self.flush_features()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn decision(&mut self, d: &Decision) -> Result<(), SinkError> {
+        if self.decisions.is_some() {
+            self.decision_cols.push(d);
+        }
+        Ok(())
+    }
+
+    /// Hands what is buffered to the writer threads. Parquet files become
+    /// readable (and durable) when closed at `finish`.
+    fn checkpoint(&mut self) -> Result<(), SinkError> {
+        self.flush_features()?;
+        self.flush_decisions()
+    }
+
+    fn finish(mut self: Box<Self>) -> Result<(), SinkError> {
+        self.flush_features()?;
+        self.flush_decisions()?;
+        for t in [self.events.take(), self.features.take(), self.decisions.take()].into_iter().flatten() {
+            t.finish()?;
+        }
+        Ok(())
     }
 }

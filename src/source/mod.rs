@@ -1,18 +1,66 @@
-//! Line sources: a file or stdin, read as raw bytes with positions.
+//! Sources: where log lines come from, each line with its position, and the
+//! acknowledgement that tells a source when everything up to a position is
+//! durably reflected downstream.
 //!
-//! Lines are read as bytes, not `String`s, so that invalid UTF-8 becomes a dead
-//! letter instead of an I/O error that would stop the stream, and a line longer
-//! than the limit is measured and skipped without being held in memory whole.
+//! A source only produces bytes; parsing, features and decisions are the
+//! engine's. The driver ([`crate::driver`]) polls a source, feeds the engine,
+//! and after a checkpoint (batch applied, decisions persisted, sinks flushed)
+//! acknowledges the newest position it covered. A file has nothing to commit;
+//! a Kafka source commits its offsets there, so a crash never loses a record it
+//! acknowledged (at-least-once).
+//!
+//! A new source is a file here implementing [`Source`] plus one arm in
+//! [`open`]. The shortest one:
+//!
+//! ```
+//! use gatewatch::source::{Poll, Position, Records, Source};
+//!
+//! /// Lines held in memory (tests, examples).
+//! struct Fixed(Vec<&'static str>, u64);
+//!
+//! impl Source for Fixed {
+//!     fn name(&self) -> String {
+//!         "fixed".into()
+//!     }
+//!     fn poll(&mut self, out: &mut Records, max: usize) -> std::io::Result<Poll> {
+//!         for line in self.0.drain(..max.min(self.0.len())) {
+//!             self.1 += 1;
+//!             out.push(line.as_bytes(), line.len() as u64, Position::Line { no: self.1, offset: 0 });
+//!         }
+//!         Ok(if self.0.is_empty() { Poll::End } else { Poll::More })
+//!     }
+//! }
+//! ```
 
-use std::io::{self, BufRead};
+pub mod follow;
+pub mod lines;
+pub mod reader;
+pub mod stdin;
+
+use std::io;
+use std::path::Path;
+
+pub use follow::Follower;
+pub use lines::LineReader;
+pub use reader::ReaderSource;
+pub use stdin::StdinSource;
+
+/// Where a record sits in its source. Kafka adds `Partition { partition, offset }`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(untagged)]
+pub enum Position {
+    /// A line of a file or stream: 1-based number and byte offset of its first byte.
+    Line {
+        #[serde(rename = "line")]
+        no: u64,
+        offset: u64,
+    },
+}
 
 /// One line of input (without its terminator).
 #[derive(Debug)]
 pub struct Line<'a> {
-    /// 1-based line number.
-    pub no: u64,
-    /// Byte offset of the line's first byte.
-    pub offset: u64,
+    pub pos: Position,
     /// The line, or its first `keep` bytes when it is longer.
     pub bytes: &'a [u8],
     /// The full length of the line in bytes.
@@ -26,91 +74,88 @@ impl Line<'_> {
     }
 }
 
-/// Splits a byte stream into lines, keeping at most `keep` bytes of each.
-pub struct LineReader<R> {
-    inner: R,
+/// Records a poll produced, their bytes in one reused buffer (no allocation per line).
+#[derive(Debug, Default)]
+pub struct Records {
     buf: Vec<u8>,
-    keep: usize,
-    no: u64,
-    offset: u64,
-    bytes_read: u64,
+    items: Vec<(usize, usize, u64, Position)>,
 }
 
-impl<R: BufRead> LineReader<R> {
-    pub fn new(inner: R, keep: usize) -> Self {
-        LineReader { inner, buf: Vec::with_capacity(4096), keep, no: 0, offset: 0, bytes_read: 0 }
+impl Records {
+    /// Appends a record: `bytes` as kept (at most the source's limit), `len` its full length.
+    pub fn push(&mut self, bytes: &[u8], len: u64, pos: Position) {
+        let start = self.buf.len();
+        self.buf.extend_from_slice(bytes);
+        self.items.push((start, self.buf.len(), len, pos));
     }
 
-    /// Bytes consumed so far (for progress).
-    pub fn bytes_read(&self) -> u64 {
-        self.bytes_read
-    }
-
-    /// The next line, `None` at end of input. A final line without a newline counts.
-    pub fn next_line(&mut self) -> io::Result<Option<Line<'_>>> {
+    pub fn clear(&mut self) {
         self.buf.clear();
-        let start = self.bytes_read;
-        let mut len: u64 = 0;
-        let mut saw_any = false;
-        loop {
-            let chunk = match self.inner.fill_buf() {
-                Ok(c) => c,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            };
-            if chunk.is_empty() {
-                break;
-            }
-            saw_any = true;
-            let (take, done) = match memchr::memchr(b'\n', chunk) {
-                Some(i) => (i, true),
-                None => (chunk.len(), false),
-            };
-            let room = self.keep.saturating_sub(self.buf.len());
-            self.buf.extend_from_slice(&chunk[..take.min(room)]);
-            len += take as u64;
-            let consumed = if done { take + 1 } else { take };
-            self.inner.consume(consumed);
-            self.bytes_read += consumed as u64;
-            if done {
-                break;
-            }
-        }
-        if !saw_any {
-            return Ok(None);
-        }
-        if self.buf.last() == Some(&b'\r') && (self.buf.len() as u64) == len {
-            self.buf.pop();
-            len -= 1;
-        }
-        self.no += 1;
-        self.offset = start;
-        Ok(Some(Line { no: self.no, offset: self.offset, bytes: &self.buf, len }))
+        self.items.clear();
+    }
+
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = Line<'_>> {
+        self.items.iter().map(|&(s, e, len, pos)| Line { pos, bytes: &self.buf[s..e], len })
+    }
+
+    /// Position of the newest record, what an acknowledgement after these covers.
+    pub fn last_position(&self) -> Option<Position> {
+        self.items.last().map(|i| i.3)
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// What a poll found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Poll {
+    /// Records were appended, and more may be ready at once.
+    More,
+    /// Nothing new for now (a followed file or stream): poll again later.
+    Idle,
+    /// The input has ended (records may have been appended by this call).
+    End,
+}
 
-    #[test]
-    fn lines_positions_and_limits() {
-        let data = b"ab\r\ncdefgh\n\nlast".to_vec();
-        let mut r = LineReader::new(io::BufReader::with_capacity(3, &data[..]), 4);
-        let l = r.next_line().unwrap().unwrap();
-        assert_eq!((l.no, l.offset, l.bytes, l.len), (1, 0, &b"ab"[..], 2));
-        let l = r.next_line().unwrap().unwrap();
-        assert_eq!((l.no, l.offset, l.bytes, l.len, l.truncated()), (2, 4, &b"cdef"[..], 6, true));
-        let l = r.next_line().unwrap().unwrap();
-        assert_eq!((l.no, l.bytes.len()), (3, 0));
-        let l = r.next_line().unwrap().unwrap();
-        assert_eq!((l.no, l.offset, l.bytes), (4, 12, &b"last"[..]));
-        assert!(r.next_line().unwrap().is_none());
+/// A source of log lines.
+pub trait Source: Send {
+    /// Shown in dead letters and errors (a path, `-`, a topic).
+    fn name(&self) -> String;
+
+    /// Appends at most `max` records to `out`.
+    fn poll(&mut self, out: &mut Records, max: usize) -> io::Result<Poll>;
+
+    /// Everything up to and including `pos` is reflected in feature state,
+    /// persisted decisions and flushed sinks; a source with offsets commits here.
+    fn ack(&mut self, _pos: Position) -> io::Result<()> {
+        Ok(())
     }
 
-    #[test]
-    fn empty_input() {
-        let mut r = LineReader::new(&b""[..], 10);
-        assert!(r.next_line().unwrap().is_none());
+    /// Bytes read and total bytes, when known (replay's progress bar).
+    fn progress(&self) -> Option<(u64, u64)> {
+        None
     }
+}
+
+/// The source for `path` (`-` is stdin): read to the end (`follow = false`,
+/// replay) or followed as it grows (`follow = true`, live mode; a file that
+/// exists is opened at once, so following starts from this moment).
+pub fn open(path: &Path, keep: usize, follow: bool, from_start: bool) -> io::Result<Box<dyn Source>> {
+    let stdin = path == Path::new("-");
+    Ok(match (stdin, follow) {
+        (true, true) => Box::new(StdinSource::spawn(keep)),
+        (false, true) => {
+            let mut f = Follower::new(path, keep, from_start);
+            f.start()?;
+            Box::new(f)
+        }
+        (true, false) => Box::new(ReaderSource::stdin(keep)),
+        (false, false) => Box::new(ReaderSource::file(path, keep)?),
+    })
 }

@@ -10,15 +10,7 @@ use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-/// One complete line read from a followed source.
-#[derive(Debug, Clone)]
-pub struct OwnedLine {
-    pub no: u64,
-    pub offset: u64,
-    /// The line, or its first `keep` bytes.
-    pub bytes: Vec<u8>,
-    pub len: u64,
-}
+use super::{Poll, Position, Records, Source};
 
 /// Follows one path.
 pub struct Follower {
@@ -85,9 +77,9 @@ impl Follower {
         Ok(true)
     }
 
-    /// Appends complete new lines to `out` (at most `max` per call). A line still
-    /// being written (no newline yet) waits for the next call.
-    pub fn poll(&mut self, out: &mut Vec<OwnedLine>, max: usize) -> io::Result<()> {
+    /// Appends complete new lines to `out` (at most about `max` per call). A line
+    /// still being written (no newline yet) waits for the next call.
+    pub fn poll_lines(&mut self, out: &mut Records, max: usize) -> io::Result<()> {
         if self.file.is_none() && !self.open()? {
             return Ok(());
         }
@@ -102,14 +94,14 @@ impl Follower {
             for i in 0..n {
                 if self.buf[i] == b'\n' {
                     self.take_part(chunk_start, i);
-                    let mut bytes = std::mem::take(&mut self.partial);
                     let mut len = self.partial_len;
-                    if bytes.last() == Some(&b'\r') && bytes.len() as u64 == len {
-                        bytes.pop();
+                    if self.partial.last() == Some(&b'\r') && self.partial.len() as u64 == len {
+                        self.partial.pop();
                         len -= 1;
                     }
                     self.line_no += 1;
-                    out.push(OwnedLine { no: self.line_no, offset: self.partial_offset, bytes, len });
+                    out.push(&self.partial, len, Position::Line { no: self.line_no, offset: self.partial_offset });
+                    self.partial.clear();
                     self.partial_len = 0;
                     self.partial_offset = self.pos + i as u64 + 1;
                     chunk_start = i + 1;
@@ -129,7 +121,7 @@ impl Follower {
                 self.file = None;
                 self.line_no = 0;
                 if self.open()? {
-                    return self.poll(out, max.saturating_sub(out.len() - start));
+                    return self.poll_lines(out, max.saturating_sub(out.len() - start));
                 }
             }
             Ok(meta) if meta.len() < self.pos => {
@@ -155,17 +147,25 @@ impl Follower {
         self.partial_len += (to - from) as u64;
     }
 
-    fn finish_partial(&mut self, out: &mut Vec<OwnedLine>) {
+    fn finish_partial(&mut self, out: &mut Records) {
         if self.partial_len > 0 {
             self.line_no += 1;
-            out.push(OwnedLine {
-                no: self.line_no,
-                offset: self.partial_offset,
-                bytes: std::mem::take(&mut self.partial),
-                len: self.partial_len,
-            });
+            out.push(&self.partial, self.partial_len, Position::Line { no: self.line_no, offset: self.partial_offset });
+            self.partial.clear();
             self.partial_len = 0;
         }
+    }
+}
+
+impl Source for Follower {
+    fn name(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    fn poll(&mut self, out: &mut Records, max: usize) -> io::Result<Poll> {
+        let before = out.len();
+        self.poll_lines(out, max)?;
+        Ok(if out.len() > before { Poll::More } else { Poll::Idle })
     }
 }
 
@@ -174,8 +174,8 @@ mod tests {
     use super::*;
     use std::io::Write;
 
-    fn texts(v: &[OwnedLine]) -> Vec<String> {
-        v.iter().map(|l| String::from_utf8_lossy(&l.bytes).into_owned()).collect()
+    fn texts(v: &Records) -> Vec<String> {
+        v.iter().map(|l| String::from_utf8_lossy(l.bytes).into_owned()).collect()
     }
 
     #[test]
@@ -184,31 +184,31 @@ mod tests {
         let p = dir.path().join("access.log");
         std::fs::write(&p, "old 1\nold 2\n").unwrap();
         let mut f = Follower::new(&p, 1024, false);
-        let mut out = Vec::new();
-        f.poll(&mut out, 100).unwrap();
+        let mut out = Records::default();
+        f.poll_lines(&mut out, 100).unwrap();
         assert!(out.is_empty(), "starts at the end like tail -F");
         let mut w = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
         write!(w, "new 1\nnew 2 partial").unwrap();
         w.flush().unwrap();
-        f.poll(&mut out, 100).unwrap();
+        f.poll_lines(&mut out, 100).unwrap();
         assert_eq!(texts(&out), ["new 1"]);
         writeln!(w, " done").unwrap();
-        f.poll(&mut out, 100).unwrap();
+        f.poll_lines(&mut out, 100).unwrap();
         assert_eq!(texts(&out), ["new 1", "new 2 partial done"]);
         // Rotation: move away, create anew.
         writeln!(w, "last of old").unwrap();
         std::fs::rename(&p, dir.path().join("access.log.1")).unwrap();
         std::fs::write(&p, "rotated 1\n").unwrap();
         out.clear();
-        f.poll(&mut out, 100).unwrap();
-        f.poll(&mut out, 100).unwrap();
+        f.poll_lines(&mut out, 100).unwrap();
+        f.poll_lines(&mut out, 100).unwrap();
         assert_eq!(texts(&out), ["last of old", "rotated 1"]);
         // Truncation in place.
         std::fs::write(&p, "").unwrap();
         out.clear();
-        f.poll(&mut out, 100).unwrap();
+        f.poll_lines(&mut out, 100).unwrap();
         std::fs::write(&p, "after truncate\n").unwrap();
-        f.poll(&mut out, 100).unwrap();
+        f.poll_lines(&mut out, 100).unwrap();
         assert_eq!(texts(&out), ["after truncate"]);
     }
 
@@ -217,15 +217,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("later.log");
         let mut f = Follower::new(&p, 1024, false);
-        let mut out = Vec::new();
-        f.poll(&mut out, 10).unwrap();
+        let mut out = Records::default();
+        f.poll_lines(&mut out, 10).unwrap();
         std::fs::write(&p, "x\n").unwrap();
-        f.poll(&mut out, 10).unwrap();
+        f.poll_lines(&mut out, 10).unwrap();
         // The first file opened is read from its end unless from_start; a created-later file
         // counts as the first, so nothing yet.
         assert!(out.is_empty());
         std::fs::OpenOptions::new().append(true).open(&p).unwrap().write_all(b"y\n").unwrap();
-        f.poll(&mut out, 10).unwrap();
+        f.poll_lines(&mut out, 10).unwrap();
         assert_eq!(texts(&out), ["y"]);
     }
 }
