@@ -134,3 +134,21 @@ fn late_events_within_lateness_count_and_ticks_fire() {
     assert_eq!(value(&snaps, EntityType::Ip, "192.0.2.50", "requests_1h"), Some(3.0));
     assert!(snaps.windows(2).all(|w| w[0].as_of_ms <= w[1].as_of_ms));
 }
+
+#[test]
+fn forgetting_idle_entities_between_persisted_ticks_keeps_rows_exact() {
+    // Whole-second times starting on a tick boundary put the idle sweep one
+    // tick before a persisted snapshot, while new entities are still waiting
+    // for their persisted row: forgetting the idle ones must not shift them.
+    let start = T0 - T0 % 10_000;
+    let mut lines = vec![line(start, "192.0.2.1", ""), line(start, "192.0.2.2", "")];
+    // Two hours later (both first addresses long idle), a stream of new ones.
+    let later = start + 2 * 3_600_000;
+    for i in 0..300 {
+        lines.push(line(later + i * 1_000, &format!("198.51.100.{}", i % 250), ""));
+    }
+    let snaps = run(&lines);
+    assert!(snaps.iter().any(|s| s.persist));
+    assert_eq!(value(&snaps, EntityType::Ip, "198.51.100.249", "requests_1h"), Some(1.0));
+    assert_eq!(value(&snaps, EntityType::Ip, "198.51.100.10", "requests_10m"), Some(2.0));
+}

@@ -205,37 +205,29 @@ impl Table {
         s.dirty = state::DIRTY_TICK | state::DIRTY_SINK;
     }
 
-    /// Forgets entities idle since before `cutoff`.
+    /// Forgets entities idle since before `cutoff` whose rows have been emitted.
     fn sweep(&mut self, cutoff: i64) -> usize {
-        let before = self.states.len();
-        let mut i = 0;
-        while i < self.states.len() {
-            if self.states[i].last_seen < cutoff && self.states[i].dirty == 0 {
-                let gone = self.states.swap_remove(i);
-                self.state_bytes -= gone.bytes();
-                self.map.remove(&gone.key);
-                if i < self.states.len() {
-                    if let Some(slot) = self.map.get_mut(&self.states[i].key) {
-                        *slot = i as u32;
-                    }
-                }
-            } else {
-                i += 1;
-            }
-        }
-        before - self.states.len()
+        self.remove_where(|st| st.last_seen < cutoff && st.dirty == 0)
     }
 
     /// Evicts every entity last seen before `cutoff` (or at it, with `inclusive`),
-    /// dirty or not, keeping the order of the others and the dirty lists exact.
+    /// dirty or not.
     fn evict(&mut self, cutoff: i64, inclusive: bool) -> usize {
+        self.remove_where(|st| st.last_seen < cutoff || (inclusive && st.last_seen == cutoff))
+    }
+
+    /// Removes the entities `gone` selects, keeping the order of the others and
+    /// the dirty lists exact (they hold indices, which removal shifts).
+    fn remove_where(&mut self, gone: impl Fn(&EntityState) -> bool) -> usize {
+        if !self.states.iter().any(|st| gone(st)) {
+            return 0;
+        }
         let old = std::mem::take(&mut self.states);
         let mut remap = vec![u32::MAX; old.len()];
         let mut kept: Vec<Box<EntityState>> = Vec::with_capacity(old.capacity());
         let mut evicted = 0;
         for (i, st) in old.into_iter().enumerate() {
-            let cold = st.last_seen < cutoff || (inclusive && st.last_seen == cutoff);
-            if cold {
+            if gone(&st) {
                 self.state_bytes -= st.bytes();
                 self.map.remove(&st.key);
                 evicted += 1;
