@@ -22,12 +22,13 @@ pub fn write(out: &mut impl Write, n: usize, start_ms: i64, span_ms: i64, attack
             )?;
             continue;
         }
-        // Addresses walk 100.64.0.0/10 (shared address space) /24 by /24.
+        // Addresses walk 100.64.0.0/10 (shared address space) /24 by /24;
+        // product ids are scattered (a flood of app users, not an id walk).
         let (a, b, c) = (64 + ((i >> 16) & 0x3f), (i >> 8) & 0xff, i & 0xff);
         writeln!(
             out,
             r#"{{"ts":"{ts}","client_ip":"100.{a}.{b}.{c}","method":"GET","path":"/v1/products/{}","status":200,"user_agent":"okhttp/4.12.0","api_key_id":"mobile-android","device_id":"dev-{i:x}","session_id":"sess-{i:x}","attestation":"valid","signature":"valid"}}"#,
-            i % 5000
+            (i as u64).wrapping_mul(2_654_435_761) % 100_000
         )?;
     }
     Ok(())
