@@ -94,7 +94,7 @@ pub const NF: usize = 47;
 /// The longest window any feature covers. An event further behind the newest
 /// one than this can update no window, so the engine refuses it (dead letter)
 /// instead of pretending to count it.
-pub const LONGEST_WINDOW_MS: i64 = 3_600_000;
+pub const LONGEST_WINDOW_MS: i64 = state::G60_MS * state::H60_SLOTS as i64;
 
 /// The Arrow schema of the `features` table: when, which entity, then every feature.
 pub fn schema() -> SchemaRef {

@@ -66,6 +66,8 @@ pub const G1_MS: i64 = 10_000;
 pub const G10_MS: i64 = 60_000;
 /// 1-hour window: 6 slots of 10 min.
 pub const G60_MS: i64 = 600_000;
+/// Slots of the 1-hour ring.
+pub const H60_SLOTS: usize = 6;
 
 /// What one request contributes, computed once and applied to every entity it names.
 #[derive(Debug, Clone, Default)]
@@ -86,7 +88,7 @@ pub struct EntityState {
     pub last_seen: i64,
     r1: Ring<6, 1>,
     r10: Ring<10, { c::N }>,
-    r60: Ring<6, { h::N }>,
+    r60: Ring<H60_SLOTS, { h::N }>,
     pub distinct: [SlidingDistinct; d::N],
     /// The last [`RECENT_IDS`] numeric ids requested (low 32 bits + 1; 0 =
     /// empty), allocated with the first: most entities never request one.
