@@ -18,7 +18,13 @@ fn run(cfg: &SimConfig) -> Report {
         Pipeline::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/default.toml")).expect("pipeline");
     let allow = pipeline.allowlist.clone();
     let run_dir = dir.path().join("run");
-    gatewatch::engine::replay(pipeline, &dir.path().join("access.jsonl"), None, &run_dir, false).expect("replay");
+    let summary =
+        gatewatch::engine::replay(pipeline, &dir.path().join("access.jsonl"), None, &run_dir, false).expect("replay");
+    // State per entity follows activity, not a fixed worst case: at every
+    // scale and mix these tests run, held state stays within 1 KiB per entity.
+    let held: usize = summary.active_entities.values().sum();
+    let per_entity = summary.state_bytes / held.max(1);
+    assert!(per_entity <= 1024, "seed {}: {per_entity} bytes of state per entity ({held} held)", cfg.seed);
     let decisions = eval::read_decisions(&run_dir.join("decisions.jsonl")).expect("decisions");
     eval::evaluate(&out.labels, &decisions, &allow, &EvalConfig::default()).expect("eval")
 }

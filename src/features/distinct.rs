@@ -5,6 +5,11 @@
 //! register-wise max over the slots in a window estimates that window's
 //! distinct count. Sketches of two partial aggregates merge the same way, so
 //! per-entity state from several instances can be combined.
+//!
+//! Registers are 4 bits: a rank above 15 needs about 64 × 2¹⁵ ≈ 2 M distinct
+//! values in one 5-minute slot of one entity, far past any threshold a rule
+//! sets, and half the bytes matter when every busy entity holds a sketch of
+//! the paths it requested.
 
 /// Entries kept exactly before switching to sketches.
 pub const EXACT_MAX: usize = 32;
@@ -16,28 +21,19 @@ pub const SLOT_MS: i64 = 300_000;
 #[derive(Debug, Clone)]
 pub struct SketchRing {
     head: i64,
-    slots: [[u8; REGISTERS]; SLOTS],
+    /// Two 4-bit registers per byte.
+    slots: [[u8; REGISTERS / 2]; SLOTS],
 }
 
-/// A sliding-window distinct counter.
-#[derive(Debug, Clone)]
-pub enum SlidingDistinct {
-    Exact(Vec<(u64, i64)>),
-    Sketch(Box<SketchRing>),
-}
-
-impl Default for SlidingDistinct {
-    fn default() -> Self {
-        SlidingDistinct::Exact(Vec::new())
-    }
-}
+/// Largest register value a 4-bit register holds.
+const MAX_RANK: u8 = 15;
 
 /// Longest window any caller asks about; older exact entries are pruned.
 const HORIZON_MS: i64 = 3_600_000;
 
 impl SketchRing {
     fn new() -> Self {
-        SketchRing { head: i64::MIN, slots: [[0; REGISTERS]; SLOTS] }
+        SketchRing { head: i64::MIN, slots: [[0; REGISTERS / 2]; SLOTS] }
     }
 
     fn insert(&mut self, h: u64, ts: i64) {
@@ -47,17 +43,18 @@ impl SketchRing {
         } else if slot > self.head {
             let gap = (slot - self.head).min(SLOTS as i64);
             for i in 1..=gap {
-                self.slots[(self.head + i).rem_euclid(SLOTS as i64) as usize] = [0; REGISTERS];
+                self.slots[(self.head + i).rem_euclid(SLOTS as i64) as usize] = [0; REGISTERS / 2];
             }
             self.head = slot;
         } else if slot <= self.head - SLOTS as i64 {
             return;
         }
         let idx = (h >> 58) as usize;
-        let rank = ((h << 6) | (1 << 5)).leading_zeros() as u8 + 1;
-        let reg = &mut self.slots[slot.rem_euclid(SLOTS as i64) as usize][idx];
-        if rank > *reg {
-            *reg = rank;
+        let rank = (((h << 6) | (1 << 5)).leading_zeros() as u8 + 1).min(MAX_RANK);
+        let byte = &mut self.slots[slot.rem_euclid(SLOTS as i64) as usize][idx / 2];
+        let shift = (idx % 2) * 4;
+        if rank > (*byte >> shift) & 0xf {
+            *byte = (*byte & !(0xf << shift)) | (rank << shift);
         }
     }
 
@@ -75,8 +72,9 @@ impl SketchRing {
             if s > now_slot {
                 continue;
             }
-            for (m, r) in merged.iter_mut().zip(&self.slots[s.rem_euclid(SLOTS as i64) as usize]) {
-                *m = (*m).max(*r);
+            for (m, r) in merged.chunks_exact_mut(2).zip(&self.slots[s.rem_euclid(SLOTS as i64) as usize]) {
+                m[0] = m[0].max(r & 0xf);
+                m[1] = m[1].max(r >> 4);
             }
         }
         hll_estimate(&merged)
@@ -110,59 +108,126 @@ fn hll_estimate(regs: &[u8; REGISTERS]) -> f64 {
     if raw <= 2.5 * m && zeros > 0 { m * (m / zeros as f64).ln() } else { raw }
 }
 
-impl SlidingDistinct {
-    /// Records value hash `h` seen at `ts`; returns the change in heap bytes
-    /// (for the state budget's running total).
-    #[inline]
-    pub fn insert(&mut self, h: u64, ts: i64) -> isize {
-        let before = self.heap_bytes();
-        self.insert_inner(h, ts);
-        self.heap_bytes() as isize - before as isize
+/// Kinds of value counted distinctly per entity (users, addresses, ...).
+pub const KINDS: usize = 6;
+
+/// One exactly-kept value: 32 bits of its hash and when it was last seen
+/// (epoch seconds). Eight bytes, where a full hash and a millisecond time took
+/// sixteen: entities hold many of these, and at ≤ [`EXACT_MAX`] values of a
+/// kind 32 bits of hash collide about once in ten million entities.
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    h: u32,
+    t: u32,
+}
+
+fn secs(ts_ms: i64) -> u32 {
+    ts_ms.div_euclid(1000).clamp(0, u32::MAX as i64) as u32
+}
+
+/// Spreads a stored 32-bit hash over 64 bits for a sketch. Values moved
+/// from the exact list and values inserted later go through the same
+/// function, so a value is never counted twice for having been both.
+fn widen(h: u32) -> u64 {
+    let mut z = u64::from(h).wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Sliding-window distinct counts of every kind for one entity.
+///
+/// The exact values of all kinds share one list, grouped by kind (`lens`
+/// says how many of each), so an entity that has seen one user, one address
+/// and a few paths pays one small allocation, not six. A kind that exceeds
+/// [`EXACT_MAX`] values within the horizon moves to its own sketch ring.
+#[derive(Debug, Clone, Default)]
+pub struct Distincts {
+    exact: Vec<Seen>,
+    lens: [u8; KINDS],
+    /// Bit `k` set: kind `k` is counted by a sketch.
+    sketched: u8,
+    /// The sketches, in kind order of the `sketched` bits (rebuilt when one
+    /// is added, which happens at most once per kind).
+    sketches: Box<[SketchRing]>,
+}
+
+impl Distincts {
+    fn range(&self, kind: usize) -> std::ops::Range<usize> {
+        let start: usize = self.lens[..kind].iter().map(|&n| n as usize).sum();
+        start..start + self.lens[kind] as usize
     }
 
+    fn sketch_index(&self, kind: usize) -> usize {
+        (self.sketched & ((1u8 << kind) - 1)).count_ones() as usize
+    }
+
+    /// Records value hash `h` of `kind` seen at `ts` (ms).
     #[inline]
-    fn insert_inner(&mut self, h: u64, ts: i64) {
-        match self {
-            SlidingDistinct::Exact(v) => {
-                if let Some(e) = v.iter_mut().find(|e| e.0 == h) {
-                    e.1 = e.1.max(ts);
-                    return;
+    pub fn insert(&mut self, kind: usize, h: u64, ts: i64) {
+        let h = (h >> 32) as u32;
+        if self.sketched & (1 << kind) != 0 {
+            let i = self.sketch_index(kind);
+            self.sketches[i].insert(widen(h), ts);
+            return;
+        }
+        let t = secs(ts);
+        let r = self.range(kind);
+        if let Some(e) = self.exact[r.clone()].iter_mut().find(|e| e.h == h) {
+            e.t = e.t.max(t);
+            return;
+        }
+        let mut end = r.end;
+        if r.len() >= EXACT_MAX {
+            // Values older than the longest window count for nothing: drop them first.
+            let cutoff = secs(ts - HORIZON_MS);
+            let mut keep = r.start;
+            for i in r.clone() {
+                if self.exact[i].t > cutoff {
+                    self.exact[keep] = self.exact[i];
+                    keep += 1;
                 }
-                if v.len() >= EXACT_MAX {
-                    let cutoff = ts - HORIZON_MS;
-                    v.retain(|e| e.1 > cutoff);
-                }
-                if v.len() < EXACT_MAX {
-                    v.push((h, ts));
-                    return;
-                }
-                let mut sk = Box::new(SketchRing::new());
-                let mut entries = std::mem::take(v);
-                entries.sort_by_key(|e| e.1);
-                for (eh, ets) in entries {
-                    sk.insert(eh, ets);
-                }
-                sk.insert(h, ts);
-                *self = SlidingDistinct::Sketch(sk);
             }
-            SlidingDistinct::Sketch(sk) => sk.insert(h, ts),
+            self.exact.drain(keep..r.end);
+            self.lens[kind] = (keep - r.start) as u8;
+            end = keep;
         }
+        if end - r.start < EXACT_MAX {
+            if self.exact.len() == self.exact.capacity() {
+                // Grow by a quarter, not double: most entities stop at a few values.
+                self.exact.reserve_exact((self.exact.len() / 4).max(4));
+            }
+            self.exact.insert(end, Seen { h, t });
+            self.lens[kind] += 1;
+            return;
+        }
+        let mut entries: Vec<Seen> = self.exact.drain(r.start..end).collect();
+        self.lens[kind] = 0;
+        entries.sort_by_key(|e| e.t);
+        let mut sk = SketchRing::new();
+        for e in entries {
+            sk.insert(widen(e.h), i64::from(e.t) * 1000);
+        }
+        sk.insert(widen(h), ts);
+        let i = self.sketch_index(kind);
+        let mut all = std::mem::take(&mut self.sketches).into_vec();
+        all.insert(i, sk);
+        self.sketches = all.into_boxed_slice();
+        self.sketched |= 1 << kind;
     }
 
-    /// Distinct values seen in `(now - window_ms, now]`.
-    pub fn count(&self, window_ms: i64, now: i64) -> f64 {
-        match self {
-            SlidingDistinct::Exact(v) => v.iter().filter(|e| e.1 > now - window_ms && e.1 <= now).count() as f64,
-            SlidingDistinct::Sketch(sk) => sk.estimate(window_ms, now).round(),
+    /// Distinct values of `kind` seen in `(now - window_ms, now]`.
+    pub fn count(&self, kind: usize, window_ms: i64, now: i64) -> f64 {
+        if self.sketched & (1 << kind) != 0 {
+            return self.sketches[self.sketch_index(kind)].estimate(window_ms, now).round();
         }
+        let (lo, hi) = ((now - window_ms).div_euclid(1000), now.div_euclid(1000));
+        self.exact[self.range(kind)].iter().filter(|e| i64::from(e.t) > lo && i64::from(e.t) <= hi).count() as f64
     }
 
-    /// Heap bytes held, for the memory accounting in `docs/PERFORMANCE.md`.
+    /// Heap bytes held, for the state budget.
     pub fn heap_bytes(&self) -> usize {
-        match self {
-            SlidingDistinct::Exact(v) => v.capacity() * 16,
-            SlidingDistinct::Sketch(_) => std::mem::size_of::<SketchRing>(),
-        }
+        self.exact.capacity() * std::mem::size_of::<Seen>() + self.sketches.len() * std::mem::size_of::<SketchRing>()
     }
 }
 
@@ -176,30 +241,67 @@ mod tests {
 
     #[test]
     fn exact_window() {
-        let mut d = SlidingDistinct::default();
-        d.insert(h(1), 0);
-        d.insert(h(2), 500_000);
-        d.insert(h(1), 700_000);
-        assert_eq!(d.count(600_000, 700_000), 2.0);
-        assert_eq!(d.count(100_000, 700_000), 1.0);
-        assert!(matches!(d, SlidingDistinct::Exact(_)));
+        let mut d = Distincts::default();
+        d.insert(1, h(1), 0);
+        d.insert(1, h(2), 500_000);
+        d.insert(1, h(1), 700_000);
+        d.insert(3, h(1), 700_000);
+        assert_eq!(d.count(1, 600_000, 700_000), 2.0);
+        assert_eq!(d.count(1, 100_000, 700_000), 1.0);
+        assert_eq!(d.count(3, 600_000, 700_000), 1.0);
+        assert_eq!(d.count(0, 600_000, 700_000), 0.0);
+        assert_eq!(d.sketched, 0);
+    }
+
+    #[test]
+    fn kinds_do_not_mix_and_old_values_make_room() {
+        let mut d = Distincts::default();
+        // 32 values an hour ago, 32 now: the old ones are dropped, no sketch.
+        for i in 0..32u64 {
+            d.insert(2, h(i), 0);
+            d.insert(4, h(i), 0);
+        }
+        for i in 100..132u64 {
+            d.insert(2, h(i), 3_700_000);
+        }
+        assert_eq!(d.sketched, 0);
+        assert_eq!(d.count(2, 3_600_000, 3_700_000), 32.0);
+        assert_eq!(d.count(4, 3_600_000, 3_000_000), 32.0);
     }
 
     #[test]
     fn sketch_is_close_and_bounded() {
-        let mut d = SlidingDistinct::default();
+        let mut d = Distincts::default();
         for i in 0..5000u64 {
-            d.insert(h(i), (i as i64) * 100);
+            d.insert(5, h(i), (i as i64) * 100);
+            d.insert(0, h(i % 3), (i as i64) * 100);
         }
-        assert!(matches!(d, SlidingDistinct::Sketch(_)));
-        let est = d.count(3_600_000, 500_000);
+        assert_eq!(d.sketched, 1 << 5);
+        assert_eq!(d.count(0, 3_600_000, 500_000), 3.0);
+        let est = d.count(5, 3_600_000, 500_000);
         assert!((est - 5000.0).abs() / 5000.0 < 0.35, "estimate {est}");
         // A new window forgets the old values.
         let mut later = d.clone();
         for i in 0..10u64 {
-            later.insert(h(100_000 + i), 10_000_000);
+            later.insert(5, h(100_000 + i), 10_000_000);
         }
-        let est = later.count(600_000, 10_000_000);
+        let est = later.count(5, 600_000, 10_000_000);
         assert!(est <= 14.0, "estimate {est}");
+    }
+
+    #[test]
+    fn moving_to_a_sketch_keeps_the_count() {
+        // The values seen exactly are carried into the sketch; seeing them
+        // again afterwards adds nothing.
+        let mut d = Distincts::default();
+        for i in 0..40u64 {
+            d.insert(1, h(i), 1_000);
+        }
+        let before = d.count(1, 600_000, 2_000);
+        for i in 0..40u64 {
+            d.insert(1, h(i), 2_000);
+        }
+        assert_eq!(d.count(1, 600_000, 2_000), before);
+        assert!((before - 40.0).abs() <= 12.0, "{before}");
     }
 }

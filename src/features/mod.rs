@@ -13,6 +13,7 @@ pub mod budget;
 pub mod catalog;
 pub mod distinct;
 pub mod entity;
+pub mod key;
 pub mod state;
 pub mod window;
 
@@ -29,6 +30,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use std::fmt::Write as _;
 
 pub use entity::{EntityType, subnet_of};
+use key::Key;
 use state::{Contribution, EntityState, c, d};
 
 use crate::event::col;
@@ -154,19 +156,27 @@ pub struct Snapshot {
     pub persist: bool,
 }
 
-/// Bytes a map entry costs besides the state it points to: the key's box and
-/// index, hashbrown's control byte, and the state's slot in `states`.
-const ENTRY_BYTES: usize = std::mem::size_of::<(Box<str>, u32)>() + 1;
+/// Bytes an entity costs besides its state: its index in the map (and
+/// hashbrown's control byte), its slot in `states` and its time in `seen`.
+const ENTRY_BYTES: usize = std::mem::size_of::<u32>() + 1;
+const SLOT_BYTES: usize = std::mem::size_of::<Box<EntityState>>() + std::mem::size_of::<i64>();
 
-/// The entities of one type. States are boxed one by one, so the vector that
-/// lists them grows by pointers, not by whole states: growing it never copies
-/// (or briefly doubles) the state itself.
+/// The entities of one type. The map holds only indices into `states` and
+/// compares names with the one stored in the state (usually inline, see
+/// [`key`]), so a lookup touches the state it is about to update anyway.
+/// States are boxed one by one, so the vector that lists them grows by
+/// pointers, not by whole states: growing it never copies (or briefly
+/// doubles) the state itself.
 #[derive(Debug, Default)]
 struct Table {
-    map: std::collections::HashMap<Box<str>, u32, foldhash::fast::RandomState>,
+    map: hashbrown::HashTable<u32>,
+    hasher: foldhash::fast::RandomState,
     // Boxed on purpose (see above): growth copies pointers, never states.
     #[allow(clippy::vec_box)]
     states: Vec<Box<EntityState>>,
+    /// Each state's `last_seen`, side by side: sweeping and eviction scan
+    /// these instead of visiting every state (a cache miss each).
+    seen: Vec<i64>,
     dirty: Vec<u32>,
     sink_dirty: Vec<u32>,
     /// Σ [`EntityState::bytes`] over `states`, kept as they change.
@@ -174,23 +184,59 @@ struct Table {
 }
 
 impl Table {
+    #[inline]
+    fn hash(&self, key: &[u8]) -> u64 {
+        use std::hash::BuildHasher;
+        self.hasher.hash_one(key)
+    }
+
     /// Index of `key`, creating its state if new; the flag says whether it was created.
     #[inline]
     fn upsert(&mut self, key: &str, ts: i64) -> (usize, bool) {
-        if let Some(&i) = self.map.get(key) {
+        let h = self.hash(key.as_bytes());
+        let states = &self.states;
+        if let Some(&i) = self.map.find(h, |&i| states[i as usize].key.as_bytes() == key.as_bytes()) {
             return (i as usize, false);
         }
         let i = self.states.len();
-        let st = Box::new(EntityState::new(key.into(), ts));
+        let st = Box::new(EntityState::new(Key::new(key), ts));
         self.state_bytes += st.bytes();
         self.states.push(st);
-        self.map.insert(key.into(), i as u32);
+        self.seen.push(ts);
+        let (states, hasher) = (&self.states, &self.hasher);
+        self.map.insert_unique(h, i as u32, |&j| {
+            use std::hash::BuildHasher;
+            hasher.hash_one(states[j as usize].key.as_bytes())
+        });
         (i, true)
     }
 
-    /// Memory held, including the map's and the list's spare capacity.
+    /// Points the map entry of the entity at `from` (whose name hashes to
+    /// `h`) to `to`, or removes it.
+    fn reindex(&mut self, h: u64, from: u32, to: Option<u32>) {
+        if let Ok(e) = self.map.find_entry(h, |&i| i == from) {
+            match to {
+                Some(to) => *e.into_mut() = to,
+                None => {
+                    e.remove();
+                }
+            }
+        }
+    }
+
+    /// Applies one request to the state at `idx` and marks it dirty.
+    #[inline]
+    fn apply(&mut self, idx: usize, k: &Contribution, skip: Option<usize>, new_device: bool) {
+        let st = &mut self.states[idx];
+        let heap = st.apply(k, skip, new_device);
+        self.seen[idx] = st.last_seen;
+        self.state_bytes = self.state_bytes.saturating_add_signed(heap);
+        self.mark_dirty(idx);
+    }
+
+    /// Memory held, including the map's and the lists' spare capacity.
     fn bytes(&self) -> usize {
-        self.state_bytes + self.map.capacity() * ENTRY_BYTES + self.states.capacity() * 8
+        self.state_bytes + self.map.capacity() * ENTRY_BYTES + self.states.capacity() * SLOT_BYTES
     }
 
     #[inline]
@@ -207,42 +253,61 @@ impl Table {
 
     /// Forgets entities idle since before `cutoff` whose rows have been emitted.
     fn sweep(&mut self, cutoff: i64) -> usize {
-        self.remove_where(|st| st.last_seen < cutoff && st.dirty == 0)
+        self.remove_where(|seen, st| seen < cutoff && st.dirty == 0)
     }
 
     /// Evicts every entity last seen before `cutoff` (or at it, with `inclusive`),
     /// dirty or not.
     fn evict(&mut self, cutoff: i64, inclusive: bool) -> usize {
-        self.remove_where(|st| st.last_seen < cutoff || (inclusive && st.last_seen == cutoff))
+        self.remove_where(|seen, _| seen < cutoff || (inclusive && seen == cutoff))
     }
 
-    /// Removes the entities `gone` selects, keeping the order of the others and
-    /// the dirty lists exact (they hold indices, which removal shifts).
-    fn remove_where(&mut self, gone: impl Fn(&EntityState) -> bool) -> usize {
-        if !self.states.iter().any(|st| gone(st)) {
-            return 0;
-        }
-        let old = std::mem::take(&mut self.states);
-        let mut remap = vec![u32::MAX; old.len()];
-        let mut kept: Vec<Box<EntityState>> = Vec::with_capacity(old.capacity());
-        let mut evicted = 0;
-        for (i, st) in old.into_iter().enumerate() {
-            if gone(&st) {
-                self.state_bytes -= st.bytes();
-                self.map.remove(&st.key);
-                evicted += 1;
-            } else {
-                let j = kept.len() as u32;
-                remap[i] = j;
-                if j as usize != i {
-                    if let Some(slot) = self.map.get_mut(&st.key) {
-                        *slot = j;
-                    }
-                }
-                kept.push(st);
+    /// Removes the entities `gone` selects (given their last-seen time, which
+    /// is checked first, and their state), keeping the dirty lists exact.
+    /// A removed entity's place is taken by the last one, so only moved
+    /// entities are looked up again in the map: cost follows what is removed,
+    /// not what is held.
+    fn remove_where(&mut self, gone: impl Fn(i64, &EntityState) -> bool) -> usize {
+        let first = match (0..self.states.len()).find(|&i| gone(self.seen[i], &self.states[i])) {
+            Some(i) => i,
+            None => return 0,
+        };
+        // `origin[i]`: where the entity now at `i` was before this call.
+        let mut origin: Vec<u32> = (0..self.states.len() as u32).collect();
+        let mut removed = 0;
+        let mut i = first;
+        while i < self.states.len() {
+            if !gone(self.seen[i], &self.states[i]) {
+                i += 1;
+                continue;
+            }
+            let last = self.states.len() as u32 - 1;
+            let st = self.states.swap_remove(i);
+            self.seen.swap_remove(i);
+            origin.swap_remove(i);
+            self.state_bytes -= st.bytes();
+            self.reindex(self.hash(st.key.as_bytes()), i as u32, None);
+            removed += 1;
+            if i < self.states.len() {
+                let h = self.hash(self.states[i].key.as_bytes());
+                self.reindex(h, last, Some(i as u32));
             }
         }
-        self.states = kept;
+        // After a flood, give back what the map and lists no longer need.
+        let n = self.states.len();
+        if self.map.capacity() > 4 * n.max(1024) {
+            let (states, hasher) = (&self.states, &self.hasher);
+            self.map.shrink_to(2 * n, |&j| {
+                use std::hash::BuildHasher;
+                hasher.hash_one(states[j as usize].key.as_bytes())
+            });
+            self.states.shrink_to(2 * n);
+            self.seen.shrink_to(2 * n);
+        }
+        let mut remap = vec![u32::MAX; origin.len() + removed];
+        for (now, &was) in origin.iter().enumerate() {
+            remap[was as usize] = now as u32;
+        }
         let fix = |v: &mut Vec<u32>| {
             v.retain_mut(|i| {
                 *i = remap[*i as usize];
@@ -251,7 +316,7 @@ impl Table {
         };
         fix(&mut self.dirty);
         fix(&mut self.sink_dirty);
-        evicted
+        removed
     }
 }
 
@@ -408,7 +473,7 @@ impl FeatureEngine {
         let stride = (count / 65_536).max(1);
         let mut sample: Vec<i64> = Vec::with_capacity(count / stride + 6);
         for t in &self.tables {
-            sample.extend(t.states.iter().step_by(stride).map(|s| s.last_seen));
+            sample.extend(t.seen.iter().step_by(stride));
         }
         sample.sort_unstable();
         let k = ((sample.len() as f64 * share).ceil() as usize).clamp(1, sample.len()) - 1;
@@ -576,17 +641,23 @@ impl FeatureEngine {
             let t = &mut self.tables[EntityType::Device.index()];
             let (idx, created) = t.upsert(dev, ts);
             new_device = created;
-            let heap = t.states[idx].apply(&k, Some(d::DEVICES), false);
-            t.state_bytes = t.state_bytes.saturating_add_signed(heap);
-            t.mark_dirty(idx);
+            t.apply(idx, &k, Some(d::DEVICES), false);
         }
         self.touch(EntityType::Ip, ip_text, &k, Some(d::IPS), new_device);
         self.subnet_buf.clear();
         match ip_text.parse::<IpAddr>() {
-            Ok(IpAddr::V4(v4)) => {
-                let o = v4.octets();
-                let _ = write!(self.subnet_buf, "{}.{}.{}.0/24", o[0], o[1], o[2]);
-            }
+            Ok(IpAddr::V4(v4)) => match ip_text.rfind('.') {
+                // The parser accepts only the canonical dotted quad (no
+                // leading zeros), so the text up to the last dot is the /24.
+                Some(dot) => {
+                    self.subnet_buf.push_str(&ip_text[..dot]);
+                    self.subnet_buf.push_str(".0/24");
+                }
+                None => {
+                    let o = v4.octets();
+                    let _ = write!(self.subnet_buf, "{}.{}.{}.0/24", o[0], o[1], o[2]);
+                }
+            },
             Ok(ip @ IpAddr::V6(_)) => self.subnet_buf.push_str(&subnet_of(ip)),
             Err(_) => {}
         }
@@ -610,9 +681,7 @@ impl FeatureEngine {
     fn touch(&mut self, t: EntityType, key: &str, k: &Contribution, skip: Option<usize>, new_device: bool) {
         let table = &mut self.tables[t.index()];
         let (idx, _) = table.upsert(key, k.ts);
-        let heap = table.states[idx].apply(k, skip, new_device);
-        table.state_bytes = table.state_bytes.saturating_add_signed(heap);
-        table.mark_dirty(idx);
+        table.apply(idx, k, skip, new_device);
     }
 
     /// Emits the rows due at this tick. Invariants: `dirty` lists exactly the
@@ -680,7 +749,7 @@ pub fn build_batch_masked<'a>(
     for s in states {
         ts.append_value(now);
         et.append_value(t.as_str());
-        ent.append_value(&s.key);
+        ent.append_value(s.key.as_str());
         // Each entity is described as of its own newest event: when input
         // arrives out of order, "now" (the newest event of all) may be minutes
         // past an entity whose events are still arriving, and its short windows

@@ -1,8 +1,9 @@
 //! Per-entity behaviour state: windowed counters, distinct sets and a few
 //! running statistics, and how one request updates them.
 
-use super::distinct::SlidingDistinct;
-use super::window::Ring;
+use super::distinct::Distincts;
+use super::key::Key;
+use super::window::{Ring, SparseRing};
 
 /// Counter slots kept per window slot.
 pub mod c {
@@ -57,7 +58,7 @@ pub mod d {
     pub const ASNS: usize = 3;
     pub const DEVICES: usize = 4;
     pub const PATHS: usize = 5;
-    pub const N: usize = 6;
+    pub const N: usize = super::super::distinct::KINDS;
 }
 
 /// 1-minute window: 6 slots of 10 s, requests only.
@@ -83,18 +84,18 @@ pub struct Contribution {
 /// Everything known about one entity.
 #[derive(Debug, Clone)]
 pub struct EntityState {
-    pub key: Box<str>,
+    pub key: Key,
     pub first_seen: i64,
     pub last_seen: i64,
     r1: Ring<6, 1>,
-    r10: Ring<10, { c::N }>,
-    r60: Ring<H60_SLOTS, { h::N }>,
-    pub distinct: [SlidingDistinct; d::N],
+    r10: SparseRing<10, { c::N }>,
+    r60: SparseRing<H60_SLOTS, { h::N }>,
+    distinct: Distincts,
     /// The last [`RECENT_IDS`] numeric ids requested (low 32 bits + 1; 0 =
-    /// empty), allocated with the first: most entities never request one.
-    recent_ids: Option<Box<[u32; RECENT_IDS]>>,
+    /// empty), newest first. Allocated with the first id and grown 4 → 8 → 16
+    /// as ids arrive: most entities request none or a few.
+    recent_ids: Option<Box<[u32]>>,
     last_country: [u8; 2],
-    iat_last: i64,
     iat_mean: f32,
     iat_var: f32,
     iat_n: u32,
@@ -118,18 +119,17 @@ pub const DIRTY_TICK: u8 = 1;
 pub const DIRTY_SINK: u8 = 2;
 
 impl EntityState {
-    pub fn new(key: Box<str>, ts: i64) -> Self {
+    pub fn new(key: Key, ts: i64) -> Self {
         EntityState {
             key,
             first_seen: ts,
             last_seen: ts,
             r1: Ring::default(),
-            r10: Ring::default(),
-            r60: Ring::default(),
-            distinct: Default::default(),
+            r10: SparseRing::default(),
+            r60: SparseRing::default(),
+            distinct: Distincts::default(),
             recent_ids: None,
             last_country: [0, 0],
-            iat_last: 0,
             iat_mean: 0.0,
             iat_var: 0.0,
             iat_n: 0,
@@ -141,21 +141,30 @@ impl EntityState {
     /// does not count its own address). Returns the change in heap bytes.
     #[inline]
     pub fn apply(&mut self, k: &Contribution, skip_distinct: Option<usize>, new_device: bool) -> isize {
+        let before = self.heap_bytes();
+        self.apply_inner(k, skip_distinct, new_device);
+        self.heap_bytes() as isize - before as isize
+    }
+
+    #[inline]
+    fn apply_inner(&mut self, k: &Contribution, skip_distinct: Option<usize>, new_device: bool) {
         let ts = k.ts;
         self.r1.add(ts.div_euclid(G1_MS), &[1]);
         let mut extra = [0u32; c::N];
-        let mut heap = 0isize;
         if let Some(id) = k.numeric_id {
             let v = (id as u32).wrapping_add(1);
             let near = |r: u32| r != 0 && r != v && r.wrapping_sub(v).min(v.wrapping_sub(r)) <= ID_NEAR;
-            let recent = self.recent_ids.get_or_insert_with(|| {
-                heap += std::mem::size_of::<[u32; RECENT_IDS]>() as isize;
-                Box::new([0; RECENT_IDS])
-            });
+            let recent = self.recent_ids.get_or_insert_with(|| vec![0; 4].into_boxed_slice());
             if recent.iter().any(|&r| near(r)) {
                 extra[c::SEQ] = 1;
             }
             if !recent.contains(&v) {
+                // Full: grow (up to RECENT_IDS) rather than forget the oldest.
+                if recent.last().is_some_and(|&r| r != 0) && recent.len() < RECENT_IDS {
+                    let mut bigger = vec![0; (recent.len() * 2).min(RECENT_IDS)];
+                    bigger[..recent.len()].copy_from_slice(recent);
+                    *recent = bigger.into_boxed_slice();
+                }
                 recent.rotate_right(1);
                 recent[0] = v;
             }
@@ -178,12 +187,13 @@ impl EntityState {
         for (i, h) in k.distinct.iter().enumerate() {
             if let Some(h) = h {
                 if Some(i) != skip_distinct {
-                    heap += self.distinct[i].insert(*h, ts);
+                    self.distinct.insert(i, *h, ts);
                 }
             }
         }
-        if self.iat_n > 0 && ts >= self.iat_last {
-            let gap = (ts - self.iat_last) as f32;
+        // `last_seen` is the previous newest request (the gaps are between arrivals in time order).
+        if self.iat_n > 0 && ts >= self.last_seen {
+            let gap = (ts - self.last_seen) as f32;
             if self.iat_n == 1 {
                 self.iat_mean = gap;
             } else {
@@ -193,9 +203,7 @@ impl EntityState {
             }
         }
         self.iat_n = self.iat_n.saturating_add(1);
-        self.iat_last = self.iat_last.max(ts);
         self.last_seen = self.last_seen.max(ts);
-        heap
     }
 
     /// Feature values as of event time `now`, in [`super::FEATURES`] order.
@@ -212,7 +220,7 @@ impl EntityState {
         let ratio = |a: u64, b: u64| {
             if b == 0 { f64::NAN } else { a as f64 / b as f64 }
         };
-        let dc = |col: usize, i: usize, w: i64| if need[col] { self.distinct[i].count(w, now) } else { f64::NAN };
+        let dc = |col: usize, i: usize, w: i64| if need[col] { self.distinct.count(i, w, now) } else { f64::NAN };
         let iat_cv = if self.iat_n >= 10 && self.iat_mean > 0.0 {
             (self.iat_var.sqrt() / self.iat_mean) as f64
         } else {
@@ -273,10 +281,14 @@ impl EntityState {
 
     /// Bytes this entity holds, inline and on the heap (excluding the map entry).
     pub fn bytes(&self) -> usize {
-        std::mem::size_of::<Self>()
-            + self.key.len()
-            + self.distinct.iter().map(|d| d.heap_bytes()).sum::<usize>()
-            + self.recent_ids.as_ref().map_or(0, |_| std::mem::size_of::<[u32; RECENT_IDS]>())
+        std::mem::size_of::<Self>() + self.key.heap_bytes() + self.heap_bytes()
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.r10.heap_bytes()
+            + self.r60.heap_bytes()
+            + self.distinct.heap_bytes()
+            + self.recent_ids.as_ref().map_or(0, |r| r.len() * 4)
     }
 }
 
