@@ -10,10 +10,14 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
+    // A name no other writer uses: two processes (or threads) writing the
+    // same file at once must not write into, or rename, each other's temp file.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
+    tmp.push(format!(".{}.{n}.tmp", std::process::id()));
     let tmp = std::path::PathBuf::from(tmp);
-    let mut f = std::fs::File::create(&tmp)?;
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
     f.write_all(bytes)?;
     f.sync_all()?;
     drop(f);
@@ -24,4 +28,37 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// An exclusive lock on `path` (through `path.lock` beside it), held until
+/// dropped. Read-modify-write cycles on a shared file (the API keys) take it,
+/// so that two commands run at once cannot undo each other's change.
+pub struct FileLock {
+    _file: std::fs::File,
+}
+
+/// Waits for the exclusive lock on `path`.
+pub fn lock_exclusive(path: &Path) -> std::io::Result<FileLock> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut p = path.as_os_str().to_owned();
+    p.push(".lock");
+    let file = std::fs::OpenOptions::new().create(true).truncate(false).read(true).write(true).open(p)?;
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsRawFd;
+        loop {
+            // SAFETY: flock only acts on this descriptor, which `file` owns;
+            // closing it (on drop) releases the lock.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
+                break;
+            }
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+    Ok(FileLock { _file: file })
 }

@@ -45,6 +45,25 @@ fn follow_decide_serve_restart() {
     assert_eq!(server.get("/v1/authz", &[("X-Forwarded-For", "198.51.100.1")]).0, 200);
     assert_eq!(server.get("/v1/authz", &[("X-Forwarded-For", "203.0.113.77, 198.51.100.1")]).0, 200);
     assert_eq!(server.get("/v1/authz", &[("X-Forwarded-For", "198.51.100.1, 203.0.113.77")]).0, 403);
+    // Several X-Forwarded-For lines are one list: the client's first line does not choose.
+    assert_eq!(
+        server.get("/v1/authz", &[("X-Forwarded-For", "127.0.0.1"), ("X-Forwarded-For", "203.0.113.77")]).0,
+        403
+    );
+    // No spelling of the denied address walks past its decision.
+    for spelled in ["::ffff:203.0.113.77", "::ffff:cb00:714d", "0:0:0:0:0:ffff:cb00:714d"] {
+        assert_eq!(server.get("/v1/authz", &[("X-Forwarded-For", spelled)]).0, 403, "{spelled}");
+        let (_, _, body) = server.get(&format!("/v1/decision?ip={spelled}"), &[]);
+        assert!(body.contains("\"deny\""), "{spelled}: {body}");
+    }
+    // Harmless clients with long or non-ASCII headers are judged, not refused.
+    let long = "x".repeat(600);
+    for (h, v) in
+        [("User-Agent", long.as_str()), ("X-Session-Id", long.as_str()), ("User-Agent", "MyApp/1.0 (Gerät; iOS 17)")]
+    {
+        assert_eq!(server.get("/v1/authz", &[("X-Forwarded-For", "198.51.100.1"), (h, v)]).0, 200, "{h}");
+        assert_eq!(server.get("/v1/authz", &[("X-Forwarded-For", "203.0.113.77"), (h, v)]).0, 403, "{h}");
+    }
 
     // Bad requests: JSON errors with a 4xx.
     for (path, want) in [

@@ -50,7 +50,14 @@ pub(super) async fn list(
         .filter(|d| t.is_none_or(|t| d.entity_type == t))
         .filter(|d| action.is_none_or(|a| d.action == a))
         .filter(|d| params.get("source").is_none_or(|s| &d.source == s))
-        .filter(|d| params.get("entity").is_none_or(|e| &d.entity == e))
+        .filter(|d| {
+            params.get("entity").is_none_or(|e| {
+                // An address matches however it is spelled (IPv4-mapped, zero-padded IPv6).
+                &d.entity == e
+                    || (d.entity_type == crate::features::EntityType::Ip
+                        && parse_ip("entity", e).is_ok_and(|ip| d.entity == ip.to_string()))
+            })
+        })
         .map(|d| decision_json(&d))
         .collect();
     Ok(Json(json!({ "decisions": list })))

@@ -81,6 +81,11 @@ fn load(path: &Path) -> Result<BTreeMap<String, KeyRecord>, KeyError> {
     }
 }
 
+/// Holds off every other `create` or `revoke` on the same file until dropped.
+fn lock(path: &Path) -> Result<crate::fsutil::FileLock, KeyError> {
+    crate::fsutil::lock_exclusive(path).map_err(|e| KeyError::File { path: path.to_path_buf(), message: e.to_string() })
+}
+
 fn save(path: &Path, keys: &BTreeMap<String, KeyRecord>) -> Result<(), KeyError> {
     let bytes = serde_json::to_vec_pretty(keys).unwrap_or_default();
     crate::fsutil::write_atomic(path, &bytes)
@@ -92,6 +97,7 @@ pub fn create(path: &Path, name: &str, role: Role) -> Result<(KeyRecord, String)
     if name.is_empty() || name.len() > 64 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
         return Err(KeyError::BadName);
     }
+    let _lock = lock(path)?;
     let mut keys = load(path)?;
     if keys.values().any(|k| k.name == name && k.revoked_ms.is_none()) {
         return Err(KeyError::Duplicate(name.to_string()));
@@ -129,6 +135,7 @@ pub fn list(path: &Path) -> Result<Vec<KeyRecord>, KeyError> {
 
 /// Revokes the active key with this name or id.
 pub fn revoke(path: &Path, name_or_id: &str) -> Result<KeyRecord, KeyError> {
+    let _lock = lock(path)?;
     let mut keys = load(path)?;
     let rec = keys
         .values_mut()
@@ -235,5 +242,36 @@ mod tests {
         assert_eq!(ring.verify(&admin), Some(Role::Admin));
         assert_eq!(list(&p).unwrap().len(), 2);
         assert!(matches!(create(&p, "bad name", Role::Admin), Err(KeyError::BadName)));
+    }
+
+    /// Revocations run beside creations are neither undone nor lost, and
+    /// the file stays readable (each command holds the lock across its
+    /// read-modify-write, and writers never share a temp file).
+    #[test]
+    fn concurrent_creates_and_revokes_lose_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = path_in(dir.path());
+        for i in 0..10 {
+            create(&p, &format!("old-{i}"), Role::Gateway).unwrap();
+        }
+        let workers: Vec<_> = (0..10)
+            .flat_map(|i| {
+                let (a, b) = (p.clone(), p.clone());
+                [
+                    std::thread::spawn(move || revoke(&a, &format!("old-{i}")).map(|_| ())),
+                    std::thread::spawn(move || create(&b, &format!("new-{i}"), Role::Gateway).map(|_| ())),
+                ]
+            })
+            .collect();
+        for w in workers {
+            w.join().unwrap().unwrap();
+        }
+        let keys = list(&p).unwrap();
+        for i in 0..10 {
+            let old = keys.iter().find(|k| k.name == format!("old-{i}")).unwrap();
+            assert!(old.revoked_ms.is_some(), "revocation of old-{i} was undone");
+            assert!(keys.iter().any(|k| k.name == format!("new-{i}")), "new-{i} is missing");
+        }
+        assert_eq!(keys.len(), 20);
     }
 }

@@ -10,7 +10,7 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
-use super::{ApiError, AppState, check_params, header, now_ms, parse_ip};
+use super::{ApiError, AppState, MAX_PARAM, check_params, header, ident_header, now_ms, parse_ip};
 use crate::config::{ApiConfig, ClientIpFrom};
 use crate::decision::Action;
 use crate::live::store::{Query as Lookup, Verdict};
@@ -42,13 +42,29 @@ pub(super) async fn decision(
 fn client_ip(api: &ApiConfig, h: &HeaderMap) -> Result<IpAddr, ApiError> {
     match api.client_ip {
         ClientIpFrom::XRealIp => {
+            if h.get_all("x-real-ip").iter().count() > 1 {
+                return Err(ApiError::bad_request("X-Real-IP is given more than once"));
+            }
             let v = header(h, "x-real-ip")?.ok_or_else(|| ApiError::bad_request("missing X-Real-IP header"))?;
             parse_ip("X-Real-IP", v)
         }
         ClientIpFrom::XForwardedFor => {
-            let v =
-                header(h, "x-forwarded-for")?.ok_or_else(|| ApiError::bad_request("missing X-Forwarded-For header"))?;
-            let hops: Vec<&str> = v.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+            // Several X-Forwarded-For lines are one list, in order (RFC 9110
+            // §5.3): a proxy that appends its own line must not let the first
+            // line, which the client wrote, choose the address judged.
+            let mut hops: Vec<&str> = Vec::new();
+            for v in h.get_all("x-forwarded-for") {
+                let v = v.to_str().map_err(|_| ApiError::bad_request("header x-forwarded-for is not visible ASCII"))?;
+                if v.len() > MAX_PARAM {
+                    return Err(ApiError::bad_request(format!(
+                        "header x-forwarded-for is longer than {MAX_PARAM} bytes"
+                    )));
+                }
+                hops.extend(v.split(',').map(str::trim).filter(|s| !s.is_empty()));
+            }
+            if hops.is_empty() {
+                return Err(ApiError::bad_request("missing X-Forwarded-For header"));
+            }
             if hops.len() < api.trusted_hops {
                 return Err(ApiError::bad_request(format!(
                     "X-Forwarded-For has {} address(es), fewer than api.trusted_hops = {}",
@@ -67,13 +83,18 @@ fn client_ip(api: &ApiConfig, h: &HeaderMap) -> Result<IpAddr, ApiError> {
 pub(super) async fn authz(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response, ApiError> {
     let api = &state.api;
     let ip = client_ip(api, &headers)?;
+    let user = ident_header(&headers, &api.user_header, false)?;
+    let api_key = ident_header(&headers, &api.api_key_header, false)?;
+    let device = ident_header(&headers, &api.device_header, false)?;
+    let session = ident_header(&headers, &api.session_header, false)?;
+    let user_agent = ident_header(&headers, "user-agent", true)?;
     let q = Lookup {
         ip: Some(ip),
-        user: header(&headers, &api.user_header)?,
-        api_key: header(&headers, &api.api_key_header)?,
-        device: header(&headers, &api.device_header)?,
-        session: header(&headers, &api.session_header)?,
-        user_agent: header(&headers, "user-agent")?,
+        user: user.as_deref(),
+        api_key: api_key.as_deref(),
+        device: device.as_deref(),
+        session: session.as_deref(),
+        user_agent: user_agent.as_deref(),
     };
     let now = now_ms();
     let v = state.store.lookup(&q, &state.allowlist.load(), now);

@@ -307,14 +307,50 @@ fn check_params(params: &HashMap<String, String>, allowed: &[&str]) -> Result<()
 /// Longest value accepted for one identifier.
 const MAX_PARAM: usize = 512;
 
+/// Parses an address the way the log parser does: an IPv4-mapped IPv6
+/// address (`::ffff:203.0.113.7`, `::ffff:cb00:7107`) is its IPv4 address, so
+/// no spelling of an address walks past the decisions made about it.
 fn parse_ip(field: &str, s: &str) -> Result<IpAddr, ApiError> {
-    s.trim()
+    let ip: IpAddr = s
+        .trim()
         .parse()
-        .map_err(|_| ApiError::bad_request(format!("{field}: '{}' is not an IPv4 or IPv6 address", shorten(s))))
+        .map_err(|_| ApiError::bad_request(format!("{field}: '{}' is not an IPv4 or IPv6 address", shorten(s))))?;
+    Ok(ip.to_canonical())
 }
 
 fn shorten(s: &str) -> String {
     crate::event::time::truncate_for_error(s)
+}
+
+/// An identifier a lookup matches on (user, key, device, session, user agent).
+/// Never a reason to refuse a harmless request: a value that is not UTF-8 or
+/// longer than [`MAX_PARAM`] cannot name any entity the engine keeps, so it is
+/// left out (matches nothing, exactly as a value nobody decided about); a
+/// user agent, which only ever widens an allowlist, is cut to its first
+/// [`MAX_PARAM`] bytes. The same header given twice with different values is
+/// refused: the caller, not the client, must say which one it means.
+fn ident_header(h: &HeaderMap, name: &str, truncate: bool) -> Result<Option<String>, ApiError> {
+    let mut values = h.get_all(name).iter();
+    let Some(first) = values.next() else { return Ok(None) };
+    if values.any(|v| v != first) {
+        return Err(ApiError::bad_request(format!("header {name} is given more than once with different values")));
+    }
+    let Ok(s) = std::str::from_utf8(first.as_bytes()) else { return Ok(None) };
+    let s = s.trim();
+    if s.is_empty() || s == "-" {
+        return Ok(None);
+    }
+    if s.len() <= MAX_PARAM {
+        return Ok(Some(s.to_string()));
+    }
+    if !truncate {
+        return Ok(None);
+    }
+    let mut end = MAX_PARAM;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    Ok(Some(s[..end].to_string()))
 }
 
 fn header<'a>(h: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, ApiError> {
