@@ -21,6 +21,8 @@ pub struct EventBatchBuilder {
     rows: usize,
     min_ts: i64,
     max_ts: i64,
+    /// Rows a batch is built for.
+    capacity: usize,
 }
 
 // Positions inside `strings`, in schema order.
@@ -55,6 +57,7 @@ impl EventBatchBuilder {
             rows: 0,
             min_ts: i64::MAX,
             max_ts: i64::MIN,
+            capacity: rows,
         }
     }
 
@@ -138,7 +141,33 @@ impl EventBatchBuilder {
             Arc::new(self.asn.finish()),
             next()?, // notes
         ];
-        RecordBatch::try_new(super::schema(), columns)
+        let batch = RecordBatch::try_new(super::schema(), columns)?;
+        self.reserve_like(&batch);
+        Ok(batch)
+    }
+
+    /// Finishing hands the buffers to the batch and leaves the builders
+    /// empty; without this, every batch would grow each of its ~23 buffers
+    /// from nothing again, copying as it doubles. The next batch's string
+    /// buffers are sized after this one's.
+    fn reserve_like(&mut self, batch: &RecordBatch) {
+        let cap = self.capacity;
+        let n = batch.num_rows().max(1);
+        let string_cols = [1, 2, 3, 4, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 22];
+        for (b, col) in self.strings.iter_mut().zip(string_cols) {
+            let used = batch
+                .column(col)
+                .as_any()
+                .downcast_ref::<datafusion::arrow::array::StringArray>()
+                .map_or(0, |a| a.values().len());
+            let bytes = if n * 2 >= cap { used.saturating_mul(cap) / n } else { cap * 16 };
+            *b = StringBuilder::with_capacity(cap, (bytes + bytes / 8).clamp(cap * 4, cap * 256));
+        }
+        self.ts = TimestampMillisecondBuilder::with_capacity(cap).with_timezone("UTC");
+        self.status = UInt16Builder::with_capacity(cap);
+        self.bytes_sent = UInt64Builder::with_capacity(cap);
+        self.latency_ms = Float64Builder::with_capacity(cap);
+        self.asn = UInt32Builder::with_capacity(cap);
     }
 }
 

@@ -763,8 +763,15 @@ pub fn build_batch_masked<'a>(
         }
     }
     let mut cols: Vec<ArrayRef> = vec![Arc::new(ts.finish()), Arc::new(et.finish()), Arc::new(ent.finish())];
+    // One all-null column serves every feature left out: allocating (and
+    // zeroing) one per column was a tenth of the cost of a tick.
+    let mut nulls: Option<ArrayRef> = None;
     cols.extend(feats.iter_mut().zip(need).map(|(b, wanted)| {
-        if *wanted { Arc::new(b.finish()) as ArrayRef } else { new_null_array(&DataType::Float64, n) }
+        if *wanted {
+            Arc::new(b.finish()) as ArrayRef
+        } else {
+            nulls.get_or_insert_with(|| new_null_array(&DataType::Float64, n)).clone()
+        }
     }));
     RecordBatch::try_new(schema(), cols)
 }
