@@ -183,11 +183,17 @@ struct Table {
     state_bytes: usize,
 }
 
+/// The one hash of an entity name, for lookups and for rehashing the map.
+#[inline]
+fn key_hash(hasher: &foldhash::fast::RandomState, key: &[u8]) -> u64 {
+    use std::hash::BuildHasher;
+    hasher.hash_one(key)
+}
+
 impl Table {
     #[inline]
     fn hash(&self, key: &[u8]) -> u64 {
-        use std::hash::BuildHasher;
-        self.hasher.hash_one(key)
+        key_hash(&self.hasher, key)
     }
 
     /// Index of `key`, creating its state if new; the flag says whether it was created.
@@ -204,10 +210,7 @@ impl Table {
         self.states.push(st);
         self.seen.push(ts);
         let (states, hasher) = (&self.states, &self.hasher);
-        self.map.insert_unique(h, i as u32, |&j| {
-            use std::hash::BuildHasher;
-            hasher.hash_one(states[j as usize].key.as_bytes())
-        });
+        self.map.insert_unique(h, i as u32, |&j| key_hash(hasher, states[j as usize].key.as_bytes()));
         (i, true)
     }
 
@@ -297,10 +300,7 @@ impl Table {
         let n = self.states.len();
         if self.map.capacity() > 4 * n.max(1024) {
             let (states, hasher) = (&self.states, &self.hasher);
-            self.map.shrink_to(2 * n, |&j| {
-                use std::hash::BuildHasher;
-                hasher.hash_one(states[j as usize].key.as_bytes())
-            });
+            self.map.shrink_to(2 * n, |&j| key_hash(hasher, states[j as usize].key.as_bytes()));
             self.states.shrink_to(2 * n);
             self.seen.shrink_to(2 * n);
         }
