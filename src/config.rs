@@ -56,6 +56,7 @@ struct SinkSection {
     #[serde(rename = "type")]
     kind: crate::sink::SinkKind,
     tables: Option<Vec<Spanned<String>>>,
+    max_bytes: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -133,6 +134,9 @@ struct ApiSection {
     throttle_rps: Option<f64>,
     stream_retention: Option<usize>,
     workers: Option<usize>,
+    max_connections: Option<usize>,
+    max_connections_per_ip: Option<usize>,
+    header_timeout: Option<Spanned<String>>,
 }
 
 /// Where forward-auth finds the client address.
@@ -162,6 +166,32 @@ pub struct ApiConfig {
     pub stream_retention: usize,
     /// Threads serving the API (0: one per core but one, left to the engine).
     pub workers: usize,
+    /// Connections open at once; lowered at start to fit the open-file limit.
+    pub max_connections: usize,
+    /// Connections one client address (IPv6: one /64) may hold; `None`: a
+    /// quarter of `max_connections`, `Some(0)`: no such limit.
+    pub max_connections_per_ip: Option<usize>,
+    /// Time a connection has to send a request head, and the longest a
+    /// keep-alive connection stays idle.
+    pub header_timeout_ms: i64,
+}
+
+impl ApiConfig {
+    /// The connection limits as configured (before fitting the file limit).
+    pub fn conn_limits(&self, open_files: Option<u64>) -> crate::api::serve::ConnLimits {
+        let mut l = crate::api::serve::effective(
+            crate::api::serve::ConnLimits {
+                max_connections: self.max_connections,
+                max_per_address: self.max_connections_per_ip.unwrap_or(0),
+                header_timeout: std::time::Duration::from_millis(self.header_timeout_ms.max(1) as u64),
+            },
+            open_files,
+        );
+        if self.max_connections_per_ip.is_none() {
+            l.max_per_address = (l.max_connections / 4).max(1);
+        }
+        l
+    }
 }
 
 impl Default for ApiConfig {
@@ -177,6 +207,9 @@ impl Default for ApiConfig {
             throttle_rps: 1.0,
             stream_retention: 100_000,
             workers: 0,
+            max_connections: 4096,
+            max_connections_per_ip: None,
+            header_timeout_ms: 30_000,
         }
     }
 }
@@ -351,7 +384,27 @@ fn sinks_from(f: &Located<PipelineFile>, output: &OutputConfig) -> Result<Vec<cr
                 names
             }
         };
-        out.push(SinkSpec { kind: v.kind, tables });
+        let max_bytes = match (&v.max_bytes, v.kind) {
+            (None, _) => None,
+            (Some(b), SinkKind::DeadLetters) => {
+                let n = crate::features::budget::parse_size(b.get_ref())
+                    .map_err(|m| invalid(&f.file, &f.src, b.span(), "sinks.max_bytes", m))?;
+                if n < 4096 {
+                    return Err(invalid(&f.file, &f.src, b.span(), "sinks.max_bytes", "must be at least 4KiB"));
+                }
+                Some(n as u64)
+            }
+            (Some(b), _) => {
+                return Err(invalid(
+                    &f.file,
+                    &f.src,
+                    b.span(),
+                    "sinks.max_bytes",
+                    "only a dead_letters sink has a size limit",
+                ));
+            }
+        };
+        out.push(SinkSpec { kind: v.kind, tables, max_bytes });
     }
     if !out.iter().any(|s| s.kind == SinkKind::DeadLetters) {
         let span = sections.first().map(|s| s.span()).unwrap_or(0..0);
@@ -792,6 +845,37 @@ impl Pipeline {
                     return Err(invalid(&f.file, &f.src, s.span(), "api.workers", "must be 0 (one per core) to 1024"));
                 }
                 api.workers = n;
+            }
+            if let Some(n) = v.max_connections {
+                if !(16..=1_000_000).contains(&n) {
+                    return Err(invalid(
+                        &f.file,
+                        &f.src,
+                        s.span(),
+                        "api.max_connections",
+                        "must be 16 to 1000000 connections",
+                    ));
+                }
+                api.max_connections = n;
+            }
+            if let Some(n) = v.max_connections_per_ip {
+                if n > api.max_connections {
+                    return Err(invalid(
+                        &f.file,
+                        &f.src,
+                        s.span(),
+                        "api.max_connections_per_ip",
+                        format!("must be 0 (no limit) to max_connections ({})", api.max_connections),
+                    ));
+                }
+                api.max_connections_per_ip = Some(n);
+            }
+            if let Some(t) = &v.header_timeout {
+                let ms = duration(&f.file, &f.src, t, "api.header_timeout")?;
+                if ms > 3_600_000 {
+                    return Err(invalid(&f.file, &f.src, t.span(), "api.header_timeout", "must be at most 1h"));
+                }
+                api.header_timeout_ms = ms;
             }
             if let Some(n) = v.stream_retention {
                 if !(1..=10_000_000).contains(&n) {

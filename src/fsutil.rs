@@ -17,7 +17,13 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(format!(".{}.{n}.tmp", std::process::id()));
     let tmp = std::path::PathBuf::from(tmp);
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    // Keys, allowlists and the like are for gatewatch's user only, whatever
+    // the umask of whoever runs the command.
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts.open(&tmp)?;
     f.write_all(bytes)?;
     f.sync_all()?;
     drop(f);

@@ -223,6 +223,13 @@ fn main() {
         )
         .with_writer(std::io::stderr)
         .init();
+    // What gatewatch writes holds client data (raw log lines in dead letters,
+    // addresses and accounts in decisions and tables) or key hashes: it is
+    // created for its own user only.
+    // SAFETY: umask only sets the process's file-creation mask.
+    unsafe {
+        libc::umask(0o077);
+    }
     if let Err(e) = run(Cli::parse()) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
@@ -382,6 +389,7 @@ fn live(pipeline: &Path, input: Option<PathBuf>, listen: Option<String>, from_st
     let now = api::now_ms();
     let store = Arc::new(LiveStore::open_with_retention(&p.state_dir, now, p.api.stream_retention)?);
     let overlay = AllowOverlay::open(&p.state_dir)?;
+    warn_if_shared(&p.state_dir);
     let metrics = Arc::new(Metrics::new()?);
     let ready = Arc::new(AtomicBool::new(false));
     // Each run keeps its own output directory, so a restart never overwrites history.
@@ -443,6 +451,8 @@ fn live(pipeline: &Path, input: Option<PathBuf>, listen: Option<String>, from_st
     }
     let listen = p.api.listen.clone();
     let api_workers = p.api.workers;
+    let limits = p.api.conn_limits(api::serve::raise_open_files_limit());
+    let conn_metrics = metrics.clone();
     let state = Arc::new(AppState::new(Services {
         store: store.clone(),
         pipeline: p,
@@ -502,12 +512,18 @@ fn live(pipeline: &Path, input: Option<PathBuf>, listen: Option<String>, from_st
         ready.store(true, Ordering::Relaxed);
         eprintln!("gatewatch: following {}, serving decisions on http://{addr}", input.display());
         let closing = state.clone();
-        axum::serve(listener, api::router(state))
-            .with_graceful_shutdown(async move {
+        api::serve::serve(
+            listener,
+            api::router(state),
+            limits,
+            conn_metrics,
+            async move {
                 shutdown_signal().await;
                 closing.close_streams();
-            })
-            .await?;
+            },
+            std::time::Duration::from_secs(10),
+        )
+        .await;
         Ok(())
     });
     // Stop intake, drain, flush sinks, persist: the engine thread finishes its run.
@@ -536,6 +552,22 @@ fn compare(traffic: &Path, pipelines: &[PathBuf], out: &Path) -> Result<()> {
     }
     print!("{}", eval::compare(&reports));
     Ok(())
+}
+
+/// Says so when other users may read the state directory (made before
+/// gatewatch made it, or widened since): it keeps raw log lines and decisions.
+fn warn_if_shared(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(m) = std::fs::metadata(dir) {
+        let mode = m.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                dir = %dir.display(),
+                mode = format!("{mode:o}"),
+                "the state directory is open to other users; it holds raw log lines and decisions: chmod 700 it"
+            );
+        }
+    }
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

@@ -9,7 +9,7 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use serde_json::json;
 
-use super::{ApiError, AppState, Caller, MAX_PARAM, check_params, decision_json, now_ms, parse_ip, shorten};
+use super::{ApiError, AppState, Caller, MAX_PARAM, check_params, decision_json, now_ms, parse_ip, parse_net, shorten};
 use crate::config::Pipeline;
 use crate::decision::Action;
 use crate::event::time::format_rfc3339;
@@ -83,15 +83,20 @@ fn canonical_entity(t: crate::features::EntityType, entity: &str) -> Result<Stri
     }
     Ok(match t {
         EntityType::Ip => parse_ip("entity", e)?.to_string(),
-        EntityType::Cidr => e
-            .parse::<ipnet::IpNet>()
-            .map_err(|_| {
-                ApiError::bad_request(format!("entity: '{}' is not a CIDR such as 203.0.113.0/24", shorten(e)))
-            })?
-            .trunc()
-            .to_string(),
+        EntityType::Cidr => parse_net("entity", e)?.to_string(),
         _ => e.to_string(),
     })
+}
+
+/// A body that could not be read as JSON: 413 when it is over the size limit
+/// (the client must send less, not fix its syntax), 400 otherwise.
+fn body_error(e: axum::extract::rejection::JsonRejection) -> ApiError {
+    let status = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        StatusCode::PAYLOAD_TOO_LARGE
+    } else {
+        StatusCode::BAD_REQUEST
+    };
+    ApiError { status, message: format!("body: {}", e.body_text()) }
 }
 
 /// Most decisions one request may create (an imported block list).
@@ -143,7 +148,7 @@ pub(super) async fn create(
     axum::Extension(caller): axum::Extension<Caller>,
     body: Result<Json<serde_json::Value>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
-    let Json(body) = body.map_err(|e| ApiError::bad_request(format!("body: {}", e.body_text())))?;
+    let Json(body) = body.map_err(body_error)?;
     let now = now_ms();
     let (many, items) = match body {
         serde_json::Value::Array(items) => (true, items),
@@ -234,10 +239,7 @@ fn allow_target(kind: &str, value: &str) -> Result<(AllowKind, String), ApiError
     }
     match kind {
         "cidr" | "ip" => {
-            let net = match v.parse::<ipnet::IpNet>() {
-                Ok(n) => n.trunc(),
-                Err(_) => ipnet::IpNet::from(parse_ip("value", v)?),
-            };
+            let net = if v.contains('/') { parse_net("value", v)? } else { ipnet::IpNet::from(parse_ip("value", v)?) };
             Ok((AllowKind::Cidr, net.to_string()))
         }
         "api_key" => Ok((AllowKind::ApiKey, v.to_string())),
@@ -252,7 +254,7 @@ pub(super) async fn allow(
     axum::Extension(caller): axum::Extension<Caller>,
     body: Result<Json<AllowRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
-    let Json(r) = body.map_err(|e| ApiError::bad_request(format!("body: {}", e.body_text())))?;
+    let Json(r) = body.map_err(body_error)?;
     let (kind, value) = allow_target(&r.kind, &r.value)?;
     if r.reason.trim().is_empty() || r.reason.len() > 1024 {
         return Err(ApiError::bad_request("reason: say why, in at most 1024 bytes"));

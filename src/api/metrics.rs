@@ -27,6 +27,9 @@ pub struct Metrics {
     pub state_budget_bytes: IntGauge,
     pub entities: prometheus::IntGaugeVec,
     pub entities_evicted: IntCounter,
+    pub api_connections: IntGauge,
+    /// Connections closed on arrival, by the limit they met (`total`, `per_address`).
+    pub api_connections_refused: IntCounterVec,
 }
 
 /// Kinds of `gatewatch_input_anomalies_total`.
@@ -87,6 +90,20 @@ impl Metrics {
             "gatewatch_entities_evicted_total",
             "Least recently seen entities evicted to stay within the state budget",
         )?;
+        let api_connections = IntGauge::new("gatewatch_api_connections", "Connections open to the API")?;
+        let api_connections_refused = IntCounterVec::new(
+            Opts::new(
+                "gatewatch_api_connections_refused_total",
+                "Connections closed on arrival: api.max_connections (total) or api.max_connections_per_ip \
+                 (per_address) reached",
+            ),
+            &["limit"],
+        )?;
+        for l in [super::serve::REFUSED_TOTAL, super::serve::REFUSED_PER_ADDRESS] {
+            api_connections_refused.with_label_values(&[l]);
+        }
+        registry.register(Box::new(api_connections.clone()))?;
+        registry.register(Box::new(api_connections_refused.clone()))?;
         registry.register(Box::new(state_bytes.clone()))?;
         registry.register(Box::new(state_budget_bytes.clone()))?;
         registry.register(Box::new(entities.clone()))?;
@@ -118,6 +135,8 @@ impl Metrics {
             state_budget_bytes,
             entities,
             entities_evicted,
+            api_connections,
+            api_connections_refused,
         })
     }
 

@@ -8,6 +8,7 @@ mod crowdsec;
 pub mod keys;
 mod lookup;
 pub mod metrics;
+pub mod serve;
 mod stream;
 
 use std::collections::HashMap;
@@ -203,6 +204,14 @@ fn required_role(path: &str) -> Option<Role> {
     }
 }
 
+/// The credentials of an `Authorization: Bearer` header. The scheme is
+/// case-insensitive (RFC 9110 §11.1): `bearer KEY` from a client that writes
+/// it in lower case is the same key.
+fn bearer(v: &str) -> Option<&str> {
+    let (scheme, rest) = v.trim_start().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(rest)
+}
+
 /// Checks the caller's key: `X-Api-Key: KEY` or `Authorization: Bearer KEY`.
 /// No or unknown key → 401; a gateway key on an admin route → 403.
 async fn authenticate(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
@@ -211,7 +220,7 @@ async fn authenticate(State(state): State<Arc<AppState>>, mut req: Request, next
     let presented = h
         .get("x-api-key")
         .and_then(|v| v.to_str().ok())
-        .or_else(|| h.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")))
+        .or_else(|| h.get("authorization").and_then(|v| v.to_str().ok()).and_then(bearer))
         .map(str::trim);
     let unauthorized = |message: &str| {
         let mut r = ApiError { status: StatusCode::UNAUTHORIZED, message: message.to_string() }.into_response();
@@ -318,6 +327,39 @@ fn parse_ip(field: &str, s: &str) -> Result<IpAddr, ApiError> {
     Ok(ip.to_canonical())
 }
 
+/// Widest networks the API takes for a decision or an allowlist entry. One
+/// request that denies (or allows) `0.0.0.0/0` would cut off (or wave
+/// through) every client; a network that wide is a mistake to refuse, not an
+/// order to follow.
+const MIN_PREFIX_V4: u8 = 8;
+const MIN_PREFIX_V6: u8 = 16;
+
+/// A network as the API keeps it: host bits cleared, IPv4-mapped IPv6
+/// (`::ffff:198.51.100.0/120`) as the IPv4 network it is, never wider than
+/// a /8 (IPv6: /16).
+fn parse_net(field: &str, s: &str) -> Result<ipnet::IpNet, ApiError> {
+    let net = s.trim().parse::<ipnet::IpNet>().map_err(|_| {
+        ApiError::bad_request(format!("{field}: '{}' is not a CIDR such as 203.0.113.0/24", shorten(s)))
+    })?;
+    let net = match net {
+        ipnet::IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+            Some(v4) => ipnet::IpNet::V4(
+                ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96).map_err(|e| ApiError::bad_request(e.to_string()))?,
+            ),
+            None => net,
+        },
+        other => other,
+    }
+    .trunc();
+    let min = if net.addr().is_ipv4() { MIN_PREFIX_V4 } else { MIN_PREFIX_V6 };
+    if net.prefix_len() < min {
+        return Err(ApiError::bad_request(format!(
+            "{field}: {net} is wider than a /{min}; split it into /{min} networks or narrower if that is really meant"
+        )));
+    }
+    Ok(net)
+}
+
 fn shorten(s: &str) -> String {
     crate::event::time::truncate_for_error(s)
 }
@@ -369,6 +411,29 @@ fn header<'a>(h: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, ApiError>
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn networks_are_canonical_and_bounded() {
+        let n = |s: &str| super::parse_net("entity", s).map(|n| n.to_string()).map_err(|e| e.message);
+        assert_eq!(n("198.51.100.7/24"), Ok("198.51.100.0/24".into()));
+        assert_eq!(n("::ffff:198.51.100.0/120"), Ok("198.51.100.0/24".into()));
+        assert_eq!(n("::ffff:c633:6400/120"), Ok("198.51.100.0/24".into()));
+        assert_eq!(n("10.0.0.0/8"), Ok("10.0.0.0/8".into()));
+        assert_eq!(n("2001:db8::/32"), Ok("2001:db8::/32".into()));
+        for wide in ["0.0.0.0/0", "128.0.0.0/1", "10.0.0.0/7", "::/0", "::ffff:0:0/96", "2000::/3"] {
+            assert!(n(wide).is_err(), "{wide}");
+        }
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        for h in ["Bearer k1", "bearer k1", "BEARER k1", " Bearer k1"] {
+            assert_eq!(super::bearer(h), Some("k1"), "{h}");
+        }
+        for h in ["Basic azE=", "Bearerk1", "Bearer", ""] {
+            assert_eq!(super::bearer(h), None, "{h}");
+        }
+    }
+
     #[test]
     fn openapi_documents_every_route() {
         let spec: serde_json::Value = serde_json::from_str(super::OPENAPI).expect("valid JSON");

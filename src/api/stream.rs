@@ -108,11 +108,14 @@ impl Drop for Reading {
 }
 
 fn parse_wait(w: &str) -> Result<Duration, ApiError> {
-    let ms = match w.trim().parse::<u64>() {
-        Ok(secs) => secs.saturating_mul(1000) as i64,
-        Err(_) => crate::event::time::parse_duration_ms(w).map_err(|e| ApiError::bad_request(format!("wait: {e}")))?,
+    let d = match w.trim().parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => {
+            let ms =
+                crate::event::time::parse_duration_ms(w).map_err(|e| ApiError::bad_request(format!("wait: {e}")))?;
+            Duration::from_millis(ms.max(0) as u64)
+        }
     };
-    let d = Duration::from_millis(ms.max(0) as u64);
     if d > MAX_WAIT {
         return Err(ApiError::bad_request(format!("wait: at most {}s", MAX_WAIT.as_secs())));
     }

@@ -218,14 +218,23 @@ pub(crate) fn truncate_for_error(s: &str) -> String {
 
 /// Parses a duration such as `10s`, `5m`, `1h`, `1h30m`, `250ms` (humantime syntax).
 pub fn parse_duration_ms(s: &str) -> Result<i64, String> {
-    humantime::parse_duration(s)
-        .map(|d| d.as_millis() as i64)
-        .map_err(|e| format!("'{s}' is not a duration ({e}); use e.g. 10s, 5m, 1h"))
+    let d = humantime::parse_duration(s).map_err(|e| format!("'{s}' is not a duration ({e}); use e.g. 10s, 5m, 1h"))?;
+    // Milliseconds in an i64 reach 292 million years: anything longer is a
+    // mistake, never a value to wrap round to a few seconds.
+    i64::try_from(d.as_millis()).map_err(|_| format!("'{s}' is too long a duration"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_never_wrap() {
+        assert_eq!(parse_duration_ms("10m"), Ok(600_000));
+        for huge in ["18446744073709557s", "9223372036854776s", "300000000y"] {
+            assert!(parse_duration_ms(huge).is_err(), "{huge}");
+        }
+    }
 
     #[test]
     fn rfc3339_variants() {

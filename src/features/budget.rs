@@ -11,8 +11,18 @@ pub const MIN_BUDGET: usize = 16 << 20;
 /// Largest default, however large the machine.
 const MAX_DEFAULT: usize = 16 << 30;
 
-/// Parses `"512MiB"`, `"2GiB"`, `"1.5 GB"`, `"65536"` (bytes) and the like.
+/// Parses a state budget: a size (see [`parse_size`]) of at least [`MIN_BUDGET`].
 pub fn parse_bytes(s: &str) -> Result<usize, String> {
+    let bytes = parse_size(s)?;
+    if bytes < MIN_BUDGET {
+        return Err(format!("'{s}' is below the smallest budget, {} MiB", MIN_BUDGET >> 20));
+    }
+    Ok(bytes)
+}
+
+/// Parses `"512MiB"`, `"2GiB"`, `"1.5 GB"`, `"65536"` (bytes) and the like,
+/// up to gigabytes (a terabyte of anything gatewatch keeps is a mistake).
+pub fn parse_size(s: &str) -> Result<usize, String> {
     let t = s.trim();
     let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
@@ -25,12 +35,12 @@ pub fn parse_bytes(s: &str) -> Result<usize, String> {
         "mib" => 1024.0 * 1024.0,
         "g" | "gb" => 1e9,
         "gib" => 1024.0 * 1024.0 * 1024.0,
-        "tb" | "tib" | "t" => return Err(format!("'{s}': a state budget in terabytes is not plausible")),
+        "tb" | "tib" | "t" => return Err(format!("'{s}': a size in terabytes is not plausible here")),
         u => return Err(format!("'{s}': unknown unit '{u}' (use B, KiB, MiB, GiB, KB, MB or GB)")),
     };
     let bytes = n * mult;
-    if !bytes.is_finite() || bytes < MIN_BUDGET as f64 {
-        return Err(format!("'{s}' is below the smallest budget, {} MiB", MIN_BUDGET >> 20));
+    if !bytes.is_finite() || bytes >= 1e15 {
+        return Err(format!("'{s}' is not a plausible size"));
     }
     Ok(bytes as usize)
 }

@@ -224,6 +224,56 @@ struct Writer {
     expiry: BTreeSet<(i64, String)>,
 }
 
+/// Opens the store at `path`, creating it only where no file exists.
+///
+/// A file that exists but is empty was cut short (redb never leaves one empty
+/// once created: a new store is made under another name and renamed into
+/// place), and opening it would start a new store over the decisions it held
+/// — every manual deny gone, without a word. It is refused instead, as a
+/// damaged store is, with what to do.
+fn open_db(path: &Path) -> Result<redb::Database, String> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.len() == 0 => Err(format!(
+            "the decision store is empty (0 bytes): it was truncated, and the decisions it held are gone. \
+             Move it aside (or delete it) to start with no decisions: mv {} {}.broken",
+            path.display(),
+            path.display()
+        )),
+        Ok(_) => redb::Database::open(path).map_err(|e| {
+            format!("cannot open the decision store ({e}); if it is damaged, move it aside to start with no decisions")
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut tmp = path.as_os_str().to_owned();
+            tmp.push(format!(".{}.new", std::process::id()));
+            let tmp = PathBuf::from(tmp);
+            let _ = std::fs::remove_file(&tmp);
+            drop(redb::Database::create(&tmp).map_err(|e| e.to_string())?);
+            std::fs::rename(&tmp, path).map_err(|e| e.to_string())?;
+            redb::Database::open(path).map_err(|e| e.to_string())
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Logs a stored decision that no longer parses and appends it, verbatim, to
+/// `unreadable-decisions.jsonl` beside the store.
+fn keep_unreadable(dir: &Path, key: &str, raw: &[u8], why: &str) {
+    tracing::error!(
+        entity = key,
+        error = why,
+        "a stored decision does not parse: dropped, kept in unreadable-decisions.jsonl"
+    );
+    let line = serde_json::json!({ "key": key, "error": why, "raw": String::from_utf8_lossy(raw) }).to_string() + "\n";
+    let kept = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("unreadable-decisions.jsonl"))
+        .and_then(|mut f| std::io::Write::write_all(&mut f, line.as_bytes()));
+    if let Err(e) = kept {
+        tracing::error!(error = %e, "cannot keep the unreadable decision");
+    }
+}
+
 /// Changes kept for the stream unless configured otherwise.
 pub const DEFAULT_RETENTION: usize = 100_000;
 
@@ -249,7 +299,7 @@ impl LiveStore {
         let path = dir.join("decisions.redb");
         let err = |m: String| StoreError { path: path.clone(), message: m };
         std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
-        let db = redb::Database::create(&path).map_err(|e| err(e.to_string()))?;
+        let db = open_db(&path).map_err(err)?;
         let mut published = Published::default();
         let mut expiry = BTreeSet::new();
         let mut seq = 0;
@@ -270,18 +320,22 @@ impl LiveStore {
             for row in table.iter().map_err(|e| err(e.to_string()))? {
                 let (k, v) = row.map_err(|e| err(e.to_string()))?;
                 // A row that does not parse cannot be served; it is dropped (and
-                // reported as expired) rather than keeping the store from opening.
-                let d = serde_json::from_slice::<Decision>(v.value()).unwrap_or_else(|_| Decision {
-                    id: 0,
-                    entity_type: EntityType::Ip,
-                    entity: k.value().to_string(),
-                    action: Action::Allow,
-                    reason: "unreadable record".into(),
-                    source: "store".into(),
-                    score: 0.0,
-                    created_ms: 0,
-                    expires_ms: i64::MIN,
-                    offense: 0,
+                // reported as expired) rather than keeping the store from opening,
+                // but never silently: it is logged and kept verbatim beside the store.
+                let d = serde_json::from_slice::<Decision>(v.value()).unwrap_or_else(|e| {
+                    keep_unreadable(dir, k.value(), v.value(), &e.to_string());
+                    Decision {
+                        id: 0,
+                        entity_type: EntityType::Ip,
+                        entity: k.value().to_string(),
+                        action: Action::Allow,
+                        reason: "unreadable record".into(),
+                        source: "store".into(),
+                        score: 0.0,
+                        created_ms: 0,
+                        expires_ms: i64::MIN,
+                        offense: 0,
+                    }
                 });
                 expiry.insert((d.expires_ms, k.value().to_string()));
                 published.insert(k.value().to_string(), Arc::new(d));
@@ -604,6 +658,47 @@ mod tests {
             expires_ms: expires,
             offense: 0,
         }
+    }
+
+    #[test]
+    fn a_truncated_store_is_refused_not_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = LiveStore::open(dir.path(), 0).unwrap();
+        s.put(d(1, EntityType::User, "mallory", Action::Deny, 10_000)).unwrap();
+        drop(s);
+        let path = dir.path().join("decisions.redb");
+        std::fs::File::create(&path).unwrap();
+        let e = LiveStore::open(dir.path(), 0).err().expect("an empty store is an error");
+        assert!(e.to_string().contains("truncated") && e.to_string().contains("decisions.redb"), "{e}");
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0, "the evidence is left as it was");
+        // Moved aside, as the message says: a new store starts.
+        std::fs::rename(&path, dir.path().join("decisions.redb.broken")).unwrap();
+        assert!(LiveStore::open(dir.path(), 0).unwrap().active(0).is_empty());
+        assert!(!dir.path().read_dir().unwrap().any(|f| f.unwrap().file_name().to_string_lossy().ends_with(".new")));
+    }
+
+    #[test]
+    fn an_unreadable_record_is_kept_verbatim() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = LiveStore::open(dir.path(), 0).unwrap();
+        s.put(d(1, EntityType::User, "alice", Action::Deny, 10_000)).unwrap();
+        s.put(d(2, EntityType::User, "bob", Action::Deny, 10_000)).unwrap();
+        {
+            let w = s.writer().unwrap();
+            let tx = w.db.begin_write().unwrap();
+            tx.open_table(DECISIONS)
+                .unwrap()
+                .insert(key_of(EntityType::User, "bob").as_str(), b"{\"id\":2,\"entity\":".as_slice())
+                .unwrap();
+            tx.commit().unwrap();
+        }
+        drop(s);
+        let s = LiveStore::open(dir.path(), 0).unwrap();
+        assert_eq!(s.active(0).len(), 1, "alice stays");
+        let kept = std::fs::read_to_string(dir.path().join("unreadable-decisions.jsonl")).expect("kept");
+        let v: serde_json::Value = serde_json::from_str(kept.trim()).unwrap();
+        assert_eq!(v["key"], key_of(EntityType::User, "bob"));
+        assert_eq!(v["raw"], "{\"id\":2,\"entity\":");
     }
 
     #[test]

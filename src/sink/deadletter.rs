@@ -58,37 +58,105 @@ impl<'a> DeadLetter<'a> {
     }
 }
 
-/// Appends dead letters as JSON lines.
+/// Bytes a dead-letter file may grow to unless the pipeline says otherwise.
+pub const DEFAULT_MAX_BYTES: u64 = 256 << 20;
+
+/// Appends dead letters as JSON lines, in at most two files of `max_bytes`.
+///
+/// Whatever arrives can be malformed (an attacker chooses the lines), so the
+/// file cannot grow with it: at `max_bytes` it is renamed to `NAME.1.jsonl`
+/// (replacing the one before, whose letters are counted as discarded and
+/// logged) and a new one starts. The newest letters are what an operator
+/// needs to see what is wrong now.
 pub struct DeadLetterSink {
     path: PathBuf,
     out: Option<BufWriter<File>>,
     count: u64,
+    max_bytes: u64,
+    /// Bytes and letters in the current file, and letters in the rotated one.
+    bytes: u64,
+    in_file: u64,
+    in_rotated: u64,
+    discarded: u64,
+    line: Vec<u8>,
 }
 
 impl DeadLetterSink {
     /// The file is created on the first dead letter, so a clean run leaves none.
     pub fn new(path: &Path) -> Self {
-        DeadLetterSink { path: path.to_path_buf(), out: None, count: 0 }
+        Self::with_limit(path, DEFAULT_MAX_BYTES)
+    }
+
+    pub fn with_limit(path: &Path, max_bytes: u64) -> Self {
+        DeadLetterSink {
+            path: path.to_path_buf(),
+            out: None,
+            count: 0,
+            max_bytes: max_bytes.max(1),
+            bytes: 0,
+            in_file: 0,
+            in_rotated: 0,
+            discarded: 0,
+            line: Vec::new(),
+        }
     }
 
     pub fn count(&self) -> u64 {
         self.count
     }
 
+    /// Letters dropped with a rotated file that was replaced.
+    pub fn discarded(&self) -> u64 {
+        self.discarded
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
 
+    /// Where the previous file goes when the current one is full.
+    pub fn rotated_path(&self) -> PathBuf {
+        let stem = self.path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        self.path.with_file_name(format!("{stem}.1.jsonl"))
+    }
+
+    fn rotate(&mut self) -> std::io::Result<()> {
+        if let Some(mut out) = self.out.take() {
+            out.flush()?;
+        }
+        let rotated = self.rotated_path();
+        if self.in_rotated > 0 {
+            self.discarded += self.in_rotated;
+            tracing::warn!(
+                file = %rotated.display(),
+                letters = self.in_rotated,
+                discarded_total = self.discarded,
+                "dead letters over their size limit: the older file is replaced"
+            );
+        }
+        std::fs::rename(&self.path, &rotated)?;
+        self.in_rotated = self.in_file;
+        self.in_file = 0;
+        self.bytes = 0;
+        Ok(())
+    }
+
     pub fn write(&mut self, d: &DeadLetter<'_>) -> Result<(), SinkError> {
-        let io = |source| SinkError::Io { path: self.path.clone(), source };
+        let io = |path: &Path, source| SinkError::Io { path: path.to_path_buf(), source };
+        self.line.clear();
+        serde_json::to_writer(&mut self.line, d).map_err(|e| io(&self.path, e.into()))?;
+        self.line.push(b'\n');
+        if self.out.is_some() && self.bytes + self.line.len() as u64 > self.max_bytes {
+            self.rotate().map_err(|e| io(&self.path, e))?;
+        }
         if self.out.is_none() {
-            self.out = Some(BufWriter::new(File::create(&self.path).map_err(io)?));
+            self.out = Some(BufWriter::new(File::create(&self.path).map_err(|e| io(&self.path, e))?));
         }
         if let Some(out) = self.out.as_mut() {
-            serde_json::to_writer(&mut *out, d)
-                .map_err(|e| SinkError::Io { path: self.path.clone(), source: e.into() })?;
-            out.write_all(b"\n").map_err(|source| SinkError::Io { path: self.path.clone(), source })?;
+            out.write_all(&self.line).map_err(|source| SinkError::Io { path: self.path.clone(), source })?;
         }
+        self.bytes += self.line.len() as u64;
+        self.in_file += 1;
         self.count += 1;
         Ok(())
     }
@@ -120,5 +188,33 @@ impl Sink for DeadLetterSink {
 
     fn finish(mut self: Box<Self>) -> Result<(), SinkError> {
         self.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_stay_within_their_limit_and_keep_the_newest() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut sink = DeadLetterSink::with_limit(&dir.path().join("dead_letters.jsonl"), 4096);
+        let junk = [0xffu8; 300];
+        for i in 0..1000u64 {
+            let pos = Position::Line { no: i + 1, offset: i * 300 };
+            sink.write(&DeadLetter::new("-", pos, "not a log line", &junk, 300)).expect("write");
+        }
+        sink.flush().expect("flush");
+        let cur = std::fs::read_to_string(sink.path()).expect("current");
+        let old = std::fs::read_to_string(sink.rotated_path()).expect("rotated");
+        assert!(cur.len() <= 4096 && old.len() <= 4096, "{} {}", cur.len(), old.len());
+        let lines = |s: &str| {
+            s.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON")).collect::<Vec<_>>()
+        };
+        let (cur, old) = (lines(&cur), lines(&old));
+        assert_eq!(cur.last().expect("letters")["line"], 1000, "the newest letter is kept");
+        assert_eq!(old.last().expect("letters")["line"].as_u64(), cur[0]["line"].as_u64().map(|l| l - 1));
+        assert_eq!(sink.count(), 1000);
+        assert_eq!(sink.discarded() + cur.len() as u64 + old.len() as u64, 1000, "every letter is kept or counted");
     }
 }

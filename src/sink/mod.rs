@@ -148,6 +148,8 @@ pub struct SinkSpec {
     pub kind: SinkKind,
     /// Parquet: which tables (`events`, `features`, `decisions`).
     pub tables: Vec<String>,
+    /// Dead letters: bytes per file (two files at most); `None`: the default.
+    pub max_bytes: Option<u64>,
 }
 
 impl SinkSpec {
@@ -163,9 +165,9 @@ impl SinkSpec {
         }
         tables.push("decisions".into());
         vec![
-            SinkSpec { kind: SinkKind::Parquet, tables },
-            SinkSpec { kind: SinkKind::DecisionsJsonl, tables: Vec::new() },
-            SinkSpec { kind: SinkKind::DeadLetters, tables: Vec::new() },
+            SinkSpec { kind: SinkKind::Parquet, tables, max_bytes: None },
+            SinkSpec { kind: SinkKind::DecisionsJsonl, tables: Vec::new(), max_bytes: None },
+            SinkSpec { kind: SinkKind::DeadLetters, tables: Vec::new(), max_bytes: None },
         ]
     }
 }
@@ -175,6 +177,9 @@ pub fn build(spec: &SinkSpec, dir: &Path) -> Result<Box<dyn Sink>, SinkError> {
     Ok(match spec.kind {
         SinkKind::Parquet => Box::new(ParquetSink::create(dir, &spec.tables)?),
         SinkKind::DecisionsJsonl => Box::new(DecisionsJsonl::create(&dir.join("decisions.jsonl"))?),
-        SinkKind::DeadLetters => Box::new(DeadLetterSink::new(&dir.join("dead_letters.jsonl"))),
+        SinkKind::DeadLetters => Box::new(DeadLetterSink::with_limit(
+            &dir.join("dead_letters.jsonl"),
+            spec.max_bytes.unwrap_or(deadletter::DEFAULT_MAX_BYTES),
+        )),
     })
 }

@@ -28,14 +28,7 @@ pub fn http(
     s.write_all(req.as_bytes()).expect("send");
     let mut raw = String::new();
     let _ = s.read_to_string(&mut raw);
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    let mut lines = head.lines();
-    let status = lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    (status, headers, body.to_string())
+    parse_response(&raw)
 }
 
 /// Polls until `f` holds, up to a generous bound (never a timing assertion).
@@ -88,16 +81,38 @@ pub fn gatewatch(pipeline: &std::path::Path, args: &[&str]) -> String {
 /// Starts `gatewatch run` on a free loopback port; returns the child and the
 /// address it announced. Its stderr keeps being echoed so it never blocks.
 pub fn start_run(pipeline: &std::path::Path, input: &std::path::Path) -> (std::process::Child, String) {
+    start_run_with(pipeline, input, None)
+}
+
+/// [`start_run`], with the process's open-file limit (soft and hard) set to
+/// `open_files` when given.
+pub fn start_run_with(
+    pipeline: &std::path::Path,
+    input: &std::path::Path,
+    open_files: Option<u64>,
+) -> (std::process::Child, String) {
     use std::io::{BufRead, BufReader};
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_gatewatch"))
-        .arg("--pipeline")
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_gatewatch"));
+    cmd.arg("--pipeline")
         .arg(pipeline)
         .args(["run", "--listen", "127.0.0.1:0", "--input"])
         .arg(input)
         .stderr(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("gatewatch run starts");
+        .stdout(std::process::Stdio::null());
+    if let Some(n) = open_files {
+        // SAFETY: only setrlimit runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                let l = libc::rlimit { rlim_cur: n as libc::rlim_t, rlim_max: n as libc::rlim_t };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &l) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    let mut child = cmd.spawn().expect("gatewatch run starts");
     let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
     let addr = loop {
         let line = lines.next().expect("gatewatch says where it listens").expect("utf-8");
@@ -179,5 +194,90 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// The README's fenced block in language `lang` that contains `marker`: the
+/// gateway tests run the configuration the README shows, not a copy of it.
+pub fn readme_block(lang: &str, marker: &str) -> String {
+    let readme =
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).expect("README.md");
+    let fence = format!("```{lang}\n");
+    let mut rest = readme.as_str();
+    while let Some(start) = rest.find(&fence) {
+        let body = &rest[start + fence.len()..];
+        let end = body.find("\n```").expect("a closed block");
+        let block = &body[..end + 1];
+        if block.contains(marker) {
+            return block.to_string();
+        }
+        rest = &body[end..];
+    }
+    panic!("README.md has no ```{lang} block containing {marker:?}");
+}
+
+/// Replaces `from` by `to` in `text`, which must contain it (a README edit
+/// that drops it must fail the test, not silently change what runs).
+pub fn subst(text: &str, from: &str, to: &str) -> String {
+    assert!(text.contains(from), "the README block no longer contains {from:?}:\n{text}");
+    text.replace(from, to)
+}
+
+/// A connection to `addr` from the loopback address `from` (127.0.0.x), so
+/// that a test can play several clients, each with its own address.
+pub fn connect_from(from: &str, addr: &str) -> std::io::Result<TcpStream> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_io().build()?;
+    let (from, addr) = (format!("{from}:0"), addr.to_string());
+    let s = rt.block_on(async move {
+        let sock = tokio::net::TcpSocket::new_v4()?;
+        sock.bind(from.parse().map_err(std::io::Error::other)?)?;
+        sock.connect(addr.parse().map_err(std::io::Error::other)?).await
+    })?;
+    let s = s.into_std()?;
+    s.set_nonblocking(false)?;
+    s.set_read_timeout(Some(Duration::from_secs(20)))?;
+    Ok(s)
+}
+
+/// `GET path` from the loopback address `from`: status, lower-cased headers,
+/// body; status 0 when the server closed the connection without an answer.
+pub fn get_from(from: &str, addr: &str, path: &str, headers: &[(&str, &str)]) -> (u16, Vec<(String, String)>, String) {
+    let Ok(mut s) = connect_from(from, addr) else { return (0, Vec::new(), String::new()) };
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    if s.write_all(req.as_bytes()).is_err() {
+        return (0, Vec::new(), String::new());
+    }
+    let mut raw = String::new();
+    let _ = s.read_to_string(&mut raw);
+    parse_response(&raw)
+}
+
+fn parse_response(raw: &str) -> (u16, Vec<(String, String)>, String) {
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((raw, ""));
+    let mut lines = head.lines();
+    let status = lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    (status, headers, body.to_string())
+}
+
+/// A free loopback port (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// A child process killed when the test ends, however it ends.
+pub struct Proc(pub std::process::Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
