@@ -6,31 +6,28 @@
 mod common;
 
 use std::io::Write;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command};
+use std::process::Command;
 
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::{Proc, free_port, subst};
 
 fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
     let (status, _, body) = common::http(addr, method, path, headers, body);
     (status, body)
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
-
-/// The nginx configuration the README documents, with this test's paths and ports.
-fn nginx_conf(dir: &Path, port: u16, gatewatch: &str, key: &str) -> String {
+/// The README's nginx block, with this test's ports, key and upstream, in an
+/// `http` block with this test's paths.
+fn nginx_conf(dir: &Path, port: u16, upstream: u16, gatewatch: &str, key: &str) -> String {
     let d = dir.display();
+    let block = common::readme_block("nginx", "auth_request");
+    // This nginx sits behind a "load balancer" on 127.0.0.1 that sets X-Forwarded-For.
+    let block = subst(&block, "set_real_ip_from 10.0.0.0/8;", "set_real_ip_from 127.0.0.1;");
+    let block = subst(&block, "listen 443 ssl;", &format!("listen 127.0.0.1:{port};"));
+    let block = subst(&block, "http://127.0.0.1:8790", &format!("http://{gatewatch}"));
+    let block = subst(&block, "gw_…", key);
+    let block = subst(&block, "http://app", &format!("http://127.0.0.1:{upstream}"));
     format!(
         r#"master_process off;
 worker_processes 1;
@@ -45,34 +42,10 @@ http {{
     uwsgi_temp_path {d}/tmp/uwsgi;
     scgi_temp_path {d}/tmp/scgi;
 
-    # This nginx sits behind a load balancer on 127.0.0.1 that sets X-Forwarded-For.
-    set_real_ip_from 127.0.0.1;
-    real_ip_header X-Forwarded-For;
-
+{block}
     server {{
-        listen 127.0.0.1:{port};
-
-        # --- gatewatch forward-auth -----------------------------------------
-        location = /_gatewatch {{
-            internal;
-            proxy_pass http://{gatewatch}/v1/authz;
-            proxy_pass_request_body off;
-            proxy_set_header Content-Length "";
-            proxy_set_header X-Api-Key "{key}";
-            proxy_set_header X-Forwarded-For $remote_addr;
-            proxy_set_header X-User-Id $http_x_user_id;
-            proxy_set_header X-Api-Key-Id $http_x_api_key_id;
-            proxy_set_header X-Device-Id $http_x_device_id;
-            proxy_set_header X-Session-Id $cookie_session;
-            proxy_connect_timeout 200ms;
-            proxy_read_timeout 500ms;
-        }}
-
-        location / {{
-            auth_request /_gatewatch;
-            root {d}/www;
-            try_files /index.html =404;
-        }}
+        listen 127.0.0.1:{upstream};
+        location / {{ return 200 "upstream ok\n"; }}
     }}
 }}
 "#
@@ -83,10 +56,7 @@ http {{
 fn nginx_auth_request_blocks_the_attacker_only() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
-    for sub in ["tmp", "www"] {
-        std::fs::create_dir_all(d.join(sub)).expect("mkdir");
-    }
-    std::fs::write(d.join("www/index.html"), "upstream ok\n").expect("www");
+    std::fs::create_dir_all(d.join("tmp")).expect("mkdir");
     let pipeline = common::live_pipeline(d);
     let log = d.join("access.log");
     std::fs::write(&log, "").expect("log");
@@ -96,8 +66,8 @@ fn nginx_auth_request_blocks_the_attacker_only() {
     let (gw, gw_addr) = common::start_run(&pipeline, &log);
     let _gw = Proc(gw);
 
-    let port = free_port();
-    std::fs::write(d.join("nginx.conf"), nginx_conf(d, port, &gw_addr, &key)).expect("conf");
+    let (port, upstream) = (free_port(), free_port());
+    std::fs::write(d.join("nginx.conf"), nginx_conf(d, port, upstream, &gw_addr, &key)).expect("conf");
     let nginx = Command::new("nginx")
         .arg("-e")
         .arg(d.join("nginx-error.log"))
@@ -138,4 +108,12 @@ fn nginx_auth_request_blocks_the_attacker_only() {
     );
     assert_eq!(status, 201, "{body}");
     common::until("the allow reaches nginx", || http(&front, "GET", "/v1/products/1", &attacker, "").0 == 200);
+
+    // gatewatch gone: nginx fails closed (docs/SECURITY.md).
+    drop(_gw);
+    assert_eq!(
+        http(&front, "GET", "/v1/products/2", &benign, "").0,
+        500,
+        "an unreachable gatewatch lets requests through"
+    );
 }
