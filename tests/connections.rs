@@ -126,3 +126,66 @@ fn slow_heads_are_cut_off_but_streams_are_not() {
         seen.push_str(&String::from_utf8_lossy(&buf[..n]));
     }
 }
+
+/// Event-stream readers that never read cannot stall the others: their
+/// streams wait on their own sockets while a reader that reads gets every
+/// change, lookups answer, and memory stays bounded.
+#[test]
+fn readers_that_never_read_stall_nothing() {
+    use std::io::BufRead;
+    let (_dir, pipeline, input) = common::live_setup();
+    let gateway = common::create_key(&pipeline, "gateway", "edge");
+    let admin = common::create_key(&pipeline, "admin", "ops");
+    let server = common::Server::start(&pipeline, &input, &gateway);
+    server.until("ready", |s| s.json("/readyz").0 == 200);
+    let sse = format!(
+        "GET /v1/decisions/stream HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\nX-Api-Key: {gateway}\r\n\r\n"
+    );
+    let mut stalled = Vec::new();
+    for i in 0..20 {
+        let mut s = connect_from(&format!("127.0.0.{}", 10 + i), &server.addr).expect("connect");
+        s.write_all(sse.as_bytes()).expect("send");
+        stalled.push(s);
+    }
+    let mut reader = connect_from("127.0.0.2", &server.addr).expect("connect");
+    reader.write_all(sse.as_bytes()).expect("send");
+    let counting = std::thread::spawn(move || {
+        let mut created = 0;
+        for line in std::io::BufReader::new(reader).lines() {
+            if line.expect("the stream stays readable") == "event: created" {
+                created += 1;
+                if created == 60_000 {
+                    break;
+                }
+            }
+        }
+        created
+    });
+
+    // 60,000 changes: far more than the stalled readers' socket buffers hold.
+    for batch in 0..3 {
+        let body: Vec<String> = (0..20_000)
+            .map(|i| {
+                format!(
+                    r#"{{"entity_type":"ip","entity":"10.{batch}.{}.{}","action":"deny","ttl":"1h","reason":"block list"}}"#,
+                    i / 256,
+                    i % 256
+                )
+            })
+            .collect();
+        let (code, _, b) =
+            server.request("POST", "/v1/admin/decisions", &[("X-Api-Key", &admin)], &format!("[{}]", body.join(",")));
+        assert_eq!(code, 201, "{b}");
+        assert_eq!(server.json("/v1/decision?ip=10.0.0.1").1["action"], "deny", "lookups answer meanwhile");
+    }
+    assert_eq!(counting.join().expect("reader"), 60_000, "the reading reader got every change");
+    assert_eq!(common::get_from("127.0.0.3", &server.addr, "/healthz", &[]).0, 200);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.child.id())).expect("status");
+    let rss_kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("VmRSS");
+    assert!(rss_kb < 1 << 20, "{rss_kb} KiB resident with 20 stalled readers");
+    drop(stalled);
+}
