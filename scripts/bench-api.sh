@@ -6,6 +6,7 @@
 # meanwhile. Numbers for this machine are in docs/PERFORMANCE.md.
 #
 #   bash scripts/bench-api.sh [DURATION=20s] [CONNECTIONS=32] [FEED_LINES_PER_S=5000]
+#   GATEWATCH_BIN=/path/to/other/gatewatch bash scripts/bench-api.sh …
 #
 # wrk and gatewatch share the machine: on 2 cores wrk gets one thread.
 set -euo pipefail
@@ -17,8 +18,11 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/gatewatch-target}"
 if ! command -v wrk >/dev/null; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
 fi
-cargo build --release -q
-BIN="$CARGO_TARGET_DIR/release/gatewatch"
+# GATEWATCH_BIN=path runs another build (an A/B against a previous binary).
+if [ -z "${GATEWATCH_BIN:-}" ]; then
+    cargo build --release -q
+fi
+BIN="${GATEWATCH_BIN:-$CARGO_TARGET_DIR/release/gatewatch}"
 WORK="$(mktemp -d)"
 PIDS=()
 cleanup() {
