@@ -177,7 +177,8 @@ pub struct ApiConfig {
 }
 
 impl ApiConfig {
-    /// The connection limits as configured (before fitting the file limit).
+    /// The connection limits in force: as configured, fitted to `open_files`
+    /// (the process's limit on open files), the per-address default a quarter of that.
     pub fn conn_limits(&self, open_files: Option<u64>) -> crate::api::serve::ConnLimits {
         let mut l = crate::api::serve::effective(
             crate::api::serve::ConnLimits {

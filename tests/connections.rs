@@ -88,10 +88,8 @@ fn half_heads_cannot_exhaust_connections() {
 fn slow_heads_are_cut_off_but_streams_are_not() {
     let (_dir, pipeline, input) = common::live_setup();
     with_api(&pipeline, "header_timeout = \"1s\"");
-    let gateway = common::create_key(&pipeline, "gateway", "edge");
-    let admin = common::create_key(&pipeline, "admin", "ops");
-    let server = common::Server::start(&pipeline, &input, &gateway);
-    server.until("ready", |s| s.json("/readyz").0 == 200);
+    let (server, admin) = common::serve_with_keys(&pipeline, &input, "edge");
+    let gateway = server.key.clone();
 
     let mut stream = connect_from("127.0.0.1", &server.addr).expect("connect");
     write!(
@@ -134,10 +132,8 @@ fn slow_heads_are_cut_off_but_streams_are_not() {
 fn readers_that_never_read_stall_nothing() {
     use std::io::BufRead;
     let (_dir, pipeline, input) = common::live_setup();
-    let gateway = common::create_key(&pipeline, "gateway", "edge");
-    let admin = common::create_key(&pipeline, "admin", "ops");
-    let server = common::Server::start(&pipeline, &input, &gateway);
-    server.until("ready", |s| s.json("/readyz").0 == 200);
+    let (server, admin) = common::serve_with_keys(&pipeline, &input, "edge");
+    let gateway = server.key.clone();
     let sse = format!(
         "GET /v1/decisions/stream HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\nX-Api-Key: {gateway}\r\n\r\n"
     );

@@ -12,7 +12,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{Proc, Server, create_key, subst, until};
+use common::{Proc, Server, subst, until};
 
 /// Where scripts/services/crowdsec.sh unpacks the bouncers.
 fn bouncer(name: &str) -> PathBuf {
@@ -52,10 +52,8 @@ fn bouncer_config(marker: &str, server: &Server, key: &str, dir: &Path) -> Strin
 fn custom_bouncer_sees_adds_and_deletes() {
     let (dir, pipeline, input) = common::live_setup();
     let d = dir.path();
-    let key = create_key(&pipeline, "gateway", "bouncer");
-    let admin = create_key(&pipeline, "admin", "ops");
-    let server = Server::start(&pipeline, &input, &key);
-    server.until("ready", |s| s.json("/readyz").0 == 200);
+    let (server, admin) = common::serve_with_keys(&pipeline, &input, "bouncer");
+    let key = server.key.clone();
 
     let calls = d.join("calls.log");
     let script = d.join("on-decision");
@@ -64,14 +62,11 @@ fn custom_bouncer_sees_adds_and_deletes() {
     let conf = bouncer_config("bin_path", &server, &key, d);
     let conf = subst(&conf, "/usr/local/bin/on-decision", &script.display().to_string());
     std::fs::write(d.join("bouncer.yaml"), conf).expect("config");
-    let b = Command::new(bouncer("crowdsec-custom-bouncer"))
-        .arg("-c")
-        .arg(d.join("bouncer.yaml"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(d.join("bouncer.err")).expect("log"))
-        .spawn()
-        .expect("the bouncer starts");
-    let _b = Proc(b);
+    let _b = Proc::spawn(
+        Command::new(bouncer("crowdsec-custom-bouncer")).arg("-c").arg(d.join("bouncer.yaml")),
+        &d.join("bouncer.err"),
+        "the bouncer starts",
+    );
     let seen = || std::fs::read_to_string(&calls).unwrap_or_default();
     let has = |prefix: &str, json: &[&str]| {
         seen().lines().any(|l| l.starts_with(prefix) && json.iter().all(|j| l.contains(j)))
@@ -119,20 +114,15 @@ fn firewall_bouncer_fills_the_nftables_set() {
 fn firewall_bouncer_in_namespace() {
     let (dir, pipeline, input) = common::live_setup();
     let d = dir.path();
-    let key = create_key(&pipeline, "gateway", "firewall");
-    let admin = create_key(&pipeline, "admin", "ops");
-    let server = Server::start(&pipeline, &input, &key);
-    server.until("ready", |s| s.json("/readyz").0 == 200);
+    let (server, admin) = common::serve_with_keys(&pipeline, &input, "firewall");
+    let key = server.key.clone();
 
     std::fs::write(d.join("firewall.yaml"), bouncer_config("mode: nftables", &server, &key, d)).expect("config");
-    let b = Command::new(bouncer("crowdsec-firewall-bouncer"))
-        .arg("-c")
-        .arg(d.join("firewall.yaml"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(d.join("firewall.err")).expect("log"))
-        .spawn()
-        .expect("the bouncer starts");
-    let _b = Proc(b);
+    let _b = Proc::spawn(
+        Command::new(bouncer("crowdsec-firewall-bouncer")).arg("-c").arg(d.join("firewall.yaml")),
+        &d.join("firewall.err"),
+        "the bouncer starts",
+    );
     let set = || {
         let out = Command::new("nft").args(["list", "set", "ip", "crowdsec", "crowdsec-blacklists"]).output();
         out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default()

@@ -10,7 +10,7 @@ use std::io::Write;
 use std::path::Path;
 use std::process::Command;
 
-use common::{Proc, Server, create_key, free_port, get_from, subst, until};
+use common::{Proc, Server, free_port, get_from, subst, until};
 
 const ATTACKER: &str = "127.0.0.77";
 const BENIGN: &str = "127.0.0.20";
@@ -80,10 +80,8 @@ fn exercise(server: &Server, admin: &str, input: &Path, front: &str) {
 fn caddy_forward_auth() {
     let (dir, pipeline, input) = setup();
     let d = dir.path();
-    let key = create_key(&pipeline, "gateway", "edge-caddy");
-    let admin = create_key(&pipeline, "admin", "ops");
-    let server = Server::start(&pipeline, &input, &key);
-    server.until("ready", |s| s.json("/readyz").0 == 200);
+    let (server, admin) = common::serve_with_keys(&pipeline, &input, "edge-caddy");
+    let key = server.key.clone();
 
     let (port, upstream) = (free_port(), free_port());
     let block = common::readme_block("caddyfile", "forward_auth");
@@ -95,17 +93,16 @@ fn caddy_forward_auth() {
         "{{\n\tadmin off\n\tauto_https off\n}}\n{site}\nhttp://127.0.0.1:{upstream} {{\n\trespond \"upstream ok\" 200\n}}\n"
     );
     std::fs::write(d.join("Caddyfile"), conf).expect("Caddyfile");
-    let caddy = Command::new("caddy")
-        .args(["run", "--adapter", "caddyfile", "--config"])
-        .arg(d.join("Caddyfile"))
-        .env("XDG_DATA_HOME", d)
-        .env("XDG_CONFIG_HOME", d)
-        .env("HOME", d)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(d.join("caddy.log")).expect("log"))
-        .spawn()
-        .expect("caddy is installed (scripts/services/gateways.sh)");
-    let _caddy = Proc(caddy);
+    let _caddy = Proc::spawn(
+        Command::new("caddy")
+            .args(["run", "--adapter", "caddyfile", "--config"])
+            .arg(d.join("Caddyfile"))
+            .env("XDG_DATA_HOME", d)
+            .env("XDG_CONFIG_HOME", d)
+            .env("HOME", d),
+        &d.join("caddy.log"),
+        "caddy is installed (scripts/services/gateways.sh)",
+    );
     let front = format!("127.0.0.1:{port}");
     until("caddy listens", || std::net::TcpStream::connect(&front).is_ok());
 
@@ -122,10 +119,8 @@ fn caddy_forward_auth() {
 fn haproxy_lua_forward_auth() {
     let (dir, pipeline, input) = setup();
     let d = dir.path();
-    let key = create_key(&pipeline, "gateway", "edge-haproxy");
-    let admin = create_key(&pipeline, "admin", "ops");
-    let server = Server::start(&pipeline, &input, &key);
-    server.until("ready", |s| s.json("/readyz").0 == 200);
+    let (server, admin) = common::serve_with_keys(&pipeline, &input, "edge-haproxy");
+    let key = server.key.clone();
 
     let lua = common::readme_block("lua", "core.register_action(\"gatewatch\"");
     let lua = subst(&lua, "http://127.0.0.1:8790", &format!("http://{}", server.addr));
@@ -142,15 +137,11 @@ fn haproxy_lua_forward_auth() {
     std::fs::write(d.join("haproxy.cfg"), cfg).expect("cfg");
     let check = Command::new("haproxy").arg("-c").arg("-f").arg(d.join("haproxy.cfg")).output().expect("haproxy");
     assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
-    let haproxy = Command::new("haproxy")
-        .arg("-db")
-        .arg("-f")
-        .arg(d.join("haproxy.cfg"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(d.join("haproxy.log")).expect("log"))
-        .spawn()
-        .expect("haproxy is installed (scripts/services/gateways.sh)");
-    let _haproxy = Proc(haproxy);
+    let _haproxy = Proc::spawn(
+        Command::new("haproxy").arg("-db").arg("-f").arg(d.join("haproxy.cfg")),
+        &d.join("haproxy.log"),
+        "haproxy is installed (scripts/services/gateways.sh)",
+    );
     let front = format!("127.0.0.1:{port}");
     until("haproxy listens", || std::net::TcpStream::connect(&front).is_ok());
 

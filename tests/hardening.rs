@@ -27,10 +27,8 @@ fn api_limits_and_private_files() {
     let mut p = std::fs::read_to_string(&pipeline).expect("pipeline");
     p.push_str("[[sinks]]\ntype = \"decisions_jsonl\"\n[[sinks]]\ntype = \"dead_letters\"\nmax_bytes = \"64KiB\"\n");
     std::fs::write(&pipeline, p).expect("pipeline");
-    let gateway = create_key(&pipeline, "gateway", "edge");
-    let admin = create_key(&pipeline, "admin", "ops");
-    let server = Server::start(&pipeline, &input, &gateway);
-    server.until("ready", |s| s.json("/readyz").0 == 200);
+    let (server, admin) = common::serve_with_keys(&pipeline, &input, "edge");
+    let gateway = server.key.clone();
 
     // Files gatewatch made are its user's alone.
     let state = dir.path().join("state");

@@ -275,6 +275,25 @@ pub fn free_port() -> u16 {
 /// A child process killed when the test ends, however it ends.
 pub struct Proc(pub std::process::Child);
 
+impl Proc {
+    /// Starts `cmd` with its stderr in `log` (stdout discarded); `what` says
+    /// what to install when it cannot start.
+    pub fn spawn(cmd: &mut std::process::Command, log: &std::path::Path, what: &str) -> Proc {
+        let err = std::fs::File::create(log).expect("log");
+        Proc(cmd.stdout(std::process::Stdio::null()).stderr(err).spawn().expect(what))
+    }
+}
+
+/// `gatewatch run` with a gateway key named `gateway` (the server's) and an
+/// admin key, once it is ready: (server, admin key).
+pub fn serve_with_keys(pipeline: &std::path::Path, input: &std::path::Path, gateway: &str) -> (Server, String) {
+    let key = create_key(pipeline, "gateway", gateway);
+    let admin = create_key(pipeline, "admin", "ops");
+    let server = Server::start(pipeline, input, &key);
+    server.until("ready", |s| s.json("/readyz").0 == 200);
+    (server, admin)
+}
+
 impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.0.kill();
