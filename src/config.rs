@@ -137,6 +137,7 @@ struct ApiSection {
     max_connections: Option<usize>,
     max_connections_per_ip: Option<usize>,
     header_timeout: Option<Spanned<String>>,
+    max_wait: Option<Spanned<String>>,
 }
 
 /// Where forward-auth finds the client address.
@@ -174,6 +175,8 @@ pub struct ApiConfig {
     /// Time a connection has to send a request head, and the longest a
     /// keep-alive connection stays idle.
     pub header_timeout_ms: i64,
+    /// Longest a long poll of the decision stream may wait for a change.
+    pub max_wait_ms: i64,
 }
 
 impl ApiConfig {
@@ -211,6 +214,7 @@ impl Default for ApiConfig {
             max_connections: 4096,
             max_connections_per_ip: None,
             header_timeout_ms: 30_000,
+            max_wait_ms: 60_000,
         }
     }
 }
@@ -877,6 +881,13 @@ impl Pipeline {
                     return Err(invalid(&f.file, &f.src, t.span(), "api.header_timeout", "must be at most 1h"));
                 }
                 api.header_timeout_ms = ms;
+            }
+            if let Some(t) = &v.max_wait {
+                let ms = duration(&f.file, &f.src, t, "api.max_wait")?;
+                if !(1_000..=600_000).contains(&ms) {
+                    return Err(invalid(&f.file, &f.src, t.span(), "api.max_wait", "must be from 1s to 10m"));
+                }
+                api.max_wait_ms = ms;
             }
             if let Some(n) = v.stream_retention {
                 if !(1..=10_000_000).contains(&n) {

@@ -70,13 +70,14 @@ fn follow_decide_serve_restart() {
         ("/v1/decision?ip=999.1.1.1", 400),
         ("/v1/decision?planet=mars", 400),
         ("/v1/decision", 400),
+        ("/v1/decision?user=mallory", 400),
         ("/v1/nope", 404),
     ] {
         let (status, v) = server.json(path);
         assert_eq!(status, want, "{path}");
         assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{path}: {v}");
     }
-    let huge = format!("/v1/decision?user={}", "u".repeat(5000));
+    let huge = format!("/v1/decision?ip=198.51.100.9&user={}", "u".repeat(5000));
     assert_eq!(server.json(&huge).0, 400);
     let (status, _, body) = server.get("/v1/authz", &[]);
     assert_eq!(status, 400, "{body}");
@@ -131,7 +132,7 @@ fn follow_decide_serve_restart() {
     assert_eq!((v["action"].as_str(), v["source"].as_str()), (Some("deny"), Some("manual:ops")));
     let (status, _, _) = server.request("DELETE", "/v1/admin/decisions?entity_type=user&entity=mallory", &admin, "");
     assert_eq!(status, 200);
-    assert_eq!(server.json("/v1/decision?user=mallory").1["action"], "allow");
+    assert_eq!(server.json("/v1/decision?user=mallory&ip=198.51.100.9").1["action"], "allow");
     assert_eq!(server.request("DELETE", "/v1/admin/decisions?entity_type=user&entity=mallory", &admin, "").0, 404);
 
     let (_, _, metrics) = server.get("/metrics", &[]);
@@ -159,7 +160,7 @@ fn follow_decide_serve_restart() {
     let status = server.signal("-KILL");
     assert!(!status.success());
     let server = Server::start(&pipeline, &input, &gateway_key);
-    let (_, v) = server.json("/v1/decision?api_key=leaked-key");
+    let (_, v) = server.json("/v1/decision?api_key=leaked-key&ip=198.51.100.9");
     assert_eq!(v["action"], "deny", "a decision acknowledged just before kill -9 survives it");
 
     // Revoking a key takes effect without a restart.

@@ -261,6 +261,81 @@ fn server_sent_events_deliver_each_change() {
     let _ = sse.read_to_end(&mut rest);
 }
 
+/// The filters CrowdSec bouncers send work on the cursor protocol too: a
+/// gateway that caches only addresses and ranges reads only those, and its
+/// cursor still moves past the rest.
+#[test]
+fn cursor_protocol_takes_the_crowdsec_filters() {
+    let (_dir, pipeline, input) = common::live_setup();
+    let gateway = create_key(&pipeline, "gateway", "edge");
+    let admin = create_key(&pipeline, "admin", "ops");
+    let server = Arc::new(Server::start(&pipeline, &input, &gateway));
+    server.until("ready", |s| s.json("/readyz").0 == 200);
+    let (_, v) = get(&server, &gateway, "/v1/decisions/stream?cursor=");
+    let start = v["cursor"].as_u64().expect("cursor");
+    post(&server, &admin, "/v1/admin/decisions", &manual("ip", "192.0.2.10", "deny"));
+    post(&server, &admin, "/v1/admin/decisions", &manual("user", "mallory", "deny"));
+    post(&server, &admin, "/v1/admin/decisions", &manual("cidr", "198.51.100.0/24", "challenge"));
+    let entities = |v: &Value| -> Vec<String> {
+        v["changes"]
+            .as_array()
+            .expect("changes")
+            .iter()
+            .map(|c| c["decision"]["entity"].as_str().unwrap().into())
+            .collect()
+    };
+
+    let (_, v) = get(&server, &gateway, &format!("/v1/decisions/stream?cursor={start}&scopes=Ip,Range"));
+    assert_eq!(entities(&v), ["192.0.2.10", "198.51.100.0/24"], "{v}");
+    let end = v["cursor"].as_u64().expect("cursor");
+    assert_eq!(end, start + 3, "the cursor moves past the change left out");
+    let (_, v) = get(&server, &gateway, &format!("/v1/decisions/stream?cursor={start}&scopes=user"));
+    assert_eq!(entities(&v), ["mallory"]);
+    let (_, v) =
+        get(&server, &gateway, &format!("/v1/decisions/stream?cursor={start}&scenarios_containing=nothing-like-it"));
+    assert_eq!((entities(&v).len(), v["cursor"].as_u64()), (0, Some(end)));
+
+    // A long poll that only a filtered-out change would end waits on and
+    // answers with the cursor past it.
+    let waiter = {
+        let (server, gateway) = (server.clone(), gateway.clone());
+        std::thread::spawn(move || {
+            get(&server, &gateway, &format!("/v1/decisions/stream?cursor={end}&scopes=User&wait=2"))
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    post(&server, &admin, "/v1/admin/decisions", &manual("ip", "192.0.2.11", "deny"));
+    let (status, v) = waiter.join().expect("long poll");
+    assert_eq!((status, entities(&v).len(), v["cursor"].as_u64()), (200, 0, Some(end + 1)), "{v}");
+
+    // startup=true: a snapshot whatever the cursor, filtered too.
+    let (_, v) = get(&server, &gateway, &format!("/v1/decisions/stream?cursor={end}&startup=true&scopes=Range"));
+    assert_eq!(v["snapshot"], true);
+    let snap: Vec<&str> =
+        v["decisions"].as_array().expect("decisions").iter().filter_map(|d| d["entity"].as_str()).collect();
+    assert_eq!(snap, ["198.51.100.0/24"]);
+
+    // Every parameter given is checked, even one another makes moot.
+    for (path, headers) in [
+        (format!("/v1/decisions/stream?cursor={end}"), vec![("Last-Event-ID", "abc")]),
+        ("/v1/decisions/stream?cursor=18446744073709551615".to_string(), vec![]),
+        ("/v1/decisions/stream?community_pull=null".to_string(), vec![]),
+        ("/v1/decisions?contains=maybe".to_string(), vec![]),
+        ("/v1/decisions?ip=192.0.2.10&range=bogus".to_string(), vec![]),
+        ("/v1/decisions?ip=192.0.2.10&scope=Planet".to_string(), vec![]),
+    ] {
+        let mut h = vec![("X-Api-Key", gateway.as_str())];
+        h.extend(headers);
+        let (status, _, body) = server.request("GET", &path, &h, "");
+        assert_eq!(status, 400, "{path}: {body}");
+    }
+    // Deleting what cannot exist is "nothing there", not a syntax error.
+    assert_eq!(delete(&server, &admin, "/v1/admin/decisions?entity_type=ip&entity=not-an-address").0, 404);
+    assert_eq!(delete(&server, &admin, "/v1/admin/allowlist?kind=ip&value=not-an-address").0, 404);
+    assert_eq!(delete(&server, &admin, "/v1/admin/allowlist?kind=planet&value=x").0, 400);
+    assert_eq!(delete(&server, &admin, "/v1/admin/decisions?entity_type=ip&entity=%20").0, 400);
+}
+
 #[test]
 fn crowdsec_bouncer_protocol() {
     let (_dir, pipeline, input) = common::live_setup();

@@ -9,7 +9,9 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use serde_json::json;
 
-use super::{ApiError, AppState, Caller, MAX_PARAM, check_params, decision_json, now_ms, parse_ip, parse_net, shorten};
+use super::{
+    ApiError, AppState, Caller, MAX_PARAM, check_params, decision_json, now_ms, parse_ip, parse_net, shorten, too_long,
+};
 use crate::config::Pipeline;
 use crate::decision::Action;
 use crate::event::time::format_rfc3339;
@@ -78,8 +80,8 @@ pub struct ManualDecision {
 fn canonical_entity(t: crate::features::EntityType, entity: &str) -> Result<String, ApiError> {
     use crate::features::EntityType;
     let e = entity.trim();
-    if e.is_empty() || e.len() > MAX_PARAM {
-        return Err(ApiError::bad_request(format!("entity: must be 1–{MAX_PARAM} bytes")));
+    if e.is_empty() || too_long(e, MAX_PARAM) {
+        return Err(ApiError::bad_request(format!("entity: must be 1–{MAX_PARAM} characters")));
     }
     Ok(match t {
         EntityType::Ip => parse_ip("entity", e)?.to_string(),
@@ -98,6 +100,9 @@ fn body_error(e: axum::extract::rejection::JsonRejection) -> ApiError {
     };
     ApiError { status, message: format!("body: {}", e.body_text()) }
 }
+
+/// Longest reason an operator may give, in characters.
+const MAX_REASON: usize = 1024;
 
 /// Most decisions one request may create (an imported block list).
 const MAX_BULK: usize = 200_000;
@@ -118,12 +123,12 @@ fn manual_decision(
     let action = Action::parse(&m.action).ok_or_else(|| {
         bad(format!("action: '{}' is not one of deny, challenge, throttle, allow", shorten(&m.action)))
     })?;
-    let ttl_ms = crate::event::time::parse_duration_ms(&m.ttl).map_err(|e| bad(format!("ttl: {e}")))?;
+    let ttl_ms = crate::event::time::parse_duration_ms(m.ttl.trim()).map_err(|e| bad(format!("ttl: {e}")))?;
     if !(1_000..=366 * 86_400_000).contains(&ttl_ms) {
         return Err(bad("ttl: must be between 1s and 366d".into()));
     }
-    if m.reason.trim().is_empty() || m.reason.len() > 1024 {
-        return Err(bad("reason: say why, in at most 1024 bytes".into()));
+    if m.reason.trim().is_empty() || too_long(&m.reason, MAX_REASON) {
+        return Err(bad(format!("reason: say why, in at most {MAX_REASON} characters")));
     }
     Ok(crate::decision::Decision {
         id,
@@ -189,9 +194,19 @@ pub(super) async fn delete(
     State(state): State<Arc<AppState>>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    check_params(&params, &["entity_type", "entity"])?;
     let t = params.get("entity_type").ok_or_else(|| ApiError::bad_request("entity_type: required"))?;
     let t = entity_type(t)?;
-    let entity = canonical_entity(t, params.get("entity").ok_or_else(|| ApiError::bad_request("entity: required"))?)?;
+    let given = params.get("entity").ok_or_else(|| ApiError::bad_request("entity: required"))?;
+    if given.trim().is_empty() || too_long(given, MAX_PARAM) {
+        return Err(ApiError::bad_request(format!("entity: must be 1–{MAX_PARAM} characters")));
+    }
+    // A value that is not an address (or a network we would keep) cannot have
+    // anything in force on it: the answer is that nothing was, not a syntax error.
+    let entity = canonical_entity(t, given).map_err(|e| ApiError {
+        status: StatusCode::NOT_FOUND,
+        message: format!("no decision on {} '{}': {}", t.as_str(), shorten(given), e.message),
+    })?;
     let store = state.store.clone();
     let key = entity.clone();
     let removed = tokio::task::spawn_blocking(move || store.remove(t, &key)).await.map_err(ApiError::internal)?;
@@ -234,8 +249,8 @@ pub struct AllowRequest {
 
 fn allow_target(kind: &str, value: &str) -> Result<(AllowKind, String), ApiError> {
     let v = value.trim();
-    if v.is_empty() || v.len() > MAX_PARAM {
-        return Err(ApiError::bad_request(format!("value: must be 1–{MAX_PARAM} bytes")));
+    if v.is_empty() || too_long(v, MAX_PARAM) {
+        return Err(ApiError::bad_request(format!("value: must be 1–{MAX_PARAM} characters")));
     }
     match kind {
         "cidr" | "ip" => {
@@ -256,8 +271,8 @@ pub(super) async fn allow(
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     let Json(r) = body.map_err(body_error)?;
     let (kind, value) = allow_target(&r.kind, &r.value)?;
-    if r.reason.trim().is_empty() || r.reason.len() > 1024 {
-        return Err(ApiError::bad_request("reason: say why, in at most 1024 bytes"));
+    if r.reason.trim().is_empty() || too_long(&r.reason, MAX_REASON) {
+        return Err(ApiError::bad_request(format!("reason: say why, in at most {MAX_REASON} characters")));
     }
     let entry = AllowEntry {
         kind,
@@ -280,7 +295,17 @@ pub(super) async fn disallow(
     check_params(&params, &["kind", "value"])?;
     let kind = params.get("kind").ok_or_else(|| ApiError::bad_request("kind: required"))?;
     let value = params.get("value").ok_or_else(|| ApiError::bad_request("value: required"))?;
-    let (kind, value) = allow_target(kind, value)?;
+    if !["cidr", "ip", "api_key"].contains(&kind.as_str()) {
+        return Err(ApiError::bad_request(format!("kind: '{}' is not one of cidr, ip, api_key", shorten(kind))));
+    }
+    if value.trim().is_empty() || too_long(value, MAX_PARAM) {
+        return Err(ApiError::bad_request(format!("value: must be 1–{MAX_PARAM} characters")));
+    }
+    // As for decisions: what is not an address or a network we keep has no entry.
+    let (kind, value) = allow_target(kind, value).map_err(|e| ApiError {
+        status: StatusCode::NOT_FOUND,
+        message: format!("no allowlist entry for '{}': {}", shorten(value), e.message),
+    })?;
     let mut admin = state.admin.lock().await;
     let Some(removed) = admin.overlay.remove(kind, &value).map_err(ApiError::internal)? else {
         let in_file = match kind {

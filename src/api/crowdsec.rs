@@ -89,35 +89,85 @@ fn crowdsec_json(d: &Decision, kind: &str, now: i64) -> Value {
     })
 }
 
-/// Origin and scenario filters bouncers may send.
-struct Filters {
+/// Scope, origin and scenario filters bouncers may send. The gatewatch
+/// cursor protocol on the same route takes them too, so a gateway that caches
+/// only addresses and ranges can say so and skip the rest of the stream.
+pub(super) struct Filters {
+    scopes: Option<Vec<EntityType>>,
     origins: Option<Vec<String>>,
     containing: Option<Vec<String>>,
     not_containing: Option<Vec<String>>,
 }
 
 impl Filters {
-    fn from(params: &HashMap<String, String>) -> Filters {
+    /// The filters in `params`; `default_scopes` applies when `scopes` is absent
+    /// (CrowdSec's stream: addresses and ranges; its live query: every scope).
+    pub(super) fn from(params: &HashMap<String, String>, default_scopes: Option<&[EntityType]>) -> Filters {
         let list = |k: &str| {
             params
                 .get(k)
                 .filter(|v| !v.trim().is_empty())
                 .map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()).collect::<Vec<_>>())
         };
+        // An unknown scope matches nothing, as in CrowdSec's own API.
+        let scopes = match params.get("scopes") {
+            Some(s) => Some(s.split(',').filter(|s| !s.trim().is_empty()).filter_map(entity_of_scope).collect()),
+            None => default_scopes.map(<[EntityType]>::to_vec),
+        };
         Filters {
+            scopes,
             origins: list("origins"),
             containing: list("scenarios_containing"),
             not_containing: list("scenarios_not_containing"),
         }
     }
 
-    fn keep(&self, d: &Decision) -> bool {
+    pub(super) fn keep(&self, d: &Decision) -> bool {
+        if self.scopes.as_ref().is_some_and(|s| !s.contains(&d.entity_type)) {
+            return false;
+        }
+        if self.origins.is_none() && self.containing.is_none() && self.not_containing.is_none() {
+            return true;
+        }
         let scenario = format!("{}: {}", d.source, d.reason).to_ascii_lowercase();
         self.origins.as_ref().is_none_or(|o| o.iter().any(|o| o == origin_of(d)))
             && self.containing.as_ref().is_none_or(|c| c.iter().any(|c| scenario.contains(c.as_str())))
             && self.not_containing.as_ref().is_none_or(|c| !c.iter().any(|c| scenario.contains(c.as_str())))
     }
 }
+
+/// `startup=true|false`, as CrowdSec bouncers send it (also checks
+/// `community_pull` and `additional_pull`, which gatewatch, having no
+/// community or third-party lists, takes and ignores).
+pub(super) fn startup(params: &HashMap<String, String>) -> Result<bool, ApiError> {
+    flag(params, "community_pull")?;
+    flag(params, "additional_pull")?;
+    Ok(flag(params, "startup")?.unwrap_or(false))
+}
+
+/// A boolean query parameter: `true` or `false`.
+fn flag(params: &HashMap<String, String>, name: &str) -> Result<Option<bool>, ApiError> {
+    match params.get(name).map(|s| s.trim()) {
+        None => Ok(None),
+        Some("true") => Ok(Some(true)),
+        Some("false") => Ok(Some(false)),
+        Some(other) => Err(ApiError::bad_request(format!("{name}: '{}' is not true or false", shorten(other)))),
+    }
+}
+
+/// Parameters of `GET /v1/decisions/stream`, in either protocol.
+pub(super) const STREAM_PARAMS: [&str; 10] = [
+    "cursor",
+    "wait",
+    "limit",
+    "startup",
+    "scopes",
+    "origins",
+    "scenarios_containing",
+    "scenarios_not_containing",
+    "community_pull",
+    "additional_pull",
+];
 
 /// `GET /v1/decisions`: CrowdSec's live-mode query.
 pub(super) async fn decisions(
@@ -139,15 +189,37 @@ pub(super) async fn decisions(
         ],
     )?;
     let now = now_ms();
-    let filters = Filters::from(&params);
+    let filters = Filters::from(&params, None);
     let want_type = params.get("type").map(|t| t.trim().to_ascii_lowercase());
     if let Some(t) = &want_type {
         if !["ban", "captcha", "throttle"].contains(&t.as_str()) {
             return Err(ApiError::bad_request(format!("type: '{}' is not one of ban, captcha, throttle", shorten(t))));
         }
     }
-    let found: Vec<Arc<Decision>> = if let Some(ip) = params.get("ip") {
-        let ip = parse_ip("ip", ip)?;
+    let contains = flag(&params, "contains")?.unwrap_or(true);
+    // Every parameter given is checked, even one the precedence below
+    // (ip, then range, then scope) leaves unused: a typo is reported, not ignored.
+    let ip = params.get("ip").map(|ip| parse_ip("ip", ip)).transpose()?;
+    let range = params
+        .get("range")
+        .map(|r| {
+            r.trim().parse::<ipnet::IpNet>().map_err(|_| {
+                ApiError::bad_request(format!("range: '{}' is not a CIDR such as 203.0.113.0/24", shorten(r)))
+            })
+        })
+        .transpose()?;
+    let scope = params
+        .get("scope")
+        .map(|scope| {
+            entity_of_scope(scope).ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "scope: '{}' is not one of Ip, Range, User, ApiKey, Device, Session",
+                    shorten(scope)
+                ))
+            })
+        })
+        .transpose()?;
+    let found: Vec<Arc<Decision>> = if let Some(ip) = ip {
         if state.allowlist.load().allows_request(ip, None, None) {
             return Ok(Json(Value::Null));
         }
@@ -157,11 +229,7 @@ pub(super) async fn decisions(
             return Ok(Json(Value::Null));
         }
         covering
-    } else if let Some(range) = params.get("range") {
-        let net = range.trim().parse::<ipnet::IpNet>().map_err(|_| {
-            ApiError::bad_request(format!("range: '{}' is not a CIDR such as 203.0.113.0/24", shorten(range)))
-        })?;
-        let contains = params.get("contains").is_none_or(|c| c != "false");
+    } else if let Some(net) = range {
         state
             .store
             .active(now)
@@ -175,13 +243,7 @@ pub(super) async fn decisions(
                 _ => false,
             })
             .collect()
-    } else if let Some(scope) = params.get("scope") {
-        let t = entity_of_scope(scope).ok_or_else(|| {
-            ApiError::bad_request(format!(
-                "scope: '{}' is not one of Ip, Range, User, ApiKey, Device, Session",
-                shorten(scope)
-            ))
-        })?;
+    } else if let Some(t) = scope {
         match params.get("value") {
             Some(v) => state.store.get(t, v.trim(), now).into_iter().collect(),
             None => state.store.active(now).into_iter().filter(|d| d.entity_type == t).collect(),
@@ -205,31 +267,10 @@ pub(super) fn stream(
     caller: &Caller,
     params: &HashMap<String, String>,
 ) -> Result<Json<Value>, ApiError> {
-    check_params(
-        params,
-        &[
-            "startup",
-            "scopes",
-            "origins",
-            "scenarios_containing",
-            "scenarios_not_containing",
-            "community_pull",
-            "additional_pull",
-        ],
-    )?;
-    let startup = match params.get("startup").map(|s| s.trim()) {
-        None | Some("false") => false,
-        Some("true") => true,
-        Some(other) => {
-            return Err(ApiError::bad_request(format!("startup: '{}' is not true or false", shorten(other))));
-        }
-    };
-    let scopes: Vec<EntityType> = match params.get("scopes") {
-        None => vec![EntityType::Ip, EntityType::Cidr],
-        Some(s) => s.split(',').filter(|s| !s.trim().is_empty()).filter_map(entity_of_scope).collect(),
-    };
-    let filters = Filters::from(params);
-    let keep = |d: &Decision| scopes.contains(&d.entity_type) && filters.keep(d);
+    check_params(params, &STREAM_PARAMS)?;
+    let startup = startup(params)?;
+    let filters = Filters::from(params, Some(&[EntityType::Ip, EntityType::Cidr]));
+    let keep = |d: &Decision| filters.keep(d);
     let now = now_ms();
     let mut bouncers = state.bouncers.lock().map_err(|_| ApiError::internal("bouncer cursors lock poisoned"))?;
     let cursor = if startup { None } else { bouncers.get(&caller.id).copied() };

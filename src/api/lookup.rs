@@ -17,18 +17,18 @@ use crate::live::store::{Query as Lookup, Verdict};
 
 const LOOKUP_PARAMS: [&str; 6] = ["ip", "user", "api_key", "device", "session", "user_agent"];
 
-/// `GET /v1/decision?ip=&user=&api_key=&device=&session=`: the verdict for a request.
+/// `GET /v1/decision?ip=&user=&api_key=&device=&session=`: the verdict for a
+/// request (`ip` required; per-entity questions go to `/v1/decisions` or the admin list).
 pub(super) async fn decision(
     State(state): State<Arc<AppState>>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<Verdict>, ApiError> {
     check_params(&params, &LOOKUP_PARAMS)?;
-    if !params.keys().any(|k| k != "user_agent") {
-        return Err(ApiError::bad_request("name at least one of ip, user, api_key, device, session"));
-    }
-    let ip = params.get("ip").map(|s| parse_ip("ip", s)).transpose()?;
+    // A request always comes from an address: a lookup without one is a
+    // gateway that lost it, which must hear so rather than get a partial verdict.
+    let ip = params.get("ip").ok_or_else(|| ApiError::bad_request("ip: required (the client's address)"))?;
     let q = Lookup {
-        ip,
+        ip: Some(parse_ip("ip", ip)?),
         user: params.get("user").map(String::as_str),
         api_key: params.get("api_key").map(String::as_str),
         device: params.get("device").map(String::as_str),

@@ -8,6 +8,7 @@ mod crowdsec;
 pub mod keys;
 mod lookup;
 pub mod metrics;
+pub mod openapi;
 pub mod serve;
 mod stream;
 
@@ -159,7 +160,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
-        .route("/openapi.json", get(openapi))
+        .route("/openapi.json", get(openapi_document))
         .route("/v1/decision", get(lookup::decision))
         .route("/v1/authz", get(lookup::authz))
         .route("/v1/decisions", get(crowdsec::decisions))
@@ -248,11 +249,11 @@ async fn authenticate(State(state): State<Arc<AppState>>, mut req: Request, next
     }
 }
 
-/// The OpenAPI 3 description of every route.
-pub const OPENAPI: &str = include_str!("openapi.json");
-
-async fn openapi() -> Response {
-    ([(axum::http::header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+async fn openapi_document(State(state): State<Arc<AppState>>) -> Response {
+    match openapi::document(&state.api) {
+        Ok(doc) => ([(axum::http::header::CONTENT_TYPE, "application/json")], doc).into_response(),
+        Err(e) => ApiError::internal(format!("openapi.json: {e}")).into_response(),
+    }
 }
 
 async fn healthz() -> Json<serde_json::Value> {
@@ -306,15 +307,21 @@ fn check_params(params: &HashMap<String, String>, allowed: &[&str]) -> Result<()
                 allowed.join(", ")
             )));
         }
-        if v.len() > MAX_PARAM {
-            return Err(ApiError::bad_request(format!("{k}: longer than {MAX_PARAM} bytes")));
+        if too_long(v, MAX_PARAM) {
+            return Err(ApiError::bad_request(format!("{k}: longer than {MAX_PARAM} characters")));
         }
     }
     Ok(())
 }
 
-/// Longest value accepted for one identifier.
+/// Longest value accepted for one identifier, in characters (as JSON Schema's
+/// `maxLength` counts them, so the OpenAPI document can say it exactly).
 const MAX_PARAM: usize = 512;
+
+/// Whether `s` has more than `max` characters (at most 4 `max` bytes are read).
+fn too_long(s: &str, max: usize) -> bool {
+    s.len() > max && s.chars().nth(max).is_some()
+}
 
 /// Parses an address the way the log parser does: an IPv4-mapped IPv6
 /// address (`::ffff:203.0.113.7`, `::ffff:cb00:7107`) is its IPv4 address, so
@@ -436,7 +443,7 @@ mod tests {
 
     #[test]
     fn openapi_documents_every_route() {
-        let spec: serde_json::Value = serde_json::from_str(super::OPENAPI).expect("valid JSON");
+        let spec: serde_json::Value = serde_json::from_str(super::openapi::TEMPLATE).expect("valid JSON");
         let paths = spec["paths"].as_object().expect("paths");
         let src = include_str!("mod.rs");
         let src = &src[..src.find("#[cfg(test)]").unwrap_or(src.len())];

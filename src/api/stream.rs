@@ -10,8 +10,11 @@
 //! - Server-Sent Events: `Accept: text/event-stream` (cursor from `?cursor=` or
 //!   `Last-Event-ID`), one event per change, `id` = its sequence number.
 //!
-//! Without `cursor`, SSE or `Last-Event-ID`, the route speaks CrowdSec's
-//! stream protocol instead (see [`super::crowdsec`]).
+//! Without `cursor`, `wait`, `limit`, SSE or `Last-Event-ID`, the route speaks
+//! CrowdSec's stream protocol instead (see [`super::crowdsec`]). Both take the
+//! same filters (`scopes`, `origins`, `scenarios_containing`,
+//! `scenarios_not_containing`; in this protocol every scope by default) and
+//! `startup=true`, which asks for a snapshot whatever the cursor.
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
@@ -25,14 +28,13 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use super::{ApiError, AppState, Caller, check_params, decision_json, header, now_ms, shorten};
+use super::crowdsec::{Filters, STREAM_PARAMS, startup};
+use super::{ApiError, AppState, Caller, check_params, decision_json, now_ms, shorten};
 use crate::live::store::{Change, Since};
 
 /// Changes per answer unless `limit` says otherwise.
 const DEFAULT_LIMIT: usize = 10_000;
 const MAX_LIMIT: usize = 100_000;
-/// Longest long-poll wait.
-const MAX_WAIT: Duration = Duration::from_secs(60);
 
 pub(super) async fn stream(
     State(state): State<Arc<AppState>>,
@@ -44,20 +46,24 @@ pub(super) async fn stream(
         .get(axum::http::header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("text/event-stream"));
-    let last_event_id = header(&headers, "last-event-id")?;
-    if !params.contains_key("cursor") && !sse && last_event_id.is_none() {
+    // An empty Last-Event-ID is no cursor (what an EventSource sends before
+    // its first event); anything else must be one.
+    let last_event_id = match headers.get("last-event-id") {
+        None => None,
+        Some(v) => Some(v.to_str().map_err(|_| ApiError::bad_request("header Last-Event-ID is not visible ASCII"))?),
+    };
+    check_params(&params, &STREAM_PARAMS)?;
+    let ours = ["cursor", "wait", "limit"].iter().any(|k| params.contains_key(*k));
+    if !ours && !sse && last_event_id.is_none() {
         return super::crowdsec::stream(&state, &caller.0, &params).map(|j| j.into_response());
     }
-    check_params(&params, &["cursor", "wait", "limit"])?;
-    let cursor = match params.get("cursor").map(String::as_str).or(last_event_id) {
-        None | Some("") => None,
-        Some(c) => Some(c.trim().parse::<u64>().map_err(|_| {
-            ApiError::bad_request(format!(
-                "cursor: '{}' is not a cursor; use the `cursor` of a previous answer, or omit it for a snapshot",
-                shorten(c)
-            ))
-        })?),
-    };
+    let filters = Filters::from(&params, None);
+    // Both places a cursor can come from must hold one, even when `startup`
+    // or the query's cursor makes the other moot: a malformed value is a
+    // client bug to report, not a value to ignore.
+    let from_query = parse_cursor("cursor", params.get("cursor").map(String::as_str))?;
+    let from_header = parse_cursor("Last-Event-ID", last_event_id)?;
+    let cursor = if startup(&params)? { None } else { from_query.or(from_header) };
     let limit = match params.get("limit") {
         None => DEFAULT_LIMIT,
         Some(l) => l
@@ -68,18 +74,29 @@ pub(super) async fn stream(
     };
     let wait = match params.get("wait") {
         None => Duration::ZERO,
-        Some(w) => parse_wait(w)?,
+        Some(w) => parse_wait(w, Duration::from_millis(state.api.max_wait_ms.max(0) as u64))?,
     };
     if sse {
-        return Ok(events(state, cursor).into_response());
+        return Ok(events(state, cursor, filters).into_response());
     }
     let mut changed = state.store.subscribe();
     let mut closing = state.closing.subscribe();
     let deadline = tokio::time::Instant::now() + wait;
     let _reading = (!wait.is_zero()).then(|| Reading::new(&state.metrics.stream_readers));
+    let mut cursor = cursor;
     loop {
-        let since = state.store.since(cursor, limit, now_ms()).map_err(ApiError::internal)?;
-        let empty = matches!(&since, Since::Changes { changes, .. } if changes.is_empty());
+        let since = select(state.store.since(cursor, limit, now_ms()).map_err(ApiError::internal)?, &filters);
+        let empty = match &since {
+            // Everything read was filtered out: wait on from where it ended.
+            Since::Changes { changes, more, cursor: next } if changes.is_empty() => {
+                cursor = Some(*next);
+                if *more {
+                    continue;
+                }
+                true
+            }
+            _ => false,
+        };
         if !empty || *closing.borrow() {
             return Ok(Json(since_json(since)).into_response());
         }
@@ -107,7 +124,23 @@ impl Drop for Reading {
     }
 }
 
-fn parse_wait(w: &str) -> Result<Duration, ApiError> {
+/// A cursor as a reader sends it back; empty means none (a snapshot).
+fn parse_cursor(field: &str, c: Option<&str>) -> Result<Option<u64>, ApiError> {
+    match c.map(str::trim) {
+        None | Some("") => Ok(None),
+        // At most 19 digits, as the OpenAPI document says: far more changes
+        // than any store will number.
+        Some(c) => c.parse::<u64>().ok().filter(|_| c.len() <= 19).map(Some).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "{field}: '{}' is not a cursor; use the `cursor` of a previous answer, or omit it for a snapshot",
+                shorten(c)
+            ))
+        }),
+    }
+}
+
+/// A long-poll wait: whole seconds, or a duration such as `30s`, up to `max` (`api.max_wait`).
+fn parse_wait(w: &str, max: Duration) -> Result<Duration, ApiError> {
     let d = match w.trim().parse::<u64>() {
         Ok(secs) => Duration::from_secs(secs),
         Err(_) => {
@@ -116,10 +149,25 @@ fn parse_wait(w: &str) -> Result<Duration, ApiError> {
             Duration::from_millis(ms.max(0) as u64)
         }
     };
-    if d > MAX_WAIT {
-        return Err(ApiError::bad_request(format!("wait: at most {}s", MAX_WAIT.as_secs())));
+    if d > max {
+        return Err(ApiError::bad_request(format!("wait: at most {}s (api.max_wait)", max.as_secs())));
     }
     Ok(d)
+}
+
+/// What `filters` keep of an answer. The cursor stays where reading ended,
+/// so a reader never reads the changes it skipped again.
+fn select(since: Since, filters: &Filters) -> Since {
+    match since {
+        Since::Snapshot { cursor, mut decisions } => {
+            decisions.retain(|d| filters.keep(d));
+            Since::Snapshot { cursor, decisions }
+        }
+        Since::Changes { cursor, mut changes, more } => {
+            changes.retain(|c| filters.keep(&c.decision));
+            Since::Changes { cursor, changes, more }
+        }
+    }
 }
 
 fn change_json(c: &Change) -> serde_json::Value {
@@ -142,6 +190,7 @@ fn since_json(since: Since) -> serde_json::Value {
 struct Reader {
     state: Arc<AppState>,
     cursor: Option<u64>,
+    filters: Filters,
     pending: VecDeque<Event>,
     changed: tokio::sync::watch::Receiver<u64>,
     closing: tokio::sync::watch::Receiver<bool>,
@@ -154,6 +203,7 @@ struct Reader {
 fn events(
     state: Arc<AppState>,
     cursor: Option<u64>,
+    filters: Filters,
 ) -> Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>> {
     let reader = Reader {
         _reading: Reading::new(&state.metrics.stream_readers),
@@ -161,6 +211,7 @@ fn events(
         closing: state.closing.subscribe(),
         state,
         cursor,
+        filters,
         pending: VecDeque::new(),
     };
     let stream = futures_util::stream::unfold(reader, |mut r| async move {
@@ -171,7 +222,7 @@ fn events(
             if *r.closing.borrow() {
                 return None;
             }
-            let since = r.state.store.since(r.cursor, 1_000, now_ms()).ok()?;
+            let since = select(r.state.store.since(r.cursor, 1_000, now_ms()).ok()?, &r.filters);
             match since {
                 Since::Snapshot { cursor, decisions } => {
                     let data = json!({ "decisions": decisions.iter().map(|d| decision_json(d)).collect::<Vec<_>>() });
@@ -179,7 +230,7 @@ fn events(
                         .push_back(Event::default().event("snapshot").id(cursor.to_string()).data(data.to_string()));
                     r.cursor = Some(cursor);
                 }
-                Since::Changes { cursor, changes, .. } if !changes.is_empty() => {
+                Since::Changes { cursor, changes, more } if !changes.is_empty() || more => {
                     for c in &changes {
                         let kind = serde_json::to_value(c.kind).ok()?.as_str().unwrap_or("changed").to_string();
                         r.pending.push_back(
@@ -191,7 +242,8 @@ fn events(
                     }
                     r.cursor = Some(cursor);
                 }
-                Since::Changes { .. } => {
+                Since::Changes { cursor, .. } => {
+                    r.cursor = Some(cursor);
                     tokio::select! {
                         res = r.changed.changed() => res.ok()?,
                         _ = r.closing.changed() => return None,
