@@ -23,6 +23,7 @@ pub mod eval;
 pub mod event;
 pub mod features;
 pub mod fsutil;
+pub mod fuzzing;
 pub mod live;
 pub mod model;
 pub mod simulate;

@@ -83,16 +83,22 @@ impl<'a> Cursor<'a> {
     }
 }
 
-/// Undoes nginx's `\xHH` and backslash escapes.
+/// Undoes nginx's `\xHH` and backslash escapes. Works on bytes: what follows
+/// a backslash in a hostile line may be any character (a multi-byte one is
+/// kept whole, with its backslash), and a `\x` without two hex digits after
+/// it loses only the backslash.
 fn unescape(s: &str) -> String {
+    fn hex(c: u8) -> Option<u8> {
+        (c as char).to_digit(16).map(|d| d as u8)
+    }
     let mut out: Vec<u8> = Vec::with_capacity(s.len());
     let b = s.as_bytes();
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 1 < b.len() {
+        if b[i] == b'\\' && i + 1 < b.len() && b[i + 1].is_ascii() {
             if b[i + 1] == b'x' && i + 3 < b.len() {
-                if let Ok(v) = u8::from_str_radix(&s[i + 2..i + 4], 16) {
-                    out.push(v);
+                if let (Some(hi), Some(lo)) = (hex(b[i + 2]), hex(b[i + 3])) {
+                    out.push((hi << 4) | lo);
                     i += 4;
                     continue;
                 }
@@ -281,6 +287,20 @@ fn apply_extra<'a>(ev: &mut EventRef<'a>, key: &str, v: Cow<'a, str>) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn escapes_next_to_multibyte_characters() {
+        // Found by fuzzing (fuzz/regressions/nginx): `\x` then a character
+        // of two or three bytes used to slice inside it and panic.
+        assert_eq!(unescape("\\x1ɣx03\\x01"), "x1ɣx03\u{1}");
+        assert_eq!(unescape("\\x徜 16"), "x徜 16");
+        assert_eq!(unescape("a\\ɣ"), "a\\ɣ");
+        assert_eq!(unescape("\\x16\\x+3\\\"\\\\"), "\u{16}x+3\"\\");
+        assert_eq!(unescape("trailing\\"), "trailing\\");
+        let line = "198.51.100.7 - - [28/Nov/2026:10:15:02 +0000] \"\\x1ɣx03\\x01\" 400 0 \"-\" \"-\"";
+        let err = parse(line).expect_err("not a request line");
+        assert!(err.0.contains("request") || err.0.contains("method"), "{}", err.0);
+    }
 
     #[test]
     fn stock_combined() {

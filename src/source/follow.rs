@@ -125,13 +125,14 @@ impl Follower {
                 }
             }
             Ok(meta) if meta.len() < self.pos => {
-                // Truncated in place (copytruncate): start over.
+                // Truncated in place (copytruncate): start over. A line cut
+                // off by the truncation is passed on as it is (the parser
+                // keeps what it can or dead-letters it), never dropped unseen.
+                self.finish_partial(out);
                 if let Some(f) = self.file.as_mut() {
                     f.seek(SeekFrom::Start(0))?;
                 }
                 self.pos = 0;
-                self.partial.clear();
-                self.partial_len = 0;
                 self.partial_offset = 0;
                 self.line_no = 0;
             }
@@ -203,13 +204,19 @@ mod tests {
         f.poll_lines(&mut out, 100).unwrap();
         f.poll_lines(&mut out, 100).unwrap();
         assert_eq!(texts(&out), ["last of old", "rotated 1"]);
-        // Truncation in place.
-        std::fs::write(&p, "").unwrap();
+        // Truncation in place, in the middle of a line: the half line is
+        // passed on, then the file is read from its start.
+        let mut w = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
+        write!(w, "half a li").unwrap();
+        w.flush().unwrap();
         out.clear();
+        f.poll_lines(&mut out, 100).unwrap();
+        assert!(out.is_empty());
+        std::fs::write(&p, "").unwrap();
         f.poll_lines(&mut out, 100).unwrap();
         std::fs::write(&p, "after truncate\n").unwrap();
         f.poll_lines(&mut out, 100).unwrap();
-        assert_eq!(texts(&out), ["after truncate"]);
+        assert_eq!(texts(&out), ["half a li", "after truncate"]);
     }
 
     #[test]
