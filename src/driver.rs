@@ -13,7 +13,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::engine::{Engine, EngineError, Summary};
-use crate::event::time::now_ms;
 use crate::source::{Poll, Records, Source};
 
 /// Records taken from a source per poll.
@@ -85,12 +84,14 @@ pub fn live(
     let mut records = Records::default();
     let mut last_input = Instant::now();
     let mut last_input_ts: Option<i64> = None;
+    let mut clock = crate::event::clock::StepClock::default();
     while !stop.load(Ordering::Relaxed) {
         if let Some(hook) = between.as_mut() {
             hook(&mut engine);
         }
         records.clear();
-        engine.set_wall_clock(now_ms());
+        let now = clock.read();
+        engine.set_clock(now);
         let poll = source.poll(&mut records, ROUND).map_err(|e| io_error(source.as_ref(), e))?;
         if let Some(pos) = records.last_position() {
             for line in records.iter() {
@@ -112,7 +113,7 @@ pub fn live(
         if idle >= IDLE {
             if let Some(ts) = last_input_ts {
                 // Never past the wall clock (the last line's time is already bounded by it).
-                engine.advance_to((ts + idle.as_millis() as i64).min(now_ms()))?;
+                engine.advance_to((ts + idle.as_millis() as i64).min(now.now_ms))?;
             }
         }
         // An ended stdin leaves the API serving what was decided until stopped.

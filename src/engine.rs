@@ -60,6 +60,9 @@ pub struct Summary {
     /// Events stamped further ahead of the wall clock than `input.max_future`
     /// (live mode), applied at their arrival time instead.
     pub future_events: u64,
+    /// Events stamped by a wall clock that was set back (live mode), moved
+    /// forward by the step.
+    pub clock_shifted_events: u64,
     /// Values outside a closed vocabulary, kept as `unknown`.
     pub unknown_values: u64,
     /// Quoted fields cut off at the end of a line, kept as far as they went.
@@ -81,6 +84,9 @@ pub struct Summary {
     pub elapsed_s: f64,
     pub events_per_s: f64,
     pub peak_rss_bytes: Option<u64>,
+    /// Live mode: each sink's failures and the records it dropped.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub sinks: std::collections::BTreeMap<String, crate::sink::SinkHealth>,
 }
 
 impl Summary {
@@ -208,8 +214,10 @@ pub struct Engine {
     started: Instant,
     batch_started: Instant,
     allowlist: Arc<ArcSwap<Allowlist>>,
-    /// Live mode: the wall clock (epoch ms) at the start of this round of input.
-    wall_clock: Option<i64>,
+    /// Live mode: the clock at the start of this round of input.
+    wall_clock: Option<crate::event::clock::Reading>,
+    /// Where the pipeline's sinks write (reopened there after a failure).
+    out_dir: PathBuf,
 }
 
 impl Engine {
@@ -250,6 +258,7 @@ impl Engine {
             batch_started: Instant::now(),
             allowlist: Arc::new(ArcSwap::from_pointee(pipeline.allowlist.clone())),
             wall_clock: None,
+            out_dir: out_dir.to_path_buf(),
             pipeline,
         })
     }
@@ -305,6 +314,24 @@ impl Engine {
         self.sinks.push(sink);
     }
 
+    /// Live mode: a pipeline sink that fails (a full disk) is closed, counted
+    /// and opened again later instead of ending the run
+    /// ([`crate::sink::Resilient`]): the decisions keep being made and served.
+    pub fn keep_deciding_when_sinks_fail(&mut self) {
+        let specs = &self.pipeline.sinks;
+        let sinks = std::mem::take(&mut self.sinks);
+        for (i, sink) in sinks.into_iter().enumerate() {
+            let Some(spec) = specs.get(i) else {
+                self.sinks.push(sink);
+                continue;
+            };
+            let name = sink.name().to_string();
+            let label =
+                if specs.iter().filter(|s| s.kind == spec.kind).count() > 1 { format!("{name}.{i}") } else { name };
+            self.sinks.push(Box::new(crate::sink::Resilient::new(sink, spec.clone(), self.out_dir.clone(), label)));
+        }
+    }
+
     /// Applies what is pending and makes every sink as durable as it can be:
     /// after this returns, a source may acknowledge everything pushed so far.
     pub fn checkpoint(&mut self) -> Result<(), EngineError> {
@@ -332,15 +359,22 @@ impl Engine {
         for (t, n) in EntityType::ALL.iter().zip(self.features.active_entities()) {
             s.active_entities.insert(t.as_str().to_string(), n);
         }
+        for sink in &self.sinks {
+            if let Some(h) = sink.health() {
+                s.sinks.insert(sink.name().to_string(), h);
+            }
+        }
     }
 
-    /// Live mode: event time may not run ahead of this wall-clock time (epoch
-    /// ms) by more than `input.max_future`. A line stamped later is applied at
-    /// this time and counted, so one forged or skewed line can neither push
+    /// Live mode: event time may not run ahead of engine time (`clock.now_ms`)
+    /// by more than `input.max_future`. A line stamped later is applied at
+    /// that time and counted, so one forged or skewed line can neither push
     /// the watermark past every later line nor stretch a decision's expiry.
-    /// Replay never sets it, so a replay stays a function of its input.
-    pub fn set_wall_clock(&mut self, now_ms: i64) {
-        self.wall_clock = Some(now_ms);
+    /// When the wall clock was set back, lines stamped by it are moved forward
+    /// by the step ([`crate::event::clock`]). Replay never sets a clock, so a
+    /// replay stays a function of its input.
+    pub fn set_clock(&mut self, clock: crate::event::clock::Reading) {
+        self.wall_clock = Some(clock);
     }
 
     /// Newest event time seen, applied or still in the current batch.
@@ -354,8 +388,21 @@ impl Engine {
     /// Checks an event's time: clamps one from the future (live mode), refuses
     /// one older than every window. `Err` is the dead-letter reason.
     fn admit_time(&mut self, ev: &mut event::EventRef<'_>) -> Result<(), String> {
-        if let Some(now) = self.wall_clock {
-            if ev.ts_ms > now.saturating_add(self.pipeline.input.max_future_ms) {
+        if let Some(clock) = self.wall_clock {
+            let max_future = self.pipeline.input.max_future_ms;
+            // Stamped by a clock that was set back (no later than it reads):
+            // moved onto the time line of the lines before the step.
+            if clock.behind_ms > max_future && ev.ts_ms <= clock.wall_ms.saturating_add(max_future) {
+                self.summary.clock_shifted_events += 1;
+                ev.notes.push_owned(format!(
+                    "ts={} moved {}s forward: the wall clock was set back",
+                    event::time::format_rfc3339(ev.ts_ms),
+                    clock.behind_ms / 1000
+                ));
+                ev.ts_ms = ev.ts_ms.saturating_add(clock.behind_ms);
+            }
+            let now = clock.now_ms;
+            if ev.ts_ms > now.saturating_add(max_future) {
                 self.summary.future_events += 1;
                 let ahead = (ev.ts_ms - now) / 1000;
                 ev.notes.push_owned(format!(
@@ -447,8 +494,9 @@ impl Engine {
         Ok(())
     }
 
-    /// Sends pending events through and evaluates every entity they touched now
-    /// (live mode; see [`FeatureEngine::evaluate_now`]).
+    /// Sends pending events through and has the rules judge every entity
+    /// they touched now (live mode; see [`FeatureEngine::evaluate_now`];
+    /// models wait for the tick).
     pub fn evaluate_now(&mut self) -> Result<(), EngineError> {
         self.flush_batch()?;
         if let Some(s) = self.features.evaluate_now()? {
@@ -482,7 +530,11 @@ impl Engine {
         let now = snap.as_of_ms;
         for (t, batch) in snap.batches {
             let mut hits = self.rules.evaluate(t, &batch)?;
-            let scored = self.score_models(t, &batch)?;
+            // Models judge whole ticks only: they were trained on features as
+            // ticks see them, and a window part-way through one (an early
+            // evaluation, live mode) is not what they learned from. Rules have
+            // their own thresholds and act at once.
+            let scored = if snap.early { Vec::new() } else { self.score_models(t, &batch)? };
             if !hits.is_empty() || !scored.is_empty() {
                 let rules = self.rules.rules();
                 // Strongest action first for each entity, then rule order.

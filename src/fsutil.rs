@@ -68,3 +68,54 @@ pub fn lock_exclusive(path: &Path) -> std::io::Result<FileLock> {
     }
     Ok(FileLock { _file: file })
 }
+
+/// Opens a file of lines for appending after a write into it may have failed
+/// part-way (a full disk): a last line without its newline is cut off, so
+/// that every line a reader finds is whole. Returns the file and its length.
+pub fn open_lines_for_append(path: &Path) -> std::io::Result<(std::fs::File, u64)> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::OpenOptions::new().create(true).read(true).append(true).open(path)?;
+    let len = f.metadata()?.len();
+    let mut end = len;
+    let mut buf = vec![0u8; 64 * 1024];
+    // Back from the end to the last newline, a chunk at a time.
+    let keep = loop {
+        if end == 0 {
+            break 0;
+        }
+        let start = end.saturating_sub(buf.len() as u64);
+        let chunk = &mut buf[..(end - start) as usize];
+        f.seek(SeekFrom::Start(start))?;
+        f.read_exact(chunk)?;
+        if let Some(i) = memchr::memrchr(b'\n', chunk) {
+            break start + i as u64 + 1;
+        }
+        end = start;
+    };
+    if keep < len {
+        f.set_len(keep)?;
+    }
+    Ok((f, keep))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cut_off_last_line_is_removed_before_appending() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("x.jsonl");
+        for (before, after) in [("", ""), ("a\n", "a\n"), ("a\nbc", "a\n"), ("abc", ""), ("a\nb\n", "a\nb\n")] {
+            std::fs::write(&p, before).expect("write");
+            let (mut f, len) = open_lines_for_append(&p).expect("open");
+            assert_eq!(len, after.len() as u64);
+            f.write_all(b"z\n").expect("append");
+            assert_eq!(std::fs::read_to_string(&p).expect("read"), format!("{after}z\n"), "{before:?}");
+        }
+        // A partial line longer than one read chunk.
+        let long = format!("ok\n{}", "x".repeat(200_000));
+        std::fs::write(&p, &long).expect("write");
+        assert_eq!(open_lines_for_append(&p).expect("open").1, 3);
+    }
+}

@@ -395,6 +395,7 @@ fn live(pipeline: &Path, input: Option<PathBuf>, listen: Option<String>, from_st
     // Each run keeps its own output directory, so a restart never overwrites history.
     let run_dir = p.state_dir.join("runs").join(now.to_string());
     let mut engine = engine::Engine::new(p.clone(), None, &input.display().to_string(), &run_dir)?;
+    engine.keep_deciding_when_sinks_fail();
     engine.set_next_decision_id(store.max_id_below(api::MANUAL_ID_BASE) + 1);
     // What the engine decided before a restart still counts: decisions in force
     // are not re-made shorter, and repeat offenders keep escalating.
@@ -468,7 +469,7 @@ fn live(pipeline: &Path, input: Option<PathBuf>, listen: Option<String>, from_st
     // worker never waits on a disk or on the engine's writes.
     let purge_stop = Arc::new(AtomicBool::new(false));
     let purger = {
-        let (store, stop) = (store.clone(), purge_stop.clone());
+        let (store, stop, metrics) = (store.clone(), purge_stop.clone(), state.metrics.clone());
         std::thread::Builder::new().name("purge".into()).spawn(move || {
             let mut last = std::time::Instant::now();
             while !stop.load(Ordering::Relaxed) {
@@ -476,6 +477,11 @@ fn live(pipeline: &Path, input: Option<PathBuf>, listen: Option<String>, from_st
                     last = std::time::Instant::now();
                     if let Err(e) = store.purge_expired(api::now_ms()) {
                         tracing::warn!(error = %e, "purging expired decisions failed");
+                    }
+                    // What a failed write (a full disk) left in memory only.
+                    match store.persist_pending() {
+                        Ok(n) => metrics.store_unpersisted.set(n as i64),
+                        Err(e) => tracing::warn!(error = %e, "writing the decision store failed"),
                     }
                 }
                 std::thread::sleep(std::time::Duration::from_millis(100));

@@ -15,15 +15,6 @@ fn append(path: &std::path::Path, text: &str) {
     f.flush().expect("flush");
 }
 
-fn metric(server: &Server, name: &str) -> f64 {
-    let (_, _, body) = server.get("/metrics", &[]);
-    body.lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("{name} not in /metrics:\n{body}"))
-}
-
 #[test]
 fn future_lines_are_clamped_and_detection_goes_on() {
     let (_dir, pipeline, input) = common::live_setup();
@@ -60,6 +51,6 @@ fn future_lines_are_clamped_and_detection_goes_on() {
     server.until("deny for the attacker after the future lines", |s| {
         s.json("/v1/decision?ip=203.0.113.78").1["action"] == "deny"
     });
-    assert_eq!(metric(&server, "gatewatch_input_anomalies_total{kind=\"future\"}"), 45.0);
-    assert_eq!(metric(&server, "gatewatch_input_anomalies_total{kind=\"late\"}"), 0.0);
+    assert_eq!(server.metric("gatewatch_input_anomalies_total{kind=\"future\"}"), 45.0);
+    assert_eq!(server.metric("gatewatch_input_anomalies_total{kind=\"late\"}"), 0.0);
 }

@@ -174,7 +174,7 @@ pub(super) async fn create(
     tokio::task::spawn_blocking(move || store.put_many(stored))
         .await
         .map_err(ApiError::internal)?
-        .map_err(ApiError::internal)?;
+        .map_err(ApiError::store)?;
     for d in &ds {
         state.metrics.decisions.with_label_values(&[d.source.as_str(), d.action.as_str()]).inc();
     }
@@ -210,7 +210,7 @@ pub(super) async fn delete(
     let store = state.store.clone();
     let key = entity.clone();
     let removed = tokio::task::spawn_blocking(move || store.remove(t, &key)).await.map_err(ApiError::internal)?;
-    match removed.map_err(ApiError::internal)? {
+    match removed.map_err(ApiError::store)? {
         Some(d) => Ok(Json(json!({ "deleted": d.id }))),
         None => Err(ApiError {
             status: StatusCode::NOT_FOUND,
@@ -282,7 +282,7 @@ pub(super) async fn allow(
         added_at: format_rfc3339(now_ms()),
     };
     let mut admin = state.admin.lock().await;
-    admin.overlay.add(entry.clone()).map_err(ApiError::internal)?;
+    admin.overlay.add(entry.clone()).map_err(ApiError::store)?;
     state.allowlist.store(Arc::new(admin.overlay.apply(&admin.pipeline.allowlist)));
     Ok((StatusCode::CREATED, Json(json!(entry))))
 }
@@ -307,7 +307,7 @@ pub(super) async fn disallow(
         message: format!("no allowlist entry for '{}': {}", shorten(value), e.message),
     })?;
     let mut admin = state.admin.lock().await;
-    let Some(removed) = admin.overlay.remove(kind, &value).map_err(ApiError::internal)? else {
+    let Some(removed) = admin.overlay.remove(kind, &value).map_err(ApiError::store)? else {
         let in_file = match kind {
             AllowKind::Cidr => admin.pipeline.allowlist.cidrs.iter().any(|n| n.to_string() == value),
             AllowKind::ApiKey => admin.pipeline.allowlist.api_keys.contains(&value),

@@ -21,7 +21,8 @@ pub struct Metrics {
     /// Input the engine kept or refused other than as it came, by kind:
     /// `reordered` (applied behind the watermark), `late` (older than every
     /// window: dead letter), `future` (stamped ahead of the wall clock: applied
-    /// at arrival), `unknown_value`, `truncated_field`.
+    /// at arrival), `clock_shifted` (stamped by a wall clock that was set
+    /// back: moved forward by the step), `unknown_value`, `truncated_field`.
     pub input_anomalies: IntCounterVec,
     pub state_bytes: IntGauge,
     pub state_budget_bytes: IntGauge,
@@ -30,10 +31,19 @@ pub struct Metrics {
     pub api_connections: IntGauge,
     /// Connections closed on arrival, by the limit they met (`total`, `per_address`).
     pub api_connections_refused: IntCounterVec,
+    /// Live sinks (`[[sinks]]`): writing now (1) or closed by a failure (0).
+    pub sink_up: prometheus::IntGaugeVec,
+    pub sink_errors: IntCounterVec,
+    /// Records a sink did not receive (or lost) while it had failed.
+    pub sink_dropped: IntCounterVec,
+    /// The engine's decisions (and expiries) enforced from memory because
+    /// the decision store could not be written; 0 once it is written again.
+    pub store_unpersisted: IntGauge,
 }
 
 /// Kinds of `gatewatch_input_anomalies_total`.
-pub const ANOMALY_KINDS: [&str; 5] = ["reordered", "late", "future", "unknown_value", "truncated_field"];
+pub const ANOMALY_KINDS: [&str; 6] =
+    ["reordered", "late", "future", "clock_shifted", "unknown_value", "truncated_field"];
 
 impl Metrics {
     pub fn new() -> Result<Metrics, prometheus::Error> {
@@ -71,6 +81,7 @@ impl Metrics {
                 "gatewatch_input_anomalies_total",
                 "Events kept or refused other than as they came: reordered (applied behind the watermark), late \
                  (older than every window: dead letter), future (ahead of the wall clock: applied at arrival), \
+                 clock_shifted (stamped by a wall clock that was set back: moved forward by the step), \
                  unknown_value, truncated_field",
             ),
             &["kind"],
@@ -102,6 +113,30 @@ impl Metrics {
         for l in [super::serve::REFUSED_TOTAL, super::serve::REFUSED_PER_ADDRESS] {
             api_connections_refused.with_label_values(&[l]);
         }
+        let sink_up = prometheus::IntGaugeVec::new(
+            Opts::new("gatewatch_sink_up", "Each output of the pipeline: writing (1) or closed by a failure (0)"),
+            &["sink"],
+        )?;
+        let sink_errors = IntCounterVec::new(
+            Opts::new("gatewatch_sink_errors_total", "Failures of each output (a full disk, a removed directory)"),
+            &["sink"],
+        )?;
+        let sink_dropped = IntCounterVec::new(
+            Opts::new(
+                "gatewatch_sink_dropped_total",
+                "Records (event rows, feature rows, decisions, dead letters) an output did not receive, or lost, \
+                 while it had failed",
+            ),
+            &["sink"],
+        )?;
+        let store_unpersisted = IntGauge::new(
+            "gatewatch_store_unpersisted_decisions",
+            "Engine decisions and expiries enforced from memory because the decision store cannot be written",
+        )?;
+        registry.register(Box::new(sink_up.clone()))?;
+        registry.register(Box::new(sink_errors.clone()))?;
+        registry.register(Box::new(sink_dropped.clone()))?;
+        registry.register(Box::new(store_unpersisted.clone()))?;
         registry.register(Box::new(api_connections.clone()))?;
         registry.register(Box::new(api_connections_refused.clone()))?;
         registry.register(Box::new(state_bytes.clone()))?;
@@ -137,6 +172,10 @@ impl Metrics {
             entities_evicted,
             api_connections,
             api_connections_refused,
+            sink_up,
+            sink_errors,
+            sink_dropped,
+            store_unpersisted,
         })
     }
 
@@ -154,6 +193,7 @@ impl Metrics {
             (s.reordered_events, &mut seen.reordered_events),
             (s.late_events, &mut seen.late_events),
             (s.future_events, &mut seen.future_events),
+            (s.clock_shifted_events, &mut seen.clock_shifted_events),
             (s.unknown_values, &mut seen.unknown_values),
             (s.truncated_fields, &mut seen.truncated_fields),
         ];
@@ -164,6 +204,12 @@ impl Metrics {
         self.state_budget_bytes.set(s.state_budget_bytes as i64);
         for (t, n) in &s.active_entities {
             self.entities.with_label_values(&[t.as_str()]).set(*n as i64);
+        }
+        for (name, h) in &s.sinks {
+            let before = seen.sinks.entry(name.clone()).or_default();
+            self.sink_up.with_label_values(&[name.as_str()]).set(i64::from(h.up));
+            add(&self.sink_errors.with_label_values(&[name.as_str()]), h.errors, &mut before.errors);
+            add(&self.sink_dropped.with_label_values(&[name.as_str()]), h.dropped, &mut before.dropped);
         }
     }
 

@@ -285,6 +285,12 @@ impl ApiError {
     pub fn internal(e: impl std::fmt::Display) -> Self {
         ApiError { status: StatusCode::INTERNAL_SERVER_ERROR, message: e.to_string() }
     }
+
+    /// The decision store could not be written (a full disk): the change was
+    /// not made, and trying again once the disk has room will work.
+    pub fn store(e: impl std::fmt::Display) -> Self {
+        ApiError { status: StatusCode::SERVICE_UNAVAILABLE, message: format!("{e}; nothing was changed") }
+    }
 }
 
 /// A decision as the API shows it.

@@ -6,6 +6,7 @@
 //! so features, sinks and analysts see one schema whatever the gateway.
 
 pub mod batch;
+pub mod clock;
 pub mod json;
 pub mod mapping;
 pub mod nginx;

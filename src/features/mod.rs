@@ -154,6 +154,9 @@ pub struct Snapshot {
     /// Whether this snapshot covers everything since the last persisted one
     /// (and so belongs in the `features` table).
     pub persist: bool,
+    /// An early evaluation (live mode, [`FeatureEngine::evaluate_now`]):
+    /// windows part-way through a tick, for the rules only.
+    pub early: bool,
 }
 
 /// Bytes an entity costs besides its state: its index in the map (and
@@ -179,6 +182,9 @@ struct Table {
     seen: Vec<i64>,
     dirty: Vec<u32>,
     sink_dirty: Vec<u32>,
+    /// Touched since the last early evaluation; kept only when `early` is on.
+    early_dirty: Vec<u32>,
+    early: bool,
     /// Σ [`EntityState::bytes`] over `states`, kept as they change.
     state_bytes: usize,
 }
@@ -251,7 +257,11 @@ impl Table {
         if s.dirty & state::DIRTY_SINK == 0 {
             self.sink_dirty.push(i as u32);
         }
-        s.dirty = state::DIRTY_TICK | state::DIRTY_SINK;
+        if self.early && s.dirty & state::DIRTY_EARLY == 0 {
+            self.early_dirty.push(i as u32);
+            s.dirty |= state::DIRTY_EARLY;
+        }
+        s.dirty |= state::DIRTY_TICK | state::DIRTY_SINK;
     }
 
     /// Forgets entities idle since before `cutoff` whose rows have been emitted.
@@ -316,6 +326,7 @@ impl Table {
         };
         fix(&mut self.dirty);
         fix(&mut self.sink_dirty);
+        fix(&mut self.early_dirty);
         removed
     }
 }
@@ -560,7 +571,18 @@ impl FeatureEngine {
     /// plus the lateness later. Replay never calls it, so replay stays a pure
     /// function of its input.
     pub fn evaluate_now(&mut self) -> Result<Option<Snapshot>, ArrowError> {
-        self.tick(false)
+        if !self.tables[0].early {
+            // From now on every touch is tracked for early evaluation too,
+            // starting with what the next tick will judge.
+            for t in &mut self.tables {
+                t.early = true;
+                t.early_dirty = t.dirty.clone();
+                for &i in &t.early_dirty {
+                    t.states[i as usize].dirty |= state::DIRTY_EARLY;
+                }
+            }
+        }
+        self.tick_with(Emit::Early)
     }
 
     /// Emits the pending rows now (end of input, shutdown).
@@ -685,10 +707,15 @@ impl FeatureEngine {
     }
 
     /// Emits the rows due at this tick. Invariants: `dirty` lists exactly the
-    /// entities with `DIRTY_TICK`, `sink_dirty` those with `DIRTY_SINK`, and
-    /// `dirty ⊆ sink_dirty` (marking sets both; only a persisted tick clears the latter).
+    /// entities with `DIRTY_TICK`, `sink_dirty` those with `DIRTY_SINK`,
+    /// `early_dirty` those with `DIRTY_EARLY`, and `dirty ∪ early_dirty ⊆
+    /// sink_dirty` (marking sets them all; only a persisted tick clears the last).
     fn tick(&mut self, persist: bool) -> Result<Option<Snapshot>, ArrowError> {
-        self.stats.ticks += 1;
+        self.tick_with(if persist { Emit::Persist } else { Emit::Tick })
+    }
+
+    fn tick_with(&mut self, emit: Emit) -> Result<Option<Snapshot>, ArrowError> {
+        self.stats.ticks += u64::from(emit != Emit::Early);
         if self.max_ts == i64::MIN {
             return Ok(None);
         }
@@ -696,33 +723,59 @@ impl FeatureEngine {
         let mut batches = Vec::new();
         for t in EntityType::ALL {
             let table = &mut self.tables[t.index()];
-            let rows = if persist {
-                table.dirty.clear();
-                let rows = std::mem::take(&mut table.sink_dirty);
-                for &i in &rows {
-                    table.states[i as usize].dirty = 0;
+            let rows = match emit {
+                Emit::Persist => {
+                    table.dirty.clear();
+                    table.early_dirty.clear();
+                    let rows = std::mem::take(&mut table.sink_dirty);
+                    for &i in &rows {
+                        table.states[i as usize].dirty = 0;
+                    }
+                    rows
                 }
-                rows
-            } else {
-                let rows = std::mem::take(&mut table.dirty);
-                for &i in &rows {
-                    table.states[i as usize].dirty &= !state::DIRTY_TICK;
+                // An early evaluation leaves the tick's own list alone, so
+                // that every tick judges exactly what it would in a replay.
+                Emit::Tick | Emit::Early => {
+                    let (list, bit) = match emit {
+                        Emit::Tick => (&mut table.dirty, state::DIRTY_TICK),
+                        _ => (&mut table.early_dirty, state::DIRTY_EARLY),
+                    };
+                    let rows = std::mem::take(list);
+                    for &i in &rows {
+                        table.states[i as usize].dirty &= !bit;
+                    }
+                    if !self.judged[t.index()] {
+                        continue;
+                    }
+                    rows
                 }
-                if !self.judged[t.index()] {
-                    continue;
-                }
-                rows
             };
             if rows.is_empty() {
                 continue;
             }
-            let need = if persist { &[true; NF] } else { &self.needed[t.index()] };
+            let need = if emit == Emit::Persist { &[true; NF] } else { &self.needed[t.index()] };
             let batch = build_batch_masked(t, now, rows.iter().map(|&i| &*table.states[i as usize]), need)?;
             self.stats.feature_rows += batch.num_rows() as u64;
             batches.push((t, batch));
         }
-        Ok((!batches.is_empty()).then_some(Snapshot { as_of_ms: now, batches, persist }))
+        Ok((!batches.is_empty()).then_some(Snapshot {
+            as_of_ms: now,
+            batches,
+            persist: emit == Emit::Persist,
+            early: emit == Emit::Early,
+        }))
     }
+}
+
+/// What a tick emits rows for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Emit {
+    /// Entities touched since the last tick.
+    Tick,
+    /// Every entity touched since the last persisted snapshot, every feature.
+    Persist,
+    /// Entities touched since the last early evaluation (live mode).
+    Early,
 }
 
 /// Builds one feature batch for `states` of entity type `t` as of `now`.

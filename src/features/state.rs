@@ -99,7 +99,8 @@ pub struct EntityState {
     iat_mean: f32,
     iat_var: f32,
     iat_n: u32,
-    /// [`DIRTY_TICK`] and [`DIRTY_SINK`] bits: touched since the last tick / snapshot.
+    /// [`DIRTY_TICK`], [`DIRTY_SINK`] and [`DIRTY_EARLY`] bits: touched since
+    /// the last tick / snapshot / early evaluation.
     pub dirty: u8,
 }
 
@@ -117,6 +118,8 @@ const ID_NEAR: u32 = 32;
 pub const DIRTY_TICK: u8 = 1;
 /// Touched since the last persisted snapshot.
 pub const DIRTY_SINK: u8 = 2;
+/// Touched since the last early evaluation (live mode).
+pub const DIRTY_EARLY: u8 = 4;
 
 impl EntityState {
     pub fn new(key: Key, ts: i64) -> Self {

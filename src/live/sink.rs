@@ -39,10 +39,13 @@ impl Sink for StoreSink {
         // Event time is already bounded by the wall clock in live mode; this
         // makes sure no automatic decision outlives max_ttl from now,
         // whatever stamped it.
+        // A decision stamped ahead of the wall clock (engine time runs ahead
+        // of a clock that was set back) is moved back whole, keeping its TTL.
         let now = now_ms();
         let mut d = d.clone();
-        d.created_ms = d.created_ms.min(now);
-        d.expires_ms = d.expires_ms.min(now.saturating_add(self.max_ttl_ms));
+        let ahead = d.created_ms.saturating_sub(now).max(0);
+        d.created_ms -= ahead;
+        d.expires_ms = d.expires_ms.saturating_sub(ahead).min(now.saturating_add(self.max_ttl_ms));
         if let Err(e) = self.store.put_automatic(d, now) {
             self.metrics.store_errors.inc();
             tracing::error!(error = %e, "decision not persisted");

@@ -218,10 +218,37 @@ impl ChangeLog {
 
 /// What only the (single) writer touches.
 struct Writer {
-    db: redb::Database,
+    /// `None` after a write failed: redb refuses every later transaction
+    /// until the database is closed and opened again, which the next write tries.
+    db: Option<redb::Database>,
     seq: u64,
     /// (expires_ms, key) of every decision held, to purge without a scan.
     expiry: BTreeSet<(i64, String)>,
+    /// Keys whose published state is not on disk yet: the engine's decisions
+    /// (and expiries) made while the store could not be written. Every later
+    /// commit writes them too; [`LiveStore::persist_pending`] retries alone.
+    unpersisted: BTreeSet<String>,
+    /// After a failed write, when to try the disk again: a burst of decisions
+    /// on a full disk must not make each of them open (and repair) the file.
+    retry_at: Option<(std::time::Instant, String)>,
+}
+
+/// The pause between attempts to write a store that failed.
+const STORE_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A commit's edits: key, the decision now (`None`: removed), how it changed.
+type Edits = Vec<(String, Option<Arc<Decision>>, ChangeKind)>;
+
+/// Whether a commit may be published when it cannot be written.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Durability {
+    /// An operator's change: refused unless on disk, so the caller learns it
+    /// did not happen.
+    Required,
+    /// The engine's decisions and expiries: enforced from memory at once and
+    /// written when the disk allows, since a full disk must not switch
+    /// detection off.
+    Deferred,
 }
 
 /// Opens the store at `path`, creating it only where no file exists.
@@ -345,7 +372,7 @@ impl LiveStore {
         let store = LiveStore {
             path: path.clone(),
             published: ArcSwap::from_pointee(published),
-            writer: Mutex::new(Writer { db, seq, expiry }),
+            writer: Mutex::new(Writer { db: Some(db), seq, expiry, unpersisted: BTreeSet::new(), retry_at: None }),
             log: Mutex::new(ChangeLog { last: seq, entries: VecDeque::new(), retention: retention.max(1) }),
             notify,
         };
@@ -365,11 +392,7 @@ impl LiveStore {
     /// transaction, then publishes them to readers and to the change log.
     /// Called with the writer lock held, so changes are numbered, stored and
     /// published in one order.
-    fn commit(
-        &self,
-        w: &mut Writer,
-        mut edits: Vec<(String, Option<Arc<Decision>>, ChangeKind)>,
-    ) -> Result<Vec<Change>, StoreError> {
+    fn commit(&self, w: &mut Writer, mut edits: Edits, durability: Durability) -> Result<Vec<Change>, StoreError> {
         {
             let current = self.published.load();
             edits.retain(|(k, d, _)| d.is_some() || current.map.contains_key(k));
@@ -377,30 +400,19 @@ impl LiveStore {
         if edits.is_empty() {
             return Ok(Vec::new());
         }
-        let tx = w.db.begin_write().map_err(|e| self.err(e))?;
-        {
-            let mut t = tx.open_table(DECISIONS).map_err(|e| self.err(e))?;
-            for (key, d, _) in &edits {
-                match d {
-                    Some(d) => {
-                        let bytes = serde_json::to_vec(&**d).map_err(|e| self.err(e))?;
-                        t.insert(key.as_str(), bytes.as_slice()).map_err(|e| self.err(e))?;
-                    }
-                    None => {
-                        t.remove(key.as_str()).map_err(|e| self.err(e))?;
-                    }
-                }
+        if let Err(e) = self.persist(w, &edits) {
+            if durability == Durability::Required {
+                return Err(e);
             }
-            let mut offenses = tx.open_table(OFFENSES).map_err(|e| self.err(e))?;
-            for (key, d, _) in &edits {
-                if let Some(d) = d.as_ref().filter(|d| d.offense > 0) {
-                    offenses.insert(key.as_str(), (d.offense, d.created_ms)).map_err(|e| self.err(e))?;
-                }
+            if w.unpersisted.is_empty() {
+                tracing::error!(
+                    error = %e,
+                    "decision store cannot be written: the engine's decisions are enforced from memory and \
+                     written when it can be (gatewatch_store_unpersisted_decisions)"
+                );
             }
-            let mut meta = tx.open_table(META).map_err(|e| self.err(e))?;
-            meta.insert(SEQ, w.seq + edits.len() as u64).map_err(|e| self.err(e))?;
+            w.unpersisted.extend(edits.iter().map(|(k, _, _)| k.clone()));
         }
-        tx.commit().map_err(|e| self.err(e))?;
         let mut next = (**self.published.load()).clone();
         let mut changes = Vec::with_capacity(edits.len());
         for (key, d, kind) in edits {
@@ -433,9 +445,78 @@ impl LiveStore {
         Ok(changes)
     }
 
+    /// The open database, opening it again after a failed write.
+    fn db<'w>(&self, w: &'w mut Writer) -> Result<&'w redb::Database, StoreError> {
+        if w.db.is_none() {
+            if let Some((at, why)) = &w.retry_at {
+                if std::time::Instant::now() < *at {
+                    return Err(self.err(format!("{why} (tried again every second)")));
+                }
+            }
+            let db = redb::Database::open(&self.path).map_err(|e| self.err(format!("cannot open again: {e}")))?;
+            tracing::debug!(path = %self.path.display(), "decision store opened again after a failed write");
+            w.db = Some(db);
+        }
+        w.db.as_ref().ok_or_else(|| self.err("not open"))
+    }
+
+    /// Writes `edits`, and every key still waiting from an earlier failure,
+    /// in one transaction. On failure the database is closed (redb refuses
+    /// every later transaction until it is opened again) and nothing counts
+    /// as written.
+    fn persist(&self, w: &mut Writer, edits: &Edits) -> Result<(), StoreError> {
+        let pending: Vec<(String, Option<Arc<Decision>>)> = {
+            let current = self.published.load();
+            w.unpersisted
+                .iter()
+                .filter(|k| !edits.iter().any(|(e, _, _)| e == *k))
+                .map(|k| (k.clone(), current.map.get(k).cloned()))
+                .collect()
+        };
+        let writes = edits.iter().map(|(k, d, _)| (k, d.as_ref())).chain(pending.iter().map(|(k, d)| (k, d.as_ref())));
+        let seq = w.seq + edits.len() as u64;
+        let written = self.db(w).and_then(|db| write_tx(db, writes, seq).map_err(|e| self.err(e)));
+        match written {
+            Ok(()) => {
+                w.retry_at = None;
+                if !w.unpersisted.is_empty() {
+                    tracing::info!(decisions = w.unpersisted.len(), "decision store written again");
+                    w.unpersisted.clear();
+                }
+                Ok(())
+            }
+            Err(e) => {
+                w.db = None;
+                w.retry_at = Some((std::time::Instant::now() + STORE_RETRY, e.message.clone()));
+                Err(e)
+            }
+        }
+    }
+
+    /// Writes what a failed write left in memory only; returns how many keys
+    /// are still waiting. Called periodically by `run`.
+    pub fn persist_pending(&self) -> Result<usize, StoreError> {
+        let mut w = self.writer()?;
+        if w.unpersisted.is_empty() {
+            return Ok(0);
+        }
+        match self.persist(&mut w, &Vec::new()) {
+            Ok(()) => Ok(0),
+            Err(e) => {
+                tracing::debug!(error = %e, "decision store still cannot be written");
+                Ok(w.unpersisted.len())
+            }
+        }
+    }
+
+    /// Decisions (and expiries) enforced but not yet on disk.
+    pub fn unpersisted(&self) -> usize {
+        self.writer().map(|w| w.unpersisted.len()).unwrap_or(0)
+    }
+
     /// Persists, then publishes, a decision: it replaces whatever was in force for its entity.
     pub fn put(&self, d: Decision) -> Result<(), StoreError> {
-        self.put_if(d, i64::MIN, |_| true).map(|_| ())
+        self.put_if(d, i64::MIN, Durability::Required, |_| true).map(|_| ())
     }
 
     /// Stores many decisions in one transaction: all or none.
@@ -454,7 +535,7 @@ impl LiveStore {
             })
             .collect();
         drop(current);
-        self.commit(&mut w, edits)?;
+        self.commit(&mut w, edits, Durability::Required)?;
         Ok(())
     }
 
@@ -462,7 +543,7 @@ impl LiveStore {
     /// same entity: what an operator decided (an allow above all) is not undone
     /// by the next rule hit. Returns whether it was stored.
     pub fn put_automatic(&self, d: Decision, now_ms: i64) -> Result<bool, StoreError> {
-        self.put_if(d, now_ms, |cur| !cur.is_some_and(|c| c.source.starts_with("manual:")))
+        self.put_if(d, now_ms, Durability::Deferred, |cur| !cur.is_some_and(|c| c.source.starts_with("manual:")))
     }
 
     /// Stores `d` if `allowed` accepts the decision in force on its entity (checked
@@ -471,6 +552,7 @@ impl LiveStore {
         &self,
         d: Decision,
         now_ms: i64,
+        durability: Durability,
         allowed: impl Fn(Option<&Decision>) -> bool,
     ) -> Result<bool, StoreError> {
         let key = store_key(&d);
@@ -481,7 +563,7 @@ impl LiveStore {
             return Ok(false);
         }
         let kind = if in_force.is_some() { ChangeKind::Changed } else { ChangeKind::Created };
-        self.commit(&mut w, vec![(key, Some(Arc::new(d)), kind)])?;
+        self.commit(&mut w, vec![(key, Some(Arc::new(d)), kind)], durability)?;
         Ok(true)
     }
 
@@ -492,7 +574,7 @@ impl LiveStore {
         if !self.published.load().map.contains_key(&key) {
             return Ok(None);
         }
-        let changes = self.commit(&mut w, vec![(key, None, ChangeKind::Deleted)])?;
+        let changes = self.commit(&mut w, vec![(key, None, ChangeKind::Deleted)], Durability::Required)?;
         Ok(changes.into_iter().next().map(|c| c.decision))
     }
 
@@ -502,14 +584,14 @@ impl LiveStore {
         let due: Vec<String> =
             w.expiry.range(..(now_ms.saturating_add(1), String::new())).map(|(_, k)| k.clone()).collect();
         let edits: Vec<_> = due.into_iter().map(|k| (k, None, ChangeKind::Expired)).collect();
-        Ok(self.commit(&mut w, edits)?.len())
+        Ok(self.commit(&mut w, edits, Durability::Deferred)?.len())
     }
 
     /// Offences recorded since `since_ms`: (entity type, entity, count, when).
     /// Older ones are deleted: they no longer count towards escalation.
     pub fn offenses(&self, since_ms: i64) -> Result<Vec<(EntityType, String, u32, i64)>, StoreError> {
-        let w = self.writer()?;
-        let tx = w.db.begin_write().map_err(|e| self.err(e))?;
+        let mut w = self.writer()?;
+        let tx = self.db(&mut w)?.begin_write().map_err(|e| self.err(e))?;
         let mut out = Vec::new();
         {
             let mut t = tx.open_table(OFFENSES).map_err(|e| self.err(e))?;
@@ -635,6 +717,38 @@ impl LiveStore {
     }
 }
 
+/// One transaction: each key's decision written (or removed), its offence
+/// recorded, the sequence number stored.
+fn write_tx<'a>(
+    db: &redb::Database,
+    writes: impl Iterator<Item = (&'a String, Option<&'a Arc<Decision>>)>,
+    seq: u64,
+) -> Result<(), String> {
+    let e = |e: &dyn std::fmt::Display| e.to_string();
+    let tx = db.begin_write().map_err(|x| e(&x))?;
+    {
+        let mut t = tx.open_table(DECISIONS).map_err(|x| e(&x))?;
+        let mut offenses = tx.open_table(OFFENSES).map_err(|x| e(&x))?;
+        for (key, d) in writes {
+            match d {
+                Some(d) => {
+                    let bytes = serde_json::to_vec(&**d).map_err(|x| e(&x))?;
+                    t.insert(key.as_str(), bytes.as_slice()).map_err(|x| e(&x))?;
+                    if d.offense > 0 {
+                        offenses.insert(key.as_str(), (d.offense, d.created_ms)).map_err(|x| e(&x))?;
+                    }
+                }
+                None => {
+                    t.remove(key.as_str()).map_err(|x| e(&x))?;
+                }
+            }
+        }
+        let mut meta = tx.open_table(META).map_err(|x| e(&x))?;
+        meta.insert(SEQ, seq).map_err(|x| e(&x))?;
+    }
+    tx.commit().map_err(|x| e(&x))
+}
+
 fn active_in(map: &Map, now_ms: i64) -> Vec<Arc<Decision>> {
     let mut v: Vec<_> = map.values().filter(|d| d.expires_ms > now_ms).cloned().collect();
     v.sort_by_key(|d| d.id);
@@ -658,6 +772,35 @@ mod tests {
             expires_ms: expires,
             offense: 0,
         }
+    }
+
+    /// The real full disk is in `tests/drills.rs`; here the file is replaced
+    /// by a directory, so that neither writing nor opening it again works.
+    #[test]
+    fn a_store_that_cannot_be_written_still_enforces_the_engines_decisions() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = LiveStore::open(dir.path(), 0).unwrap();
+        let path = dir.path().join("decisions.redb");
+        s.writer().unwrap().db = None;
+        std::fs::rename(&path, dir.path().join("aside")).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        assert!(s.put_automatic(d(1, EntityType::Ip, "203.0.113.7", Action::Deny, 10_000), 0).unwrap());
+        assert_eq!(s.get(EntityType::Ip, "203.0.113.7", 0).map(|d| d.action), Some(Action::Deny), "enforced");
+        assert_eq!(s.unpersisted(), 1);
+        let e = s
+            .put(d(2, EntityType::User, "alice", Action::Deny, 10_000))
+            .expect_err("an operator's change needs the disk");
+        assert!(e.to_string().contains("decisions.redb"), "{e}");
+        assert!(s.get(EntityType::User, "alice", 0).is_none(), "and is not made without it");
+        assert_eq!(s.persist_pending().unwrap(), 1, "still waiting");
+        // Room again, and the pause between attempts over.
+        std::fs::remove_dir(&path).unwrap();
+        std::fs::rename(dir.path().join("aside"), &path).unwrap();
+        s.writer().unwrap().retry_at = None;
+        assert_eq!(s.persist_pending().unwrap(), 0);
+        drop(s);
+        let s = LiveStore::open(dir.path(), 0).unwrap();
+        assert_eq!(s.get(EntityType::Ip, "203.0.113.7", 0).map(|d| d.id), Some(1), "written once it could be");
     }
 
     #[test]
@@ -685,7 +828,7 @@ mod tests {
         s.put(d(2, EntityType::User, "bob", Action::Deny, 10_000)).unwrap();
         {
             let w = s.writer().unwrap();
-            let tx = w.db.begin_write().unwrap();
+            let tx = w.db.as_ref().unwrap().begin_write().unwrap();
             tx.open_table(DECISIONS)
                 .unwrap()
                 .insert(key_of(EntityType::User, "bob").as_str(), b"{\"id\":2,\"entity\":".as_slice())

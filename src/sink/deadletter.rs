@@ -79,6 +79,8 @@ pub struct DeadLetterSink {
     in_rotated: u64,
     discarded: u64,
     line: Vec<u8>,
+    /// Continue the file that is there (after a failure) instead of starting it anew.
+    resume: bool,
 }
 
 impl DeadLetterSink {
@@ -98,7 +100,14 @@ impl DeadLetterSink {
             in_rotated: 0,
             discarded: 0,
             line: Vec::new(),
+            resume: false,
         }
+    }
+
+    /// Like [`DeadLetterSink::with_limit`], continuing the file already there
+    /// (a cut-off last line removed) instead of replacing it.
+    pub fn resume(path: &Path, max_bytes: u64) -> Self {
+        DeadLetterSink { resume: true, ..Self::with_limit(path, max_bytes) }
     }
 
     pub fn count(&self) -> u64 {
@@ -150,7 +159,16 @@ impl DeadLetterSink {
             self.rotate().map_err(|e| io(&self.path, e))?;
         }
         if self.out.is_none() {
-            self.out = Some(BufWriter::new(File::create(&self.path).map_err(|e| io(&self.path, e))?));
+            let f = if std::mem::take(&mut self.resume) {
+                let (f, len) = crate::fsutil::open_lines_for_append(&self.path).map_err(|e| io(&self.path, e))?;
+                self.bytes = len;
+                // Letters already there count towards what rotation may discard.
+                self.in_file = count_lines(&self.path).map_err(|e| io(&self.path, e))?;
+                f
+            } else {
+                File::create(&self.path).map_err(|e| io(&self.path, e))?
+            };
+            self.out = Some(BufWriter::new(f));
         }
         if let Some(out) = self.out.as_mut() {
             out.write_all(&self.line).map_err(|source| SinkError::Io { path: self.path.clone(), source })?;
@@ -166,6 +184,21 @@ impl DeadLetterSink {
             out.flush().map_err(|source| SinkError::Io { path: self.path.clone(), source })?;
         }
         Ok(())
+    }
+}
+
+/// Newlines in the file at `path`, read a block at a time.
+fn count_lines(path: &Path) -> std::io::Result<u64> {
+    use std::io::Read;
+    let mut f = File::open(path)?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut n = 0u64;
+    loop {
+        let got = f.read(&mut buf)?;
+        if got == 0 {
+            return Ok(n);
+        }
+        n += memchr::memchr_iter(b'\n', &buf[..got]).count() as u64;
     }
 }
 

@@ -19,6 +19,13 @@ impl DecisionsJsonl {
         Ok(DecisionsJsonl { path: path.to_path_buf(), out: BufWriter::new(f) })
     }
 
+    /// Continues the file after a failure: a cut-off last line is removed first.
+    pub fn append(path: &Path) -> Result<Self, SinkError> {
+        let (f, _) = crate::fsutil::open_lines_for_append(path)
+            .map_err(|source| SinkError::Io { path: path.to_path_buf(), source })?;
+        Ok(DecisionsJsonl { path: path.to_path_buf(), out: BufWriter::new(f) })
+    }
+
     fn io(&self, source: std::io::Error) -> SinkError {
         SinkError::Io { path: self.path.clone(), source }
     }

@@ -31,6 +31,7 @@
 pub mod deadletter;
 pub mod jsonl;
 pub mod parquet;
+pub mod resilient;
 
 use std::path::Path;
 
@@ -41,6 +42,7 @@ use crate::decision::Decision;
 pub use deadletter::{DeadLetter, DeadLetterSink};
 pub use jsonl::DecisionsJsonl;
 pub use parquet::{ParquetSink, ParquetTable};
+pub use resilient::Resilient;
 
 /// A sink failed; the run stops, since continuing would lose data silently.
 #[derive(Debug, thiserror::Error)]
@@ -128,6 +130,24 @@ pub trait Sink: Send {
     fn finish(self: Box<Self>) -> Result<(), SinkError> {
         Ok(())
     }
+
+    /// How the sink has fared, for sinks that outlive their failures
+    /// ([`Resilient`]); `None` for a sink whose failure ends the run.
+    fn health(&self) -> Option<SinkHealth> {
+        None
+    }
+}
+
+/// A live sink's record of failures (`/metrics`, the summary).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SinkHealth {
+    /// Writing right now.
+    pub up: bool,
+    /// Failures (each one closes the sink until it opens again).
+    pub errors: u64,
+    /// Records (event rows, feature rows, decisions, dead letters) it did not
+    /// receive while it was down, the one that failed included.
+    pub dropped: u64,
 }
 
 /// The kinds of sink a pipeline's `[[sinks]]` may name.
@@ -170,6 +190,20 @@ impl SinkSpec {
             SinkSpec { kind: SinkKind::DeadLetters, tables: Vec::new(), max_bytes: None },
         ]
     }
+}
+
+/// Opens the sink `spec` describes again after a failure, continuing what is
+/// in `dir`: a new Parquet part file, the JSON-lines files appended to (a
+/// cut-off last line removed first).
+pub fn resume(spec: &SinkSpec, dir: &Path) -> Result<Box<dyn Sink>, SinkError> {
+    Ok(match spec.kind {
+        SinkKind::Parquet => Box::new(ParquetSink::resume(dir, &spec.tables)?),
+        SinkKind::DecisionsJsonl => Box::new(DecisionsJsonl::append(&dir.join("decisions.jsonl"))?),
+        SinkKind::DeadLetters => Box::new(DeadLetterSink::resume(
+            &dir.join("dead_letters.jsonl"),
+            spec.max_bytes.unwrap_or(deadletter::DEFAULT_MAX_BYTES),
+        )),
+    })
 }
 
 /// Opens the sink `spec` describes, writing into the run directory `dir`.

@@ -39,8 +39,19 @@ impl ParquetTable {
     /// dictionary is pure overhead. Measured: turning dictionaries off everywhere
     /// made replay slower (more bytes to compress), so they stay on elsewhere.
     pub fn create(dir: &Path, schema: SchemaRef, plain: &[&str]) -> Result<Self, SinkError> {
+        Self::create_part(dir, schema, plain, false)
+    }
+
+    /// Creates the table's next part file (`part-N.parquet`, the first N not
+    /// there) instead of `part-0.parquet`: the table continues after a failure.
+    pub fn create_next(dir: &Path, schema: SchemaRef, plain: &[&str]) -> Result<Self, SinkError> {
+        Self::create_part(dir, schema, plain, true)
+    }
+
+    fn create_part(dir: &Path, schema: SchemaRef, plain: &[&str], next: bool) -> Result<Self, SinkError> {
         std::fs::create_dir_all(dir).map_err(|source| SinkError::Io { path: dir.to_path_buf(), source })?;
-        let path: PathBuf = dir.join("part-0.parquet");
+        let n = if next { (0u32..).find(|n| !dir.join(format!("part-{n}.parquet")).exists()).unwrap_or(0) } else { 0 };
+        let path: PathBuf = dir.join(format!("part-{n}.parquet"));
         let file = File::create(&path).map_err(|source| SinkError::Io { path: path.clone(), source })?;
         let mut props = WriterProperties::builder()
             .set_compression(Compression::SNAPPY)
@@ -61,12 +72,30 @@ impl ParquetTable {
             .name(format!("sink-{name}"))
             .spawn(move || {
                 let mut rows = 0u64;
-                for batch in rx {
-                    rows += batch.num_rows() as u64;
-                    writer.write(&batch).map_err(|source| SinkError::Parquet { path: path.clone(), source })?;
+                let written = || -> Result<(), datafusion::parquet::errors::ParquetError> {
+                    for batch in rx {
+                        rows += batch.num_rows() as u64;
+                        writer.write(&batch)?;
+                    }
+                    writer.close()?;
+                    Ok(())
+                };
+                match written() {
+                    Ok(()) => Ok(rows),
+                    Err(source) => {
+                        // A part file without its footer is unreadable, and one
+                        // such file breaks every query over the table: it goes.
+                        let removed = std::fs::remove_file(&path);
+                        tracing::error!(
+                            file = %path.display(),
+                            rows,
+                            error = %source,
+                            removed = removed.is_ok(),
+                            "a Parquet part file could not be finished; it is removed and its rows are lost"
+                        );
+                        Err(SinkError::Parquet { path: path.clone(), source })
+                    }
                 }
-                writer.close().map_err(|source| SinkError::Parquet { path: path.clone(), source })?;
-                Ok(rows)
             })
             .map_err(|source| SinkError::Io { path: dir.to_path_buf(), source })?;
         Ok(ParquetTable { name, tx: Some(tx), handle: Some(handle) })
@@ -213,9 +242,22 @@ pub struct ParquetSink {
 impl ParquetSink {
     /// Opens the named tables (`events`, `features`, `decisions`) under `dir`.
     pub fn create(dir: &Path, tables: &[String]) -> Result<Self, SinkError> {
+        Self::open(dir, tables, false)
+    }
+
+    /// Like [`ParquetSink::create`], each table continuing in a new part file.
+    pub fn resume(dir: &Path, tables: &[String]) -> Result<Self, SinkError> {
+        Self::open(dir, tables, true)
+    }
+
+    fn open(dir: &Path, tables: &[String], next: bool) -> Result<Self, SinkError> {
         let want = |t: &str| tables.iter().any(|n| n == t);
         let open = |name: &str, schema: SchemaRef, plain: &[&str]| -> Result<Option<ParquetTable>, SinkError> {
-            if want(name) { ParquetTable::create(&dir.join(name), schema, plain).map(Some) } else { Ok(None) }
+            if want(name) {
+                ParquetTable::create_part(&dir.join(name), schema, plain, next).map(Some)
+            } else {
+                Ok(None)
+            }
         };
         Ok(ParquetSink {
             events: open("events", crate::event::schema(), EVENT_PLAIN)?,

@@ -91,9 +91,20 @@ pub fn start_run_with(
     input: &std::path::Path,
     open_files: Option<u64>,
 ) -> (std::process::Child, String) {
+    start_run_env(pipeline, input, open_files, &[])
+}
+
+/// [`start_run_with`], with `env` added to the process's environment.
+pub fn start_run_env(
+    pipeline: &std::path::Path,
+    input: &std::path::Path,
+    open_files: Option<u64>,
+    env: &[(&str, &std::ffi::OsStr)],
+) -> (std::process::Child, String) {
     use std::io::{BufRead, BufReader};
     use std::os::unix::process::CommandExt;
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_gatewatch"));
+    cmd.envs(env.iter().copied());
     cmd.arg("--pipeline")
         .arg(pipeline)
         .args(["run", "--listen", "127.0.0.1:0", "--input"])
@@ -126,9 +137,15 @@ pub fn start_run_with(
 
 /// `n` failed password logins for different accounts from `ip`, stamped now.
 pub fn stuffing_lines(ip: &str, n: usize) -> String {
+    stuffing_lines_at(ip, n, 0)
+}
+
+/// [`stuffing_lines`] stamped `offset_ms` from now (a gateway whose clock is off).
+pub fn stuffing_lines_at(ip: &str, n: usize, offset_ms: i64) -> String {
     (0..n)
         .map(|i| {
-            let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as i64;
+            let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as i64
+                + offset_ms;
             format!(
                 r#"{{"ts":"{}","client_ip":"{ip}","method":"POST","path":"/oauth/token","status":401,"grant_type":"password","auth_result":"invalid_credentials","user_id":"leaked{i}@example.com","api_key_id":"mobile-android"}}"#,
                 gatewatch::event::time::format_rfc3339(ms)
@@ -182,6 +199,17 @@ impl Server {
         let ok = std::process::Command::new("kill").arg(sig).arg(self.child.id().to_string()).status().expect("kill");
         assert!(ok.success());
         self.child.wait().expect("wait")
+    }
+
+    /// One sample of `/metrics`, named as exposed (labels included:
+    /// `gatewatch_sink_up{sink="parquet"}`).
+    pub fn metric(&self, name: &str) -> f64 {
+        let (_, _, body) = self.get("/metrics", &[]);
+        body.lines()
+            .find(|l| l.split(' ').next() == Some(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} not in /metrics:\n{body}"))
     }
 
     /// Polls until `f` holds, up to a generous bound (never a timing assertion).
