@@ -21,8 +21,8 @@ use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, Float64Builder, StringArray, StringBuilder, TimestampMillisecondArray,
-    TimestampMillisecondBuilder, UInt16Array, UInt32Array, UInt64Array, new_null_array,
+    Array, ArrayRef, StringArray, StringBuilder, TimestampMillisecondArray, UInt16Array, UInt32Array, UInt64Array,
+    new_null_array,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::error::ArrowError;
@@ -159,20 +159,24 @@ pub struct Snapshot {
     pub early: bool,
 }
 
-/// Bytes an entity costs besides its state: its index in the map (and
-/// hashbrown's control byte), its slot in `states` and its time in `seen`.
-const ENTRY_BYTES: usize = std::mem::size_of::<u32>() + 1;
+/// Bytes an entity costs besides its state: its map entry (index and hash,
+/// and hashbrown's control byte), its slot in `states` and its time in `seen`.
+const ENTRY_BYTES: usize = std::mem::size_of::<(u32, u32)>() + 1;
 const SLOT_BYTES: usize = std::mem::size_of::<Box<EntityState>>() + std::mem::size_of::<i64>();
 
-/// The entities of one type. The map holds only indices into `states` and
-/// compares names with the one stored in the state (usually inline, see
-/// [`key`]), so a lookup touches the state it is about to update anyway.
+/// The entities of one type. The map holds indices into `states` with 32
+/// bits of each name's hash, and compares names with the one stored in the
+/// state (usually inline, see [`key`]), so a lookup touches the state it is
+/// about to update anyway. With the hash in the entry, growing the map (a
+/// flood of new entities doubles it again and again) rehashes from the
+/// entries alone instead of visiting every state for its name.
 /// States are boxed one by one, so the vector that lists them grows by
 /// pointers, not by whole states: growing it never copies (or briefly
 /// doubles) the state itself.
 #[derive(Debug, Default)]
 struct Table {
-    map: hashbrown::HashTable<u32>,
+    /// (index into `states`, 32-bit hash of the name).
+    map: hashbrown::HashTable<(u32, u32)>,
     hasher: foldhash::fast::RandomState,
     // Boxed on purpose (see above): growth copies pointers, never states.
     #[allow(clippy::vec_box)]
@@ -189,17 +193,19 @@ struct Table {
     state_bytes: usize,
 }
 
-/// The one hash of an entity name, for lookups and for rehashing the map.
+/// The 32-bit hash an entry keeps, spread over the 64 bits hashbrown
+/// probes with (its top bits tag the entry, its low bits pick the bucket).
 #[inline]
-fn key_hash(hasher: &foldhash::fast::RandomState, key: &[u8]) -> u64 {
-    use std::hash::BuildHasher;
-    hasher.hash_one(key)
+fn wide(h: u32) -> u64 {
+    (u64::from(h) << 32) | u64::from(h)
 }
 
 impl Table {
+    /// The one hash of an entity name, for lookups and for the map entry.
     #[inline]
-    fn hash(&self, key: &[u8]) -> u64 {
-        key_hash(&self.hasher, key)
+    fn hash(&self, key: &[u8]) -> u32 {
+        use std::hash::BuildHasher;
+        self.hasher.hash_one(key) as u32
     }
 
     /// Index of `key`, creating its state if new; the flag says whether it was created.
@@ -207,7 +213,9 @@ impl Table {
     fn upsert(&mut self, key: &str, ts: i64) -> (usize, bool) {
         let h = self.hash(key.as_bytes());
         let states = &self.states;
-        if let Some(&i) = self.map.find(h, |&i| states[i as usize].key.as_bytes() == key.as_bytes()) {
+        if let Some(&(i, _)) =
+            self.map.find(wide(h), |&(i, eh)| eh == h && states[i as usize].key.as_bytes() == key.as_bytes())
+        {
             return (i as usize, false);
         }
         let i = self.states.len();
@@ -215,17 +223,16 @@ impl Table {
         self.state_bytes += st.bytes();
         self.states.push(st);
         self.seen.push(ts);
-        let (states, hasher) = (&self.states, &self.hasher);
-        self.map.insert_unique(h, i as u32, |&j| key_hash(hasher, states[j as usize].key.as_bytes()));
+        self.map.insert_unique(wide(h), (i as u32, h), |&(_, eh)| wide(eh));
         (i, true)
     }
 
     /// Points the map entry of the entity at `from` (whose name hashes to
     /// `h`) to `to`, or removes it.
-    fn reindex(&mut self, h: u64, from: u32, to: Option<u32>) {
-        if let Ok(e) = self.map.find_entry(h, |&i| i == from) {
+    fn reindex(&mut self, h: u32, from: u32, to: Option<u32>) {
+        if let Ok(e) = self.map.find_entry(wide(h), |&(i, _)| i == from) {
             match to {
-                Some(to) => *e.into_mut() = to,
+                Some(to) => e.into_mut().0 = to,
                 None => {
                     e.remove();
                 }
@@ -309,8 +316,7 @@ impl Table {
         // After a flood, give back what the map and lists no longer need.
         let n = self.states.len();
         if self.map.capacity() > 4 * n.max(1024) {
-            let (states, hasher) = (&self.states, &self.hasher);
-            self.map.shrink_to(2 * n, |&j| key_hash(hasher, states[j as usize].key.as_bytes()));
+            self.map.shrink_to(2 * n, |&(_, eh)| wide(eh));
             self.states.shrink_to(2 * n);
             self.seen.shrink_to(2 * n);
         }
@@ -787,44 +793,72 @@ pub fn build_batch<'a>(
     build_batch_masked(t, now, states, &[true; NF])
 }
 
+/// Rows computed at a time before they are spread into columns: small
+/// enough that the rows stay in cache while each column reads its value.
+const ROW_CHUNK: usize = 256;
+
 /// Like [`build_batch`], filling only the columns marked in `need` (the others are null).
+///
+/// Built column by column: each entity's values are computed once into a
+/// row, a chunk of rows is spread into plain value vectors, and each column
+/// becomes an array with a validity bitmap only if it holds a null (NaN).
+/// Appending every value to its own builder cost a capacity check and a
+/// bitmap bit per value, with 47 values per row.
 pub fn build_batch_masked<'a>(
     t: EntityType,
     now: i64,
     states: impl ExactSizeIterator<Item = &'a EntityState>,
     need: &[bool; NF],
 ) -> Result<RecordBatch, ArrowError> {
+    use datafusion::arrow::array::Float64Array;
+    use datafusion::arrow::buffer::NullBuffer;
+
     let n = states.len();
-    let mut ts = TimestampMillisecondBuilder::with_capacity(n).with_timezone("UTC");
-    let mut et = StringBuilder::with_capacity(n, n * 8);
     let mut ent = StringBuilder::with_capacity(n, n * 24);
-    let mut feats: Vec<Float64Builder> = (0..NF).map(|_| Float64Builder::with_capacity(n)).collect();
+    let wanted: Vec<usize> = (0..NF).filter(|&j| need[j]).collect();
+    let mut values: Vec<Vec<f64>> = wanted.iter().map(|_| Vec::with_capacity(n)).collect();
+    let mut rows: Vec<[f64; NF]> = Vec::with_capacity(ROW_CHUNK.min(n));
+    let mut spread = |rows: &mut Vec<[f64; NF]>| {
+        for (v, &j) in values.iter_mut().zip(&wanted) {
+            v.extend(rows.iter().map(|r| r[j]));
+        }
+        rows.clear();
+    };
     for s in states {
-        ts.append_value(now);
-        et.append_value(t.as_str());
         ent.append_value(s.key.as_str());
         // Each entity is described as of its own newest event: when input
         // arrives out of order, "now" (the newest event of all) may be minutes
         // past an entity whose events are still arriving, and its short windows
         // would be read as empty. In order, the two differ by less than a tick.
-        let as_of = s.last_seen.min(now);
-        for ((b, v), wanted) in feats.iter_mut().zip(s.features_masked(as_of, need)).zip(need) {
-            if !wanted {
-                continue;
-            }
-            if v.is_nan() { b.append_null() } else { b.append_value(v) }
+        rows.push(s.features_masked(s.last_seen.min(now), need));
+        if rows.len() == ROW_CHUNK {
+            spread(&mut rows);
         }
     }
-    let mut cols: Vec<ArrayRef> = vec![Arc::new(ts.finish()), Arc::new(et.finish()), Arc::new(ent.finish())];
+    spread(&mut rows);
+    let ts = TimestampMillisecondArray::from(vec![now; n]).with_timezone("UTC");
+    let et = StringArray::from_iter_values(std::iter::repeat_n(t.as_str(), n));
+    let mut cols: Vec<ArrayRef> = Vec::with_capacity(NF + 3);
+    cols.extend([Arc::new(ts) as ArrayRef, Arc::new(et), Arc::new(ent.finish())]);
     // One all-null column serves every feature left out: allocating (and
     // zeroing) one per column was a tenth of the cost of a tick.
     let mut nulls: Option<ArrayRef> = None;
-    cols.extend(feats.iter_mut().zip(need).map(|(b, wanted)| {
-        if *wanted {
-            Arc::new(b.finish()) as ArrayRef
-        } else {
-            nulls.get_or_insert_with(|| new_null_array(&DataType::Float64, n)).clone()
-        }
-    }));
+    // `values` holds one vector per wanted column, in column order.
+    let mut filled = values.into_iter();
+    for &wanted in need {
+        let col = match if wanted { filled.next() } else { None } {
+            Some(mut v) => {
+                let validity =
+                    v.iter().any(|x| x.is_nan()).then(|| NullBuffer::from_iter(v.iter().map(|x| !x.is_nan())));
+                if validity.is_some() {
+                    // What a builder leaves under a null, so batches compare equal.
+                    v.iter_mut().filter(|x| x.is_nan()).for_each(|x| *x = 0.0);
+                }
+                Arc::new(Float64Array::new(v.into(), validity)) as ArrayRef
+            }
+            None => nulls.get_or_insert_with(|| new_null_array(&DataType::Float64, n)).clone(),
+        };
+        cols.push(col);
+    }
     RecordBatch::try_new(schema(), cols)
 }

@@ -91,10 +91,13 @@ pub struct EntityState {
     r10: SparseRing<10, { c::N }>,
     r60: SparseRing<H60_SLOTS, { h::N }>,
     distinct: Distincts,
-    /// The last [`RECENT_IDS`] numeric ids requested (low 32 bits + 1; 0 =
-    /// empty), newest first. Allocated with the first id and grown 4 → 8 → 16
-    /// as ids arrive: most entities request none or a few.
+    /// The last [`RECENT_IDS`] distinct numeric ids requested (each stored
+    /// as its low 32 bits plus one; 0 = empty), a ring: `recent_next` is where
+    /// the next one goes, which once the ring is full is the oldest. Allocated with the first id
+    /// and grown 4 → 8 → 16 as ids arrive: most entities request none or a few.
+    /// (A ring, not a list shifted on every id: the shift was a `memmove` call.)
     recent_ids: Option<Box<[u32]>>,
+    recent_next: u8,
     last_country: [u8; 2],
     iat_mean: f32,
     iat_var: f32,
@@ -132,6 +135,7 @@ impl EntityState {
             r60: SparseRing::default(),
             distinct: Distincts::default(),
             recent_ids: None,
+            recent_next: 0,
             last_country: [0, 0],
             iat_mean: 0.0,
             iat_var: 0.0,
@@ -162,14 +166,21 @@ impl EntityState {
                 extra[c::SEQ] = 1;
             }
             if !recent.contains(&v) {
+                let len = recent.len();
+                let next = usize::from(self.recent_next) % len;
                 // Full: grow (up to RECENT_IDS) rather than forget the oldest.
-                if recent.last().is_some_and(|&r| r != 0) && recent.len() < RECENT_IDS {
-                    let mut bigger = vec![0; (recent.len() * 2).min(RECENT_IDS)];
-                    bigger[..recent.len()].copy_from_slice(recent);
+                if recent[next] != 0 && len < RECENT_IDS {
+                    let mut bigger = vec![0; (len * 2).min(RECENT_IDS)];
+                    for (i, b) in bigger[..len].iter_mut().enumerate() {
+                        *b = recent[(next + i) % len];
+                    }
                     *recent = bigger.into_boxed_slice();
+                    self.recent_next = len as u8;
                 }
-                recent.rotate_right(1);
-                recent[0] = v;
+                let len = recent.len();
+                let at = usize::from(self.recent_next) % len;
+                recent[at] = v;
+                self.recent_next = ((at + 1) % len) as u8;
             }
         }
         if let Some(cc) = k.country {
@@ -314,6 +325,31 @@ mod tests {
         for (hi, ci) in pairs {
             assert_eq!(h::FROM[hi], ci);
         }
+    }
+
+    /// The recent ids are the last [`super::RECENT_IDS`] distinct ones, the
+    /// oldest forgotten first, however the ring has grown on the way.
+    #[test]
+    fn recent_ids_forget_the_oldest_first() {
+        use super::{Contribution, EntityState, RECENT_IDS};
+        let mut st = EntityState::new("1.2.3.4".into(), 0);
+        let seq = |st: &mut EntityState, id: u64| {
+            let k = Contribution { ts: 1_000, numeric_id: Some(id), ..Default::default() };
+            st.apply(&k, None, false);
+            st.features(1_000)[30]
+        };
+        // Ids 1000 apart: none is near another.
+        for i in 0..RECENT_IDS as u64 {
+            assert_eq!(seq(&mut st, 10_000 + i * 1000), 0.0, "id {i}");
+        }
+        // A repeat is not new: nothing is forgotten for it.
+        assert_eq!(seq(&mut st, 10_000), 0.0);
+        // A seventeenth distinct id forgets the first (10,000) ...
+        assert_eq!(seq(&mut st, 500_000), 0.0);
+        assert_eq!(seq(&mut st, 10_010), 0.0, "the first id was forgotten");
+        // ... and the next one the second (11,000), not the third.
+        assert_eq!(seq(&mut st, 12_010), 1.0, "near the third id, still remembered");
+        assert_eq!(FEATURES[30].0, "sequential_ids_10m");
     }
 
     #[test]

@@ -97,15 +97,30 @@ impl<const K: usize, const N: usize> Ring<K, N> {
 
 /// A counter width a [`SparseRing`] can hold its slots in.
 trait Width: Copy + Default {
-    /// `self + d`, or `None` when it does not fit.
-    fn add(self, d: u32) -> Option<Self>;
+    /// `self + d` (wrapped) and whether it fits. Branch-free, so that adding
+    /// a whole row of counters compiles to vector instructions.
+    fn add(self, d: u32) -> (Self, bool);
     fn get(self) -> u64;
+}
+
+/// `row + delta`, or `None` when a counter would not fit.
+#[inline]
+fn add_row<T: Width, const N: usize>(row: &[T; N], delta: &[u32; N]) -> Option<[T; N]> {
+    let mut out = *row;
+    let mut fits = true;
+    for ((o, r), d) in out.iter_mut().zip(row).zip(delta) {
+        let (v, ok) = r.add(*d);
+        *o = v;
+        fits &= ok;
+    }
+    fits.then_some(out)
 }
 
 impl Width for u16 {
     #[inline]
-    fn add(self, d: u32) -> Option<u16> {
-        u16::try_from(u32::from(self) + d.min(u16::MAX as u32 + 1)).ok()
+    fn add(self, d: u32) -> (u16, bool) {
+        let sum = u32::from(self) + d.min(u16::MAX as u32 + 1);
+        (sum as u16, sum <= u16::MAX as u32)
     }
     #[inline]
     fn get(self) -> u64 {
@@ -115,8 +130,8 @@ impl Width for u16 {
 
 impl Width for u32 {
     #[inline]
-    fn add(self, d: u32) -> Option<u32> {
-        Some(self.wrapping_add(d))
+    fn add(self, d: u32) -> (u32, bool) {
+        (self.wrapping_add(d), true)
     }
     #[inline]
     fn get(self) -> u64 {
@@ -164,13 +179,7 @@ fn add_sparse<T: Width, const K: usize, const N: usize>(
     slot: i64,
     delta: &[u32; N],
 ) -> Result<(), Refused> {
-    let fresh = || -> Result<[T; N], Refused> {
-        let mut row = [T::default(); N];
-        for (r, d) in row.iter_mut().zip(delta) {
-            *r = T::default().add(*d).ok_or(Refused::Overflow)?;
-        }
-        Ok(row)
-    };
+    let fresh = || add_row(&[T::default(); N], delta).ok_or(Refused::Overflow);
     // Slot numbers are stored in 32 bits (minutes since 1970 fit until the
     // year 10,000); times outside that range are clamped, never wrapped.
     let slot = slot.clamp(0, u32::MAX as i64);
@@ -182,11 +191,7 @@ fn add_sparse<T: Width, const K: usize, const N: usize>(
             let pos = v.iter().rposition(|e| i64::from(e.0) <= slot).map_or(0, |p| p + 1);
             if pos > 0 && i64::from(v[pos - 1].0) == slot {
                 let row = &mut v[pos - 1].1;
-                let mut next = *row;
-                for (r, d) in next.iter_mut().zip(delta) {
-                    *r = r.add(*d).ok_or(Refused::Overflow)?;
-                }
-                *row = next;
+                *row = add_row(row, delta).ok_or(Refused::Overflow)?;
             } else {
                 let row = fresh()?;
                 if v.len() == v.capacity() {

@@ -14,7 +14,6 @@ use std::sync::Arc;
 use datafusion::arrow::array::{
     ArrayRef, Float64Builder, StringBuilder, TimestampMillisecondBuilder, UInt32Builder, UInt64Builder,
 };
-use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::record_batch::RecordBatch;
@@ -29,7 +28,7 @@ use crate::decision::Decision;
 /// One table (a directory of Parquet files readable as one DataFusion table).
 pub struct ParquetTable {
     name: String,
-    tx: Option<SyncSender<RecordBatch>>,
+    tx: Option<SyncSender<Vec<RecordBatch>>>,
     handle: Option<JoinHandle<Result<u64, SinkError>>>,
 }
 
@@ -66,16 +65,18 @@ impl ParquetTable {
         let props = props.build();
         let mut writer = ArrowWriter::try_new(file, schema, Some(props))
             .map_err(|source| SinkError::Parquet { path: path.clone(), source })?;
-        let (tx, rx) = sync_channel::<RecordBatch>(16);
+        let (tx, rx) = sync_channel::<Vec<RecordBatch>>(16);
         let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let handle = std::thread::Builder::new()
             .name(format!("sink-{name}"))
             .spawn(move || {
                 let mut rows = 0u64;
                 let written = || -> Result<(), datafusion::parquet::errors::ParquetError> {
-                    for batch in rx {
-                        rows += batch.num_rows() as u64;
-                        writer.write(&batch)?;
+                    for batches in rx {
+                        for batch in batches {
+                            rows += batch.num_rows() as u64;
+                            writer.write(&batch)?;
+                        }
                     }
                     writer.close()?;
                     Ok(())
@@ -101,12 +102,20 @@ impl ParquetTable {
         Ok(ParquetTable { name, tx: Some(tx), handle: Some(handle) })
     }
 
-    /// Queues a batch; blocks when the writer is 16 batches behind.
+    /// Queues a batch; blocks when the writer is 16 sends behind.
     pub fn write(&mut self, batch: RecordBatch) -> Result<(), SinkError> {
-        if batch.num_rows() == 0 {
+        self.write_all(vec![batch])
+    }
+
+    /// Queues batches to be written in order, as one send. Small batches go
+    /// as they are: the writer adds them to its row group, so gathering
+    /// them into one batch first would only copy every value once more.
+    pub fn write_all(&mut self, mut batches: Vec<RecordBatch>) -> Result<(), SinkError> {
+        batches.retain(|b| b.num_rows() > 0);
+        if batches.is_empty() {
             return Ok(());
         }
-        let sent = self.tx.as_ref().map(|tx| tx.send(batch).is_ok()).unwrap_or(false);
+        let sent = self.tx.as_ref().map(|tx| tx.send(batches).is_ok()).unwrap_or(false);
         if sent {
             Ok(())
         } else {
@@ -154,8 +163,8 @@ static FEATURE_PLAIN: std::sync::LazyLock<Vec<&'static str>> = std::sync::LazyLo
     v
 });
 
-/// Feature rows are gathered to this many before they go to the writer thread
-/// (snapshot batches are small; row groups of them would be tiny).
+/// Feature rows are gathered to this many before they go to the writer
+/// thread: one send per snapshot batch would cost a wake-up each.
 const FEATURE_FLUSH_ROWS: usize = 16_384;
 
 /// The `decisions` table schema.
@@ -271,11 +280,7 @@ impl ParquetSink {
 
     fn flush_features(&mut self) -> Result<(), SinkError> {
         if let Some(out) = self.features.as_mut() {
-            if !self.feature_buf.is_empty() {
-                let batch = concat_batches(&crate::features::schema(), &self.feature_buf)
-                    .map_err(|source| SinkError::Arrow { table: "features".into(), source })?;
-                out.write(batch)?;
-            }
+            out.write_all(std::mem::take(&mut self.feature_buf))?;
         }
         self.feature_buf.clear();
         self.feature_buf_rows = 0;
