@@ -593,11 +593,8 @@ impl Engine {
                 Some(g) => Some(g.matches(batch).map_err(|source| EvalError { rule: g.sql.clone(), source })?),
                 None => None,
             };
-            for s in m.model.score_batch(batch)? {
-                if s.score < m.challenge_at || allowed.as_ref().is_some_and(|a| !a.get(s.row).copied().unwrap_or(false))
-                {
-                    continue;
-                }
+            let keep = |row: usize| allowed.as_ref().is_none_or(|a| a.get(row).copied().unwrap_or(false));
+            for s in m.model.score_where(batch, keep, m.challenge_at)? {
                 let action = if m.deny_at.is_some_and(|d| s.score >= d) { Action::Deny } else { Action::Challenge };
                 let top: Vec<String> =
                     s.top.iter().map(|(name, value, c)| format!("{name}={} (+{c:.1})", fmt_value(*value))).collect();

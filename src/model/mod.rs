@@ -296,6 +296,20 @@ impl Model {
 
     /// Scores every row of a feature batch (of this model's entity type).
     pub fn score_batch(&self, batch: &RecordBatch) -> Result<Vec<Score>, ModelError> {
+        self.score_where(batch, |_| true, f64::NEG_INFINITY)
+    }
+
+    /// Scores the rows `keep` selects and returns those scoring at least
+    /// `at_least`. Explaining a score (its top features) allocates and sorts,
+    /// and the engine acts only on rows its guard lets through that pass a
+    /// threshold: in a flood of new addresses, explaining every row was most
+    /// of what the model cost.
+    pub fn score_where(
+        &self,
+        batch: &RecordBatch,
+        keep: impl Fn(usize) -> bool,
+        at_least: f64,
+    ) -> Result<Vec<Score>, ModelError> {
         let cols: Vec<&Float64Array> = self
             .columns
             .iter()
@@ -307,13 +321,16 @@ impl Model {
             })?;
         let mut raw = vec![None; cols.len()];
         let (mut z, mut contrib) = (Vec::new(), Vec::new());
-        let mut out = Vec::with_capacity(batch.num_rows());
-        for row in 0..batch.num_rows() {
+        let mut out = Vec::new();
+        for row in (0..batch.num_rows()).filter(|&r| keep(r)) {
             for (j, c) in cols.iter().enumerate() {
                 raw[j] = (!c.is_null(row)).then(|| c.value(row));
             }
             self.standardise(&raw, &mut z);
             let score = self.score_row(&z, &mut contrib);
+            if score < at_least {
+                continue;
+            }
             out.push(Score { row, score, top: self.top(&raw, &contrib, 3) });
         }
         Ok(out)
@@ -411,6 +428,36 @@ mod tests {
         let mut contrib = Vec::new();
         assert!((m.score_row(&z, &mut contrib) - nll).abs() < 1e-9);
         assert_eq!(contrib.len(), 2);
+    }
+
+    /// The engine's scoring (guarded rows, past a threshold) is the full
+    /// scoring filtered: same rows, same scores, same explanations.
+    #[test]
+    fn scoring_where_is_scoring_filtered() {
+        let model = Model::from_file(gmm_file(), PathBuf::from("t")).expect("model");
+        let states: Vec<crate::features::state::EntityState> = (0..40)
+            .map(|i| {
+                let mut st = crate::features::state::EntityState::new(format!("10.0.0.{i}").as_str().into(), 0);
+                let mut k = crate::features::state::Contribution { ts: 1_000, ..Default::default() };
+                k.counts[crate::features::state::c::REQ] = 1;
+                k.counts[crate::features::state::c::LOGIN_FAIL] = (i % 3) as u32;
+                for _ in 0..(i % 7) {
+                    st.apply(&k, None, false);
+                }
+                st
+            })
+            .collect();
+        let batch = crate::features::build_batch(EntityType::Ip, 1_000, states.iter()).expect("batch");
+        let all = model.score_batch(&batch).expect("score");
+        assert_eq!(all.len(), 40);
+        let at_least = all.iter().map(|s| s.score).fold(f64::NEG_INFINITY, f64::max) / 2.0;
+        let some = model.score_where(&batch, |r| r % 2 == 0, at_least).expect("score");
+        let want: Vec<&Score> = all.iter().filter(|s| s.row % 2 == 0 && s.score >= at_least).collect();
+        assert!(!want.is_empty() && want.len() < 20, "{} rows kept", want.len());
+        assert_eq!(some.len(), want.len());
+        for (a, b) in some.iter().zip(want) {
+            assert_eq!((a.row, a.score.to_bits(), &a.top), (b.row, b.score.to_bits(), &b.top));
+        }
     }
 
     #[test]
