@@ -92,10 +92,11 @@ pub struct EntityState {
     r60: SparseRing<H60_SLOTS, { h::N }>,
     distinct: Distincts,
     /// The last [`RECENT_IDS`] distinct numeric ids requested (each stored
-    /// as its low 32 bits plus one; 0 = empty), a ring: `recent_next` is where
-    /// the next one goes, which once the ring is full is the oldest. Allocated with the first id
-    /// and grown 4 → 8 → 16 as ids arrive: most entities request none or a few.
-    /// (A ring, not a list shifted on every id: the shift was a `memmove` call.)
+    /// as its low 32 bits plus one; 0 = empty), a ring: `recent_next` is
+    /// where the next one goes, which once the ring is full is the oldest.
+    /// Allocated with the first id and grown 4 → 8 → 16 as ids arrive: most
+    /// entities request none or a few. (A ring, not a list shifted on every
+    /// id: the shift was a `memmove` call.)
     recent_ids: Option<Box<[u32]>>,
     recent_next: u8,
     last_country: [u8; 2],
