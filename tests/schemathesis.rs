@@ -18,6 +18,20 @@ fn schemathesis() -> std::path::PathBuf {
     std::path::Path::new(&home).join(".cache/gatewatch-services/schemathesis/bin/schemathesis")
 }
 
+/// Every warning fails the run but one. `missing_test_data` says that every
+/// generated request of an operation answered 404: for
+/// `DELETE /v1/admin/decisions` that is the right answer whenever the random
+/// entity has nothing in force, so whether it fires depends on the draw (a
+/// CI run drew it). Lifting a decision is tested with real decisions in
+/// tests/live.rs and tests/crowdsec.rs; a schema-valid request refused
+/// (`validation_mismatch`) or any other warning still fails here.
+const WARNINGS_FAIL: &str = r#"[warnings]
+fail-on = ["missing_auth", "base_url_mismatch", "validation_mismatch", "missing_deserializer",
+  "unused_openapi_auth", "unsupported_regex", "method_not_allowed", "constants_extraction",
+  "unmatched_filter", "unresolvable_reference", "low_valid_rate", "rate_limited",
+  "dictionary_mismatch", "timeout_units"]
+"#;
+
 #[test]
 fn every_check_passes_against_the_served_document() {
     let bin = schemathesis();
@@ -36,7 +50,11 @@ fn every_check_passes_against_the_served_document() {
     // The admin key reaches every route; examples per operation: enough to
     // cover each parameter's edges in CI (the README documents a longer run).
     let examples = std::env::var("GATEWATCH_SCHEMATHESIS_EXAMPLES").unwrap_or_else(|_| "60".into());
+    let config = dir.path().join("schemathesis.toml");
+    std::fs::write(&config, WARNINGS_FAIL).expect("schemathesis.toml");
     let out = std::process::Command::new(&bin)
+        .arg("--config-file")
+        .arg(&config)
         .args(["run", &format!("http://{}/openapi.json", server.addr)])
         .args(["-H", &format!("X-Api-Key: {admin}")])
         .args(["--checks", "all", "--max-examples", &examples, "--request-timeout", "10"])
@@ -45,8 +63,14 @@ fn every_check_passes_against_the_served_document() {
         .expect("schemathesis runs");
     let report = String::from_utf8_lossy(&out.stdout);
     eprintln!("{report}");
-    assert!(out.status.success(), "schemathesis found failures (above); {}", String::from_utf8_lossy(&out.stderr));
-    assert!(report.contains("No issues found"), "{report}");
+    assert!(
+        out.status.success(),
+        "schemathesis found failures or a warning that fails the run (above); {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for section in ["FAILURES", "ERRORS"] {
+        assert!(!report.contains(section), "{section}: {report}");
+    }
     // Thousands of hostile requests later, the server still answers and decides.
     assert_eq!(server.json("/healthz").0, 200);
     assert_eq!(server.get("/v1/authz", &[("X-Forwarded-For", "198.51.100.1")]).0, 200);
