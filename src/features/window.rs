@@ -147,9 +147,23 @@ impl Width for u32 {
 /// each the full `K × N` counters. This holds 4 + 2·`N` bytes per slot used, so
 /// state per entity follows its activity, and a heavy entity costs at most
 /// about what a dense ring of 16-bit counters would.
+///
+/// The newest slot sits inline, the older ones in a list. Nearly every update
+/// goes to the newest slot; held in a list of its own it was a separate heap
+/// block, a cache miss on every update of an entity not touched for a while,
+/// and an allocation for every new entity (a flood is nothing but new
+/// entities). Inline it shares the state's memory, and an entity seen in one
+/// slot only (most of them) allocates nothing.
 #[derive(Debug, Clone)]
 pub struct SparseRing<const K: usize, const N: usize> {
-    slots: Slots<N>,
+    /// Absolute slot number of `head`, valid when `has_head`.
+    head_slot: u32,
+    /// False until the first update, and once the ring is wide (every slot
+    /// then lives in `older`).
+    has_head: bool,
+    head: [u16; N],
+    /// Slots older than `head`, oldest first (narrow); or every slot (wide).
+    older: Slots<N>,
 }
 
 #[derive(Debug, Clone)]
@@ -160,7 +174,7 @@ enum Slots<const N: usize> {
 
 impl<const K: usize, const N: usize> Default for SparseRing<K, N> {
     fn default() -> Self {
-        SparseRing { slots: Slots::Narrow(Vec::new()) }
+        SparseRing { head_slot: 0, has_head: false, head: [0; N], older: Slots::Narrow(Vec::new()) }
     }
 }
 
@@ -172,52 +186,50 @@ enum Refused {
     Overflow,
 }
 
-/// Adds `delta` to absolute slot `slot` of the sorted slot list `v` (at most `K` long).
-#[inline]
-fn add_sparse<T: Width, const K: usize, const N: usize>(
-    v: &mut Vec<(u32, [T; N])>,
-    slot: i64,
-    delta: &[u32; N],
-) -> Result<(), Refused> {
-    let fresh = || add_row(&[T::default(); N], delta).ok_or(Refused::Overflow);
-    // Slot numbers are stored in 32 bits (minutes since 1970 fit until the
-    // year 10,000); times outside that range are clamped, never wrapped.
-    let slot = slot.clamp(0, u32::MAX as i64);
-    let head = v.last().map(|e| i64::from(e.0));
-    match head {
-        Some(head) if slot <= head - K as i64 => Err(Refused::TooOld),
-        Some(head) if slot <= head => {
-            // Usually the newest slot; a reordered event lands a few back.
-            let pos = v.iter().rposition(|e| i64::from(e.0) <= slot).map_or(0, |p| p + 1);
-            if pos > 0 && i64::from(v[pos - 1].0) == slot {
-                let row = &mut v[pos - 1].1;
-                *row = add_row(row, delta).ok_or(Refused::Overflow)?;
-            } else {
-                let row = fresh()?;
-                if v.len() == v.capacity() {
-                    v.reserve_exact(1);
-                }
-                v.insert(pos, (slot as u32, row));
-            }
-            Ok(())
-        }
-        _ => {
-            let row = fresh()?;
-            let expired = v.iter().take_while(|e| i64::from(e.0) <= slot - K as i64).count();
-            v.drain(..expired);
-            if v.len() == v.capacity() {
-                v.reserve_exact(1);
-            }
-            v.push((slot as u32, row));
-            Ok(())
-        }
-    }
+/// Slot numbers are stored in 32 bits (minutes since 1970 fit until the year
+/// 10,000); times outside that range are clamped, never wrapped.
+fn clamp_slot(slot: i64) -> u32 {
+    slot.clamp(0, u32::MAX as i64) as u32
 }
 
-fn sums_sparse<T: Width, const K: usize, const N: usize>(v: &[(u32, [T; N])], now_slot: i64) -> [u64; N] {
+/// Adds `delta` to slot `slot` of the sorted list `v`, inserting the slot
+/// where it belongs when it is not there. The caller has checked that `slot`
+/// is inside the window.
+#[inline]
+fn add_listed<T: Width, const N: usize>(
+    v: &mut Vec<(u32, [T; N])>,
+    slot: u32,
+    delta: &[u32; N],
+) -> Result<(), Refused> {
+    let pos = v.iter().rposition(|e| e.0 <= slot).map_or(0, |p| p + 1);
+    if pos > 0 && v[pos - 1].0 == slot {
+        let row = &mut v[pos - 1].1;
+        *row = add_row(row, delta).ok_or(Refused::Overflow)?;
+    } else {
+        let row = add_row(&[T::default(); N], delta).ok_or(Refused::Overflow)?;
+        if v.len() == v.capacity() {
+            v.reserve_exact(1);
+        }
+        v.insert(pos, (slot, row));
+    }
+    Ok(())
+}
+
+/// Drops the slots of `v` that have left a window of `K` slots ending at `newest`.
+fn expire<T, const K: usize>(v: &mut Vec<(u32, T)>, newest: u32) {
+    let expired = v.iter().take_while(|e| i64::from(e.0) <= i64::from(newest) - K as i64).count();
+    v.drain(..expired);
+}
+
+/// Sums rows of slots (newest first) inside the window that ends at `now_slot`.
+#[inline]
+fn sums_of<'a, T: Width + 'a, const K: usize, const N: usize>(
+    newest_first: impl Iterator<Item = (u32, &'a [T; N])>,
+    now_slot: i64,
+) -> [u64; N] {
     let mut out = [0u64; N];
-    for (s, row) in v.iter().rev() {
-        let s = i64::from(*s);
+    for (s, row) in newest_first {
+        let s = i64::from(s);
         if s <= now_slot - K as i64 {
             break;
         }
@@ -236,34 +248,89 @@ impl<const K: usize, const N: usize> SparseRing<K, N> {
     /// slot has already left the window (a very late event).
     #[inline]
     pub fn add(&mut self, slot: i64, delta: &[u32; N]) -> bool {
-        if let Slots::Narrow(v) = &mut self.slots {
-            match add_sparse::<u16, K, N>(v, slot, delta) {
-                Ok(()) => return true,
-                Err(Refused::TooOld) => return false,
-                Err(Refused::Overflow) => {
-                    let wide: Vec<(u32, [u32; N])> = v.iter().map(|(s, row)| (*s, row.map(u32::from))).collect();
-                    self.slots = Slots::Wide(wide);
-                }
+        let slot = clamp_slot(slot);
+        match self.add_narrow(slot, delta) {
+            Ok(()) => true,
+            Err(Refused::TooOld) => false,
+            Err(Refused::Overflow) => {
+                self.widen();
+                self.add_wide(slot, delta)
             }
         }
-        match &mut self.slots {
-            Slots::Wide(v) => add_sparse::<u32, K, N>(v, slot, delta).is_ok(),
-            Slots::Narrow(_) => unreachable!("widened above"),
+    }
+
+    #[inline]
+    fn add_narrow(&mut self, slot: u32, delta: &[u32; N]) -> Result<(), Refused> {
+        let Slots::Narrow(older) = &mut self.older else {
+            return if self.add_wide(slot, delta) { Ok(()) } else { Err(Refused::TooOld) };
+        };
+        if !self.has_head || slot > self.head_slot {
+            let row = add_row(&[0u16; N], delta).ok_or(Refused::Overflow)?;
+            if self.has_head {
+                if i64::from(self.head_slot) > i64::from(slot) - K as i64 {
+                    if older.len() == older.capacity() {
+                        older.reserve_exact(1);
+                    }
+                    older.push((self.head_slot, self.head));
+                }
+                expire::<_, K>(older, slot);
+            }
+            self.head_slot = slot;
+            self.head = row;
+            self.has_head = true;
+            Ok(())
+        } else if slot == self.head_slot {
+            self.head = add_row(&self.head, delta).ok_or(Refused::Overflow)?;
+            Ok(())
+        } else if i64::from(slot) <= i64::from(self.head_slot) - K as i64 {
+            Err(Refused::TooOld)
+        } else {
+            // A reordered event: a few slots back.
+            add_listed(older, slot, delta)
+        }
+    }
+
+    /// Adds to a wide ring (every slot in the list); false when too old.
+    fn add_wide(&mut self, slot: u32, delta: &[u32; N]) -> bool {
+        let Slots::Wide(v) = &mut self.older else { return false };
+        match v.last().map(|e| e.0) {
+            Some(newest) if i64::from(slot) <= i64::from(newest) - K as i64 => false,
+            Some(newest) if slot <= newest => add_listed(v, slot, delta).is_ok(),
+            _ => {
+                expire::<_, K>(v, slot);
+                add_listed(v, slot, delta).is_ok()
+            }
+        }
+    }
+
+    /// Moves every slot, the inline head included, into a list of 32-bit counters.
+    fn widen(&mut self) {
+        if let Slots::Narrow(v) = &self.older {
+            let mut wide: Vec<(u32, [u32; N])> = Vec::with_capacity(v.len() + 1);
+            wide.extend(v.iter().map(|(s, row)| (*s, row.map(u32::from))));
+            if self.has_head {
+                wide.push((self.head_slot, self.head.map(u32::from)));
+            }
+            self.older = Slots::Wide(wide);
+            self.has_head = false;
         }
     }
 
     /// Sums every counter over the slots inside the window that ends at `now_slot`.
     #[inline]
     pub fn sums(&self, now_slot: i64) -> [u64; N] {
-        match &self.slots {
-            Slots::Narrow(v) => sums_sparse::<u16, K, N>(v, now_slot),
-            Slots::Wide(v) => sums_sparse::<u32, K, N>(v, now_slot),
+        match &self.older {
+            Slots::Narrow(v) => {
+                let head = self.has_head.then_some((self.head_slot, &self.head));
+                sums_of::<u16, K, N>(head.into_iter().chain(v.iter().rev().map(|(s, r)| (*s, r))), now_slot)
+            }
+            Slots::Wide(v) => sums_of::<u32, K, N>(v.iter().rev().map(|(s, r)| (*s, r)), now_slot),
         }
     }
 
-    /// Heap bytes held by the slot list.
+    /// Heap bytes held by the list of older slots.
     pub fn heap_bytes(&self) -> usize {
-        match &self.slots {
+        match &self.older {
             Slots::Narrow(v) => v.capacity() * std::mem::size_of::<(u32, [u16; N])>(),
             Slots::Wide(v) => v.capacity() * std::mem::size_of::<(u32, [u32; N])>(),
         }
@@ -293,24 +360,45 @@ mod tests {
     }
 
     /// The sparse ring answers exactly what the dense one does, whatever the
-    /// order of updates, and widens instead of wrapping a 16-bit counter.
+    /// order of updates, and widens instead of wrapping a 16-bit counter —
+    /// whether the overflowing update goes to the newest slot, an older one,
+    /// a new one, or is the very first.
     #[test]
     fn sparse_matches_dense() {
-        let mut dense: Ring<5, 2> = Ring::default();
-        let mut sparse: SparseRing<5, 2> = SparseRing::default();
-        let mut x: u64 = 7;
-        for step in 0..4000u64 {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            let base = 100 + (step / 40) as i64;
-            let slot = base - ((x >> 33) % 7) as i64;
-            let big = if step == 2500 { 70_000 } else { 0 };
-            let delta = [1, ((x >> 40) % 900) as u32 + big];
-            assert_eq!(dense.add(slot, &delta), sparse.add(slot, &delta), "step {step}");
-            for now in [base, base + 1, base + 3, base + 6] {
-                assert_eq!(dense.sums(now), sparse.sums(now), "step {step} now {now}");
+        for (seed, big_at) in [(7u64, 2500u64), (11, 0), (13, 41), (17, 3999), (19, u64::MAX)] {
+            let mut dense: Ring<5, 2> = Ring::default();
+            let mut sparse: SparseRing<5, 2> = SparseRing::default();
+            let mut x: u64 = seed;
+            for step in 0..4000u64 {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                let base = 100 + (step / 40) as i64;
+                let slot = base - ((x >> 33) % 7) as i64;
+                let big = if step == big_at { 70_000 } else { 0 };
+                let delta = [1, ((x >> 40) % 900) as u32 + big];
+                assert_eq!(dense.add(slot, &delta), sparse.add(slot, &delta), "seed {seed} step {step}");
+                for now in [base, base + 1, base + 3, base + 6] {
+                    assert_eq!(dense.sums(now), sparse.sums(now), "seed {seed} step {step} now {now}");
+                }
             }
+            assert_eq!(matches!(sparse.older, Slots::Wide(_)), big_at < 4000, "seed {seed}");
+            assert!(sparse.heap_bytes() <= 5 * 24);
         }
-        assert!(matches!(sparse.slots, Slots::Wide(_)));
-        assert!(sparse.heap_bytes() <= 5 * 24);
+    }
+
+    /// An entity seen in one slot holds nothing on the heap.
+    #[test]
+    fn one_slot_allocates_nothing() {
+        let mut r: SparseRing<10, 3> = SparseRing::default();
+        for _ in 0..100 {
+            assert!(r.add(500, &[1, 2, 3]));
+        }
+        assert_eq!(r.heap_bytes(), 0);
+        assert_eq!(r.sums(500), [100, 200, 300]);
+        assert!(r.add(501, &[1, 0, 0]));
+        assert!(r.heap_bytes() > 0, "the older slot moved to the list");
+        assert_eq!(r.sums(501), [101, 200, 300]);
+        assert!(r.add(600, &[1, 0, 0]), "a long gap expires both");
+        assert_eq!(r.sums(600), [1, 0, 0]);
+        assert!(!r.add(590, &[1, 0, 0]), "left the window");
     }
 }
