@@ -45,26 +45,30 @@ impl<'a> Cursor<'a> {
     /// A `"…"` string; nginx escapes `"` as `\x22`, but `\"` is accepted too.
     /// A string that runs to the end of the line without its closing quote (a
     /// line cut off by the writer) is returned as far as it goes, flagged `true`.
+    ///
+    /// The error message is only formatted on error, and the closing quote is
+    /// found with `memchr2`: this runs three times per `combined` line, and an
+    /// allocation per call plus a byte-by-byte loop over user agents were a
+    /// tenth of that mix's instructions.
     fn quoted(&mut self, what: &str) -> Result<(Cow<'a, str>, bool), ParseError> {
-        self.expect("\"", &format!("opening quote of {what}"))?;
+        if !self.rest().starts_with('"') {
+            return Err(ParseError(format!("nginx: expected opening quote of {what} at byte {}", self.pos)));
+        }
+        self.pos += 1;
         let rest = self.rest();
         let b = rest.as_bytes();
         let mut i = 0;
         let mut escaped = false;
-        while i < b.len() {
-            match b[i] {
-                b'\\' => {
-                    escaped = true;
-                    i += 2;
-                    continue;
-                }
-                b'"' => {
-                    self.pos += i + 1;
-                    let raw = &rest[..i.min(rest.len())];
-                    return Ok((if escaped { Cow::Owned(unescape(raw)) } else { Cow::Borrowed(raw) }, false));
-                }
-                _ => i += 1,
+        while let Some(at) = b.get(i..).and_then(|tail| memchr::memchr2(b'"', b'\\', tail)) {
+            i += at;
+            if b[i] == b'\\' {
+                escaped = true;
+                i += 2;
+                continue;
             }
+            self.pos += i + 1;
+            let raw = &rest[..i];
+            return Ok((if escaped { Cow::Owned(unescape(raw)) } else { Cow::Borrowed(raw) }, false));
         }
         self.pos = self.s.len();
         Ok((if escaped { Cow::Owned(unescape(rest)) } else { Cow::Borrowed(rest) }, true))

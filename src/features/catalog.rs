@@ -37,8 +37,12 @@ pub fn is_id_segment(seg: &str) -> bool {
 }
 
 /// The last all-digit segment of a path, for sequential-id detection.
+///
+/// Splits on a byte predicate, not on `'/'`: a `char` pattern searches
+/// backwards with a general `memrchr`, whose set-up costs more than these
+/// short paths do.
 pub fn numeric_id(path: &str) -> Option<u64> {
-    path.rsplit('/')
+    path.rsplit(|c: char| c == '/')
         .find(|s| !s.is_empty() && s.len() <= 15 && s.bytes().all(|c| c.is_ascii_digit()))
         .and_then(|s| s.parse().ok())
 }

@@ -373,9 +373,12 @@ fn is_static_asset(path: &str) -> bool {
     if path.starts_with("/static/") || path.starts_with("/assets/") {
         return true;
     }
-    let last = path.rsplit('/').next().unwrap_or(path);
-    match last.rsplit_once('.') {
-        Some((_, ext)) => EXT.iter().any(|e| ext.eq_ignore_ascii_case(e)),
+    // Byte searches: short paths, where `rsplit('/')`'s `memrchr` costs more
+    // than the search itself.
+    let b = path.as_bytes();
+    let last = &b[b.iter().rposition(|&c| c == b'/').map_or(0, |i| i + 1)..];
+    match last.iter().rposition(|&c| c == b'.') {
+        Some(dot) => EXT.iter().any(|e| last[dot + 1..].eq_ignore_ascii_case(e.as_bytes())),
         None => false,
     }
 }
@@ -674,7 +677,7 @@ impl FeatureEngine {
         self.touch(EntityType::Ip, ip_text, &k, Some(d::IPS), new_device);
         self.subnet_buf.clear();
         match ip_text.parse::<IpAddr>() {
-            Ok(IpAddr::V4(v4)) => match ip_text.rfind('.') {
+            Ok(IpAddr::V4(v4)) => match ip_text.as_bytes().iter().rposition(|&c| c == b'.') {
                 // The parser accepts only the canonical dotted quad (no
                 // leading zeros), so the text up to the last dot is the /24.
                 Some(dot) => {
@@ -861,4 +864,20 @@ pub fn build_batch_masked<'a>(
         cols.push(col);
     }
     RecordBatch::try_new(schema(), cols)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_static_asset;
+
+    #[test]
+    fn static_assets_by_folder_or_extension() {
+        for p in ["/static/x", "/assets/app", "/app.js", "/a/b/Logo.PNG", "/f.woff2", "/x/y.min.css", "main.map"] {
+            assert!(is_static_asset(p), "{p}");
+        }
+        for p in ["/", "", "/v1/products/7", "/v1/data.json", "/js/app", "/a.js/b", "/a.", "/.", "/ünï.css.x", "/x.jsx"]
+        {
+            assert!(!is_static_asset(p), "{p}");
+        }
+    }
 }
