@@ -38,13 +38,13 @@ pub fn is_id_segment(seg: &str) -> bool {
 
 /// The last all-digit segment of a path, for sequential-id detection.
 ///
-/// Splits on a byte predicate, not on `'/'`: a `char` pattern searches
-/// backwards with a general `memrchr`, whose set-up costs more than these
-/// short paths do.
+/// Splits the bytes, not the `str`: a `char` pattern searches backwards with
+/// a general `memrchr`, whose set-up costs more than these short paths do.
 pub fn numeric_id(path: &str) -> Option<u64> {
-    path.rsplit(|c: char| c == '/')
-        .find(|s| !s.is_empty() && s.len() <= 15 && s.bytes().all(|c| c.is_ascii_digit()))
-        .and_then(|s| s.parse().ok())
+    path.as_bytes()
+        .rsplit(|&c| c == b'/')
+        .find(|s| !s.is_empty() && s.len() <= 15 && s.iter().all(u8::is_ascii_digit))
+        .and_then(|s| std::str::from_utf8(s).ok()?.parse().ok())
 }
 
 impl PathCatalog {
