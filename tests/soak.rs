@@ -76,7 +76,7 @@ fn wrk_segment(addr: &str, key: &str, secs: u64) -> (f64, f64, u64) {
         .args(["-H", "X-Forwarded-For: 198.51.100.23", "-H", "User-Agent: soak/1.0"])
         .arg(format!("http://{addr}/v1/authz"))
         .output()
-        .expect("wrk runs (scripts/services/nginx.sh installs it)");
+        .expect("wrk runs (scripts/services/wrk.sh installs it)");
     let text = String::from_utf8_lossy(&out.stdout);
     let ms = |label: &str| {
         text.lines()
