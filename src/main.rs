@@ -88,13 +88,25 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
     },
-    /// SQL over a replay's tables: events, features, decisions.
+    /// SQL over the tables: events, features, decisions.
     Query {
-        /// A replay's output directory.
+        /// A replay's output directory, or a state directory (every run under
+        /// its runs/ is read as one history).
         #[arg(long, value_name = "DIR")]
         data: PathBuf,
         /// The SQL statement, e.g. "SELECT action, count(*) FROM decisions GROUP BY action".
-        sql: String,
+        #[arg(required_unless_present = "file", conflicts_with = "file")]
+        sql: Option<String>,
+        /// Read the statement from a file instead, e.g. one of queries/*.sql.
+        #[arg(long, value_name = "FILE")]
+        file: Option<PathBuf>,
+        /// A named parameter, NAME=VALUE, used as $NAME in the SQL (bound as text,
+        /// never spliced into it). Repeatable.
+        #[arg(long = "param", value_name = "NAME=VALUE", value_parser = parse_param)]
+        params: Vec<(String, String)>,
+        /// Output: a text table, CSV with a header, or JSON lines.
+        #[arg(long, value_enum, default_value = "table")]
+        format: analytics::OutputFormat,
     },
     /// Follow a log as it grows and serve decisions to gateways over HTTP.
     Run {
@@ -286,10 +298,17 @@ fn run(cli: Cli) -> Result<()> {
                 print!("{}", r.render());
             }
         }
-        Command::Query { data, sql } => {
+        Command::Query { data, sql, file, params, format } => {
+            let sql = match (sql, file) {
+                (Some(sql), _) => sql,
+                (None, Some(f)) => std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?,
+                (None, None) => bail!("give the SQL or --file FILE"),
+            };
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-            let batches = rt.block_on(analytics::query(&data, &sql))?;
-            println!("{}", analytics::render(&batches)?);
+            let batches = rt.block_on(analytics::query_with(&data, &sql, &params))?;
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            analytics::write(&batches, format, &mut out)?;
+            std::io::Write::flush(&mut out)?;
         }
         Command::Train {
             data,
@@ -615,4 +634,14 @@ fn demo(pipeline: &Path, seed: u64, hours: f64, out: &Path) -> Result<()> {
         run_dir.display()
     );
     Ok(())
+}
+
+/// `NAME=VALUE` of `query --param`.
+fn parse_param(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() && k.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_') => {
+            Ok((k.to_string(), v.to_string()))
+        }
+        _ => Err(format!("'{s}': expected NAME=VALUE, NAME of letters, digits and _")),
+    }
 }
