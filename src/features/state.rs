@@ -235,14 +235,26 @@ impl EntityState {
         let ratio = |a: u64, b: u64| {
             if b == 0 { f64::NAN } else { a as f64 / b as f64 }
         };
-        let dc = |col: usize, i: usize, w: i64| if need[col] { self.distinct.count(i, w, now) } else { f64::NAN };
+        const M10: i64 = 600_000;
+        const H1: i64 = 3_600_000;
+        // Columns 36..=44 are the distinct counts (see the test below).
+        let exact =
+            if need[36..=44].contains(&true) { self.distinct.exact_counts([M10, H1], now) } else { Default::default() };
+        let dc = |col: usize, i: usize, w: i64| {
+            debug_assert!(w == M10 || w == H1);
+            if !need[col] {
+                f64::NAN
+            } else if self.distinct.is_sketched(i) {
+                self.distinct.count(i, w, now)
+            } else {
+                f64::from(exact[i][usize::from(w == H1)])
+            }
+        };
         let iat_cv = if self.iat_n >= 10 && self.iat_mean > 0.0 {
             (self.iat_var.sqrt() / self.iat_mean) as f64
         } else {
             f64::NAN
         };
-        const M10: i64 = 600_000;
-        const H1: i64 = 3_600_000;
         [
             s1[0] as f64,
             s10[c::REQ] as f64,
