@@ -9,12 +9,6 @@ command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0
 fi
-if [ "$(id -u)" != 0 ]; then
-    echo "missing: ${missing[*]}; install them (apt-get install -y ${missing[*]}) or run this script as root" >&2
-    exit 1
-fi
-export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq
-apt-get install -y -qq "${missing[@]}" >/dev/null
+bash "$(dirname "$0")/apt.sh" "${missing[@]}"
 # Where systemd exists the packages start daemons on :80 and :2019; the tests need none.
 systemctl stop caddy haproxy >/dev/null 2>&1 || true

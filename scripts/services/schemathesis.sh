@@ -11,13 +11,7 @@ if [ -x "$dir/bin/schemathesis" ] && [ "$installed" = "$version" ]; then
     exit 0
 fi
 if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
-    if [ "$(id -u)" != 0 ]; then
-        echo "python3-venv is missing: apt-get install -y python3-venv (or run this script as root)" >&2
-        exit 1
-    fi
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq python3-venv >/dev/null
+    bash "$(dirname "$0")/apt.sh" python3-venv
 fi
 rm -rf "$dir"
 python3 -m venv "$dir"
