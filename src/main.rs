@@ -301,7 +301,24 @@ fn run(cli: Cli) -> Result<()> {
         Command::Query { data, sql, file, params, format } => {
             let sql = match (sql, file) {
                 (Some(sql), _) => sql,
-                (None, Some(f)) => std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?,
+                (None, Some(f)) => {
+                    let sql = std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
+                    // A shipped query's header declares its parameters: name the
+                    // missing ones before DataFusion reports an unbound placeholder.
+                    let missing: Vec<String> = analytics::Investigation::parse(&sql)
+                        .params
+                        .into_iter()
+                        .filter(|p| !params.iter().any(|(k, _)| k == p))
+                        .collect();
+                    if !missing.is_empty() {
+                        bail!(
+                            "{} needs {} (see its header)",
+                            f.display(),
+                            missing.iter().map(|p| format!("--param {p}=…")).collect::<Vec<_>>().join(" ")
+                        );
+                    }
+                    sql
+                }
                 (None, None) => bail!("give the SQL or --file FILE"),
             };
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
