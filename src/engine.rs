@@ -529,6 +529,10 @@ impl Engine {
     fn handle_snapshot(&mut self, snap: Snapshot) -> Result<(), EngineError> {
         let now = snap.as_of_ms;
         for (t, batch) in snap.batches {
+            // Rows that made a decision: written to the features table even
+            // between persisted ticks, so that an analyst sees the values a
+            // decision was made on, not the next minute's.
+            let mut decided: Vec<u32> = Vec::new();
             let mut hits = self.rules.evaluate(t, &batch)?;
             // Models judge whole ticks only: they were trained on features as
             // ticks see them, and a window part-way through one (an early
@@ -555,16 +559,31 @@ impl Engine {
                 for h in hits {
                     let is_shared = shared.get(h.row).copied().unwrap_or(false);
                     let c = self.rule_candidate(&batch, h);
-                    self.decide(t, now, (&batch, h.row, entities.value(h.row)), is_shared, c)?;
+                    if self.decide(t, now, (&batch, h.row, entities.value(h.row)), is_shared, c)? {
+                        decided.push(h.row as u32);
+                    }
                 }
                 for (row, c) in scored {
                     let is_shared = shared.get(row).copied().unwrap_or(false);
-                    self.decide(t, now, (&batch, row, entities.value(row)), is_shared, c)?;
+                    if self.decide(t, now, (&batch, row, entities.value(row)), is_shared, c)? {
+                        decided.push(row as u32);
+                    }
                 }
             }
-            if snap.persist && self.wants.features {
+            if self.wants.features && (snap.persist || !decided.is_empty()) {
+                let rows = if snap.persist {
+                    batch
+                } else {
+                    decided.sort_unstable();
+                    decided.dedup();
+                    datafusion::arrow::compute::take_record_batch(
+                        &batch,
+                        &datafusion::arrow::array::UInt32Array::from(decided),
+                    )?
+                };
+                let rows = with_periodic(rows, snap.persist)?;
                 for s in self.sinks.iter_mut().filter(|s| s.wants().features) {
-                    s.features(&batch)?;
+                    s.features(&rows)?;
                 }
             }
         }
@@ -622,6 +641,8 @@ impl Engine {
         Ok(out)
     }
 
+    /// Proposes what `c` says for one row; true when a decision was made
+    /// (not allowlisted, not downgraded to nothing, not already in force).
     fn decide(
         &mut self,
         t: EntityType,
@@ -629,10 +650,10 @@ impl Engine {
         (batch, row, entity): (&RecordBatch, usize, &str),
         shared: bool,
         c: Candidate,
-    ) -> Result<(), EngineError> {
+    ) -> Result<bool, EngineError> {
         if self.allowlist.load().protects_entity(t, entity) {
             self.summary.suppressed_by_allowlist += 1;
-            return Ok(());
+            return Ok(false);
         }
         let mut action = c.action;
         let mut reason = c.reason;
@@ -640,7 +661,7 @@ impl Engine {
             self.summary.downgraded_shared += 1;
             action = c.on_shared;
             if action == Action::Allow {
-                return Ok(());
+                return Ok(false);
             }
             reason.push_str(&format!(
                 "; shared by many users acting normally ({}), so {} instead of {}",
@@ -659,10 +680,13 @@ impl Engine {
             source: c.source,
             score: c.score,
         };
-        if let Some(d) = self.store.propose(proposal) {
-            self.emit(&d)?;
+        match self.store.propose(proposal) {
+            Some(d) => {
+                self.emit(&d)?;
+                Ok(true)
+            }
+            None => Ok(false),
         }
-        Ok(())
     }
 
     fn emit(&mut self, d: &Decision) -> Result<(), EngineError> {
@@ -692,6 +716,14 @@ impl Engine {
         s.peak_rss_bytes = peak_rss_bytes();
         Ok(self.summary)
     }
+}
+
+/// Feature rows as the `features` table holds them: with the `periodic` flag.
+fn with_periodic(rows: RecordBatch, periodic: bool) -> Result<RecordBatch, ArrowError> {
+    let flag = datafusion::arrow::array::BooleanArray::from(vec![periodic; rows.num_rows()]);
+    let mut columns = rows.columns().to_vec();
+    columns.push(Arc::new(flag));
+    RecordBatch::try_new(features::table_schema(), columns)
 }
 
 /// Feature columns a predicate mentions, so a decision's reason can show their values.

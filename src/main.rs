@@ -88,6 +88,24 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
     },
+    /// The story of one entity: its decisions with the rule or model, the
+    /// feature values and the reason; its traffic before and after; the
+    /// entities it shares traffic with and the decisions on them.
+    Explain {
+        /// ip, cidr, user, api_key, device or session.
+        #[arg(long, value_name = "TYPE", value_parser = parse_entity_type)]
+        entity_type: gatewatch::features::EntityType,
+        /// The entity as decisions name it, e.g. 203.0.113.7 or 203.0.113.0/24.
+        #[arg(long, value_name = "NAME")]
+        entity: String,
+        /// A replay's output directory or a state directory; default: the
+        /// pipeline's state directory.
+        #[arg(long, value_name = "DIR")]
+        data: Option<PathBuf>,
+        /// Print the story as one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// SQL over the tables: events, features, decisions.
     Query {
         /// A replay's output directory, or a state directory (every run under
@@ -296,6 +314,19 @@ fn run(cli: Cli) -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
                 print!("{}", r.render());
+            }
+        }
+        Command::Explain { entity_type, entity, data, json } => {
+            let data = match data {
+                Some(d) => d,
+                None => load(&cli.pipeline)?.state_dir,
+            };
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+            let story = rt.block_on(analytics::explain::explain(&data, entity_type, &entity))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&story)?);
+            } else {
+                print!("{}", story.render());
             }
         }
         Command::Query { data, sql, file, params, format } => {
@@ -651,6 +682,12 @@ fn demo(pipeline: &Path, seed: u64, hours: f64, out: &Path) -> Result<()> {
         run_dir.display()
     );
     Ok(())
+}
+
+/// An entity type as decisions name it.
+fn parse_entity_type(s: &str) -> Result<gatewatch::features::EntityType, String> {
+    gatewatch::features::EntityType::parse(s)
+        .ok_or_else(|| format!("'{s}': expected ip, cidr, user, api_key, device or session"))
 }
 
 /// `NAME=VALUE` of `query --param`.

@@ -7,6 +7,8 @@
 //! an address did last week should not have to know which restarts happened
 //! in between.
 
+pub mod explain;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -50,7 +52,7 @@ pub enum OutputFormat {
 fn table_schema(table: &str) -> SchemaRef {
     match table {
         "events" => crate::event::schema(),
-        "features" => crate::features::schema(),
+        "features" => crate::features::table_schema(),
         _ => crate::sink::parquet::decisions_schema(),
     }
 }

@@ -114,6 +114,21 @@ pub fn schema() -> SchemaRef {
         .clone()
 }
 
+/// The `features` table as sinks write it: [`schema`] and then `periodic`,
+/// true for a periodic snapshot (every feature computed), false for a row
+/// written at a decision between two snapshots (only the features rules and
+/// models read; the others are null). Training reads periodic rows only.
+pub fn table_schema() -> SchemaRef {
+    static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
+    SCHEMA
+        .get_or_init(|| {
+            let mut fields: Vec<Field> = schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+            fields.push(Field::new("periodic", DataType::Boolean, false));
+            Arc::new(Schema::new(fields))
+        })
+        .clone()
+}
+
 /// Windowing and retention settings.
 #[derive(Debug, Clone, Copy)]
 pub struct FeatureConfig {

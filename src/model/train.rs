@@ -239,7 +239,13 @@ impl Counts {
 /// Reads the feature rows of `t` from `data` and labels them.
 pub fn dataset(data: &Path, labels: &Path, t: EntityType) -> Result<Dataset, ModelError> {
     let counts = load_labels(labels, t, data)?;
-    let sql = format!("SELECT * FROM features WHERE entity_type = '{}' ORDER BY ts, entity", t.as_str());
+    // Periodic snapshots only: a row written at a decision between two of
+    // them holds only what rules and models read, and would weigh the
+    // decided entities twice.
+    let sql = format!(
+        "SELECT * FROM features WHERE entity_type = '{}' AND periodic IS NOT FALSE ORDER BY ts, entity",
+        t.as_str()
+    );
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .map_err(|source| ModelError::Io { path: data.to_path_buf(), source })?;

@@ -105,7 +105,8 @@ pub trait Sink: Send {
         Ok(())
     }
 
-    /// A batch of feature rows (the `features` table's schema), from persisted snapshots.
+    /// A batch of feature rows ([`crate::features::table_schema`]): periodic
+    /// snapshots, and the rows decisions were made on between them.
     fn features(&mut self, _batch: &RecordBatch) -> Result<(), SinkError> {
         Ok(())
     }

@@ -270,7 +270,7 @@ impl ParquetSink {
         };
         Ok(ParquetSink {
             events: open("events", crate::event::schema(), EVENT_PLAIN)?,
-            features: open("features", crate::features::schema(), &FEATURE_PLAIN)?,
+            features: open("features", crate::features::table_schema(), &FEATURE_PLAIN)?,
             decisions: open("decisions", decisions_schema(), &[])?,
             feature_buf: Vec::new(),
             feature_buf_rows: 0,
