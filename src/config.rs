@@ -138,6 +138,9 @@ struct ApiSection {
     max_connections_per_ip: Option<usize>,
     header_timeout: Option<Spanned<String>>,
     max_wait: Option<Spanned<String>>,
+    query_max_rows: Option<usize>,
+    query_timeout: Option<Spanned<String>>,
+    query_memory: Option<Spanned<String>>,
 }
 
 /// Where forward-auth finds the client address.
@@ -177,6 +180,11 @@ pub struct ApiConfig {
     pub header_timeout_ms: i64,
     /// Longest a long poll of the decision stream may wait for a change.
     pub max_wait_ms: i64,
+    /// `POST /v1/admin/query`: rows returned at most (more are cut off and
+    /// the answer says so), time a query may run, memory it may hold.
+    pub query_max_rows: usize,
+    pub query_timeout_ms: i64,
+    pub query_memory_bytes: usize,
 }
 
 impl ApiConfig {
@@ -215,6 +223,9 @@ impl Default for ApiConfig {
             max_connections_per_ip: None,
             header_timeout_ms: 30_000,
             max_wait_ms: 60_000,
+            query_max_rows: 10_000,
+            query_timeout_ms: 30_000,
+            query_memory_bytes: 256 << 20,
         }
     }
 }
@@ -900,6 +911,27 @@ impl Pipeline {
                     ));
                 }
                 api.stream_retention = n;
+            }
+            if let Some(n) = v.query_max_rows {
+                if !(1..=1_000_000).contains(&n) {
+                    return Err(invalid(&f.file, &f.src, s.span(), "api.query_max_rows", "must be 1 to 1000000 rows"));
+                }
+                api.query_max_rows = n;
+            }
+            if let Some(t) = &v.query_timeout {
+                let ms = duration(&f.file, &f.src, t, "api.query_timeout")?;
+                if !(100..=3_600_000).contains(&ms) {
+                    return Err(invalid(&f.file, &f.src, t.span(), "api.query_timeout", "must be from 100ms to 1h"));
+                }
+                api.query_timeout_ms = ms;
+            }
+            if let Some(b) = &v.query_memory {
+                let n = crate::features::budget::parse_size(b.get_ref())
+                    .map_err(|m| invalid(&f.file, &f.src, b.span(), "api.query_memory", m))?;
+                if n < (1 << 20) {
+                    return Err(invalid(&f.file, &f.src, b.span(), "api.query_memory", "must be at least 1MiB"));
+                }
+                api.query_memory_bytes = n;
             }
         }
 

@@ -25,6 +25,10 @@ pub const TABLES: [&str; 3] = ["events", "features", "decisions"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
+    #[error("the query ran longer than the limit of {0} ms and was stopped")]
+    Timeout(u64),
+    #[error("the query needs more memory than the limit of {limit} bytes: {detail}")]
+    Memory { limit: usize, detail: String },
     #[error(
         "{0}: no gatewatch tables here (expected events/, features/ or decisions/ from `gatewatch replay --out`, \
          or runs/*/ under a state directory)"
@@ -84,7 +88,11 @@ pub fn table_dirs(data_dir: &Path, table: &str) -> Vec<PathBuf> {
 
 /// A session with every table found under `data_dir` registered.
 pub async fn session(data_dir: &Path) -> Result<SessionContext, QueryError> {
-    let ctx = SessionContext::new();
+    register(SessionContext::new(), data_dir).await
+}
+
+/// Registers every table found under `data_dir` (and the `event_entities` view) in `ctx`.
+async fn register(ctx: SessionContext, data_dir: &Path) -> Result<SessionContext, QueryError> {
     let mut found = 0;
     for t in TABLES {
         let dirs = table_dirs(data_dir, t);
@@ -146,6 +154,87 @@ pub async fn query_with(
     let batches = df.collect().await?;
     // An empty result still has columns: CSV and table output print them.
     Ok(if batches.is_empty() { vec![RecordBatch::new_empty(schema)] } else { batches })
+}
+
+/// Bounds on one query asked over the API.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_rows: usize,
+    pub timeout: std::time::Duration,
+    pub memory_bytes: usize,
+}
+
+/// A result cut to the row limit.
+#[derive(Debug)]
+pub struct Limited {
+    pub schema: SchemaRef,
+    pub batches: Vec<RecordBatch>,
+    pub rows: usize,
+    /// More rows were there than the limit let through.
+    pub truncated: bool,
+}
+
+/// Runs one read-only statement within `limits`: DDL, DML and other
+/// statements (`CREATE`, `INSERT`, `COPY`, `SET`) are refused before
+/// planning; the memory pool is bounded and nothing spills to disk; the rows
+/// stop at the limit (the query stops with them) and the whole runs no longer
+/// than the timeout. Parameters are bound as in [`query_with`].
+pub async fn query_limited(
+    data_dir: &Path,
+    sql: &str,
+    params: &[(String, String)],
+    limits: Limits,
+) -> Result<Limited, QueryError> {
+    use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+    use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+    use futures_util::StreamExt;
+
+    let runtime = RuntimeEnvBuilder::new()
+        .with_memory_limit(limits.memory_bytes, 1.0)
+        .with_disk_manager_builder(DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled))
+        .build_arc()?;
+    let config = datafusion::prelude::SessionConfig::new().with_target_partitions(2);
+    let ctx = register(SessionContext::new_with_config_rt(config, runtime), data_dir).await?;
+    let memory = |e: DataFusionError| match e.find_root() {
+        DataFusionError::ResourcesExhausted(detail) => {
+            QueryError::Memory { limit: limits.memory_bytes, detail: detail.clone() }
+        }
+        _ => QueryError::DataFusion(e),
+    };
+    let work = async {
+        let options = datafusion::execution::context::SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(false);
+        let mut df = ctx.sql_with_options(sql, options).await?;
+        if !params.is_empty() {
+            let values: Vec<(String, ScalarValue)> =
+                params.iter().map(|(k, v)| (k.clone(), ScalarValue::Utf8(Some(v.clone())))).collect();
+            df = df.with_param_values(values)?;
+        }
+        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+        let mut stream = df.execute_stream().await?;
+        let (mut batches, mut rows, mut truncated) = (Vec::new(), 0usize, false);
+        while let Some(b) = stream.next().await {
+            let b = b?;
+            let room = limits.max_rows - rows;
+            if b.num_rows() > room {
+                if room > 0 {
+                    batches.push(b.slice(0, room));
+                }
+                rows += room;
+                truncated = true;
+                break;
+            }
+            rows += b.num_rows();
+            batches.push(b);
+        }
+        Ok::<_, DataFusionError>(Limited { schema, batches, rows, truncated })
+    };
+    match tokio::time::timeout(limits.timeout, work).await {
+        Ok(r) => r.map_err(memory),
+        Err(_) => Err(QueryError::Timeout(limits.timeout.as_millis() as u64)),
+    }
 }
 
 /// Renders batches as a text table.

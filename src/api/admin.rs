@@ -92,7 +92,7 @@ fn canonical_entity(t: crate::features::EntityType, entity: &str) -> Result<Stri
 
 /// A body that could not be read as JSON: 413 when it is over the size limit
 /// (the client must send less, not fix its syntax), 400 otherwise.
-fn body_error(e: axum::extract::rejection::JsonRejection) -> ApiError {
+pub(super) fn body_error(e: axum::extract::rejection::JsonRejection) -> ApiError {
     let status = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
         StatusCode::PAYLOAD_TOO_LARGE
     } else {

@@ -9,6 +9,7 @@ pub mod keys;
 mod lookup;
 pub mod metrics;
 pub mod openapi;
+mod query;
 pub mod serve;
 mod stream;
 
@@ -69,6 +70,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub keys: Arc<KeyRing>,
     pub ready: Arc<AtomicBool>,
+    /// Where the runs' tables are (`POST /v1/admin/query` reads them).
+    pub state_dir: std::path::PathBuf,
     /// Token buckets of throttled decisions: decision id → (tokens, last ms).
     throttles: Mutex<HashMap<u64, (f64, i64)>>,
     /// When idle buckets were last dropped (epoch ms).
@@ -105,6 +108,7 @@ impl AppState {
             metrics: s.metrics,
             keys: s.keys,
             ready: s.ready,
+            state_dir: s.pipeline.state_dir.clone(),
             throttles: Mutex::new(HashMap::new()),
             throttles_pruned: std::sync::atomic::AtomicI64::new(0),
             next_manual_id,
@@ -177,6 +181,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/admin/reload", post(admin::reload_route))
         .route("/v1/admin/models", get(admin::models))
         .route("/v1/admin/models/rollback", post(admin::rollback))
+        .route("/v1/admin/query", post(query::query))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), authenticate))
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe))

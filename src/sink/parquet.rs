@@ -25,6 +25,9 @@ use datafusion::parquet::schema::types::ColumnPath;
 use super::{Sink, SinkError, Wants};
 use crate::decision::Decision;
 
+/// Suffix of a part file still being written.
+pub const WRITING: &str = ".writing";
+
 /// One table (a directory of Parquet files readable as one DataFusion table).
 pub struct ParquetTable {
     name: String,
@@ -49,8 +52,16 @@ impl ParquetTable {
 
     fn create_part(dir: &Path, schema: SchemaRef, plain: &[&str], next: bool) -> Result<Self, SinkError> {
         std::fs::create_dir_all(dir).map_err(|source| SinkError::Io { path: dir.to_path_buf(), source })?;
-        let n = if next { (0u32..).find(|n| !dir.join(format!("part-{n}.parquet")).exists()).unwrap_or(0) } else { 0 };
-        let path: PathBuf = dir.join(format!("part-{n}.parquet"));
+        let taken = |n: u32| {
+            dir.join(format!("part-{n}.parquet")).exists() || dir.join(format!("part-{n}.parquet{WRITING}")).exists()
+        };
+        let n = if next { (0u32..).find(|&n| !taken(n)).unwrap_or(0) } else { 0 };
+        let done: PathBuf = dir.join(format!("part-{n}.parquet"));
+        // Written under another name and renamed once its footer is on disk:
+        // a reader never sees a part file without one, so a query while the
+        // table is being written (or after a crash) reads the finished parts
+        // instead of failing on the open one.
+        let path: PathBuf = dir.join(format!("part-{n}.parquet{WRITING}"));
         let file = File::create(&path).map_err(|source| SinkError::Io { path: path.clone(), source })?;
         let mut props = WriterProperties::builder()
             .set_compression(Compression::SNAPPY)
@@ -82,7 +93,10 @@ impl ParquetTable {
                     Ok(())
                 };
                 match written() {
-                    Ok(()) => Ok(rows),
+                    Ok(()) => match std::fs::rename(&path, &done) {
+                        Ok(()) => Ok(rows),
+                        Err(source) => Err(SinkError::Io { path: done.clone(), source }),
+                    },
                     Err(source) => {
                         // A part file without its footer is unreadable, and one
                         // such file breaks every query over the table: it goes.
