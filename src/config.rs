@@ -57,6 +57,7 @@ struct SinkSection {
     kind: crate::sink::SinkKind,
     tables: Option<Vec<Spanned<String>>>,
     max_bytes: Option<Spanned<String>>,
+    roll_every: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -420,7 +421,20 @@ fn sinks_from(f: &Located<PipelineFile>, output: &OutputConfig) -> Result<Vec<cr
                 ));
             }
         };
-        out.push(SinkSpec { kind: v.kind, tables, max_bytes });
+        let roll_every_ms = match (&v.roll_every, v.kind) {
+            (None, _) => None,
+            (Some(t), SinkKind::Parquet) => {
+                let ms = duration(&f.file, &f.src, t, "sinks.roll_every")?;
+                if !(1_000..=86_400_000).contains(&ms) {
+                    return Err(invalid(&f.file, &f.src, t.span(), "sinks.roll_every", "must be from 1s to 24h"));
+                }
+                Some(ms)
+            }
+            (Some(t), _) => {
+                return Err(invalid(&f.file, &f.src, t.span(), "sinks.roll_every", "only a parquet sink rolls files"));
+            }
+        };
+        out.push(SinkSpec { kind: v.kind, tables, max_bytes, roll_every_ms });
     }
     if !out.iter().any(|s| s.kind == SinkKind::DeadLetters) {
         let span = sections.first().map(|s| s.span()).unwrap_or(0..0);

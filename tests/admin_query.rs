@@ -18,7 +18,12 @@ fn query(s: &Server, key: &str, body: &Value) -> (u16, Value) {
 fn analysts_query_every_run_over_the_api_within_limits() {
     let (dir, pipeline, input) = common::live_setup();
     let mut p = std::fs::OpenOptions::new().append(true).open(&pipeline).expect("pipeline");
-    p.write_all(b"[api]\nquery_memory = \"1MiB\"\nquery_timeout = \"2s\"\nquery_max_rows = 500\n").expect("write");
+    p.write_all(
+        b"[api]\nquery_memory = \"1MiB\"\nquery_timeout = \"2s\"\nquery_max_rows = 500\n\
+          [[sinks]]\ntype = \"parquet\"\nroll_every = \"1s\"\n\
+          [[sinks]]\ntype = \"decisions_jsonl\"\n[[sinks]]\ntype = \"dead_letters\"\n",
+    )
+    .expect("write");
     drop(p);
 
     // A first run sees a credential-stuffing burst and denies it, then stops
@@ -33,14 +38,11 @@ fn analysts_query_every_run_over_the_api_within_limits() {
     first.until("deny", |s| s.get("/v1/authz", &[("X-Forwarded-For", "203.0.113.77")]).0 == 403);
     assert!(first.signal("-TERM").success());
 
-    // The second run is writing its own tables while it is asked.
+    // A second run, writing its own tables while it is asked (a part being
+    // written is `.writing` until finished, and never read half-written).
     let second = Server::start(&pipeline, &input, &first.key);
     second.until("ready", |s| s.json("/readyz").0 == 200);
     let writing = dir.path().join("state/runs");
-    common::until("the second run's open part files", || {
-        walk(&writing).iter().any(|p| p.to_string_lossy().ends_with(".parquet.writing"))
-    });
-
     let (status, r) = query(
         &second,
         &admin,
@@ -54,6 +56,29 @@ fn analysts_query_every_run_over_the_api_within_limits() {
     assert_eq!(r["truncated"], false);
     let (status, r) = query(&second, &admin, &json!({"sql": "SELECT count(*) AS n FROM events"}));
     assert_eq!((status, r["rows"][0]["n"].as_u64()), (200, Some(40)), "{r}");
+
+    // What the running server sees becomes queryable while it runs: its
+    // parts are finished at least every roll_every (1 s here).
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&input)
+        .expect("log")
+        .write_all(common::stuffing_lines("198.51.100.23", 40).as_bytes())
+        .expect("write");
+    second.until("the second deny", |s| s.get("/v1/authz", &[("X-Forwarded-For", "198.51.100.23")]).0 == 403);
+    let now = json!({"sql": "SELECT count(*) AS n FROM event_entities WHERE entity_type = 'ip' AND entity = $ip \
+                             UNION ALL SELECT count(*) FROM decisions WHERE entity = $ip",
+                     "params": {"ip": "198.51.100.23"}});
+    second.until("the running run's rows in a query", |s| {
+        let (status, r) = query(s, &admin, &now);
+        status == 200 && r["rows"].as_array().is_some_and(|rows| rows.iter().all(|row| row["n"].as_u64() > Some(0)))
+    });
+    let parts: Vec<_> = walk(&writing)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|x| x == "parquet"))
+        .map(|p| p.strip_prefix(&writing).expect("under").to_string_lossy().into_owned())
+        .collect();
+    assert!(parts.iter().all(|p| p.contains("/date=") && p.contains("/hour=")), "{parts:?}");
 
     // Rows stop at the limit, and the answer says so.
     let (status, r) = query(&second, &admin, &json!({"sql": "SELECT * FROM events", "max_rows": 3}));

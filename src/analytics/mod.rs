@@ -64,11 +64,9 @@ fn table_schema(table: &str) -> SchemaRef {
 /// The directories holding `table`'s Parquet files under `data_dir`: its own
 /// and each run's, oldest run first.
 pub fn table_dirs(data_dir: &Path, table: &str) -> Vec<PathBuf> {
-    let has_parquet = |dir: &Path| {
-        std::fs::read_dir(dir)
-            .map(|rd| rd.filter_map(Result::ok).any(|e| e.path().extension().is_some_and(|x| x == "parquet")))
-            .unwrap_or(false)
-    };
+    // Parts sit under date=…/hour=… (older runs: in the table directory itself).
+    let has_parquet =
+        |dir: &Path| crate::sink::parts::files_under(dir).iter().any(|p| p.extension().is_some_and(|x| x == "parquet"));
     let mut dirs = Vec::new();
     let own = data_dir.join(table);
     if has_parquet(&own) {

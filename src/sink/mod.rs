@@ -31,6 +31,7 @@
 pub mod deadletter;
 pub mod jsonl;
 pub mod parquet;
+pub mod parts;
 pub mod resilient;
 
 use std::path::Path;
@@ -171,9 +172,21 @@ pub struct SinkSpec {
     pub tables: Vec<String>,
     /// Dead letters: bytes per file (two files at most); `None`: the default.
     pub max_bytes: Option<u64>,
+    /// Parquet: longest a part file stays open (unreadable) before it is
+    /// finished; `None`: [`DEFAULT_ROLL_EVERY_MS`].
+    pub roll_every_ms: Option<i64>,
 }
 
+/// How long a Parquet part stays open by default: a live run's rows are
+/// queryable within five minutes, and a day makes ~300 files per table.
+pub const DEFAULT_ROLL_EVERY_MS: i64 = 300_000;
+
 impl SinkSpec {
+    /// The roll age of a Parquet sink's parts.
+    pub fn roll_every(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.roll_every_ms.unwrap_or(DEFAULT_ROLL_EVERY_MS).max(0) as u64)
+    }
+
     /// The sinks a pipeline without `[[sinks]]` writes: every table the
     /// `[output]` flags ask for, decisions as JSON lines, dead letters.
     pub fn defaults(events: bool, features: bool) -> Vec<SinkSpec> {
@@ -186,9 +199,9 @@ impl SinkSpec {
         }
         tables.push("decisions".into());
         vec![
-            SinkSpec { kind: SinkKind::Parquet, tables, max_bytes: None },
-            SinkSpec { kind: SinkKind::DecisionsJsonl, tables: Vec::new(), max_bytes: None },
-            SinkSpec { kind: SinkKind::DeadLetters, tables: Vec::new(), max_bytes: None },
+            SinkSpec { kind: SinkKind::Parquet, tables, max_bytes: None, roll_every_ms: None },
+            SinkSpec { kind: SinkKind::DecisionsJsonl, tables: Vec::new(), max_bytes: None, roll_every_ms: None },
+            SinkSpec { kind: SinkKind::DeadLetters, tables: Vec::new(), max_bytes: None, roll_every_ms: None },
         ]
     }
 }
@@ -198,7 +211,7 @@ impl SinkSpec {
 /// cut-off last line removed first).
 pub fn resume(spec: &SinkSpec, dir: &Path) -> Result<Box<dyn Sink>, SinkError> {
     Ok(match spec.kind {
-        SinkKind::Parquet => Box::new(ParquetSink::resume(dir, &spec.tables)?),
+        SinkKind::Parquet => Box::new(ParquetSink::open(dir, &spec.tables, spec.roll_every())?),
         SinkKind::DecisionsJsonl => Box::new(DecisionsJsonl::append(&dir.join("decisions.jsonl"))?),
         SinkKind::DeadLetters => Box::new(DeadLetterSink::resume(
             &dir.join("dead_letters.jsonl"),
@@ -210,7 +223,7 @@ pub fn resume(spec: &SinkSpec, dir: &Path) -> Result<Box<dyn Sink>, SinkError> {
 /// Opens the sink `spec` describes, writing into the run directory `dir`.
 pub fn build(spec: &SinkSpec, dir: &Path) -> Result<Box<dyn Sink>, SinkError> {
     Ok(match spec.kind {
-        SinkKind::Parquet => Box::new(ParquetSink::create(dir, &spec.tables)?),
+        SinkKind::Parquet => Box::new(ParquetSink::open(dir, &spec.tables, spec.roll_every())?),
         SinkKind::DecisionsJsonl => Box::new(DecisionsJsonl::create(&dir.join("decisions.jsonl"))?),
         SinkKind::DeadLetters => Box::new(DeadLetterSink::with_limit(
             &dir.join("dead_letters.jsonl"),

@@ -4,10 +4,10 @@
 //! the pipeline, so it runs beside the main loop; the bounded channel gives
 //! back-pressure instead of unbounded memory when the disk is slow.
 
-use std::fs::File;
-use std::path::{Path, PathBuf};
-use std::sync::mpsc::{SyncSender, sync_channel};
+use std::path::Path;
+use std::sync::mpsc::{RecvTimeoutError, SyncSender, sync_channel};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use std::sync::Arc;
 
@@ -17,16 +17,13 @@ use datafusion::arrow::array::{
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::basic::Compression;
 use datafusion::parquet::file::properties::{EnabledStatistics, WriterProperties};
 use datafusion::parquet::schema::types::ColumnPath;
 
+use super::parts::{PartError, Parts};
 use super::{Sink, SinkError, Wants};
 use crate::decision::Decision;
-
-/// Suffix of a part file still being written.
-pub const WRITING: &str = ".writing";
 
 /// One table (a directory of Parquet files readable as one DataFusion table).
 pub struct ParquetTable {
@@ -36,33 +33,13 @@ pub struct ParquetTable {
 }
 
 impl ParquetTable {
-    /// Creates `dir/part-0.parquet` and starts its writer thread. Columns in
+    /// Starts the writer thread of the table in `dir` (its parts:
+    /// [`super::parts`]), numbering parts after any already there, so a
+    /// table that continues after a failure keeps what it had. Columns in
     /// `plain` skip dictionary encoding: for unique values (request ids) a
     /// dictionary is pure overhead. Measured: turning dictionaries off everywhere
     /// made replay slower (more bytes to compress), so they stay on elsewhere.
-    pub fn create(dir: &Path, schema: SchemaRef, plain: &[&str]) -> Result<Self, SinkError> {
-        Self::create_part(dir, schema, plain, false)
-    }
-
-    /// Creates the table's next part file (`part-N.parquet`, the first N not
-    /// there) instead of `part-0.parquet`: the table continues after a failure.
-    pub fn create_next(dir: &Path, schema: SchemaRef, plain: &[&str]) -> Result<Self, SinkError> {
-        Self::create_part(dir, schema, plain, true)
-    }
-
-    fn create_part(dir: &Path, schema: SchemaRef, plain: &[&str], next: bool) -> Result<Self, SinkError> {
-        std::fs::create_dir_all(dir).map_err(|source| SinkError::Io { path: dir.to_path_buf(), source })?;
-        let taken = |n: u32| {
-            dir.join(format!("part-{n}.parquet")).exists() || dir.join(format!("part-{n}.parquet{WRITING}")).exists()
-        };
-        let n = if next { (0u32..).find(|&n| !taken(n)).unwrap_or(0) } else { 0 };
-        let done: PathBuf = dir.join(format!("part-{n}.parquet"));
-        // Written under another name and renamed once its footer is on disk:
-        // a reader never sees a part file without one, so a query while the
-        // table is being written (or after a crash) reads the finished parts
-        // instead of failing on the open one.
-        let path: PathBuf = dir.join(format!("part-{n}.parquet{WRITING}"));
-        let file = File::create(&path).map_err(|source| SinkError::Io { path: path.clone(), source })?;
+    pub fn create(dir: &Path, schema: SchemaRef, plain: &[&str], roll_every: Duration) -> Result<Self, SinkError> {
         let mut props = WriterProperties::builder()
             .set_compression(Compression::SNAPPY)
             .set_max_row_group_row_count(Some(256 * 1024))
@@ -73,44 +50,29 @@ impl ParquetTable {
         for c in plain {
             props = props.set_column_dictionary_enabled(ColumnPath::from(*c), false);
         }
-        let props = props.build();
-        let mut writer = ArrowWriter::try_new(file, schema, Some(props))
-            .map_err(|source| SinkError::Parquet { path: path.clone(), source })?;
+        let mut parts = Parts::new(dir, schema, props.build(), roll_every)
+            .map_err(|source| SinkError::Io { path: dir.to_path_buf(), source })?;
         let (tx, rx) = sync_channel::<Vec<RecordBatch>>(16);
         let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let handle = std::thread::Builder::new()
             .name(format!("sink-{name}"))
             .spawn(move || {
-                let mut rows = 0u64;
-                let written = || -> Result<(), datafusion::parquet::errors::ParquetError> {
-                    for batches in rx {
-                        for batch in batches {
-                            rows += batch.num_rows() as u64;
-                            writer.write(&batch)?;
+                let part_error = |e: PartError| SinkError::Parquet { path: e.path, source: e.error };
+                // Woken at least every second, so that a part of a quiet
+                // live stream is still finished on time.
+                loop {
+                    match rx.recv_timeout(Duration::from_secs(1)) {
+                        Ok(batches) => {
+                            for batch in batches {
+                                parts.write(&batch).map_err(part_error)?;
+                            }
                         }
+                        Err(RecvTimeoutError::Timeout) => {}
+                        Err(RecvTimeoutError::Disconnected) => break,
                     }
-                    writer.close()?;
-                    Ok(())
-                };
-                match written() {
-                    Ok(()) => match std::fs::rename(&path, &done) {
-                        Ok(()) => Ok(rows),
-                        Err(source) => Err(SinkError::Io { path: done.clone(), source }),
-                    },
-                    Err(source) => {
-                        // A part file without its footer is unreadable, and one
-                        // such file breaks every query over the table: it goes.
-                        let removed = std::fs::remove_file(&path);
-                        tracing::error!(
-                            file = %path.display(),
-                            rows,
-                            error = %source,
-                            removed = removed.is_ok(),
-                            "a Parquet part file could not be finished; it is removed and its rows are lost"
-                        );
-                        Err(SinkError::Parquet { path: path.clone(), source })
-                    }
+                    parts.roll_old().map_err(part_error)?;
                 }
+                parts.close().map_err(part_error)
             })
             .map_err(|source| SinkError::Io { path: dir.to_path_buf(), source })?;
         Ok(ParquetTable { name, tx: Some(tx), handle: Some(handle) })
@@ -263,21 +225,14 @@ pub struct ParquetSink {
 }
 
 impl ParquetSink {
-    /// Opens the named tables (`events`, `features`, `decisions`) under `dir`.
-    pub fn create(dir: &Path, tables: &[String]) -> Result<Self, SinkError> {
-        Self::open(dir, tables, false)
-    }
-
-    /// Like [`ParquetSink::create`], each table continuing in a new part file.
-    pub fn resume(dir: &Path, tables: &[String]) -> Result<Self, SinkError> {
-        Self::open(dir, tables, true)
-    }
-
-    fn open(dir: &Path, tables: &[String], next: bool) -> Result<Self, SinkError> {
+    /// Opens the named tables (`events`, `features`, `decisions`) under
+    /// `dir`, each finishing a part at least every `roll_every`; a table
+    /// already there (reopened after a failure) continues in new parts.
+    pub fn open(dir: &Path, tables: &[String], roll_every: Duration) -> Result<Self, SinkError> {
         let want = |t: &str| tables.iter().any(|n| n == t);
         let open = |name: &str, schema: SchemaRef, plain: &[&str]| -> Result<Option<ParquetTable>, SinkError> {
             if want(name) {
-                ParquetTable::create_part(&dir.join(name), schema, plain, next).map(Some)
+                ParquetTable::create(&dir.join(name), schema, plain, roll_every).map(Some)
             } else {
                 Ok(None)
             }
@@ -354,8 +309,8 @@ impl Sink for ParquetSink {
         Ok(())
     }
 
-    /// Hands what is buffered to the writer threads. Parquet files become
-    /// readable (and durable) when closed at `finish`.
+    /// Hands what is buffered to the writer threads. A part becomes readable
+    /// (and durable) when it is finished: by rows, by age, or at `finish`.
     fn checkpoint(&mut self) -> Result<(), SinkError> {
         self.flush_features()?;
         self.flush_decisions()

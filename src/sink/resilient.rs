@@ -166,7 +166,7 @@ mod tests {
         let dir = root.path().to_path_buf();
         let file = dir.join("dead_letters.jsonl");
         std::os::unix::fs::symlink("/dev/full", &file).expect("symlink");
-        let spec = SinkSpec { kind: SinkKind::DeadLetters, tables: Vec::new(), max_bytes: None };
+        let spec = SinkSpec { kind: SinkKind::DeadLetters, tables: Vec::new(), max_bytes: None, roll_every_ms: None };
         let inner = super::super::build(&spec, &dir).expect("build");
         let mut s = Resilient::new(inner, spec, dir.clone(), "dead_letters".into());
         let letter = |no| DeadLetter::new("-", crate::source::Position::Line { no, offset: 0 }, "bad", b"x", 1);
