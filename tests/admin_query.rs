@@ -86,7 +86,9 @@ fn analysts_query_every_run_over_the_api_within_limits() {
     assert_eq!(r["rows"].as_array().map(Vec::len), Some(3));
     let (status, r) = query(&second, &admin, &json!({"sql": "SELECT value FROM range(100000)"}));
     assert_eq!((status, r["row_count"].as_u64(), r["truncated"].as_bool()), (200, Some(500), Some(true)), "{r}");
-    assert_eq!(query(&second, &admin, &json!({"sql": "SELECT 1", "max_rows": 501})).0, 400);
+    let (status, r) = query(&second, &admin, &json!({"sql": "SELECT value FROM range(1000)", "max_rows": 501}));
+    assert_eq!((status, r["row_count"].as_u64()), (200, Some(500)), "more than query_max_rows is cut to it: {r}");
+    assert_eq!(query(&second, &admin, &json!({"sql": "SELECT 1", "max_rows": 0})).0, 400);
 
     // Read-only: nothing is created, written or set.
     let out = dir.path().join("copied.csv");
@@ -138,7 +140,7 @@ fn analysts_query_every_run_over_the_api_within_limits() {
         json!({"sql": "SELEC nothing"}),
         json!({"sql": ""}),
         json!({"sql": "SELECT $x"}),
-        json!({"sql": "SELECT 1", "params": {"no-dash": "x"}}),
+        json!({"sql": "SELECT 1", "params": {"x": "y".repeat(5000)}}),
         json!({"sql": "SELECT 1", "limit": 3}),
         json!({"query": "SELECT 1"}),
     ] {
