@@ -188,7 +188,7 @@ struct Candidate {
 }
 
 /// A feature value as a reason shows it: integers without decimals.
-fn fmt_value(v: f64) -> String {
+pub(crate) fn fmt_value(v: f64) -> String {
     if v.fract() == 0.0 && v.abs() < 1e15 { format!("{}", v as i64) } else { format!("{v:.3}") }
 }
 

@@ -474,7 +474,7 @@ impl Story {
                         .features
                         .iter()
                         .filter(|(_, v)| *v != 0.0)
-                        .map(|(n, v)| format!("{n}={}", fmt_num(*v)))
+                        .map(|(n, v)| format!("{n}={}", crate::engine::fmt_value(*v)))
                         .collect();
                     let _ = writeln!(
                         o,
@@ -551,8 +551,4 @@ fn plural(entity_type: &str, n: u64) -> String {
         (_, "address") => "addresses".into(),
         _ => format!("{name}s"),
     }
-}
-
-fn fmt_num(v: f64) -> String {
-    if v.fract() == 0.0 && v.abs() < 1e15 { format!("{}", v as i64) } else { format!("{v:.3}") }
 }
