@@ -10,7 +10,7 @@ use std::io::Write;
 use std::path::Path;
 use std::process::Command;
 
-use common::{Proc, Server, free_port, get_from, subst, until};
+use common::{Proc, Server, get_from, subst, until};
 
 const ATTACKER: &str = "127.0.0.77";
 const BENIGN: &str = "127.0.0.20";
@@ -83,7 +83,7 @@ fn caddy_forward_auth() {
     let (server, admin) = common::serve_with_keys(&pipeline, &input, "edge-caddy");
     let key = server.key.clone();
 
-    let (port, upstream) = (free_port(), free_port());
+    let [port, upstream] = common::free_ports();
     let block = common::readme_block("caddyfile", "forward_auth");
     let site = subst(&block, "api.example.com", &format!("http://127.0.0.1:{port}"));
     let site = subst(&site, "127.0.0.1:8790", &server.addr);
@@ -93,7 +93,7 @@ fn caddy_forward_auth() {
         "{{\n\tadmin off\n\tauto_https off\n}}\n{site}\nhttp://127.0.0.1:{upstream} {{\n\trespond \"upstream ok\" 200\n}}\n"
     );
     std::fs::write(d.join("Caddyfile"), conf).expect("Caddyfile");
-    let _caddy = Proc::spawn(
+    let mut caddy = Proc::spawn(
         Command::new("caddy")
             .args(["run", "--adapter", "caddyfile", "--config"])
             .arg(d.join("Caddyfile"))
@@ -104,7 +104,7 @@ fn caddy_forward_auth() {
         "caddy is installed (scripts/services/gateways.sh)",
     );
     let front = format!("127.0.0.1:{port}");
-    until("caddy listens", || std::net::TcpStream::connect(&front).is_ok());
+    caddy.until_listening(&front, &d.join("caddy.log"));
 
     exercise(&server, &admin, &input, &front);
 
@@ -126,7 +126,7 @@ fn haproxy_lua_forward_auth() {
     let lua = subst(&lua, "http://127.0.0.1:8790", &format!("http://{}", server.addr));
     let lua = subst(&lua, "gw_…", &key);
     std::fs::write(d.join("gatewatch.lua"), lua).expect("lua");
-    let (port, upstream) = (free_port(), free_port());
+    let [port, upstream] = common::free_ports();
     let cfg = common::readme_block("haproxy", "lua.gatewatch");
     let cfg = subst(&cfg, "/etc/haproxy/gatewatch.lua", &d.join("gatewatch.lua").display().to_string());
     let cfg = subst(&cfg, "bind :80", &format!("bind 127.0.0.1:{port}"));
@@ -137,13 +137,13 @@ fn haproxy_lua_forward_auth() {
     std::fs::write(d.join("haproxy.cfg"), cfg).expect("cfg");
     let check = Command::new("haproxy").arg("-c").arg("-f").arg(d.join("haproxy.cfg")).output().expect("haproxy");
     assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
-    let _haproxy = Proc::spawn(
+    let mut haproxy = Proc::spawn(
         Command::new("haproxy").arg("-db").arg("-f").arg(d.join("haproxy.cfg")),
         &d.join("haproxy.log"),
         "haproxy is installed (scripts/services/gateways.sh)",
     );
     let front = format!("127.0.0.1:{port}");
-    until("haproxy listens", || std::net::TcpStream::connect(&front).is_ok());
+    haproxy.until_listening(&front, &d.join("haproxy.log"));
 
     exercise(&server, &admin, &input, &front);
 

@@ -6,11 +6,10 @@
 mod common;
 
 use std::io::Write;
-use std::net::TcpStream;
 use std::path::Path;
 use std::process::Command;
 
-use common::{Proc, free_port, subst};
+use common::{Proc, subst};
 
 fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
     let (status, _, body) = common::http(addr, method, path, headers, body);
@@ -66,21 +65,22 @@ fn nginx_auth_request_blocks_the_attacker_only() {
     let (gw, gw_addr) = common::start_run(&pipeline, &log);
     let _gw = Proc(gw);
 
-    let (port, upstream) = (free_port(), free_port());
+    let [port, upstream] = common::free_ports();
     std::fs::write(d.join("nginx.conf"), nginx_conf(d, port, upstream, &gw_addr, &key)).expect("conf");
-    let nginx = Command::new("nginx")
-        .arg("-e")
-        .arg(d.join("nginx-error.log"))
-        .arg("-p")
-        .arg(d)
-        .arg("-c")
-        .arg(d.join("nginx.conf"))
-        .args(["-g", "daemon off;"])
-        .spawn()
-        .expect("nginx is installed (scripts/services/nginx.sh)");
-    let _nginx = Proc(nginx);
+    let mut nginx = Proc::spawn(
+        Command::new("nginx")
+            .arg("-e")
+            .arg(d.join("nginx-error.log"))
+            .arg("-p")
+            .arg(d)
+            .arg("-c")
+            .arg(d.join("nginx.conf"))
+            .args(["-g", "daemon off;"]),
+        &d.join("nginx.log"),
+        "nginx is installed (scripts/services/nginx.sh)",
+    );
     let front = format!("127.0.0.1:{port}");
-    common::until("nginx listens", || TcpStream::connect(&front).is_ok());
+    nginx.until_listening(&front, &d.join("nginx-error.log"));
 
     let attacker = [("X-Forwarded-For", "203.0.113.77")];
     let benign = [("X-Forwarded-For", "198.51.100.20")];

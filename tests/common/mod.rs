@@ -297,7 +297,14 @@ fn parse_response(raw: &str) -> (u16, Vec<(String, String)>, String) {
 
 /// A free loopback port (bound, then released).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    free_ports::<1>()[0]
+}
+
+/// `N` distinct free loopback ports: all are held until the last is bound, so
+/// two calls cannot hand out the same released port.
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<_> = (0..N).map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind")).collect();
+    std::array::from_fn(|i| held[i].local_addr().expect("addr").port())
 }
 
 /// A child process killed when the test ends, however it ends.
@@ -310,6 +317,27 @@ impl Proc {
         let err = std::fs::File::create(log).expect("log");
         Proc(cmd.stdout(std::process::Stdio::null()).stderr(err).spawn().expect(what))
     }
+
+    /// Waits until the process accepts connections on `addr`. A process that
+    /// exits first, or never listens, fails the test with what it wrote to
+    /// `log`, so a gateway that refuses its configuration or its port says why.
+    pub fn until_listening(&mut self, addr: &str, log: &std::path::Path) {
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(30) {
+            if TcpStream::connect(addr).is_ok() {
+                return;
+            }
+            if let Ok(Some(status)) = self.0.try_wait() {
+                panic!("exited ({status}) before listening on {addr}:\n{}", read_log(log));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("not listening on {addr} after 30 s:\n{}", read_log(log));
+    }
+}
+
+fn read_log(log: &std::path::Path) -> String {
+    std::fs::read_to_string(log).unwrap_or_else(|e| format!("({}: {e})", log.display()))
 }
 
 /// `gatewatch run` with a gateway key named `gateway` (the server's) and an
