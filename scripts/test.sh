@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: installs what the tests need (nginx, wrk, Caddy, HAProxy,
-# the CrowdSec bouncers, schemathesis, libfaketime), then runs every test
-# target, benches included (each bench runs once as a smoke test).
+# the CrowdSec bouncers, schemathesis, libfaketime, ClickHouse), starts a
+# ClickHouse server for the suite (GATEWATCH_CLICKHOUSE_URL), then runs every
+# test target, benches included (each bench runs once as a smoke test).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/services/nginx.sh
@@ -10,5 +11,12 @@ bash scripts/services/gateways.sh
 bash scripts/services/crowdsec.sh
 bash scripts/services/schemathesis.sh
 bash scripts/services/faketime.sh
+bash scripts/services/clickhouse.sh
+# A ClickHouse server for the suite, stopped however the tests end.
+ch_dir=$(mktemp -d)
+ch_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+trap 'bash scripts/services/clickhouse.sh stop "$ch_dir"; rm -rf "$ch_dir"' EXIT
+bash scripts/services/clickhouse.sh start "$ch_dir" "$ch_port"
+export GATEWATCH_CLICKHOUSE_URL="http://127.0.0.1:$ch_port"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/gatewatch-target}"
 cargo test --release --all-targets "$@"

@@ -58,6 +58,16 @@ struct SinkSection {
     tables: Option<Vec<Spanned<String>>>,
     max_bytes: Option<Spanned<String>>,
     roll_every: Option<Spanned<String>>,
+    // ClickHouse only (see `clickhouse_from`).
+    url: Option<Spanned<String>>,
+    database: Option<Spanned<String>>,
+    user: Option<Spanned<String>>,
+    password_env: Option<Spanned<String>>,
+    flush_every: Option<Spanned<String>>,
+    batch_rows: Option<Spanned<i64>>,
+    spool_dir: Option<Spanned<String>>,
+    spool_max: Option<Spanned<String>>,
+    retention: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -369,7 +379,11 @@ pub struct Pipeline {
 }
 
 /// The `[[sinks]]` of one file, checked: known tables, and dead letters kept somewhere.
-fn sinks_from(f: &Located<PipelineFile>, output: &OutputConfig) -> Result<Vec<crate::sink::SinkSpec>, ConfigError> {
+fn sinks_from(
+    f: &Located<PipelineFile>,
+    output: &OutputConfig,
+    state_dir: &Path,
+) -> Result<Vec<crate::sink::SinkSpec>, ConfigError> {
     use crate::sink::{SinkKind, SinkSpec};
     const TABLES: [&str; 3] = ["events", "features", "decisions"];
 
@@ -377,6 +391,28 @@ fn sinks_from(f: &Located<PipelineFile>, output: &OutputConfig) -> Result<Vec<cr
     let sections = f.value.sinks.as_deref().unwrap_or_default();
     for sec in sections {
         let v = sec.get_ref();
+        if v.kind == SinkKind::ClickHouse {
+            out.push(SinkSpec {
+                clickhouse: Some(Box::new(clickhouse_from(f, sec, state_dir)?)),
+                ..SinkSpec::of(SinkKind::ClickHouse)
+            });
+            continue;
+        }
+        for (key, present) in [
+            ("url", v.url.as_ref().map(|x| x.span())),
+            ("database", v.database.as_ref().map(|x| x.span())),
+            ("user", v.user.as_ref().map(|x| x.span())),
+            ("password_env", v.password_env.as_ref().map(|x| x.span())),
+            ("flush_every", v.flush_every.as_ref().map(|x| x.span())),
+            ("batch_rows", v.batch_rows.as_ref().map(|x| x.span())),
+            ("spool_dir", v.spool_dir.as_ref().map(|x| x.span())),
+            ("spool_max", v.spool_max.as_ref().map(|x| x.span())),
+            ("retention", v.retention.as_ref().map(|x| x.span())),
+        ] {
+            if let Some(span) = present {
+                return Err(invalid(&f.file, &f.src, span, &format!("sinks.{key}"), "only a clickhouse sink has it"));
+            }
+        }
         let tables = match (&v.tables, v.kind) {
             // Without a list, the [output] flags choose, as they do without [[sinks]].
             (None, SinkKind::Parquet) => SinkSpec::defaults(output.events, output.features).remove(0).tables,
@@ -434,7 +470,7 @@ fn sinks_from(f: &Located<PipelineFile>, output: &OutputConfig) -> Result<Vec<cr
                 return Err(invalid(&f.file, &f.src, t.span(), "sinks.roll_every", "only a parquet sink rolls files"));
             }
         };
-        out.push(SinkSpec { kind: v.kind, tables, max_bytes, roll_every_ms });
+        out.push(SinkSpec { tables, max_bytes, roll_every_ms, ..SinkSpec::of(v.kind) });
     }
     if !out.iter().any(|s| s.kind == SinkKind::DeadLetters) {
         let span = sections.first().map(|s| s.span()).unwrap_or(0..0);
@@ -457,6 +493,116 @@ struct Located<T> {
 
 fn line_of(src: &str, offset: usize) -> usize {
     src.as_bytes()[..offset.min(src.len())].iter().filter(|b| **b == b'\n').count() + 1
+}
+
+/// A `[[sinks]] type = "clickhouse"` entry: the server (`url`, required),
+/// what to write and how often, and where rows wait while it is away.
+fn clickhouse_from(
+    f: &Located<PipelineFile>,
+    sec: &Spanned<SinkSection>,
+    state_dir: &Path,
+) -> Result<crate::sink::clickhouse::ClickHouseSpec, ConfigError> {
+    use crate::sink::clickhouse as ch;
+    let v = sec.get_ref();
+    let bad = |span: std::ops::Range<usize>, key: &str, m: String| invalid(&f.file, &f.src, span, key, m);
+    if let Some(b) = &v.max_bytes {
+        return Err(bad(b.span(), "sinks.max_bytes", "a clickhouse sink bounds its spool with spool_max".into()));
+    }
+    if let Some(r) = &v.roll_every {
+        return Err(bad(r.span(), "sinks.roll_every", "only a parquet sink rolls files".into()));
+    }
+    let url = v.url.as_ref().ok_or_else(|| {
+        bad(
+            sec.span(),
+            "sinks.url",
+            "a clickhouse sink needs url (its HTTP interface, e.g. http://127.0.0.1:8123)".into(),
+        )
+    })?;
+    let parsed = url::Url::parse(url.get_ref()).map_err(|e| bad(url.span(), "sinks.url", e.to_string()))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(bad(url.span(), "sinks.url", "must be an http:// or https:// address".into()));
+    }
+    let database = match &v.database {
+        Some(d)
+            if d.get_ref().is_empty()
+                || d.get_ref().len() > 64
+                || !d.get_ref().chars().all(|c| c.is_ascii_alphanumeric() || c == '_') =>
+        {
+            return Err(bad(d.span(), "sinks.database", "letters, digits and _ only (at most 64)".into()));
+        }
+        Some(d) => d.get_ref().clone(),
+        None => ch::DEFAULT_DATABASE.to_string(),
+    };
+    let tables = match &v.tables {
+        None => ch::TABLES.iter().map(|t| t.to_string()).collect(),
+        Some(ts) => {
+            let mut names = Vec::new();
+            for t in ts {
+                if !ch::TABLES.contains(&t.get_ref().as_str()) {
+                    return Err(bad(
+                        t.span(),
+                        "sinks.tables",
+                        format!("unknown table '{}' (expected {})", t.get_ref(), ch::TABLES.join(", ")),
+                    ));
+                }
+                names.push(t.get_ref().clone());
+            }
+            names
+        }
+    };
+    let flush_every_ms = match &v.flush_every {
+        None => ch::DEFAULT_FLUSH_EVERY_MS,
+        Some(t) => {
+            let ms = duration(&f.file, &f.src, t, "sinks.flush_every")?;
+            if !(100..=600_000).contains(&ms) {
+                return Err(bad(t.span(), "sinks.flush_every", "must be from 100ms to 10m".into()));
+            }
+            ms as u64
+        }
+    };
+    let batch_rows = match &v.batch_rows {
+        None => ch::DEFAULT_BATCH_ROWS,
+        // An insert is atomic up to ClickHouse's max_insert_block_size (1,048,576 rows).
+        Some(n) if (1..=1_000_000).contains(n.get_ref()) => *n.get_ref() as usize,
+        Some(n) => return Err(bad(n.span(), "sinks.batch_rows", "must be from 1 to 1000000".into())),
+    };
+    let spool_max_bytes = match &v.spool_max {
+        None => ch::DEFAULT_SPOOL_MAX_BYTES,
+        Some(b) => {
+            let n =
+                crate::features::budget::parse_size(b.get_ref()).map_err(|m| bad(b.span(), "sinks.spool_max", m))?;
+            if n < (1 << 20) {
+                return Err(bad(b.span(), "sinks.spool_max", "must be at least 1MiB".into()));
+            }
+            n as u64
+        }
+    };
+    let retention_days = match &v.retention {
+        None => None,
+        Some(r) => {
+            let ms = duration(&f.file, &f.src, r, "sinks.retention")?;
+            if ms % 86_400_000 != 0 {
+                return Err(bad(r.span(), "sinks.retention", "whole days, e.g. \"30d\"".into()));
+            }
+            Some(u32::try_from(ms / 86_400_000).map_err(|_| bad(r.span(), "sinks.retention", "too long".into()))?)
+        }
+    };
+    let spool_dir = match &v.spool_dir {
+        Some(d) => state_dir.join(d.get_ref()),
+        None => state_dir.join("clickhouse-spool"),
+    };
+    Ok(ch::ClickHouseSpec {
+        url: url.get_ref().clone(),
+        database,
+        user: v.user.as_ref().map(|u| u.get_ref().clone()),
+        password_env: v.password_env.as_ref().map(|p| p.get_ref().clone()),
+        tables,
+        flush_every_ms,
+        batch_rows,
+        spool_dir,
+        spool_max_bytes,
+        retention_days,
+    })
 }
 
 fn invalid(file: &Path, src: &str, span: std::ops::Range<usize>, key: &str, message: impl Into<String>) -> ConfigError {
@@ -951,7 +1097,7 @@ impl Pipeline {
 
         let sinks = match chain.iter().find(|f| f.value.sinks.is_some()) {
             None => crate::sink::SinkSpec::defaults(output.events, output.features),
-            Some(f) => sinks_from(f, &output)?,
+            Some(f) => sinks_from(f, &output, &state_dir)?,
         };
 
         Ok(Pipeline {
@@ -983,10 +1129,10 @@ impl Allowlist {
         if self.cidrs.iter().any(|n| n.contains(&ip)) {
             return true;
         }
-        if let Some(k) = api_key {
-            if self.api_keys.iter().any(|a| a == k) {
-                return true;
-            }
+        if let Some(k) = api_key
+            && self.api_keys.iter().any(|a| a == k)
+        {
+            return true;
         }
         if let Some(ua) = user_agent {
             return self.crawlers.iter().any(|c| c.cidrs.iter().any(|n| n.contains(&ip)) && c.user_agent.is_match(ua));
@@ -1056,6 +1202,38 @@ reason = "too fast"
         assert!(e.contains("test.toml") && e.contains("line") && e.contains("raison"), "{e}");
         let e = load("[allowlist]\ncidrs = [\"10.0.0.0/33\"]\n").unwrap_err().to_string();
         assert!(e.starts_with("test.toml:2: allowlist.cidrs"), "{e}");
+    }
+
+    #[test]
+    fn clickhouse_sink_keys() {
+        let dl = "[[sinks]]\ntype = \"dead_letters\"\n";
+        let p = load(&format!(
+            "[state]\ndir = \"st\"\n{dl}[[sinks]]\ntype = \"clickhouse\"\nurl = \"http://127.0.0.1:8123\"\n\
+             retention = \"30d\"\nflush_every = \"2s\"\ntables = [\"decisions\"]\n"
+        ))
+        .unwrap();
+        let ch = p.sinks[1].clickhouse.as_deref().expect("clickhouse settings");
+        assert_eq!((ch.database.as_str(), ch.retention_days, ch.flush_every_ms), ("gatewatch", Some(30), 2000));
+        assert_eq!(ch.tables, ["decisions"]);
+        assert_eq!(ch.spool_dir, Path::new("st/clickhouse-spool"), "the spool lives in the state dir");
+        for (toml, want) in [
+            ("type = \"clickhouse\"\n", "test.toml:3: sinks.url: a clickhouse sink needs url"),
+            ("type = \"clickhouse\"\nurl = \"ftp://x\"\n", "test.toml:5: sinks.url: must be an http"),
+            ("type = \"clickhouse\"\nurl = \"http://x\"\ndatabase = \"a;b\"\n", "test.toml:6: sinks.database"),
+            (
+                "type = \"clickhouse\"\nurl = \"http://x\"\nretention = \"36h\"\n",
+                "test.toml:6: sinks.retention: whole days",
+            ),
+            (
+                "type = \"clickhouse\"\nurl = \"http://x\"\ntables = [\"users\"]\n",
+                "test.toml:6: sinks.tables: unknown table 'users'",
+            ),
+            ("type = \"clickhouse\"\nurl = \"http://x\"\nbatch_rows = 0\n", "test.toml:6: sinks.batch_rows"),
+            ("type = \"parquet\"\nurl = \"http://x\"\n", "test.toml:5: sinks.url: only a clickhouse sink has it"),
+        ] {
+            let e = load(&format!("{dl}[[sinks]]\n{toml}")).unwrap_err().to_string();
+            assert!(e.starts_with(want), "{toml}: {e}");
+        }
     }
 
     #[test]

@@ -87,6 +87,7 @@ pub fn live(
     let mut last_input = Instant::now();
     let mut last_input_ts: Option<i64> = None;
     let mut clock = crate::event::clock::StepClock::default();
+    let mut last_progress = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         if let Some(hook) = between.as_mut() {
             hook(&mut engine);
@@ -104,6 +105,7 @@ pub fn live(
             source.ack(pos).map_err(|e| io_error(source.as_ref(), e))?;
             if let Some(p) = progress.as_mut() {
                 p(engine.summary());
+                last_progress = Instant::now();
             }
             last_input = Instant::now();
             last_input_ts = engine.max_event_ts();
@@ -112,11 +114,17 @@ pub fn live(
             }
         }
         let idle = last_input.elapsed();
-        if idle >= IDLE {
-            if let Some(ts) = last_input_ts {
-                // Never past the wall clock (the last line's time is already bounded by it).
-                engine.advance_to((ts + idle.as_millis() as i64).min(now.now_ms))?;
-            }
+        if idle >= IDLE
+            && let Some(ts) = last_input_ts
+        {
+            // Never past the wall clock (the last line's time is already bounded by it).
+            engine.advance_to((ts + idle.as_millis() as i64).min(now.now_ms))?;
+        }
+        // Sinks change state without input (a server goes away, a spool
+        // drains): idle, the summary is still reported once a second.
+        if let Some(p) = progress.as_mut().filter(|_| last_progress.elapsed() >= Duration::from_secs(1)) {
+            p(engine.summary());
+            last_progress = Instant::now();
         }
         // An ended stdin leaves the API serving what was decided until stopped.
         std::thread::sleep(POLL);

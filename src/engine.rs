@@ -412,17 +412,17 @@ impl Engine {
                 ev.ts_ms = now;
             }
         }
-        if let Some(newest) = self.newest_ts() {
-            if ev.ts_ms < newest.saturating_sub(features::LONGEST_WINDOW_MS) {
-                self.summary.late_events += 1;
-                return Err(format!(
-                    "ts: {} is {}s behind the newest event ({}), older than the longest feature window (1h): \
+        if let Some(newest) = self.newest_ts()
+            && ev.ts_ms < newest.saturating_sub(features::LONGEST_WINDOW_MS)
+        {
+            self.summary.late_events += 1;
+            return Err(format!(
+                "ts: {} is {}s behind the newest event ({}), older than the longest feature window (1h): \
                      no window holds it",
-                    event::time::format_rfc3339(ev.ts_ms),
-                    (newest - ev.ts_ms) / 1000,
-                    event::time::format_rfc3339(newest)
-                ));
-            }
+                event::time::format_rfc3339(ev.ts_ms),
+                (newest - ev.ts_ms) / 1000,
+                event::time::format_rfc3339(newest)
+            ));
         }
         Ok(())
     }
@@ -730,10 +730,10 @@ fn with_periodic(rows: RecordBatch, periodic: bool) -> Result<RecordBatch, Arrow
 fn referenced_features(when: &str) -> Vec<(usize, &'static str)> {
     let mut out = Vec::new();
     for tok in when.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
-        if let Some(i) = features::FEATURES.iter().position(|(n, _)| *n == tok) {
-            if !out.iter().any(|(j, _)| *j == i + 3) {
-                out.push((i + 3, features::FEATURES[i].0));
-            }
+        if let Some(i) = features::FEATURES.iter().position(|(n, _)| *n == tok)
+            && !out.iter().any(|(j, _)| *j == i + 3)
+        {
+            out.push((i + 3, features::FEATURES[i].0));
         }
     }
     out
@@ -743,11 +743,11 @@ fn evidence(batch: &RecordBatch, row: usize, cols: &[(usize, &'static str)]) -> 
     use datafusion::arrow::array::{Array, Float64Array};
     let mut parts = Vec::new();
     for (i, name) in cols {
-        if let Some(a) = batch.column(*i).as_any().downcast_ref::<Float64Array>() {
-            if a.is_valid(row) {
-                let v = a.value(row);
-                parts.push(if v.fract() == 0.0 { format!("{name}={v:.0}") } else { format!("{name}={v:.2}") });
-            }
+        if let Some(a) = batch.column(*i).as_any().downcast_ref::<Float64Array>()
+            && a.is_valid(row)
+        {
+            let v = a.value(row);
+            parts.push(if v.fract() == 0.0 { format!("{name}={v:.0}") } else { format!("{name}={v:.2}") });
         }
     }
     parts.join(", ")

@@ -144,6 +144,11 @@ enum Command {
         #[command(subcommand)]
         action: KeysCommand,
     },
+    /// Set up the ClickHouse server the pipeline's clickhouse sink writes to.
+    Clickhouse {
+        #[command(subcommand)]
+        action: ClickhouseCommand,
+    },
     /// Replay the same labelled traffic through several pipelines (rules only,
     /// rules + model A, ...) and print detection and collateral side by side.
     Compare {
@@ -226,6 +231,21 @@ enum KeysCommand {
     Revoke {
         /// The key's name or id.
         key: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClickhouseCommand {
+    /// Create the database and tables (MergeTree, by day; a TTL where the
+    /// server has them and the sink sets retention); safe to run again, and
+    /// adds the columns a newer gatewatch writes to existing tables.
+    Init {
+        /// The server, instead of the pipeline's clickhouse sink (e.g. http://127.0.0.1:8123).
+        #[arg(long)]
+        url: Option<String>,
+        /// Database (with --url; default gatewatch).
+        #[arg(long)]
+        database: Option<String>,
     },
 }
 
@@ -402,6 +422,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Compare { traffic, pipelines, out } => compare(&traffic, &pipelines, &out)?,
         Command::Demo { seed, hours, out } => demo(&cli.pipeline, seed, hours, &out)?,
         Command::Run { input, listen, from_start } => live(&cli.pipeline, input, listen, from_start)?,
+        Command::Clickhouse { action: ClickhouseCommand::Init { url, database } } => {
+            clickhouse_init(&cli.pipeline, url, database)?
+        }
         Command::Keys { action } => {
             use gatewatch::api::keys;
             let p = load(&cli.pipeline)?;
@@ -431,6 +454,52 @@ fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
+    }
+    Ok(())
+}
+
+/// `gatewatch clickhouse init`: the pipeline's clickhouse sink, or `--url`.
+fn clickhouse_init(pipeline: &Path, url: Option<String>, database: Option<String>) -> Result<()> {
+    use gatewatch::sink::clickhouse as ch;
+    let p = load(pipeline)?;
+    let configured = p.sinks.iter().find_map(|s| s.clickhouse.as_deref().cloned());
+    let spec = match (url, configured) {
+        (Some(url), c) => ch::ClickHouseSpec {
+            url,
+            database: database.unwrap_or_else(|| ch::DEFAULT_DATABASE.into()),
+            user: c.as_ref().and_then(|c| c.user.clone()),
+            password_env: c.as_ref().and_then(|c| c.password_env.clone()),
+            tables: ch::TABLES.iter().map(|t| t.to_string()).collect(),
+            flush_every_ms: ch::DEFAULT_FLUSH_EVERY_MS,
+            batch_rows: ch::DEFAULT_BATCH_ROWS,
+            spool_dir: p.state_dir.join("clickhouse-spool"),
+            spool_max_bytes: ch::DEFAULT_SPOOL_MAX_BYTES,
+            retention_days: c.and_then(|c| c.retention_days),
+        },
+        (None, Some(mut c)) => {
+            if let Some(d) = database {
+                c.database = d;
+            }
+            c
+        }
+        (None, None) => anyhow::bail!(
+            "{}: no [[sinks]] type = \"clickhouse\" in this pipeline; name the server with --url",
+            p.file.display()
+        ),
+    };
+    let r = ch::init(&spec)?;
+    println!("clickhouse {} at {}, database {}", r.server_version, spec.url, spec.database);
+    for t in ch::TABLES {
+        let state = if r.created.iter().any(|c| c == t) { "created" } else { "present" };
+        println!("  {t:<13} {state}");
+    }
+    for c in &r.added_columns {
+        println!("  added column {c}");
+    }
+    match (spec.retention_days, r.ttl) {
+        (Some(d), true) => println!("  rows kept {d} days (TTL)"),
+        (Some(_), false) => println!("  retention: this server has no TTL; drop old day partitions yourself"),
+        (None, _) => println!("  rows kept until you drop them (set retention = \"30d\" on the sink for a TTL)"),
     }
     Ok(())
 }

@@ -258,10 +258,11 @@ fn each_query_answers_what_a_direct_count_answers() {
     let mut last: BTreeMap<&str, (i64, &str)> = BTreeMap::new();
     let mut direct = BTreeSet::new();
     for i in 0..ids.len() {
-        if let Some((t0, c0)) = last.get(ids[i].as_str()) {
-            if *c0 != countries[i] && ts[i] - t0 < 3_600_000 {
-                direct.insert(ids[i].clone());
-            }
+        if let Some((t0, c0)) = last.get(ids[i].as_str())
+            && *c0 != countries[i]
+            && ts[i] - t0 < 3_600_000
+        {
+            direct.insert(ids[i].clone());
         }
         last.insert(&ids[i], (ts[i], &countries[i]));
     }

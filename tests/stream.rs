@@ -198,10 +198,10 @@ fn server_sent_events_deliver_each_change() {
             event = v.trim().into();
         } else if let Some(v) = l.strip_prefix("id: ").or_else(|| l.strip_prefix("id:")) {
             id = v.trim().into();
-        } else if let Some(v) = l.strip_prefix("data: ").or_else(|| l.strip_prefix("data:")) {
-            if let Ok(data) = serde_json::from_str::<Value>(v.trim()) {
-                events.push((event.clone(), id.clone(), data));
-            }
+        } else if let Some(v) = l.strip_prefix("data: ").or_else(|| l.strip_prefix("data:"))
+            && let Ok(data) = serde_json::from_str::<Value>(v.trim())
+        {
+            events.push((event.clone(), id.clone(), data));
         }
         if events.len() == 1 && !posted {
             posted = true;

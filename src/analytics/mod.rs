@@ -280,10 +280,10 @@ impl Investigation {
                 inv.name = v.trim().into();
             } else if let Some(v) = body.strip_prefix("question:") {
                 inv.question = v.trim().into();
-            } else if let Some(v) = body.strip_prefix("param:") {
-                if let Some(p) = v.split_whitespace().next() {
-                    inv.params.push(p.trim_start_matches('$').into());
-                }
+            } else if let Some(v) = body.strip_prefix("param:")
+                && let Some(p) = v.split_whitespace().next()
+            {
+                inv.params.push(p.trim_start_matches('$').into());
             }
         }
         inv

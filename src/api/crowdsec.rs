@@ -191,10 +191,10 @@ pub(super) async fn decisions(
     let now = now_ms();
     let filters = Filters::from(&params, None);
     let want_type = params.get("type").map(|t| t.trim().to_ascii_lowercase());
-    if let Some(t) = &want_type {
-        if !["ban", "captcha", "throttle"].contains(&t.as_str()) {
-            return Err(ApiError::bad_request(format!("type: '{}' is not one of ban, captcha, throttle", shorten(t))));
-        }
+    if let Some(t) = &want_type
+        && !["ban", "captcha", "throttle"].contains(&t.as_str())
+    {
+        return Err(ApiError::bad_request(format!("type: '{}' is not one of ban, captcha, throttle", shorten(t))));
     }
     let contains = flag(&params, "contains")?.unwrap_or(true);
     // Every parameter given is checked, even one the precedence below

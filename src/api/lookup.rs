@@ -134,15 +134,15 @@ pub(super) async fn authz(State(state): State<Arc<AppState>>, headers: HeaderMap
     let mut resp = status.into_response();
     let h = resp.headers_mut();
     h.insert("x-gatewatch-action", HeaderValue::from_static(v.action.as_str()));
-    if let Some(id) = v.decision_id {
-        if let Ok(val) = HeaderValue::from_str(&id.to_string()) {
-            h.insert("x-gatewatch-decision-id", val);
-        }
+    if let Some(id) = v.decision_id
+        && let Ok(val) = HeaderValue::from_str(&id.to_string())
+    {
+        h.insert("x-gatewatch-decision-id", val);
     }
-    if let Some(secs) = retry_after {
-        if let Ok(val) = HeaderValue::from_str(&secs.to_string()) {
-            h.insert(axum::http::header::RETRY_AFTER, val);
-        }
+    if let Some(secs) = retry_after
+        && let Ok(val) = HeaderValue::from_str(&secs.to_string())
+    {
+        h.insert(axum::http::header::RETRY_AFTER, val);
     }
     Ok(resp)
 }

@@ -145,15 +145,16 @@ impl DecisionStore {
     pub fn propose(&mut self, p: Proposal<'_>) -> Option<Decision> {
         self.gc(p.now_ms);
         let key = (p.entity_type, p.entity.to_string());
-        if let Some(a) = self.active.get(&key) {
-            if a.expires_ms > p.now_ms && a.action >= p.action {
-                let half = a.created_ms + (a.expires_ms - a.created_ms) / 2;
-                if p.now_ms < half {
-                    return None;
-                }
-                // Still offending late in its life: renew without escalating.
-                return Some(self.record(key, &p, p.ttl_ms.max(a.expires_ms - a.created_ms), None));
+        if let Some(a) = self.active.get(&key)
+            && a.expires_ms > p.now_ms
+            && a.action >= p.action
+        {
+            let half = a.created_ms + (a.expires_ms - a.created_ms) / 2;
+            if p.now_ms < half {
+                return None;
             }
+            // Still offending late in its life: renew without escalating.
+            return Some(self.record(key, &p, p.ttl_ms.max(a.expires_ms - a.created_ms), None));
         }
         let memory = self.cfg.offense_memory_ms;
         let entry = self.offenses.entry(key.clone()).or_insert((0, p.now_ms));

@@ -100,12 +100,13 @@ fn unescape(s: &str) -> String {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'\\' && i + 1 < b.len() && b[i + 1].is_ascii() {
-            if b[i + 1] == b'x' && i + 3 < b.len() {
-                if let (Some(hi), Some(lo)) = (hex(b[i + 2]), hex(b[i + 3])) {
-                    out.push((hi << 4) | lo);
-                    i += 4;
-                    continue;
-                }
+            if b[i + 1] == b'x'
+                && i + 3 < b.len()
+                && let (Some(hi), Some(lo)) = (hex(b[i + 2]), hex(b[i + 3]))
+            {
+                out.push((hi << 4) | lo);
+                i += 4;
+                continue;
             }
             out.push(b[i + 1]);
             i += 2;

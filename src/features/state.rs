@@ -200,10 +200,10 @@ impl EntityState {
         self.r10.add(ts.div_euclid(G10_MS), &delta);
         self.r60.add(ts.div_euclid(G60_MS), &h::FROM.map(|i| delta[i]));
         for (i, h) in k.distinct.iter().enumerate() {
-            if let Some(h) = h {
-                if Some(i) != skip_distinct {
-                    self.distinct.insert(i, *h, ts);
-                }
+            if let Some(h) = h
+                && Some(i) != skip_distinct
+            {
+                self.distinct.insert(i, *h, ts);
             }
         }
         // `last_seen` is the previous newest request (the gaps are between arrivals in time order).

@@ -423,10 +423,10 @@ impl LiveStore {
                 }
                 None => next.remove(&key),
             };
-            if let Some(o) = &old {
-                if d.as_ref().is_none_or(|d| d.expires_ms != o.expires_ms) {
-                    w.expiry.remove(&(o.expires_ms, key.clone()));
-                }
+            if let Some(o) = &old
+                && d.as_ref().is_none_or(|d| d.expires_ms != o.expires_ms)
+            {
+                w.expiry.remove(&(o.expires_ms, key.clone()));
             }
             let Some(decision) = d.or(old) else { continue };
             w.seq += 1;
@@ -448,10 +448,10 @@ impl LiveStore {
     /// The open database, opening it again after a failed write.
     fn db<'w>(&self, w: &'w mut Writer) -> Result<&'w redb::Database, StoreError> {
         if w.db.is_none() {
-            if let Some((at, why)) = &w.retry_at {
-                if std::time::Instant::now() < *at {
-                    return Err(self.err(format!("{why} (tried again every second)")));
-                }
+            if let Some((at, why)) = &w.retry_at
+                && std::time::Instant::now() < *at
+            {
+                return Err(self.err(format!("{why} (tried again every second)")));
             }
             let db = redb::Database::open(&self.path).map_err(|e| self.err(format!("cannot open again: {e}")))?;
             tracing::debug!(path = %self.path.display(), "decision store opened again after a failed write");
@@ -671,10 +671,10 @@ impl LiveStore {
             if allowlist.allows_request(ip, q.user_agent, q.api_key) {
                 return Verdict::allow();
             }
-        } else if let Some(k) = q.api_key {
-            if allowlist.api_keys.iter().any(|a| a == k) {
-                return Verdict::allow();
-            }
+        } else if let Some(k) = q.api_key
+            && allowlist.api_keys.iter().any(|a| a == k)
+        {
+            return Verdict::allow();
         }
         let published = self.published.load();
         let map = &published.map;

@@ -219,10 +219,10 @@ impl Counts {
     /// otherwise whether most of its labelled requests in the last 10–20
     /// minutes were attacks.
     fn label(&self, entity: &str, ts: i64) -> bool {
-        if let Some(v) = self.verdicts.get(entity) {
-            if let Some((a, _, _)) = v.iter().find(|(_, from, to)| *from <= ts && ts <= *to) {
-                return *a;
-            }
+        if let Some(v) = self.verdicts.get(entity)
+            && let Some((a, _, _)) = v.iter().find(|(_, from, to)| *from <= ts && ts <= *to)
+        {
+            return *a;
         }
         let b = ts.div_euclid(BUCKET);
         let (mut a, mut n) = (0, 0);

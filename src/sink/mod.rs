@@ -28,6 +28,7 @@
 //! }
 //! ```
 
+pub mod clickhouse;
 pub mod deadletter;
 pub mod jsonl;
 pub mod parquet;
@@ -40,6 +41,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 
 use crate::decision::Decision;
 
+pub use clickhouse::ClickHouseSink;
 pub use deadletter::{DeadLetter, DeadLetterSink};
 pub use jsonl::DecisionsJsonl;
 pub use parquet::{ParquetSink, ParquetTable};
@@ -68,6 +70,8 @@ pub enum SinkError {
         #[source]
         source: datafusion::arrow::error::ArrowError,
     },
+    #[error(transparent)]
+    ClickHouse(#[from] clickhouse::ClickHouseError),
 }
 
 /// What a sink receives; the engine builds only what some sink wants.
@@ -162,6 +166,9 @@ pub enum SinkKind {
     DecisionsJsonl,
     /// `dead_letters.jsonl` in the run directory.
     DeadLetters,
+    /// Tables in a ClickHouse server ([`clickhouse`]).
+    #[serde(rename = "clickhouse")]
+    ClickHouse,
 }
 
 /// One configured sink.
@@ -175,6 +182,8 @@ pub struct SinkSpec {
     /// Parquet: longest a part file stays open (unreadable) before it is
     /// finished; `None`: [`DEFAULT_ROLL_EVERY_MS`].
     pub roll_every_ms: Option<i64>,
+    /// ClickHouse: the server and how to write to it.
+    pub clickhouse: Option<Box<clickhouse::ClickHouseSpec>>,
 }
 
 /// How long a Parquet part stays open by default: a live run's rows are
@@ -182,6 +191,11 @@ pub struct SinkSpec {
 pub const DEFAULT_ROLL_EVERY_MS: i64 = 300_000;
 
 impl SinkSpec {
+    /// A sink of `kind` with every setting at its default.
+    pub fn of(kind: SinkKind) -> SinkSpec {
+        SinkSpec { kind, tables: Vec::new(), max_bytes: None, roll_every_ms: None, clickhouse: None }
+    }
+
     /// The roll age of a Parquet sink's parts.
     pub fn roll_every(&self) -> std::time::Duration {
         std::time::Duration::from_millis(self.roll_every_ms.unwrap_or(DEFAULT_ROLL_EVERY_MS).max(0) as u64)
@@ -199,9 +213,9 @@ impl SinkSpec {
         }
         tables.push("decisions".into());
         vec![
-            SinkSpec { kind: SinkKind::Parquet, tables, max_bytes: None, roll_every_ms: None },
-            SinkSpec { kind: SinkKind::DecisionsJsonl, tables: Vec::new(), max_bytes: None, roll_every_ms: None },
-            SinkSpec { kind: SinkKind::DeadLetters, tables: Vec::new(), max_bytes: None, roll_every_ms: None },
+            SinkSpec { kind: SinkKind::Parquet, tables, ..SinkSpec::of(SinkKind::Parquet) },
+            SinkSpec::of(SinkKind::DecisionsJsonl),
+            SinkSpec::of(SinkKind::DeadLetters),
         ]
     }
 }
@@ -217,6 +231,7 @@ pub fn resume(spec: &SinkSpec, dir: &Path) -> Result<Box<dyn Sink>, SinkError> {
             &dir.join("dead_letters.jsonl"),
             spec.max_bytes.unwrap_or(deadletter::DEFAULT_MAX_BYTES),
         )),
+        SinkKind::ClickHouse => clickhouse_sink(spec)?,
     })
 }
 
@@ -229,5 +244,14 @@ pub fn build(spec: &SinkSpec, dir: &Path) -> Result<Box<dyn Sink>, SinkError> {
             &dir.join("dead_letters.jsonl"),
             spec.max_bytes.unwrap_or(deadletter::DEFAULT_MAX_BYTES),
         )),
+        SinkKind::ClickHouse => clickhouse_sink(spec)?,
     })
+}
+
+fn clickhouse_sink(spec: &SinkSpec) -> Result<Box<dyn Sink>, SinkError> {
+    let ch = spec.clickhouse.as_deref().ok_or_else(|| SinkError::Writer {
+        table: "clickhouse".into(),
+        message: "a clickhouse sink without its settings".into(),
+    })?;
+    Ok(Box::new(ClickHouseSink::open(ch)?))
 }

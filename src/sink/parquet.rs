@@ -164,7 +164,7 @@ pub fn decisions_schema() -> SchemaRef {
 
 /// Column builders for decisions.
 #[derive(Default)]
-struct DecisionColumns {
+pub(crate) struct DecisionColumns {
     ts: TimestampMillisecondBuilder,
     entity_type: StringBuilder,
     entity: StringBuilder,
@@ -176,11 +176,11 @@ struct DecisionColumns {
     id: UInt64Builder,
     expires_at: TimestampMillisecondBuilder,
     offense: UInt32Builder,
-    rows: usize,
+    pub(crate) rows: usize,
 }
 
 impl DecisionColumns {
-    fn push(&mut self, d: &Decision) {
+    pub(crate) fn push(&mut self, d: &Decision) {
         self.ts.append_value(d.created_ms);
         self.entity_type.append_value(d.entity_type.as_str());
         self.entity.append_value(&d.entity);
@@ -195,7 +195,7 @@ impl DecisionColumns {
         self.rows += 1;
     }
 
-    fn finish(&mut self) -> Result<RecordBatch, ArrowError> {
+    pub(crate) fn finish(&mut self) -> Result<RecordBatch, ArrowError> {
         self.rows = 0;
         let cols: Vec<ArrayRef> = vec![
             Arc::new(self.ts.finish().with_timezone("UTC")),
@@ -257,14 +257,12 @@ impl ParquetSink {
     }
 
     fn flush_decisions(&mut self) -> Result<(), SinkError> {
-        if let Some(out) = self.decisions.as_mut() {
-            if self.decision_cols.rows > 0 {
-                let batch = self
-                    .decision_cols
-                    .finish()
-                    .map_err(|source| SinkError::Arrow { table: "decisions".into(), source })?;
-                out.write(batch)?;
-            }
+        if let Some(out) = self.decisions.as_mut()
+            && self.decision_cols.rows > 0
+        {
+            let batch =
+                self.decision_cols.finish().map_err(|source| SinkError::Arrow { table: "decisions".into(), source })?;
+            out.write(batch)?;
         }
         Ok(())
     }

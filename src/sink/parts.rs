@@ -143,10 +143,10 @@ impl Parts {
         part.writer.write(batch).map_err(|error| PartError { path: part.writing.clone(), error })?;
         part.rows += batch.num_rows() as u64;
         self.rows += batch.num_rows() as u64;
-        if part.rows >= ROLL_ROWS {
-            if let Some(full) = self.open.remove(&hour) {
-                full.close()?;
-            }
+        if part.rows >= ROLL_ROWS
+            && let Some(full) = self.open.remove(&hour)
+        {
+            full.close()?;
         }
         Ok(())
     }

@@ -138,18 +138,27 @@ impl Sink for Resilient {
     }
 
     fn finish(mut self: Box<Self>) -> Result<(), SinkError> {
-        if let Some(sink) = self.inner.take() {
-            if let Err(e) = sink.finish() {
-                self.health.errors += 1;
-                self.health.dropped += self.unconfirmed;
-                tracing::error!(sink = %self.label, error = %e, "sink could not be closed cleanly");
-            }
+        if let Some(sink) = self.inner.take()
+            && let Err(e) = sink.finish()
+        {
+            self.health.errors += 1;
+            self.health.dropped += self.unconfirmed;
+            tracing::error!(sink = %self.label, error = %e, "sink could not be closed cleanly");
         }
         Ok(())
     }
 
+    /// Its own record, joined with the inner sink's when that one keeps its
+    /// own (a ClickHouse sink outlives an unreachable server by spooling,
+    /// and says so here).
     fn health(&self) -> Option<SinkHealth> {
-        Some(self.health.clone())
+        let mut h = self.health.clone();
+        if let Some(inner) = self.inner.as_ref().and_then(|s| s.health()) {
+            h.up &= inner.up;
+            h.errors += inner.errors;
+            h.dropped += inner.dropped;
+        }
+        Some(h)
     }
 }
 
@@ -166,7 +175,7 @@ mod tests {
         let dir = root.path().to_path_buf();
         let file = dir.join("dead_letters.jsonl");
         std::os::unix::fs::symlink("/dev/full", &file).expect("symlink");
-        let spec = SinkSpec { kind: SinkKind::DeadLetters, tables: Vec::new(), max_bytes: None, roll_every_ms: None };
+        let spec = SinkSpec::of(SinkKind::DeadLetters);
         let inner = super::super::build(&spec, &dir).expect("build");
         let mut s = Resilient::new(inner, spec, dir.clone(), "dead_letters".into());
         let letter = |no| DeadLetter::new("-", crate::source::Position::Line { no, offset: 0 }, "bad", b"x", 1);

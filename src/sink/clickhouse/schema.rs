@@ -1,0 +1,132 @@
+//! The ClickHouse tables and the DDL that creates them (`gatewatch
+//! clickhouse init`).
+//!
+//! Each table is MergeTree, partitioned by day (so retention drops whole
+//! partitions) and ordered for the investigation queries: events by client
+//! address then time ("what else did that address do?"), features and
+//! decisions by entity then time ("why was this key blocked?"). The DDL
+//! stays within ClickHouse 18.16; a `TTL` for retention is added only when
+//! the server is new enough to know it (19.6 and later).
+
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+
+use super::rowbinary::{self, Column, Unmapped};
+
+/// One table gatewatch writes.
+#[derive(Debug, Clone)]
+pub struct Table {
+    pub name: &'static str,
+    /// The Arrow schema of the rows the engine hands the sink.
+    pub schema: SchemaRef,
+    /// Sorting key (also the primary index).
+    pub order_by: &'static str,
+}
+
+impl Table {
+    /// Its ClickHouse columns.
+    pub fn columns(&self) -> Result<Vec<Column>, Unmapped> {
+        rowbinary::columns(&self.schema)
+    }
+}
+
+/// Every table, in the order `init` creates them.
+pub fn tables() -> Vec<Table> {
+    vec![
+        Table { name: "events", schema: crate::event::schema(), order_by: "(client_ip, ts)" },
+        Table { name: "features", schema: crate::features::table_schema(), order_by: "(entity_type, entity, ts)" },
+        Table {
+            name: "decisions",
+            schema: crate::sink::parquet::decisions_schema(),
+            order_by: "(entity_type, entity, ts)",
+        },
+        Table { name: "dead_letters", schema: dead_letters_schema(), order_by: "(ts)" },
+    ]
+}
+
+/// The table called `name`.
+pub fn table(name: &str) -> Option<Table> {
+    tables().into_iter().find(|t| t.name == name)
+}
+
+/// Dead letters as rows: when the line arrived (wall clock), where it came
+/// from, why it was refused, and the line itself (text, or base64 when it
+/// is not UTF-8), as the JSON-lines sink keeps them.
+pub fn dead_letters_schema() -> SchemaRef {
+    static SCHEMA: std::sync::OnceLock<SchemaRef> = std::sync::OnceLock::new();
+    SCHEMA
+        .get_or_init(|| {
+            Arc::new(Schema::new(vec![
+                Field::new("ts", DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), false),
+                Field::new("source", DataType::Utf8, false),
+                Field::new("line", DataType::UInt64, false),
+                Field::new("offset", DataType::UInt64, false),
+                Field::new("reason", DataType::Utf8, false),
+                Field::new("raw", DataType::Utf8, true),
+                Field::new("raw_base64", DataType::Utf8, true),
+                Field::new("bytes", DataType::UInt64, false),
+                Field::new("truncated", DataType::Boolean, false),
+            ]))
+        })
+        .clone()
+}
+
+/// A name in backquotes, as ClickHouse quotes identifiers.
+pub fn ident(name: &str) -> String {
+    format!("`{}`", name.replace('\\', "\\\\").replace('`', "\\`"))
+}
+
+/// `CREATE TABLE IF NOT EXISTS` for `t` in `database`; `ttl_days` adds a
+/// retention TTL (servers from 19.6 only).
+pub fn create_table(database: &str, t: &Table, ttl_days: Option<u32>) -> Result<String, Unmapped> {
+    let cols: Vec<String> = t.columns()?.iter().map(|c| format!("    {} {}", ident(&c.name), c.ty)).collect();
+    let ttl = ttl_days.map(|d| format!("\nTTL ts + INTERVAL {d} DAY")).unwrap_or_default();
+    Ok(format!(
+        "CREATE TABLE IF NOT EXISTS {}.{} (\n{}\n) ENGINE = MergeTree()\nPARTITION BY toDate(ts)\nORDER BY {}{}",
+        ident(database),
+        ident(t.name),
+        cols.join(",\n"),
+        t.order_by,
+        ttl
+    ))
+}
+
+/// Whether a server of version `version` (`SELECT version()`) knows table TTLs.
+pub fn supports_ttl(version: &str) -> bool {
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (major, minor) >= (19, 6)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ddl_partitions_by_day_and_orders_for_investigations() {
+        let ddl = create_table("gw", &table("events").expect("events"), None).expect("ddl");
+        assert!(ddl.starts_with("CREATE TABLE IF NOT EXISTS `gw`.`events` (\n    `ts` DateTime,\n    `ts_ms` Int64,"));
+        assert!(ddl.contains("PARTITION BY toDate(ts)\nORDER BY (client_ip, ts)"), "{ddl}");
+        assert!(!ddl.contains("TTL"));
+        let ddl = create_table("gw", &table("decisions").expect("decisions"), Some(30)).expect("ddl");
+        assert!(ddl.ends_with("TTL ts + INTERVAL 30 DAY"), "{ddl}");
+        for t in tables() {
+            create_table("gw", &t, None).expect("every table maps");
+        }
+    }
+
+    #[test]
+    fn ttl_needs_19_6() {
+        assert!(!supports_ttl("18.16.1"));
+        assert!(!supports_ttl("19.5.3.8"));
+        assert!(supports_ttl("19.6.2.11"));
+        assert!(supports_ttl("24.8.1"));
+        assert!(!supports_ttl("garbage"));
+    }
+
+    #[test]
+    fn identifiers_are_quoted() {
+        assert_eq!(ident("a`b"), "`a\\`b`");
+    }
+}
