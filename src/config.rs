@@ -245,6 +245,10 @@ impl Default for ApiConfig {
 #[serde(deny_unknown_fields)]
 struct StateSection {
     dir: Option<PathBuf>,
+    /// Parquet history kept by age (hours older than this are removed).
+    retention: Option<Spanned<String>>,
+    /// … and by size (past this, the oldest hours are removed).
+    retention_bytes: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -373,6 +377,8 @@ pub struct Pipeline {
     pub rules: Vec<RuleSpec>,
     pub models: Vec<ModelSpec>,
     pub state_dir: PathBuf,
+    /// How much of the Parquet history under `state_dir` live mode keeps.
+    pub retention: crate::sink::retention::Retention,
     pub api: ApiConfig,
     /// Outputs of a run, in order; every one receives what it asks for.
     pub sinks: Vec<crate::sink::SinkSpec>,
@@ -840,6 +846,31 @@ impl Pipeline {
             },
             None => PathBuf::from("gatewatch-state"),
         };
+        let mut retention = crate::sink::retention::Retention::default();
+        if let Some((f, s)) = pick!(state) {
+            let s = s.get_ref();
+            if let Some(r) = &s.retention {
+                let ms = duration(&f.file, &f.src, r, "state.retention")?;
+                if ms < 3_600_000 {
+                    return Err(invalid(
+                        &f.file,
+                        &f.src,
+                        r.span(),
+                        "state.retention",
+                        "must be at least 1h (hours are removed whole)",
+                    ));
+                }
+                retention.max_age_ms = Some(ms);
+            }
+            if let Some(b) = &s.retention_bytes {
+                let n = crate::features::budget::parse_size(b.get_ref())
+                    .map_err(|m| invalid(&f.file, &f.src, b.span(), "state.retention_bytes", m))?;
+                if n < (1 << 20) {
+                    return Err(invalid(&f.file, &f.src, b.span(), "state.retention_bytes", "must be at least 1MiB"));
+                }
+                retention.max_bytes = Some(n as u64);
+            }
+        }
 
         let mut rules = Vec::new();
         if let Some(f) = chain.iter().find(|f| f.value.rules.is_some()) {
@@ -1110,6 +1141,7 @@ impl Pipeline {
             rules,
             models,
             state_dir,
+            retention,
             api,
             sinks,
         })
@@ -1232,6 +1264,23 @@ reason = "too fast"
             ("type = \"parquet\"\nurl = \"http://x\"\n", "test.toml:5: sinks.url: only a clickhouse sink has it"),
         ] {
             let e = load(&format!("{dl}[[sinks]]\n{toml}")).unwrap_err().to_string();
+            assert!(e.starts_with(want), "{toml}: {e}");
+        }
+    }
+
+    #[test]
+    fn state_retention_keys() {
+        let p = load("[state]\ndir = \"st\"\nretention = \"30d\"\nretention_bytes = \"2GiB\"\n").unwrap();
+        assert_eq!(p.retention.max_age_ms, Some(30 * 86_400_000));
+        assert_eq!(p.retention.max_bytes, Some(2 << 30));
+        assert_eq!(load("[state]\ndir = \"st\"\n").unwrap().retention.max_age_ms, None, "default keeps all");
+        for (toml, want) in [
+            ("retention = \"30m\"\n", "test.toml:3: state.retention: must be at least 1h"),
+            ("retention = \"soon\"\n", "test.toml:3: state.retention"),
+            ("retention_bytes = \"10KiB\"\n", "test.toml:3: state.retention_bytes: must be at least 1MiB"),
+            ("retention_bytes = \"lots\"\n", "test.toml:3: state.retention_bytes"),
+        ] {
+            let e = load(&format!("[state]\ndir = \"st\"\n{toml}")).unwrap_err().to_string();
             assert!(e.starts_with(want), "{toml}: {e}");
         }
     }

@@ -106,12 +106,19 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// SQL over the tables: events, features, decisions.
+    /// SQL over the tables: events, features, decisions (and dead_letters in ClickHouse).
     Query {
         /// A replay's output directory, or a state directory (every run under
         /// its runs/ is read as one history).
-        #[arg(long, value_name = "DIR")]
-        data: PathBuf,
+        #[arg(long, value_name = "DIR", required_unless_present = "clickhouse", conflicts_with = "clickhouse")]
+        data: Option<PathBuf>,
+        /// Ask a ClickHouse server instead (its HTTP interface, e.g. http://127.0.0.1:8123),
+        /// read-only; with --file, the file's ClickHouse variant (queries/clickhouse/NAME.sql) when there is one.
+        #[arg(long, value_name = "URL")]
+        clickhouse: Option<String>,
+        /// The database the ClickHouse sink writes (with --clickhouse).
+        #[arg(long, default_value = "gatewatch", requires = "clickhouse")]
+        database: String,
         /// The SQL statement, e.g. "SELECT action, count(*) FROM decisions GROUP BY action".
         #[arg(required_unless_present = "file", conflicts_with = "file")]
         sql: Option<String>,
@@ -349,10 +356,19 @@ fn run(cli: Cli) -> Result<()> {
                 print!("{}", story.render());
             }
         }
-        Command::Query { data, sql, file, params, format } => {
+        Command::Query { data, clickhouse, database, sql, file, params, format } => {
             let sql = match (sql, file) {
                 (Some(sql), _) => sql,
-                (None, Some(f)) => {
+                (None, Some(mut f)) => {
+                    if clickhouse.is_some() {
+                        // The dialects differ: a shipped query has its ClickHouse variant beside it.
+                        let variant =
+                            f.parent().map(|d| d.join("clickhouse")).zip(f.file_name()).map(|(d, n)| d.join(n));
+                        if let Some(v) = variant.filter(|v| v.is_file()) {
+                            eprintln!("(ClickHouse variant: {})", v.display());
+                            f = v;
+                        }
+                    }
                     let sql = std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
                     // A shipped query's header declares its parameters: name the
                     // missing ones before DataFusion reports an unbound placeholder.
@@ -372,8 +388,14 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 (None, None) => bail!("give the SQL or --file FILE"),
             };
-            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-            let batches = rt.block_on(analytics::query_with(&data, &sql, &params))?;
+            let batches = match (clickhouse, data) {
+                (Some(url), _) => analytics::clickhouse::query(&url, &database, &sql, &params)?,
+                (None, Some(data)) => {
+                    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+                    rt.block_on(analytics::query_with(&data, &sql, &params))?
+                }
+                (None, None) => bail!("give --data DIR or --clickhouse URL"),
+            };
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
             analytics::write(&batches, format, &mut out)?;
             std::io::Write::flush(&mut out)?;
@@ -530,6 +552,25 @@ fn live(pipeline: &Path, input: Option<PathBuf>, listen: Option<String>, from_st
     let ready = Arc::new(AtomicBool::new(false));
     // Each run keeps its own output directory, so a restart never overwrites history.
     let run_dir = p.state_dir.join("runs").join(now.to_string());
+    if p.retention.is_set() {
+        let (dir, r) = (p.state_dir.clone(), p.retention);
+        // Whole hours, at start and every ten minutes; the writer's open hours are left alone.
+        std::thread::Builder::new().name("retention".into()).spawn(move || {
+            loop {
+                match gatewatch::sink::retention::prune(&dir, &r, api::now_ms()) {
+                    Ok(p) if p.hours_removed > 0 => tracing::info!(
+                        hours = p.hours_removed,
+                        bytes = p.bytes_removed,
+                        kept_bytes = p.bytes_kept,
+                        "retention: removed the history past [state] retention / retention_bytes"
+                    ),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "retention: could not remove old history"),
+                }
+                std::thread::sleep(std::time::Duration::from_secs(600));
+            }
+        })?;
+    }
     let mut engine = engine::Engine::new(p.clone(), None, &input.display().to_string(), &run_dir)?;
     engine.keep_deciding_when_sinks_fail();
     engine.set_next_decision_id(store.max_id_below(api::MANUAL_ID_BASE) + 1);

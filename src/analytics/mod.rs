@@ -7,6 +7,7 @@
 //! an address did last week should not have to know which restarts happened
 //! in between.
 
+pub mod clickhouse;
 pub mod explain;
 
 use std::path::{Path, PathBuf};

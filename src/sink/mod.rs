@@ -34,6 +34,7 @@ pub mod jsonl;
 pub mod parquet;
 pub mod parts;
 pub mod resilient;
+pub mod retention;
 
 use std::path::Path;
 

@@ -165,5 +165,8 @@ pub fn init(spec: &ClickHouseSpec) -> Result<InitReport, ClickHouseError> {
             after = Some(col.name);
         }
     }
+    let view = format!("{db}.{}", schema::ident("event_entities"));
+    block_on(&rt, url, t, c.query_raw(&format!("DROP TABLE IF EXISTS {view}")).execute())?;
+    block_on(&rt, url, t, c.query_raw(&schema::event_entities(&spec.database)).execute())?;
     Ok(report)
 }

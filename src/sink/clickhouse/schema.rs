@@ -92,6 +92,28 @@ pub fn create_table(database: &str, t: &Table, ttl_days: Option<u32>) -> Result<
     ))
 }
 
+/// The view `event_entities` in `database`: each event once per entity it
+/// belongs to, as the DataFusion view of the same name has it
+/// ([`crate::analytics::EVENT_ENTITIES`]), so that the investigations read
+/// alike in both. (Rebuilt by `init`: a view's `*` is fixed when it is made.)
+pub fn event_entities(database: &str) -> String {
+    let events = format!("{}.{}", ident(database), ident("events"));
+    let by = |ty: &str, col: &str| {
+        format!("SELECT '{ty}' AS entity_type, assumeNotNull({col}) AS entity, * FROM {events} WHERE {col} IS NOT NULL")
+    };
+    format!(
+        "CREATE VIEW {}.{} AS\n    SELECT 'ip' AS entity_type, client_ip AS entity, * FROM {events}\n    UNION ALL SELECT 'cidr', \
+         replaceRegexpOne(client_ip, '\\\\.[0-9]+$', '.0/24'), * FROM {events} WHERE position(client_ip, ':') = 0\n    UNION ALL {}\n    \
+         UNION ALL {}\n    UNION ALL {}\n    UNION ALL {}",
+        ident(database),
+        ident("event_entities"),
+        by("user", "user_id"),
+        by("api_key", "api_key_id"),
+        by("device", "device_id"),
+        by("session", "session_id"),
+    )
+}
+
 /// Whether a server of version `version` (`SELECT version()`) knows table TTLs.
 pub fn supports_ttl(version: &str) -> bool {
     let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
