@@ -391,7 +391,7 @@ fn sinks_from(
     state_dir: &Path,
 ) -> Result<Vec<crate::sink::SinkSpec>, ConfigError> {
     use crate::sink::{SinkKind, SinkSpec};
-    const TABLES: [&str; 3] = ["events", "features", "decisions"];
+    const TABLES: [&str; 4] = ["events", "features", "decisions", "dead_letters"];
 
     let mut out = Vec::new();
     let sections = f.value.sinks.as_deref().unwrap_or_default();
@@ -435,7 +435,7 @@ fn sinks_from(
                             &f.src,
                             t.span(),
                             "sinks.tables",
-                            format!("unknown table '{}' (expected events, features or decisions)", t.get_ref()),
+                            format!("unknown table '{}' (expected {})", t.get_ref(), TABLES.join(", ")),
                         ));
                     }
                     names.push(t.get_ref().clone());

@@ -106,7 +106,7 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// SQL over the tables: events, features, decisions (and dead_letters in ClickHouse).
+    /// SQL over the tables: events, features, decisions, dead_letters.
     Query {
         /// A replay's output directory, or a state directory (every run under
         /// its runs/ is read as one history).

@@ -66,6 +66,40 @@ fn every_kind_of_bad_line_is_a_dead_letter() {
     // Invalid UTF-8 keeps its exact bytes.
     let bin = dl.iter().find(|d| d["line"] == 12).expect("binary line");
     assert!(bin["raw_base64"].as_str().expect("b64").starts_with("/wAB"), "{bin}");
+
+    // The same letters are the `dead_letters` table the analysts query.
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let sql =
+        "SELECT source, line, \"offset\", reason, raw, raw_base64, bytes, truncated FROM dead_letters ORDER BY line";
+    let batches = rt.block_on(gatewatch::analytics::query(&out, sql)).expect("dead_letters is a table");
+    let mut json = Vec::new();
+    gatewatch::analytics::write(&batches, gatewatch::analytics::OutputFormat::Json, &mut json).expect("json");
+    let rows: Vec<serde_json::Value> =
+        String::from_utf8(json).expect("utf-8").lines().map(|l| serde_json::from_str(l).expect("row")).collect();
+    assert_eq!(rows.len(), dl.len());
+    for (row, d) in rows.iter().zip(&dl) {
+        for k in ["source", "line", "offset", "reason", "bytes", "truncated"] {
+            assert_eq!(row[k], d[k], "{k} of line {}", d["line"]);
+        }
+        for k in ["raw", "raw_base64"] {
+            assert_eq!(row.get(k).filter(|v| !v.is_null()), d.get(k), "{k} of line {}", d["line"]);
+        }
+    }
+}
+
+#[test]
+fn a_clean_run_has_an_empty_dead_letters_table() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("in.log");
+    std::fs::write(&input, format!("{GOOD}\n")).expect("write");
+    let out = dir.path().join("out");
+    gatewatch::engine::replay(pipeline(), &input, None, &out, false).expect("replay");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let batches =
+        rt.block_on(gatewatch::analytics::query(&out, "SELECT count(*) AS n FROM dead_letters")).expect("query");
+    let mut csv = Vec::new();
+    gatewatch::analytics::write(&batches, gatewatch::analytics::OutputFormat::Csv, &mut csv).expect("csv");
+    assert_eq!(String::from_utf8_lossy(&csv), "n\n0\n");
 }
 
 #[test]

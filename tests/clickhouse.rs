@@ -79,7 +79,7 @@ fn replay_writes_every_table_once_and_answers_as_parquet_does() {
     ok(gatewatch(&p, &["replay", "--input", &input.display().to_string(), "--out", &run.display().to_string()]));
     let db = &ch.database;
 
-    for table in ["events", "features", "decisions"] {
+    for table in ["events", "features", "decisions", "dead_letters"] {
         let local: u64 = parquet(&run, &p, &format!("SELECT count(*) FROM {table}")).parse().expect("count");
         assert!(local > 0, "{table}");
         assert_eq!(ch.count(&format!("SELECT count() FROM {db}.{table}")), local, "{table}: every row, once");

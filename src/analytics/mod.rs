@@ -22,7 +22,7 @@ use datafusion::prelude::SessionContext;
 use datafusion::scalar::ScalarValue;
 
 /// The tables a run directory may hold.
-pub const TABLES: [&str; 3] = ["events", "features", "decisions"];
+pub const TABLES: [&str; 4] = ["events", "features", "decisions", "dead_letters"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
@@ -58,6 +58,7 @@ fn table_schema(table: &str) -> SchemaRef {
     match table {
         "events" => crate::event::schema(),
         "features" => crate::features::table_schema(),
+        "dead_letters" => crate::sink::deadletter::schema(),
         _ => crate::sink::parquet::decisions_schema(),
     }
 }
@@ -93,9 +94,11 @@ pub async fn session(data_dir: &Path) -> Result<SessionContext, QueryError> {
 /// Registers every table found under `data_dir` (and the `event_entities` view) in `ctx`.
 async fn register(ctx: SessionContext, data_dir: &Path) -> Result<SessionContext, QueryError> {
     let mut found = 0;
+    let mut absent = Vec::new();
     for t in TABLES {
         let dirs = table_dirs(data_dir, t);
         if dirs.is_empty() {
+            absent.push(t);
             continue;
         }
         let urls =
@@ -108,6 +111,11 @@ async fn register(ctx: SessionContext, data_dir: &Path) -> Result<SessionContext
     }
     if found == 0 {
         return Err(QueryError::NoTables(data_dir.display().to_string()));
+    }
+    // A table with no rows yet (a run without dead letters) is empty, not unknown.
+    for t in absent {
+        let empty = datafusion::datasource::MemTable::try_new(table_schema(t), vec![vec![]])?;
+        ctx.register_table(t, Arc::new(empty))?;
     }
     if ctx.table_exist("events")? {
         ctx.sql(EVENT_ENTITIES).await?;

@@ -5,7 +5,13 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
+use std::sync::{Arc, OnceLock};
+
 use base64::Engine as _;
+use datafusion::arrow::array::{BooleanBuilder, StringBuilder, TimestampMillisecondBuilder, UInt64Builder};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::error::ArrowError;
+use datafusion::arrow::record_batch::RecordBatch;
 use serde::Serialize;
 
 use super::{Sink, SinkError, Wants};
@@ -13,6 +19,90 @@ use crate::source::Position;
 
 /// Bytes of a rejected line kept verbatim; longer lines keep this prefix and say so.
 pub const MAX_RAW_BYTES: usize = 1 << 20;
+
+/// Dead letters as rows (the `dead_letters` table, in Parquet and in
+/// ClickHouse): when the line arrived (wall clock), where it came from, why
+/// it was refused, and the line itself (text, or base64 when it is not
+/// UTF-8), as `dead_letters.jsonl` keeps them.
+pub fn schema() -> SchemaRef {
+    static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
+    SCHEMA
+        .get_or_init(|| {
+            Arc::new(Schema::new(vec![
+                Field::new("ts", DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), false),
+                Field::new("source", DataType::Utf8, false),
+                Field::new("line", DataType::UInt64, false),
+                Field::new("offset", DataType::UInt64, false),
+                Field::new("reason", DataType::Utf8, false),
+                Field::new("raw", DataType::Utf8, true),
+                Field::new("raw_base64", DataType::Utf8, true),
+                Field::new("bytes", DataType::UInt64, false),
+                Field::new("truncated", DataType::Boolean, false),
+            ]))
+        })
+        .clone()
+}
+
+/// Dead letters gathered into a batch of [`schema`].
+#[derive(Default)]
+pub struct DeadLetterColumns {
+    ts: TimestampMillisecondBuilder,
+    source: StringBuilder,
+    line: UInt64Builder,
+    offset: UInt64Builder,
+    reason: StringBuilder,
+    raw: StringBuilder,
+    raw_base64: StringBuilder,
+    bytes: UInt64Builder,
+    truncated: BooleanBuilder,
+    rows: usize,
+}
+
+impl DeadLetterColumns {
+    /// Adds `dl`, which arrived at `now_ms` (wall clock: a dead letter has no event time).
+    pub fn push(&mut self, dl: &DeadLetter<'_>, now_ms: i64) {
+        let Position::Line { no, offset } = dl.pos;
+        self.ts.append_value(now_ms);
+        self.source.append_value(dl.source);
+        self.line.append_value(no);
+        self.offset.append_value(offset);
+        self.reason.append_value(dl.reason);
+        self.raw.append_option(dl.raw);
+        self.raw_base64.append_option(dl.raw_base64.as_deref());
+        self.bytes.append_value(dl.bytes);
+        self.truncated.append_value(dl.truncated);
+        self.rows += 1;
+    }
+
+    /// Rows gathered since the last [`Self::finish`].
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// The gathered rows as a batch; starts over.
+    pub fn finish(&mut self) -> Result<RecordBatch, ArrowError> {
+        self.rows = 0;
+        RecordBatch::try_new(
+            schema(),
+            vec![
+                Arc::new(self.ts.finish().with_timezone("UTC")),
+                Arc::new(self.source.finish()),
+                Arc::new(self.line.finish()),
+                Arc::new(self.offset.finish()),
+                Arc::new(self.reason.finish()),
+                Arc::new(self.raw.finish()),
+                Arc::new(self.raw_base64.finish()),
+                Arc::new(self.bytes.finish()),
+                Arc::new(self.truncated.finish()),
+            ],
+        )
+    }
+}
+
+/// Milliseconds since the epoch by the wall clock.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
 
 /// One rejected line.
 #[derive(Debug, Serialize)]

@@ -213,6 +213,7 @@ impl SinkSpec {
             tables.push("features".into());
         }
         tables.push("decisions".into());
+        tables.push("dead_letters".into());
         vec![
             SinkSpec { kind: SinkKind::Parquet, tables, ..SinkSpec::of(SinkKind::Parquet) },
             SinkSpec::of(SinkKind::DecisionsJsonl),

@@ -21,8 +21,9 @@ use datafusion::parquet::basic::Compression;
 use datafusion::parquet::file::properties::{EnabledStatistics, WriterProperties};
 use datafusion::parquet::schema::types::ColumnPath;
 
+use super::deadletter::DeadLetterColumns;
 use super::parts::{PartError, Parts};
-use super::{Sink, SinkError, Wants};
+use super::{DeadLetter, Sink, SinkError, Wants};
 use crate::decision::Decision;
 
 /// One table (a directory of Parquet files readable as one DataFusion table).
@@ -139,6 +140,13 @@ static FEATURE_PLAIN: std::sync::LazyLock<Vec<&'static str>> = std::sync::LazyLo
     v
 });
 
+/// Dead-letter columns holding the line itself: a dictionary of unique lines is pure overhead.
+const DEAD_LETTER_PLAIN: &[&str] = &["raw", "raw_base64"];
+
+/// Dead letters are gathered to this many before they go to the writer
+/// thread (and at every checkpoint).
+const DEAD_LETTER_FLUSH_ROWS: usize = 4_096;
+
 /// Feature rows are gathered to this many before they go to the writer
 /// thread: one send per snapshot batch would cost a wake-up each.
 const FEATURE_FLUSH_ROWS: usize = 16_384;
@@ -219,13 +227,15 @@ pub struct ParquetSink {
     events: Option<ParquetTable>,
     features: Option<ParquetTable>,
     decisions: Option<ParquetTable>,
+    dead_letters: Option<ParquetTable>,
     feature_buf: Vec<RecordBatch>,
     feature_buf_rows: usize,
     decision_cols: DecisionColumns,
+    dead_cols: DeadLetterColumns,
 }
 
 impl ParquetSink {
-    /// Opens the named tables (`events`, `features`, `decisions`) under
+    /// Opens the named tables (`events`, `features`, `decisions`, `dead_letters`) under
     /// `dir`, each finishing a part at least every `roll_every`; a table
     /// already there (reopened after a failure) continues in new parts.
     pub fn open(dir: &Path, tables: &[String], roll_every: Duration) -> Result<Self, SinkError> {
@@ -241,9 +251,11 @@ impl ParquetSink {
             events: open("events", crate::event::schema(), EVENT_PLAIN)?,
             features: open("features", crate::features::table_schema(), &FEATURE_PLAIN)?,
             decisions: open("decisions", decisions_schema(), &[])?,
+            dead_letters: open("dead_letters", super::deadletter::schema(), DEAD_LETTER_PLAIN)?,
             feature_buf: Vec::new(),
             feature_buf_rows: 0,
             decision_cols: DecisionColumns::default(),
+            dead_cols: DeadLetterColumns::default(),
         })
     }
 
@@ -266,6 +278,17 @@ impl ParquetSink {
         }
         Ok(())
     }
+
+    fn flush_dead_letters(&mut self) -> Result<(), SinkError> {
+        if let Some(out) = self.dead_letters.as_mut()
+            && self.dead_cols.rows() > 0
+        {
+            let batch =
+                self.dead_cols.finish().map_err(|source| SinkError::Arrow { table: "dead_letters".into(), source })?;
+            out.write(batch)?;
+        }
+        Ok(())
+    }
 }
 
 impl Sink for ParquetSink {
@@ -278,7 +301,7 @@ impl Sink for ParquetSink {
             events: self.events.is_some(),
             features: self.features.is_some(),
             decisions: self.decisions.is_some(),
-            dead_letters: false,
+            dead_letters: self.dead_letters.is_some(),
         }
     }
 
@@ -307,17 +330,30 @@ impl Sink for ParquetSink {
         Ok(())
     }
 
+    fn dead_letter(&mut self, dl: &DeadLetter<'_>) -> Result<(), SinkError> {
+        if self.dead_letters.is_some() {
+            self.dead_cols.push(dl, super::deadletter::now_ms());
+            if self.dead_cols.rows() >= DEAD_LETTER_FLUSH_ROWS {
+                self.flush_dead_letters()?;
+            }
+        }
+        Ok(())
+    }
+
     /// Hands what is buffered to the writer threads. A part becomes readable
     /// (and durable) when it is finished: by rows, by age, or at `finish`.
     fn checkpoint(&mut self) -> Result<(), SinkError> {
         self.flush_features()?;
-        self.flush_decisions()
+        self.flush_decisions()?;
+        self.flush_dead_letters()
     }
 
     fn finish(mut self: Box<Self>) -> Result<(), SinkError> {
         self.flush_features()?;
         self.flush_decisions()?;
-        for t in [self.events.take(), self.features.take(), self.decisions.take()].into_iter().flatten() {
+        self.flush_dead_letters()?;
+        let tables = [self.events.take(), self.features.take(), self.decisions.take(), self.dead_letters.take()];
+        for t in tables.into_iter().flatten() {
             t.finish()?;
         }
         Ok(())

@@ -8,9 +8,7 @@
 //! stays within ClickHouse 18.16; a `TTL` for retention is added only when
 //! the server is new enough to know it (19.6 and later).
 
-use std::sync::Arc;
-
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::datatypes::SchemaRef;
 
 use super::rowbinary::{self, Column, Unmapped};
 
@@ -50,27 +48,8 @@ pub fn table(name: &str) -> Option<Table> {
     tables().into_iter().find(|t| t.name == name)
 }
 
-/// Dead letters as rows: when the line arrived (wall clock), where it came
-/// from, why it was refused, and the line itself (text, or base64 when it
-/// is not UTF-8), as the JSON-lines sink keeps them.
-pub fn dead_letters_schema() -> SchemaRef {
-    static SCHEMA: std::sync::OnceLock<SchemaRef> = std::sync::OnceLock::new();
-    SCHEMA
-        .get_or_init(|| {
-            Arc::new(Schema::new(vec![
-                Field::new("ts", DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), false),
-                Field::new("source", DataType::Utf8, false),
-                Field::new("line", DataType::UInt64, false),
-                Field::new("offset", DataType::UInt64, false),
-                Field::new("reason", DataType::Utf8, false),
-                Field::new("raw", DataType::Utf8, true),
-                Field::new("raw_base64", DataType::Utf8, true),
-                Field::new("bytes", DataType::UInt64, false),
-                Field::new("truncated", DataType::Boolean, false),
-            ]))
-        })
-        .clone()
-}
+/// The dead letters' table, as the Parquet sink writes it.
+pub use crate::sink::deadletter::schema as dead_letters_schema;
 
 /// A name in backquotes, as ClickHouse quotes identifiers.
 pub fn ident(name: &str) -> String {

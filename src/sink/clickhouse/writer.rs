@@ -26,14 +26,13 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use datafusion::arrow::array::{
-    BooleanBuilder, StringBuilder, TimestampMillisecondArray, TimestampMillisecondBuilder, UInt64Builder,
-};
+use datafusion::arrow::array::TimestampMillisecondArray;
 use datafusion::arrow::record_batch::RecordBatch;
 
 use super::spool::{Entry, Spool};
 use super::{ClickHouseError, ClickHouseSpec, rowbinary, schema};
 use crate::decision::Decision;
+use crate::sink::deadletter::DeadLetterColumns;
 use crate::sink::parquet::DecisionColumns;
 use crate::sink::{DeadLetter, Sink, SinkError, SinkHealth, Wants};
 
@@ -66,55 +65,6 @@ enum Msg {
     Sync(SyncSender<()>),
 }
 
-/// Rows of dead letters, as [`schema::dead_letters_schema`] has them.
-#[derive(Default)]
-struct DeadColumns {
-    ts: TimestampMillisecondBuilder,
-    source: StringBuilder,
-    line: UInt64Builder,
-    offset: UInt64Builder,
-    reason: StringBuilder,
-    raw: StringBuilder,
-    raw_base64: StringBuilder,
-    bytes: UInt64Builder,
-    truncated: BooleanBuilder,
-    rows: usize,
-}
-
-impl DeadColumns {
-    fn push(&mut self, dl: &DeadLetter<'_>, now_ms: i64) {
-        let crate::source::Position::Line { no, offset } = dl.pos;
-        self.ts.append_value(now_ms);
-        self.source.append_value(dl.source);
-        self.line.append_value(no);
-        self.offset.append_value(offset);
-        self.reason.append_value(dl.reason);
-        self.raw.append_option(dl.raw);
-        self.raw_base64.append_option(dl.raw_base64.as_deref());
-        self.bytes.append_value(dl.bytes);
-        self.truncated.append_value(dl.truncated);
-        self.rows += 1;
-    }
-
-    fn finish(&mut self) -> Result<RecordBatch, datafusion::arrow::error::ArrowError> {
-        self.rows = 0;
-        RecordBatch::try_new(
-            schema::dead_letters_schema(),
-            vec![
-                Arc::new(self.ts.finish().with_timezone("UTC")),
-                Arc::new(self.source.finish()),
-                Arc::new(self.line.finish()),
-                Arc::new(self.offset.finish()),
-                Arc::new(self.reason.finish()),
-                Arc::new(self.raw.finish()),
-                Arc::new(self.raw_base64.finish()),
-                Arc::new(self.bytes.finish()),
-                Arc::new(self.truncated.finish()),
-            ],
-        )
-    }
-}
-
 /// Index of a table in [`super::TABLES`].
 fn slot(table: &str) -> Option<usize> {
     super::TABLES.iter().position(|t| *t == table)
@@ -126,7 +76,7 @@ pub struct ClickHouseSink {
     handle: Option<JoinHandle<()>>,
     wants: Wants,
     decisions: DecisionColumns,
-    dead: DeadColumns,
+    dead: DeadLetterColumns,
     status: Arc<Status>,
 }
 
@@ -211,7 +161,7 @@ impl ClickHouseSink {
                 dead_letters: want("dead_letters"),
             },
             decisions: DecisionColumns::default(),
-            dead: DeadColumns::default(),
+            dead: DeadLetterColumns::default(),
             status,
         })
     }
@@ -232,7 +182,7 @@ impl ClickHouseSink {
             let b = self.decisions.finish().map_err(arrow)?;
             self.send(Msg::Rows(2, b))?;
         }
-        if self.dead.rows > 0 {
+        if self.dead.rows() > 0 {
             let b = self.dead.finish().map_err(arrow)?;
             self.send(Msg::Rows(3, b))?;
         }
@@ -275,9 +225,8 @@ impl Sink for ClickHouseSink {
     }
 
     fn dead_letter(&mut self, dl: &DeadLetter<'_>) -> Result<(), SinkError> {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        self.dead.push(dl, now.as_millis() as i64);
-        if self.dead.rows >= GATHER_ROWS {
+        self.dead.push(dl, crate::sink::deadletter::now_ms());
+        if self.dead.rows() >= GATHER_ROWS {
             self.gathered()?;
         }
         Ok(())
