@@ -260,6 +260,7 @@ fn an_outage_loses_nothing_and_stores_nothing_twice() {
     until("the first rows are in ClickHouse", || events(&ch) == 300);
 
     ch.stop();
+    let stopped = std::time::Instant::now();
     append(&log, &benign("198.51.100.7", "during", 500));
     append(&log, &common::stuffing_lines("203.0.113.66", 40));
     // The engine goes on deciding and the API on serving.
@@ -271,6 +272,12 @@ fn an_outage_loses_nothing_and_stores_nothing_twice() {
     let spooled = || walk(&spool).into_iter().filter(|f| f.extension().is_some_and(|e| e == "rowbinary")).count();
     until("rows wait in the spool", || spooled() > 0);
     assert_eq!(ch.try_sql("SELECT 1").0, 0, "the server is really down");
+    // Thirty seconds away (retries back off meanwhile); the API answers throughout.
+    while stopped.elapsed() < std::time::Duration::from_secs(30) {
+        assert_eq!(server.get("/v1/authz", &[("X-Forwarded-For", "203.0.113.66")]).0, 403, "the deny holds");
+        assert_eq!(server.get("/v1/authz", &[("X-Forwarded-For", "192.0.2.44")]).0, 200, "others pass");
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
 
     ch.start();
     until("every row arrives once the server is back", || events(&ch) == 840);
