@@ -1,5 +1,5 @@
 -- name: address-timeline
--- question: What did one address do, minute by minute, and what was decided about it (or its /24)?
+-- question: What did one address do, minute by minute, and what was decided about it (or its subnet: the /24, an IPv6 address's /64)?
 -- param: $ip  the client address as logged, e.g. 203.0.113.7
 SELECT date_trunc('minute', ts) AS minute,
        'traffic' AS kind,
@@ -19,5 +19,5 @@ SELECT ts, 'decision', CAST(NULL AS BIGINT), CAST(NULL AS BIGINT), CAST(NULL AS 
        action || ' ' || entity_type || ' ' || entity || ' until ' || CAST(expires_at AS VARCHAR) || ' (' || source || '): ' || reason
 FROM decisions
 WHERE (entity_type = 'ip' AND entity = $ip)
-   OR (entity_type = 'cidr' AND entity = regexp_replace($ip, '\.[0-9]+$', '.0/24'))
+   OR (entity_type = 'cidr' AND entity = subnet($ip))
 ORDER BY minute, kind DESC;

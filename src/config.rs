@@ -84,6 +84,8 @@ struct ModelSection {
     ttl: Spanned<String>,
     #[serde(default)]
     enabled: Option<bool>,
+    #[serde(default)]
+    shadow: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -285,6 +287,8 @@ struct RuleSection {
     on_shared: Option<Spanned<String>>,
     #[serde(default)]
     enabled: Option<bool>,
+    #[serde(default)]
+    shadow: bool,
 }
 
 /// A rule as configured, before its predicate is compiled (see [`crate::detect`]).
@@ -299,6 +303,9 @@ pub struct RuleSpec {
     pub score: f64,
     /// What the action becomes on a shared entity (see [`DecisionConfig::shared_when`]).
     pub on_shared: Action,
+    /// Judged on live traffic without being enforced: its decisions go to
+    /// their own tables and stream ([`crate::decision::SHADOW_ID_BASE`]).
+    pub shadow: bool,
     /// Where the rule is written, for error messages.
     pub file: PathBuf,
     pub line: usize,
@@ -316,6 +323,8 @@ pub struct ModelSpec {
     /// Only rows matching this SQL predicate are scored (minimum evidence, like a rule's).
     pub when: Option<String>,
     pub ttl_ms: i64,
+    /// Scored and decided on, never enforced (see [`RuleSpec::shadow`]).
+    pub shadow: bool,
     pub file: PathBuf,
     pub line: usize,
 }
@@ -930,6 +939,7 @@ impl Pipeline {
                     reason: v.reason.clone(),
                     score,
                     on_shared,
+                    shadow: v.shadow,
                     file: f.file.clone(),
                     line: line_of(&f.src, v.when.span().start),
                 });
@@ -983,6 +993,7 @@ impl Pipeline {
                     deny_at: v.deny_at,
                     when: v.when.as_ref().map(|w| w.get_ref().clone()),
                     ttl_ms,
+                    shadow: v.shadow,
                     file: f.file.clone(),
                     line: line_of(&f.src, m.span().start),
                 });
@@ -1222,6 +1233,11 @@ reason = "too fast"
         assert_eq!(p.rules[0].ttl_ms, 600_000);
         assert_eq!(p.rules[0].line, 5);
         assert_eq!(p.rules[0].on_shared, Action::Challenge);
+        assert!(!p.rules[0].shadow, "enforced unless marked");
+        let p = load(&format!("{RULE}shadow = true\n")).unwrap();
+        assert!(p.rules[0].shadow);
+        let e = load(&format!("{RULE}shadow = \"yes\"\n")).unwrap_err().to_string();
+        assert!(e.contains("test.toml") && e.contains("shadow"), "{e}");
     }
 
     #[test]

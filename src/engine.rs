@@ -73,6 +73,8 @@ pub struct Summary {
     pub feature_rows: u64,
     pub decisions: u64,
     pub decisions_by_action: std::collections::BTreeMap<String, u64>,
+    /// Decisions of shadow rules and models: recorded, never enforced.
+    pub shadow_decisions: u64,
     pub suppressed_by_allowlist: u64,
     /// Rows a model scored at or above its threshold.
     pub model_flags: u64,
@@ -185,6 +187,8 @@ struct Candidate {
     reason: String,
     source: String,
     score: f64,
+    /// From a shadow rule or model: decided into the shadow store, never enforced.
+    shadow: bool,
 }
 
 /// A feature value as a reason shows it: integers without decimals.
@@ -205,6 +209,10 @@ pub struct Engine {
     shared: crate::detect::Predicate,
     shared_columns: Vec<(usize, &'static str)>,
     store: DecisionStore,
+    /// What shadow rules and models would have decided: the same policy
+    /// (escalation, precedence) on its own memory, so a shadow rule is judged
+    /// as if it were the only one, and nothing it decides is enforced.
+    shadow_store: DecisionStore,
     /// Every output, in the pipeline's order; each gets what it [`Wants`].
     sinks: Vec<Box<dyn Sink>>,
     /// What any sink wants, so nothing nobody reads is built.
@@ -245,6 +253,11 @@ impl Engine {
                 f
             },
             store: DecisionStore::new(pipeline.decisions.clone()),
+            shadow_store: {
+                let mut s = DecisionStore::new(pipeline.decisions.clone());
+                s.set_next_id(crate::decision::SHADOW_ID_BASE);
+                s
+            },
             rules,
             rule_columns,
             model_guards,
@@ -286,6 +299,7 @@ impl Engine {
         self.shared = c.shared;
         self.shared_columns = c.shared_columns;
         self.store.set_config(decisions.clone());
+        self.shadow_store.set_config(decisions.clone());
         self.pipeline.rules = rules;
         self.pipeline.decisions = decisions;
         self.pipeline.models = models;
@@ -601,6 +615,7 @@ impl Engine {
             reason,
             source: format!("rule:{}", rule.name),
             score: rule.score,
+            shadow: rule.shadow,
         }
     }
 
@@ -633,6 +648,7 @@ impl Engine {
                         ),
                         source: format!("model:{}", m.model.id()),
                         score: s.score,
+                        shadow: m.shadow,
                     },
                 ));
                 self.summary.model_flags += 1;
@@ -680,6 +696,18 @@ impl Engine {
             source: c.source,
             score: c.score,
         };
+        if c.shadow {
+            return match self.shadow_store.propose(proposal) {
+                Some(d) => {
+                    self.summary.shadow_decisions += 1;
+                    for s in self.sinks.iter_mut().filter(|s| s.wants().decisions) {
+                        s.shadow_decision(&d)?;
+                    }
+                    Ok(true)
+                }
+                None => Ok(false),
+            };
+        }
         match self.store.propose(proposal) {
             Some(d) => {
                 self.emit(&d)?;

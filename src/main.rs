@@ -75,6 +75,11 @@ enum Command {
         /// decisions.jsonl from `gatewatch replay`.
         #[arg(long, value_name = "FILE", required_unless_present = "pipelines")]
         decisions: Option<PathBuf>,
+        /// What shadow rules and models decided (default: shadow_decisions.jsonl
+        /// beside --decisions, when the run had any): judged alone and as if
+        /// promoted, next to the enforced decisions.
+        #[arg(long, value_name = "FILE")]
+        shadow: Option<PathBuf>,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -106,7 +111,7 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// SQL over the tables: events, features, decisions, dead_letters.
+    /// SQL over the tables: events, features, decisions, shadow_decisions, dead_letters.
     Query {
         /// A replay's output directory, or a state directory (every run under
         /// its runs/ is read as one history).
@@ -330,13 +335,20 @@ fn run(cli: Cli) -> Result<()> {
         Command::Eval { pipelines: Some(pipelines), traffic: Some(traffic), out: Some(out), .. } => {
             compare(&traffic, &pipelines, &out)?;
         }
-        Command::Eval { labels, decisions, json, .. } => {
+        Command::Eval { labels, decisions, shadow, json, .. } => {
             let (Some(labels), Some(decisions)) = (labels, decisions) else {
                 bail!("eval needs --labels and --decisions, or --pipelines with --traffic and --out");
             };
             let p = load(&cli.pipeline)?;
             let d = eval::read_decisions(&decisions)?;
-            let r = eval::evaluate(&labels, &d, &p.allowlist, &eval::EvalConfig::default())?;
+            let cfg = eval::EvalConfig::default();
+            let mut r = eval::evaluate(&labels, &d, &p.allowlist, &cfg)?;
+            let shadow =
+                shadow.or_else(|| Some(decisions.with_file_name("shadow_decisions.jsonl")).filter(|f| f.is_file()));
+            if let Some(f) = shadow {
+                let s = eval::read_decisions(&f)?;
+                r.shadow = Some(Box::new(eval::ShadowReport::evaluate(&labels, &d, &s, &p.allowlist, &cfg)?));
+            }
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
@@ -530,7 +542,7 @@ fn live(pipeline: &Path, input: Option<PathBuf>, listen: Option<String>, from_st
     use gatewatch::api::{self, AppState, Metrics, Services};
     use gatewatch::decision::Restored;
     use gatewatch::live::allow::AllowOverlay;
-    use gatewatch::live::{LiveStore, StoreSink, control, runner};
+    use gatewatch::live::{LiveStore, ShadowLog, ShadowSink, StoreSink, control, runner};
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -602,6 +614,8 @@ fn live(pipeline: &Path, input: Option<PathBuf>, listen: Option<String>, from_st
     let allowlist = engine.allowlist();
     allowlist.store(Arc::new(overlay.apply(&p.allowlist)));
     engine.add_sink(Box::new(StoreSink::new(store.clone(), metrics.clone(), p.decisions.max_ttl_ms)));
+    let shadow = Arc::new(ShadowLog::new());
+    engine.add_sink(Box::new(ShadowSink::new(shadow.clone(), metrics.clone())));
     let progress: gatewatch::driver::Progress = {
         let metrics = metrics.clone();
         let mut seen = engine::Summary::default();
@@ -640,6 +654,7 @@ fn live(pipeline: &Path, input: Option<PathBuf>, listen: Option<String>, from_st
         keys,
         ready: ready.clone(),
         control: Some(control),
+        shadow,
     }));
     // Expiry reaches the change stream within a second. Purging commits (and
     // fsyncs) through the store's writer, so it runs on its own thread: an API
@@ -731,7 +746,13 @@ fn compare(traffic: &Path, pipelines: &[PathBuf], out: &Path) -> Result<()> {
         let cfg = eval::EvalConfig { throttle_rps: pipeline.api.throttle_rps, ..eval::EvalConfig::default() };
         engine::replay(pipeline, &traffic.join("access.jsonl"), None, &run, std::io::stderr().is_terminal())?;
         let decisions = eval::read_decisions(&run.join("decisions.jsonl"))?;
-        reports.push((name, eval::evaluate(&labels, &decisions, &allow, &cfg)?));
+        let mut r = eval::evaluate(&labels, &decisions, &allow, &cfg)?;
+        let shadow = run.join("shadow_decisions.jsonl");
+        if shadow.is_file() {
+            let s = eval::read_decisions(&shadow)?;
+            r.shadow = Some(Box::new(eval::ShadowReport::evaluate(&labels, &decisions, &s, &allow, &cfg)?));
+        }
+        reports.push((name, r));
     }
     print!("{}", eval::compare(&reports));
     Ok(())

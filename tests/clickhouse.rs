@@ -60,6 +60,16 @@ fn replay_writes_every_table_once_and_answers_as_parquet_does() {
     let input = sim.join("access.jsonl");
     let mut f = std::fs::OpenOptions::new().append(true).open(&input).expect("input");
     f.write_all(b"not a log line\n{\"ts\":\"2026-11-02T06:10:00Z\",\"client_ip\":\"x\"}\n").expect("append");
+    // IPv6 clients, in more than one spelling: their subnet is the /64.
+    for (i, ip) in
+        ["2001:db8:a:b::1", "2001:0DB8:000a:000b:0:0:0:2", "2001:db8:a:b:ffff::9", "2001:db8:a:c::1"].iter().enumerate()
+    {
+        writeln!(
+            f,
+            r#"{{"ts":"2026-11-02T06:20:{i:02}Z","client_ip":"{ip}","method":"GET","path":"/products/{i}","status":200}}"#
+        )
+        .expect("append");
+    }
     drop(f);
     let p = pipeline(
         d,
@@ -133,6 +143,12 @@ fn replay_writes_every_table_once_and_answers_as_parquet_does() {
     let remote =
         ch.sql(&format!("SELECT sum(requests_10m), count(distinct_users_1h), sum(periodic) FROM {db}.features"));
     assert_eq!(local.replace(".0", "").replace(',', "\t"), remote);
+
+    // The view names subnets as the engine does, IPv6 /64s included.
+    let cidrs = "SELECT entity, count() FROM event_entities WHERE entity_type = 'cidr' GROUP BY entity ORDER BY entity";
+    let local = parquet(&run, &p, &cidrs.replace("count()", "count(*)"));
+    assert!(local.contains("2001:db8:a:b::/64,3") && local.contains("2001:db8:a:c::/64,1"), "{local}");
+    assert_eq!(local.replace(',', "\t"), ch.sql(&cidrs.replace("event_entities", &format!("{db}.event_entities"))));
 
     // Every shipped investigation answers alike from ClickHouse (its variant
     // where the dialect differs) and from the Parquet history.

@@ -1,6 +1,7 @@
 //! `gatewatch explain` on a replay of labelled traffic: the story of a denied
-//! attacker and of a benign address many users share, checked for content
-//! against the same facts computed by direct queries.
+//! attacker, of a benign address many users share and of IPv6 addresses in
+//! their /64, checked for content against the same facts computed by direct
+//! queries.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -205,4 +206,58 @@ fn explain_a_benign_address_many_users_share() {
         .expect("run gatewatch");
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("expected ip, cidr"));
+}
+
+/// An IPv6 address's subnet is its /64, written as the engine writes it
+/// whatever form the log used: explain finds its neighbours there, a subnet's
+/// story holds all of their requests, and the view groups them alike.
+#[test]
+fn explain_an_ipv6_address_and_its_64() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Three addresses of 2001:db8:a:b::/64 in three spellings, one of
+    // another /64, and an IPv4 address.
+    let clients = [
+        ("2001:db8:a:b::1", 4),
+        ("2001:0DB8:000a:000b:0:0:0:2", 3),
+        ("2001:db8:a:b:ffff::9", 2),
+        ("2001:db8:a:c::1", 5),
+        ("198.51.100.7", 1),
+    ];
+    let mut log = String::new();
+    let mut s = 0;
+    for (ip, n) in clients {
+        for i in 0..n {
+            s += 1;
+            log.push_str(&format!(
+                r#"{{"ts":"2026-11-02T06:00:{s:02}Z","client_ip":"{ip}","method":"GET","path":"/products/{i}","status":200,"user_id":"u{i}"}}"#
+            ));
+            log.push('\n');
+        }
+    }
+    std::fs::write(dir.path().join("v6.jsonl"), log).expect("write");
+    let pipeline = Pipeline::load(&root().join("pipelines/default.toml")).expect("pipeline");
+    let data = dir.path().join("run");
+    gatewatch::engine::replay(pipeline, &dir.path().join("v6.jsonl"), None, &data, false).expect("replay");
+
+    let story = explain(&data, EntityType::Ip, "2001:db8:a:b::1");
+    assert_eq!(story.traffic.requests, 4);
+    let n = story.neighbours.as_ref().expect("an IPv6 address has a /64");
+    assert_eq!(n.distinct, 2, "{:?}", n.top);
+    let mut top: Vec<&str> = n.top.iter().map(|c| c.value.as_str()).collect();
+    top.sort();
+    assert_eq!(top, ["2001:db8:a:b::2", "2001:db8:a:b:ffff::9"]);
+    assert!(story.render().contains("other addresses of its /64: 2"), "{}", story.render());
+
+    let subnet = explain(&data, EntityType::Cidr, "2001:db8:a:b::/64");
+    assert_eq!(subnet.traffic.requests, 9);
+    let v4 = explain(&data, EntityType::Cidr, "198.51.100.0/24");
+    assert_eq!(v4.traffic.requests, 1);
+
+    let groups = sql(
+        &data,
+        "SELECT entity, count(*) FROM event_entities WHERE entity_type = 'cidr' GROUP BY entity ORDER BY entity",
+        &[],
+    );
+    assert_eq!(texts(&groups, 0), ["198.51.100.0/24", "2001:db8:a:b::/64", "2001:db8:a:c::/64"]);
+    assert_eq!(ints(&groups, 1), [1, 9, 5]);
 }

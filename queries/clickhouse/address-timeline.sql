@@ -1,5 +1,5 @@
 -- name: address-timeline
--- question: What did one address do, minute by minute, and what was decided about it (or its /24)?
+-- question: What did one address do, minute by minute, and what was decided about it (or its subnet: the /24, an IPv6 address's /64)?
 -- param: $ip  the client address as logged, e.g. 203.0.113.7
 -- ClickHouse variant of queries/address-timeline.sql (18.16 and later).
 SELECT minute, kind, requests, status_4xx, status_5xx, paths, users, user_agents, decision
@@ -22,6 +22,7 @@ FROM (
            toNullable(concat(action, ' ', entity_type, ' ', entity, ' until ', toString(expires_at), ' (', source, '): ', reason))
     FROM decisions
     WHERE (entity_type = 'ip' AND entity = $ip)
-       OR (entity_type = 'cidr' AND entity = replaceRegexpOne($ip, '\\.[0-9]+$', '.0/24'))
+       OR (entity_type = 'cidr' AND entity = if(position($ip, ':') = 0, replaceRegexpOne($ip, '\\.[0-9]+$', '.0/24'),
+                                                concat(cutIPv6(IPv6StringToNum($ip), 8, 0), '/64')))
 )
 ORDER BY minute, kind DESC

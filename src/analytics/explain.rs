@@ -115,9 +115,7 @@ pub struct Story {
 fn entity_expr(t: EntityType) -> &'static str {
     match t {
         EntityType::Ip => "client_ip",
-        EntityType::Cidr => {
-            "CASE WHEN strpos(client_ip, ':') = 0 THEN regexp_replace(client_ip, '\\.[0-9]+$', '.0/24') END"
-        }
+        EntityType::Cidr => "subnet(client_ip)",
         EntityType::User => "user_id",
         EntityType::ApiKey => "api_key_id",
         EntityType::Device => "device_id",
@@ -328,12 +326,12 @@ async fn shared_with(ctx: &SessionContext, me: &Me, other: EntityType) -> Result
     })
 }
 
-/// The other addresses of an IPv4 address's /24.
+/// The other addresses of an address's subnet (IPv4 /24, IPv6 /64).
 async fn subnet_neighbours(ctx: &SessionContext, ip: &str) -> Result<Option<Related>, QueryError> {
-    let Some(dot) = ip.rfind('.').filter(|_| !ip.contains(':')) else {
+    let Ok(addr) = ip.parse::<std::net::IpAddr>() else {
         return Ok(None);
     };
-    let cidr = format!("{}.0/24", &ip[..dot]);
+    let cidr = crate::features::entity::subnet_of(addr);
     let params =
         vec![("c".into(), ScalarValue::Utf8(Some(cidr))), ("e".into(), ScalarValue::Utf8(Some(ip.to_string())))];
     let mine = "SELECT client_ip FROM event_entities WHERE entity_type = 'cidr' AND entity = $c AND client_ip <> $e";
@@ -501,7 +499,8 @@ impl Story {
         if let Some(n) = &self.neighbours {
             let _ = writeln!(
                 o,
-                "\nother addresses of its /24: {}{}",
+                "\nother addresses of its /{}: {}{}",
+                if self.entity.contains(':') { 64 } else { 24 },
                 n.distinct,
                 if n.top.is_empty() { String::new() } else { format!(": {}", count_list(&n.top)) }
             );

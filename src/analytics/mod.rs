@@ -9,6 +9,7 @@
 
 pub mod clickhouse;
 pub mod explain;
+pub mod udf;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,7 +23,7 @@ use datafusion::prelude::SessionContext;
 use datafusion::scalar::ScalarValue;
 
 /// The tables a run directory may hold.
-pub const TABLES: [&str; 4] = ["events", "features", "decisions", "dead_letters"];
+pub const TABLES: [&str; 5] = ["events", "features", "decisions", "shadow_decisions", "dead_letters"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
@@ -117,6 +118,7 @@ async fn register(ctx: SessionContext, data_dir: &Path) -> Result<SessionContext
         let empty = datafusion::datasource::MemTable::try_new(table_schema(t), vec![vec![]])?;
         ctx.register_table(t, Arc::new(empty))?;
     }
+    ctx.register_udf(udf::subnet());
     if ctx.table_exist("events")? {
         ctx.sql(EVENT_ENTITIES).await?;
     }
@@ -126,12 +128,11 @@ async fn register(ctx: SessionContext, data_dir: &Path) -> Result<SessionContext
 /// The view `event_entities`: each event once per entity it belongs to
 /// (`entity_type`, `entity`, as decisions and features name them), so that
 /// "the requests of a decided entity" is one equi-join whatever its type.
-/// IPv4 addresses map to their /24 as the engine's `cidr` entity does; an
-/// IPv6 prefix's requests are found through its addresses.
+/// Addresses map to their subnet (IPv4 /24, IPv6 /64) as the engine's
+/// `cidr` entity does ([`udf::subnet`]).
 pub const EVENT_ENTITIES: &str = "CREATE VIEW event_entities AS
     SELECT 'ip' AS entity_type, client_ip AS entity, * FROM events
-    UNION ALL SELECT 'cidr' AS entity_type, regexp_replace(client_ip, '\\.[0-9]+$', '.0/24') AS entity, *
-        FROM events WHERE strpos(client_ip, ':') = 0
+    UNION ALL SELECT 'cidr' AS entity_type, subnet(client_ip) AS entity, * FROM events
     UNION ALL SELECT 'user' AS entity_type, user_id AS entity, * FROM events WHERE user_id IS NOT NULL
     UNION ALL SELECT 'api_key' AS entity_type, api_key_id AS entity, * FROM events WHERE api_key_id IS NOT NULL
     UNION ALL SELECT 'device' AS entity_type, device_id AS entity, * FROM events WHERE device_id IS NOT NULL

@@ -402,6 +402,59 @@ fn model_json(m: &crate::config::ModelSpec) -> serde_json::Value {
     })
 }
 
+/// `GET /v1/admin/shadow?entity_type=&source=&limit=`: what the shadow rules
+/// and models would have decided, newest first, each beside what is in force
+/// on its entity now (`enforced`: the live decision, or null when the
+/// enforced set let it through), with counts by source since the start.
+pub(super) async fn shadow(
+    State(state): State<Arc<AppState>>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    check_params(&params, &["entity_type", "source", "limit"])?;
+    let t = params.get("entity_type").map(|t| entity_type(t)).transpose()?;
+    let limit = match params.get("limit") {
+        None => 100,
+        Some(l) => {
+            l.parse::<usize>().ok().filter(|n| (1..=crate::live::shadow::KEPT).contains(n)).ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "limit: '{}' is not a number from 1 to {}",
+                    shorten(l),
+                    crate::live::shadow::KEPT
+                ))
+            })?
+        }
+    };
+    let source = params.get("source");
+    let snap =
+        state.shadow.snapshot(limit, |d| t.is_none_or(|t| d.entity_type == t) && source.is_none_or(|s| &d.source == s));
+    let now = now_ms();
+    let decisions: Vec<serde_json::Value> = snap
+        .recent
+        .iter()
+        .map(|d| {
+            let mut v = decision_json(d);
+            v["enforced"] = state.store.get(d.entity_type, &d.entity, now).map(|e| decision_json(&e)).into();
+            v
+        })
+        .collect();
+    let by_source: Vec<serde_json::Value> =
+        snap.by_source.iter().map(|(s, a, n)| json!({ "source": s, "action": a, "decisions": n })).collect();
+    let (rules, models) = {
+        let admin = state.admin.lock().await;
+        let p = &admin.pipeline;
+        let rules: Vec<String> = p.rules.iter().filter(|r| r.shadow).map(|r| r.name.clone()).collect();
+        let models: Vec<String> = p.models.iter().filter(|m| m.shadow).map(|m| m.model.id()).collect();
+        (rules, models)
+    };
+    Ok(Json(json!({
+        "shadow_rules": rules,
+        "shadow_models": models,
+        "total": snap.total,
+        "by_source": by_source,
+        "decisions": decisions,
+    })))
+}
+
 /// `GET /v1/admin/models`: the models in force, and those a rollback would restore.
 pub(super) async fn models(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
     let admin = state.admin.lock().await;

@@ -10,6 +10,8 @@ pub struct Metrics {
     pub events_in: IntCounter,
     pub dead_letters: IntCounter,
     pub decisions: IntCounterVec,
+    /// What shadow rules and models would have decided (never enforced).
+    pub shadow_decisions: IntCounterVec,
     pub active_decisions: IntGauge,
     pub api_requests: IntCounterVec,
     pub api_latency: HistogramVec,
@@ -54,6 +56,14 @@ impl Metrics {
             Opts::new("gatewatch_decisions_total", "Decisions made, by source (rule:NAME, manual) and action"),
             &["source", "action"],
         )?;
+        let shadow_decisions = IntCounterVec::new(
+            Opts::new(
+                "gatewatch_shadow_decisions_total",
+                "Decisions shadow rules and models would have made (recorded, never enforced), by source and action",
+            ),
+            &["source", "action"],
+        )?;
+        registry.register(Box::new(shadow_decisions.clone()))?;
         let active_decisions = IntGauge::new("gatewatch_active_decisions", "Decisions in force")?;
         let api_requests = IntCounterVec::new(
             Opts::new("gatewatch_api_requests_total", "API requests by route and status"),
@@ -157,6 +167,7 @@ impl Metrics {
             events_in,
             dead_letters,
             decisions,
+            shadow_decisions,
             active_decisions,
             api_requests,
             api_latency,

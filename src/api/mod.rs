@@ -52,6 +52,8 @@ pub struct Services {
     pub ready: Arc<AtomicBool>,
     /// The engine thread, for reloads (`None`: no engine, reload refused).
     pub control: Option<Control>,
+    /// What shadow rules and models would have decided (`GET /v1/admin/shadow`).
+    pub shadow: Arc<crate::live::ShadowLog>,
 }
 
 /// What only admin routes change, one at a time.
@@ -65,6 +67,7 @@ struct AdminState {
 /// Everything a handler may need.
 pub struct AppState {
     pub store: Arc<LiveStore>,
+    pub shadow: Arc<crate::live::ShadowLog>,
     pub allowlist: Arc<ArcSwap<Allowlist>>,
     pub api: ApiConfig,
     pub metrics: Arc<Metrics>,
@@ -103,6 +106,7 @@ impl AppState {
         s.metrics.set_models(&s.pipeline.models);
         AppState {
             store: s.store,
+            shadow: s.shadow,
             allowlist: s.allowlist,
             api: s.pipeline.api.clone(),
             metrics: s.metrics,
@@ -179,6 +183,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/v1/admin/allowlist", get(admin::allowlist).post(admin::allow).delete(admin::disallow))
         .route("/v1/admin/reload", post(admin::reload_route))
+        .route("/v1/admin/shadow", get(admin::shadow))
         .route("/v1/admin/models", get(admin::models))
         .route("/v1/admin/models/rollback", post(admin::rollback))
         .route("/v1/admin/query", post(query::query))

@@ -27,6 +27,11 @@ pub struct DecisionConfig {
     pub shared_when_at: (PathBuf, usize),
 }
 
+/// The first id of shadow decisions: their own range, below manual ones
+/// (`api::MANUAL_ID_BASE`), so a shadow decision is never mistaken for one in
+/// force when both are read together (eval's "if promoted").
+pub const SHADOW_ID_BASE: u64 = 1 << 61;
+
 /// Many users acting normally: logins mostly succeed. An address where most
 /// logins fail is not shared by its users but used against them.
 pub const DEFAULT_SHARED_WHEN: &str =

@@ -12,8 +12,9 @@ use crate::features::EntityType;
 /// One verdict on one entity.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
-    /// Engine decisions are numbered from 1 within a state directory; manual
-    /// ones from [`crate::api::MANUAL_ID_BASE`].
+    /// Engine decisions are numbered from 1 within a state directory, shadow
+    /// ones from [`super::SHADOW_ID_BASE`] within a run; manual ones from
+    /// [`crate::api::MANUAL_ID_BASE`].
     pub id: u64,
     pub entity_type: EntityType,
     pub entity: String,

@@ -104,6 +104,35 @@ pub struct Report {
     pub top_collateral: Vec<Collateral>,
     /// Entities that carry an automatic deny at any time, by type.
     pub denied_entities: BTreeMap<String, Vec<String>>,
+    /// What the shadow rules and models would have done, when the run had any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<Box<ShadowReport>>,
+}
+
+/// Shadow decisions judged like enforced ones: alone (as if they were the
+/// only decisions), and together with the enforced set (what promoting
+/// them would do). Their collateral counts as any decision's does.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ShadowReport {
+    pub alone: Report,
+    pub promoted: Report,
+}
+
+impl ShadowReport {
+    /// Plays the labelled requests against the shadow decisions, alone and
+    /// with `enforced`.
+    pub fn evaluate(
+        labels: &Path,
+        enforced: &[Decision],
+        shadow: &[Decision],
+        allowlist: &Allowlist,
+        cfg: &EvalConfig,
+    ) -> Result<ShadowReport, EvalError> {
+        let alone = evaluate(labels, shadow, allowlist, cfg)?;
+        let both: Vec<Decision> = enforced.iter().chain(shadow).cloned().collect();
+        let promoted = evaluate(labels, &both, allowlist, cfg)?;
+        Ok(ShadowReport { alone, promoted })
+    }
 }
 
 impl Report {
@@ -169,6 +198,24 @@ impl Report {
                     c.benign_blocked, c.decision_id, c.action, c.entity_type, c.entity, c.source, c.reason
                 );
             }
+        }
+        if let Some(sh) = &self.shadow {
+            let (a, p) = (&sh.alone, &sh.promoted);
+            let _ = writeln!(s, "\nshadow rules and models (recorded, never enforced), alone:\n");
+            s.push_str(&a.render());
+            let _ = writeln!(
+                s,
+                "promoted, with the enforced decisions: attack requests blocked {}/{} ({:.2}%, {:+}), benign \
+                 requests blocked {}/{} ({:.4}%, {:+})",
+                p.attack_blocked,
+                p.attack_requests,
+                100.0 * ratio(p.attack_blocked, p.attack_requests),
+                p.attack_blocked as i64 - self.attack_blocked as i64,
+                p.benign_blocked,
+                p.benign_requests,
+                100.0 * p.benign_blocked_share(),
+                p.benign_blocked as i64 - self.benign_blocked as i64,
+            );
         }
         s
     }
@@ -407,5 +454,20 @@ pub fn compare(reports: &[(String, Report)]) -> String {
         ));
     }
     out.push('\n');
+    if reports.iter().any(|(_, r)| r.shadow.is_some()) {
+        out.push_str("| shadow alone: attack / benign requests blocked |");
+        for (_, r) in reports {
+            match &r.shadow {
+                Some(sh) => out.push_str(&format!(
+                    " {:.1}% / {} ({:.4}%) |",
+                    100.0 * ratio(sh.alone.attack_blocked, sh.alone.attack_requests),
+                    sh.alone.benign_blocked,
+                    100.0 * sh.alone.benign_blocked_share()
+                )),
+                None => out.push_str(" – |"),
+            }
+        }
+        out.push('\n');
+    }
     out
 }

@@ -4,8 +4,10 @@
 pub mod allow;
 pub mod control;
 pub mod runner;
+pub mod shadow;
 pub mod sink;
 pub mod store;
 
+pub use shadow::{ShadowLog, ShadowSink};
 pub use sink::StoreSink;
 pub use store::{LiveStore, Query, Verdict};

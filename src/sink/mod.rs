@@ -122,6 +122,13 @@ pub trait Sink: Send {
         Ok(())
     }
 
+    /// A decision of a shadow rule or model ([`crate::config::RuleSpec::shadow`]):
+    /// recorded beside the decisions, never enforced. Sinks that enforce
+    /// (the live store) keep this default and never see one.
+    fn shadow_decision(&mut self, _d: &Decision) -> Result<(), SinkError> {
+        Ok(())
+    }
+
     /// A line that could not become an event.
     fn dead_letter(&mut self, _dl: &DeadLetter<'_>) -> Result<(), SinkError> {
         Ok(())

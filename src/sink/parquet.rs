@@ -222,15 +222,21 @@ impl DecisionColumns {
     }
 }
 
-/// The run's Parquet tables: `events/`, `features/`, `decisions/` (each optional).
+/// The run's Parquet tables: `events/`, `features/`, `decisions/`,
+/// `dead_letters/` (each optional), and `shadow_decisions/` beside
+/// `decisions/` once a shadow rule or model decided.
 pub struct ParquetSink {
+    dir: std::path::PathBuf,
+    roll_every: Duration,
     events: Option<ParquetTable>,
     features: Option<ParquetTable>,
     decisions: Option<ParquetTable>,
+    shadow: Option<ParquetTable>,
     dead_letters: Option<ParquetTable>,
     feature_buf: Vec<RecordBatch>,
     feature_buf_rows: usize,
     decision_cols: DecisionColumns,
+    shadow_cols: DecisionColumns,
     dead_cols: DeadLetterColumns,
 }
 
@@ -248,13 +254,17 @@ impl ParquetSink {
             }
         };
         Ok(ParquetSink {
+            dir: dir.to_path_buf(),
+            roll_every,
             events: open("events", crate::event::schema(), EVENT_PLAIN)?,
             features: open("features", crate::features::table_schema(), &FEATURE_PLAIN)?,
             decisions: open("decisions", decisions_schema(), &[])?,
+            shadow: None,
             dead_letters: open("dead_letters", super::deadletter::schema(), DEAD_LETTER_PLAIN)?,
             feature_buf: Vec::new(),
             feature_buf_rows: 0,
             decision_cols: DecisionColumns::default(),
+            shadow_cols: DecisionColumns::default(),
             dead_cols: DeadLetterColumns::default(),
         })
     }
@@ -275,6 +285,19 @@ impl ParquetSink {
             let batch =
                 self.decision_cols.finish().map_err(|source| SinkError::Arrow { table: "decisions".into(), source })?;
             out.write(batch)?;
+        }
+        if self.shadow_cols.rows > 0 {
+            if self.shadow.is_none() {
+                let dir = self.dir.join("shadow_decisions");
+                self.shadow = Some(ParquetTable::create(&dir, decisions_schema(), &[], self.roll_every)?);
+            }
+            let batch = self
+                .shadow_cols
+                .finish()
+                .map_err(|source| SinkError::Arrow { table: "shadow_decisions".into(), source })?;
+            if let Some(out) = self.shadow.as_mut() {
+                out.write(batch)?;
+            }
         }
         Ok(())
     }
@@ -330,6 +353,13 @@ impl Sink for ParquetSink {
         Ok(())
     }
 
+    fn shadow_decision(&mut self, d: &Decision) -> Result<(), SinkError> {
+        if self.decisions.is_some() {
+            self.shadow_cols.push(d);
+        }
+        Ok(())
+    }
+
     fn dead_letter(&mut self, dl: &DeadLetter<'_>) -> Result<(), SinkError> {
         if self.dead_letters.is_some() {
             self.dead_cols.push(dl, super::deadletter::now_ms());
@@ -352,7 +382,13 @@ impl Sink for ParquetSink {
         self.flush_features()?;
         self.flush_decisions()?;
         self.flush_dead_letters()?;
-        let tables = [self.events.take(), self.features.take(), self.decisions.take(), self.dead_letters.take()];
+        let tables = [
+            self.events.take(),
+            self.features.take(),
+            self.decisions.take(),
+            self.shadow.take(),
+            self.dead_letters.take(),
+        ];
         for t in tables.into_iter().flatten() {
             t.finish()?;
         }

@@ -124,6 +124,11 @@ impl Sink for Resilient {
         Ok(())
     }
 
+    fn shadow_decision(&mut self, d: &Decision) -> Result<(), SinkError> {
+        self.with(1, |s| s.shadow_decision(d));
+        Ok(())
+    }
+
     fn dead_letter(&mut self, dl: &DeadLetter<'_>) -> Result<(), SinkError> {
         self.with(1, |s| s.dead_letter(dl));
         Ok(())
