@@ -525,7 +525,7 @@ fn clickhouse_init(pipeline: &Path, url: Option<String>, database: Option<String
     println!("clickhouse {} at {}, database {}", r.server_version, spec.url, spec.database);
     for t in ch::TABLES {
         let state = if r.created.iter().any(|c| c == t) { "created" } else { "present" };
-        println!("  {t:<13} {state}");
+        println!("  {t:<16} {state}");
     }
     for c in &r.added_columns {
         println!("  added column {c}");

@@ -71,9 +71,18 @@ fn replay_writes_every_table_once_and_answers_as_parquet_does() {
         .expect("append");
     }
     drop(f);
+    // The model in shadow, at its own threshold: its would-be decisions go to
+    // the shadow_decisions table.
+    let shadow_model = format!(
+        "[[models]]\npath = \"{}\"\nentity = \"ip\"\nwhen = \"requests_10m >= 20\"\nchallenge_at = 0.5\nttl = \"10m\"\nshadow = true\n",
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("models/ip-classifier").display()
+    );
     let p = pipeline(
         d,
-        &format!("[[sinks]]\ntype = \"parquet\"\n[[sinks]]\ntype = \"dead_letters\"\n{}", ch.sink_toml("")),
+        &format!(
+            "{shadow_model}[[sinks]]\ntype = \"parquet\"\n[[sinks]]\ntype = \"dead_letters\"\n{}",
+            ch.sink_toml("")
+        ),
     );
 
     // Without its tables the sink refuses to start, and says what to run.
@@ -82,14 +91,22 @@ fn replay_writes_every_table_once_and_answers_as_parquet_does() {
     assert!(String::from_utf8_lossy(&refused.stderr).contains("gatewatch clickhouse init"));
 
     let init = ok(gatewatch(&p, &["clickhouse", "init"]));
-    assert!(init.contains("events        created"), "{init}");
-    assert!(ok(gatewatch(&p, &["clickhouse", "init"])).contains("events        present"), "init runs again");
+    assert!(init.contains("events           created"), "{init}");
+    assert!(ok(gatewatch(&p, &["clickhouse", "init"])).contains("events           present"), "init runs again");
+
+    // A database an older gatewatch made: a column this one writes is
+    // missing. The sink refuses to start and names it; init adds it.
+    ch.sql(&format!("ALTER TABLE {}.features DROP COLUMN confidential_10m", ch.database));
+    let refused = gatewatch(&p, &["replay", "--input", &input.display().to_string(), "--out", "unused"]);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && err.contains("features.confidential_10m"), "{err}");
+    assert!(ok(gatewatch(&p, &["clickhouse", "init"])).contains("added column features.confidential_10m"));
 
     let run = d.join("run");
     ok(gatewatch(&p, &["replay", "--input", &input.display().to_string(), "--out", &run.display().to_string()]));
     let db = &ch.database;
 
-    for table in ["events", "features", "decisions", "dead_letters"] {
+    for table in ["events", "features", "decisions", "dead_letters", "shadow_decisions"] {
         let local: u64 = parquet(&run, &p, &format!("SELECT count(*) FROM {table}")).parse().expect("count");
         assert!(local > 0, "{table}");
         assert_eq!(ch.count(&format!("SELECT count() FROM {db}.{table}")), local, "{table}: every row, once");

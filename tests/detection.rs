@@ -56,14 +56,23 @@ fn check(cfg: &SimConfig, report: &Report) {
         100.0 * report.benign_blocked_share(),
         report.render()
     );
-    for nat in ["172.58.10.21", "172.58.77.4"] {
+    for nat in ["172.58.10.21", "172.58.77.4", "193.29.107.10"] {
         assert!(!report.was_denied(EntityType::Ip, nat), "{label}: NAT address {nat} denied\n{}", report.render());
     }
-    assert!(!report.was_denied(EntityType::ApiKey, "partner-acme"), "{label}: partner key denied");
+    for key in ["partner-acme", "northwind-bi"] {
+        assert!(!report.was_denied(EntityType::ApiKey, key), "{label}: integration key {key} denied");
+    }
     for key in ["mobile-ios", "mobile-android", "web-spa"] {
         assert!(!report.was_denied(EntityType::ApiKey, key), "{label}: public app key {key} denied");
     }
-    for benign in ["crawler", "partner", "mobile-cgnat"] {
+    // The uptime checker's own address is never judged abusive; a subnet
+    // decision can still cover it when an attacker rents an address in the
+    // same hosting /24 (seed 2), which is reported, not yet prevented.
+    for probe in ["167.99.20.14", "51.75.30.2", "95.216.8.9"] {
+        assert!(!report.was_denied(EntityType::Ip, probe), "{label}: monitor {probe} denied\n{}", report.render());
+    }
+    // Legitimate automation: id walks, exports and retries at machine pace.
+    for benign in ["crawler", "partner", "bi-export", "webhooks", "mobile-cgnat", "corporate-proxy"] {
         let s = report.scenario(benign).expect("benign scenario present");
         assert_eq!(s.blocked, 0, "{label}: {benign} had requests blocked\n{}", report.render());
     }

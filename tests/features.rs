@@ -152,3 +152,48 @@ fn forgetting_idle_entities_between_persisted_ticks_keeps_rows_exact() {
     assert_eq!(value(&snaps, EntityType::Ip, "198.51.100.249", "requests_1h"), Some(1.0));
     assert_eq!(value(&snaps, EntityType::Ip, "198.51.100.10", "requests_10m"), Some(2.0));
 }
+
+/// A key that obtained a client-credentials token is a confidential client:
+/// what it authenticates counts on every entity of the request. The app's
+/// public key, attested by the app, does not become one by trying the grant.
+#[test]
+fn confidential_clients_are_known_by_their_grant_and_never_attested() {
+    let mut lines = vec![
+        line(T0, "3.80.12.7", r#""api_key_id":"partner","grant_type":"client_credentials","auth_result":"ok""#),
+        line(T0 + 100, "9.9.9.9", r#""api_key_id":"app","attestation":"valid","auth_result":"ok""#),
+        line(T0 + 200, "9.9.9.9", r#""api_key_id":"app","grant_type":"client_credentials","auth_result":"ok""#),
+        // Unknown to the key until it fails: a refused grant proves nothing.
+        line(
+            T0 + 300,
+            "5.5.5.5",
+            r#""api_key_id":"other","grant_type":"client_credentials","auth_result":"invalid_client""#,
+        ),
+    ];
+    for i in 0..10 {
+        lines.push(line(T0 + 1_000 + i, "3.80.12.7", r#""api_key_id":"partner","auth_result":"ok""#));
+        lines.push(line(T0 + 1_000 + i, "9.9.9.9", r#""api_key_id":"app","auth_result":"ok""#));
+        lines.push(line(T0 + 1_000 + i, "5.5.5.5", r#""api_key_id":"other","auth_result":"ok""#));
+    }
+    // An unauthenticated request with the partner's key counts nowhere.
+    lines.push(line(T0 + 2_000, "3.80.12.7", r#""api_key_id":"partner","auth_result":"invalid_token""#));
+    // Logged out of order: calls before the token request that authorised
+    // them. Where the token was obtained, they count all the same.
+    for i in 0..5 {
+        lines.push(line(T0 + 3_000 + i, "4.4.4.4", r#""api_key_id":"export","auth_result":"ok""#));
+    }
+    lines.push(line(
+        T0 + 2_900,
+        "4.4.4.4",
+        r#""api_key_id":"export","grant_type":"client_credentials","auth_result":"ok""#,
+    ));
+    let s = run(&lines);
+    let conf = |t, e| value(&s, t, e, "confidential_10m");
+    assert_eq!(conf(EntityType::Ip, "3.80.12.7"), Some(11.0), "the token request and ten calls");
+    assert_eq!(conf(EntityType::ApiKey, "partner"), Some(11.0));
+    assert_eq!(conf(EntityType::Cidr, "3.80.12.0/24"), Some(11.0));
+    assert_eq!(conf(EntityType::Ip, "9.9.9.9"), Some(0.0), "an attested key is public");
+    assert_eq!(conf(EntityType::Ip, "5.5.5.5"), Some(0.0), "no token obtained");
+    assert_eq!(value(&s, EntityType::Ip, "3.80.12.7", "requests_10m"), Some(12.0));
+    assert_eq!(conf(EntityType::Ip, "4.4.4.4"), Some(6.0), "the order of the log does not matter");
+    assert_eq!(conf(EntityType::ApiKey, "export"), Some(6.0));
+}

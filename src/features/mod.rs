@@ -90,8 +90,12 @@ pub const FEATURES: [(&str, &str); NF] = [
         "coefficient of variation of inter-arrival times over recent requests (low = machine-regular; null below 10 requests)",
     ),
     ("age_s", "seconds since the entity was first seen (within state retention)"),
+    (
+        "confidential_10m",
+        "requests authenticated (auth_result=ok) with an API key that has obtained a token with the client-credentials grant and never carried app attestation while held (a server-side integration's own credentials); on an entity that obtained such a token itself and never carried attestation, all its authenticated requests",
+    ),
 ];
-pub const NF: usize = 47;
+pub const NF: usize = 48;
 
 /// The longest window any feature covers. An event further behind the newest
 /// one than this can update no window, so the engine refuses it (dead letter)
@@ -639,12 +643,13 @@ impl FeatureEngine {
         let n = &mut k.counts;
         n[c::REQ] = 1;
         let auth = opt(cols.auth, i);
-        let login = opt(cols.grant, i) == Some("password") || auth == Some("invalid_credentials");
+        let grant = opt(cols.grant, i);
+        let login = grant == Some("password") || auth == Some("invalid_credentials");
         n[c::LOGIN_ATT] = login as u32;
         n[c::LOGIN_FAIL] = (auth == Some("invalid_credentials")) as u32;
         n[c::AUTH_OK] = (auth == Some("ok")) as u32;
         n[c::TOKEN_FAIL] = matches!(auth, Some("invalid_token" | "invalid_client")) as u32;
-        if matches!(opt(cols.grant, i), Some("refresh_token" | "authorization_code" | "client_credentials")) {
+        if matches!(grant, Some("refresh_token" | "authorization_code" | "client_credentials")) {
             n[c::GRANT_ATT] = 1;
             n[c::GRANT_FAIL] = (auth.is_some() && auth != Some("ok")) as u32;
         }
@@ -681,7 +686,25 @@ impl FeatureEngine {
         k.distinct[d::DEVICES] = device.map(hash);
         k.distinct[d::PATHS] = Some(hash(path));
 
-        // The device first, so the others learn whether it is new.
+        // The key's standing first: whether this request comes from a
+        // confidential client is part of what it contributes everywhere.
+        if grant == Some("client_credentials") && auth == Some("ok") {
+            k.flags |= state::SEEN_CLIENT_CREDENTIALS;
+        }
+        if cols.attest.is_valid(i) {
+            k.flags |= state::SEEN_ATTESTATION;
+        }
+        let mut key_idx = None;
+        if let Some(name) = key {
+            let t = &mut self.tables[EntityType::ApiKey.index()];
+            let (idx, _) = t.upsert(name, ts);
+            let st = &mut t.states[idx];
+            st.flags |= k.flags;
+            k.counts[c::CONF] = (st.is_confidential_client() && auth == Some("ok")) as u32;
+            key_idx = Some(idx);
+        }
+
+        // The device next, so the others learn whether it is new.
         let mut new_device = false;
         if let Some(dev) = device {
             let t = &mut self.tables[EntityType::Device.index()];
@@ -715,8 +738,8 @@ impl FeatureEngine {
         if let Some(u) = user {
             self.touch(EntityType::User, u, &k, Some(d::USERS), new_device);
         }
-        if let Some(key) = key {
-            self.touch(EntityType::ApiKey, key, &k, None, new_device);
+        if let Some(idx) = key_idx {
+            self.tables[EntityType::ApiKey.index()].apply(idx, &k, None, new_device);
         }
         if let Some(s) = session {
             self.touch(EntityType::Session, s, &k, None, new_device);
@@ -821,7 +844,7 @@ const ROW_CHUNK: usize = 256;
 /// row, a chunk of rows is spread into plain value vectors, and each column
 /// becomes an array with a validity bitmap only if it holds a null (NaN).
 /// Appending every value to its own builder cost a capacity check and a
-/// bitmap bit per value, with 47 values per row.
+/// bitmap bit per value, with 48 values per row.
 pub fn build_batch_masked<'a>(
     t: EntityType,
     now: i64,

@@ -31,7 +31,8 @@ pub mod c {
     pub const CSWITCH: usize = 21;
     pub const GRANT_ATT: usize = 22;
     pub const GRANT_FAIL: usize = 23;
-    pub const N: usize = 24;
+    pub const CONF: usize = 24;
+    pub const N: usize = 25;
 }
 
 /// The counters an hour-long feature reads, and where each sits in the
@@ -79,6 +80,9 @@ pub struct Contribution {
     pub distinct: [Option<u64>; d::N],
     pub numeric_id: Option<u64>,
     pub country: Option<[u8; 2]>,
+    /// [`SEEN_CLIENT_CREDENTIALS`] / [`SEEN_ATTESTATION`]: what the request
+    /// shows of its client, kept by every entity it names.
+    pub flags: u8,
 }
 
 /// Everything known about one entity.
@@ -106,7 +110,17 @@ pub struct EntityState {
     /// [`DIRTY_TICK`], [`DIRTY_SINK`] and [`DIRTY_EARLY`] bits: touched since
     /// the last tick / snapshot / early evaluation.
     pub dirty: u8,
+    /// What the entity's requests have shown of their client while it is held
+    /// ([`SEEN_CLIENT_CREDENTIALS`], [`SEEN_ATTESTATION`]); sits in what would be padding.
+    pub flags: u8,
 }
+
+/// The key obtained a token with the client-credentials grant: its secret is
+/// held by a server (RFC 6749 §2.1, a confidential client), not shipped in an app.
+pub const SEEN_CLIENT_CREDENTIALS: u8 = 1;
+/// Requests with the key carried an app attestation: it is an app's public
+/// key, whatever grant it was also used with.
+pub const SEEN_ATTESTATION: u8 = 2;
 
 const IAT_ALPHA: f32 = 0.1;
 
@@ -142,7 +156,16 @@ impl EntityState {
             iat_var: 0.0,
             iat_n: 0,
             dirty: 0,
+            flags: 0,
         }
+    }
+
+    /// A confidential client by what it has done while held: a
+    /// client-credentials token, and never an app's attestation. For an API
+    /// key this is the client itself; for an address (or a user, a session)
+    /// it is where such a client runs.
+    pub fn is_confidential_client(&self) -> bool {
+        self.flags & (SEEN_CLIENT_CREDENTIALS | SEEN_ATTESTATION) == SEEN_CLIENT_CREDENTIALS
     }
 
     /// Applies one request. `skip_distinct` is the entity's own attribute (an IP
@@ -157,6 +180,7 @@ impl EntityState {
     #[inline]
     fn apply_inner(&mut self, k: &Contribution, skip_distinct: Option<usize>, new_device: bool) {
         let ts = k.ts;
+        self.flags |= k.flags;
         self.r1.add(ts.div_euclid(G1_MS), &[1]);
         let mut extra = [0u32; c::N];
         if let Some(id) = k.numeric_id {
@@ -303,6 +327,11 @@ impl EntityState {
             dc(44, d::PATHS, H1),
             iat_cv,
             ((now - self.first_seen).max(0) / 1000) as f64,
+            // Where the client itself obtained a client-credentials token,
+            // every authenticated request is its own, whichever order the
+            // token request and the first calls were logged in; elsewhere,
+            // the requests whose key was known confidential when applied.
+            if self.is_confidential_client() { s10[c::AUTH_OK] } else { s10[c::CONF] } as f64,
         ]
     }
 

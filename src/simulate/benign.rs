@@ -1,6 +1,11 @@
-//! Benign traffic: people on the web site and in the mobile app, a partner's
-//! integration, mobile users behind carrier-grade NAT, an uptime checker and a
-//! search crawler.
+//! Benign traffic: people on the web site and in the mobile app, office
+//! workers behind one corporate proxy, mobile users behind carrier-grade NAT, and the automation an API lives with: a partner's
+//! integration (with an hourly catalogue sync that walks product ids), a
+//! business-intelligence export walking order ids, a payment provider's
+//! webhooks retried through an outage, an uptime checker and a search crawler.
+//! The integrations run at machine pace and walk ids as scrapers do; what
+//! sets them apart is who they are (confidential clients with their own
+//! credentials) and that they keep doing the same thing.
 
 use rand::Rng;
 use rand::seq::IndexedRandom;
@@ -319,6 +324,25 @@ pub(super) fn generate(cfg: &SimConfig, out: &mut Vec<Req>) {
             web_session(cfg, &u, start, &mut rng, out, false);
         }
     }
+    // ~200 employees of one company browse through its egress proxy during
+    // office hours: one address, many accounts, browsers.
+    let office = Net { prefix: [193, 29], country: "DE", asn: 3320 };
+    for i in 0..200 {
+        let mut rng = cfg.rng("office-user", i);
+        let u = WebUser {
+            id: format!("emp{i}@corp.example"),
+            ip: "193.29.107.10".into(),
+            net: office,
+            ua: BROWSERS.choose(&mut rng).copied().unwrap_or(BROWSERS[0]),
+        };
+        let from = out.len();
+        for start in session_starts(cfg, &mut rng, 3.0) {
+            web_session(cfg, &u, start, &mut rng, out, false);
+        }
+        for r in &mut out[from..] {
+            r.scenario = "corporate-proxy";
+        }
+    }
     // ~300 mobile users share two carrier-grade NAT addresses.
     let nat_ips = ["172.58.10.21", "172.58.77.4"];
     for i in 0..n_mobile + 300 {
@@ -344,6 +368,9 @@ pub(super) fn generate(cfg: &SimConfig, out: &mut Vec<Req>) {
         }
     }
     partner(cfg, out);
+    partner_sync(cfg, out);
+    bi_export(cfg, out);
+    webhooks(cfg, out);
     uptime(cfg, out);
     crawler(cfg, out);
 }
@@ -390,6 +417,134 @@ fn partner(cfg: &SimConfig, out: &mut Vec<Req>) {
         }
         out.push(r);
         t += exp(&mut rng, 280.0 / diurnal(t).max(0.3)) as i64 + 1;
+    }
+}
+
+/// The partner's hourly inventory sync: at the same minute of every hour, one
+/// worker reads every product by id, in order, for a few minutes (deleted
+/// products answer 404), with the partner's key and signed requests.
+fn partner_sync(cfg: &SimConfig, out: &mut Vec<Req>) {
+    let mut rng = cfg.rng("partner-sync", 0);
+    let net = HOSTING[2];
+    let minute = rng.random_range(0..60) as i64;
+    let mut hour = cfg.start_ms - cfg.start_ms.rem_euclid(3_600_000);
+    while hour < cfg.end_ms() {
+        let mut t = hour + minute * 60_000 + rng.random_range(0..20_000);
+        hour += 3_600_000;
+        if t < cfg.start_ms {
+            continue;
+        }
+        // A few thousand products a run, from where the last run's batch began.
+        let count = rng.random_range(1_500..4_000u64);
+        let first = CATALOG_BASE + rng.random_range(0..CATALOG_SIZE - count);
+        let ip = ["3.80.12.7", "3.80.12.8"][rng.random_range(0..2)];
+        for id in first..first + count {
+            if t >= cfg.end_ms() {
+                break;
+            }
+            let exists = rng.random::<f64>() >= 0.03;
+            let mut r = api(t, ip, &net, "GET", format!("/v1/products/{id}"), if exists { 200 } else { 404 }, 0);
+            r.scenario = "partner";
+            r.ua = Some("acme-sync/3.4 (+https://acme.example/integration)".into());
+            r.api_key = Some("partner-acme".into());
+            r.auth = Some("ok");
+            r.signature = Some("valid");
+            r.bytes = if exists { rng.random_range(1_200..5_000) } else { 95 };
+            r.latency_ms = lat(&mut rng);
+            out.push(r);
+            // One request at a time: the next leaves when the answer is in.
+            t += r_gap(&mut rng, 70.0);
+        }
+    }
+}
+
+/// Think time of a sequential client: the answer's latency and a little more.
+fn r_gap(rng: &mut ChaCha8Rng, median_ms: f64) -> i64 {
+    lognormal(rng, median_ms, 0.4) as i64 + 1
+}
+
+/// A business-intelligence vendor's export: its own confidential client
+/// (client-credentials token, signed requests) reads every order placed
+/// since its last run by id, every two hours, from a cloud address, at
+/// machine pace. Order ids are dense but not contiguous (the shop's other
+/// tables share the sequence), so the walk has small gaps.
+fn bi_export(cfg: &SimConfig, out: &mut Vec<Req>) {
+    let mut rng = cfg.rng("bi-export", 0);
+    let net = HOSTING[4];
+    let ip = format!("51.75.{}.{}", rng.random_range(0..256), rng.random_range(2..250));
+    let every = 7_200_000i64;
+    let mut run = cfg.start_ms + rng.random_range(0..every);
+    let mut order = 4_000_000u64 + rng.random_range(0..1_000_000);
+    while run < cfg.end_ms() {
+        let mut t = run;
+        let mut r = api(t, &ip, &net, "POST", "/oauth/token".into(), 200, 700);
+        r.scenario = "bi-export";
+        r.ua = Some("northwind-bi-connector/2.1".into());
+        r.api_key = Some("northwind-bi".into());
+        r.grant = Some("client_credentials");
+        r.auth = Some("ok");
+        r.signature = Some("valid");
+        r.latency_ms = lat(&mut rng);
+        out.push(r);
+        t += r_gap(&mut rng, 150.0);
+        for _ in 0..rng.random_range(400..1_500) {
+            if t >= cfg.end_ms() {
+                break;
+            }
+            order += rng.random_range(1..4);
+            let mut r = api(t, &ip, &net, "GET", format!("/v1/orders/{order}"), 200, 0);
+            r.scenario = "bi-export";
+            r.ua = Some("northwind-bi-connector/2.1".into());
+            r.api_key = Some("northwind-bi".into());
+            r.auth = Some("ok");
+            r.signature = Some("valid");
+            r.bytes = rng.random_range(2_000..9_000);
+            r.latency_ms = lat(&mut rng);
+            out.push(r);
+            t += r_gap(&mut rng, 110.0);
+        }
+        run += every + rng.random_range(-60_000..60_000);
+    }
+}
+
+/// A payment provider's webhooks: signed callbacks from its own network, one
+/// per payment event; when the API answers 503 (a short outage now and then)
+/// the provider retries each with exponential back-off until it lands.
+fn webhooks(cfg: &SimConfig, out: &mut Vec<Req>) {
+    let mut rng = cfg.rng("webhooks", 0);
+    let net = Net { prefix: [54, 187], country: "US", asn: 16509 };
+    let senders: Vec<String> = (0..4).map(|_| format!("54.187.174.{}", rng.random_range(160..190))).collect();
+    // Outages: a few minutes each, two or three over the span.
+    let outages: Vec<(i64, i64)> = (0..rng.random_range(2..4))
+        .map(|_| {
+            let s = cfg.start_ms + rng.random_range(0..((cfg.end_ms() - cfg.start_ms).max(1)));
+            (s, s + rng.random_range(120_000..480_000))
+        })
+        .collect();
+    let down = |t: i64| outages.iter().any(|&(s, e)| t >= s && t < e);
+    let mut t = cfg.start_ms + rng.random_range(0..10_000);
+    while t < cfg.end_ms() {
+        let mut at = t;
+        let mut wait = 1_000i64;
+        for _attempt in 0..12 {
+            if at >= cfg.end_ms() {
+                break;
+            }
+            let failed = down(at);
+            let ip = senders.choose(&mut rng).map_or("54.187.174.160", |s| s.as_str());
+            let mut r = api(at, ip, &net, "POST", "/v1/webhooks/payments".into(), if failed { 503 } else { 200 }, 2);
+            r.scenario = "webhooks";
+            r.ua = Some("PayHub-Webhooks/1.0".into());
+            r.signature = Some("valid");
+            r.latency_ms = if failed { lognormal(&mut rng, 5.0, 0.3) } else { lat(&mut rng) };
+            out.push(r);
+            if !failed {
+                break;
+            }
+            at += wait + rng.random_range(0..500);
+            wait *= 2;
+        }
+        t += exp(&mut rng, 4_000.0 / diurnal(t).max(0.3)) as i64 + 1;
     }
 }
 

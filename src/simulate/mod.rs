@@ -106,7 +106,8 @@ pub const ATTACKS: &[&str] = &[
 pub const EVADES_RULES: &[&str] = &["distributed-stuffing", "slow-scraper"];
 
 /// The benign scenarios, for reports.
-pub const BENIGN: &[&str] = &["web", "mobile", "mobile-cgnat", "partner", "uptime", "crawler"];
+pub const BENIGN: &[&str] =
+    &["web", "corporate-proxy", "mobile", "mobile-cgnat", "partner", "bi-export", "webhooks", "uptime", "crawler"];
 
 /// Generates every request, sorted by time.
 pub fn generate(cfg: &SimConfig) -> Vec<Req> {

@@ -43,8 +43,8 @@ pub const DEFAULT_DATABASE: &str = "gatewatch";
 pub const DEFAULT_FLUSH_EVERY_MS: u64 = 1_000;
 pub const DEFAULT_BATCH_ROWS: usize = 65_536;
 pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 1 << 30;
-/// Every table the sink can write.
-pub const TABLES: [&str; 4] = ["events", "features", "decisions", "dead_letters"];
+/// Every table the sink can write (the writer indexes its buffers by this order).
+pub const TABLES: [&str; 5] = ["events", "features", "decisions", "dead_letters", "shadow_decisions"];
 
 /// What went wrong talking to ClickHouse.
 #[derive(Debug, thiserror::Error)]
@@ -59,7 +59,9 @@ pub enum ClickHouseError {
     Timeout { url: String, secs: u64 },
     #[error("{0}")]
     Schema(#[from] rowbinary::Unmapped),
-    #[error("clickhouse: tables missing in database {database}: {missing} (run `gatewatch clickhouse init`)")]
+    #[error(
+        "clickhouse: tables or columns missing in database {database}: {missing} (run `gatewatch clickhouse init`)"
+    )]
     Missing { database: String, missing: String },
     #[error("clickhouse: cannot start its runtime: {0}")]
     Runtime(std::io::Error),

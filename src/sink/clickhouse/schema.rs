@@ -40,6 +40,13 @@ pub fn tables() -> Vec<Table> {
             order_by: "(entity_type, entity, ts)",
         },
         Table { name: "dead_letters", schema: dead_letters_schema(), order_by: "(ts)" },
+        // What shadow rules and models would have decided: the decisions' own
+        // columns, so a query compares the two tables row for row.
+        Table {
+            name: "shadow_decisions",
+            schema: crate::sink::parquet::decisions_schema(),
+            order_by: "(entity_type, entity, ts)",
+        },
     ]
 }
 

@@ -76,6 +76,10 @@ pub struct ClickHouseSink {
     handle: Option<JoinHandle<()>>,
     wants: Wants,
     decisions: DecisionColumns,
+    /// Whether `decisions` is configured (the engine also sends decisions when only shadow ones are wanted).
+    write_decisions: bool,
+    /// Shadow decisions, gathered like the decisions (`None`: the table is not configured).
+    shadow: Option<DecisionColumns>,
     dead: DeadLetterColumns,
     status: Arc<Status>,
 }
@@ -92,13 +96,26 @@ impl ClickHouseSink {
             &spec.url,
             PROBE_TIMEOUT,
             client
-                .query("SELECT name FROM system.tables WHERE database = ?")
+                .query("SELECT table, name FROM system.columns WHERE database = ?")
                 .bind(spec.database.as_str())
-                .fetch_all::<String>(),
+                .fetch_all::<(String, String)>(),
         ) {
             Ok(present) => {
-                let missing: Vec<&str> =
-                    spec.tables.iter().map(String::as_str).filter(|t| !present.iter().any(|p| p == t)).collect();
+                // A table, or a column a newer gatewatch writes, that `init`
+                // has not made yet: every insert would fail, so refuse now.
+                let mut missing = Vec::new();
+                for name in &spec.tables {
+                    let Some(t) = schema::table(name) else { continue };
+                    if !present.iter().any(|(pt, _)| pt == name) {
+                        missing.push(name.clone());
+                        continue;
+                    }
+                    for col in t.columns().map_err(ClickHouseError::from)? {
+                        if !present.iter().any(|(pt, pc)| pt == name && *pc == col.name) {
+                            missing.push(format!("{name}.{}", col.name));
+                        }
+                    }
+                }
                 if !missing.is_empty() {
                     return Err(ClickHouseError::Missing {
                         database: spec.database.clone(),
@@ -157,10 +174,13 @@ impl ClickHouseSink {
             wants: Wants {
                 events: want("events"),
                 features: want("features"),
-                decisions: want("decisions"),
+                // Shadow decisions travel with the decisions.
+                decisions: want("decisions") || want("shadow_decisions"),
                 dead_letters: want("dead_letters"),
             },
             decisions: DecisionColumns::default(),
+            write_decisions: want("decisions"),
+            shadow: want("shadow_decisions").then(DecisionColumns::default),
             dead: DeadLetterColumns::default(),
             status,
         })
@@ -185,6 +205,9 @@ impl ClickHouseSink {
         if self.dead.rows() > 0 {
             let b = self.dead.finish().map_err(arrow)?;
             self.send(Msg::Rows(3, b))?;
+        }
+        if let Some(b) = self.shadow.as_mut().filter(|s| s.rows > 0).map(DecisionColumns::finish) {
+            self.send(Msg::Rows(4, b.map_err(arrow)?))?;
         }
         Ok(())
     }
@@ -217,8 +240,20 @@ impl Sink for ClickHouseSink {
     }
 
     fn decision(&mut self, d: &Decision) -> Result<(), SinkError> {
+        if !self.write_decisions {
+            return Ok(());
+        }
         self.decisions.push(d);
         if self.decisions.rows >= GATHER_ROWS {
+            self.gathered()?;
+        }
+        Ok(())
+    }
+
+    fn shadow_decision(&mut self, d: &Decision) -> Result<(), SinkError> {
+        let Some(shadow) = self.shadow.as_mut() else { return Ok(()) };
+        shadow.push(d);
+        if shadow.rows >= GATHER_ROWS {
             self.gathered()?;
         }
         Ok(())
