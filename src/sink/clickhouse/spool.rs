@@ -88,8 +88,13 @@ impl Spool {
     /// processes left there; at most `max_bytes` are kept.
     pub fn open(root: &Path, max_bytes: u64) -> std::io::Result<Spool> {
         fs::create_dir_all(root)?;
+        // `<start ms>-<pid>-<n>`: two spools opened by one process within a
+        // millisecond (a sink reopened, two sinks) must not share a directory,
+        // or the second finds the first's lock held and fails.
+        static OPENED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = OPENED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis();
-        let dir = root.join(format!("{now}-{}", std::process::id()));
+        let dir = root.join(format!("{now}-{}-{n}", std::process::id()));
         fs::create_dir_all(&dir)?;
         let lock = File::create(dir.join("lock"))?;
         lock.try_lock().map_err(|e| std::io::Error::other(format!("{}: {e}", dir.display())))?;
@@ -106,13 +111,13 @@ impl Spool {
             .map(|d| d.path())
             .filter(|p| p.is_dir() && *p != self.dir)
             .collect();
-        // Named `<start ms>-<pid>`: by start time (numerically), so batches keep their order.
+        // Named `<start ms>-<pid>-<n>`: by start time (numerically), so batches keep their order.
         others.sort_by_key(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| n.split('-').next())
-                .and_then(|n| n.parse::<u128>().ok())
-                .unwrap_or(0)
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            let mut parts = name.split('-');
+            let ms = parts.next().and_then(|n| n.parse::<u128>().ok()).unwrap_or(0);
+            let n = parts.nth(1).and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
+            (ms, n)
         });
         for other in others {
             let lock = match File::options().write(true).create(true).truncate(false).open(other.join("lock")) {
