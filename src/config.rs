@@ -68,6 +68,25 @@ struct SinkSection {
     spool_dir: Option<Spanned<String>>,
     spool_max: Option<Spanned<String>>,
     retention: Option<Spanned<String>>,
+    // Kafka only (see `kafka_sink_from`).
+    brokers: Option<Spanned<String>>,
+    decisions_topic: Option<Spanned<String>>,
+    dead_letters_topic: Option<Spanned<String>>,
+    flush_timeout: Option<Spanned<String>>,
+    properties: Option<Spanned<BTreeMap<String, String>>>,
+}
+
+/// `[input.kafka]`: read a topic as a member of a consumer group.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KafkaInputSection {
+    brokers: Spanned<String>,
+    topics: Spanned<Vec<String>>,
+    group: Spanned<String>,
+    commit_every: Option<Spanned<String>>,
+    max_idle: Option<Spanned<String>>,
+    buffer: Option<Spanned<String>>,
+    properties: Option<Spanned<BTreeMap<String, String>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -98,6 +117,7 @@ struct InputSection {
     path: Option<PathBuf>,
     mapping: Option<BTreeMap<String, FieldSpec>>,
     max_future: Option<Spanned<String>>,
+    kafka: Option<Spanned<KafkaInputSection>>,
 }
 
 fn default_format() -> Format {
@@ -339,6 +359,8 @@ pub struct InputConfig {
     /// Live mode: how far ahead of the wall clock an event may be stamped
     /// before it is applied at its arrival time instead.
     pub max_future_ms: i64,
+    /// `[input.kafka]`: `run` (without `--input`) and `replay --kafka` read these topics.
+    pub kafka: Option<crate::source::KafkaInput>,
 }
 
 /// Default for `input.max_future`: more than any NTP-synchronised clock is
@@ -407,6 +429,7 @@ fn sinks_from(
     for sec in sections {
         let v = sec.get_ref();
         if v.kind == SinkKind::ClickHouse {
+            kafka_keys_absent(f, v)?;
             out.push(SinkSpec {
                 clickhouse: Some(Box::new(clickhouse_from(f, sec, state_dir)?)),
                 ..SinkSpec::of(SinkKind::ClickHouse)
@@ -428,6 +451,14 @@ fn sinks_from(
                 return Err(invalid(&f.file, &f.src, span, &format!("sinks.{key}"), "only a clickhouse sink has it"));
             }
         }
+        if v.kind == SinkKind::Kafka {
+            if let Some(t) = &v.tables {
+                return Err(invalid(&f.file, &f.src, t[0].span(), "sinks.tables", "a kafka sink names its topics"));
+            }
+            out.push(SinkSpec { kafka: Some(Box::new(kafka_sink_from(f, sec)?)), ..SinkSpec::of(SinkKind::Kafka) });
+            continue;
+        }
+        kafka_keys_absent(f, v)?;
         let tables = match (&v.tables, v.kind) {
             // Without a list, the [output] flags choose, as they do without [[sinks]].
             (None, SinkKind::Parquet) => SinkSpec::defaults(output.events, output.features).remove(0).tables,
@@ -487,7 +518,10 @@ fn sinks_from(
         };
         out.push(SinkSpec { tables, max_bytes, roll_every_ms, ..SinkSpec::of(v.kind) });
     }
-    if !out.iter().any(|s| s.kind == SinkKind::DeadLetters) {
+    let keeps_dead_letters = |s: &SinkSpec| {
+        s.kind == SinkKind::DeadLetters || s.kafka.as_ref().is_some_and(|k| k.dead_letters_topic.is_some())
+    };
+    if !out.iter().any(keeps_dead_letters) {
         let span = sections.first().map(|s| s.span()).unwrap_or(0..0);
         return Err(invalid(
             &f.file,
@@ -498,6 +532,194 @@ fn sinks_from(
         ));
     }
     Ok(out)
+}
+
+/// A sink other than Kafka given a Kafka key.
+fn kafka_keys_absent(f: &Located<PipelineFile>, v: &SinkSection) -> Result<(), ConfigError> {
+    for (key, present) in [
+        ("brokers", v.brokers.as_ref().map(|x| x.span())),
+        ("decisions_topic", v.decisions_topic.as_ref().map(|x| x.span())),
+        ("dead_letters_topic", v.dead_letters_topic.as_ref().map(|x| x.span())),
+        ("flush_timeout", v.flush_timeout.as_ref().map(|x| x.span())),
+        ("properties", v.properties.as_ref().map(|x| x.span())),
+    ] {
+        if let Some(span) = present {
+            return Err(invalid(&f.file, &f.src, span, &format!("sinks.{key}"), "only a kafka sink has it"));
+        }
+    }
+    Ok(())
+}
+
+/// Brokers and librdkafka properties, checked: a list of host:port, and none
+/// of the properties the engine's guarantees rest on.
+fn kafka_client_from(
+    f: &Located<PipelineFile>,
+    brokers: &Spanned<String>,
+    properties: Option<&Spanned<BTreeMap<String, String>>>,
+    section: &str,
+) -> Result<crate::kafka::KafkaClient, ConfigError> {
+    let b = brokers.get_ref().trim();
+    let ok = !b.is_empty()
+        && b.split(',').all(|h| {
+            let h = h.trim();
+            let h = h.strip_prefix("tcp://").unwrap_or(h);
+            h.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+        });
+    if !ok {
+        return Err(invalid(
+            &f.file,
+            &f.src,
+            brokers.span(),
+            &format!("{section}.brokers"),
+            "a comma-separated list of host:port, e.g. \"kafka-1:9092,kafka-2:9092\"",
+        ));
+    }
+    let mut client = crate::kafka::KafkaClient::new(b);
+    if let Some(p) = properties {
+        for (k, v) in p.get_ref() {
+            if crate::kafka::RESERVED.contains(&k.as_str()) {
+                return Err(invalid(
+                    &f.file,
+                    &f.src,
+                    p.span(),
+                    &format!("{section}.properties"),
+                    format!(
+                        "'{k}' is set by gatewatch (offsets are committed after effects; brokers and group have their own keys)"
+                    ),
+                ));
+            }
+            client.properties.insert(k.clone(), v.clone());
+        }
+    }
+    Ok(client)
+}
+
+fn kafka_topic(f: &Located<PipelineFile>, t: &Spanned<String>, key: &str) -> Result<String, ConfigError> {
+    let name = t.get_ref();
+    // Kafka's own rule for topic names.
+    if name.is_empty()
+        || name.len() > 249
+        || name == "."
+        || name == ".."
+        || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    {
+        return Err(invalid(
+            &f.file,
+            &f.src,
+            t.span(),
+            key,
+            "a topic name: letters, digits, '.', '_', '-' (at most 249)",
+        ));
+    }
+    Ok(name.clone())
+}
+
+fn kafka_input_from(
+    f: &Located<PipelineFile>,
+    sec: &Spanned<KafkaInputSection>,
+) -> Result<crate::source::KafkaInput, ConfigError> {
+    use crate::source::KafkaInput;
+    let v = sec.get_ref();
+    let client = kafka_client_from(f, &v.brokers, v.properties.as_ref(), "input.kafka")?;
+    if v.topics.get_ref().is_empty() || v.topics.get_ref().len() > 64 {
+        return Err(invalid(&f.file, &f.src, v.topics.span(), "input.kafka.topics", "from 1 to 64 topics"));
+    }
+    let mut topics = Vec::new();
+    for t in v.topics.get_ref() {
+        let spanned = Spanned::new(v.topics.span(), t.clone());
+        topics.push(kafka_topic(f, &spanned, "input.kafka.topics")?);
+    }
+    let group = v.group.get_ref().trim();
+    if group.is_empty() || group.len() > 255 {
+        return Err(invalid(
+            &f.file,
+            &f.src,
+            v.group.span(),
+            "input.kafka.group",
+            "a consumer group name (1 to 255 characters)",
+        ));
+    }
+    let ms = |d: &Option<Spanned<String>>, key: &str, default: u64, range: std::ops::RangeInclusive<i64>| match d {
+        None => Ok(default),
+        Some(d) => {
+            let ms = duration(&f.file, &f.src, d, key)?;
+            if !range.contains(&ms) {
+                return Err(invalid(
+                    &f.file,
+                    &f.src,
+                    d.span(),
+                    key,
+                    format!("must be from {}ms to {}ms", range.start(), range.end()),
+                ));
+            }
+            Ok(ms as u64)
+        }
+    };
+    let commit_every_ms =
+        ms(&v.commit_every, "input.kafka.commit_every", KafkaInput::DEFAULT_COMMIT_EVERY_MS, 10..=600_000)?;
+    let max_idle_ms = ms(&v.max_idle, "input.kafka.max_idle", KafkaInput::DEFAULT_MAX_IDLE_MS, 1..=600_000)?;
+    let buffer_bytes = match &v.buffer {
+        None => KafkaInput::DEFAULT_BUFFER_BYTES,
+        Some(b) => {
+            let n = crate::features::budget::parse_size(b.get_ref())
+                .map_err(|m| invalid(&f.file, &f.src, b.span(), "input.kafka.buffer", m))?;
+            if !((1 << 20)..=(16usize << 30)).contains(&n) {
+                return Err(invalid(&f.file, &f.src, b.span(), "input.kafka.buffer", "must be from 1MiB to 16GiB"));
+            }
+            n
+        }
+    };
+    Ok(KafkaInput {
+        client,
+        topics,
+        group: group.to_string(),
+        commit_every_ms,
+        max_idle_ms,
+        buffer_bytes,
+        max_future_ms: crate::config::DEFAULT_MAX_FUTURE_MS,
+    })
+}
+
+fn kafka_sink_from(
+    f: &Located<PipelineFile>,
+    sec: &Spanned<SinkSection>,
+) -> Result<crate::sink::KafkaSinkSpec, ConfigError> {
+    use crate::sink::KafkaSinkSpec;
+    let v = sec.get_ref();
+    for (key, present) in
+        [("max_bytes", v.max_bytes.as_ref().map(|x| x.span())), ("roll_every", v.roll_every.as_ref().map(|x| x.span()))]
+    {
+        if let Some(span) = present {
+            return Err(invalid(&f.file, &f.src, span, &format!("sinks.{key}"), "a kafka sink does not have it"));
+        }
+    }
+    let brokers = v.brokers.as_ref().ok_or_else(|| {
+        invalid(&f.file, &f.src, sec.span(), "sinks.brokers", "a kafka sink needs brokers (host:port, comma-separated)")
+    })?;
+    let client = kafka_client_from(f, brokers, v.properties.as_ref(), "sinks")?;
+    let decisions_topic = v.decisions_topic.as_ref().map(|t| kafka_topic(f, t, "sinks.decisions_topic")).transpose()?;
+    let dead_letters_topic =
+        v.dead_letters_topic.as_ref().map(|t| kafka_topic(f, t, "sinks.dead_letters_topic")).transpose()?;
+    if decisions_topic.is_none() && dead_letters_topic.is_none() {
+        return Err(invalid(
+            &f.file,
+            &f.src,
+            sec.span(),
+            "sinks.decisions_topic",
+            "a kafka sink needs decisions_topic, dead_letters_topic or both",
+        ));
+    }
+    let flush_timeout_ms = match &v.flush_timeout {
+        None => KafkaSinkSpec::DEFAULT_FLUSH_TIMEOUT_MS,
+        Some(t) => {
+            let ms = duration(&f.file, &f.src, t, "sinks.flush_timeout")?;
+            if !(100..=600_000).contains(&ms) {
+                return Err(invalid(&f.file, &f.src, t.span(), "sinks.flush_timeout", "must be from 100ms to 10m"));
+            }
+            ms as u64
+        }
+    };
+    Ok(KafkaSinkSpec { client, decisions_topic, dead_letters_topic, flush_timeout_ms })
 }
 
 struct Located<T> {
@@ -700,6 +922,7 @@ impl Pipeline {
                 path: None,
                 mapping: None,
                 max_future_ms: DEFAULT_MAX_FUTURE_MS,
+                kafka: None,
             },
             Some((f, s)) => {
                 let v = s.get_ref();
@@ -725,7 +948,11 @@ impl Pipeline {
                     Some(d) => duration(&f.file, &f.src, d, "input.max_future")?,
                     None => DEFAULT_MAX_FUTURE_MS,
                 };
-                InputConfig { format: v.format, max_line_bytes: v.max_line_bytes, path, mapping, max_future_ms }
+                let mut kafka = v.kafka.as_ref().map(|k| kafka_input_from(f, k)).transpose()?;
+                if let Some(k) = kafka.as_mut() {
+                    k.max_future_ms = max_future_ms;
+                }
+                InputConfig { format: v.format, max_line_bytes: v.max_line_bytes, path, mapping, max_future_ms, kafka }
             }
         };
 
@@ -1280,6 +1507,55 @@ reason = "too fast"
             ("type = \"parquet\"\nurl = \"http://x\"\n", "test.toml:5: sinks.url: only a clickhouse sink has it"),
         ] {
             let e = load(&format!("{dl}[[sinks]]\n{toml}")).unwrap_err().to_string();
+            assert!(e.starts_with(want), "{toml}: {e}");
+        }
+    }
+
+    #[test]
+    fn kafka_input_and_sink_keys() {
+        let p = load(
+            "[input.kafka]\nbrokers = \"k1:9092,k2:9092\"\ntopics = [\"access-logs\"]\ngroup = \"gw\"\n\
+             commit_every = \"2s\"\n[input.kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n\
+             [[sinks]]\ntype = \"kafka\"\nbrokers = \"k1:9092\"\ndead_letters_topic = \"dlq\"\n",
+        )
+        .unwrap();
+        let k = p.input.kafka.as_ref().expect("kafka input");
+        assert_eq!((k.client.brokers.as_str(), k.group.as_str(), k.commit_every_ms), ("k1:9092,k2:9092", "gw", 2000));
+        assert_eq!(k.client.properties.get("session.timeout.ms").map(String::as_str), Some("6000"));
+        let s = p.sinks[0].kafka.as_deref().expect("kafka sink");
+        assert_eq!((s.decisions_topic.as_deref(), s.dead_letters_topic.as_deref()), (None, Some("dlq")));
+        // A Kafka dead-letter topic keeps dead letters: no other sink is needed.
+        assert_eq!(p.sinks.len(), 1);
+
+        let input = "[input.kafka]\nbrokers = \"k:9092\"\ntopics = [\"a\"]\ngroup = \"g\"\n";
+        let dl = "[[sinks]]\ntype = \"dead_letters\"\n";
+        for (toml, want) in [
+            (input.replace("k:9092", "k"), "test.toml:2: input.kafka.brokers: a comma-separated list of host:port"),
+            (input.replace("[\"a\"]", "[\"a b\"]"), "test.toml:3: input.kafka.topics: a topic name"),
+            (input.replace("[\"a\"]", "[]"), "test.toml:3: input.kafka.topics: from 1 to 64 topics"),
+            (input.replace("\"g\"", "\"\""), "test.toml:4: input.kafka.group"),
+            (format!("{input}max_idle = \"never\"\n"), "test.toml:5: input.kafka.max_idle"),
+            (
+                format!("{input}[input.kafka.properties]\n\"enable.auto.commit\" = \"true\"\n"),
+                "test.toml:5: input.kafka.properties: 'enable.auto.commit' is set by gatewatch",
+            ),
+            (format!("{dl}[[sinks]]\ntype = \"kafka\"\n"), "test.toml:3: sinks.brokers: a kafka sink needs brokers"),
+            (
+                format!("{dl}[[sinks]]\ntype = \"kafka\"\nbrokers = \"k:1\"\n"),
+                "test.toml:3: sinks.decisions_topic: a kafka sink needs",
+            ),
+            (
+                format!(
+                    "{dl}[[sinks]]\ntype = \"kafka\"\nbrokers = \"k:1\"\ndecisions_topic = \"d\"\nurl = \"http://x\"\n"
+                ),
+                "test.toml:7: sinks.url: only a clickhouse sink has it",
+            ),
+            (
+                format!("{dl}[[sinks]]\ntype = \"parquet\"\nbrokers = \"k:1\"\n"),
+                "test.toml:5: sinks.brokers: only a kafka sink has it",
+            ),
+        ] {
+            let e = load(&toml).unwrap_err().to_string();
             assert!(e.starts_with(want), "{toml}: {e}");
         }
     }

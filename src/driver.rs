@@ -44,9 +44,11 @@ pub fn replay(mut engine: Engine, source: &mut dyn Source, progress: bool) -> Re
         _ => None,
     };
     let mut records = Records::default();
+    let mut last = None;
     loop {
         records.clear();
         let poll = source.poll(&mut records, ROUND).map_err(|e| io_error(source, e))?;
+        last = records.last_position().or(last);
         for line in records.iter() {
             engine.push_line(&line)?;
         }
@@ -62,11 +64,11 @@ pub fn replay(mut engine: Engine, source: &mut dyn Source, progress: bool) -> Re
     if let Some(b) = bar {
         b.finish_and_clear();
     }
-    let last = records.last_position();
     let summary = engine.finish()?;
     if let Some(pos) = last {
         source.ack(pos).map_err(|e| io_error(source, e))?;
     }
+    source.close().map_err(|e| io_error(source, e))?;
     Ok(summary)
 }
 
@@ -129,5 +131,7 @@ pub fn live(
         // An ended stdin leaves the API serving what was decided until stopped.
         std::thread::sleep(POLL);
     }
-    engine.finish()
+    let summary = engine.finish()?;
+    source.close().map_err(|e| io_error(source.as_ref(), e))?;
+    Ok(summary)
 }

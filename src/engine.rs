@@ -799,8 +799,20 @@ pub fn replay(
     progress: bool,
 ) -> Result<Summary, EngineError> {
     let keep = pipeline.input.max_line_bytes;
-    let mut source = crate::source::open(input, keep, false, true)
+    let source = crate::source::open(input, keep, false, true)
         .map_err(|source| EngineError::Io { path: input.to_path_buf(), source })?;
+    replay_source(pipeline, source, format, out_dir, progress)
+}
+
+/// [`replay`] from any source read to its end (`replay --kafka`: the topics
+/// up to where they ended when the source caught up).
+pub fn replay_source(
+    pipeline: Pipeline,
+    mut source: Box<dyn crate::source::Source>,
+    format: Option<Format>,
+    out_dir: &Path,
+    progress: bool,
+) -> Result<Summary, EngineError> {
     let engine = Engine::new(pipeline, format, &source.name(), out_dir)?;
     let summary = crate::driver::replay(engine, source.as_mut(), progress)?;
     let path = out_dir.join("summary.json");

@@ -24,6 +24,7 @@ pub mod event;
 pub mod features;
 pub mod fsutil;
 pub mod fuzzing;
+pub mod kafka;
 pub mod live;
 pub mod model;
 pub mod simulate;

@@ -55,8 +55,13 @@ enum Command {
     /// Run the pipeline over a log file as fast as possible, in event time.
     Replay {
         /// Log file to read, or - for stdin.
-        #[arg(long, value_name = "FILE")]
-        input: PathBuf,
+        #[arg(long, value_name = "FILE", required_unless_present = "kafka")]
+        input: Option<PathBuf>,
+        /// Read the pipeline's [input.kafka] topics instead, as a member of its
+        /// consumer group, from the committed offsets to where each partition
+        /// ends; offsets are committed at the end.
+        #[arg(long, conflicts_with = "input")]
+        kafka: bool,
         /// Input shape; default: the pipeline's [input] format.
         #[arg(long)]
         format: Option<Format>,
@@ -150,6 +155,29 @@ enum Command {
         /// Read the file from its beginning instead of only new lines.
         #[arg(long)]
         from_start: bool,
+    },
+    /// Send a log file to a Kafka topic, a line per message keyed by its
+    /// client's subnet (/24, /64) and stamped with its event time (demos,
+    /// tests, backfills).
+    Produce {
+        /// Log file to send, or - for stdin.
+        #[arg(long, value_name = "FILE")]
+        input: PathBuf,
+        /// The topic.
+        #[arg(long)]
+        topic: String,
+        /// host:port,...; default: the pipeline's [input.kafka] brokers.
+        #[arg(long, value_name = "HOST:PORT")]
+        brokers: Option<String>,
+        /// Lines of one subnet per message (as a shipper batching lines sends them).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        lines_per_message: u32,
+        /// Create the topic with this many partitions if it does not exist.
+        #[arg(long, value_parser = clap::value_parser!(i32).range(1..=10_000))]
+        partitions: Option<i32>,
+        /// Input shape (to read each line's address and time); default: the pipeline's.
+        #[arg(long)]
+        format: Option<Format>,
     },
     /// Create, list and revoke the API keys gateways and admins use.
     Keys {
@@ -326,11 +354,25 @@ fn run(cli: Cli) -> Result<()> {
                 simulate::write(&cfg, &reqs, &out, &formats).with_context(|| format!("writing {}", out.display()))?;
             println!("{} requests ({} attack) → {}", o.requests, o.attack_requests, out.display());
         }
-        Command::Replay { input, format, out } => {
+        Command::Replay { input, kafka, format, out } => {
             let p = load(&cli.pipeline)?;
             let progress = std::io::stderr().is_terminal();
-            let s = engine::replay(p, &input, format, &out, progress)?;
+            let s = match input {
+                Some(input) if !kafka => engine::replay(p, &input, format, &out, progress)?,
+                _ => {
+                    let k =
+                        p.input.kafka.clone().with_context(|| {
+                            format!("--kafka: {} has no [input.kafka] section", cli.pipeline.display())
+                        })?;
+                    let source = gatewatch::source::KafkaSource::open(&k, p.input.max_line_bytes, true)
+                        .with_context(|| format!("cannot read Kafka at {}", k.client.brokers))?;
+                    engine::replay_source(p, Box::new(source), format, &out, progress)?
+                }
+            };
             println!("{}", s.line());
+        }
+        Command::Produce { input, topic, brokers, lines_per_message, partitions, format } => {
+            produce(&cli.pipeline, &input, &topic, brokers, lines_per_message, partitions, format)?;
         }
         Command::Eval { pipelines: Some(pipelines), traffic: Some(traffic), out: Some(out), .. } => {
             compare(&traffic, &pipelines, &out)?;
@@ -538,6 +580,59 @@ fn clickhouse_init(pipeline: &Path, url: Option<String>, database: Option<String
     Ok(())
 }
 
+fn produce(
+    pipeline: &Path,
+    input: &Path,
+    topic: &str,
+    brokers: Option<String>,
+    lines_per_message: u32,
+    partitions: Option<i32>,
+    format: Option<Format>,
+) -> Result<()> {
+    use gatewatch::kafka::{self, KafkaClient};
+    let p = load(pipeline)?;
+    let client = match (brokers, &p.input.kafka) {
+        (Some(b), _) => KafkaClient::new(&b),
+        (None, Some(k)) => k.client.clone(),
+        (None, None) => {
+            bail!("no brokers: pass --brokers HOST:PORT or set [input.kafka] brokers in {}", pipeline.display())
+        }
+    };
+    if let Some(n) = partitions {
+        kafka::create_topic(&client, topic, n)?;
+    }
+    let mut reader: Box<dyn std::io::BufRead> = if input == Path::new("-") {
+        Box::new(std::io::BufReader::new(std::io::stdin()))
+    } else {
+        Box::new(std::io::BufReader::new(
+            std::fs::File::open(input).with_context(|| format!("cannot open {}", input.display()))?,
+        ))
+    };
+    let bar = std::io::stderr().is_terminal().then(indicatif::ProgressBar::new_spinner);
+    let sent = kafka::produce(
+        &client,
+        topic,
+        reader.as_mut(),
+        lines_per_message as usize,
+        format.unwrap_or(p.input.format),
+        p.input.mapping.as_ref(),
+        |n| {
+            if let Some(b) = &bar {
+                b.set_message(format!("{n} lines"));
+                b.tick();
+            }
+        },
+    )?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    println!(
+        "{} lines in {} messages → {topic} ({} without an address, sent unkeyed)",
+        sent.lines, sent.messages, sent.unkeyed
+    );
+    Ok(())
+}
+
 fn live(pipeline: &Path, input: Option<PathBuf>, listen: Option<String>, from_start: bool) -> Result<()> {
     use gatewatch::api::{self, AppState, Metrics, Services};
     use gatewatch::decision::Restored;
@@ -553,9 +648,19 @@ fn live(pipeline: &Path, input: Option<PathBuf>, listen: Option<String>, from_st
         }
         p.api.listen = l;
     }
-    let input = input
-        .or_else(|| p.input.path.clone())
-        .context("nothing to follow: pass --input FILE (or - for stdin), or set path in the pipeline's [input]")?;
+    // --input, else the pipeline's Kafka topics, else its [input] path.
+    let file = input.or_else(|| if p.input.kafka.is_none() { p.input.path.clone() } else { None });
+    let source: Box<dyn gatewatch::source::Source> = match (file, &p.input.kafka) {
+        (Some(input), _) => gatewatch::source::open(&input, p.input.max_line_bytes, true, from_start)
+            .with_context(|| format!("cannot follow {}", input.display()))?,
+        (None, Some(k)) => Box::new(
+            gatewatch::source::KafkaSource::open(k, p.input.max_line_bytes, false)
+                .with_context(|| format!("cannot read Kafka at {}", k.client.brokers))?,
+        ),
+        (None, None) => {
+            bail!("nothing to follow: pass --input FILE (or - for stdin), or set path or [input.kafka] in the pipeline")
+        }
+    };
     let now = api::now_ms();
     let store = Arc::new(LiveStore::open_with_retention(&p.state_dir, now, p.api.stream_retention)?);
     let overlay = AllowOverlay::open(&p.state_dir)?;
@@ -583,7 +688,8 @@ fn live(pipeline: &Path, input: Option<PathBuf>, listen: Option<String>, from_st
             }
         })?;
     }
-    let mut engine = engine::Engine::new(p.clone(), None, &input.display().to_string(), &run_dir)?;
+    let source_name = source.name();
+    let mut engine = engine::Engine::new(p.clone(), None, &source_name, &run_dir)?;
     engine.keep_deciding_when_sinks_fail();
     engine.set_next_decision_id(store.max_id_below(api::MANUAL_ID_BASE) + 1);
     // What the engine decided before a restart still counts: decisions in force
@@ -621,8 +727,6 @@ fn live(pipeline: &Path, input: Option<PathBuf>, listen: Option<String>, from_st
         let mut seen = engine::Summary::default();
         Box::new(move |s: &engine::Summary| metrics.observe_summary(s, &mut seen))
     };
-    let source = gatewatch::source::open(&input, p.input.max_line_bytes, true, from_start)
-        .with_context(|| format!("cannot follow {}", input.display()))?;
     let stop = Arc::new(AtomicBool::new(false));
     let (control, inbox) = control::channel_pair();
     let engine_thread = {
@@ -708,7 +812,7 @@ fn live(pipeline: &Path, input: Option<PathBuf>, listen: Option<String>, from_st
             }
         });
         ready.store(true, Ordering::Relaxed);
-        eprintln!("gatewatch: following {}, serving decisions on http://{addr}", input.display());
+        eprintln!("gatewatch: following {source_name}, serving decisions on http://{addr}");
         let closing = state.clone();
         api::serve::serve(
             listener,

@@ -61,11 +61,21 @@ pub struct DeadLetterColumns {
 impl DeadLetterColumns {
     /// Adds `dl`, which arrived at `now_ms` (wall clock: a dead letter has no event time).
     pub fn push(&mut self, dl: &DeadLetter<'_>, now_ms: i64) {
-        let Position::Line { no, offset } = dl.pos;
         self.ts.append_value(now_ms);
-        self.source.append_value(dl.source);
-        self.line.append_value(no);
-        self.offset.append_value(offset);
+        match dl.pos {
+            Position::Line { no, offset } => {
+                self.source.append_value(dl.source);
+                self.line.append_value(no);
+                self.offset.append_value(offset);
+            }
+            // A Kafka record: `source` names its topic and partition, `line`
+            // the line within the message, `offset` the message's offset.
+            Position::Kafka { topic, partition, offset, line } => {
+                self.source.append_value(format!("kafka:{topic}/{partition}"));
+                self.line.append_value(u64::from(line));
+                self.offset.append_value(offset.max(0) as u64);
+            }
+        }
         self.reason.append_value(dl.reason);
         self.raw.append_option(dl.raw);
         self.raw_base64.append_option(dl.raw_base64.as_deref());

@@ -31,6 +31,7 @@
 pub mod clickhouse;
 pub mod deadletter;
 pub mod jsonl;
+pub mod kafka;
 pub mod parquet;
 pub mod parts;
 pub mod resilient;
@@ -45,6 +46,7 @@ use crate::decision::Decision;
 pub use clickhouse::ClickHouseSink;
 pub use deadletter::{DeadLetter, DeadLetterSink};
 pub use jsonl::DecisionsJsonl;
+pub use kafka::{KafkaSink, KafkaSinkSpec};
 pub use parquet::{ParquetSink, ParquetTable};
 pub use resilient::Resilient;
 
@@ -73,6 +75,8 @@ pub enum SinkError {
     },
     #[error(transparent)]
     ClickHouse(#[from] clickhouse::ClickHouseError),
+    #[error(transparent)]
+    Kafka(#[from] crate::kafka::KafkaError),
 }
 
 /// What a sink receives; the engine builds only what some sink wants.
@@ -177,6 +181,8 @@ pub enum SinkKind {
     /// Tables in a ClickHouse server ([`clickhouse`]).
     #[serde(rename = "clickhouse")]
     ClickHouse,
+    /// Decisions and dead letters to Kafka topics ([`kafka`]).
+    Kafka,
 }
 
 /// One configured sink.
@@ -192,6 +198,8 @@ pub struct SinkSpec {
     pub roll_every_ms: Option<i64>,
     /// ClickHouse: the server and how to write to it.
     pub clickhouse: Option<Box<clickhouse::ClickHouseSpec>>,
+    /// Kafka: the brokers and topics.
+    pub kafka: Option<Box<KafkaSinkSpec>>,
 }
 
 /// How long a Parquet part stays open by default: a live run's rows are
@@ -201,7 +209,7 @@ pub const DEFAULT_ROLL_EVERY_MS: i64 = 300_000;
 impl SinkSpec {
     /// A sink of `kind` with every setting at its default.
     pub fn of(kind: SinkKind) -> SinkSpec {
-        SinkSpec { kind, tables: Vec::new(), max_bytes: None, roll_every_ms: None, clickhouse: None }
+        SinkSpec { kind, tables: Vec::new(), max_bytes: None, roll_every_ms: None, clickhouse: None, kafka: None }
     }
 
     /// The roll age of a Parquet sink's parts.
@@ -241,6 +249,7 @@ pub fn resume(spec: &SinkSpec, dir: &Path) -> Result<Box<dyn Sink>, SinkError> {
             spec.max_bytes.unwrap_or(deadletter::DEFAULT_MAX_BYTES),
         )),
         SinkKind::ClickHouse => clickhouse_sink(spec)?,
+        SinkKind::Kafka => kafka_sink(spec)?,
     })
 }
 
@@ -254,7 +263,16 @@ pub fn build(spec: &SinkSpec, dir: &Path) -> Result<Box<dyn Sink>, SinkError> {
             spec.max_bytes.unwrap_or(deadletter::DEFAULT_MAX_BYTES),
         )),
         SinkKind::ClickHouse => clickhouse_sink(spec)?,
+        SinkKind::Kafka => kafka_sink(spec)?,
     })
+}
+
+fn kafka_sink(spec: &SinkSpec) -> Result<Box<dyn Sink>, SinkError> {
+    let k = spec.kafka.as_deref().ok_or_else(|| SinkError::Writer {
+        table: "kafka".into(),
+        message: "a kafka sink without its settings".into(),
+    })?;
+    Ok(Box::new(KafkaSink::open(k)?))
 }
 
 fn clickhouse_sink(spec: &SinkSpec) -> Result<Box<dyn Sink>, SinkError> {

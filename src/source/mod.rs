@@ -33,6 +33,7 @@
 //! ```
 
 pub mod follow;
+pub mod kafka;
 pub mod lines;
 pub mod reader;
 pub mod stdin;
@@ -41,11 +42,12 @@ use std::io;
 use std::path::Path;
 
 pub use follow::Follower;
+pub use kafka::{KafkaInput, KafkaSource};
 pub use lines::LineReader;
 pub use reader::ReaderSource;
 pub use stdin::StdinSource;
 
-/// Where a record sits in its source. Kafka adds `Partition { partition, offset }`.
+/// Where a record sits in its source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(untagged)]
 pub enum Position {
@@ -55,6 +57,9 @@ pub enum Position {
         no: u64,
         offset: u64,
     },
+    /// A line of a Kafka message: the message's topic, partition and offset,
+    /// and the line's 1-based number within it (a message may hold several).
+    Kafka { topic: &'static str, partition: i32, offset: i64, line: u32 },
 }
 
 /// One line of input (without its terminator).
@@ -134,6 +139,13 @@ pub trait Source: Send {
     /// Everything up to and including `pos` is reflected in feature state,
     /// persisted decisions and flushed sinks; a source with offsets commits here.
     fn ack(&mut self, _pos: Position) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// The input is done with (end of input, shutdown), after the engine has
+    /// finished and flushed every sink: a source with offsets commits the last
+    /// acknowledged ones here.
+    fn close(&mut self) -> io::Result<()> {
         Ok(())
     }
 
