@@ -68,7 +68,8 @@ pub(crate) fn log_client(level: rdkafka::config::RDKafkaLogLevel, fac: &str, mes
 
 /// librdkafka's global errors: a partition's end is news, not an error.
 pub(crate) fn log_error(error: &rdkafka::error::KafkaError, reason: &str) {
-    if matches!(error, rdkafka::error::KafkaError::PartitionEOF(_)) {
+    use rdkafka::error::{KafkaError as E, RDKafkaErrorCode as C};
+    if matches!(error, E::PartitionEOF(_) | E::Global(C::PartitionEOF)) {
         return;
     }
     tracing::warn!(target: "librdkafka", "{error}: {reason}");

@@ -27,6 +27,20 @@ fn brokers() -> Option<String> {
     }
 }
 
+/// Polls until `f` holds, up to two minutes: reading a topic through the
+/// broker while the rest of the suite loads both cores takes a while (never a
+/// timing assertion).
+fn wait_for(server: &common::Server, what: &str, f: impl Fn(&common::Server) -> bool) {
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(120) {
+        if f(server) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{what} did not happen in 120 s");
+}
+
 /// A name no other test or run has used.
 fn unique(prefix: &str) -> String {
     let n = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_nanos();
@@ -45,7 +59,10 @@ fn gatewatch(pipeline: &Path, args: &[&str]) -> String {
 }
 
 /// A pipeline in `dir` extending the default one, reading `topic` as `group`,
-/// with `extra` (TOML) appended.
+/// with `extra` (TOML) appended. A member killed with -9 keeps its partitions
+/// until the group gives up on it — its session timeout, and with this broker
+/// the rebalance timeout (`max.poll.interval.ms`, 5 min by default) — so both
+/// are short here.
 fn pipeline(dir: &Path, brokers: &str, topic: &str, group: &str, extra: &str) -> PathBuf {
     let p = dir.join(format!("{group}.toml"));
     std::fs::write(
@@ -53,7 +70,8 @@ fn pipeline(dir: &Path, brokers: &str, topic: &str, group: &str, extra: &str) ->
         format!(
             "extends = \"{}\"\n[state]\ndir = \"state-{group}\"\n[input]\nformat = \"auto\"\n\
              [input.kafka]\nbrokers = \"{brokers}\"\ntopics = [\"{topic}\"]\ngroup = \"{group}\"\n\
-             max_idle = \"5s\"\n[input.kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n{extra}",
+             max_idle = \"5s\"\n[input.kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n\
+             \"max.poll.interval.ms\" = \"10000\"\n{extra}",
             Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/default.toml").display()
         ),
     )
@@ -311,7 +329,7 @@ fn a_run_killed_with_9_resumes_from_its_committed_offsets() {
     let (child, addr) = start_run(&p);
     let mut server = common::Server { child, addr, key: key.clone() };
     let n = first.len() as f64;
-    server.until("the first half read", |s| s.metric("gatewatch_events_total") >= n);
+    wait_for(&server, "the first half read", |s| s.metric("gatewatch_events_total") >= n);
     assert_eq!(server.metric("gatewatch_events_total"), n, "each line once");
     // Acknowledged after its round, committed within commit_every (1 s).
     std::thread::sleep(Duration::from_millis(2500));
@@ -323,7 +341,7 @@ fn a_run_killed_with_9_resumes_from_its_committed_offsets() {
     let (child, addr) = start_run(&p);
     let mut server = common::Server { child, addr, key };
     let m = second.len() as f64;
-    server.until("the second half read", |s| s.metric("gatewatch_events_total") >= m);
+    wait_for(&server, "the second half read", |s| s.metric("gatewatch_events_total") >= m);
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(
         server.metric("gatewatch_events_total"),
@@ -393,7 +411,7 @@ fn a_broker_outage_of_30_s_is_ridden_out() {
 
     let (child, addr) = start_run(&p);
     let mut server = common::Server { child, addr, key };
-    server.until("the attack denied", |s| s.json("/v1/decision?ip=203.0.113.77").1["action"] == "deny");
+    wait_for(&server, "the attack denied", |s| s.json("/v1/decision?ip=203.0.113.77").1["action"] == "deny");
     std::thread::sleep(Duration::from_millis(1500));
 
     broker.stop();
@@ -411,8 +429,8 @@ fn a_broker_outage_of_30_s_is_ridden_out() {
     let second = dir.path().join("second.jsonl");
     std::fs::write(&second, common::stuffing_lines("198.51.100.66", 40)).expect("write");
     gatewatch(&p, &["produce", "--input", second.to_str().unwrap(), "--topic", &topic]);
-    server.until("the second attack denied", |s| s.json("/v1/decision?ip=198.51.100.66").1["action"] == "deny");
-    server.until("every line read once", |s| s.metric("gatewatch_events_total") >= 80.0);
+    wait_for(&server, "the second attack denied", |s| s.json("/v1/decision?ip=198.51.100.66").1["action"] == "deny");
+    wait_for(&server, "every line read once", |s| s.metric("gatewatch_events_total") >= 80.0);
     assert_eq!(server.metric("gatewatch_events_total"), 80.0);
     let status = server.signal("-TERM");
     assert!(status.success(), "{status:?}");

@@ -10,8 +10,9 @@
 //! partition gets a small queue, and the source hands out the message with
 //! the smallest timestamp (the producer's CreateTime; `gatewatch produce`
 //! sets the line's event time) only when every other partition has a message
-//! queued, has reached its end, or has been silent for `max_idle` — the rule
-//! Kafka Streams uses (`max.task.idle.ms`). A partition whose queue is full is
+//! queued, has reached its end, has already delivered something as new, or
+//! has been silent for `max_idle` — the rule Kafka Streams uses
+//! (`max.task.idle.ms`, "partition time"). A partition whose queue is full is
 //! paused until it drains, so memory stays bounded while a slow one catches up.
 //!
 //! **Offsets.** The engine acknowledges after each round (features applied,
@@ -84,6 +85,22 @@ struct Part {
     paused: bool,
     /// The offset after the newest message read.
     next: Option<i64>,
+    /// The largest timestamp read from it (its "partition time").
+    newest: Option<i64>,
+}
+
+impl Part {
+    /// Whether this partition, with nothing queued, holds back a message
+    /// stamped `ts` from another: it might still deliver something older.
+    /// Not when it said it is at its end, has been silent `idle`, or has
+    /// already delivered something at least as new (what it sends next is,
+    /// by its own order, not older).
+    fn holds_back(&self, ts: i64, idle: Duration) -> bool {
+        self.queue.is_empty()
+            && !self.eof
+            && self.heard.is_some_and(|h| h.elapsed() < idle)
+            && self.newest.is_none_or(|n| ts > n)
+    }
 }
 
 /// What the rebalance callbacks and the source share.
@@ -279,6 +296,7 @@ impl KafkaSource {
             part.eof = false;
             part.heard = Some(Instant::now());
             part.next = Some(offset + 1);
+            part.newest = Some(part.newest.map_or(ts, |n| n.max(ts)));
             part.bytes += payload.len();
             self.queued_bytes += payload.len();
             part.queue.push_back(Msg { ts, offset, payload });
@@ -294,10 +312,16 @@ impl KafkaSource {
         Self::apply_rebalance(&self.shared, &self.topics, &mut self.parts, &mut self.queued_bytes, &mut self.handed);
     }
 
-    /// Whether the partitions with nothing queued let the others go on.
-    fn unblocked(&self) -> bool {
+    /// The queued head with the smallest time (ties to the lower partition),
+    /// if no partition with nothing queued holds it back.
+    fn next_ready(&self) -> Option<Tp> {
+        let (tp, ts) = self
+            .parts
+            .iter()
+            .filter_map(|(tp, p)| p.queue.front().map(|m| (*tp, m.ts)))
+            .min_by_key(|&(tp, ts)| (ts, tp))?;
         let idle = Duration::from_millis(self.spec.max_idle_ms);
-        self.parts.values().all(|p| !p.queue.is_empty() || p.eof || p.heard.is_none_or(|h| h.elapsed() >= idle))
+        (!self.parts.values().any(|p| p.holds_back(ts, idle))).then_some(tp)
     }
 
     fn resume_drained(&mut self) {
@@ -381,22 +405,10 @@ impl Source for KafkaSource {
             self.commit()?;
         }
         let before = out.len();
-        let wait = if self.parts.values().any(|p| !p.queue.is_empty()) && self.unblocked() {
-            Duration::ZERO
-        } else {
-            Duration::from_millis(50)
-        };
+        let wait = if self.next_ready().is_some() { Duration::ZERO } else { Duration::from_millis(50) };
         self.fill(wait);
-        while out.len() - before < max && self.unblocked() {
-            // The queued head with the smallest time; ties go to the lower partition.
-            let Some((&tp, _)) = self
-                .parts
-                .iter()
-                .filter_map(|(tp, p)| p.queue.front().map(|m| (tp, (m.ts, *tp))))
-                .min_by_key(|(_, k)| *k)
-            else {
-                break;
-            };
+        while out.len() - before < max {
+            let Some(tp) = self.next_ready() else { break };
             let topic = self.topics[tp.0 as usize];
             let Some(part) = self.parts.get_mut(&tp) else { break };
             let Some(msg) = part.queue.pop_front() else { break };
@@ -461,4 +473,34 @@ impl Source for KafkaSource {
 /// The partitions assigned right now (tests, the summary).
 pub fn assigned(source: &KafkaSource) -> HashSet<(String, i32)> {
     source.parts.keys().map(|(t, p)| (source.topics[*t as usize].to_string(), *p)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part(queued: bool, eof: bool, heard_ago: Option<Duration>, newest: Option<i64>) -> Part {
+        let mut p = Part { eof, newest, ..Part::default() };
+        p.heard = heard_ago.map(|d| Instant::now() - d);
+        if queued {
+            p.queue.push_back(Msg { ts: 0, offset: 0, payload: Vec::new() });
+        }
+        p
+    }
+
+    #[test]
+    fn an_empty_partition_holds_back_only_what_it_might_still_precede() {
+        let idle = Duration::from_secs(2);
+        let recent = Some(Duration::from_millis(10));
+        // Nothing queued, heard from lately, its newest older than the head: wait.
+        assert!(part(false, false, recent, Some(100)).holds_back(150, idle));
+        assert!(part(false, false, recent, None).holds_back(150, idle), "assigned, nothing read yet");
+        // Its own newest is as new as the head: what it sends next is not older.
+        assert!(!part(false, false, recent, Some(150)).holds_back(150, idle));
+        assert!(!part(false, false, recent, Some(200)).holds_back(150, idle));
+        // Something queued (the merge compares heads), at its end, or silent too long.
+        assert!(!part(true, false, recent, Some(100)).holds_back(150, idle));
+        assert!(!part(false, true, recent, Some(100)).holds_back(150, idle));
+        assert!(!part(false, false, Some(Duration::from_secs(3)), Some(100)).holds_back(150, idle));
+    }
 }
