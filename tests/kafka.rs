@@ -287,24 +287,14 @@ fn malformed_messages_go_to_the_dead_letter_topic_and_decisions_to_theirs() {
 
 /// `gatewatch run` reading Kafka; returns the child and the API address.
 fn start_run(pipeline: &Path) -> (std::process::Child, String) {
-    use std::io::{BufRead, BufReader};
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_gatewatch"))
-        .arg("--pipeline")
-        .arg(pipeline)
-        .args(["run", "--listen", "127.0.0.1:0"])
-        .stderr(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("gatewatch run starts");
-    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    let addr = loop {
-        let line = lines.next().expect("gatewatch says where it listens").expect("utf-8");
-        if let Some(rest) = line.split("serving decisions on http://").nth(1) {
-            break rest.trim().to_string();
-        }
-    };
-    std::thread::spawn(move || lines.map_while(Result::ok).for_each(|l| eprintln!("[gatewatch] {l}")));
-    (child, addr)
+    common::spawn_run(
+        std::process::Command::new(env!("CARGO_BIN_EXE_gatewatch"))
+            .arg("--pipeline")
+            .arg(pipeline)
+            .args(["run", "--listen", "127.0.0.1:0"])
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null()),
+    )
 }
 
 #[test]

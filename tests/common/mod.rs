@@ -103,7 +103,6 @@ pub fn start_run_env(
     open_files: Option<u64>,
     env: &[(&str, &std::ffi::OsStr)],
 ) -> (std::process::Child, String) {
-    use std::io::{BufRead, BufReader};
     use std::os::unix::process::CommandExt;
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_gatewatch"));
     cmd.envs(env.iter().copied());
@@ -125,6 +124,13 @@ pub fn start_run_env(
             });
         }
     }
+    spawn_run(&mut cmd)
+}
+
+/// Starts a `gatewatch run` command whose stderr is piped; returns the child
+/// and the address it serves on, and forwards the rest of its stderr.
+pub fn spawn_run(cmd: &mut std::process::Command) -> (std::process::Child, String) {
+    use std::io::{BufRead, BufReader};
     let mut child = cmd.spawn().expect("gatewatch run starts");
     let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
     let addr = loop {
