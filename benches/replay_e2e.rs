@@ -9,7 +9,9 @@
 //! default), `combined` (the simulator's stock nginx `combined` lines, shaped
 //! like a real web server's log: no ids, whole-second times) or `flood` (every
 //! request from a new address, device and session; `GATEWATCH_BENCH_BUDGET`,
-//! e.g. `256MiB`, sets the state budget).
+//! e.g. `256MiB`, sets the state budget). `GATEWATCH_BENCH_WRITE=FILE` only
+//! writes the chosen mix to FILE (for profilers, which want one input for
+//! every binary they compare).
 
 use std::io::{BufRead, BufWriter, Write};
 use std::path::PathBuf;
@@ -31,6 +33,11 @@ fn main() {
         1_000_000
     });
     let dir = tempfile::tempdir().expect("tempdir");
+    if let Ok(keep) = std::env::var("GATEWATCH_BENCH_WRITE") {
+        let made = make_input(dir.path(), lines);
+        std::fs::copy(&made, &keep).expect("copy the input");
+        return;
+    }
     let input = match std::env::var("GATEWATCH_BENCH_FILE") {
         Ok(f) => PathBuf::from(f),
         Err(_) => {

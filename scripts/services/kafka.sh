@@ -26,7 +26,10 @@ install)
     if [ -x "$bin" ]; then
         exit 0
     fi
-    cargo install tansu --version 0.6.0 --locked --features dynostore,libsql --root "$root"
+    # Built in cargo's own temporary directory, not the project's target
+    # directory: sharing it would make this build wait for the project's
+    # (cargo's lock) and leave the broker's artefacts among the project's.
+    env -u CARGO_TARGET_DIR cargo install tansu --version 0.6.0 --locked --features dynostore,libsql --root "$root"
     ;;
 start)
     dir=$(realpath -m "$2") port=$3

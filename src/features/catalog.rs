@@ -14,13 +14,12 @@ pub const MAX_TEMPLATES: usize = 200_000;
 #[derive(Debug, Default)]
 pub struct PathCatalog {
     known: FxHashSet<u64>,
-    buf: String,
+    buf: Vec<u8>,
 }
 
 /// True for segments that name one resource rather than a route: numbers,
 /// UUIDs, long hex, long tokens mixing letters and digits.
-pub fn is_id_segment(seg: &str) -> bool {
-    let b = seg.as_bytes();
+pub fn is_id_segment(b: &[u8]) -> bool {
     if b.is_empty() {
         return false;
     }
@@ -48,18 +47,19 @@ pub fn numeric_id(path: &str) -> Option<u64> {
 }
 
 impl PathCatalog {
-    /// Hash of the path's template.
+    /// Hash of the path's template. (Split as bytes, as [`numeric_id`]
+    /// does: `str::split` with a `char` set up a general searcher per path.)
     pub fn template_hash(&mut self, path: &str) -> u64 {
         self.buf.clear();
-        for seg in path.split('/') {
+        for seg in path.as_bytes().split(|&c| c == b'/') {
             if is_id_segment(seg) {
-                self.buf.push_str(":id");
+                self.buf.extend_from_slice(b":id");
             } else {
-                self.buf.push_str(seg);
+                self.buf.extend_from_slice(seg);
             }
-            self.buf.push('/');
+            self.buf.push(b'/');
         }
-        xxhash_rust::xxh3::xxh3_64(self.buf.as_bytes())
+        xxhash_rust::xxh3::xxh3_64(&self.buf)
     }
 
     /// Records a response; returns true when it was a 404 on a path never seen to exist.
@@ -104,8 +104,8 @@ mod tests {
         assert_eq!(numeric_id("/v1/products/1042"), Some(1042));
         assert_eq!(numeric_id("/v1/products/1042/reviews"), Some(1042));
         assert_eq!(numeric_id("/v1/products"), None);
-        assert!(is_id_segment("5f2b8c3d"));
-        assert!(!is_id_segment("products"));
-        assert!(!is_id_segment("deadbeef"), "hex words without digits are route names");
+        assert!(is_id_segment(b"5f2b8c3d"));
+        assert!(!is_id_segment(b"products"));
+        assert!(!is_id_segment(b"deadbeef"), "hex words without digits are route names");
     }
 }

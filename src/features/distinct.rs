@@ -58,16 +58,29 @@ impl SketchRing {
         }
     }
 
-    fn estimate(&self, window_ms: i64, now: i64) -> f64 {
+    /// Estimates for several windows, shortest first, in one walk back over
+    /// the slots: the registers merged for a shorter window are where the
+    /// next one's merge starts (a feature row asks for 10 minutes and 1 hour).
+    fn estimates<const W: usize>(&self, windows_ms: [i64; W], now: i64) -> [f64; W] {
+        debug_assert!(windows_ms.is_sorted());
         let now_slot = now.div_euclid(SLOT_MS);
-        // Slots whose span overlaps the window; the estimate may include up to one
-        // extra slot at the old edge.
-        let first = (now - window_ms).div_euclid(SLOT_MS);
+        // Slots whose span overlaps a window; an estimate may include up to
+        // one extra slot at the old edge.
+        let firsts = windows_ms.map(|w| (now - w).div_euclid(SLOT_MS));
+        let mut out = [0.0; W];
+        let mut done = 0;
         let mut merged = [0u8; REGISTERS];
         for back in 0..SLOTS as i64 {
             let s = self.head - back;
-            if s < first || s <= now_slot - SLOTS as i64 {
+            if s <= now_slot - SLOTS as i64 {
                 break;
+            }
+            while done < W && s < firsts[done] {
+                out[done] = hll_estimate(&merged);
+                done += 1;
+            }
+            if done == W {
+                return out;
             }
             if s > now_slot {
                 continue;
@@ -77,7 +90,11 @@ impl SketchRing {
                 m[1] = m[1].max(r >> 4);
             }
         }
-        hll_estimate(&merged)
+        let last = hll_estimate(&merged);
+        for o in &mut out[done..] {
+            *o = last;
+        }
+        out
     }
 }
 
@@ -219,7 +236,7 @@ impl Distincts {
     /// Distinct values of `kind` seen in `(now - window_ms, now]`.
     pub fn count(&self, kind: usize, window_ms: i64, now: i64) -> f64 {
         if self.sketched & (1 << kind) != 0 {
-            return self.sketches[self.sketch_index(kind)].estimate(window_ms, now).round();
+            return self.sketches[self.sketch_index(kind)].estimates([window_ms], now)[0].round();
         }
         let (lo, hi) = ((now - window_ms).div_euclid(1000), now.div_euclid(1000));
         self.exact[self.range(kind)].iter().filter(|e| i64::from(e.t) > lo && i64::from(e.t) <= hi).count() as f64
@@ -247,6 +264,19 @@ impl Distincts {
             at += n as usize;
         }
         out
+    }
+
+    /// A sketched kind's counts over several windows (shortest first), as
+    /// [`Self::count`] gives them one by one; `None` when `kind` is exact.
+    pub fn sketch_counts<const W: usize>(&self, kind: usize, windows_ms: [i64; W], now: i64) -> Option<[f64; W]> {
+        self.is_sketched(kind)
+            .then(|| self.sketches[self.sketch_index(kind)].estimates(windows_ms, now).map(f64::round))
+    }
+
+    /// Whether any kind is counted by a sketch (most entities: none).
+    #[inline]
+    pub fn any_sketched(&self) -> bool {
+        self.sketched != 0
     }
 
     /// Whether `kind` is counted by a sketch rather than exactly.
@@ -325,6 +355,22 @@ mod tests {
         assert_eq!(d.sketched, 0);
         assert_eq!(d.count(2, 3_600_000, 3_700_000), 32.0);
         assert_eq!(d.count(4, 3_600_000, 3_000_000), 32.0);
+    }
+
+    #[test]
+    fn sketch_counts_are_the_counts_one_window_at_a_time() {
+        let mut d = Distincts::default();
+        // 4,000 values over 100 minutes, then asked at times that put the
+        // window edges inside, between and beyond the sketch's slots.
+        for i in 0..4000u64 {
+            d.insert(3, h(i), (i as i64) * 1_500);
+        }
+        assert!(d.is_sketched(3));
+        assert_eq!(d.sketch_counts(0, [600_000, 3_600_000], 1_000), None);
+        for now in [0, 299_999, 300_000, 3_000_000, 5_999_999, 6_000_000, 6_400_000, 9_000_000, 99_000_000] {
+            let both = d.sketch_counts(3, [600_000, 3_600_000], now).unwrap();
+            assert_eq!(both, [d.count(3, 600_000, now), d.count(3, 3_600_000, now)], "now = {now}");
+        }
     }
 
     #[test]

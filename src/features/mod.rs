@@ -402,6 +402,36 @@ fn is_static_asset(path: &str) -> bool {
     }
 }
 
+/// Where the last dot of a canonical dotted quad is (four groups of one to
+/// three digits, no leading zero, each ≤ 255); `None` for anything else,
+/// which then goes through the full parser.
+fn canonical_v4_last_dot(s: &str) -> Option<usize> {
+    let b = s.as_bytes();
+    if b.len() > 15 {
+        return None;
+    }
+    let mut groups = 0;
+    let mut last_dot = 0;
+    for (i, g) in b.split(|&c| c == b'.').enumerate() {
+        let ok = match g {
+            [d] => d.is_ascii_digit(),
+            [b'1'..=b'9', d] => d.is_ascii_digit(),
+            [b'1', d, e] => d.is_ascii_digit() && e.is_ascii_digit(),
+            [b'2', b'0'..=b'4', d] => d.is_ascii_digit(),
+            [b'2', b'5', b'0'..=b'5'] => true,
+            _ => false,
+        };
+        if !ok {
+            return None;
+        }
+        groups += 1;
+        if i == 3 {
+            last_dot = s.len() - g.len() - 1;
+        }
+    }
+    (groups == 4).then_some(last_dot)
+}
+
 fn hash(s: &str) -> u64 {
     xxhash_rust::xxh3::xxh3_64(s.as_bytes())
 }
@@ -714,21 +744,20 @@ impl FeatureEngine {
         }
         self.touch(EntityType::Ip, ip_text, &k, Some(d::IPS), new_device);
         self.subnet_buf.clear();
-        match ip_text.parse::<IpAddr>() {
-            Ok(IpAddr::V4(v4)) => match ip_text.as_bytes().iter().rposition(|&c| c == b'.') {
-                // The parser accepts only the canonical dotted quad (no
-                // leading zeros), so the text up to the last dot is the /24.
-                Some(dot) => {
-                    self.subnet_buf.push_str(&ip_text[..dot]);
-                    self.subnet_buf.push_str(".0/24");
-                }
-                None => {
+        if let Some(dot) = canonical_v4_last_dot(ip_text) {
+            // The parsers store addresses canonical (no leading zeros), so
+            // the text up to the last dot is the /24; no second parse.
+            self.subnet_buf.push_str(&ip_text[..dot]);
+            self.subnet_buf.push_str(".0/24");
+        } else {
+            match ip_text.parse::<IpAddr>() {
+                Ok(IpAddr::V4(v4)) => {
                     let o = v4.octets();
                     let _ = write!(self.subnet_buf, "{}.{}.{}.0/24", o[0], o[1], o[2]);
                 }
-            },
-            Ok(ip @ IpAddr::V6(_)) => self.subnet_buf.push_str(&subnet_of(ip)),
-            Err(_) => {}
+                Ok(ip @ IpAddr::V6(_)) => self.subnet_buf.push_str(&subnet_of(ip)),
+                Err(_) => {}
+            }
         }
         if !self.subnet_buf.is_empty() {
             let buf = std::mem::take(&mut self.subnet_buf);
@@ -906,7 +935,34 @@ pub fn build_batch_masked<'a>(
 
 #[cfg(test)]
 mod tests {
-    use super::is_static_asset;
+    use super::{IpAddr, canonical_v4_last_dot, is_static_asset};
+
+    #[test]
+    fn canonical_dotted_quads_only() {
+        for ok in ["1.2.3.4", "0.0.0.0", "255.255.255.255", "10.200.199.9", "192.168.100.1"] {
+            let dot = canonical_v4_last_dot(ok).unwrap_or_else(|| panic!("{ok}"));
+            let want = match ok.parse::<IpAddr>() {
+                Ok(IpAddr::V4(v4)) => v4.octets(),
+                _ => unreachable!(),
+            };
+            assert_eq!(format!("{}.0/24", &ok[..dot]), format!("{}.{}.{}.0/24", want[0], want[1], want[2]));
+        }
+        for bad in [
+            "1.2.3",
+            "1.2.3.4.5",
+            "01.2.3.4",
+            "256.1.1.1",
+            "1.2.3.",
+            ".1.2.3",
+            "1..2.3",
+            "::1",
+            "1.2.3.4a",
+            "",
+            "300.1.1.1",
+        ] {
+            assert_eq!(canonical_v4_last_dot(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn static_assets_by_folder_or_extension() {

@@ -264,14 +264,19 @@ impl EntityState {
         // Columns 36..=44 are the distinct counts (see the test below).
         let exact =
             if need[36..=44].contains(&true) { self.distinct.exact_counts([M10, H1], now) } else { Default::default() };
+        // A sketched kind's windows that are needed, both in one walk over
+        // its slots when both are. (Most entities have no sketch: then
+        // nothing here runs.)
+        let sketched = self.distinct.any_sketched().then(|| self.sketched_counts(need, now));
         let dc = |col: usize, i: usize, w: i64| {
             debug_assert!(w == M10 || w == H1);
+            let wi = usize::from(w == H1);
             if !need[col] {
                 f64::NAN
-            } else if self.distinct.is_sketched(i) {
-                self.distinct.count(i, w, now)
+            } else if let Some(c) = sketched.as_ref().and_then(|s| s[i]) {
+                c[wi]
             } else {
-                f64::from(exact[i][usize::from(w == H1)])
+                f64::from(exact[i][wi])
             }
         };
         let iat_cv = if self.iat_n >= 10 && self.iat_mean > 0.0 {
@@ -333,6 +338,31 @@ impl EntityState {
             // the requests whose key was known confidential when applied.
             if self.is_confidential_client() { s10[c::AUTH_OK] } else { s10[c::CONF] } as f64,
         ]
+    }
+
+    /// The sketched kinds' distinct counts `need` asks for, [10 min, 1 h]
+    /// (NaN where not needed); `None` for a kind counted exactly.
+    #[inline(never)]
+    fn sketched_counts(&self, need: &[bool; super::NF], now: i64) -> [Option<[f64; 2]>; d::N] {
+        const M10: i64 = 600_000;
+        const H1: i64 = 3_600_000;
+        let mut out = [None; d::N];
+        for (kind, m10, h1) in [
+            (d::USERS, Some(36), 37),
+            (d::IPS, Some(38), 39),
+            (d::COUNTRIES, None, 40),
+            (d::ASNS, None, 41),
+            (d::DEVICES, None, 42),
+            (d::PATHS, Some(43), 44),
+        ] {
+            out[kind] = match (m10.is_some_and(|c| need[c]), need[h1]) {
+                (true, true) => self.distinct.sketch_counts(kind, [M10, H1], now),
+                (true, false) => self.distinct.sketch_counts(kind, [M10], now).map(|[a]| [a, f64::NAN]),
+                (false, true) => self.distinct.sketch_counts(kind, [H1], now).map(|[b]| [f64::NAN, b]),
+                (false, false) => None,
+            };
+        }
+        out
     }
 
     /// Bytes this entity holds, inline and on the heap (excluding the map entry).
