@@ -410,8 +410,7 @@ fn canonical_v4_last_dot(s: &str) -> Option<usize> {
     if b.len() > 15 {
         return None;
     }
-    let mut groups = 0;
-    let mut last_dot = 0;
+    let mut last_dot = None;
     for (i, g) in b.split(|&c| c == b'.').enumerate() {
         let ok = match g {
             [d] => d.is_ascii_digit(),
@@ -421,15 +420,14 @@ fn canonical_v4_last_dot(s: &str) -> Option<usize> {
             [b'2', b'5', b'0'..=b'5'] => true,
             _ => false,
         };
-        if !ok {
-            return None;
-        }
-        groups += 1;
-        if i == 3 {
-            last_dot = s.len() - g.len() - 1;
+        match i {
+            _ if !ok => return None,
+            0..=2 => {}
+            3 => last_dot = Some(s.len() - g.len() - 1),
+            _ => return None,
         }
     }
-    (groups == 4).then_some(last_dot)
+    last_dot
 }
 
 fn hash(s: &str) -> u64 {

@@ -70,6 +70,9 @@ pub const G10_MS: i64 = 60_000;
 pub const G60_MS: i64 = 600_000;
 /// Slots of the 1-hour ring.
 pub const H60_SLOTS: usize = 6;
+/// The two windows distinct counts are kept for.
+const M10: i64 = 600_000;
+const H1: i64 = 3_600_000;
 
 /// What one request contributes, computed once and applied to every entity it names.
 #[derive(Debug, Clone, Default)]
@@ -259,8 +262,6 @@ impl EntityState {
         let ratio = |a: u64, b: u64| {
             if b == 0 { f64::NAN } else { a as f64 / b as f64 }
         };
-        const M10: i64 = 600_000;
-        const H1: i64 = 3_600_000;
         // Columns 36..=44 are the distinct counts (see the test below).
         let exact =
             if need[36..=44].contains(&true) { self.distinct.exact_counts([M10, H1], now) } else { Default::default() };
@@ -344,8 +345,6 @@ impl EntityState {
     /// (NaN where not needed); `None` for a kind counted exactly.
     #[inline(never)]
     fn sketched_counts(&self, need: &[bool; super::NF], now: i64) -> [Option<[f64; 2]>; d::N] {
-        const M10: i64 = 600_000;
-        const H1: i64 = 3_600_000;
         let mut out = [None; d::N];
         for (kind, m10, h1) in [
             (d::USERS, Some(36), 37),
