@@ -135,6 +135,7 @@ fn router(repo: &Path, dir: &Path) -> Result<(axum::Router, String), String> {
         ready: Arc::new(AtomicBool::new(true)),
         control: None,
         shadow: Arc::new(crate::live::ShadowLog::new()),
+        publisher: None,
     }));
     let decisions = [("ip", "203.0.113.77"), ("cidr", "198.51.100.0/24"), ("user", "mallory")];
     let decisions = decisions.iter().enumerate().filter_map(|(i, (t, entity))| {

@@ -155,6 +155,13 @@ enum Command {
         /// Read the file from its beginning instead of only new lines.
         #[arg(long)]
         from_start: bool,
+        /// What this instance does: `all` (read logs, decide, serve the
+        /// decision API); `engine` (read and decide, publish to the decisions
+        /// topic; serves only /metrics and health checks); `api` (serve the
+        /// decisions read from the pipeline's Kafka decisions topic, read no
+        /// log). Several `api` instances behind a load balancer agree.
+        #[arg(long, value_enum, default_value = "all")]
+        role: RunRole,
     },
     /// Send a log file to a Kafka topic, a line per message keyed by its
     /// client's subnet (/24, /64) and stamped with its event time (demos,
@@ -497,7 +504,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Compare { traffic, pipelines, out } => compare(&traffic, &pipelines, &out)?,
         Command::Demo { seed, hours, out } => demo(&cli.pipeline, seed, hours, &out)?,
-        Command::Run { input, listen, from_start } => live(&cli.pipeline, input, listen, from_start)?,
+        Command::Run { input, listen, from_start, role } => live(&cli.pipeline, input, listen, from_start, role)?,
         Command::Clickhouse { action: ClickhouseCommand::Init { url, database } } => {
             clickhouse_init(&cli.pipeline, url, database)?
         }
@@ -633,11 +640,18 @@ fn produce(
     Ok(())
 }
 
-fn live(pipeline: &Path, input: Option<PathBuf>, listen: Option<String>, from_start: bool) -> Result<()> {
+fn live(
+    pipeline: &Path,
+    input: Option<PathBuf>,
+    listen: Option<String>,
+    from_start: bool,
+    role: RunRole,
+) -> Result<()> {
     use gatewatch::api::{self, AppState, Metrics, Services};
-    use gatewatch::decision::Restored;
     use gatewatch::live::allow::AllowOverlay;
-    use gatewatch::live::{LiveStore, ShadowLog, ShadowSink, StoreSink, control, runner};
+    use gatewatch::live::feed::DecisionFeed;
+    use gatewatch::live::publish::DecisionPublisher;
+    use gatewatch::live::{LiveStore, ShadowLog};
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -648,6 +662,209 @@ fn live(pipeline: &Path, input: Option<PathBuf>, listen: Option<String>, from_st
         }
         p.api.listen = l;
     }
+    // The decisions topic other instances share, if the pipeline has one.
+    let topic_sink = p.sinks.iter().find_map(|s| s.kafka.as_deref()).filter(|k| k.decisions_topic.is_some()).cloned();
+    if role == RunRole::Api {
+        if input.is_some() || from_start {
+            bail!("--role api reads no log (it serves the decisions the engines publish): drop --input/--from-start");
+        }
+        if topic_sink.is_none() {
+            bail!(
+                "--role api serves the decisions read from a Kafka decisions topic, and {} has no \
+                 [[sinks]] type = \"kafka\" with a decisions_topic",
+                pipeline.display()
+            );
+        }
+    }
+    let now = api::now_ms();
+    let store = Arc::new(LiveStore::open_with_retention(&p.state_dir, now, p.api.stream_retention)?);
+    let overlay = AllowOverlay::open(&p.state_dir)?;
+    warn_if_shared(&p.state_dir);
+    let metrics = Arc::new(Metrics::new()?);
+    let ready = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let shadow = Arc::new(ShadowLog::new());
+    let (reading, worker, allowlist, control) = if role == RunRole::Api {
+        let Some(spec) = &topic_sink else { unreachable!("checked above") };
+        let feed = DecisionFeed::open(spec).with_context(|| "cannot read the decisions topic")?;
+        let topic = spec.decisions_topic.clone().unwrap_or_default();
+        let handle = feed.spawn(store.clone(), metrics.clone(), ready.clone(), stop.clone())?;
+        let allowlist = Arc::new(arc_swap::ArcSwap::from_pointee(overlay.apply(&p.allowlist)));
+        (format!("reading decisions from the topic {topic}"), Worker::Feed(handle), allowlist, None)
+    } else {
+        let engine = start_engine(&p, input, from_start, now, &store, &metrics, &shadow, &stop)?;
+        let allowlist = engine.allowlist.clone();
+        allowlist.store(Arc::new(overlay.apply(&p.allowlist)));
+        (format!("following {}", engine.source_name), Worker::Engine(engine.thread), allowlist, Some(engine.control))
+    };
+    let publisher = match (&topic_sink, role) {
+        (Some(spec), RunRole::All | RunRole::Api) => DecisionPublisher::open(spec)?.map(Arc::new),
+        _ => None,
+    };
+    let keys = api::KeyRing::open(&api::keys::path_in(&p.state_dir))?;
+    if keys.is_empty() {
+        eprintln!(
+            "gatewatch: no API keys yet; every request but /healthz and /readyz gets 401 until one is created with \
+             `gatewatch --pipeline {} keys create --role gateway --name NAME`",
+            pipeline.display()
+        );
+    }
+    let listen = p.api.listen.clone();
+    let api_workers = p.api.workers;
+    let limits = p.api.conn_limits(api::serve::raise_open_files_limit());
+    let conn_metrics = metrics.clone();
+    let state = Arc::new(AppState::new(Services {
+        store: store.clone(),
+        pipeline: p,
+        overlay,
+        allowlist,
+        metrics,
+        keys,
+        ready: ready.clone(),
+        control,
+        shadow,
+        publisher: publisher.clone(),
+    }));
+    // Expiry reaches the change stream within a second. Purging commits (and
+    // fsyncs) through the store's writer, so it runs on its own thread: an API
+    // worker never waits on a disk or on the engine's writes.
+    let purge_stop = Arc::new(AtomicBool::new(false));
+    let purger = {
+        let (store, stop, metrics) = (store.clone(), purge_stop.clone(), state.metrics.clone());
+        let publisher = publisher.clone();
+        std::thread::Builder::new().name("purge".into()).spawn(move || {
+            let mut last = std::time::Instant::now();
+            let mut refused = 0;
+            while !stop.load(Ordering::Relaxed) {
+                if last.elapsed() >= std::time::Duration::from_secs(1) {
+                    last = std::time::Instant::now();
+                    if let Err(e) = store.purge_expired(api::now_ms()) {
+                        tracing::warn!(error = %e, "purging expired decisions failed");
+                    }
+                    // What a failed write (a full disk) left in memory only.
+                    match store.persist_pending() {
+                        Ok(n) => metrics.store_unpersisted.set(n as i64),
+                        Err(e) => tracing::warn!(error = %e, "writing the decision store failed"),
+                    }
+                    if let Some(p) = &publisher {
+                        if let Err(e) = p.tombstone_expired(api::now_ms()) {
+                            tracing::warn!(error = %e, "tombstones of expired manual decisions not published");
+                        }
+                        let failed = p.failed();
+                        metrics.publish_failed.inc_by(failed.saturating_sub(refused));
+                        refused = failed;
+                    }
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        })?
+    };
+    let workers = if api_workers > 0 {
+        api_workers
+    } else {
+        // One core is left to the engine thread (and on a small box, to whatever
+        // else runs there): measured on 2 cores, one API worker serves more
+        // requests with a shorter tail than two (docs/PERFORMANCE.md).
+        std::thread::available_parallelism().map(|n| n.get().saturating_sub(1).max(1)).unwrap_or(1)
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build()?;
+    let served: Result<()> = rt.block_on(async {
+        let listener =
+            tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+        let addr = listener.local_addr()?;
+        tokio::spawn({
+            let state = state.clone();
+            async move {
+                let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+                    return;
+                };
+                while hup.recv().await.is_some() {
+                    match state.reload().await {
+                        Ok(r) => eprintln!("gatewatch: reloaded {r}"),
+                        Err(e) => eprintln!("gatewatch: reload refused: {}", e.message),
+                    }
+                }
+            }
+        });
+        let router = if role == RunRole::Engine {
+            eprintln!("gatewatch: {reading}, serving metrics and health checks on http://{addr} (role engine: no decision API)");
+            api::ops_router(state.clone())
+        } else {
+            eprintln!("gatewatch: {reading}, serving decisions on http://{addr}");
+            api::router(state.clone())
+        };
+        // An API instance is ready once it has read the decisions topic to its end.
+        if role != RunRole::Api {
+            ready.store(true, Ordering::Relaxed);
+        }
+        let closing = state.clone();
+        api::serve::serve(
+            listener,
+            router,
+            limits,
+            conn_metrics,
+            async move {
+                shutdown_signal().await;
+                closing.close_streams();
+            },
+            std::time::Duration::from_secs(10),
+        )
+        .await;
+        Ok(())
+    });
+    // Stop intake, drain, flush sinks, persist: the engine thread finishes its run.
+    stop.store(true, Ordering::Relaxed);
+    purge_stop.store(true, Ordering::Relaxed);
+    let _ = purger.join();
+    if let Some(p) = &publisher {
+        p.flush();
+    }
+    let ended = match worker {
+        Worker::Engine(h) => {
+            let summary = h.join().map_err(|_| anyhow::anyhow!("engine thread panicked"))??;
+            summary.line()
+        }
+        Worker::Feed(h) => {
+            h.join().map_err(|_| anyhow::anyhow!("decision feed thread panicked"))?;
+            format!("{} decisions in force", store.active(api::now_ms()).len())
+        }
+    };
+    served?;
+    eprintln!("gatewatch: stopped; {ended}");
+    Ok(())
+}
+
+/// What reads for a `run` instance: its engine, or its decisions feed.
+enum Worker {
+    Engine(std::thread::JoinHandle<Result<engine::Summary, engine::EngineError>>),
+    Feed(std::thread::JoinHandle<()>),
+}
+
+/// A running engine thread and what the API needs of it.
+struct RunningEngine {
+    thread: std::thread::JoinHandle<Result<engine::Summary, engine::EngineError>>,
+    source_name: String,
+    allowlist: std::sync::Arc<arc_swap::ArcSwap<gatewatch::config::Allowlist>>,
+    control: gatewatch::live::control::Control,
+}
+
+/// Opens the log source and starts the engine on its own thread, with the
+/// decisions in force restored from the store.
+#[allow(clippy::too_many_arguments)]
+fn start_engine(
+    p: &Pipeline,
+    input: Option<PathBuf>,
+    from_start: bool,
+    now: i64,
+    store: &std::sync::Arc<gatewatch::live::LiveStore>,
+    metrics: &std::sync::Arc<gatewatch::api::Metrics>,
+    shadow: &std::sync::Arc<gatewatch::live::ShadowLog>,
+    stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Result<RunningEngine> {
+    use gatewatch::api;
+    use gatewatch::decision::Restored;
+    use gatewatch::live::{ShadowSink, StoreSink, control, runner};
+
     // --input, else the pipeline's Kafka topics, else its [input] path.
     let file = input.or_else(|| if p.input.kafka.is_none() { p.input.path.clone() } else { None });
     let source: Box<dyn gatewatch::source::Source> = match (file, &p.input.kafka) {
@@ -661,12 +878,6 @@ fn live(pipeline: &Path, input: Option<PathBuf>, listen: Option<String>, from_st
             bail!("nothing to follow: pass --input FILE (or - for stdin), or set path or [input.kafka] in the pipeline")
         }
     };
-    let now = api::now_ms();
-    let store = Arc::new(LiveStore::open_with_retention(&p.state_dir, now, p.api.stream_retention)?);
-    let overlay = AllowOverlay::open(&p.state_dir)?;
-    warn_if_shared(&p.state_dir);
-    let metrics = Arc::new(Metrics::new()?);
-    let ready = Arc::new(AtomicBool::new(false));
     // Each run keeps its own output directory, so a restart never overwrites history.
     let run_dir = p.state_dir.join("runs").join(now.to_string());
     if p.retention.is_set() {
@@ -718,124 +929,29 @@ fn live(pipeline: &Path, input: Option<PathBuf>, listen: Option<String>, from_st
         });
     }
     let allowlist = engine.allowlist();
-    allowlist.store(Arc::new(overlay.apply(&p.allowlist)));
     engine.add_sink(Box::new(StoreSink::new(store.clone(), metrics.clone(), p.decisions.max_ttl_ms)));
-    let shadow = Arc::new(ShadowLog::new());
     engine.add_sink(Box::new(ShadowSink::new(shadow.clone(), metrics.clone())));
     let progress: gatewatch::driver::Progress = {
         let metrics = metrics.clone();
         let mut seen = engine::Summary::default();
         Box::new(move |s: &engine::Summary| metrics.observe_summary(s, &mut seen))
     };
-    let stop = Arc::new(AtomicBool::new(false));
     let (control, inbox) = control::channel_pair();
-    let engine_thread = {
-        let stop = stop.clone();
-        std::thread::Builder::new().name("engine".into()).spawn(move || {
-            runner::lower_thread_priority(runner::ENGINE_NICE);
-            let between: gatewatch::driver::RoundHook = Box::new(move |e| inbox.apply(e));
-            gatewatch::driver::live(engine, source, stop, Some(between), Some(progress))
-        })?
-    };
-    let keys = api::KeyRing::open(&api::keys::path_in(&p.state_dir))?;
-    if keys.is_empty() {
-        eprintln!(
-            "gatewatch: no API keys yet; every request but /healthz and /readyz gets 401 until one is created with \
-             `gatewatch --pipeline {} keys create --role gateway --name NAME`",
-            pipeline.display()
-        );
-    }
-    let listen = p.api.listen.clone();
-    let api_workers = p.api.workers;
-    let limits = p.api.conn_limits(api::serve::raise_open_files_limit());
-    let conn_metrics = metrics.clone();
-    let state = Arc::new(AppState::new(Services {
-        store: store.clone(),
-        pipeline: p,
-        overlay,
-        allowlist,
-        metrics,
-        keys,
-        ready: ready.clone(),
-        control: Some(control),
-        shadow,
-    }));
-    // Expiry reaches the change stream within a second. Purging commits (and
-    // fsyncs) through the store's writer, so it runs on its own thread: an API
-    // worker never waits on a disk or on the engine's writes.
-    let purge_stop = Arc::new(AtomicBool::new(false));
-    let purger = {
-        let (store, stop, metrics) = (store.clone(), purge_stop.clone(), state.metrics.clone());
-        std::thread::Builder::new().name("purge".into()).spawn(move || {
-            let mut last = std::time::Instant::now();
-            while !stop.load(Ordering::Relaxed) {
-                if last.elapsed() >= std::time::Duration::from_secs(1) {
-                    last = std::time::Instant::now();
-                    if let Err(e) = store.purge_expired(api::now_ms()) {
-                        tracing::warn!(error = %e, "purging expired decisions failed");
-                    }
-                    // What a failed write (a full disk) left in memory only.
-                    match store.persist_pending() {
-                        Ok(n) => metrics.store_unpersisted.set(n as i64),
-                        Err(e) => tracing::warn!(error = %e, "writing the decision store failed"),
-                    }
-                }
-                std::thread::sleep(std::time::Duration::from_millis(100));
-            }
-        })?
-    };
-    let workers = if api_workers > 0 {
-        api_workers
-    } else {
-        // One core is left to the engine thread (and on a small box, to whatever
-        // else runs there): measured on 2 cores, one API worker serves more
-        // requests with a shorter tail than two (docs/PERFORMANCE.md).
-        std::thread::available_parallelism().map(|n| n.get().saturating_sub(1).max(1)).unwrap_or(1)
-    };
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build()?;
-    let served: Result<()> = rt.block_on(async {
-        let listener =
-            tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
-        let addr = listener.local_addr()?;
-        tokio::spawn({
-            let state = state.clone();
-            async move {
-                let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
-                    return;
-                };
-                while hup.recv().await.is_some() {
-                    match state.reload().await {
-                        Ok(r) => eprintln!("gatewatch: reloaded {r}"),
-                        Err(e) => eprintln!("gatewatch: reload refused: {}", e.message),
-                    }
-                }
-            }
-        });
-        ready.store(true, Ordering::Relaxed);
-        eprintln!("gatewatch: following {source_name}, serving decisions on http://{addr}");
-        let closing = state.clone();
-        api::serve::serve(
-            listener,
-            api::router(state),
-            limits,
-            conn_metrics,
-            async move {
-                shutdown_signal().await;
-                closing.close_streams();
-            },
-            std::time::Duration::from_secs(10),
-        )
-        .await;
-        Ok(())
-    });
-    // Stop intake, drain, flush sinks, persist: the engine thread finishes its run.
-    stop.store(true, Ordering::Relaxed);
-    purge_stop.store(true, Ordering::Relaxed);
-    let _ = purger.join();
-    let summary = engine_thread.join().map_err(|_| anyhow::anyhow!("engine thread panicked"))??;
-    served?;
-    eprintln!("gatewatch: stopped; {}", summary.line());
-    Ok(())
+    let stop = stop.clone();
+    let thread = std::thread::Builder::new().name("engine".into()).spawn(move || {
+        runner::lower_thread_priority(runner::ENGINE_NICE);
+        let between: gatewatch::driver::RoundHook = Box::new(move |e| inbox.apply(e));
+        gatewatch::driver::live(engine, source, stop, Some(between), Some(progress))
+    })?;
+    Ok(RunningEngine { thread, source_name, allowlist, control })
+}
+
+/// What a `run` instance does (`run --role`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum RunRole {
+    All,
+    Engine,
+    Api,
 }
 
 /// Replays labelled traffic through each pipeline and prints the reports side by side.

@@ -4,7 +4,9 @@
 //! partition and with several read side by side; a malformed message goes to
 //! the dead-letter topic and the stream goes on; decisions reach their topic
 //! keyed by entity; a `run` killed with -9 resumes from its committed offsets
-//! and loses nothing.
+//! and loses nothing; API-only instances serve what an engine-only instance
+//! publishes, agree on operators' decisions and lifts, and a new one rebuilds
+//! from the topic.
 
 mod common;
 
@@ -295,6 +297,123 @@ fn start_run(pipeline: &Path) -> (std::process::Child, String) {
             .stderr(std::process::Stdio::piped())
             .stdout(std::process::Stdio::null()),
     )
+}
+
+/// `gatewatch run --role ROLE` (no --input): the engine reads Kafka, an API
+/// instance the decisions topic.
+fn start_role(pipeline: &Path, role: &str, key: &str) -> common::Server {
+    let (child, addr) = common::spawn_run(
+        std::process::Command::new(env!("CARGO_BIN_EXE_gatewatch"))
+            .arg("--pipeline")
+            .arg(pipeline)
+            .args(["run", "--listen", "127.0.0.1:0", "--role", role])
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null()),
+    );
+    common::Server { child, addr, key: key.to_string() }
+}
+
+fn action(s: &common::Server, ip: &str) -> String {
+    let (status, v) = s.json(&format!("/v1/decision?ip={ip}"));
+    assert_eq!(status, 200, "{v}");
+    v["action"].as_str().unwrap_or_default().to_string()
+}
+
+#[test]
+fn api_instances_serve_the_engines_decisions_and_agree_on_what_operators_do() {
+    let Some(brokers) = brokers() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (topic, decided) = (unique("access"), unique("decisions"));
+    let sink = format!(
+        "[[sinks]]\ntype = \"dead_letters\"\n[[sinks]]\ntype = \"kafka\"\nbrokers = \"{brokers}\"\n\
+         decisions_topic = \"{decided}\"\n"
+    );
+    // Each instance has its own state directory (and keys), as on its own machine.
+    let engine_p = pipeline(dir.path(), &brokers, &topic, &unique("engine"), &sink);
+    let (a_p, b_p, c_p) = (
+        pipeline(dir.path(), &brokers, &topic, &unique("api-a"), &sink),
+        pipeline(dir.path(), &brokers, &topic, &unique("api-b"), &sink),
+        pipeline(dir.path(), &brokers, &topic, &unique("api-c"), &sink),
+    );
+    let attack = dir.path().join("attack.jsonl");
+    std::fs::write(&attack, common::stuffing_lines("203.0.113.77", 40)).expect("write");
+    gatewatch(&engine_p, &["produce", "--input", attack.to_str().unwrap(), "--topic", &topic, "--partitions", "2"]);
+
+    let engine = start_role(&engine_p, "engine", &common::create_key(&engine_p, "gateway", "ops"));
+    let a = start_role(&a_p, "api", &common::create_key(&a_p, "admin", "ops-a"));
+    let b = start_role(&b_p, "api", &common::create_key(&b_p, "admin", "ops-b"));
+
+    // The engine decides and publishes; it serves no decision API.
+    wait_for(&engine, "the engine read the attack", |s| s.metric("gatewatch_events_total") >= 40.0);
+    assert_eq!(engine.get("/v1/authz", &[("X-Forwarded-For", "203.0.113.77")]).0, 404);
+    assert_eq!(engine.get("/readyz", &[]).0, 200);
+    for s in [&a, &b] {
+        wait_for(s, "the engine's deny served", |s| action(s, "203.0.113.77") == "deny");
+        assert_eq!(s.get("/v1/authz", &[("X-Forwarded-For", "203.0.113.77")]).0, 403);
+        assert_eq!(s.get("/readyz", &[]).0, 200, "ready once the topic is read");
+    }
+
+    // An operator's deny on one instance is served by the other.
+    let body = r#"{"entity_type":"ip","entity":"198.51.100.9","action":"deny","ttl":"1h","reason":"seen in a report"}"#;
+    let (status, _, text) = b.request(
+        "POST",
+        "/v1/admin/decisions",
+        &[("X-Api-Key", b.key.as_str()), ("Content-Type", "application/json")],
+        body,
+    );
+    assert_eq!(status, 201, "{text}");
+    wait_for(&a, "the manual deny made on b served by a", |s| action(s, "198.51.100.9") == "deny");
+
+    // A lift on one instance reaches the other.
+    let (status, _, text) = a.request(
+        "DELETE",
+        "/v1/admin/decisions?entity_type=ip&entity=203.0.113.77",
+        &[("X-Api-Key", a.key.as_str())],
+        "",
+    );
+    assert_eq!(status, 200, "{text}");
+    let lifted: serde_json::Value = serde_json::from_str(&text).expect("json");
+    wait_for(&b, "the lift made on a served by b", |s| action(s, "203.0.113.77") == "allow");
+    assert_eq!(b.get("/v1/authz", &[("X-Forwarded-For", "203.0.113.77")]).0, 200);
+
+    // The topic holds the lift as a tombstone naming the decision it ended.
+    let records = read_topic(&brokers, &decided, 3);
+    let tombstone = records.iter().find(|(k, p, _)| k == "ip:203.0.113.77" && p.is_empty()).expect("a tombstone");
+    assert_eq!(
+        tombstone.2.iter().find(|(k, _)| k == "decision_id").map(|(_, v)| v.clone()),
+        Some(lifted["deleted"].to_string()),
+        "{records:?}"
+    );
+
+    // A new instance rebuilds what is in force from the topic alone.
+    let c = start_role(&c_p, "api", &common::create_key(&c_p, "gateway", "edge"));
+    wait_for(&c, "the new instance ready", |s| s.get("/readyz", &[]).0 == 200);
+    assert_eq!(action(&c, "198.51.100.9"), "deny", "the manual deny");
+    assert_eq!(action(&c, "203.0.113.77"), "allow", "the lifted deny stays lifted");
+    assert!(c.metric("gatewatch_decision_feed_records_total{kind=\"unreadable\"}") == 0.0);
+}
+
+#[test]
+fn an_api_instance_needs_a_decisions_topic() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = dir.path().join("p.toml");
+    std::fs::write(
+        &p,
+        format!(
+            "extends = \"{}\"\n[state]\ndir = \"state\"\n",
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/default.toml").display()
+        ),
+    )
+    .expect("pipeline");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gatewatch"))
+        .arg("--pipeline")
+        .arg(&p)
+        .args(["run", "--role", "api", "--listen", "127.0.0.1:0"])
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("decisions_topic") && err.contains("p.toml"), "{err}");
 }
 
 #[test]

@@ -178,6 +178,14 @@ pub(super) async fn create(
     for d in &ds {
         state.metrics.decisions.with_label_values(&[d.source.as_str(), d.action.as_str()]).inc();
     }
+    // Stored here, so this instance enforces it whatever the brokers do; the
+    // other instances learn it from the topic (the producer retries).
+    if let Some(p) = &state.publisher
+        && let Err(e) = p.publish(&ds)
+    {
+        state.metrics.publish_failed.inc();
+        tracing::error!(error = %e, "manual decisions not published to the decisions topic");
+    }
     let shown = |d: &crate::decision::Decision| {
         json!({
             "decision_id": d.id, "entity_type": d.entity_type, "entity": d.entity, "action": d.action,
@@ -211,7 +219,15 @@ pub(super) async fn delete(
     let key = entity.clone();
     let removed = tokio::task::spawn_blocking(move || store.remove(t, &key)).await.map_err(ApiError::internal)?;
     match removed.map_err(ApiError::store)? {
-        Some(d) => Ok(Json(json!({ "deleted": d.id }))),
+        Some(d) => {
+            if let Some(p) = &state.publisher
+                && let Err(e) = p.lift(&d)
+            {
+                state.metrics.publish_failed.inc();
+                tracing::error!(error = %e, "a lift not published to the decisions topic");
+            }
+            Ok(Json(json!({ "deleted": d.id })))
+        }
         None => Err(ApiError {
             status: StatusCode::NOT_FOUND,
             message: format!("no decision on {} {}", t.as_str(), entity),

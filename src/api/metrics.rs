@@ -41,6 +41,12 @@ pub struct Metrics {
     /// The engine's decisions (and expiries) enforced from memory because
     /// the decision store could not be written; 0 once it is written again.
     pub store_unpersisted: IntGauge,
+    /// `run --role api`: records of the decisions topic, by what they did
+    /// (`stored`, `removed`, `unchanged`, `unreadable`).
+    pub feed_records: IntCounterVec,
+    /// Manual decisions and lifts the brokers finally refused to take onto
+    /// the decisions topic (other instances never saw them).
+    pub publish_failed: IntCounter,
 }
 
 /// Kinds of `gatewatch_input_anomalies_total`.
@@ -143,6 +149,22 @@ impl Metrics {
             "gatewatch_store_unpersisted_decisions",
             "Engine decisions and expiries enforced from memory because the decision store cannot be written",
         )?;
+        let feed_records = IntCounterVec::new(
+            Opts::new(
+                "gatewatch_decision_feed_records_total",
+                "Records read from the decisions topic (run --role api), by what they did to the decisions served",
+            ),
+            &["kind"],
+        )?;
+        for k in crate::live::feed::FEED_KINDS {
+            feed_records.with_label_values(&[k]);
+        }
+        let publish_failed = IntCounter::new(
+            "gatewatch_decisions_publish_failed_total",
+            "Manual decisions and lifts the brokers refused to take onto the decisions topic",
+        )?;
+        registry.register(Box::new(feed_records.clone()))?;
+        registry.register(Box::new(publish_failed.clone()))?;
         registry.register(Box::new(sink_up.clone()))?;
         registry.register(Box::new(sink_errors.clone()))?;
         registry.register(Box::new(sink_dropped.clone()))?;
@@ -187,6 +209,8 @@ impl Metrics {
             sink_errors,
             sink_dropped,
             store_unpersisted,
+            feed_records,
+            publish_failed,
         })
     }
 

@@ -54,6 +54,9 @@ pub struct Services {
     pub control: Option<Control>,
     /// What shadow rules and models would have decided (`GET /v1/admin/shadow`).
     pub shadow: Arc<crate::live::ShadowLog>,
+    /// Where operators' decisions and lifts go for the other instances
+    /// (`None`: no decisions topic, this instance is alone).
+    pub publisher: Option<Arc<crate::live::publish::DecisionPublisher>>,
 }
 
 /// What only admin routes change, one at a time.
@@ -87,6 +90,7 @@ pub struct AppState {
     bouncers: Mutex<HashMap<String, u64>>,
     /// Set at shutdown: long polls and event streams end so the server can stop.
     closing: tokio::sync::watch::Sender<bool>,
+    publisher: Option<Arc<crate::live::publish::DecisionPublisher>>,
 }
 
 /// The first id of manual decisions (engine ids count up from 1).
@@ -124,6 +128,7 @@ impl AppState {
             control: s.control,
             bouncers: Mutex::new(HashMap::new()),
             closing: tokio::sync::watch::channel(false).0,
+            publisher: s.publisher,
         }
     }
 
@@ -187,6 +192,20 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/admin/models", get(admin::models))
         .route("/v1/admin/models/rollback", post(admin::rollback))
         .route("/v1/admin/query", post(query::query))
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), authenticate))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+/// The routes of an engine-only instance (`run --role engine`): health
+/// checks and metrics, no decision API (the API instances serve the
+/// decisions it publishes).
+pub fn ops_router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), authenticate))
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
@@ -463,8 +482,9 @@ mod tests {
         let paths = spec["paths"].as_object().expect("paths");
         let src = include_str!("mod.rs");
         let src = &src[..src.find("#[cfg(test)]").unwrap_or(src.len())];
-        // Every `.route(` call's first string literal, however it is wrapped.
-        let routes: Vec<&str> = src
+        // Every `.route(` call's first string literal, however it is wrapped
+        // (the engine role's routes are a subset of the full router's).
+        let routes: std::collections::BTreeSet<&str> = src
             .split(".route(")
             .skip(1)
             .filter_map(|rest| rest.trim_start().strip_prefix('"'))

@@ -3,6 +3,8 @@
 
 pub mod allow;
 pub mod control;
+pub mod feed;
+pub mod publish;
 pub mod runner;
 pub mod shadow;
 pub mod sink;

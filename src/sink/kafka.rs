@@ -6,7 +6,15 @@
 //! and a checkpoint waits until everything sent is acknowledged by the
 //! brokers, so a source commits its offsets only after the decisions they
 //! caused are in the topic.
+//!
+//! When a decision it published expires, the sink publishes a tombstone for
+//! its key (an empty payload, the ended decision's id in a `decision_id`
+//! header) through the same producer, so the tombstone can never overtake a
+//! newer decision on the same entity: a compacted topic forgets what no
+//! longer holds, and a reader (`run --role api`, [`crate::live::feed`])
+//! removes a decision only when the id matches the one it holds.
 
+use std::collections::{BTreeSet, HashMap};
 use std::sync::PoisonError;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -18,8 +26,82 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
 use super::{DeadLetter, Sink, SinkError, Wants};
 use crate::decision::Decision;
+use crate::features::EntityType;
 use crate::kafka::{Deliveries, KafkaClient};
 use crate::source::Position;
+
+/// The header of a tombstone naming the decision it ends.
+pub const DECISION_ID_HEADER: &str = "decision_id";
+
+/// The key of an entity's decisions: `entity_type:entity` (an entity may
+/// hold colons, an IPv6 address does; the type never does).
+pub fn decision_key(t: EntityType, entity: &str) -> String {
+    format!("{}:{}", t.as_str(), entity)
+}
+
+/// Decisions tracked for their expiry tombstone at most; past it, the
+/// earliest to expire go untracked (a reader still ignores an expired
+/// decision; only the topic's compaction misses them).
+const MAX_TRACKED: usize = 1 << 20;
+
+/// The decisions published and not yet ended, by expiry: what needs a
+/// tombstone, and when.
+#[derive(Default)]
+pub struct ExpiryTracker {
+    by_key: HashMap<String, (u64, i64)>,
+    by_expiry: BTreeSet<(i64, String)>,
+}
+
+impl ExpiryTracker {
+    /// `key` now holds decision `id` until `expires_ms` (a newer decision on
+    /// the key replaces the older one's tombstone).
+    pub fn track(&mut self, key: String, id: u64, expires_ms: i64) {
+        if let Some((_, old)) = self.by_key.insert(key.clone(), (id, expires_ms)) {
+            self.by_expiry.remove(&(old, key.clone()));
+        }
+        self.by_expiry.insert((expires_ms, key));
+        while self.by_key.len() > MAX_TRACKED {
+            let Some((_, k)) = self.by_expiry.pop_first() else { break };
+            self.by_key.remove(&k);
+        }
+    }
+
+    /// Stops tracking `key` (its decision was lifted and tombstoned).
+    pub fn forget(&mut self, key: &str) {
+        if let Some((_, expires)) = self.by_key.remove(key) {
+            self.by_expiry.remove(&(expires, key.to_string()));
+        }
+    }
+
+    /// The (key, id) of every decision expired at `now_ms`, no longer tracked.
+    pub fn expired(&mut self, now_ms: i64) -> Vec<(String, u64)> {
+        let mut out = Vec::new();
+        while let Some((expires, _)) = self.by_expiry.first() {
+            if *expires > now_ms {
+                break;
+            }
+            let Some((_, key)) = self.by_expiry.pop_first() else { break };
+            if let Some((id, _)) = self.by_key.remove(&key) {
+                out.push((key, id));
+            }
+        }
+        out
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_key.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_key.is_empty()
+    }
+}
+
+/// The headers of a tombstone for decision `id`.
+pub fn tombstone_headers(id: u64) -> OwnedHeaders {
+    let id = id.to_string();
+    OwnedHeaders::new().insert(Header { key: DECISION_ID_HEADER, value: Some(id.as_str()) })
+}
 
 /// A `[[sinks]] type = "kafka"` entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,18 +126,23 @@ pub struct KafkaSink {
     /// Failures already reported as an error.
     reported: u64,
     buf: Vec<u8>,
+    /// What needs a tombstone when it expires.
+    expiring: ExpiryTracker,
 }
 
-fn client_error(spec: &KafkaSinkSpec, e: impl std::fmt::Display) -> SinkError {
+pub(crate) fn client_error(spec: &KafkaSinkSpec, e: impl std::fmt::Display) -> SinkError {
     SinkError::Kafka(crate::kafka::KafkaError::Client { brokers: spec.client.brokers.clone(), message: e.to_string() })
 }
 
 /// Creates `topic` (one partition) when the brokers do not know it, so that a
 /// first run does not wait on a topic nobody made; where it exists (or the
 /// cluster makes topics itself), nothing changes.
-fn ensure_topic(producer: &BaseProducer<Deliveries>, spec: &KafkaSinkSpec, topic: &str) -> Result<(), SinkError> {
-    let meta = producer
-        .client()
+pub(crate) fn ensure_topic(
+    client: &rdkafka::client::Client<Deliveries>,
+    spec: &KafkaSinkSpec,
+    topic: &str,
+) -> Result<(), SinkError> {
+    let meta = client
         .fetch_metadata(Some(topic), Duration::from_secs(10))
         .map_err(|e| client_error(spec, format!("{topic}: {e}")))?;
     let missing = meta.topics().iter().any(|t| {
@@ -80,22 +167,32 @@ impl KafkaSink {
             .create_with_context(Deliveries::default())
             .map_err(|e| client_error(spec, e))?;
         for topic in [&spec.decisions_topic, &spec.dead_letters_topic].into_iter().flatten() {
-            ensure_topic(&producer, spec, topic)?;
+            ensure_topic(producer.client(), spec, topic)?;
         }
-        Ok(KafkaSink { producer, spec: spec.clone(), reported: 0, buf: Vec::with_capacity(512) })
+        Ok(KafkaSink {
+            producer,
+            spec: spec.clone(),
+            reported: 0,
+            buf: Vec::with_capacity(512),
+            expiring: ExpiryTracker::default(),
+        })
     }
 
-    /// Queues a record; when librdkafka's queue is full, serves delivery
-    /// reports until it has room, for at most the flush timeout.
+    /// Queues a record (`None` payload: a tombstone); when librdkafka's queue
+    /// is full, serves delivery reports until it has room, for at most the
+    /// flush timeout.
     fn send(
         &mut self,
         topic: &str,
         key: &[u8],
-        payload: &[u8],
+        payload: Option<&[u8]>,
         headers: Option<OwnedHeaders>,
     ) -> Result<(), SinkError> {
         let started = Instant::now();
-        let mut record = BaseRecord::to(topic).key(key).payload(payload);
+        let mut record = BaseRecord::<[u8], [u8]>::to(topic).key(key);
+        if let Some(p) = payload {
+            record = record.payload(p);
+        }
         if let Some(h) = headers {
             record = record.headers(h);
         }
@@ -114,6 +211,16 @@ impl KafkaSink {
                 Err((e, _)) => return Err(client_error(&self.spec, format!("{topic}: {e}"))),
             }
         }
+    }
+
+    /// Tombstones for the published decisions that have expired by the wall
+    /// clock (what readers and the API judge expiry by).
+    fn tombstone_expired(&mut self) -> Result<(), SinkError> {
+        let Some(topic) = self.spec.decisions_topic.clone() else { return Ok(()) };
+        for (key, id) in self.expiring.expired(crate::event::time::now_ms()) {
+            self.send(&topic, key.as_bytes(), None, Some(tombstone_headers(id)))?;
+        }
+        Ok(())
     }
 
     fn check_deliveries(&mut self) -> Result<(), SinkError> {
@@ -147,13 +254,15 @@ impl Sink for KafkaSink {
 
     fn decision(&mut self, d: &Decision) -> Result<(), SinkError> {
         let Some(topic) = self.spec.decisions_topic.clone() else { return Ok(()) };
-        let key = format!("{}:{}", d.entity_type.as_str(), d.entity);
+        let key = decision_key(d.entity_type, &d.entity);
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
         serde_json::to_writer(&mut buf, d).map_err(|e| client_error(&self.spec, e))?;
-        let r = self.send(&topic, key.as_bytes(), &buf, None);
+        let r = self.send(&topic, key.as_bytes(), Some(&buf), None);
         self.buf = buf;
-        r
+        r?;
+        self.expiring.track(key, d.id, d.expires_ms);
+        Ok(())
     }
 
     fn dead_letter(&mut self, dl: &DeadLetter<'_>) -> Result<(), SinkError> {
@@ -182,10 +291,11 @@ impl Sink for KafkaSink {
             headers = headers.insert(Header { key: "partition", value: Some(p.as_str()) });
         }
         let key = from.into_bytes();
-        self.send(&topic, &key, &raw, Some(headers))
+        self.send(&topic, &key, Some(&raw), Some(headers))
     }
 
     fn checkpoint(&mut self) -> Result<(), SinkError> {
+        self.tombstone_expired()?;
         if self.producer.in_flight_count() > 0 {
             self.producer
                 .flush(Duration::from_millis(self.spec.flush_timeout_ms))

@@ -135,8 +135,12 @@ pub fn spawn_run(cmd: &mut std::process::Command) -> (std::process::Child, Strin
     let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
     let addr = loop {
         let line = lines.next().expect("gatewatch says where it listens").expect("utf-8");
-        if let Some(rest) = line.split("serving decisions on http://").nth(1) {
-            break rest.trim().to_string();
+        // "serving decisions on http://ADDR", or for `--role engine`
+        // "serving metrics and health checks on http://ADDR (...)".
+        if line.starts_with("gatewatch: ")
+            && let Some(addr) = line.split(" on http://").nth(1).and_then(|r| r.split_whitespace().next())
+        {
+            break addr.to_string();
         }
     };
     std::thread::spawn(move || lines.map_while(Result::ok).for_each(|l| eprintln!("[gatewatch] {l}")));

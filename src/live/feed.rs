@@ -1,0 +1,437 @@
+//! `run --role api`: the decisions in force, read from the decisions topic
+//! instead of made here, so that any number of API instances behind a load
+//! balancer answer alike.
+//!
+//! The topic is read from its start on every start — last value per key
+//! wins, a tombstone ends the decision it names — and nothing relies on the
+//! broker having compacted it. The instance is ready once every partition
+//! has been read to its end; from then on each record is applied as it
+//! arrives. Manual decisions outrank automatic ones exactly as in a single
+//! instance ([`LiveStore::put_automatic`]), and a tombstone removes a
+//! decision only when it names the one held: a lift that crosses a newer
+//! decision on the same entity does not undo it.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError as RdError;
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::LiveStore;
+use super::store::StoreError;
+use crate::api::Metrics;
+use crate::decision::Decision;
+use crate::features::EntityType;
+use crate::sink::SinkError;
+use crate::sink::kafka::{DECISION_ID_HEADER, KafkaSinkSpec, client_error};
+
+/// One record of the decisions topic, read.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Record {
+    /// A decision on its entity.
+    Put(Decision),
+    /// A tombstone: the decision `id` on the entity ended (any decision when
+    /// the tombstone names none).
+    Lift { entity_type: EntityType, entity: String, id: Option<u64> },
+}
+
+/// Reads a record from its key, payload (`None`: a tombstone) and the
+/// tombstone's `decision_id` header.
+pub fn read_record(key: Option<&[u8]>, payload: Option<&[u8]>, id: Option<&[u8]>) -> Result<Record, String> {
+    match payload {
+        Some(p) if !p.is_empty() => {
+            let d: Decision = serde_json::from_slice(p).map_err(|e| format!("not a decision: {e}"))?;
+            Ok(Record::Put(d))
+        }
+        _ => {
+            let key = key.ok_or("a tombstone without a key")?;
+            let key = std::str::from_utf8(key).map_err(|_| "a key that is not UTF-8".to_string())?;
+            let (t, entity) = key.split_once(':').ok_or_else(|| format!("key '{key}' is not entity_type:entity"))?;
+            let entity_type = EntityType::parse(t).ok_or_else(|| format!("key '{key}': unknown entity type"))?;
+            let id = match id {
+                None => None,
+                Some(v) => Some(
+                    std::str::from_utf8(v)
+                        .ok()
+                        .and_then(|s| s.parse::<u64>().ok())
+                        .ok_or_else(|| format!("key '{key}': {DECISION_ID_HEADER} is not a number"))?,
+                ),
+            };
+            Ok(Record::Lift { entity_type, entity: entity.to_string(), id })
+        }
+    }
+}
+
+fn is_manual(d: &Decision) -> bool {
+    d.source.starts_with("manual:")
+}
+
+/// The topic read from its start: the last decision per entity.
+#[derive(Default)]
+pub struct Latest {
+    map: HashMap<(EntityType, String), Decision>,
+}
+
+impl Latest {
+    /// Applies a record as [`apply_to_store`] would, judging whether a
+    /// manual decision is in force at `now_ms`.
+    pub fn apply(&mut self, r: Record, now_ms: i64) {
+        match r {
+            Record::Put(d) => {
+                let key = (d.entity_type, d.entity.clone());
+                let manual_in_force = self.map.get(&key).is_some_and(|c| is_manual(c) && c.expires_ms > now_ms);
+                if is_manual(&d) || !manual_in_force {
+                    self.map.insert(key, d);
+                }
+            }
+            Record::Lift { entity_type, entity, id } => {
+                let key = (entity_type, entity);
+                if self.map.get(&key).is_some_and(|c| id.is_none_or(|id| c.id == id)) {
+                    self.map.remove(&key);
+                }
+            }
+        }
+    }
+
+    /// The decisions still in force at `now_ms`.
+    pub fn in_force(self, now_ms: i64) -> Vec<Decision> {
+        self.map.into_values().filter(|d| d.expires_ms > now_ms).collect()
+    }
+}
+
+/// What a record did to the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    Stored,
+    Removed,
+    /// Already so, expired, or outranked by a manual decision.
+    Unchanged,
+}
+
+/// Applies one record to the store the API serves.
+pub fn apply_to_store(store: &LiveStore, r: Record, now_ms: i64) -> Result<Applied, StoreError> {
+    match r {
+        Record::Put(d) => {
+            if d.expires_ms <= now_ms || store.get(d.entity_type, &d.entity, now_ms).is_some_and(|c| *c == d) {
+                return Ok(Applied::Unchanged);
+            }
+            if is_manual(&d) {
+                store.put(d)?;
+                Ok(Applied::Stored)
+            } else if store.put_automatic(d, now_ms)? {
+                Ok(Applied::Stored)
+            } else {
+                Ok(Applied::Unchanged)
+            }
+        }
+        Record::Lift { entity_type, entity, id } => {
+            let held = store.get(entity_type, &entity, now_ms);
+            if held.is_some_and(|c| id.is_none_or(|id| c.id == id)) {
+                store.remove(entity_type, &entity)?;
+                Ok(Applied::Removed)
+            } else {
+                Ok(Applied::Unchanged)
+            }
+        }
+    }
+}
+
+/// Makes the store hold exactly `latest` (what the topic says is in force),
+/// in as few commits as it takes; returns (stored, removed).
+pub fn reconcile(store: &LiveStore, latest: Vec<Decision>, now_ms: i64) -> Result<(usize, usize), StoreError> {
+    let wanted: HashSet<(EntityType, String)> = latest.iter().map(|d| (d.entity_type, d.entity.clone())).collect();
+    let changed: Vec<Decision> =
+        latest.into_iter().filter(|d| store.get(d.entity_type, &d.entity, now_ms).is_none_or(|c| *c != *d)).collect();
+    let stored = changed.len();
+    if !changed.is_empty() {
+        store.put_many(changed)?;
+    }
+    let mut removed = 0;
+    for d in store.active(now_ms) {
+        if !wanted.contains(&(d.entity_type, d.entity.clone())) {
+            store.remove(d.entity_type, &d.entity)?;
+            removed += 1;
+        }
+    }
+    Ok((stored, removed))
+}
+
+/// librdkafka's log lines and errors through `tracing`, as elsewhere.
+pub struct FeedContext;
+
+impl rdkafka::ClientContext for FeedContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        crate::kafka::log_client(level, fac, message);
+    }
+
+    fn error(&self, error: RdError, reason: &str) {
+        crate::kafka::log_error(&error, reason);
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for FeedContext {}
+
+/// A reader of the decisions topic (every partition, from the start, no
+/// consumer group: each API instance reads all of it).
+pub struct DecisionFeed {
+    consumer: BaseConsumer<FeedContext>,
+    topic: String,
+    partitions: Vec<i32>,
+}
+
+/// Kinds of `gatewatch_decision_feed_records_total`.
+pub const FEED_KINDS: [&str; 4] = ["stored", "removed", "unchanged", "unreadable"];
+
+impl DecisionFeed {
+    /// Assigns every partition of the sink's decisions topic from its start.
+    pub fn open(spec: &KafkaSinkSpec) -> Result<DecisionFeed, SinkError> {
+        let topic = spec
+            .decisions_topic
+            .clone()
+            .ok_or_else(|| client_error(spec, "the kafka sink names no decisions_topic to read"))?;
+        // librdkafka wants a group even for assigned partitions; this one never
+        // joins (no subscribe) and never commits, so it is private to the process.
+        let group = format!("gatewatch-api-{}-{}", std::process::id(), crate::event::time::now_ms());
+        let consumer: BaseConsumer<FeedContext> = spec
+            .client
+            .config(&[
+                ("group.id", group.as_str()),
+                ("enable.auto.commit", "false"),
+                ("enable.auto.offset.store", "false"),
+                ("enable.partition.eof", "true"),
+            ])
+            .create_with_context(FeedContext)
+            .map_err(|e| client_error(spec, e))?;
+        let meta = consumer
+            .fetch_metadata(Some(&topic), Duration::from_secs(10))
+            .map_err(|e| client_error(spec, format!("{topic}: {e}")))?;
+        let partitions: Vec<i32> = meta
+            .topics()
+            .iter()
+            .filter(|t| t.name() == topic)
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect();
+        if partitions.is_empty() {
+            return Err(client_error(spec, format!("{topic}: no partitions (does the topic exist?)")));
+        }
+        let mut tpl = TopicPartitionList::new();
+        for &p in &partitions {
+            tpl.add_partition_offset(&topic, p, Offset::Beginning).map_err(|e| client_error(spec, e))?;
+        }
+        consumer.assign(&tpl).map_err(|e| client_error(spec, e))?;
+        Ok(DecisionFeed { consumer, topic, partitions })
+    }
+
+    /// The next record, `Ok(None)` when nothing came within `wait`;
+    /// `Err(partition)` when a partition's end was reached.
+    fn next(&self, wait: Duration, metrics: &Metrics) -> Result<Option<Record>, i32> {
+        match self.consumer.poll(wait) {
+            None => Ok(None),
+            Some(Err(RdError::PartitionEOF(p))) => Err(p),
+            Some(Err(e)) => {
+                tracing::warn!(topic = %self.topic, error = %e, "reading the decisions topic");
+                Ok(None)
+            }
+            Some(Ok(m)) => {
+                let id = m.headers().and_then(|h| h.iter().find(|h| h.key == DECISION_ID_HEADER).and_then(|h| h.value));
+                match read_record(m.key(), m.payload(), id) {
+                    Ok(r) => Ok(Some(r)),
+                    Err(why) => {
+                        metrics.feed_records.with_label_values(&["unreadable"]).inc();
+                        tracing::warn!(
+                            topic = %self.topic,
+                            partition = m.partition(),
+                            offset = m.offset(),
+                            "decisions topic: record skipped: {why}"
+                        );
+                        Ok(None)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads every partition to its end, then makes the store hold what the
+    /// topic says is in force. Returns false when stopped first.
+    pub fn catch_up(&self, store: &LiveStore, metrics: &Metrics, stop: &AtomicBool) -> Result<bool, StoreError> {
+        let mut latest = Latest::default();
+        let mut ended: HashSet<i32> = HashSet::new();
+        let mut records = 0u64;
+        while ended.len() < self.partitions.len() {
+            if stop.load(Ordering::Relaxed) {
+                return Ok(false);
+            }
+            match self.next(Duration::from_millis(200), metrics) {
+                Ok(Some(r)) => {
+                    records += 1;
+                    latest.apply(r, crate::event::time::now_ms());
+                }
+                Ok(None) => {}
+                Err(p) => {
+                    ended.insert(p);
+                }
+            }
+        }
+        let now = crate::event::time::now_ms();
+        let (stored, removed) = reconcile(store, latest.in_force(now), now)?;
+        tracing::info!(
+            topic = %self.topic,
+            records,
+            stored,
+            removed,
+            in_force = store.active(now).len(),
+            "decisions topic read to its end"
+        );
+        Ok(true)
+    }
+
+    /// Applies records as they arrive until `stop`.
+    pub fn follow(&self, store: &LiveStore, metrics: &Metrics, stop: &AtomicBool) {
+        while !stop.load(Ordering::Relaxed) {
+            let Ok(Some(r)) = self.next(Duration::from_millis(200), metrics) else { continue };
+            let kind = match apply_to_store(store, r, crate::event::time::now_ms()) {
+                Ok(Applied::Stored) => "stored",
+                Ok(Applied::Removed) => "removed",
+                Ok(Applied::Unchanged) => "unchanged",
+                Err(e) => {
+                    metrics.store_errors.inc();
+                    tracing::error!(error = %e, "a decision from the topic was not stored");
+                    continue;
+                }
+            };
+            metrics.feed_records.with_label_values(&[kind]).inc();
+        }
+    }
+
+    /// Reads the topic on its own thread: catches up, sets `ready`, follows.
+    pub fn spawn(
+        self,
+        store: Arc<LiveStore>,
+        metrics: Arc<Metrics>,
+        ready: Arc<AtomicBool>,
+        stop: Arc<AtomicBool>,
+    ) -> std::io::Result<std::thread::JoinHandle<()>> {
+        std::thread::Builder::new().name("decision-feed".into()).spawn(move || {
+            match self.catch_up(&store, &metrics, &stop) {
+                Ok(true) => ready.store(true, Ordering::Relaxed),
+                Ok(false) => return,
+                Err(e) => {
+                    // Serving what the store held is better than serving nothing;
+                    // the records that follow are still applied.
+                    metrics.store_errors.inc();
+                    tracing::error!(error = %e, "the decisions read could not all be stored");
+                    ready.store(true, Ordering::Relaxed);
+                }
+            }
+            self.follow(&store, &metrics, &stop);
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decision::Action;
+
+    fn decision(id: u64, entity: &str, source: &str, expires_ms: i64) -> Decision {
+        Decision {
+            id,
+            entity_type: EntityType::Ip,
+            entity: entity.into(),
+            action: Action::Deny,
+            reason: "test".into(),
+            source: source.into(),
+            score: 1.0,
+            created_ms: 0,
+            expires_ms,
+            offense: 1,
+        }
+    }
+
+    fn lift(entity: &str, id: Option<u64>) -> Record {
+        Record::Lift { entity_type: EntityType::Ip, entity: entity.into(), id }
+    }
+
+    #[test]
+    fn records_are_read_from_key_payload_and_header() {
+        let d = decision(7, "2001:db8::1", "rule:x", 10);
+        let payload = serde_json::to_vec(&d).unwrap();
+        assert_eq!(read_record(Some(b"ip:2001:db8::1"), Some(&payload), None), Ok(Record::Put(d)));
+        assert_eq!(read_record(Some(b"ip:2001:db8::1"), None, Some(b"7")), Ok(lift("2001:db8::1", Some(7))));
+        assert_eq!(read_record(Some(b"ip:10.0.0.1"), Some(b""), None), Ok(lift("10.0.0.1", None)));
+        assert!(read_record(Some(b"planet:x"), None, None).is_err());
+        assert!(read_record(Some(b"ip:x"), None, Some(b"seven")).is_err());
+        assert!(read_record(None, None, None).is_err());
+        assert!(read_record(Some(b"ip:x"), Some(b"{"), None).is_err());
+    }
+
+    #[test]
+    fn the_last_value_wins_and_a_tombstone_ends_only_the_decision_it_names() {
+        let mut l = Latest::default();
+        l.apply(Record::Put(decision(1, "a", "rule:x", 100)), 0);
+        l.apply(Record::Put(decision(2, "a", "rule:x", 200)), 0);
+        // A lift of decision 1 crossing decision 2 leaves 2 in force.
+        l.apply(lift("a", Some(1)), 0);
+        l.apply(Record::Put(decision(3, "b", "rule:x", 100)), 0);
+        l.apply(lift("b", Some(3)), 0);
+        l.apply(Record::Put(decision(4, "c", "rule:x", 100)), 0);
+        l.apply(lift("c", None), 0);
+        // Expired by now: not in force.
+        l.apply(Record::Put(decision(5, "d", "rule:x", 50)), 0);
+        let mut got: Vec<u64> = l.in_force(60).iter().map(|d| d.id).collect();
+        got.sort();
+        assert_eq!(got, [2]);
+    }
+
+    #[test]
+    fn a_manual_decision_outranks_an_automatic_one_until_it_ends() {
+        let mut l = Latest::default();
+        l.apply(Record::Put(decision(1, "a", "manual:ops", 100)), 0);
+        l.apply(Record::Put(decision(2, "a", "rule:x", 200)), 10);
+        assert_eq!(l.map.values().map(|d| d.id).collect::<Vec<_>>(), [1]);
+        // Once the manual one has expired, the engine's next decision holds.
+        l.apply(Record::Put(decision(3, "a", "rule:x", 300)), 150);
+        assert_eq!(l.map.values().map(|d| d.id).collect::<Vec<_>>(), [3]);
+        // A manual one replaces whatever is there.
+        l.apply(Record::Put(decision(4, "a", "manual:ops", 400)), 160);
+        assert_eq!(l.in_force(160).iter().map(|d| d.id).collect::<Vec<_>>(), [4]);
+    }
+
+    #[test]
+    fn the_store_is_made_to_hold_what_the_topic_says() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LiveStore::open(dir.path(), 0).unwrap();
+        store.put(decision(1, "stale", "rule:x", 1_000)).unwrap();
+        store.put(decision(2, "kept", "rule:x", 1_000)).unwrap();
+        let (stored, removed) =
+            reconcile(&store, vec![decision(2, "kept", "rule:x", 1_000), decision(3, "new", "rule:x", 1_000)], 10)
+                .unwrap();
+        assert_eq!((stored, removed), (1, 1));
+        let mut held: Vec<u64> = store.active(10).iter().map(|d| d.id).collect();
+        held.sort();
+        assert_eq!(held, [2, 3]);
+        // Then record by record.
+        assert_eq!(apply_to_store(&store, lift("new", Some(99)), 10).unwrap(), Applied::Unchanged);
+        assert_eq!(apply_to_store(&store, lift("new", Some(3)), 10).unwrap(), Applied::Removed);
+        assert_eq!(
+            apply_to_store(&store, Record::Put(decision(2, "kept", "rule:x", 1_000)), 10).unwrap(),
+            Applied::Unchanged
+        );
+        assert_eq!(
+            apply_to_store(&store, Record::Put(decision(5, "m", "manual:ops", 1_000)), 10).unwrap(),
+            Applied::Stored
+        );
+        assert_eq!(
+            apply_to_store(&store, Record::Put(decision(6, "m", "rule:x", 1_000)), 10).unwrap(),
+            Applied::Unchanged
+        );
+        assert_eq!(
+            apply_to_store(&store, Record::Put(decision(7, "old", "rule:x", 5)), 10).unwrap(),
+            Applied::Unchanged
+        );
+    }
+}
