@@ -61,7 +61,7 @@ fn main() {
     let out = dir.path().join("run");
     let cpu0 = cpu_seconds();
     let started = Instant::now();
-    let s = gatewatch::engine::replay(pipeline, &input, None, &out, false).expect("replay");
+    let s = gatewatch::driver::replay_file(pipeline, &input, None, &out, false).expect("replay");
     let secs = started.elapsed().as_secs_f64();
     let cpu = cpu_seconds().zip(cpu0).map(|(b, a)| b - a);
     let active: usize = s.active_entities.values().sum();

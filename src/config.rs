@@ -220,25 +220,6 @@ pub struct ApiConfig {
     pub query_memory_bytes: usize,
 }
 
-impl ApiConfig {
-    /// The connection limits in force: as configured, fitted to `open_files`
-    /// (the process's limit on open files), the per-address default a quarter of that.
-    pub fn conn_limits(&self, open_files: Option<u64>) -> crate::api::serve::ConnLimits {
-        let mut l = crate::api::serve::effective(
-            crate::api::serve::ConnLimits {
-                max_connections: self.max_connections,
-                max_per_address: self.max_connections_per_ip.unwrap_or(0),
-                header_timeout: std::time::Duration::from_millis(self.header_timeout_ms.max(1) as u64),
-            },
-            open_files,
-        );
-        if self.max_connections_per_ip.is_none() {
-            l.max_per_address = (l.max_connections / 4).max(1);
-        }
-        l
-    }
-}
-
 impl Default for ApiConfig {
     fn default() -> Self {
         ApiConfig {

@@ -8,11 +8,14 @@
 //! input. Live mode also evaluates touched entities after every round, bounds
 //! event time by the wall clock, and keeps event time moving when input is quiet.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::config::Pipeline;
 use crate::engine::{Engine, EngineError, Summary};
+use crate::event::Format;
 use crate::source::{Poll, Records, Source};
 
 /// Records taken from a source per poll. Replay used 16 times this, and the
@@ -133,5 +136,37 @@ pub fn live(
     }
     let summary = engine.finish()?;
     source.close().map_err(|e| io_error(source.as_ref(), e))?;
+    Ok(summary)
+}
+
+/// Replays a file (or `-` for stdin) through the pipeline into `out_dir`;
+/// writes `summary.json` there too.
+pub fn replay_file(
+    pipeline: Pipeline,
+    input: &Path,
+    format: Option<Format>,
+    out_dir: &Path,
+    progress: bool,
+) -> Result<Summary, EngineError> {
+    let keep = pipeline.input.max_line_bytes;
+    let source = crate::source::open(input, keep, false, true)
+        .map_err(|source| EngineError::Io { path: input.to_path_buf(), source })?;
+    replay_source(pipeline, source, format, out_dir, progress)
+}
+
+/// [`replay_file`] from any source read to its end (`replay --kafka`: the topics
+/// up to where they ended when the source caught up).
+pub fn replay_source(
+    pipeline: Pipeline,
+    mut source: Box<dyn crate::source::Source>,
+    format: Option<Format>,
+    out_dir: &Path,
+    progress: bool,
+) -> Result<Summary, EngineError> {
+    let engine = Engine::new(pipeline, format, &source.name(), out_dir)?;
+    let summary = replay(engine, source.as_mut(), progress)?;
+    let path = out_dir.join("summary.json");
+    let text = serde_json::to_string_pretty(&summary).unwrap_or_default();
+    std::fs::write(&path, text).map_err(|source| EngineError::Io { path, source })?;
     Ok(summary)
 }

@@ -191,11 +191,6 @@ struct Candidate {
     shadow: bool,
 }
 
-/// A feature value as a reason shows it: integers without decimals.
-pub(crate) fn fmt_value(v: f64) -> String {
-    if v.fract() == 0.0 && v.abs() < 1e15 { format!("{}", v as i64) } else { format!("{v:.3}") }
-}
-
 /// A running pipeline.
 pub struct Engine {
     pipeline: Pipeline,
@@ -630,8 +625,11 @@ impl Engine {
             let keep = |row: usize| allowed.as_ref().is_none_or(|a| a.get(row).copied().unwrap_or(false));
             for s in m.model.score_where(batch, keep, m.challenge_at)? {
                 let action = if m.deny_at.is_some_and(|d| s.score >= d) { Action::Deny } else { Action::Challenge };
-                let top: Vec<String> =
-                    s.top.iter().map(|(name, value, c)| format!("{name}={} (+{c:.1})", fmt_value(*value))).collect();
+                let top: Vec<String> = s
+                    .top
+                    .iter()
+                    .map(|(name, value, c)| format!("{name}={} (+{c:.1})", crate::features::fmt_value(*value)))
+                    .collect();
                 out.push((
                     s.row,
                     Candidate {
@@ -787,36 +785,4 @@ pub fn peak_rss_bytes() -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
-}
-
-/// Replays a file (or `-` for stdin) through the pipeline into `out_dir`;
-/// writes `summary.json` there too.
-pub fn replay(
-    pipeline: Pipeline,
-    input: &Path,
-    format: Option<Format>,
-    out_dir: &Path,
-    progress: bool,
-) -> Result<Summary, EngineError> {
-    let keep = pipeline.input.max_line_bytes;
-    let source = crate::source::open(input, keep, false, true)
-        .map_err(|source| EngineError::Io { path: input.to_path_buf(), source })?;
-    replay_source(pipeline, source, format, out_dir, progress)
-}
-
-/// [`replay`] from any source read to its end (`replay --kafka`: the topics
-/// up to where they ended when the source caught up).
-pub fn replay_source(
-    pipeline: Pipeline,
-    mut source: Box<dyn crate::source::Source>,
-    format: Option<Format>,
-    out_dir: &Path,
-    progress: bool,
-) -> Result<Summary, EngineError> {
-    let engine = Engine::new(pipeline, format, &source.name(), out_dir)?;
-    let summary = crate::driver::replay(engine, source.as_mut(), progress)?;
-    let path = out_dir.join("summary.json");
-    let text = serde_json::to_string_pretty(&summary).unwrap_or_default();
-    std::fs::write(&path, text).map_err(|source| EngineError::Io { path, source })?;
-    Ok(summary)
 }

@@ -26,6 +26,7 @@ pub mod fsutil;
 pub mod fuzzing;
 pub mod kafka;
 pub mod live;
+pub mod metrics;
 pub mod model;
 pub mod simulate;
 pub mod sink;

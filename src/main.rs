@@ -365,7 +365,7 @@ fn run(cli: Cli) -> Result<()> {
             let p = load(&cli.pipeline)?;
             let progress = std::io::stderr().is_terminal();
             let s = match input {
-                Some(input) if !kafka => engine::replay(p, &input, format, &out, progress)?,
+                Some(input) if !kafka => gatewatch::driver::replay_file(p, &input, format, &out, progress)?,
                 _ => {
                     let k =
                         p.input.kafka.clone().with_context(|| {
@@ -373,7 +373,7 @@ fn run(cli: Cli) -> Result<()> {
                         })?;
                     let source = gatewatch::source::KafkaSource::open(&k, p.input.max_line_bytes, true)
                         .with_context(|| format!("cannot read Kafka at {}", k.client.brokers))?;
-                    engine::replay_source(p, Box::new(source), format, &out, progress)?
+                    gatewatch::driver::replay_source(p, Box::new(source), format, &out, progress)?
                 }
             };
             println!("{}", s.line());
@@ -711,7 +711,7 @@ fn live(
     }
     let listen = p.api.listen.clone();
     let api_workers = p.api.workers;
-    let limits = p.api.conn_limits(api::serve::raise_open_files_limit());
+    let limits = api::serve::conn_limits(&p.api, api::serve::raise_open_files_limit());
     let conn_metrics = metrics.clone();
     let state = Arc::new(AppState::new(Services {
         store: store.clone(),
@@ -857,7 +857,7 @@ fn start_engine(
     from_start: bool,
     now: i64,
     store: &std::sync::Arc<gatewatch::live::LiveStore>,
-    metrics: &std::sync::Arc<gatewatch::api::Metrics>,
+    metrics: &std::sync::Arc<gatewatch::metrics::Metrics>,
     shadow: &std::sync::Arc<gatewatch::live::ShadowLog>,
     stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> Result<RunningEngine> {
@@ -964,7 +964,13 @@ fn compare(traffic: &Path, pipelines: &[PathBuf], out: &Path) -> Result<()> {
         let run = out.join(&name);
         let allow = pipeline.allowlist.clone();
         let cfg = eval::EvalConfig { throttle_rps: pipeline.api.throttle_rps, ..eval::EvalConfig::default() };
-        engine::replay(pipeline, &traffic.join("access.jsonl"), None, &run, std::io::stderr().is_terminal())?;
+        gatewatch::driver::replay_file(
+            pipeline,
+            &traffic.join("access.jsonl"),
+            None,
+            &run,
+            std::io::stderr().is_terminal(),
+        )?;
         let decisions = eval::read_decisions(&run.join("decisions.jsonl"))?;
         let mut r = eval::evaluate(&labels, &decisions, &allow, &cfg)?;
         let shadow = run.join("shadow_decisions.jsonl");
@@ -1022,7 +1028,13 @@ fn demo(pipeline: &Path, seed: u64, hours: f64, out: &Path) -> Result<()> {
     println!("    {} requests, {} of them attacks → {}", o.requests, o.attack_requests, traffic.display());
     println!("2/3 replaying through {} …", p.file.display());
     let allow = p.allowlist.clone();
-    let s = engine::replay(p, &traffic.join("access.jsonl"), None, &run_dir, std::io::stderr().is_terminal())?;
+    let s = gatewatch::driver::replay_file(
+        p,
+        &traffic.join("access.jsonl"),
+        None,
+        &run_dir,
+        std::io::stderr().is_terminal(),
+    )?;
     println!("    {}", s.line());
     println!("3/3 playing the decisions as a gateway would:\n");
     let d = eval::read_decisions(&run_dir.join("decisions.jsonl"))?;

@@ -47,7 +47,8 @@ fn every_kind_of_bad_line_is_a_dead_letter() {
     }
     drop(f);
     let out = dir.path().join("out");
-    let s = gatewatch::engine::replay(pipeline(), &input, None, &out, false).expect("replay never fails on bad lines");
+    let s =
+        gatewatch::driver::replay_file(pipeline(), &input, None, &out, false).expect("replay never fails on bad lines");
     let bad: Vec<&str> = cases.iter().filter(|c| !c.1.is_empty()).map(|c| c.1).collect();
     assert_eq!(s.lines, cases.len() as u64);
     assert_eq!(s.events, 2);
@@ -93,7 +94,7 @@ fn a_clean_run_has_an_empty_dead_letters_table() {
     let input = dir.path().join("in.log");
     std::fs::write(&input, format!("{GOOD}\n")).expect("write");
     let out = dir.path().join("out");
-    gatewatch::engine::replay(pipeline(), &input, None, &out, false).expect("replay");
+    gatewatch::driver::replay_file(pipeline(), &input, None, &out, false).expect("replay");
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let batches =
         rt.block_on(gatewatch::analytics::query(&out, "SELECT count(*) AS n FROM dead_letters")).expect("query");
@@ -108,7 +109,7 @@ fn empty_file_is_an_empty_run() {
     let input = dir.path().join("empty.log");
     std::fs::write(&input, b"").expect("write");
     let out = dir.path().join("out");
-    let s = gatewatch::engine::replay(pipeline(), &input, None, &out, false).expect("replay");
+    let s = gatewatch::driver::replay_file(pipeline(), &input, None, &out, false).expect("replay");
     assert_eq!((s.lines, s.events, s.decisions, s.dead_letters), (0, 0, 0, 0));
     assert_eq!(std::fs::read_to_string(out.join("decisions.jsonl")).expect("decisions"), "");
 }
@@ -116,8 +117,9 @@ fn empty_file_is_an_empty_run() {
 #[test]
 fn missing_input_is_a_clear_error() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let err = gatewatch::engine::replay(pipeline(), &dir.path().join("nope.log"), None, &dir.path().join("out"), false)
-        .expect_err("missing file");
+    let err =
+        gatewatch::driver::replay_file(pipeline(), &dir.path().join("nope.log"), None, &dir.path().join("out"), false)
+            .expect_err("missing file");
     assert!(err.to_string().contains("nope.log"), "{err}");
 }
 
@@ -129,7 +131,7 @@ fn out_of_order_events_count_and_only_what_no_window_holds_is_refused() {
     let ancient = GOOD.replace("10:15:02.113", "08:15:02.113");
     std::fs::write(&input, format!("{GOOD}\n{later}\n{GOOD}\n{ancient}\n")).expect("write");
     let out = dir.path().join("out");
-    let s = gatewatch::engine::replay(pipeline(), &input, None, &out, false).expect("replay");
+    let s = gatewatch::driver::replay_file(pipeline(), &input, None, &out, false).expect("replay");
     // Five minutes behind the newest event is behind the watermark, but every
     // window of the 10-minute and 1-hour features still holds it.
     assert_eq!((s.events, s.reordered_events, s.late_events, s.dead_letters), (3, 1, 1, 1));

@@ -18,8 +18,8 @@ fn run(cfg: &SimConfig) -> Report {
         Pipeline::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/default.toml")).expect("pipeline");
     let allow = pipeline.allowlist.clone();
     let run_dir = dir.path().join("run");
-    let summary =
-        gatewatch::engine::replay(pipeline, &dir.path().join("access.jsonl"), None, &run_dir, false).expect("replay");
+    let summary = gatewatch::driver::replay_file(pipeline, &dir.path().join("access.jsonl"), None, &run_dir, false)
+        .expect("replay");
     // State per entity follows activity, not a fixed worst case: at every
     // scale and mix these tests run, held state stays within 1 KiB per entity.
     let held: usize = summary.active_entities.values().sum();

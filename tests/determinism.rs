@@ -16,7 +16,7 @@ fn same_input_same_decisions_bytes() {
     let mut outputs = Vec::new();
     for (i, file) in ["access.jsonl", "access.jsonl", "access.log", "access.log"].iter().enumerate() {
         let out = dir.path().join(format!("run{i}"));
-        gatewatch::engine::replay(load(), &dir.path().join(file), None, &out, false).expect("replay");
+        gatewatch::driver::replay_file(load(), &dir.path().join(file), None, &out, false).expect("replay");
         outputs.push(std::fs::read(out.join("decisions.jsonl")).expect("decisions"));
     }
     assert!(!outputs[0].is_empty(), "the attacks produce decisions");

@@ -56,7 +56,7 @@ fn replayed(dir: &Path) -> (PathBuf, BTreeSet<String>) {
     gatewatch::simulate::write(&cfg, &reqs, &dir.join("sim"), &[gatewatch::simulate::OutFormat::Json]).expect("sim");
     let pipeline = Pipeline::load(&root().join("pipelines/default.toml")).expect("pipeline");
     let out = dir.join("run");
-    gatewatch::engine::replay(pipeline, &dir.join("sim/access.jsonl"), None, &out, false).expect("replay");
+    gatewatch::driver::replay_file(pipeline, &dir.join("sim/access.jsonl"), None, &out, false).expect("replay");
     let mut attackers = BTreeSet::new();
     for line in std::fs::read_to_string(dir.join("sim/labels.jsonl")).expect("labels").lines() {
         let v: serde_json::Value = serde_json::from_str(line).expect("label");
@@ -237,7 +237,7 @@ fn explain_an_ipv6_address_and_its_64() {
     std::fs::write(dir.path().join("v6.jsonl"), log).expect("write");
     let pipeline = Pipeline::load(&root().join("pipelines/default.toml")).expect("pipeline");
     let data = dir.path().join("run");
-    gatewatch::engine::replay(pipeline, &dir.path().join("v6.jsonl"), None, &data, false).expect("replay");
+    gatewatch::driver::replay_file(pipeline, &dir.path().join("v6.jsonl"), None, &data, false).expect("replay");
 
     let story = explain(&data, EntityType::Ip, "2001:db8:a:b::1");
     assert_eq!(story.traffic.requests, 4);

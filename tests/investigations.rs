@@ -66,7 +66,7 @@ fn replayed(dir: &Path) -> PathBuf {
     gatewatch::simulate::write(&cfg, &reqs, &dir.join("sim"), &[gatewatch::simulate::OutFormat::Json]).expect("sim");
     let pipeline = Pipeline::load(&root().join("pipelines/default.toml")).expect("pipeline");
     let state = dir.join("state");
-    gatewatch::engine::replay(pipeline, &dir.join("sim/access.jsonl"), None, &state.join("runs/1"), false)
+    gatewatch::driver::replay_file(pipeline, &dir.join("sim/access.jsonl"), None, &state.join("runs/1"), false)
         .expect("replay");
     state
 }
@@ -293,7 +293,7 @@ fn a_state_directory_reads_as_one_history_across_runs() {
     let head: String = log.lines().take(5_000).map(|l| format!("{l}\n")).collect();
     std::fs::write(dir.path().join("head.jsonl"), head).expect("write");
     let pipeline = Pipeline::load(&root().join("pipelines/default.toml")).expect("pipeline");
-    gatewatch::engine::replay(pipeline, &dir.path().join("head.jsonl"), None, &state.join("runs/2"), false)
+    gatewatch::driver::replay_file(pipeline, &dir.path().join("head.jsonl"), None, &state.join("runs/2"), false)
         .expect("replay");
     assert_eq!(count(&state, "SELECT count(*) AS n FROM events", &[]), whole + 5_000);
     assert!(count(&state, "SELECT count(*) AS n FROM decisions", &[]) >= decided);

@@ -19,7 +19,7 @@ fn replayed(seed: u64, hours: f64) -> (tempfile::TempDir, PathBuf, PathBuf) {
     let pipeline =
         Pipeline::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/default.toml")).expect("pipeline");
     let run = dir.path().join("run");
-    gatewatch::engine::replay(pipeline, &dir.path().join("access.jsonl"), None, &run, false).expect("replay");
+    gatewatch::driver::replay_file(pipeline, &dir.path().join("access.jsonl"), None, &run, false).expect("replay");
     (dir, run, out.labels)
 }
 
@@ -119,7 +119,7 @@ fn report(pipeline: &str, traffic: &Path, labels: &Path, out: &Path) -> gatewatc
     let p = Pipeline::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines").join(pipeline)).expect("pipeline");
     let allow = p.allowlist.clone();
     let run = out.join(pipeline);
-    gatewatch::engine::replay(p, &traffic.join("access.jsonl"), None, &run, false).expect("replay");
+    gatewatch::driver::replay_file(p, &traffic.join("access.jsonl"), None, &run, false).expect("replay");
     let decisions = gatewatch::eval::read_decisions(&run.join("decisions.jsonl")).expect("decisions");
     gatewatch::eval::evaluate(labels, &decisions, &allow, &gatewatch::eval::EvalConfig::default()).expect("eval")
 }

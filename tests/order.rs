@@ -72,7 +72,7 @@ fn a_real_log_shuffled_within_each_minute_loses_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let input = dir.path().join("apache.log");
     write_lines(&input, &shuffle_within(&lines, 60_000, 7));
-    let s = gatewatch::engine::replay(pipeline(), &input, None, &dir.path().join("out"), false).expect("replay");
+    let s = gatewatch::driver::replay_file(pipeline(), &input, None, &dir.path().join("out"), false).expect("replay");
     eprintln!("{}", s.line());
     // Line 8,899's user agent is cut off at the end of the line: kept, noted.
     assert_eq!((s.events, s.dead_letters, s.late_events), (10_000, 0, 0), "{}", s.line());
@@ -95,7 +95,7 @@ fn replay(dir: &Path, name: &str, lines: &[String], labels: &Path) -> Run {
     let p = pipeline();
     let allow = p.allowlist.clone();
     let out = dir.join(name);
-    let summary = gatewatch::engine::replay(p, &input, None, &out, false).expect("replay");
+    let summary = gatewatch::driver::replay_file(p, &input, None, &out, false).expect("replay");
     let decisions = eval::read_decisions(&out.join("decisions.jsonl")).expect("decisions");
     use gatewatch::decision::Action;
     let entities = |keep: &dyn Fn(Action) -> bool| {

@@ -57,13 +57,13 @@ fn a_shadow_rule_decides_into_its_own_tables_and_eval_judges_it() {
     gatewatch::simulate::write(&cfg, &reqs, &d.join("sim"), &[gatewatch::simulate::OutFormat::Json]).expect("sim");
     let input = d.join("sim/access.jsonl");
     let default = Pipeline::load(&root().join("pipelines/default.toml")).expect("default");
-    gatewatch::engine::replay(default, &input, None, &d.join("enforced"), false).expect("replay");
+    gatewatch::driver::replay_file(default, &input, None, &d.join("enforced"), false).expect("replay");
     let shadow_p = shadow_pipeline(d);
     let pipeline = Pipeline::load(&shadow_p).expect("shadow pipeline");
     assert!(pipeline.rules.iter().any(|r| r.shadow && r.name == "credential-stuffing-ip"));
     assert!(pipeline.models.iter().all(|m| m.shadow));
     let run = d.join("shadow");
-    let summary = gatewatch::engine::replay(pipeline, &input, None, &run, false).expect("replay");
+    let summary = gatewatch::driver::replay_file(pipeline, &input, None, &run, false).expect("replay");
 
     let before = read(&d.join("enforced/decisions.jsonl"));
     let enforced = read(&run.join("decisions.jsonl"));
@@ -138,7 +138,7 @@ fn a_shadow_rule_decides_into_its_own_tables_and_eval_judges_it() {
 
     // Determinism holds with shadow rules as without.
     let again = d.join("again");
-    gatewatch::engine::replay(Pipeline::load(&shadow_p).expect("pipeline"), &input, None, &again, false)
+    gatewatch::driver::replay_file(Pipeline::load(&shadow_p).expect("pipeline"), &input, None, &again, false)
         .expect("replay");
     for f in ["decisions.jsonl", "shadow_decisions.jsonl"] {
         assert_eq!(std::fs::read(run.join(f)).expect(f), std::fs::read(again.join(f)).expect(f), "{f}");

@@ -472,7 +472,7 @@ impl Story {
                         .features
                         .iter()
                         .filter(|(_, v)| *v != 0.0)
-                        .map(|(n, v)| format!("{n}={}", crate::engine::fmt_value(*v)))
+                        .map(|(n, v)| format!("{n}={}", crate::features::fmt_value(*v)))
                         .collect();
                     let _ = writeln!(
                         o,

@@ -7,7 +7,6 @@ mod admin;
 mod crowdsec;
 pub mod keys;
 mod lookup;
-pub mod metrics;
 pub mod openapi;
 mod query;
 pub mod serve;
@@ -34,8 +33,8 @@ use crate::live::allow::AllowOverlay;
 use crate::live::control::Control;
 use crate::live::store::LiveStore;
 
+pub use crate::metrics::Metrics;
 pub use keys::{KeyRing, Role};
-pub use metrics::Metrics;
 
 /// What the server is built from.
 pub struct Services {

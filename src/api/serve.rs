@@ -22,7 +22,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 
-use super::Metrics;
+use crate::metrics::Metrics;
 
 /// How many connections, and how long a request head may take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,8 +34,7 @@ pub struct ConnLimits {
 }
 
 /// Why a connection was refused: label of `gatewatch_api_connections_refused_total`.
-pub const REFUSED_TOTAL: &str = "total";
-pub const REFUSED_PER_ADDRESS: &str = "per_address";
+pub use crate::metrics::{REFUSED_PER_ADDRESS, REFUSED_TOTAL};
 
 /// Open connections, in total and per client address.
 struct Tracker {
@@ -185,6 +184,24 @@ pub fn raise_open_files_limit() -> Option<u64> {
 
 /// Descriptors kept free of connections: the log, the store, sinks, models.
 pub const RESERVED_FILES: u64 = 128;
+
+/// The connection limits in force: as `api` configures them, fitted to
+/// `open_files` (the process's limit on open files), the per-address default
+/// a quarter of that.
+pub fn conn_limits(api: &crate::config::ApiConfig, open_files: Option<u64>) -> ConnLimits {
+    let mut l = effective(
+        ConnLimits {
+            max_connections: api.max_connections,
+            max_per_address: api.max_connections_per_ip.unwrap_or(0),
+            header_timeout: Duration::from_millis(api.header_timeout_ms.max(1) as u64),
+        },
+        open_files,
+    );
+    if api.max_connections_per_ip.is_none() {
+        l.max_per_address = (l.max_connections / 4).max(1);
+    }
+    l
+}
 
 /// The connection limits in force: the configured ones, lowered to fit the
 /// process's open-file limit (a connection past it would fail anyway, and

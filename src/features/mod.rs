@@ -30,6 +30,11 @@ use datafusion::arrow::record_batch::RecordBatch;
 use std::fmt::Write as _;
 
 pub use entity::{EntityType, subnet_of};
+
+/// A feature value as a reason or a story shows it: integers without decimals.
+pub fn fmt_value(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e15 { format!("{}", v as i64) } else { format!("{v:.3}") }
+}
 use key::Key;
 use state::{Contribution, EntityState, c, d};
 

@@ -23,9 +23,9 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::LiveStore;
 use super::store::StoreError;
-use crate::api::Metrics;
 use crate::decision::Decision;
 use crate::features::EntityType;
+use crate::metrics::Metrics;
 use crate::sink::SinkError;
 use crate::sink::kafka::{DECISION_ID_HEADER, KafkaSinkSpec, client_error};
 
@@ -182,9 +182,6 @@ pub struct DecisionFeed {
     topic: String,
     partitions: Vec<i32>,
 }
-
-/// Kinds of `gatewatch_decision_feed_records_total`.
-pub const FEED_KINDS: [&str; 4] = ["stored", "removed", "unchanged", "unreadable"];
 
 impl DecisionFeed {
     /// Assigns every partition of the sink's decisions topic from its start.

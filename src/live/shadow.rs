@@ -7,8 +7,8 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use crate::api::Metrics;
 use crate::decision::Decision;
+use crate::metrics::Metrics;
 use crate::sink::{Sink, SinkError, Wants};
 
 /// Shadow decisions kept in memory, newest last.

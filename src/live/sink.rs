@@ -3,9 +3,9 @@
 
 use std::sync::Arc;
 
-use crate::api::Metrics;
 use crate::decision::Decision;
 use crate::event::time::now_ms;
+use crate::metrics::Metrics;
 use crate::sink::{Sink, SinkError, Wants};
 
 use super::LiveStore;

@@ -1,4 +1,6 @@
-//! Prometheus metrics for the engine and the API.
+//! Prometheus metrics for the engine, the API and the decision feed: a
+//! module of its own so that `live` (which counts) and `api` (which
+//! serves them) do not import each other.
 
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
@@ -48,6 +50,14 @@ pub struct Metrics {
     /// the decisions topic (other instances never saw them).
     pub publish_failed: IntCounter,
 }
+
+/// Labels of `gatewatch_api_connections_refused_total`: the limit a refused
+/// connection met.
+pub const REFUSED_TOTAL: &str = "total";
+pub const REFUSED_PER_ADDRESS: &str = "per_address";
+
+/// Kinds of `gatewatch_decision_feed_records_total`.
+pub const FEED_KINDS: [&str; 4] = ["stored", "removed", "unchanged", "unreadable"];
 
 /// Kinds of `gatewatch_input_anomalies_total`.
 pub const ANOMALY_KINDS: [&str; 6] =
@@ -126,7 +136,7 @@ impl Metrics {
             ),
             &["limit"],
         )?;
-        for l in [super::serve::REFUSED_TOTAL, super::serve::REFUSED_PER_ADDRESS] {
+        for l in [REFUSED_TOTAL, REFUSED_PER_ADDRESS] {
             api_connections_refused.with_label_values(&[l]);
         }
         let sink_up = prometheus::IntGaugeVec::new(
@@ -156,7 +166,7 @@ impl Metrics {
             ),
             &["kind"],
         )?;
-        for k in crate::live::feed::FEED_KINDS {
+        for k in FEED_KINDS {
             feed_records.with_label_values(&[k]);
         }
         let publish_failed = IntCounter::new(
