@@ -684,6 +684,7 @@ fn live(
     let ready = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
     let shadow = Arc::new(ShadowLog::new());
+    let mut kafka = None;
     let (reading, worker, allowlist, control) = if role == RunRole::Api {
         let Some(spec) = &topic_sink else { unreachable!("checked above") };
         let feed = DecisionFeed::open(spec).with_context(|| "cannot read the decisions topic")?;
@@ -695,6 +696,7 @@ fn live(
         let engine = start_engine(&p, input, from_start, now, &store, &metrics, &shadow, &stop)?;
         let allowlist = engine.allowlist.clone();
         allowlist.store(Arc::new(overlay.apply(&p.allowlist)));
+        kafka = engine.kafka.clone();
         (format!("following {}", engine.source_name), Worker::Engine(engine.thread), allowlist, Some(engine.control))
     };
     let publisher = match (&topic_sink, role) {
@@ -745,6 +747,9 @@ fn live(
                     match store.persist_pending() {
                         Ok(n) => metrics.store_unpersisted.set(n as i64),
                         Err(e) => tracing::warn!(error = %e, "writing the decision store failed"),
+                    }
+                    if let Some(k) = &kafka {
+                        metrics.observe_kafka(k);
                     }
                     if let Some(p) = &publisher {
                         if let Err(e) = p.tombstone_expired(api::now_ms()) {
@@ -846,6 +851,8 @@ struct RunningEngine {
     source_name: String,
     allowlist: std::sync::Arc<arc_swap::ArcSwap<gatewatch::config::Allowlist>>,
     control: gatewatch::live::control::Control,
+    /// The Kafka source's counters, when it reads Kafka.
+    kafka: Option<gatewatch::source::KafkaStats>,
 }
 
 /// Opens the log source and starts the engine on its own thread, with the
@@ -867,13 +874,16 @@ fn start_engine(
 
     // --input, else the pipeline's Kafka topics, else its [input] path.
     let file = input.or_else(|| if p.input.kafka.is_none() { p.input.path.clone() } else { None });
+    let mut kafka = None;
     let source: Box<dyn gatewatch::source::Source> = match (file, &p.input.kafka) {
         (Some(input), _) => gatewatch::source::open(&input, p.input.max_line_bytes, true, from_start)
             .with_context(|| format!("cannot follow {}", input.display()))?,
-        (None, Some(k)) => Box::new(
-            gatewatch::source::KafkaSource::open(k, p.input.max_line_bytes, false)
-                .with_context(|| format!("cannot read Kafka at {}", k.client.brokers))?,
-        ),
+        (None, Some(k)) => {
+            let source = gatewatch::source::KafkaSource::open(k, p.input.max_line_bytes, false)
+                .with_context(|| format!("cannot read Kafka at {}", k.client.brokers))?;
+            kafka = Some(source.stats());
+            Box::new(source)
+        }
         (None, None) => {
             bail!("nothing to follow: pass --input FILE (or - for stdin), or set path or [input.kafka] in the pipeline")
         }
@@ -943,7 +953,7 @@ fn start_engine(
         let between: gatewatch::driver::RoundHook = Box::new(move |e| inbox.apply(e));
         gatewatch::driver::live(engine, source, stop, Some(between), Some(progress))
     })?;
-    Ok(RunningEngine { thread, source_name, allowlist, control })
+    Ok(RunningEngine { thread, source_name, allowlist, control, kafka })
 }
 
 /// What a `run` instance does (`run --role`).

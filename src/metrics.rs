@@ -49,6 +49,11 @@ pub struct Metrics {
     /// Manual decisions and lifts the brokers finally refused to take onto
     /// the decisions topic (other instances never saw them).
     pub publish_failed: IntCounter,
+    /// Reading Kafka: partitions this member holds, messages behind their
+    /// ends, and offset commits that failed (retried).
+    pub kafka_assigned: IntGauge,
+    pub kafka_lag: IntGauge,
+    pub kafka_commit_errors: IntCounter,
 }
 
 /// Labels of `gatewatch_api_connections_refused_total`: the limit a refused
@@ -173,6 +178,21 @@ impl Metrics {
             "gatewatch_decisions_publish_failed_total",
             "Manual decisions and lifts the brokers refused to take onto the decisions topic",
         )?;
+        let kafka_assigned =
+            IntGauge::new("gatewatch_kafka_assigned_partitions", "Partitions of the input topics this member reads")?;
+        let kafka_lag = IntGauge::new(
+            "gatewatch_kafka_consumer_lag",
+            "Messages of the assigned partitions not read yet (librdkafka's statistics, every 5 s; -1: not known yet, \
+             or not reading Kafka)",
+        )?;
+        kafka_lag.set(-1);
+        let kafka_commit_errors = IntCounter::new(
+            "gatewatch_kafka_commit_errors_total",
+            "Offset commits that failed (retried at the next commit; what they covered may be read again)",
+        )?;
+        registry.register(Box::new(kafka_assigned.clone()))?;
+        registry.register(Box::new(kafka_lag.clone()))?;
+        registry.register(Box::new(kafka_commit_errors.clone()))?;
         registry.register(Box::new(feed_records.clone()))?;
         registry.register(Box::new(publish_failed.clone()))?;
         registry.register(Box::new(sink_up.clone()))?;
@@ -221,7 +241,20 @@ impl Metrics {
             store_unpersisted,
             feed_records,
             publish_failed,
+            kafka_assigned,
+            kafka_lag,
+            kafka_commit_errors,
         })
+    }
+
+    /// Brings the Kafka source's gauges and counters up to what it reports.
+    pub fn observe_kafka(&self, k: &crate::source::KafkaStats) {
+        self.kafka_assigned.set(k.assigned() as i64);
+        if let Some(lag) = k.lag() {
+            self.kafka_lag.set(lag);
+        }
+        let errors = k.commit_errors();
+        self.kafka_commit_errors.inc_by(errors.saturating_sub(self.kafka_commit_errors.get()));
     }
 
     /// Brings the engine's gauges and counters up to its running summary.

@@ -347,6 +347,11 @@ fn api_instances_serve_the_engines_decisions_and_agree_on_what_operators_do() {
     wait_for(&engine, "the engine read the attack", |s| s.metric("gatewatch_events_total") >= 40.0);
     assert_eq!(engine.get("/v1/authz", &[("X-Forwarded-For", "203.0.113.77")]).0, 404);
     assert_eq!(engine.get("/readyz", &[]).0, 200);
+    // Its Kafka metrics: both partitions held, nothing left to read once
+    // librdkafka's statistics (every 5 s) have seen it read.
+    wait_for(&engine, "both partitions assigned", |s| s.metric("gatewatch_kafka_assigned_partitions") == 2.0);
+    wait_for(&engine, "the lag known and nil", |s| s.metric("gatewatch_kafka_consumer_lag") == 0.0);
+    assert_eq!(engine.metric("gatewatch_kafka_commit_errors_total"), 0.0);
     for s in [&a, &b] {
         wait_for(s, "the engine's deny served", |s| action(s, "203.0.113.77") == "deny");
         assert_eq!(s.get("/v1/authz", &[("X-Forwarded-For", "203.0.113.77")]).0, 403);

@@ -112,6 +112,33 @@ struct Shared {
     assigned: Vec<(String, i32)>,
     revoked: Vec<(String, i32)>,
     commit_errors: u64,
+    /// Partitions this member reads now.
+    assigned_now: usize,
+    /// Messages behind the partitions' ends, summed over the assigned ones,
+    /// as librdkafka's last statistics said (`None` before the first).
+    lag: Option<i64>,
+}
+
+/// What `/metrics` shows of a Kafka source, readable from another thread.
+#[derive(Clone)]
+pub struct KafkaStats(Arc<Mutex<Shared>>);
+
+impl KafkaStats {
+    /// Commits that failed (and were retried) so far.
+    pub fn commit_errors(&self) -> u64 {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).commit_errors
+    }
+
+    /// Partitions assigned to this member now.
+    pub fn assigned(&self) -> usize {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).assigned_now
+    }
+
+    /// Messages not yet read, over the assigned partitions (librdkafka's
+    /// consumer lag, refreshed every `statistics.interval.ms`).
+    pub fn lag(&self) -> Option<i64> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).lag
+    }
 }
 
 struct Ctx {
@@ -121,6 +148,19 @@ struct Ctx {
 impl ClientContext for Ctx {
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
         crate::kafka::log_client(level, fac, message);
+    }
+
+    /// The consumer lag of the partitions being fetched (librdkafka reports
+    /// -1 for a partition it does not know the end or position of).
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let lag = statistics
+            .topics
+            .values()
+            .flat_map(|t| t.partitions.iter())
+            .filter(|(id, p)| **id >= 0 && p.consumer_lag >= 0)
+            .map(|(_, p)| p.consumer_lag)
+            .sum::<i64>();
+        self.shared.lock().unwrap_or_else(PoisonError::into_inner).lag = Some(lag);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
@@ -194,6 +234,8 @@ impl KafkaSource {
                 ("auto.offset.reset", "earliest"),
                 // A record is a few lines; a fetch of 1 MiB per partition keeps the queues short.
                 ("max.partition.fetch.bytes", "1048576"),
+                // Consumer lag for /metrics.
+                ("statistics.interval.ms", "5000"),
             ])
             .set("group.id", &spec.group)
             .create_with_context(Ctx { shared: shared.clone() })
@@ -248,6 +290,7 @@ impl KafkaSource {
                 tracing::info!(topic = %t, partition = p, "kafka: partition assigned");
             }
         }
+        shared.lock().unwrap_or_else(PoisonError::into_inner).assigned_now = parts.len();
     }
 
     /// Reads what the consumer has ready into the partitions' queues.
@@ -390,7 +433,12 @@ impl KafkaSource {
 
     /// Commits that failed (and were retried) so far.
     pub fn commit_errors(&self) -> u64 {
-        self.shared.lock().unwrap_or_else(PoisonError::into_inner).commit_errors
+        self.stats().commit_errors()
+    }
+
+    /// A handle on the source's counters for `/metrics`.
+    pub fn stats(&self) -> KafkaStats {
+        KafkaStats(self.shared.clone())
     }
 }
 

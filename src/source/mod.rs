@@ -42,7 +42,7 @@ use std::io;
 use std::path::Path;
 
 pub use follow::Follower;
-pub use kafka::{KafkaInput, KafkaSource};
+pub use kafka::{KafkaInput, KafkaSource, KafkaStats};
 pub use lines::LineReader;
 pub use reader::ReaderSource;
 pub use stdin::StdinSource;
