@@ -310,3 +310,29 @@ impl Sink for KafkaSink {
         self.checkpoint()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_key_is_tombstoned_once_for_its_newest_decision_when_that_expires() {
+        let mut t = ExpiryTracker::default();
+        t.track("ip:a".into(), 1, 100);
+        t.track("ip:b".into(), 2, 50);
+        // A newer decision on a replaces the older one's tombstone.
+        t.track("ip:a".into(), 3, 300);
+        t.track("ip:c".into(), 4, 60);
+        t.forget("ip:c");
+        assert_eq!(t.expired(99), [("ip:b".to_string(), 2)]);
+        assert!(t.expired(200).is_empty(), "decision 1 was replaced before it expired");
+        assert_eq!(t.expired(300), [("ip:a".to_string(), 3)]);
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn keys_hold_the_entity_whole() {
+        assert_eq!(decision_key(EntityType::Ip, "2001:db8::1"), "ip:2001:db8::1");
+        assert_eq!(decision_key(EntityType::ApiKey, "k"), "api_key:k");
+    }
+}
