@@ -70,6 +70,11 @@ fn is_manual(d: &Decision) -> bool {
     d.source.starts_with("manual:")
 }
 
+/// Whether a tombstone naming decision `id` (any, when `None`) ends `held`.
+fn ends(held: &Decision, id: Option<u64>) -> bool {
+    id.is_none_or(|id| held.id == id)
+}
+
 /// The topic read from its start: the last decision per entity.
 #[derive(Default)]
 pub struct Latest {
@@ -90,7 +95,7 @@ impl Latest {
             }
             Record::Lift { entity_type, entity, id } => {
                 let key = (entity_type, entity);
-                if self.map.get(&key).is_some_and(|c| id.is_none_or(|id| c.id == id)) {
+                if self.map.get(&key).is_some_and(|c| ends(c, id)) {
                     self.map.remove(&key);
                 }
             }
@@ -130,7 +135,7 @@ pub fn apply_to_store(store: &LiveStore, r: Record, now_ms: i64) -> Result<Appli
         }
         Record::Lift { entity_type, entity, id } => {
             let held = store.get(entity_type, &entity, now_ms);
-            if held.is_some_and(|c| id.is_none_or(|id| c.id == id)) {
+            if held.is_some_and(|c| ends(&c, id)) {
                 store.remove(entity_type, &entity)?;
                 Ok(Applied::Removed)
             } else {

@@ -476,11 +476,6 @@ impl KafkaSource {
         }
     }
 
-    /// Commits that failed (and were retried) so far.
-    pub fn commit_errors(&self) -> u64 {
-        self.stats().commit_errors()
-    }
-
     /// A handle on the source's counters for `/metrics`.
     pub fn stats(&self) -> KafkaStats {
         KafkaStats(self.shared.clone())
