@@ -86,6 +86,7 @@ struct KafkaInputSection {
     commit_every: Option<Spanned<String>>,
     max_idle: Option<Spanned<String>>,
     buffer: Option<Spanned<String>>,
+    rebuild: Option<Spanned<String>>,
     properties: Option<Spanned<BTreeMap<String, String>>>,
 }
 
@@ -639,6 +640,11 @@ fn kafka_input_from(
     let commit_every_ms =
         ms(&v.commit_every, "input.kafka.commit_every", KafkaInput::DEFAULT_COMMIT_EVERY_MS, 10..=600_000)?;
     let max_idle_ms = ms(&v.max_idle, "input.kafka.max_idle", KafkaInput::DEFAULT_MAX_IDLE_MS, 1..=600_000)?;
+    // "off": a partition taken over starts cold (its entities from nothing).
+    let rebuild_ms = match &v.rebuild {
+        Some(r) if r.get_ref() == "off" => 0,
+        r => ms(r, "input.kafka.rebuild", KafkaInput::DEFAULT_REBUILD_MS, 1..=86_400_000)?,
+    };
     let buffer_bytes = match &v.buffer {
         None => KafkaInput::DEFAULT_BUFFER_BYTES,
         Some(b) => {
@@ -658,6 +664,7 @@ fn kafka_input_from(
         max_idle_ms,
         buffer_bytes,
         max_future_ms: crate::config::DEFAULT_MAX_FUTURE_MS,
+        rebuild_ms,
     })
 }
 
@@ -1503,12 +1510,17 @@ reason = "too fast"
         let k = p.input.kafka.as_ref().expect("kafka input");
         assert_eq!((k.client.brokers.as_str(), k.group.as_str(), k.commit_every_ms), ("k1:9092,k2:9092", "gw", 2000));
         assert_eq!(k.client.properties.get("session.timeout.ms").map(String::as_str), Some("6000"));
+        assert_eq!(k.rebuild_ms, 70 * 60_000, "the longest window and ten minutes");
         let s = p.sinks[0].kafka.as_deref().expect("kafka sink");
         assert_eq!((s.decisions_topic.as_deref(), s.dead_letters_topic.as_deref()), (None, Some("dlq")));
         // A Kafka dead-letter topic keeps dead letters: no other sink is needed.
         assert_eq!(p.sinks.len(), 1);
 
         let input = "[input.kafka]\nbrokers = \"k:9092\"\ntopics = [\"a\"]\ngroup = \"g\"\n";
+        for (v, ms) in [("off", 0), ("30m", 1_800_000)] {
+            let p = load(&format!("{input}rebuild = \"{v}\"\n")).unwrap();
+            assert_eq!(p.input.kafka.as_ref().map(|k| k.rebuild_ms), Some(ms), "{v}");
+        }
         let dl = "[[sinks]]\ntype = \"dead_letters\"\n";
         for (toml, want) in [
             (input.replace("k:9092", "k"), "test.toml:2: input.kafka.brokers: a comma-separated list of host:port"),
@@ -1516,6 +1528,8 @@ reason = "too fast"
             (input.replace("[\"a\"]", "[]"), "test.toml:3: input.kafka.topics: from 1 to 64 topics"),
             (input.replace("\"g\"", "\"\""), "test.toml:4: input.kafka.group"),
             (format!("{input}max_idle = \"never\"\n"), "test.toml:5: input.kafka.max_idle"),
+            (format!("{input}rebuild = \"soon\"\n"), "test.toml:5: input.kafka.rebuild"),
+            (format!("{input}rebuild = \"2d\"\n"), "test.toml:5: input.kafka.rebuild: must be from"),
             (
                 format!("{input}[input.kafka.properties]\n\"enable.auto.commit\" = \"true\"\n"),
                 "test.toml:5: input.kafka.properties: 'enable.auto.commit' is set by gatewatch",

@@ -67,6 +67,10 @@ pub struct Summary {
     pub unknown_values: u64,
     /// Quoted fields cut off at the end of a line, kept as far as they went.
     pub truncated_fields: u64,
+    /// Events read again only to rebuild feature state (a Kafka partition
+    /// taken over, from before its committed offset): applied to windows,
+    /// never counted in `events`, judged, written or dead-lettered again.
+    pub rebuilt_events: u64,
     /// Entities forgotten early to keep state within `features.state_budget`.
     pub evicted_entities: u64,
     pub state_budget_bytes: u64,
@@ -95,8 +99,13 @@ impl Summary {
     /// One line for a terminal.
     pub fn line(&self) -> String {
         let acts: Vec<String> = self.decisions_by_action.iter().map(|(a, n)| format!("{a} {n}")).collect();
+        let rebuilt = if self.rebuilt_events > 0 {
+            format!("; {} events read again to rebuild state", self.rebuilt_events)
+        } else {
+            String::new()
+        };
         format!(
-            "{} lines → {} events ({} dead letters, {} late, {} reordered, {} from the future, {} evicted) → {} decisions [{}] in {:.2}s ({:.0} events/s)",
+            "{} lines → {} events ({} dead letters, {} late, {} reordered, {} from the future, {} evicted) → {} decisions [{}] in {:.2}s ({:.0} events/s){}",
             self.lines,
             self.events,
             self.dead_letters,
@@ -107,7 +116,8 @@ impl Summary {
             self.decisions,
             if acts.is_empty() { "none".to_string() } else { acts.join(", ") },
             self.elapsed_s,
-            self.events_per_s
+            self.events_per_s,
+            rebuilt
         )
     }
 }
@@ -219,6 +229,8 @@ pub struct Engine {
     allowlist: Arc<ArcSwap<Allowlist>>,
     /// Live mode: the clock at the start of this round of input.
     wall_clock: Option<crate::event::clock::Reading>,
+    /// The events in `builder` were read only to rebuild state ([`Line::rebuild`]).
+    builder_rebuild: bool,
     /// Where the pipeline's sinks write (reopened there after a failure).
     out_dir: PathBuf,
 }
@@ -266,6 +278,7 @@ impl Engine {
             batch_started: Instant::now(),
             allowlist: Arc::new(ArcSwap::from_pointee(pipeline.allowlist.clone())),
             wall_clock: None,
+            builder_rebuild: false,
             out_dir: out_dir.to_path_buf(),
             pipeline,
         })
@@ -438,6 +451,15 @@ impl Engine {
 
     /// Parses one line; a bad one becomes a dead letter.
     pub fn push_line(&mut self, line: &Line<'_>) -> Result<(), EngineError> {
+        if line.rebuild != self.builder_rebuild {
+            // A batch is either new input or state being rebuilt, never both.
+            self.flush_batch()?;
+            self.builder_rebuild = line.rebuild;
+        }
+        if line.rebuild {
+            self.push_rebuild_line(line);
+            return self.flush_if_due();
+        }
         self.summary.lines += 1;
         let reason = if line.truncated() {
             Some(format!(
@@ -470,6 +492,30 @@ impl Engine {
             self.summary.dead_letters += 1;
             tracing::debug!(pos = ?line.pos, %reason, "dead letter");
         }
+        self.flush_if_due()
+    }
+
+    /// A line read again to rebuild state: what parses and a window still
+    /// holds is applied; the rest was dead-lettered or counted when the line
+    /// was first read, and is skipped without a word now.
+    fn push_rebuild_line(&mut self, line: &Line<'_>) {
+        if line.truncated() {
+            return;
+        }
+        let Ok(text) = std::str::from_utf8(line.bytes) else { return };
+        let Ok(mut ev) = event::parse_line(text, self.format, self.pipeline.input.mapping.as_ref()) else { return };
+        if let Some(clock) = self.wall_clock
+            && ev.ts_ms > clock.now_ms.saturating_add(self.pipeline.input.max_future_ms)
+        {
+            ev.ts_ms = clock.now_ms;
+        }
+        if self.newest_ts().is_some_and(|newest| ev.ts_ms < newest.saturating_sub(features::LONGEST_WINDOW_MS)) {
+            return;
+        }
+        self.builder.append(&ev);
+    }
+
+    fn flush_if_due(&mut self) -> Result<(), EngineError> {
         // Batches are bounded by rows and by wall-clock age. Neither changes
         // any decision (ticks follow event time, row by row); the age bound only
         // keeps a slow live stream from waiting for a full batch.
@@ -490,6 +536,13 @@ impl Engine {
         }
         self.batch_started = Instant::now();
         let batch = self.builder.finish()?;
+        if self.builder_rebuild {
+            self.summary.rebuilt_events += batch.num_rows() as u64;
+            for s in self.features.ingest_rebuild(&batch)? {
+                self.handle_snapshot(s)?;
+            }
+            return Ok(());
+        }
         self.summary.events += batch.num_rows() as u64;
         let snapshots = self.features.ingest(&batch)?;
         if self.wants.events {

@@ -10,6 +10,8 @@ use prometheus::{
 pub struct Metrics {
     registry: Registry,
     pub events_in: IntCounter,
+    /// Events read again to rebuild feature state (partitions taken over).
+    pub events_rebuilt: IntCounter,
     pub dead_letters: IntCounter,
     pub decisions: IntCounterVec,
     /// What shadow rules and models would have decided (never enforced).
@@ -72,6 +74,10 @@ impl Metrics {
     pub fn new() -> Result<Metrics, prometheus::Error> {
         let registry = Registry::new();
         let events_in = IntCounter::new("gatewatch_events_total", "Access-log events parsed")?;
+        let events_rebuilt = IntCounter::new(
+            "gatewatch_events_rebuilt_total",
+            "Events read again from before a taken-over partition's committed offset, to rebuild feature state",
+        )?;
         let dead_letters = IntCounter::new("gatewatch_dead_letters_total", "Lines that did not parse")?;
         let decisions = IntCounterVec::new(
             Opts::new("gatewatch_decisions_total", "Decisions made, by source (rule:NAME, manual) and action"),
@@ -208,6 +214,7 @@ impl Metrics {
         registry.register(Box::new(reloads.clone()))?;
         registry.register(Box::new(stream_cursor.clone()))?;
         registry.register(Box::new(events_in.clone()))?;
+        registry.register(Box::new(events_rebuilt.clone()))?;
         registry.register(Box::new(dead_letters.clone()))?;
         registry.register(Box::new(decisions.clone()))?;
         registry.register(Box::new(active_decisions.clone()))?;
@@ -217,6 +224,7 @@ impl Metrics {
         Ok(Metrics {
             registry,
             events_in,
+            events_rebuilt,
             dead_letters,
             decisions,
             shadow_decisions,
@@ -265,6 +273,7 @@ impl Metrics {
             *before = now;
         };
         add(&self.events_in, s.events, &mut seen.events);
+        add(&self.events_rebuilt, s.rebuilt_events, &mut seen.rebuilt_events);
         add(&self.dead_letters, s.dead_letters, &mut seen.dead_letters);
         add(&self.entities_evicted, s.evicted_entities, &mut seen.evicted_entities);
         let kinds = [

@@ -213,6 +213,8 @@ struct Table {
     /// Touched since the last early evaluation; kept only when `early` is on.
     early_dirty: Vec<u32>,
     early: bool,
+    /// Rebuilding state ([`FeatureEngine::ingest_rebuild`]): updates mark nothing.
+    quiet: bool,
     /// Σ [`EntityState::bytes`] over `states`, kept as they change.
     state_bytes: usize,
 }
@@ -281,6 +283,9 @@ impl Table {
 
     #[inline]
     fn mark_dirty(&mut self, i: usize) {
+        if self.quiet {
+            return;
+        }
         let s = &mut self.states[i];
         if s.dirty & state::DIRTY_TICK == 0 {
             self.dirty.push(i as u32);
@@ -589,7 +594,7 @@ impl FeatureEngine {
             // A late event (behind the watermark) still counts in every window
             // that holds its time: rings and sketches take it in its own slot.
             // The engine has already refused events older than every window.
-            if self.max_ts != i64::MIN && ts < self.max_ts - self.cfg.lateness_ms {
+            if self.max_ts != i64::MIN && ts < self.max_ts - self.cfg.lateness_ms && !self.tables[0].quiet {
                 self.stats.reordered_events += 1;
             }
             self.advance(ts, &mut out)?;
@@ -599,6 +604,20 @@ impl FeatureEngine {
             }
         }
         Ok(out)
+    }
+
+    /// Applies events read again only to rebuild state (an instance taking
+    /// over a Kafka partition replays the longest window before its committed
+    /// offset): windows, sketches and the path catalogue take them as any
+    /// event, but no entity is marked for a tick or for the `features` table,
+    /// so nothing is judged or persisted twice. An entity is judged with this
+    /// history when its next new event arrives. Ticks the events cross still
+    /// emit what new events had marked.
+    pub fn ingest_rebuild(&mut self, batch: &RecordBatch) -> Result<Vec<Snapshot>, ArrowError> {
+        self.tables.iter_mut().for_each(|t| t.quiet = true);
+        let out = self.ingest(batch);
+        self.tables.iter_mut().for_each(|t| t.quiet = false);
+        out
     }
 
     /// Moves event time forward to `ts`, emitting every tick the watermark passes.

@@ -52,9 +52,15 @@ pub struct KafkaInput {
     /// is merged as if stamped now (+ this), so one forged or skewed
     /// timestamp cannot hold its partition back behind every other.
     pub max_future_ms: i64,
+    /// How far before its committed position a partition this member takes
+    /// over is read again to rebuild feature state (0: start cold).
+    pub rebuild_ms: u64,
 }
 
 impl KafkaInput {
+    /// The longest feature window, plus ten minutes for messages stamped out
+    /// of order around its start.
+    pub const DEFAULT_REBUILD_MS: u64 = crate::features::LONGEST_WINDOW_MS as u64 + 600_000;
     pub const DEFAULT_COMMIT_EVERY_MS: u64 = 1_000;
     pub const DEFAULT_MAX_IDLE_MS: u64 = 2_000;
     pub const DEFAULT_BUFFER_BYTES: usize = 64 << 20;
@@ -72,6 +78,8 @@ struct Msg {
     ts: i64,
     offset: i64,
     payload: Vec<u8>,
+    /// Before the partition's committed offset: read to rebuild state only.
+    rebuild: bool,
 }
 
 #[derive(Default)]
@@ -87,6 +95,9 @@ struct Part {
     next: Option<i64>,
     /// The largest timestamp read from it (its "partition time").
     newest: Option<i64>,
+    /// Messages before this offset are read to rebuild state only (the
+    /// partition's committed offset when it was taken over).
+    rebuild_until: Option<i64>,
 }
 
 impl Part {
@@ -123,10 +134,19 @@ const STALLED: Duration = Duration::from_secs(30);
 /// What the rebalance callbacks and the source share.
 #[derive(Default)]
 struct Shared {
-    /// Offsets (next to read) acknowledged but not yet committed.
-    acked: HashMap<(String, i32), i64>,
-    /// Partitions gained and lost since the source last looked.
-    assigned: Vec<(String, i32)>,
+    /// Offsets (next to read) acknowledged but not yet committed, with the
+    /// newest timestamp acknowledged on the partition (committed as the
+    /// offset's metadata: where a rebuild of its windows starts from).
+    acked: HashMap<(String, i32), Acked>,
+    /// The offset after the newest message of each partition this member has
+    /// handed to the engine (what its feature state already holds), kept
+    /// after the partition is revoked: a partition that comes back is rebuilt
+    /// only from there.
+    applied: HashMap<(String, i32), i64>,
+    /// Partitions being rebuilt: their committed offset when assigned.
+    rebuild_until: HashMap<(String, i32), i64>,
+    /// Partitions gained (with where their rebuild ends) and lost since the source last looked.
+    assigned: Vec<((String, i32), Option<i64>)>,
     revoked: Vec<(String, i32)>,
     commit_errors: u64,
     /// Partitions this member reads now.
@@ -134,6 +154,71 @@ struct Shared {
     /// Messages behind the partitions' ends, summed over the assigned ones,
     /// as librdkafka's last statistics said (`None` before the first).
     lag: Option<i64>,
+}
+
+/// An acknowledged position of a partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Acked {
+    next: i64,
+    /// Newest message timestamp acknowledged.
+    ts: i64,
+}
+
+impl Acked {
+    fn merge(&mut self, other: Acked) {
+        self.next = self.next.max(other.next);
+        self.ts = self.ts.max(other.ts);
+    }
+}
+
+/// The commit metadata that carries a partition's newest acknowledged
+/// message time: a small JSON object, so other tools can read it.
+fn commit_metadata(ts: i64) -> String {
+    format!("{{\"gatewatch_time_ms\":{ts}}}")
+}
+
+/// The time [`commit_metadata`] wrote, if these bytes are that (another
+/// client may have committed anything, or nothing).
+fn metadata_time(bytes: &[u8]) -> Option<i64> {
+    #[derive(serde::Deserialize)]
+    struct Meta {
+        gatewatch_time_ms: i64,
+    }
+    serde_json::from_slice::<Meta>(bytes).ok().map(|m| m.gatewatch_time_ms)
+}
+
+/// Adds `(topic, partition)` at `a.next` with `a.ts` as metadata.
+fn add_acked(tpl: &mut TopicPartitionList, topic: &str, partition: i32, a: Acked) -> Result<(), KafkaError> {
+    let mut e = tpl.add_partition(topic, partition);
+    e.set_offset(Offset::Offset(a.next))?;
+    e.set_metadata(commit_metadata(a.ts));
+    Ok(())
+}
+
+/// Each entry's topic, partition, offset and metadata bytes. rdkafka's own
+/// `metadata()` panics on bytes that are not UTF-8, and commit metadata is
+/// whatever a client of the group wrote: it is read raw here.
+fn entries(tpl: &TopicPartitionList) -> Vec<(String, i32, Offset, Vec<u8>)> {
+    let raw = tpl.ptr();
+    tpl.elements()
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            // SAFETY: `elements()` lists the list's `cnt` entries in order, so
+            // entry i exists; librdkafka keeps `metadata_size` bytes at
+            // `metadata` (or a null pointer) while the list lives, and the
+            // bytes are copied before it is dropped.
+            let meta = unsafe {
+                let el = &*(*raw).elems.add(i);
+                if el.metadata.is_null() || el.metadata_size == 0 {
+                    Vec::new()
+                } else {
+                    std::slice::from_raw_parts(el.metadata as *const u8, el.metadata_size).to_vec()
+                }
+            };
+            (e.topic().to_string(), e.partition(), e.offset(), meta)
+        })
+        .collect()
 }
 
 /// What `/metrics` shows of a Kafka source, readable from another thread.
@@ -160,6 +245,131 @@ impl KafkaStats {
 
 struct Ctx {
     shared: Arc<Mutex<Shared>>,
+    rebuild_ms: u64,
+    /// For a consumer outside the group that reads the last message a
+    /// committed offset covers, when the offset carries no time.
+    probe: rdkafka::ClientConfig,
+}
+
+impl Ctx {
+    /// The timestamp of the message just before each committed offset (the
+    /// last one it covers), read by a consumer outside the group.
+    fn times_before(&self, committed: &HashMap<(String, i32), i64>) -> HashMap<(String, i32), i64> {
+        let mut out = HashMap::new();
+        let consumer: BaseConsumer = match self.probe.create() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "kafka: could not open a consumer to read committed positions' times");
+                return out;
+            }
+        };
+        let mut tpl = TopicPartitionList::new();
+        for ((t, p), o) in committed {
+            let _ = tpl.add_partition_offset(t, *p, Offset::Offset(o - 1));
+        }
+        if let Err(e) = consumer.assign(&tpl) {
+            tracing::warn!(error = %e, "kafka: could not read committed positions' times");
+            return out;
+        }
+        let started = Instant::now();
+        while out.len() < committed.len() && started.elapsed() < REBUILD_LOOKUP {
+            let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) else { continue };
+            let k = (m.topic().to_string(), m.partition());
+            if let Some(ts) = m.timestamp().to_millis()
+                && committed.get(&k).is_some_and(|o| m.offset() < *o)
+            {
+                out.entry(k).or_insert(ts);
+            }
+        }
+        out
+    }
+}
+
+/// How long the rebalance callback waits for the brokers' answers (committed
+/// offsets, offsets by time) before it starts a partition without a rebuild.
+const REBUILD_LOOKUP: Duration = Duration::from_secs(10);
+
+impl Ctx {
+    /// Sets, in the assignment, where each partition taken over starts: the
+    /// first message stamped at or after (its committed message time −
+    /// `rebuild_ms`), but not before what this member already applied of it.
+    /// Messages from there to the committed offset rebuild the partition's
+    /// share of feature state (windows up to an hour long) without being
+    /// judged or written again. Without it an instance that restarts or takes
+    /// a partition over from another starts every entity of it from nothing.
+    /// On any failure the partition starts at its committed offset, cold.
+    fn plan_rebuild(&self, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
+        if self.rebuild_ms == 0 || tpl.count() == 0 {
+            return;
+        }
+        let committed = match consumer.committed_offsets(tpl.clone(), REBUILD_LOOKUP) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "kafka: reading committed offsets failed; partitions start without a rebuild");
+                return;
+            }
+        };
+        let applied = self.shared.lock().unwrap_or_else(PoisonError::into_inner).applied.clone();
+        let mut at = HashMap::new();
+        let mut time = HashMap::new();
+        for (topic, p, offset, meta) in entries(&committed) {
+            // No committed offset: the group has never read it, and starts at its beginning.
+            let Offset::Offset(committed) = offset else { continue };
+            let k = (topic, p);
+            if committed <= 0 || applied.get(&k).is_some_and(|a| *a >= committed) {
+                continue; // nothing before it, or held here up to there already
+            }
+            if let Some(ts) = metadata_time(&meta) {
+                time.insert(k.clone(), ts);
+            }
+            at.insert(k, committed);
+        }
+        // Brokers that keep no commit metadata (or offsets committed by
+        // another client): the time of the last message the offset covers.
+        let unknown: HashMap<_, _> =
+            at.iter().filter(|(k, _)| !time.contains_key(*k)).map(|(k, o)| (k.clone(), *o)).collect();
+        if !unknown.is_empty() {
+            time.extend(self.times_before(&unknown));
+        }
+        let mut times = TopicPartitionList::new();
+        for (k, _) in at.iter() {
+            match time.get(k) {
+                Some(ts) => {
+                    let _ = times.add_partition_offset(
+                        &k.0,
+                        k.1,
+                        Offset::Offset(ts.saturating_sub(self.rebuild_ms as i64)),
+                    );
+                }
+                None => {
+                    tracing::warn!(topic = %k.0, partition = k.1, "kafka: the time of the committed position is unknown; the partition starts without a rebuild")
+                }
+            }
+        }
+        if times.count() == 0 {
+            return;
+        }
+        let found = match consumer.offsets_for_times(times, REBUILD_LOOKUP) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(error = %e, "kafka: looking up offsets by time failed; partitions start without a rebuild");
+                return;
+            }
+        };
+        let mut s = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
+        for e in found.elements() {
+            if e.error().is_err() {
+                continue;
+            }
+            let k = (e.topic().to_string(), e.partition());
+            let (Offset::Offset(start), Some(&committed)) = (e.offset(), at.get(&k)) else { continue };
+            let start = start.max(applied.get(&k).copied().unwrap_or(0));
+            if start < committed && tpl.set_partition_offset(&k.0, k.1, Offset::Offset(start)).is_ok() {
+                tracing::info!(topic = %k.0, partition = k.1, from = start, to = committed, "kafka: rebuilding the partition's feature state");
+                s.rebuild_until.insert(k, committed);
+            }
+        }
+    }
 }
 
 impl ClientContext for Ctx {
@@ -186,6 +396,38 @@ impl ClientContext for Ctx {
 }
 
 impl ConsumerContext for Ctx {
+    /// rdkafka's own sequence (revoke, assign, callbacks), with the
+    /// assignment's start offsets set for a rebuild first.
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: rdkafka::types::RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        use rdkafka::consumer::RebalanceProtocol;
+        use rdkafka::types::RDKafkaRespErr;
+        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        let result = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                self.plan_rebuild(consumer, tpl);
+                let r = if cooperative { consumer.incremental_assign(tpl) } else { consumer.assign(tpl) };
+                self.post_rebalance(consumer, &Rebalance::Assign(tpl));
+                r
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                self.pre_rebalance(consumer, &Rebalance::Revoke(tpl));
+                if cooperative { consumer.incremental_unassign(tpl) } else { consumer.unassign() }
+            }
+            other => {
+                tracing::warn!(error = ?other, "kafka: rebalance failed; dropping the assignment");
+                consumer.unassign()
+            }
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "kafka: applying a rebalance failed");
+        }
+    }
+
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let Rebalance::Revoke(tpl) = rebalance else { return };
         let mut s = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
@@ -194,9 +436,10 @@ impl ConsumerContext for Ctx {
         let mut commit = TopicPartitionList::new();
         for e in tpl.elements() {
             let k = (e.topic().to_string(), e.partition());
-            if let Some(next) = s.acked.remove(&k) {
-                let _ = commit.add_partition_offset(&k.0, k.1, Offset::Offset(next));
+            if let Some(a) = s.acked.remove(&k) {
+                let _ = add_acked(&mut commit, &k.0, k.1, a);
             }
+            s.rebuild_until.remove(&k);
             s.revoked.push(k);
         }
         if commit.count() > 0
@@ -211,7 +454,9 @@ impl ConsumerContext for Ctx {
         let Rebalance::Assign(tpl) = rebalance else { return };
         let mut s = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
         for e in tpl.elements() {
-            s.assigned.push((e.topic().to_string(), e.partition()));
+            let k = (e.topic().to_string(), e.partition());
+            let until = s.rebuild_until.remove(&k);
+            s.assigned.push((k, until));
         }
     }
 }
@@ -227,8 +472,9 @@ pub struct KafkaSource {
     topic_names: Vec<std::ffi::CString>,
     parts: HashMap<Tp, Part>,
     queued_bytes: usize,
-    /// The newest offset handed out per partition since the last acknowledgement ...
-    handed: HashMap<Tp, i64>,
+    /// The newest offset and message time handed out per partition since
+    /// the last acknowledgement (messages read to rebuild state excepted) ...
+    handed: HashMap<Tp, (i64, i64)>,
     /// ... and the newest message handed out of all.
     last_handed: Option<(Tp, i64)>,
     last_commit: Instant,
@@ -257,7 +503,15 @@ impl KafkaSource {
                 ("statistics.interval.ms", "5000"),
             ])
             .set("group.id", &spec.group)
-            .create_with_context(Ctx { shared: shared.clone() })
+            .create_with_context(Ctx {
+                shared: shared.clone(),
+                rebuild_ms: spec.rebuild_ms,
+                probe: spec
+                    .client
+                    .config(&[("enable.auto.commit", "false"), ("auto.offset.reset", "error")])
+                    .set("group.id", format!("{}.rebuild-probe", spec.group))
+                    .clone(),
+            })
             .map_err(kafka_io)?;
         let topics: Vec<&'static str> = spec.topics.iter().map(|t| &*Box::leak(t.clone().into_boxed_str())).collect();
         consumer.subscribe(&topics).map_err(kafka_io)?;
@@ -288,7 +542,7 @@ impl KafkaSource {
         topics: &[&'static str],
         parts: &mut HashMap<Tp, Part>,
         queued_bytes: &mut usize,
-        handed: &mut HashMap<Tp, i64>,
+        handed: &mut HashMap<Tp, (i64, i64)>,
     ) {
         let (assigned, revoked) = {
             let mut s = shared.lock().unwrap_or_else(PoisonError::into_inner);
@@ -306,9 +560,11 @@ impl KafkaSource {
             handed.remove(&(i, p));
             tracing::info!(topic = %t, partition = p, "kafka: partition revoked");
         }
-        for (t, p) in assigned {
+        for ((t, p), rebuild_until) in assigned {
             if let Some(i) = index(&t) {
-                parts.entry((i, p)).or_default().heard = Some(Instant::now());
+                let part = parts.entry((i, p)).or_default();
+                part.heard = Some(Instant::now());
+                part.rebuild_until = rebuild_until;
                 tracing::info!(topic = %t, partition = p, "kafka: partition assigned");
             }
         }
@@ -358,13 +614,17 @@ impl KafkaSource {
                 .min(crate::event::time::now_ms().saturating_add(self.spec.max_future_ms));
             let offset = m.offset();
             let part = self.parts.entry(tp).or_default();
+            let rebuild = part.rebuild_until.is_some_and(|until| offset < until);
+            if !rebuild {
+                part.rebuild_until = None;
+            }
             part.eof = false;
             part.heard = Some(Instant::now());
             part.next = Some(offset + 1);
             part.newest = Some(part.newest.map_or(ts, |n| n.max(ts)));
             part.bytes += payload.len();
             self.queued_bytes += payload.len();
-            part.queue.push_back(Msg { ts, offset, payload });
+            part.queue.push_back(Msg { ts, offset, payload, rebuild });
             if part.bytes >= per_part && !part.paused {
                 part.paused = true;
                 let mut tpl = TopicPartitionList::new();
@@ -450,15 +710,16 @@ impl KafkaSource {
         })
     }
 
-    /// Commits what was acknowledged (synchronously).
+    /// Commits what was acknowledged (synchronously), each offset with its
+    /// partition's newest acknowledged message time as metadata.
     fn commit(&mut self) -> io::Result<()> {
         let mut s = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
         if s.acked.is_empty() {
             return Ok(());
         }
         let mut tpl = TopicPartitionList::new();
-        for ((t, p), next) in &s.acked {
-            tpl.add_partition_offset(t, *p, Offset::Offset(*next)).map_err(kafka_io)?;
+        for ((t, p), a) in &s.acked {
+            add_acked(&mut tpl, t, *p, *a).map_err(kafka_io)?;
         }
         match self.consumer.commit(&tpl, CommitMode::Sync) {
             Ok(()) => {
@@ -495,6 +756,7 @@ impl Source for KafkaSource {
         let before = out.len();
         let wait = if self.next_ready().is_some() { Duration::ZERO } else { Duration::from_millis(50) };
         self.fill(wait);
+        let mut applied: Vec<(Tp, i64)> = Vec::new();
         while out.len() - before < max {
             let Some(tp) = self.next_ready() else { break };
             let topic = self.topics[tp.0 as usize];
@@ -510,10 +772,26 @@ impl Source for KafkaSource {
                 }
                 line_no += 1;
                 let pos = Position::Kafka { topic, partition: tp.1, offset: msg.offset, line: line_no };
-                out.push(&line[..line.len().min(self.keep)], line.len() as u64, pos);
+                let kept = &line[..line.len().min(self.keep)];
+                if msg.rebuild {
+                    out.push_rebuild(kept, line.len() as u64, pos);
+                } else {
+                    out.push(kept, line.len() as u64, pos);
+                }
             }
-            self.handed.insert(tp, msg.offset);
+            if !msg.rebuild {
+                let h = self.handed.entry(tp).or_insert((msg.offset, msg.ts));
+                *h = (h.0.max(msg.offset), h.1.max(msg.ts));
+            }
+            applied.push((tp, msg.offset + 1));
             self.last_handed = Some((tp, msg.offset));
+        }
+        if !applied.is_empty() {
+            let mut s = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
+            for (tp, next) in applied {
+                let e = s.applied.entry((self.topics[tp.0 as usize].to_string(), tp.1)).or_insert(next);
+                *e = (*e).max(next);
+            }
         }
         self.resume_drained();
         let emitted = out.len() > before;
@@ -542,9 +820,9 @@ impl Source for KafkaSource {
         self.last_handed = None;
         {
             let mut s = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
-            for ((t, p), o) in self.handed.drain() {
-                let next = s.acked.entry((self.topics[t as usize].to_string(), p)).or_insert(o + 1);
-                *next = (*next).max(o + 1);
+            for ((t, p), (o, ts)) in self.handed.drain() {
+                let a = Acked { next: o + 1, ts };
+                s.acked.entry((self.topics[t as usize].to_string(), p)).or_insert(a).merge(a);
             }
         }
         if self.last_commit.elapsed() >= Duration::from_millis(self.spec.commit_every_ms) {
@@ -571,9 +849,22 @@ mod tests {
         let mut p = Part { eof, newest, next: newest.map(|_| 1), ..Part::default() };
         p.heard = heard_ago.map(|d| Instant::now() - d);
         if queued {
-            p.queue.push_back(Msg { ts: 0, offset: 0, payload: Vec::new() });
+            p.queue.push_back(Msg { ts: 0, offset: 0, payload: Vec::new(), rebuild: false });
         }
         p
+    }
+
+    #[test]
+    fn commit_metadata_carries_the_time_and_anything_else_is_no_time() {
+        assert_eq!(metadata_time(commit_metadata(1_793_600_454_992).as_bytes()), Some(1_793_600_454_992));
+        for other in
+            [&b""[..], b"\xff\xfe", b"{}", b"{\"gatewatch_time_ms\":\"x\"}", b"12345", b"{\"gatewatch_time_ms\":1e400}"]
+        {
+            assert_eq!(metadata_time(other), None, "{other:?}");
+        }
+        let mut a = Acked { next: 10, ts: 500 };
+        a.merge(Acked { next: 7, ts: 900 });
+        assert_eq!(a, Acked { next: 10, ts: 900 }, "the furthest offset and the newest time");
     }
 
     #[test]

@@ -67,7 +67,12 @@ impl<R: BufRead> LineReader<R> {
         }
         self.no += 1;
         self.offset = start;
-        Ok(Some(Line { pos: Position::Line { no: self.no, offset: self.offset }, bytes: &self.buf, len }))
+        Ok(Some(Line {
+            pos: Position::Line { no: self.no, offset: self.offset },
+            bytes: &self.buf,
+            len,
+            rebuild: false,
+        }))
     }
 }
 

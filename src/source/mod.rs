@@ -70,6 +70,10 @@ pub struct Line<'a> {
     pub bytes: &'a [u8],
     /// The full length of the line in bytes.
     pub len: u64,
+    /// Read again only to rebuild feature state (a Kafka partition this
+    /// instance takes over, from before its committed offset): its effects
+    /// (events, decisions, dead letters) were produced when it was first read.
+    pub rebuild: bool,
 }
 
 impl Line<'_> {
@@ -83,15 +87,24 @@ impl Line<'_> {
 #[derive(Debug, Default)]
 pub struct Records {
     buf: Vec<u8>,
-    items: Vec<(usize, usize, u64, Position)>,
+    items: Vec<(usize, usize, u64, Position, bool)>,
 }
 
 impl Records {
     /// Appends a record: `bytes` as kept (at most the source's limit), `len` its full length.
     pub fn push(&mut self, bytes: &[u8], len: u64, pos: Position) {
+        self.push_as(bytes, len, pos, false);
+    }
+
+    /// Appends a record read again only to rebuild state ([`Line::rebuild`]).
+    pub fn push_rebuild(&mut self, bytes: &[u8], len: u64, pos: Position) {
+        self.push_as(bytes, len, pos, true);
+    }
+
+    fn push_as(&mut self, bytes: &[u8], len: u64, pos: Position, rebuild: bool) {
         let start = self.buf.len();
         self.buf.extend_from_slice(bytes);
-        self.items.push((start, self.buf.len(), len, pos));
+        self.items.push((start, self.buf.len(), len, pos, rebuild));
     }
 
     pub fn clear(&mut self) {
@@ -108,7 +121,7 @@ impl Records {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = Line<'_>> {
-        self.items.iter().map(|&(s, e, len, pos)| Line { pos, bytes: &self.buf[s..e], len })
+        self.items.iter().map(|&(s, e, len, pos, rebuild)| Line { pos, bytes: &self.buf[s..e], len, rebuild })
     }
 
     /// Position of the newest record, what an acknowledgement after these covers.
