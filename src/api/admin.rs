@@ -11,6 +11,7 @@ use serde_json::json;
 
 use super::{
     ApiError, AppState, Caller, MAX_PARAM, check_params, decision_json, now_ms, parse_ip, parse_net, shorten, too_long,
+    trim_blank,
 };
 use crate::config::Pipeline;
 use crate::decision::Action;
@@ -79,7 +80,7 @@ pub struct ManualDecision {
 
 fn canonical_entity(t: crate::features::EntityType, entity: &str) -> Result<String, ApiError> {
     use crate::features::EntityType;
-    let e = entity.trim();
+    let e = trim_blank(entity);
     if e.is_empty() || too_long(e, MAX_PARAM) {
         return Err(ApiError::bad_request(format!("entity: must be 1–{MAX_PARAM} characters")));
     }
@@ -127,7 +128,7 @@ fn manual_decision(
     if !(1_000..=366 * 86_400_000).contains(&ttl_ms) {
         return Err(bad("ttl: must be between 1s and 366d".into()));
     }
-    if m.reason.trim().is_empty() || too_long(&m.reason, MAX_REASON) {
+    if trim_blank(&m.reason).is_empty() || too_long(&m.reason, MAX_REASON) {
         return Err(bad(format!("reason: say why, in at most {MAX_REASON} characters")));
     }
     Ok(crate::decision::Decision {
@@ -135,7 +136,7 @@ fn manual_decision(
         entity_type: t,
         entity,
         action,
-        reason: m.reason.trim().to_string(),
+        reason: trim_blank(&m.reason).to_string(),
         source: format!("manual:{}", caller.name),
         score: 1.0,
         created_ms: now,
@@ -206,7 +207,7 @@ pub(super) async fn delete(
     let t = params.get("entity_type").ok_or_else(|| ApiError::bad_request("entity_type: required"))?;
     let t = entity_type(t)?;
     let given = params.get("entity").ok_or_else(|| ApiError::bad_request("entity: required"))?;
-    if given.trim().is_empty() || too_long(given, MAX_PARAM) {
+    if trim_blank(given).is_empty() || too_long(given, MAX_PARAM) {
         return Err(ApiError::bad_request(format!("entity: must be 1–{MAX_PARAM} characters")));
     }
     // A value that is not an address (or a network we would keep) cannot have
@@ -264,7 +265,7 @@ pub struct AllowRequest {
 }
 
 fn allow_target(kind: &str, value: &str) -> Result<(AllowKind, String), ApiError> {
-    let v = value.trim();
+    let v = trim_blank(value);
     if v.is_empty() || too_long(v, MAX_PARAM) {
         return Err(ApiError::bad_request(format!("value: must be 1–{MAX_PARAM} characters")));
     }
@@ -287,13 +288,13 @@ pub(super) async fn allow(
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     let Json(r) = body.map_err(body_error)?;
     let (kind, value) = allow_target(&r.kind, &r.value)?;
-    if r.reason.trim().is_empty() || too_long(&r.reason, MAX_REASON) {
+    if trim_blank(&r.reason).is_empty() || too_long(&r.reason, MAX_REASON) {
         return Err(ApiError::bad_request(format!("reason: say why, in at most {MAX_REASON} characters")));
     }
     let entry = AllowEntry {
         kind,
         value,
-        reason: r.reason.trim().to_string(),
+        reason: trim_blank(&r.reason).to_string(),
         added_by: caller.name,
         added_at: format_rfc3339(now_ms()),
     };
@@ -314,7 +315,7 @@ pub(super) async fn disallow(
     if !["cidr", "ip", "api_key"].contains(&kind.as_str()) {
         return Err(ApiError::bad_request(format!("kind: '{}' is not one of cidr, ip, api_key", shorten(kind))));
     }
-    if value.trim().is_empty() || too_long(value, MAX_PARAM) {
+    if trim_blank(value).is_empty() || too_long(value, MAX_PARAM) {
         return Err(ApiError::bad_request(format!("value: must be 1–{MAX_PARAM} characters")));
     }
     // As for decisions: what is not an address or a network we keep has no entry.

@@ -61,7 +61,7 @@ fn running() -> &'static Arc<tokio::sync::Semaphore> {
 }
 
 fn check(r: &QueryRequest, max_rows: usize) -> Result<usize, ApiError> {
-    if r.sql.trim().is_empty() {
+    if super::trim_blank(&r.sql).is_empty() {
         return Err(ApiError::bad_request("sql: one SQL statement is required"));
     }
     // Lengths in characters, as the OpenAPI document's maxLength counts them.
