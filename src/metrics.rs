@@ -64,7 +64,10 @@ pub const REFUSED_TOTAL: &str = "total";
 pub const REFUSED_PER_ADDRESS: &str = "per_address";
 
 /// Kinds of `gatewatch_decision_feed_records_total`.
-pub const FEED_KINDS: [&str; 4] = ["stored", "removed", "unchanged", "unreadable"];
+/// `learned` and `not_learned` are an engine's: decisions read from the topic
+/// (other instances' and its own) taken into its decision memory, or dropped
+/// because it was too far behind.
+pub const FEED_KINDS: [&str; 6] = ["stored", "removed", "unchanged", "unreadable", "learned", "not_learned"];
 
 /// Kinds of `gatewatch_input_anomalies_total`.
 pub const ANOMALY_KINDS: [&str; 6] =
@@ -173,7 +176,7 @@ impl Metrics {
         let feed_records = IntCounterVec::new(
             Opts::new(
                 "gatewatch_decision_feed_records_total",
-                "Records read from the decisions topic (run --role api), by what they did to the decisions served",
+                "Records read from the decisions topic, by what they did to the decisions served (role api) or to an engine's decision memory",
             ),
             &["kind"],
         )?;

@@ -5,7 +5,9 @@
 //! the dead-letter topic and the stream goes on; decisions reach their topic
 //! keyed by entity; a `run` killed with -9 resumes from its committed offsets
 //! and loses nothing; a resumed reader rebuilds its windows from before its
-//! committed offsets and computes what an uninterrupted one does; API-only instances serve what an engine-only instance
+//! committed offsets and computes what an uninterrupted one does; engines
+//! joining one group split the partitions and decide on addresses what one
+//! engine does; API-only instances serve what an engine-only instance
 //! publishes, agree on operators' decisions and lifts, and a new one rebuilds
 //! from the topic.
 
@@ -223,6 +225,20 @@ fn consuming_a_topic_decides_what_replaying_the_file_decides() {
     }
 }
 
+/// The traffic split in two halves written to files in `dir`: (lines of the
+/// first, lines of the second, first file, second file).
+fn halves(dir: &Path, input: &Path) -> (usize, usize, PathBuf, PathBuf) {
+    let text = std::fs::read_to_string(input).expect("input");
+    let all: Vec<&str> = text.lines().collect();
+    let (first, second) = all.split_at(all.len() / 2);
+    let write = |name: &str, lines: &[&str]| {
+        let f = dir.join(name);
+        std::fs::write(&f, lines.join("\n") + "\n").expect("write");
+        f
+    };
+    (first.len(), second.len(), write("first.jsonl", first), write("second.jsonl", second))
+}
+
 /// The last features written (the final tick's rows, every feature), as CSV.
 fn final_features(run: &Path) -> String {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
@@ -247,15 +263,7 @@ fn a_resumed_reader_rebuilds_its_windows_and_computes_what_an_uninterrupted_one_
     let Some(brokers) = brokers() else { return };
     let dir = tempfile::tempdir().expect("tempdir");
     let input = traffic(dir.path());
-    let text = std::fs::read_to_string(&input).expect("input");
-    let all: Vec<&str> = text.lines().collect();
-    let (first, second) = all.split_at(all.len() / 2);
-    let write = |name: &str, lines: &[&str]| {
-        let f = dir.path().join(name);
-        std::fs::write(&f, lines.join("\n") + "\n").expect("write");
-        f
-    };
-    let (first_file, second_file) = (write("first.jsonl", first), write("second.jsonl", second));
+    let (first, second, first_file, second_file) = halves(dir.path(), &input);
     let topic = unique("access");
     let (warm, cold, whole) = (unique("warm"), unique("cold"), unique("whole"));
     let p_warm = pipeline(dir.path(), &brokers, &topic, &warm, "");
@@ -278,9 +286,9 @@ fn a_resumed_reader_rebuilds_its_windows_and_computes_what_an_uninterrupted_one_
     let whole_run = replay(&p_whole, "whole");
 
     let s = summary(&warm_2);
-    assert_eq!(s["events"].as_u64(), Some(second.len() as u64), "new events once: {s}");
+    assert_eq!(s["events"].as_u64(), Some(second as u64), "new events once: {s}");
     // The traffic spans 40 minutes: all of the first half is within the window.
-    assert_eq!(s["rebuilt_events"].as_u64(), Some(first.len() as u64), "read again to rebuild: {s}");
+    assert_eq!(s["rebuilt_events"].as_u64(), Some(first as u64), "read again to rebuild: {s}");
     assert_eq!(s["dead_letters"].as_u64(), Some(0), "{s}");
     assert_eq!(summary(&cold_2)["rebuilt_events"].as_u64(), Some(0));
 
@@ -541,15 +549,7 @@ fn a_run_killed_with_9_resumes_from_its_committed_offsets() {
     let Some(brokers) = brokers() else { return };
     let dir = tempfile::tempdir().expect("tempdir");
     let input = traffic(dir.path());
-    let text = std::fs::read_to_string(&input).expect("input");
-    let all: Vec<&str> = text.lines().collect();
-    let (first, second) = all.split_at(all.len() / 2);
-    let write = |name: &str, lines: &[&str]| {
-        let f = dir.path().join(name);
-        std::fs::write(&f, lines.join("\n") + "\n").expect("write");
-        f
-    };
-    let (first_file, second_file) = (write("first.jsonl", first), write("second.jsonl", second));
+    let (first, second, first_file, second_file) = halves(dir.path(), &input);
     let (topic, group) = (unique("access"), unique("gw"));
     let p = pipeline(dir.path(), &brokers, &topic, &group, "");
     let key = common::create_key(&p, "gateway", "edge");
@@ -557,7 +557,7 @@ fn a_run_killed_with_9_resumes_from_its_committed_offsets() {
 
     let (child, addr) = start_run(&p);
     let mut server = common::Server { child, addr, key: key.clone() };
-    let n = first.len() as f64;
+    let n = first as f64;
     wait_for(&server, "the first half read", |s| s.metric("gatewatch_events_total") >= n);
     assert_eq!(server.metric("gatewatch_events_total"), n, "each line once");
     // Acknowledged after its round, committed within commit_every (1 s).
@@ -569,7 +569,7 @@ fn a_run_killed_with_9_resumes_from_its_committed_offsets() {
     gatewatch(&p, &["produce", "--input", second_file.to_str().unwrap(), "--topic", &topic]);
     let (child, addr) = start_run(&p);
     let mut server = common::Server { child, addr, key };
-    let m = second.len() as f64;
+    let m = second as f64;
     wait_for(&server, "the second half read", |s| s.metric("gatewatch_events_total") >= m);
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(
@@ -584,6 +584,125 @@ fn a_run_killed_with_9_resumes_from_its_committed_offsets() {
     assert_eq!(server.metric("gatewatch_dead_letters_total"), 0.0);
     let status = server.signal("-TERM");
     assert!(status.success(), "{status:?}");
+}
+
+/// `pipeline` as another member of its group would run it: the same group
+/// and topics, a state directory of its own (as on its own machine).
+fn member(pipeline: &Path, name: &str) -> PathBuf {
+    let text = std::fs::read_to_string(pipeline).expect("pipeline");
+    let group = pipeline.file_stem().expect("name").to_string_lossy().into_owned();
+    let p = pipeline.with_file_name(format!("{group}-{name}.toml"));
+    let own = format!("dir = \"state-{group}-{name}\"\n");
+    std::fs::write(&p, text.replacen(&format!("dir = \"state-{group}\"\n"), &own, 1)).expect("pipeline");
+    p
+}
+
+/// The address and network decisions (type, entity, action) every run under
+/// `state` made.
+fn address_decisions(state: &Path) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for run in std::fs::read_dir(state.join("runs")).expect("runs") {
+        let run = run.expect("run").path();
+        if !run.join("decisions.jsonl").exists() {
+            continue;
+        }
+        for (d, _, _) in decisions(&run) {
+            if d.starts_with("\"ip\"") || d.starts_with("\"cidr\"") {
+                out.insert(d.rsplit_once(' ').expect("fields").0.to_string());
+            }
+        }
+    }
+    out
+}
+
+/// Engines joining one group split its partitions, rebuild the windows of
+/// what they take over, and learn from the decisions topic what the others
+/// decided: together they decide on addresses and networks what one engine
+/// reading everything decides (with no decision made again in a weaker form:
+/// a network one engine denied was once re-decided as a challenge by its new
+/// reader, which on the topic would have replaced the deny). A first engine
+/// reads the first third alone, a second joins for the next third, a third
+/// joins for the last. (User, key, device and session features are per
+/// instance: an entity whose requests arrive on several partitions is seen in
+/// part by each — docs/SCALING.md.)
+#[test]
+fn engines_joining_a_group_split_the_work_and_decide_on_addresses_what_one_does() {
+    let Some(brokers) = brokers() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = traffic(dir.path());
+    let text = std::fs::read_to_string(&input).expect("input");
+    let all: Vec<&str> = text.lines().collect();
+    let cut = [0, all.len() / 3, 2 * all.len() / 3, all.len()];
+    let thirds: Vec<PathBuf> = (0..3)
+        .map(|i| {
+            let f = dir.path().join(format!("third-{i}.jsonl"));
+            std::fs::write(&f, all[cut[i]..cut[i + 1]].join("\n") + "\n").expect("write");
+            f
+        })
+        .collect();
+    let topic = unique("access");
+    let sinks = |decided: &str| {
+        format!(
+            "[[sinks]]\ntype = \"decisions_jsonl\"\n[[sinks]]\ntype = \"dead_letters\"\n[[sinks]]\ntype = \"kafka\"\n\
+             brokers = \"{brokers}\"\ndecisions_topic = \"{decided}\"\n"
+        )
+    };
+    let (group, solo_group) = (unique("gw"), unique("solo"));
+    let a_p = pipeline(dir.path(), &brokers, &topic, &group, &sinks(&unique("decisions")));
+    let solo_p = pipeline(dir.path(), &brokers, &topic, &solo_group, &sinks(&unique("decisions-solo")));
+    let (b_p, c_p) = (member(&a_p, "b"), member(&a_p, "c"));
+    let produce = |i: usize, partitions: &[&str]| {
+        let mut args = vec!["produce", "--input", thirds[i].to_str().unwrap(), "--topic", &topic];
+        args.extend_from_slice(partitions);
+        gatewatch(&a_p, &args);
+    };
+    let events = |s: &common::Server| s.metric("gatewatch_events_total");
+    let assigned = |s: &common::Server| s.metric("gatewatch_kafka_assigned_partitions");
+    produce(0, &["--partitions", "4"]);
+
+    let mut solo = start_role(&solo_p, "engine", &common::create_key(&solo_p, "gateway", "solo"));
+    let mut a = start_role(&a_p, "engine", &common::create_key(&a_p, "gateway", "a"));
+    let n1 = (cut[1] - cut[0]) as f64;
+    wait_for(&a, "a read the first third", |s| events(s) >= n1);
+
+    let mut b = start_role(&b_p, "engine", &common::create_key(&b_p, "gateway", "b"));
+    wait_for(&b, "b took over partitions and rebuilt their windows", |s| {
+        assigned(s) == 2.0 && s.metric("gatewatch_events_rebuilt_total") > 0.0
+    });
+    wait_for(&a, "a gave two partitions up", |s| assigned(s) == 2.0);
+    assert!(
+        b.metric("gatewatch_decision_feed_records_total{kind=\"learned\"}") > 0.0,
+        "b learned a's decisions from the topic before judging"
+    );
+    // a held every partition: what it keeps it does not read again.
+    assert_eq!(a.metric("gatewatch_events_rebuilt_total"), 0.0, "a kept what it held and read nothing again");
+    produce(1, &[]);
+    let n2 = (cut[2] - cut[0]) as f64;
+    wait_for(&a, "a and b read the second third", |s| events(s) + events(&b) >= n2);
+
+    let mut c = start_role(&c_p, "engine", &common::create_key(&c_p, "gateway", "c"));
+    wait_for(&c, "c took over a partition", |s| assigned(s) >= 1.0 && s.metric("gatewatch_events_rebuilt_total") > 0.0);
+    wait_for(&a, "the partitions split three ways", |s| assigned(s) + assigned(&b) + assigned(&c) == 4.0);
+    produce(2, &[]);
+    let total = all.len() as f64;
+    wait_for(&a, "the group read everything", |s| events(s) + events(&b) + events(&c) >= total);
+    wait_for(&solo, "the solo engine read everything", |s| events(s) >= total);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(events(&a) + events(&b) + events(&c), total, "each line once across the group");
+    assert_eq!(events(&solo), total);
+    for s in [&mut solo, &mut a, &mut b, &mut c] {
+        assert_eq!(s.metric("gatewatch_dead_letters_total"), 0.0);
+        let status = s.signal("-TERM");
+        assert!(status.success(), "{status:?}");
+    }
+
+    let want = address_decisions(&dir.path().join(format!("state-{solo_group}")));
+    assert!(want.len() >= 3, "the traffic has attacks to decide on: {want:?}");
+    let mut got = BTreeSet::new();
+    for name in [group.clone(), format!("{group}-b"), format!("{group}-c")] {
+        got.extend(address_decisions(&dir.path().join(format!("state-{name}"))));
+    }
+    assert_eq!(got, want, "three engines in one group against one");
 }
 
 /// A broker of this test's own, stopped and started on the same port and data.

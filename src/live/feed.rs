@@ -108,6 +108,25 @@ impl Latest {
     }
 }
 
+/// A decision read from the topic, as an engine's decision memory takes it
+/// ([`crate::engine::Engine::restore_decision`]): when a partition changes
+/// hands, its new reader knows what the others decided, so a decision in
+/// force is neither made again nor replaced on the topic by a weaker one
+/// (the last value per key is what API instances serve), and offences keep
+/// escalating. Manual decisions are not the engine's (`None`): they outrank
+/// its decisions where they are served.
+pub fn restored(d: &Decision) -> Option<crate::decision::Restored<'_>> {
+    (!is_manual(d)).then_some(crate::decision::Restored {
+        id: d.id,
+        entity_type: d.entity_type,
+        entity: &d.entity,
+        action: d.action,
+        created_ms: d.created_ms,
+        expires_ms: d.expires_ms,
+        offense: d.offense,
+    })
+}
+
 /// What a record did to the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {
@@ -257,20 +276,19 @@ impl DecisionFeed {
         }
     }
 
-    /// Reads every partition to its end, then makes the store hold what the
-    /// topic says is in force. Returns false when stopped first.
-    pub fn catch_up(&self, store: &LiveStore, metrics: &Metrics, stop: &AtomicBool) -> Result<bool, StoreError> {
-        let mut latest = Latest::default();
+    /// Hands every record to `each` until every partition has been read to
+    /// its end; the number of records, `None` when stopped first.
+    pub fn read_to_end_with(&self, metrics: &Metrics, stop: &AtomicBool, mut each: impl FnMut(Record)) -> Option<u64> {
         let mut ended: HashSet<i32> = HashSet::new();
         let mut records = 0u64;
         while ended.len() < self.partitions.len() {
             if stop.load(Ordering::Relaxed) {
-                return Ok(false);
+                return None;
             }
             match self.next(Duration::from_millis(200), metrics) {
                 Ok(Some(r)) => {
                     records += 1;
-                    latest.apply(r, crate::event::time::now_ms());
+                    each(r);
                 }
                 Ok(None) => {}
                 Err(p) => {
@@ -278,6 +296,21 @@ impl DecisionFeed {
                 }
             }
         }
+        Some(records)
+    }
+
+    /// Reads every partition to its end: the last decision per entity and the
+    /// number of records read, `None` when stopped first.
+    pub fn read_to_end(&self, metrics: &Metrics, stop: &AtomicBool) -> Option<(Latest, u64)> {
+        let mut latest = Latest::default();
+        let records = self.read_to_end_with(metrics, stop, |r| latest.apply(r, crate::event::time::now_ms()))?;
+        Some((latest, records))
+    }
+
+    /// Reads every partition to its end, then makes the store hold what the
+    /// topic says is in force. Returns false when stopped first.
+    pub fn catch_up(&self, store: &LiveStore, metrics: &Metrics, stop: &AtomicBool) -> Result<bool, StoreError> {
+        let Some((latest, records)) = self.read_to_end(metrics, stop) else { return Ok(false) };
         let now = crate::event::time::now_ms();
         let (stored, removed) = reconcile(store, latest.in_force(now), now)?;
         tracing::info!(
@@ -291,10 +324,18 @@ impl DecisionFeed {
         Ok(true)
     }
 
-    /// Applies records as they arrive until `stop`.
-    pub fn follow(&self, store: &LiveStore, metrics: &Metrics, stop: &AtomicBool) {
+    /// Hands each record to `each` as it arrives, until `stop`.
+    pub fn follow_with(&self, metrics: &Metrics, stop: &AtomicBool, mut each: impl FnMut(Record)) {
         while !stop.load(Ordering::Relaxed) {
-            let Ok(Some(r)) = self.next(Duration::from_millis(200), metrics) else { continue };
+            if let Ok(Some(r)) = self.next(Duration::from_millis(200), metrics) {
+                each(r);
+            }
+        }
+    }
+
+    /// Applies records to the store as they arrive until `stop`.
+    pub fn follow(&self, store: &LiveStore, metrics: &Metrics, stop: &AtomicBool) {
+        self.follow_with(metrics, stop, |r| {
             let kind = match apply_to_store(store, r, crate::event::time::now_ms()) {
                 Ok(Applied::Stored) => "stored",
                 Ok(Applied::Removed) => "removed",
@@ -302,11 +343,11 @@ impl DecisionFeed {
                 Err(e) => {
                     metrics.store_errors.inc();
                     tracing::error!(error = %e, "a decision from the topic was not stored");
-                    continue;
+                    return;
                 }
             };
             metrics.feed_records.with_label_values(&[kind]).inc();
-        }
+        });
     }
 
     /// Reads the topic on its own thread: catches up, sets `ready`, follows.

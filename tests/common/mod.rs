@@ -135,6 +135,7 @@ pub fn spawn_run(cmd: &mut std::process::Command) -> (std::process::Child, Strin
     let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
     let addr = loop {
         let line = lines.next().expect("gatewatch says where it listens").expect("utf-8");
+        eprintln!("[gatewatch] {line}");
         // "serving decisions on http://ADDR", or for `--role engine`
         // "serving metrics and health checks on http://ADDR (...)".
         if line.starts_with("gatewatch: ")
