@@ -158,12 +158,26 @@ pub fn replay_file(
 /// up to where they ended when the source caught up).
 pub fn replay_source(
     pipeline: Pipeline,
-    mut source: Box<dyn crate::source::Source>,
+    source: Box<dyn crate::source::Source>,
     format: Option<Format>,
     out_dir: &Path,
     progress: bool,
 ) -> Result<Summary, EngineError> {
-    let engine = Engine::new(pipeline, format, &source.name(), out_dir)?;
+    replay_source_with(pipeline, source, format, out_dir, progress, |_| {})
+}
+
+/// [`replay_source`] with the engine handed to `prepare` before the first line
+/// (`replay --kafka` teaches it the decisions of the group it continues).
+pub fn replay_source_with(
+    pipeline: Pipeline,
+    mut source: Box<dyn crate::source::Source>,
+    format: Option<Format>,
+    out_dir: &Path,
+    progress: bool,
+    prepare: impl FnOnce(&mut Engine),
+) -> Result<Summary, EngineError> {
+    let mut engine = Engine::new(pipeline, format, &source.name(), out_dir)?;
+    prepare(&mut engine);
     let summary = replay(engine, source.as_mut(), progress)?;
     let path = out_dir.join("summary.json");
     let text = serde_json::to_string_pretty(&summary).unwrap_or_default();

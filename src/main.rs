@@ -373,7 +373,23 @@ fn run(cli: Cli) -> Result<()> {
                         })?;
                     let source = gatewatch::source::KafkaSource::open(&k, p.input.max_line_bytes, true)
                         .with_context(|| format!("cannot read Kafka at {}", k.client.brokers))?;
-                    gatewatch::driver::replay_source(p, Box::new(source), format, &out, progress)?
+                    // Continuing a group's work: what it decided before is known.
+                    let topic_sink = p
+                        .sinks
+                        .iter()
+                        .find_map(|s| s.kafka.as_deref())
+                        .filter(|k| k.decisions_topic.is_some())
+                        .cloned();
+                    let metrics = std::sync::Arc::new(gatewatch::metrics::Metrics::new()?);
+                    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+                    let prepare = |e: &mut engine::Engine| {
+                        if let Some(spec) = &topic_sink
+                            && let Some(feed) = gatewatch::live::learn::open(spec)
+                        {
+                            gatewatch::live::learn::read_to_end(e, &feed, &metrics, &stop);
+                        }
+                    };
+                    gatewatch::driver::replay_source_with(p, Box::new(source), format, &out, progress, prepare)?
                 }
             };
             println!("{}", s.line());
@@ -939,10 +955,7 @@ fn start_engine(
             offense: d.offense,
         });
     }
-    let learned = match topic_sink {
-        Some(spec) => learn_from_topic(&mut engine, spec, metrics, stop),
-        None => None,
-    };
+    let learner = topic_sink.and_then(|spec| gatewatch::live::learn::start(&mut engine, spec, metrics, stop));
     let allowlist = engine.allowlist();
     engine.add_sink(Box::new(StoreSink::new(store.clone(), metrics.clone(), p.decisions.max_ttl_ms)));
     engine.add_sink(Box::new(ShadowSink::new(shadow.clone(), metrics.clone())));
@@ -957,73 +970,13 @@ fn start_engine(
         runner::lower_thread_priority(runner::ENGINE_NICE);
         let between: gatewatch::driver::RoundHook = Box::new(move |e| {
             inbox.apply(e);
-            if let Some(rx) = &learned {
-                while let Ok(d) = rx.try_recv() {
-                    if let Some(r) = gatewatch::live::feed::restored(&d) {
-                        e.restore_decision(r);
-                    }
-                }
+            if let Some(l) = &learner {
+                l.apply(e);
             }
         });
         gatewatch::driver::live(engine, source, stop, Some(between), Some(progress))
     })?;
     Ok(RunningEngine { thread, source_name, allowlist, control, kafka })
-}
-
-/// Teaches the engine what every instance sharing the decisions topic has
-/// decided: the topic read to its end before the first line is judged, then
-/// followed on a thread whose records the engine takes between two rounds of
-/// input (at most `LEARN_QUEUE` waiting; past that they are counted and
-/// dropped, which costs at most a decision made twice). Without it, the new
-/// reader of a partition re-makes, or replaces with a weaker one, what the
-/// previous reader decided. A topic that cannot be read is logged and skipped:
-/// the engine still decides on its own.
-fn learn_from_topic(
-    engine: &mut engine::Engine,
-    spec: &gatewatch::sink::kafka::KafkaSinkSpec,
-    metrics: &std::sync::Arc<gatewatch::metrics::Metrics>,
-    stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> Option<std::sync::mpsc::Receiver<decision::Decision>> {
-    use gatewatch::live::feed::{DecisionFeed, Record, restored};
-    const LEARN_QUEUE: usize = 10_000;
-    let feed = match DecisionFeed::open(spec) {
-        Ok(f) => f,
-        Err(e) => {
-            tracing::warn!(error = %e, "the decisions topic cannot be read: this engine knows only its own decisions");
-            return None;
-        }
-    };
-    // Every decision, tombstoned or not: the tombstones of expiry are the wall
-    // clock's, the engine's memory keeps event time (and remembers offences
-    // past expiry), and an operator's lift does not make an engine forget
-    // either. Its memory keeps one decision per entity, whatever the topic holds.
-    let mut learned = 0u64;
-    let records = feed.read_to_end_with(metrics, stop, |r| {
-        if let Record::Put(d) = r
-            && let Some(r) = restored(&d)
-        {
-            engine.restore_decision(r);
-            learned += 1;
-        }
-    })?;
-    metrics.feed_records.with_label_values(&["learned"]).inc_by(learned);
-    tracing::info!(records, learned, "decisions topic read to its end: what every instance decided is known");
-    let (tx, rx) = std::sync::mpsc::sync_channel(LEARN_QUEUE);
-    let (metrics, stop) = (metrics.clone(), stop.clone());
-    let spawned = std::thread::Builder::new().name("decision-learn".into()).spawn(move || {
-        feed.follow_with(&metrics, &stop, |r| {
-            let Record::Put(d) = r else { return };
-            let kind = if tx.try_send(d).is_ok() { "learned" } else { "not_learned" };
-            metrics.feed_records.with_label_values(&[kind]).inc();
-        })
-    });
-    match spawned {
-        Ok(_) => Some(rx),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot follow the decisions topic: later decisions of other instances are not known");
-            None
-        }
-    }
 }
 
 /// What a `run` instance does (`run --role`).

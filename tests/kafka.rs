@@ -255,9 +255,11 @@ fn final_features(run: &Path) -> String {
 
 /// A reader that resumes (a restart, or a partition taken over from another
 /// instance) first reads each partition again from an hour and ten minutes
-/// before its committed position, into feature state only. Its features then
-/// equal those of a reader that never stopped, to the last value of every
-/// feature of every entity; started cold (`rebuild = "off"`) they do not.
+/// before its committed position, into feature state only, and learns from the
+/// decisions topic what was decided. Its features then equal those of a
+/// reader that never stopped, to the last value of every feature of every
+/// entity, and so do its decisions; started cold (`rebuild = "off"`) the
+/// features do not.
 #[test]
 fn a_resumed_reader_rebuilds_its_windows_and_computes_what_an_uninterrupted_one_does() {
     let Some(brokers) = brokers() else { return };
@@ -266,19 +268,27 @@ fn a_resumed_reader_rebuilds_its_windows_and_computes_what_an_uninterrupted_one_
     let (first, second, first_file, second_file) = halves(dir.path(), &input);
     let topic = unique("access");
     let (warm, cold, whole) = (unique("warm"), unique("cold"), unique("whole"));
-    let p_warm = pipeline(dir.path(), &brokers, &topic, &warm, "");
+    // The default sinks and a decisions topic: a resumed reader learns from it
+    // what it decided before.
+    let sinks = |decided: &str| {
+        format!(
+            "[[sinks]]\ntype = \"parquet\"\n[[sinks]]\ntype = \"decisions_jsonl\"\n[[sinks]]\ntype = \"dead_letters\"\n\
+             [[sinks]]\ntype = \"kafka\"\nbrokers = \"{brokers}\"\ndecisions_topic = \"{decided}\"\n"
+        )
+    };
+    let p_warm = pipeline(dir.path(), &brokers, &topic, &warm, &sinks(&unique("decisions")));
     let p_cold = pipeline(dir.path(), &brokers, &topic, &cold, "");
     let cold_text = std::fs::read_to_string(&p_cold).expect("pipeline");
     std::fs::write(&p_cold, cold_text.replace("max_idle = \"5s\"\n", "max_idle = \"5s\"\nrebuild = \"off\"\n"))
         .expect("pipeline");
-    let p_whole = pipeline(dir.path(), &brokers, &topic, &whole, "");
+    let p_whole = pipeline(dir.path(), &brokers, &topic, &whole, &sinks(&unique("decisions")));
     let replay = |p: &Path, name: &str| {
         let run = dir.path().join(name);
         gatewatch(p, &["replay", "--kafka", "--out", run.to_str().unwrap()]);
         run
     };
     gatewatch(&p_warm, &["produce", "--input", first_file.to_str().unwrap(), "--topic", &topic, "--partitions", "3"]);
-    replay(&p_warm, "warm-1");
+    let warm_1 = replay(&p_warm, "warm-1");
     replay(&p_cold, "cold-1");
     gatewatch(&p_warm, &["produce", "--input", second_file.to_str().unwrap(), "--topic", &topic]);
     let warm_2 = replay(&p_warm, "warm-2");
@@ -296,6 +306,16 @@ fn a_resumed_reader_rebuilds_its_windows_and_computes_what_an_uninterrupted_one_
     assert!(want.lines().count() > 20, "{want}");
     assert_eq!(final_features(&warm_2), want, "rebuilt: the same windows as a reader that never stopped");
     assert_ne!(final_features(&cold_2), want, "cold, the windows miss the first half (this test can fail)");
+
+    // Rebuilt windows and the decisions learned from the topic: the two runs
+    // together decide exactly what the uninterrupted one does, to the
+    // millisecond of each decision and its expiry.
+    let mut both = decisions(&warm_1);
+    both.extend(decisions(&warm_2));
+    both.sort();
+    let whole_decisions = decisions(&whole_run);
+    assert!(whole_decisions.len() >= 3, "{whole_decisions:?}");
+    assert_eq!(both, whole_decisions, "resumed: the decisions of a reader that never stopped");
 }
 
 /// ~110,000 lines read from four partitions with the shipped `max_idle` (2 s):

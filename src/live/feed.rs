@@ -108,13 +108,9 @@ impl Latest {
     }
 }
 
-/// A decision read from the topic, as an engine's decision memory takes it
-/// ([`crate::engine::Engine::restore_decision`]): when a partition changes
-/// hands, its new reader knows what the others decided, so a decision in
-/// force is neither made again nor replaced on the topic by a weaker one
-/// (the last value per key is what API instances serve), and offences keep
-/// escalating. Manual decisions are not the engine's (`None`): they outrank
-/// its decisions where they are served.
+/// A decision read from the topic as an engine's decision memory takes it
+/// ([`super::learn`]); `None` for a manual decision, which is not the engine's
+/// (it outranks the engine's where decisions are served).
 pub fn restored(d: &Decision) -> Option<crate::decision::Restored<'_>> {
     (!is_manual(d)).then_some(crate::decision::Restored {
         id: d.id,

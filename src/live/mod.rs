@@ -4,6 +4,7 @@
 pub mod allow;
 pub mod control;
 pub mod feed;
+pub mod learn;
 pub mod publish;
 pub mod runner;
 pub mod shadow;

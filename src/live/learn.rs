@@ -1,0 +1,107 @@
+//! What the other engines decided, taught to this one from the decisions
+//! topic.
+//!
+//! Several engines in one consumer group each judge the partitions they hold;
+//! when a partition changes hands (a restart, an instance joining or dying),
+//! its new reader must know what the previous one decided, or it makes the
+//! decision again — or a weaker one, which on the topic (the last value per
+//! key is what API instances serve) lifts the stronger. Each engine that
+//! publishes to a decisions topic therefore reads it to its end before it
+//! judges its first line, then follows it; every decision read (another
+//! engine's or its own) goes into its decision memory, as a restart restores
+//! its own from the state directory.
+//!
+//! Tombstones are not applied: expiry tombstones follow the wall clock while
+//! the memory keeps event time (a replay of last month's log) and remembers
+//! offences past expiry, and an operator's lift does not make a single engine
+//! forget a decision either. The memory keeps one decision per entity,
+//! whatever the topic holds.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::sync::mpsc::{Receiver, sync_channel};
+
+use super::feed::{DecisionFeed, Record, restored};
+use crate::decision::Decision;
+use crate::engine::Engine;
+use crate::metrics::Metrics;
+use crate::sink::kafka::KafkaSinkSpec;
+
+/// Decisions read while the engine runs that wait for it, at most; past
+/// that they are counted (`not_learned`) and dropped, which costs at most a
+/// decision made twice.
+pub const QUEUE: usize = 10_000;
+
+/// The topic's reader, or `None` (logged) when it cannot be read: the engine
+/// then decides on what it knows itself.
+pub fn open(spec: &KafkaSinkSpec) -> Option<DecisionFeed> {
+    match DecisionFeed::open(spec) {
+        Ok(f) => Some(f),
+        Err(e) => {
+            tracing::warn!(error = %e, "the decisions topic cannot be read: this engine knows only its own decisions");
+            None
+        }
+    }
+}
+
+/// Teaches `engine` every decision on the topic up to its end; the number
+/// learned, `None` when stopped first.
+pub fn read_to_end(engine: &mut Engine, feed: &DecisionFeed, metrics: &Metrics, stop: &AtomicBool) -> Option<u64> {
+    let mut learned = 0u64;
+    let records = feed.read_to_end_with(metrics, stop, |r| {
+        if let Record::Put(d) = r
+            && let Some(r) = restored(&d)
+        {
+            engine.restore_decision(r);
+            learned += 1;
+        }
+    })?;
+    metrics.feed_records.with_label_values(&["learned"]).inc_by(learned);
+    tracing::info!(records, learned, "decisions topic read to its end: what every instance decided is known");
+    Some(learned)
+}
+
+/// Decisions read from the topic since the engine last took them.
+pub struct Learner {
+    rx: Receiver<Decision>,
+}
+
+impl Learner {
+    /// Gives the engine what was read since; called between two rounds of
+    /// input, on the engine's thread.
+    pub fn apply(&self, engine: &mut Engine) {
+        while let Ok(d) = self.rx.try_recv() {
+            if let Some(r) = restored(&d) {
+                engine.restore_decision(r);
+            }
+        }
+    }
+}
+
+/// Reads the topic to its end into `engine`, then follows it on a thread of
+/// its own until `stop`. `None` when the topic cannot be read or followed.
+pub fn start(
+    engine: &mut Engine,
+    spec: &KafkaSinkSpec,
+    metrics: &Arc<Metrics>,
+    stop: &Arc<AtomicBool>,
+) -> Option<Learner> {
+    let feed = open(spec)?;
+    read_to_end(engine, &feed, metrics, stop)?;
+    let (tx, rx) = sync_channel(QUEUE);
+    let (metrics, stop) = (metrics.clone(), stop.clone());
+    let spawned = std::thread::Builder::new().name("decision-learn".into()).spawn(move || {
+        feed.follow_with(&metrics, &stop, |r| {
+            let Record::Put(d) = r else { return };
+            let kind = if tx.try_send(d).is_ok() { "learned" } else { "not_learned" };
+            metrics.feed_records.with_label_values(&[kind]).inc();
+        })
+    });
+    match spawned {
+        Ok(_) => Some(Learner { rx }),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot follow the decisions topic: later decisions of other instances are not known");
+            None
+        }
+    }
+}
