@@ -944,16 +944,10 @@ fn start_engine(
         };
         engine.restore_decision(r);
     }
-    for d in store.active(now).iter().filter(|d| !d.source.starts_with("manual:")) {
-        engine.restore_decision(Restored {
-            id: d.id,
-            entity_type: d.entity_type,
-            entity: &d.entity,
-            action: d.action,
-            created_ms: d.created_ms,
-            expires_ms: d.expires_ms,
-            offense: d.offense,
-        });
+    for d in store.active(now).iter() {
+        if let Some(r) = gatewatch::live::feed::restored(d) {
+            engine.restore_decision(r);
+        }
     }
     let learner = topic_sink.and_then(|spec| gatewatch::live::learn::start(&mut engine, spec, metrics, stop));
     let allowlist = engine.allowlist();

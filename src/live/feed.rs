@@ -108,9 +108,10 @@ impl Latest {
     }
 }
 
-/// A decision read from the topic as an engine's decision memory takes it
-/// ([`super::learn`]); `None` for a manual decision, which is not the engine's
-/// (it outranks the engine's where decisions are served).
+/// A decision (read from the topic, [`super::learn`], or from this engine's
+/// store after a restart) as an engine's decision memory takes it; `None`
+/// for a manual decision, which is not the engine's (it outranks the
+/// engine's where decisions are served).
 pub fn restored(d: &Decision) -> Option<crate::decision::Restored<'_>> {
     (!is_manual(d)).then_some(crate::decision::Restored {
         id: d.id,
