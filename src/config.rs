@@ -73,6 +73,9 @@ struct SinkSection {
     decisions_topic: Option<Spanned<String>>,
     dead_letters_topic: Option<Spanned<String>>,
     flush_timeout: Option<Spanned<String>>,
+    /// Entity type → the topic its events are re-keyed to.
+    repartition: Option<Spanned<BTreeMap<String, String>>>,
+    repartition_partitions: Option<Spanned<i64>>,
     properties: Option<Spanned<BTreeMap<String, String>>>,
 }
 
@@ -87,6 +90,8 @@ struct KafkaInputSection {
     max_idle: Option<Spanned<String>>,
     buffer: Option<Spanned<String>>,
     rebuild: Option<Spanned<String>>,
+    /// Topic → the entity types its events count for (default: every type).
+    entities: Option<Spanned<BTreeMap<String, Vec<String>>>>,
     properties: Option<Spanned<BTreeMap<String, String>>>,
 }
 
@@ -523,6 +528,8 @@ fn kafka_keys_absent(f: &Located<PipelineFile>, v: &SinkSection) -> Result<(), C
         ("decisions_topic", v.decisions_topic.as_ref().map(|x| x.span())),
         ("dead_letters_topic", v.dead_letters_topic.as_ref().map(|x| x.span())),
         ("flush_timeout", v.flush_timeout.as_ref().map(|x| x.span())),
+        ("repartition", v.repartition.as_ref().map(|x| x.span())),
+        ("repartition_partitions", v.repartition_partitions.as_ref().map(|x| x.span())),
         ("properties", v.properties.as_ref().map(|x| x.span())),
     ] {
         if let Some(span) = present {
@@ -656,9 +663,44 @@ fn kafka_input_from(
             n
         }
     };
+    let mut entities = vec![crate::source::ALL_ENTITIES; topics.len()];
+    if let Some(e) = &v.entities {
+        let key = "input.kafka.entities";
+        for (topic, types) in e.get_ref() {
+            let Some(i) = topics.iter().position(|t| t == topic) else {
+                return Err(invalid(
+                    &f.file,
+                    &f.src,
+                    e.span(),
+                    key,
+                    format!("'{topic}' is not one of input.kafka.topics"),
+                ));
+            };
+            let mut mask = 0u8;
+            for name in types {
+                let t = crate::features::EntityType::parse(name).ok_or_else(|| {
+                    invalid(
+                        &f.file,
+                        &f.src,
+                        e.span(),
+                        key,
+                        format!(
+                            "'{name}' (for '{topic}') is not an entity type: ip, cidr, user, api_key, device, session"
+                        ),
+                    )
+                })?;
+                mask |= 1 << t.index();
+            }
+            if mask == 0 {
+                return Err(invalid(&f.file, &f.src, e.span(), key, format!("'{topic}' counts for no entity type")));
+            }
+            entities[i] = mask;
+        }
+    }
     Ok(KafkaInput {
         client,
         topics,
+        entities,
         group: group.to_string(),
         commit_every_ms,
         max_idle_ms,
@@ -688,13 +730,39 @@ fn kafka_sink_from(
     let decisions_topic = v.decisions_topic.as_ref().map(|t| kafka_topic(f, t, "sinks.decisions_topic")).transpose()?;
     let dead_letters_topic =
         v.dead_letters_topic.as_ref().map(|t| kafka_topic(f, t, "sinks.dead_letters_topic")).transpose()?;
-    if decisions_topic.is_none() && dead_letters_topic.is_none() {
+    let mut repartition = Vec::new();
+    if let Some(r) = &v.repartition {
+        for (name, topic) in r.get_ref() {
+            let t = crate::features::EntityType::parse(name)
+                .filter(|t| *t != crate::features::EntityType::Cidr)
+                .ok_or_else(|| {
+                    invalid(
+                        &f.file,
+                        &f.src,
+                        r.span(),
+                        "sinks.repartition",
+                        format!(
+                            "'{name}' is not an entity type events can be keyed by: ip, user, api_key, device, session"
+                        ),
+                    )
+                })?;
+            let spanned = Spanned::new(r.span(), topic.clone());
+            repartition.push((t, kafka_topic(f, &spanned, "sinks.repartition")?));
+        }
+    }
+    let repartition_partitions = match &v.repartition_partitions {
+        None => KafkaSinkSpec::DEFAULT_REPARTITION_PARTITIONS,
+        Some(n) => i32::try_from(*n.get_ref()).ok().filter(|n| (1..=10_000).contains(n)).ok_or_else(|| {
+            invalid(&f.file, &f.src, n.span(), "sinks.repartition_partitions", "must be from 1 to 10000")
+        })?,
+    };
+    if decisions_topic.is_none() && dead_letters_topic.is_none() && repartition.is_empty() {
         return Err(invalid(
             &f.file,
             &f.src,
             sec.span(),
             "sinks.decisions_topic",
-            "a kafka sink needs decisions_topic, dead_letters_topic or both",
+            "a kafka sink needs decisions_topic, dead_letters_topic, repartition or several",
         ));
     }
     let flush_timeout_ms = match &v.flush_timeout {
@@ -707,7 +775,14 @@ fn kafka_sink_from(
             ms as u64
         }
     };
-    Ok(KafkaSinkSpec { client, decisions_topic, dead_letters_topic, flush_timeout_ms })
+    Ok(KafkaSinkSpec {
+        client,
+        decisions_topic,
+        dead_letters_topic,
+        flush_timeout_ms,
+        repartition,
+        repartition_partitions,
+    })
 }
 
 struct Located<T> {
@@ -1516,6 +1591,23 @@ reason = "too fast"
         // A Kafka dead-letter topic keeps dead letters: no other sink is needed.
         assert_eq!(p.sinks.len(), 1);
 
+        // The two stages of a repartitioned group (docs/SCALING.md).
+        let p = load(
+            "[input.kafka]\nbrokers = \"k:9092\"\ntopics = [\"logs\", \"by-user\"]\ngroup = \"g\"\n\
+             [input.kafka.entities]\nlogs = [\"ip\", \"subnet\"]\nby-user = [\"user\"]\n\
+             [[sinks]]\ntype = \"dead_letters\"\n[[sinks]]\ntype = \"kafka\"\nbrokers = \"k:1\"\nrepartition_partitions = 12\n\
+             [sinks.repartition]\nuser = \"by-user\"\napi_key = \"by-key\"\n",
+        )
+        .unwrap();
+        assert_eq!(p.input.kafka.as_ref().map(|k| k.entities.clone()), Some(vec![0b11, 0b100]));
+        let s = p.sinks[1].kafka.as_deref().expect("kafka sink");
+        use crate::features::EntityType;
+        assert_eq!(
+            s.repartition,
+            vec![(EntityType::ApiKey, "by-key".to_string()), (EntityType::User, "by-user".to_string())]
+        );
+        assert_eq!(s.repartition_partitions, 12);
+
         let input = "[input.kafka]\nbrokers = \"k:9092\"\ntopics = [\"a\"]\ngroup = \"g\"\n";
         for (v, ms) in [("off", 0), ("30m", 1_800_000)] {
             let p = load(&format!("{input}rebuild = \"{v}\"\n")).unwrap();
@@ -1548,6 +1640,28 @@ reason = "too fast"
             (
                 format!("{dl}[[sinks]]\ntype = \"parquet\"\nbrokers = \"k:1\"\n"),
                 "test.toml:5: sinks.brokers: only a kafka sink has it",
+            ),
+            (
+                format!("{input}[input.kafka.entities]\nb = [\"user\"]\n"),
+                "test.toml:5: input.kafka.entities: 'b' is not one of input.kafka.topics",
+            ),
+            (
+                format!("{input}[input.kafka.entities]\na = [\"users\"]\n"),
+                "test.toml:5: input.kafka.entities: 'users' (for 'a') is not an entity type",
+            ),
+            (
+                format!("{input}[input.kafka.entities]\na = []\n"),
+                "test.toml:5: input.kafka.entities: 'a' counts for no",
+            ),
+            (
+                format!("{dl}[[sinks]]\ntype = \"kafka\"\nbrokers = \"k:1\"\n[sinks.repartition]\ncidr = \"c\"\n"),
+                "test.toml:6: sinks.repartition: 'cidr' is not an entity type events can be keyed by",
+            ),
+            (
+                format!(
+                    "{dl}[[sinks]]\ntype = \"kafka\"\nbrokers = \"k:1\"\nrepartition_partitions = 0\n[sinks.repartition]\nuser = \"u\"\n"
+                ),
+                "test.toml:6: sinks.repartition_partitions: must be from 1 to 10000",
             ),
         ] {
             let e = load(&toml).unwrap_err().to_string();

@@ -231,6 +231,8 @@ pub struct Engine {
     wall_clock: Option<crate::event::clock::Reading>,
     /// The events in `builder` were read only to rebuild state ([`Line::rebuild`]).
     builder_rebuild: bool,
+    /// The entity types each event in `builder` counts for ([`Line::entities`]).
+    builder_entities: Vec<u8>,
     /// Where the pipeline's sinks write (reopened there after a failure).
     out_dir: PathBuf,
 }
@@ -279,6 +281,7 @@ impl Engine {
             allowlist: Arc::new(ArcSwap::from_pointee(pipeline.allowlist.clone())),
             wall_clock: None,
             builder_rebuild: false,
+            builder_entities: Vec::with_capacity(pipeline.output.batch_rows),
             out_dir: out_dir.to_path_buf(),
             pipeline,
         })
@@ -476,6 +479,7 @@ impl Engine {
                             self.summary.truncated_fields += u64::from(ev.notes.truncated);
                             self.first_ts.get_or_insert(ev.ts_ms);
                             self.builder.append(&ev);
+                            self.builder_entities.push(line.entities);
                             None
                         }
                         Err(reason) => Some(reason),
@@ -513,6 +517,7 @@ impl Engine {
             return;
         }
         self.builder.append(&ev);
+        self.builder_entities.push(line.entities);
     }
 
     fn flush_if_due(&mut self) -> Result<(), EngineError> {
@@ -536,15 +541,21 @@ impl Engine {
         }
         self.batch_started = Instant::now();
         let batch = self.builder.finish()?;
+        let entities = std::mem::take(&mut self.builder_entities);
         if self.builder_rebuild {
             self.summary.rebuilt_events += batch.num_rows() as u64;
-            for s in self.features.ingest_rebuild(&batch)? {
+            for s in self.features.ingest_rebuild(&batch, &entities)? {
                 self.handle_snapshot(s)?;
             }
+            self.builder_entities = entities;
+            self.builder_entities.clear();
             return Ok(());
         }
         self.summary.events += batch.num_rows() as u64;
-        let snapshots = self.features.ingest(&batch)?;
+        let snapshots = self.features.ingest_for(&batch, &entities);
+        self.builder_entities = entities;
+        self.builder_entities.clear();
+        let snapshots = snapshots?;
         if self.wants.events {
             for s in self.sinks.iter_mut().filter(|s| s.wants().events) {
                 s.events(&batch)?;

@@ -28,6 +28,7 @@ pub mod kafka;
 pub mod live;
 pub mod metrics;
 pub mod model;
+pub mod repartition;
 pub mod simulate;
 pub mod sink;
 pub mod source;

@@ -620,6 +620,12 @@ fn member(pipeline: &Path, name: &str) -> PathBuf {
 /// The address and network decisions (type, entity, action) every run under
 /// `state` made.
 fn address_decisions(state: &Path) -> BTreeSet<String> {
+    decided(state, |d| d.starts_with("\"ip\"") || d.starts_with("\"cidr\""))
+}
+
+/// The decisions (type, entity, action) every run under `state` made, of
+/// those `keep` selects (given "type entity action source").
+fn decided(state: &Path, keep: impl Fn(&str) -> bool) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     for run in std::fs::read_dir(state.join("runs")).expect("runs") {
         let run = run.expect("run").path();
@@ -627,7 +633,7 @@ fn address_decisions(state: &Path) -> BTreeSet<String> {
             continue;
         }
         for (d, _, _) in decisions(&run) {
-            if d.starts_with("\"ip\"") || d.starts_with("\"cidr\"") {
+            if keep(&d) {
                 out.insert(d.rsplit_once(' ').expect("fields").0.to_string());
             }
         }
@@ -723,6 +729,169 @@ fn engines_joining_a_group_split_the_work_and_decide_on_addresses_what_one_does(
         got.extend(address_decisions(&dir.path().join(format!("state-{name}"))));
     }
     assert_eq!(got, want, "three engines in one group against one");
+}
+
+/// Repartition topics, as Kafka Streams re-keys a stream before grouping
+/// it: two engines read the gateway logs (partitioned by address), keep the
+/// address and network features, and send every event on to a topic per
+/// entity type, in the partition of that entity; two more read those topics,
+/// each event counting only for the entity it was keyed by. Every line is
+/// counted once by the first pair and every copy once by the second, each
+/// pair decides only on the types it keeps, the address decisions are one
+/// engine's, and the entity decisions are among one engine's. The first
+/// stage is itself catching up (the second address engine joins and
+/// rebuilds), so its two writers are far apart in event time: read in
+/// arrival order, 95 % of the copies came behind the entity engines'
+/// watermark and the public mobile app key was denied (docs/SCALING.md).
+#[test]
+fn repartition_topics_carry_each_event_once_per_entity_to_the_engines_that_keep_its_type() {
+    let Some(brokers) = brokers() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = traffic(dir.path());
+    let text = std::fs::read_to_string(&input).expect("input");
+    let lines = text.lines().count();
+    // Each line once per entity it names (what the repartition topics carry).
+    let copies: usize = text
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("json");
+            ["user_id", "api_key_id", "device_id", "session_id"]
+                .iter()
+                .filter(|f| v[**f].as_str().is_some_and(|s| !s.is_empty() && s != "-"))
+                .count()
+        })
+        .sum();
+    let (topic, decided_topic) = (unique("access"), unique("decisions"));
+    let by: Vec<(&str, String)> =
+        ["user", "api_key", "device", "session"].into_iter().map(|t| (t, unique(&format!("by-{t}")))).collect();
+    let kafka_sink = |extra: &str| {
+        format!(
+            "[[sinks]]\ntype = \"decisions_jsonl\"\n[[sinks]]\ntype = \"dead_letters\"\n[[sinks]]\ntype = \"kafka\"\n\
+             brokers = \"{brokers}\"\ndecisions_topic = \"{decided_topic}\"\n{extra}"
+        )
+    };
+    let repartition: String = std::iter::once("repartition_partitions = 2\n[sinks.repartition]\n".to_string())
+        .chain(by.iter().map(|(t, name)| format!("{t} = \"{name}\"\n")))
+        .collect();
+    let (addr_group, entity_group, solo_group) = (unique("addr"), unique("entity"), unique("solo"));
+    let addr_p = pipeline(
+        dir.path(),
+        &brokers,
+        &topic,
+        &addr_group,
+        &format!("[input.kafka.entities]\n\"{topic}\" = [\"ip\", \"cidr\"]\n{}", kafka_sink(&repartition)),
+    );
+    // The entity engines read the four repartition topics (the helper's one
+    // topic name, widened to a list).
+    let names: Vec<&str> = by.iter().map(|(_, n)| n.as_str()).collect();
+    let entities: String = by.iter().map(|(t, n)| format!("\"{n}\" = [\"{t}\"]\n")).collect();
+    let entity_p = pipeline(
+        dir.path(),
+        &brokers,
+        &names.join("\", \""),
+        &entity_group,
+        &format!("[input.kafka.entities]\n{entities}{}", kafka_sink("")),
+    );
+    let solo_p =
+        pipeline(dir.path(), &brokers, &topic, &solo_group, &kafka_sink("").replace(&decided_topic, &unique("d")));
+    let events = |s: &common::Server| s.metric("gatewatch_events_total");
+    let assigned = |s: &common::Server| s.metric("gatewatch_kafka_assigned_partitions");
+    // The log is in the topic before anyone reads it: read while it is being
+    // sent, a whole minute of its traffic goes out in milliseconds, and the
+    // partitions' messages are merged by what has arrived, not by time.
+    gatewatch(&solo_p, &["produce", "--input", input.to_str().unwrap(), "--topic", &topic, "--partitions", "4"]);
+
+    // The entity engines split the repartition topics before anything is
+    // sent to them. (Their own rebalance while the writers are far apart can
+    // count a handful of copies twice: docs/SCALING.md, "Not yet".)
+    for (_, name) in &by {
+        gatewatch(&solo_p, &["produce", "--input", "/dev/null", "--topic", name, "--partitions", "2"]);
+    }
+    let e2_p = member(&entity_p, "e2");
+    let e1 = start_role(&entity_p, "engine", &common::create_key(&entity_p, "gateway", "e1"));
+    let e2 = start_role(&e2_p, "engine", &common::create_key(&e2_p, "gateway", "e2"));
+    wait_for(&e1, "the entity engines split the repartition topics", |s| assigned(s) == 4.0 && assigned(&e2) == 4.0);
+
+    // The first address engine starts alone; the second joins, takes two
+    // partitions over, and rebuilds their windows: the two writers of every
+    // repartition partition are far apart in event time.
+    let mut engines = Vec::new();
+    engines.push(start_role(&addr_p, "engine", &common::create_key(&addr_p, "gateway", "a1")));
+    wait_for(&engines[0], "a1 took the log's partitions", |s| assigned(s) == 4.0);
+    let a2 = member(&addr_p, "a2");
+    engines.push(start_role(&a2, "engine", &common::create_key(&a2, "gateway", "a2")));
+    wait_for(&engines[0], "the address engines split the log's partitions", |s| {
+        assigned(s) == 2.0 && assigned(&engines[1]) == 2.0
+    });
+    engines.push(e1);
+    engines.push(e2);
+    let mut solo = start_role(&solo_p, "engine", &common::create_key(&solo_p, "gateway", "solo"));
+
+    wait_for(&solo, "the solo engine read everything", |s| events(s) >= lines as f64);
+    wait_for(&engines[0], "the address engines read everything", |s| events(s) + events(&engines[1]) >= lines as f64);
+    let started = std::time::Instant::now();
+    while events(&engines[2]) + events(&engines[3]) < copies as f64 {
+        let state = || {
+            engines[2..]
+                .iter()
+                .map(|s| {
+                    ["gatewatch_events_total", "gatewatch_kafka_assigned_partitions", "gatewatch_kafka_consumer_lag"]
+                        .map(|m| format!("{m} {}", s.metric(m)))
+                        .join(", ")
+                })
+                .collect::<Vec<_>>()
+                .join(" | ")
+        };
+        assert!(started.elapsed() < Duration::from_secs(120), "the entity engines read {copies} copies: {}", state());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(events(&engines[0]) + events(&engines[1]), lines as f64, "each line once across the address engines");
+    let how = |s: &common::Server| {
+        ["gatewatch_events_total", "gatewatch_events_rebuilt_total", "gatewatch_kafka_commit_errors_total"]
+            .map(|m| format!("{m} {}", s.metric(m)))
+            .join(", ")
+    };
+    assert_eq!(
+        events(&engines[2]) + events(&engines[3]),
+        copies as f64,
+        "each copy once across the entity engines: {} | {}",
+        how(&engines[2]),
+        how(&engines[3])
+    );
+    for s in engines.iter_mut().chain([&mut solo]) {
+        assert_eq!(s.metric("gatewatch_dead_letters_total"), 0.0);
+        let status = s.signal("-TERM");
+        assert!(status.success(), "{status:?}");
+    }
+
+    let state = |g: &str| dir.path().join(format!("state-{g}"));
+    let of = |groups: [String; 2]| -> BTreeSet<String> {
+        groups.iter().flat_map(|g| decided(&state(g), |_| true)).collect()
+    };
+    let kind = |d: &String| d.split(' ').next().unwrap_or("").to_string();
+    let address = |d: &String| ["\"ip\"", "\"cidr\""].contains(&kind(d).as_str());
+    let want = decided(&state(&solo_group), |_| true);
+    assert!(
+        want.iter().any(|d| !address(d)),
+        "the traffic has decisions on users, keys, devices or sessions: {want:?}"
+    );
+    let addr = of([addr_group.clone(), format!("{addr_group}-a2")]);
+    assert!(addr.iter().all(address), "the address engines decide on addresses only: {addr:?}");
+    let solo_addr: BTreeSet<String> = want.iter().filter(|d| address(d)).cloned().collect();
+    assert_eq!(addr, solo_addr, "the address engines against one engine");
+    let entity = of([entity_group.clone(), format!("{entity_group}-e2")]);
+    assert!(
+        !entity.iter().any(address),
+        "the entity engines decide on users, keys, devices, sessions only: {entity:?}"
+    );
+    // Nothing one engine would not decide: read in arrival order, the entity
+    // engines denied the public mobile app key. (Not yet all it decides: in
+    // 2 of 5 runs they missed the deny of a session shared by its owner and
+    // a thief, judged on ticks whose order differs — docs/SCALING.md.)
+    let solo_entity: BTreeSet<String> = want.iter().filter(|d| !address(d)).cloned().collect();
+    assert!(entity.is_subset(&solo_entity), "the entity engines against one engine: {entity:?} ⊄ {solo_entity:?}");
+    assert!(!entity.is_empty(), "the entity engines decided: {solo_entity:?}");
 }
 
 /// A broker of this test's own, stopped and started on the same port and data.

@@ -395,6 +395,8 @@ pub struct FeatureEngine {
 }
 
 const SWEEP_EVERY_MS: i64 = 60_000;
+/// Every entity type (see [`FeatureEngine::ingest_for`]).
+const ALL: u8 = crate::source::ALL_ENTITIES;
 
 fn is_static_asset(path: &str) -> bool {
     const EXT: [&str; 14] =
@@ -570,6 +572,15 @@ impl FeatureEngine {
 
     /// Applies an events batch; returns the snapshots of the ticks it crossed.
     pub fn ingest(&mut self, batch: &RecordBatch) -> Result<Vec<Snapshot>, ArrowError> {
+        self.ingest_for(batch, &[])
+    }
+
+    /// [`Self::ingest`], row `i` counting only for the entity types in
+    /// `entities[i]` (one bit per [`EntityType::index`]; a row past the end
+    /// of `entities` counts for every type). An instance reading events
+    /// re-keyed by user, say, keeps that user's features exact without
+    /// counting the copy again for the address it came from.
+    pub fn ingest_for(&mut self, batch: &RecordBatch, entities: &[u8]) -> Result<Vec<Snapshot>, ArrowError> {
         let cols = Cols {
             ts: column(batch, col::TS)?,
             ip: column(batch, col::CLIENT_IP)?,
@@ -598,7 +609,7 @@ impl FeatureEngine {
                 self.stats.reordered_events += 1;
             }
             self.advance(ts, &mut out)?;
-            self.apply(&cols, i, ts);
+            self.apply(&cols, i, ts, entities.get(i).copied().unwrap_or(ALL));
             if self.state_bytes() > self.cfg.state_budget_bytes {
                 self.enforce_budget();
             }
@@ -613,9 +624,9 @@ impl FeatureEngine {
     /// so nothing is judged or persisted twice. An entity is judged with this
     /// history when its next new event arrives. Ticks the events cross still
     /// emit what new events had marked.
-    pub fn ingest_rebuild(&mut self, batch: &RecordBatch) -> Result<Vec<Snapshot>, ArrowError> {
+    pub fn ingest_rebuild(&mut self, batch: &RecordBatch, entities: &[u8]) -> Result<Vec<Snapshot>, ArrowError> {
         self.tables.iter_mut().for_each(|t| t.quiet = true);
-        let out = self.ingest(batch);
+        let out = self.ingest_for(batch, entities);
         self.tables.iter_mut().for_each(|t| t.quiet = false);
         out
     }
@@ -679,7 +690,12 @@ impl FeatureEngine {
         self.next_sweep = self.next_tick + SWEEP_EVERY_MS;
     }
 
-    fn apply(&mut self, cols: &Cols<'_>, i: usize, ts: i64) {
+    /// Applies row `i` to the entity types in `only`. A key's standing and a
+    /// device's novelty are part of what the row contributes to every
+    /// entity, so those two tables learn from every row (the entity is held)
+    /// even where the row does not count for them.
+    fn apply(&mut self, cols: &Cols<'_>, i: usize, ts: i64, only: u8) {
+        let counts = |t: EntityType| only & (1 << t.index()) != 0;
         self.stats.events += 1;
         self.max_ts = self.max_ts.max(ts);
         let ip_text = cols.ip.value(i);
@@ -762,23 +778,29 @@ impl FeatureEngine {
             let t = &mut self.tables[EntityType::Device.index()];
             let (idx, created) = t.upsert(dev, ts);
             new_device = created;
-            t.apply(idx, &k, Some(d::DEVICES), false);
+            if counts(EntityType::Device) {
+                t.apply(idx, &k, Some(d::DEVICES), false);
+            }
         }
-        self.touch(EntityType::Ip, ip_text, &k, Some(d::IPS), new_device);
+        if counts(EntityType::Ip) {
+            self.touch(EntityType::Ip, ip_text, &k, Some(d::IPS), new_device);
+        }
         self.subnet_buf.clear();
-        if let Some(dot) = canonical_v4_last_dot(ip_text) {
-            // The parsers store addresses canonical (no leading zeros), so
-            // the text up to the last dot is the /24; no second parse.
-            self.subnet_buf.push_str(&ip_text[..dot]);
-            self.subnet_buf.push_str(".0/24");
-        } else {
-            match ip_text.parse::<IpAddr>() {
-                Ok(IpAddr::V4(v4)) => {
-                    let o = v4.octets();
-                    let _ = write!(self.subnet_buf, "{}.{}.{}.0/24", o[0], o[1], o[2]);
+        if counts(EntityType::Cidr) {
+            if let Some(dot) = canonical_v4_last_dot(ip_text) {
+                // The parsers store addresses canonical (no leading zeros), so
+                // the text up to the last dot is the /24; no second parse.
+                self.subnet_buf.push_str(&ip_text[..dot]);
+                self.subnet_buf.push_str(".0/24");
+            } else {
+                match ip_text.parse::<IpAddr>() {
+                    Ok(IpAddr::V4(v4)) => {
+                        let o = v4.octets();
+                        let _ = write!(self.subnet_buf, "{}.{}.{}.0/24", o[0], o[1], o[2]);
+                    }
+                    Ok(ip @ IpAddr::V6(_)) => self.subnet_buf.push_str(&subnet_of(ip)),
+                    Err(_) => {}
                 }
-                Ok(ip @ IpAddr::V6(_)) => self.subnet_buf.push_str(&subnet_of(ip)),
-                Err(_) => {}
             }
         }
         if !self.subnet_buf.is_empty() {
@@ -786,13 +808,13 @@ impl FeatureEngine {
             self.touch(EntityType::Cidr, &buf, &k, None, new_device);
             self.subnet_buf = buf;
         }
-        if let Some(u) = user {
+        if let Some(u) = user.filter(|_| counts(EntityType::User)) {
             self.touch(EntityType::User, u, &k, Some(d::USERS), new_device);
         }
-        if let Some(idx) = key_idx {
+        if let Some(idx) = key_idx.filter(|_| counts(EntityType::ApiKey)) {
             self.tables[EntityType::ApiKey.index()].apply(idx, &k, None, new_device);
         }
-        if let Some(s) = session {
+        if let Some(s) = session.filter(|_| counts(EntityType::Session)) {
             self.touch(EntityType::Session, s, &k, None, new_device);
         }
     }
@@ -984,6 +1006,31 @@ mod tests {
         ] {
             assert_eq!(canonical_v4_last_dot(bad), None, "{bad}");
         }
+    }
+
+    /// A row counts only for the types its mask names: a repartitioned copy
+    /// keyed by user leaves the address, key, device and session alone
+    /// (though the key's standing and the device's novelty are still learned).
+    #[test]
+    fn a_masked_row_counts_only_for_its_entity_types() {
+        use super::{EntityType, FeatureConfig, FeatureEngine};
+        let line = r#"{"ts":1772359200000,"client_ip":"10.0.0.1","method":"GET","path":"/v1/a","status":200,"user_id":"u","api_key_id":"k","device_id":"d","session_id":"s"}"#;
+        let ev = crate::event::parse_line(line, crate::event::Format::Json, None).expect("parses");
+        let mut b = crate::event::EventBatchBuilder::with_capacity(1);
+        b.append(&ev);
+        let batch = b.finish().expect("batch");
+        let types = |mask: &[u8]| {
+            let mut f = FeatureEngine::new(FeatureConfig::default());
+            f.ingest_for(&batch, mask).expect("ingest");
+            let held = f.active_entities();
+            let snap = f.flush().expect("flush").expect("rows");
+            (snap.batches.iter().map(|(t, _)| *t).collect::<Vec<_>>(), held)
+        };
+        let user = 1 << EntityType::User.index();
+        assert_eq!(types(&[user]), (vec![EntityType::User], [0, 0, 1, 1, 1, 0]));
+        let (all, held) = types(&[]);
+        assert_eq!(all, EntityType::ALL.to_vec());
+        assert_eq!(held, [1; 6]);
     }
 
     #[test]

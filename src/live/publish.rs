@@ -38,7 +38,7 @@ impl DecisionPublisher {
             .config(&[("enable.idempotence", "true"), ("acks", "all"), ("linger.ms", "5")])
             .create_with_context(Deliveries::default())
             .map_err(|e| client_error(spec, e))?;
-        ensure_topic(producer.client(), spec, &topic)?;
+        ensure_topic(producer.client(), spec, &topic, 1)?;
         Ok(Some(DecisionPublisher { producer, spec: spec.clone(), topic, expiring: Mutex::default() }))
     }
 

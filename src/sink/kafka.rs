@@ -13,6 +13,11 @@
 //! newer decision on the same entity: a compacted topic forgets what no
 //! longer holds, and a reader (`run --role api`, [`crate::live::feed`])
 //! removes a decision only when the id matches the one it holds.
+//!
+//! With `[sinks.repartition]` it also sends every event to a topic per
+//! entity type, keyed by that entity: the repartition topics through which
+//! the instances that keep a type's features receive all of an entity's
+//! events, whichever instance read them (`docs/SCALING.md`).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::PoisonError;
@@ -20,14 +25,18 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use datafusion::arrow::array::{Array, StringArray, TimestampMillisecondArray};
+use datafusion::arrow::record_batch::RecordBatch;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
 use super::{DeadLetter, Sink, SinkError, Wants};
 use crate::decision::Decision;
+use crate::event::col;
 use crate::features::EntityType;
 use crate::kafka::{Deliveries, KafkaClient};
+use crate::repartition::{Frame, FrameKind};
 use crate::source::Position;
 
 /// The header of a tombstone naming the decision it ends.
@@ -113,10 +122,18 @@ pub struct KafkaSinkSpec {
     pub dead_letters_topic: Option<String>,
     /// Longest a checkpoint waits for the brokers to acknowledge what was sent.
     pub flush_timeout_ms: u64,
+    /// Repartition topics: every event with an entity of the type is sent to
+    /// the type's topic keyed by the entity, for the instances that keep that
+    /// type's features (`docs/SCALING.md`). Empty: events are not sent.
+    pub repartition: Vec<(EntityType, String)>,
+    /// Partitions of a repartition topic this sink creates (one it finds is
+    /// used as it is).
+    pub repartition_partitions: i32,
 }
 
 impl KafkaSinkSpec {
     pub const DEFAULT_FLUSH_TIMEOUT_MS: u64 = 10_000;
+    pub const DEFAULT_REPARTITION_PARTITIONS: i32 = 8;
 }
 
 /// The Kafka sink (see the module documentation).
@@ -128,6 +145,30 @@ pub struct KafkaSink {
     buf: Vec<u8>,
     /// What needs a tombstone when it expires.
     expiring: ExpiryTracker,
+    /// This sink's writer id on the repartition topics (random per run).
+    writer: u64,
+    /// Each repartition topic and its partition count.
+    repartition_partitions: Vec<(String, i32)>,
+    /// The newest event time sent on the repartition topics.
+    newest_ts: Option<i64>,
+    /// When the last watermarks went out, and for which time.
+    watermarked: Option<(Instant, i64)>,
+}
+
+/// Watermarks go out at checkpoints, at most this often.
+const WATERMARK_EVERY: Duration = Duration::from_millis(100);
+/// A repartition message holds lines from at most this span of event time
+/// (what a reader may hand out ahead of another writer's older events)...
+const MESSAGE_SPAN_MS: i64 = 1_000;
+/// ...and at most this many bytes of them.
+const MESSAGE_BYTES: usize = 256 << 10;
+
+/// Lines on their way to one partition of a repartition topic.
+#[derive(Default)]
+struct Packed {
+    lines: Vec<u8>,
+    first_ts: i64,
+    newest_ts: i64,
 }
 
 pub(crate) fn client_error(spec: &KafkaSinkSpec, e: impl std::fmt::Display) -> SinkError {
@@ -141,6 +182,7 @@ pub(crate) fn ensure_topic(
     client: &rdkafka::client::Client<Deliveries>,
     spec: &KafkaSinkSpec,
     topic: &str,
+    partitions: i32,
 ) -> Result<(), SinkError> {
     let meta = client
         .fetch_metadata(Some(topic), Duration::from_secs(10))
@@ -153,8 +195,8 @@ pub(crate) fn ensure_topic(
             )
     });
     if missing {
-        tracing::info!(topic, "kafka: creating the topic (1 partition; create it beforehand for more)");
-        crate::kafka::create_topic(&spec.client, topic, 1).map_err(SinkError::Kafka)?;
+        tracing::info!(topic, partitions, "kafka: creating the topic (create it beforehand to choose otherwise)");
+        crate::kafka::create_topic(&spec.client, topic, partitions).map_err(SinkError::Kafka)?;
     }
     Ok(())
 }
@@ -167,7 +209,20 @@ impl KafkaSink {
             .create_with_context(Deliveries::default())
             .map_err(|e| client_error(spec, e))?;
         for topic in [&spec.decisions_topic, &spec.dead_letters_topic].into_iter().flatten() {
-            ensure_topic(producer.client(), spec, topic)?;
+            ensure_topic(producer.client(), spec, topic, 1)?;
+        }
+        let mut repartition_partitions = Vec::new();
+        for (_, topic) in &spec.repartition {
+            ensure_topic(producer.client(), spec, topic, spec.repartition_partitions)?;
+            let meta = producer
+                .client()
+                .fetch_metadata(Some(topic), Duration::from_secs(10))
+                .map_err(|e| client_error(spec, format!("{topic}: {e}")))?;
+            let n = meta.topics().iter().find(|t| t.name() == topic).map_or(0, |t| t.partitions().len());
+            if n == 0 {
+                return Err(client_error(spec, format!("{topic}: the brokers list no partition of it")));
+            }
+            repartition_partitions.push((topic.clone(), n as i32));
         }
         Ok(KafkaSink {
             producer,
@@ -175,6 +230,10 @@ impl KafkaSink {
             reported: 0,
             buf: Vec::with_capacity(512),
             expiring: ExpiryTracker::default(),
+            writer: rand::random::<u64>() | 1,
+            repartition_partitions,
+            newest_ts: None,
+            watermarked: None,
         })
     }
 
@@ -188,8 +247,27 @@ impl KafkaSink {
         payload: Option<&[u8]>,
         headers: Option<OwnedHeaders>,
     ) -> Result<(), SinkError> {
+        self.send_at(topic, key, payload, headers, None, None)
+    }
+
+    /// [`Self::send`] with the record's timestamp set (`None`: the producer's clock).
+    fn send_at(
+        &mut self,
+        topic: &str,
+        key: &[u8],
+        payload: Option<&[u8]>,
+        headers: Option<OwnedHeaders>,
+        ts_ms: Option<i64>,
+        partition: Option<i32>,
+    ) -> Result<(), SinkError> {
         let started = Instant::now();
         let mut record = BaseRecord::<[u8], [u8]>::to(topic).key(key);
+        if let Some(ts) = ts_ms {
+            record = record.timestamp(ts);
+        }
+        if let Some(p) = partition {
+            record = record.partition(p);
+        }
         if let Some(p) = payload {
             record = record.payload(p);
         }
@@ -223,6 +301,37 @@ impl KafkaSink {
         Ok(())
     }
 
+    /// A watermark to every partition of every repartition topic: nothing
+    /// this writer sends later is stamped before `newest_ts` (its events go
+    /// out in the order its source merged them), or, at the `end`, nothing
+    /// follows. Readers hold other writers' newer events until then
+    /// ([`crate::repartition`]).
+    fn watermark(&mut self, end: bool) -> Result<(), SinkError> {
+        let Some(ts) = self.newest_ts else { return Ok(()) };
+        if !end && self.watermarked.is_some_and(|(at, w)| w == ts || at.elapsed() < WATERMARK_EVERY) {
+            return Ok(());
+        }
+        let kind = if end { FrameKind::End } else { FrameKind::Watermark };
+        let mut payload = Vec::with_capacity(64);
+        Frame { writer: self.writer, newest_ts: ts, kind }.write(&mut payload);
+        for (topic, n) in self.repartition_partitions.clone() {
+            for p in 0..n {
+                self.send_at(&topic, b"", Some(&payload), None, Some(ts), Some(p))?;
+            }
+        }
+        self.watermarked = Some((Instant::now(), ts));
+        Ok(())
+    }
+
+    /// Sends the lines packed for partition `p` of repartition topic `t`.
+    fn send_packed(&mut self, t: usize, p: i32, packed: &Packed) -> Result<(), SinkError> {
+        let mut payload = Vec::with_capacity(packed.lines.len() + 64);
+        Frame { writer: self.writer, newest_ts: packed.newest_ts, kind: FrameKind::Lines }.write(&mut payload);
+        payload.extend_from_slice(&packed.lines);
+        let topic = self.repartition_partitions[t].0.clone();
+        self.send_at(&topic, b"", Some(&payload), None, Some(packed.first_ts), Some(p))
+    }
+
     fn check_deliveries(&mut self) -> Result<(), SinkError> {
         let deliveries = self.producer.context();
         let failed = deliveries.failed.load(Ordering::Relaxed);
@@ -246,10 +355,91 @@ impl Sink for KafkaSink {
 
     fn wants(&self) -> Wants {
         Wants {
+            events: !self.spec.repartition.is_empty(),
             decisions: self.spec.decisions_topic.is_some(),
             dead_letters: self.spec.dead_letters_topic.is_some(),
             ..Wants::NONE
         }
+    }
+
+    /// Each event once per repartition topic whose entity it has, keyed by
+    /// that entity and stamped with the event's time (what the reading
+    /// instances merge their partitions by).
+    fn events(&mut self, batch: &RecordBatch) -> Result<(), SinkError> {
+        if self.spec.repartition.is_empty() {
+            return Ok(());
+        }
+        let ts = batch
+            .column(col::TS)
+            .as_any()
+            .downcast_ref::<TimestampMillisecondArray>()
+            .ok_or_else(|| client_error(&self.spec, "events batch without its ts column"))?
+            .clone();
+        // (the entity column, the topic's index and partition count)
+        let keys: Vec<(StringArray, usize, i32)> = self
+            .spec
+            .repartition
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (t, _))| {
+                let c = match t {
+                    EntityType::User => col::USER_ID,
+                    EntityType::ApiKey => col::API_KEY_ID,
+                    EntityType::Device => col::DEVICE_ID,
+                    EntityType::Session => col::SESSION_ID,
+                    EntityType::Ip => col::CLIENT_IP,
+                    EntityType::Cidr => return None,
+                };
+                let a = batch.column(c).as_any().downcast_ref::<StringArray>()?.clone();
+                Some((a, i, self.repartition_partitions.get(i)?.1))
+            })
+            .collect();
+        let mut packed: HashMap<(usize, i32), Packed> = HashMap::new();
+        let mut row_json = std::mem::take(&mut self.buf);
+        let mut result = Ok(());
+        'rows: for row in 0..batch.num_rows() {
+            row_json.clear();
+            let at = ts.value(row);
+            for (a, t, n) in &keys {
+                if a.is_null(row) {
+                    continue;
+                }
+                if row_json.is_empty() {
+                    crate::event::json::write_row(batch, row, &mut row_json);
+                    row_json.push(b'\n');
+                    self.newest_ts = Some(self.newest_ts.map_or(at, |n| n.max(at)));
+                }
+                let key = (*t, crate::repartition::partition_of(a.value(row), *n));
+                let pk = packed.entry(key).or_default();
+                if !pk.lines.is_empty()
+                    && (at > pk.first_ts.saturating_add(MESSAGE_SPAN_MS)
+                        || pk.lines.len() + row_json.len() > MESSAGE_BYTES)
+                {
+                    let full = std::mem::take(pk);
+                    result = self.send_packed(key.0, key.1, &full);
+                    if result.is_err() {
+                        break 'rows;
+                    }
+                }
+                let pk = packed.entry(key).or_default();
+                if pk.lines.is_empty() {
+                    pk.first_ts = at;
+                    pk.newest_ts = at;
+                }
+                pk.newest_ts = pk.newest_ts.max(at);
+                pk.lines.extend_from_slice(&row_json);
+            }
+        }
+        self.buf = row_json;
+        result?;
+        // What is packed goes now: the batch's events are in the topic
+        // before the checkpoint that acknowledges them.
+        let mut rest: Vec<((usize, i32), Packed)> = packed.into_iter().filter(|(_, p)| !p.lines.is_empty()).collect();
+        rest.sort_by_key(|(k, p)| (p.first_ts, *k));
+        for ((t, p), pk) in rest {
+            self.send_packed(t, p, &pk)?;
+        }
+        Ok(())
     }
 
     fn decision(&mut self, d: &Decision) -> Result<(), SinkError> {
@@ -296,6 +486,7 @@ impl Sink for KafkaSink {
 
     fn checkpoint(&mut self) -> Result<(), SinkError> {
         self.tombstone_expired()?;
+        self.watermark(false)?;
         if self.producer.in_flight_count() > 0 {
             self.producer
                 .flush(Duration::from_millis(self.spec.flush_timeout_ms))
@@ -307,6 +498,7 @@ impl Sink for KafkaSink {
     }
 
     fn finish(mut self: Box<Self>) -> Result<(), SinkError> {
+        self.watermark(true)?;
         self.checkpoint()
     }
 }

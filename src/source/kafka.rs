@@ -21,7 +21,7 @@
 //! partitions it is about to lose at a rebalance. A message is never split
 //! across two rounds, so an acknowledgement always covers whole messages.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::io;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -33,12 +33,18 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use super::{Poll, Position, Records, Source};
 use crate::kafka::KafkaClient;
+use crate::repartition::{Frame, FrameKind};
 
 /// A pipeline's `[input.kafka]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KafkaInput {
     pub client: KafkaClient,
     pub topics: Vec<String>,
+    /// Which entity types each topic's events count for, in `topics` order
+    /// ([`super::Line::entities`]): every type for a topic of gateway logs;
+    /// one type for a repartition topic, whose events were re-keyed by that
+    /// entity by the instances that read the logs (see `docs/SCALING.md`).
+    pub entities: Vec<u8>,
     /// The consumer group: instances with the same group share the partitions.
     pub group: String,
     /// Longest time acknowledged offsets wait before they are committed.
@@ -82,9 +88,37 @@ struct Msg {
     rebuild: bool,
 }
 
+/// Writers remembered per partition (the oldest heard is forgotten first).
+const MAX_WRITERS: usize = 256;
+/// Offsets remembered as handed out ahead per partition; past this the
+/// record is dropped, and a partition that comes back may count those
+/// messages again (logged).
+const MAX_AHEAD: usize = 100_000;
+
+/// A writer of a repartition topic, as one partition has heard from it.
+#[derive(Debug, Clone, Copy)]
+struct Writer {
+    /// The newest time it has vouched for in this partition: nothing it
+    /// sends later is older (a message's time or a watermark).
+    frontier: i64,
+    heard: Instant,
+    ended: bool,
+}
+
 #[derive(Default)]
 struct Part {
-    queue: VecDeque<Msg>,
+    /// Queued messages, one queue per writer (0: messages without one, as
+    /// every message of a gateway-log topic), each in the partition's order.
+    queues: Vec<(u64, VecDeque<Msg>)>,
+    /// The writers of a repartition topic heard in this partition.
+    writers: HashMap<u64, Writer>,
+    /// Offsets handed out past [`Part::handed_through`] (a writer's message
+    /// handed before an older-offset one of a slower writer). Kept when the
+    /// partition is revoked: should it come back, these are in this member's
+    /// state already and are skipped.
+    ahead: BTreeSet<i64>,
+    /// Offsets to skip when read (see `ahead`).
+    skip: BTreeSet<i64>,
     bytes: usize,
     /// The broker said nothing follows (cleared by the next message).
     eof: bool,
@@ -112,7 +146,7 @@ impl Part {
     /// served one partition's fetches a few seconds late let the others run
     /// an hour ahead: 36 % of a 100,000-line replay came late.
     fn holds_back(&self, ts: i64, idle: Duration, behind: impl FnOnce() -> bool) -> bool {
-        self.queue.is_empty()
+        self.is_empty()
             && !self.eof
             && self.newest.is_none_or(|n| ts > n)
             && self.heard.is_some_and(|h| {
@@ -123,6 +157,75 @@ impl Part {
                 // hour ahead).
                 silent < idle || (silent < STALLED.max(idle) && (self.next.is_none() || behind()))
             })
+            || self.writer_holds_back(ts, idle)
+    }
+
+    /// Whether a writer of this partition with nothing queued, heard from
+    /// within `idle` and not ended, has vouched only for times before `ts`:
+    /// it may still send something older (the partition rule above, per
+    /// writer; a writer silent longer is read past, as a silent partition is).
+    fn writer_holds_back(&self, ts: i64, idle: Duration) -> bool {
+        self.writers.iter().any(|(id, w)| {
+            !w.ended
+                && w.frontier < ts
+                && w.heard.elapsed() < idle
+                && self.queues.iter().all(|(q, m)| q != id || m.is_empty())
+        })
+    }
+
+    fn is_empty(&self) -> bool {
+        self.queues.iter().all(|(_, q)| q.is_empty())
+    }
+
+    /// The queued message with the smallest time (ties to the earlier
+    /// writer queue): its time and its queue.
+    fn head(&self) -> Option<(i64, usize)> {
+        self.queues.iter().enumerate().filter_map(|(i, (_, q))| q.front().map(|m| (m.ts, i))).min()
+    }
+
+    fn push(&mut self, writer: u64, m: Msg) {
+        match self.queues.iter_mut().find(|(w, _)| *w == writer) {
+            Some((_, q)) => q.push_back(m),
+            None => self.queues.push((writer, VecDeque::from([m]))),
+        }
+    }
+
+    /// Takes the head of queue `i`; an emptied writer queue is dropped.
+    fn pop(&mut self, i: usize) -> Option<Msg> {
+        let (_, q) = self.queues.get_mut(i)?;
+        let m = q.pop_front();
+        if q.is_empty() && self.queues.len() > 1 {
+            self.queues.swap_remove(i);
+        }
+        m
+    }
+
+    /// The last offset below which every message read has been handed out:
+    /// what an acknowledgement may commit (writers' queues are handed out
+    /// in time order, not in the partition's).
+    /// Messages read only to rebuild state lie before the committed offset
+    /// and never hold it back (counting them would commit an offset below
+    /// the one the partition was taken over at).
+    fn handed_through(&self) -> Option<i64> {
+        let first_new = |q: &VecDeque<Msg>| q.iter().find(|m| !m.rebuild).map(|m| m.offset);
+        match self.queues.iter().filter_map(|(_, q)| first_new(q)).min() {
+            Some(first_queued) => Some(first_queued - 1),
+            None => self.next.map(|n| n - 1),
+        }
+    }
+
+    /// Notes what writer `id` vouched for with a message stamped `ts`.
+    fn heard_from(&mut self, id: u64, ts: i64, end: bool) {
+        if !self.writers.contains_key(&id)
+            && self.writers.len() >= MAX_WRITERS
+            && let Some(oldest) = self.writers.iter().min_by_key(|(_, w)| w.heard).map(|(k, _)| *k)
+        {
+            self.writers.remove(&oldest);
+        }
+        let w = self.writers.entry(id).or_insert(Writer { frontier: ts, heard: Instant::now(), ended: false });
+        w.frontier = w.frontier.max(ts);
+        w.heard = Instant::now();
+        w.ended |= end;
     }
 }
 
@@ -145,6 +248,8 @@ struct Shared {
     applied: HashMap<(String, i32), i64>,
     /// Partitions being rebuilt: their committed offset when assigned.
     rebuild_until: HashMap<(String, i32), i64>,
+    /// Revoked partitions' offsets handed out ahead ([`Part::ahead`]).
+    ahead: HashMap<(String, i32), BTreeSet<i64>>,
     /// Partitions gained (with where their rebuild ends) and lost since the source last looked.
     assigned: Vec<((String, i32), Option<i64>)>,
     revoked: Vec<(String, i32)>,
@@ -162,36 +267,49 @@ struct Acked {
     next: i64,
     /// Newest message timestamp acknowledged.
     ts: i64,
+    /// The offset after the newest message acknowledged. Past `next` when a
+    /// repartition topic's writers were handed out in time order, not the
+    /// partition's: the messages in between were applied or are still held
+    /// here, and whoever takes the partition over applies them to state
+    /// only (they are read again from `next`), so none is counted twice.
+    read_to: i64,
 }
 
 impl Acked {
     fn merge(&mut self, other: Acked) {
         self.next = self.next.max(other.next);
         self.ts = self.ts.max(other.ts);
+        self.read_to = self.read_to.max(other.read_to);
     }
 }
 
 /// The commit metadata that carries a partition's newest acknowledged
 /// message time: a small JSON object, so other tools can read it.
-fn commit_metadata(ts: i64) -> String {
-    format!("{{\"gatewatch_time_ms\":{ts}}}")
+fn commit_metadata(a: Acked) -> String {
+    if a.read_to > a.next {
+        format!("{{\"gatewatch_time_ms\":{},\"gatewatch_read_to\":{}}}", a.ts, a.read_to)
+    } else {
+        format!("{{\"gatewatch_time_ms\":{}}}", a.ts)
+    }
 }
 
 /// The time [`commit_metadata`] wrote, if these bytes are that (another
-/// client may have committed anything, or nothing).
-fn metadata_time(bytes: &[u8]) -> Option<i64> {
+/// client may have committed anything, or nothing), and the offset it was
+/// read to when that is past the committed one.
+fn metadata_time(bytes: &[u8]) -> Option<(i64, Option<i64>)> {
     #[derive(serde::Deserialize)]
     struct Meta {
         gatewatch_time_ms: i64,
+        gatewatch_read_to: Option<i64>,
     }
-    serde_json::from_slice::<Meta>(bytes).ok().map(|m| m.gatewatch_time_ms)
+    serde_json::from_slice::<Meta>(bytes).ok().map(|m| (m.gatewatch_time_ms, m.gatewatch_read_to))
 }
 
 /// Adds `(topic, partition)` at `a.next` with `a.ts` as metadata.
 fn add_acked(tpl: &mut TopicPartitionList, topic: &str, partition: i32, a: Acked) -> Result<(), KafkaError> {
     let mut e = tpl.add_partition(topic, partition);
     e.set_offset(Offset::Offset(a.next))?;
-    e.set_metadata(commit_metadata(a.ts));
+    e.set_metadata(commit_metadata(a));
     Ok(())
 }
 
@@ -312,6 +430,7 @@ impl Ctx {
         let applied = self.shared.lock().unwrap_or_else(PoisonError::into_inner).applied.clone();
         let mut at = HashMap::new();
         let mut time = HashMap::new();
+        let mut read_to = HashMap::new();
         for (topic, p, offset, meta) in entries(&committed) {
             // No committed offset: the group has never read it, and starts at its beginning.
             let Offset::Offset(committed) = offset else { continue };
@@ -319,8 +438,11 @@ impl Ctx {
             if committed <= 0 || applied.get(&k).is_some_and(|a| *a >= committed) {
                 continue; // nothing before it, or held here up to there already
             }
-            if let Some(ts) = metadata_time(&meta) {
+            if let Some((ts, to)) = metadata_time(&meta) {
                 time.insert(k.clone(), ts);
+                if let Some(to) = to.filter(|to| *to > committed) {
+                    read_to.insert(k.clone(), to);
+                }
             }
             at.insert(k, committed);
         }
@@ -364,9 +486,10 @@ impl Ctx {
             let k = (e.topic().to_string(), e.partition());
             let (Offset::Offset(start), Some(&committed)) = (e.offset(), at.get(&k)) else { continue };
             let start = start.max(applied.get(&k).copied().unwrap_or(0));
+            let until = read_to.get(&k).copied().unwrap_or(committed);
             if start < committed && tpl.set_partition_offset(&k.0, k.1, Offset::Offset(start)).is_ok() {
-                tracing::info!(topic = %k.0, partition = k.1, from = start, to = committed, "kafka: rebuilding the partition's feature state");
-                s.rebuild_until.insert(k, committed);
+                tracing::info!(topic = %k.0, partition = k.1, from = start, to = until, "kafka: rebuilding the partition's feature state");
+                s.rebuild_until.insert(k, until);
             }
         }
     }
@@ -474,7 +597,7 @@ pub struct KafkaSource {
     queued_bytes: usize,
     /// The newest offset and message time handed out per partition since
     /// the last acknowledgement (messages read to rebuild state excepted) ...
-    handed: HashMap<Tp, (i64, i64)>,
+    handed: HashMap<Tp, (i64, i64, i64)>,
     /// ... and the newest message handed out of all.
     last_handed: Option<(Tp, i64)>,
     last_commit: Instant,
@@ -542,7 +665,7 @@ impl KafkaSource {
         topics: &[&'static str],
         parts: &mut HashMap<Tp, Part>,
         queued_bytes: &mut usize,
-        handed: &mut HashMap<Tp, (i64, i64)>,
+        handed: &mut HashMap<Tp, (i64, i64, i64)>,
     ) {
         let (assigned, revoked) = {
             let mut s = shared.lock().unwrap_or_else(PoisonError::into_inner);
@@ -554,6 +677,9 @@ impl KafkaSource {
             if let Some(part) = parts.remove(&(i, p)) {
                 // Queued, never handed out: the next owner reads them.
                 *queued_bytes -= part.bytes;
+                if !part.ahead.is_empty() {
+                    shared.lock().unwrap_or_else(PoisonError::into_inner).ahead.insert((t.clone(), p), part.ahead);
+                }
             }
             // Handed out but not acknowledged: processed here, and read again by
             // the next owner (at-least-once); never committed from here.
@@ -562,9 +688,11 @@ impl KafkaSource {
         }
         for ((t, p), rebuild_until) in assigned {
             if let Some(i) = index(&t) {
+                let skip = shared.lock().unwrap_or_else(PoisonError::into_inner).ahead.remove(&(t.clone(), p));
                 let part = parts.entry((i, p)).or_default();
                 part.heard = Some(Instant::now());
                 part.rebuild_until = rebuild_until;
+                part.skip = skip.unwrap_or_default();
                 tracing::info!(topic = %t, partition = p, "kafka: partition assigned");
             }
         }
@@ -606,7 +734,14 @@ impl KafkaSource {
             };
             let Some(t) = self.topics.iter().position(|x| *x == m.topic()).map(|i| i as u16) else { continue };
             let tp = (t, m.partition());
-            let payload = m.payload().unwrap_or_default().to_vec();
+            // A repartition topic's messages carry their writer in a frame
+            // line (crate::repartition); a gateway log's lines are never read so.
+            let repartitioned = self.spec.entities.get(t as usize).is_some_and(|e| *e != super::ALL_ENTITIES);
+            let raw = m.payload().unwrap_or_default();
+            let (frame, lines) = match repartitioned.then(|| Frame::read(raw)).flatten() {
+                Some((f, lines)) => (Some(f), lines),
+                None => (None, raw),
+            };
             let ts = m
                 .timestamp()
                 .to_millis()
@@ -621,10 +756,24 @@ impl KafkaSource {
             part.eof = false;
             part.heard = Some(Instant::now());
             part.next = Some(offset + 1);
+            let mut writer = 0;
+            if let Some(f) = frame {
+                writer = f.writer;
+                part.heard_from(f.writer, f.newest_ts, f.kind == FrameKind::End);
+                if f.kind != FrameKind::Lines {
+                    // No lines: committed with the messages around it.
+                    continue;
+                }
+            }
+            if !part.skip.is_empty() && part.skip.remove(&offset) {
+                // Applied here before the partition went and came back.
+                continue;
+            }
+            let payload = lines.to_vec();
             part.newest = Some(part.newest.map_or(ts, |n| n.max(ts)));
             part.bytes += payload.len();
             self.queued_bytes += payload.len();
-            part.queue.push_back(Msg { ts, offset, payload, rebuild });
+            part.push(writer, Msg { ts, offset, payload, rebuild });
             if part.bytes >= per_part && !part.paused {
                 part.paused = true;
                 let mut tpl = TopicPartitionList::new();
@@ -643,7 +792,7 @@ impl KafkaSource {
         let (tp, ts) = self
             .parts
             .iter()
-            .filter_map(|(tp, p)| p.queue.front().map(|m| (*tp, m.ts)))
+            .filter_map(|(tp, p)| p.head().map(|(ts, _)| (*tp, ts)))
             .min_by_key(|&(tp, ts)| (ts, tp))?;
         let idle = Duration::from_millis(self.spec.max_idle_ms);
         let held = self.parts.iter().any(|(other, p)| p.holds_back(ts, idle, || self.behind(*other, p)));
@@ -761,9 +910,11 @@ impl Source for KafkaSource {
             let Some(tp) = self.next_ready() else { break };
             let topic = self.topics[tp.0 as usize];
             let Some(part) = self.parts.get_mut(&tp) else { break };
-            let Some(msg) = part.queue.pop_front() else { break };
+            let Some((_, queue)) = part.head() else { break };
+            let Some(msg) = part.pop(queue) else { break };
             part.bytes -= msg.payload.len();
             self.queued_bytes -= msg.payload.len();
+            let entities = self.spec.entities.get(tp.0 as usize).copied().unwrap_or(super::ALL_ENTITIES);
             let mut line_no = 0u32;
             for line in msg.payload.split(|b| *b == b'\n') {
                 let line = line.strip_suffix(b"\r").unwrap_or(line);
@@ -773,15 +924,26 @@ impl Source for KafkaSource {
                 line_no += 1;
                 let pos = Position::Kafka { topic, partition: tp.1, offset: msg.offset, line: line_no };
                 let kept = &line[..line.len().min(self.keep)];
-                if msg.rebuild {
-                    out.push_rebuild(kept, line.len() as u64, pos);
-                } else {
-                    out.push(kept, line.len() as u64, pos);
-                }
+                out.push_as(kept, line.len() as u64, pos, msg.rebuild, entities);
             }
             if !msg.rebuild {
-                let h = self.handed.entry(tp).or_insert((msg.offset, msg.ts));
-                *h = (h.0.max(msg.offset), h.1.max(msg.ts));
+                let through = part.handed_through().unwrap_or(msg.offset);
+                if msg.offset > through {
+                    if part.ahead.len() >= MAX_AHEAD {
+                        tracing::warn!(
+                            topic,
+                            partition = tp.1,
+                            "kafka: too many messages handed out ahead of a slower writer to remember; should the partition come back here, some may count twice"
+                        );
+                        part.ahead.clear();
+                    }
+                    part.ahead.insert(msg.offset);
+                }
+                if part.ahead.first().is_some_and(|o| *o <= through) {
+                    part.ahead = part.ahead.split_off(&(through + 1));
+                }
+                let h = self.handed.entry(tp).or_insert((through, msg.ts, msg.offset));
+                *h = (h.0.max(through), h.1.max(msg.ts), h.2.max(msg.offset));
             }
             applied.push((tp, msg.offset + 1));
             self.last_handed = Some((tp, msg.offset));
@@ -798,7 +960,7 @@ impl Source for KafkaSource {
         if self.stop_at_end
             && !emitted
             && !self.parts.is_empty()
-            && self.parts.values().all(|p| p.eof && p.queue.is_empty())
+            && self.parts.values().all(|p| p.eof && p.is_empty())
             && self.last_end_check.is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
         {
             self.last_end_check = Some(Instant::now());
@@ -820,8 +982,8 @@ impl Source for KafkaSource {
         self.last_handed = None;
         {
             let mut s = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
-            for ((t, p), (o, ts)) in self.handed.drain() {
-                let a = Acked { next: o + 1, ts };
+            for ((t, p), (o, ts, newest)) in self.handed.drain() {
+                let a = Acked { next: o + 1, ts, read_to: newest + 1 };
                 s.acked.entry((self.topics[t as usize].to_string(), p)).or_insert(a).merge(a);
             }
         }
@@ -849,22 +1011,25 @@ mod tests {
         let mut p = Part { eof, newest, next: newest.map(|_| 1), ..Part::default() };
         p.heard = heard_ago.map(|d| Instant::now() - d);
         if queued {
-            p.queue.push_back(Msg { ts: 0, offset: 0, payload: Vec::new(), rebuild: false });
+            p.push(0, Msg { ts: 0, offset: 0, payload: Vec::new(), rebuild: false });
         }
         p
     }
 
     #[test]
     fn commit_metadata_carries_the_time_and_anything_else_is_no_time() {
-        assert_eq!(metadata_time(commit_metadata(1_793_600_454_992).as_bytes()), Some(1_793_600_454_992));
+        let acked = |next, ts, read_to| Acked { next, ts, read_to };
+        let t = 1_793_600_454_992;
+        assert_eq!(metadata_time(commit_metadata(acked(5, t, 5)).as_bytes()), Some((t, None)));
+        assert_eq!(metadata_time(commit_metadata(acked(5, t, 9)).as_bytes()), Some((t, Some(9))));
         for other in
             [&b""[..], b"\xff\xfe", b"{}", b"{\"gatewatch_time_ms\":\"x\"}", b"12345", b"{\"gatewatch_time_ms\":1e400}"]
         {
             assert_eq!(metadata_time(other), None, "{other:?}");
         }
-        let mut a = Acked { next: 10, ts: 500 };
-        a.merge(Acked { next: 7, ts: 900 });
-        assert_eq!(a, Acked { next: 10, ts: 900 }, "the furthest offset and the newest time");
+        let mut a = acked(10, 500, 10);
+        a.merge(acked(7, 900, 12));
+        assert_eq!(a, acked(10, 900, 12), "the furthest offsets and the newest time");
     }
 
     #[test]
@@ -891,5 +1056,50 @@ mod tests {
         // until it is stalled.
         assert!(part(false, false, silent, Some(100)).holds_back(150, idle, behind));
         assert!(!part(false, false, Some(STALLED + idle), Some(100)).holds_back(150, idle, behind));
+    }
+
+    /// A partition of a repartition topic interleaves writers, each in its
+    /// own time order: its messages go out by time across the writers' queues,
+    /// a writer that has vouched only for older times holds newer ones back
+    /// (even at the partition's end), and acknowledgements cover only what
+    /// was handed out without a gap.
+    #[test]
+    fn a_partitions_writers_are_merged_by_time_and_the_slowest_holds_back() {
+        let msg = |ts, offset| Msg { ts, offset, payload: Vec::new(), rebuild: false };
+        let idle = Duration::from_secs(2);
+        let mut p = Part { eof: true, ..Part::default() };
+        // Writer 1 is an hour ahead of writer 2, in the same partition.
+        for (w, ts, offset) in [(1, 3_600_000, 0), (1, 3_600_500, 1), (2, 1_000, 2), (2, 2_000, 3)] {
+            p.heard_from(w, ts, false);
+            p.push(w, msg(ts, offset));
+            p.next = Some(offset + 1);
+        }
+        let mut order = Vec::new();
+        while let Some((ts, q)) = p.head() {
+            if p.holds_back(ts, idle, || false) {
+                break;
+            }
+            order.push(p.pop(q).expect("queued").offset);
+            if order.len() == 2 {
+                // Writer 2's queue is empty and it vouched for 2,000 only.
+                assert_eq!(p.handed_through(), Some(-1), "offset 0 and 1 wait behind 2 and 3");
+            }
+        }
+        assert_eq!(order, [2, 3], "writer 2's older events first; writer 1's wait for writer 2");
+        // A watermark (or newer data) from writer 2 releases writer 1's.
+        p.heard_from(2, 3_600_000, false);
+        let (ts, _) = p.head().expect("queued");
+        assert!(!p.holds_back(ts, idle, || false));
+        assert!(p.holds_back(3_600_001, idle, || false), "writer 2 has not vouched for later");
+        // A writer that ended, or has been silent past max_idle, holds nothing.
+        p.heard_from(2, 3_600_000, true);
+        assert!(!p.holds_back(3_600_001, idle, || false));
+        p.writers.insert(3, Writer { frontier: 0, heard: Instant::now() - Duration::from_secs(3), ended: false });
+        assert!(!p.holds_back(3_600_001, idle, || false));
+        while let Some((_, q)) = p.head() {
+            order.push(p.pop(q).expect("queued").offset);
+        }
+        assert_eq!(order, [2, 3, 0, 1]);
+        assert_eq!(p.handed_through(), Some(3), "everything read was handed out");
     }
 }

@@ -72,6 +72,7 @@ impl<R: BufRead> LineReader<R> {
             bytes: &self.buf,
             len,
             rebuild: false,
+            entities: super::ALL_ENTITIES,
         }))
     }
 }

@@ -74,7 +74,15 @@ pub struct Line<'a> {
     /// instance takes over, from before its committed offset): its effects
     /// (events, decisions, dead letters) were produced when it was first read.
     pub rebuild: bool,
+    /// Which entity types the line's event counts for, one bit per
+    /// [`crate::features::EntityType::index`] ([`ALL_ENTITIES`] but for a
+    /// Kafka topic configured otherwise: a repartitioned copy of an event
+    /// counts only for the entity it was re-keyed by).
+    pub entities: u8,
 }
+
+/// Every entity type: what a line counts for unless its source says otherwise.
+pub const ALL_ENTITIES: u8 = 0b11_1111;
 
 impl Line<'_> {
     /// Whether the line was longer than the bytes kept.
@@ -87,24 +95,22 @@ impl Line<'_> {
 #[derive(Debug, Default)]
 pub struct Records {
     buf: Vec<u8>,
-    items: Vec<(usize, usize, u64, Position, bool)>,
+    items: Vec<(usize, usize, u64, Position, bool, u8)>,
 }
 
 impl Records {
     /// Appends a record: `bytes` as kept (at most the source's limit), `len` its full length.
     pub fn push(&mut self, bytes: &[u8], len: u64, pos: Position) {
-        self.push_as(bytes, len, pos, false);
+        self.push_as(bytes, len, pos, false, ALL_ENTITIES);
     }
 
-    /// Appends a record read again only to rebuild state ([`Line::rebuild`]).
-    pub fn push_rebuild(&mut self, bytes: &[u8], len: u64, pos: Position) {
-        self.push_as(bytes, len, pos, true);
-    }
-
-    fn push_as(&mut self, bytes: &[u8], len: u64, pos: Position, rebuild: bool) {
+    /// Appends a record, read again only to rebuild state when `rebuild`
+    /// ([`Line::rebuild`]), counting for the entity types in `entities`
+    /// ([`Line::entities`]).
+    pub fn push_as(&mut self, bytes: &[u8], len: u64, pos: Position, rebuild: bool, entities: u8) {
         let start = self.buf.len();
         self.buf.extend_from_slice(bytes);
-        self.items.push((start, self.buf.len(), len, pos, rebuild));
+        self.items.push((start, self.buf.len(), len, pos, rebuild, entities));
     }
 
     pub fn clear(&mut self) {
@@ -121,7 +127,13 @@ impl Records {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = Line<'_>> {
-        self.items.iter().map(|&(s, e, len, pos, rebuild)| Line { pos, bytes: &self.buf[s..e], len, rebuild })
+        self.items.iter().map(|&(s, e, len, pos, rebuild, entities)| Line {
+            pos,
+            bytes: &self.buf[s..e],
+            len,
+            rebuild,
+            entities,
+        })
     }
 
     /// Position of the newest record, what an acknowledgement after these covers.
