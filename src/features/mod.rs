@@ -395,8 +395,8 @@ pub struct FeatureEngine {
 }
 
 const SWEEP_EVERY_MS: i64 = 60_000;
-/// Every entity type (see [`FeatureEngine::ingest_for`]).
-const ALL: u8 = crate::source::ALL_ENTITIES;
+/// Every entity type, one bit per [`EntityType::index`] (see [`FeatureEngine::ingest_for`]).
+const ALL: u8 = (1 << EntityType::ALL.len()) - 1;
 
 fn is_static_asset(path: &str) -> bool {
     const EXT: [&str; 14] =
