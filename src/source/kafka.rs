@@ -86,6 +86,8 @@ struct Msg {
     payload: Vec<u8>,
     /// Before the partition's committed offset: read to rebuild state only.
     rebuild: bool,
+    /// When it was read: how long it has waited for the other partitions.
+    arrived: Instant,
 }
 
 /// Writers remembered per partition (the oldest heard is forgotten first).
@@ -136,18 +138,38 @@ struct Part {
 
 impl Part {
     /// Whether this partition, with nothing queued, holds back a message
-    /// stamped `ts` from another: it might still deliver something older.
-    /// Not when it said it is at its end, has already delivered something at
-    /// least as new (what it sends next is, by its own order, not older), or
-    /// has been silent `idle` — unless the broker is known to hold more of it
-    /// (`behind`: its high watermark is past what was read), in which case
-    /// it is only slow to deliver, and is waited for up to [`STALLED`]
-    /// (Kafka Streams' rule since KIP-695). Without that, a broker that
-    /// served one partition's fetches a few seconds late let the others run
-    /// an hour ahead: 36 % of a 100,000-line replay came late.
-    fn holds_back(&self, ts: i64, idle: Duration, behind: impl FnOnce() -> bool) -> bool {
+    /// stamped `ts` that has `waited` in another's queue: it might still
+    /// deliver something older. Not when it has already delivered something
+    /// at least as new (what it sends next is, by its own order, not older),
+    /// or when both it has been silent and the message has waited `idle` —
+    /// unless the broker is known to hold more of it (`behind`: its high
+    /// watermark is past what was read), in which case it is only slow to
+    /// deliver, and is waited for up to [`STALLED`] (Kafka Streams' rule
+    /// since KIP-695). Without that, a broker that served one partition's
+    /// fetches a few seconds late let the others run an hour ahead: 36 % of
+    /// a 100,000-line replay came late.
+    ///
+    /// Following a stream (`at_end_is_final` false), a partition at its end
+    /// is waited for too, and the wait counts from when the message arrived,
+    /// as Streams' `max.task.idle.ms` does: "at its end" only says that the
+    /// broker had nothing more when last asked, and a producer's next
+    /// messages land on the partitions one by one. A partition quiet for a
+    /// while is no evidence that it will stay so: when a shipper sent
+    /// minutes of logs at once after a pause, the first partition to deliver
+    /// was read minutes ahead of the others, up to 40 % of the events came
+    /// behind the watermark, and which ticks saw them — hence which
+    /// sliding-window thresholds were crossed — changed from run to run.
+    /// The price is latency on a quiet partition's neighbours: up to `idle`.
+    fn holds_back(
+        &self,
+        ts: i64,
+        waited: Duration,
+        idle: Duration,
+        at_end_is_final: bool,
+        behind: impl FnOnce() -> bool,
+    ) -> bool {
         self.is_empty()
-            && !self.eof
+            && !(self.eof && at_end_is_final)
             && self.newest.is_none_or(|n| ts > n)
             && self.heard.is_some_and(|h| {
                 let silent = h.elapsed();
@@ -155,7 +177,9 @@ impl Part {
                 // nothing is known of it yet (a slow broker's first fetches took
                 // seconds for three partitions of four, and the fourth ran an
                 // hour ahead).
-                silent < idle || (silent < STALLED.max(idle) && (self.next.is_none() || behind()))
+                silent < idle
+                    || (!at_end_is_final && waited < idle)
+                    || (!self.eof && silent < STALLED.max(idle) && (self.next.is_none() || behind()))
             })
             || self.writer_holds_back(ts, idle)
     }
@@ -773,7 +797,7 @@ impl KafkaSource {
             part.newest = Some(part.newest.map_or(ts, |n| n.max(ts)));
             part.bytes += payload.len();
             self.queued_bytes += payload.len();
-            part.push(writer, Msg { ts, offset, payload, rebuild });
+            part.push(writer, Msg { ts, offset, payload, rebuild, arrived: Instant::now() });
             if part.bytes >= per_part && !part.paused {
                 part.paused = true;
                 let mut tpl = TopicPartitionList::new();
@@ -789,13 +813,12 @@ impl KafkaSource {
     /// The queued head with the smallest time (ties to the lower partition),
     /// if no partition with nothing queued holds it back.
     fn next_ready(&self) -> Option<Tp> {
-        let (tp, ts) = self
-            .parts
-            .iter()
-            .filter_map(|(tp, p)| p.head().map(|(ts, _)| (*tp, ts)))
-            .min_by_key(|&(tp, ts)| (ts, tp))?;
+        let (ts, tp, q) = self.parts.iter().filter_map(|(tp, p)| p.head().map(|(ts, q)| (ts, *tp, q))).min()?;
+        let waited = self.parts[&tp].queues[q].1.front().map_or(Duration::ZERO, |m| m.arrived.elapsed());
         let idle = Duration::from_millis(self.spec.max_idle_ms);
-        let held = self.parts.iter().any(|(other, p)| p.holds_back(ts, idle, || self.behind(*other, p)));
+        let final_end = self.stop_at_end;
+        let held =
+            self.parts.iter().any(|(other, p)| p.holds_back(ts, waited, idle, final_end, || self.behind(*other, p)));
         (!held).then_some(tp)
     }
 
@@ -1011,7 +1034,7 @@ mod tests {
         let mut p = Part { eof, newest, next: newest.map(|_| 1), ..Part::default() };
         p.heard = heard_ago.map(|d| Instant::now() - d);
         if queued {
-            p.push(0, Msg { ts: 0, offset: 0, payload: Vec::new(), rebuild: false });
+            p.push(0, Msg { ts: 0, offset: 0, payload: Vec::new(), rebuild: false, arrived: Instant::now() });
         }
         p
     }
@@ -1037,25 +1060,40 @@ mod tests {
         let idle = Duration::from_secs(2);
         let recent = Some(Duration::from_millis(10));
         let (behind, caught_up) = (|| true, || false);
+        // How long the message at stake has waited (past `idle` unless said).
+        let long = Duration::from_secs(3);
         // Nothing queued, heard from lately, its newest older than the head: wait.
-        assert!(part(false, false, recent, Some(100)).holds_back(150, idle, caught_up));
-        assert!(part(false, false, recent, None).holds_back(150, idle, caught_up), "assigned, nothing read yet");
+        assert!(part(false, false, recent, Some(100)).holds_back(150, long, idle, true, caught_up));
+        assert!(
+            part(false, false, recent, None).holds_back(150, long, idle, true, caught_up),
+            "assigned, nothing read yet"
+        );
         // Its own newest is as new as the head: what it sends next is not older.
-        assert!(!part(false, false, recent, Some(150)).holds_back(150, idle, behind));
-        assert!(!part(false, false, recent, Some(200)).holds_back(150, idle, behind));
+        assert!(!part(false, false, recent, Some(150)).holds_back(150, long, idle, true, behind));
+        assert!(!part(false, false, recent, Some(200)).holds_back(150, long, idle, true, behind));
         // Something queued (the merge compares heads), at its end, or silent too long.
-        assert!(!part(true, false, recent, Some(100)).holds_back(150, idle, behind));
-        assert!(!part(false, true, recent, Some(100)).holds_back(150, idle, behind));
+        assert!(!part(true, false, recent, Some(100)).holds_back(150, long, idle, true, behind));
+        assert!(!part(false, true, recent, Some(100)).holds_back(150, long, idle, true, behind));
+        // Following a stream, its end is only where the broker was when last
+        // asked: waited for `idle` as any partition heard from lately.
+        assert!(part(false, true, recent, Some(100)).holds_back(150, long, idle, false, caught_up));
+        let quiet = part(false, true, Some(Duration::from_secs(60)), Some(100));
+        assert!(!quiet.holds_back(150, long, idle, false, behind));
+        // ... and however long it has been quiet, a message that has just
+        // arrived waits `idle` for it (a burst after a pause lands on the
+        // partitions one by one).
+        assert!(quiet.holds_back(150, Duration::ZERO, idle, false, caught_up));
+        assert!(!quiet.holds_back(150, Duration::ZERO, idle, true, caught_up), "a replay's end is final");
         let silent = Some(Duration::from_secs(3));
-        assert!(!part(false, false, silent, Some(100)).holds_back(150, idle, caught_up));
+        assert!(!part(false, false, silent, Some(100)).holds_back(150, long, idle, true, caught_up));
         // Silent since it was assigned, nothing read: unknown, so waited for.
         let assigned = part(false, false, silent, None);
-        assert!(assigned.holds_back(150, idle, caught_up), "nothing known of it yet");
-        assert!(!part(false, false, Some(STALLED + idle), None).holds_back(150, idle, caught_up));
+        assert!(assigned.holds_back(150, long, idle, true, caught_up), "nothing known of it yet");
+        assert!(!part(false, false, Some(STALLED + idle), None).holds_back(150, long, idle, true, caught_up));
         // Silent, but the broker holds more of it: slow, not idle; waited for
         // until it is stalled.
-        assert!(part(false, false, silent, Some(100)).holds_back(150, idle, behind));
-        assert!(!part(false, false, Some(STALLED + idle), Some(100)).holds_back(150, idle, behind));
+        assert!(part(false, false, silent, Some(100)).holds_back(150, long, idle, true, behind));
+        assert!(!part(false, false, Some(STALLED + idle), Some(100)).holds_back(150, long, idle, true, behind));
     }
 
     /// A partition of a repartition topic interleaves writers, each in its
@@ -1065,8 +1103,9 @@ mod tests {
     /// was handed out without a gap.
     #[test]
     fn a_partitions_writers_are_merged_by_time_and_the_slowest_holds_back() {
-        let msg = |ts, offset| Msg { ts, offset, payload: Vec::new(), rebuild: false };
+        let msg = |ts, offset| Msg { ts, offset, payload: Vec::new(), rebuild: false, arrived: Instant::now() };
         let idle = Duration::from_secs(2);
+        let long = Duration::from_secs(3);
         let mut p = Part { eof: true, ..Part::default() };
         // Writer 1 is an hour ahead of writer 2, in the same partition.
         for (w, ts, offset) in [(1, 3_600_000, 0), (1, 3_600_500, 1), (2, 1_000, 2), (2, 2_000, 3)] {
@@ -1076,7 +1115,7 @@ mod tests {
         }
         let mut order = Vec::new();
         while let Some((ts, q)) = p.head() {
-            if p.holds_back(ts, idle, || false) {
+            if p.holds_back(ts, long, idle, true, || false) {
                 break;
             }
             order.push(p.pop(q).expect("queued").offset);
@@ -1089,13 +1128,13 @@ mod tests {
         // A watermark (or newer data) from writer 2 releases writer 1's.
         p.heard_from(2, 3_600_000, false);
         let (ts, _) = p.head().expect("queued");
-        assert!(!p.holds_back(ts, idle, || false));
-        assert!(p.holds_back(3_600_001, idle, || false), "writer 2 has not vouched for later");
+        assert!(!p.holds_back(ts, long, idle, true, || false));
+        assert!(p.holds_back(3_600_001, long, idle, true, || false), "writer 2 has not vouched for later");
         // A writer that ended, or has been silent past max_idle, holds nothing.
         p.heard_from(2, 3_600_000, true);
-        assert!(!p.holds_back(3_600_001, idle, || false));
+        assert!(!p.holds_back(3_600_001, long, idle, true, || false));
         p.writers.insert(3, Writer { frontier: 0, heard: Instant::now() - Duration::from_secs(3), ended: false });
-        assert!(!p.holds_back(3_600_001, idle, || false));
+        assert!(!p.holds_back(3_600_001, long, idle, true, || false));
         while let Some((_, q)) = p.head() {
             order.push(p.pop(q).expect("queued").offset);
         }
