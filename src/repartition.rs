@@ -90,8 +90,14 @@ mod tests {
 
     #[test]
     fn frames_read_back_and_anything_else_is_plain_lines() {
-        for kind in [FrameKind::Lines, FrameKind::Watermark, FrameKind::End] {
-            let f = Frame { writer: 0xfeed_beef, newest_ts: 1_772_359_200_123, kind };
+        // (i64::MIN: a writer that has sent nothing yet announcing itself.)
+        for (kind, newest_ts) in [
+            (FrameKind::Lines, 1_772_359_200_123),
+            (FrameKind::Watermark, 1_772_359_200_123),
+            (FrameKind::End, 1_772_359_200_123),
+            (FrameKind::Watermark, i64::MIN),
+        ] {
+            let f = Frame { writer: 0xfeed_beef, newest_ts, kind };
             let mut out = Vec::new();
             f.write(&mut out);
             out.extend_from_slice(b"{\"a\":1}\n{\"b\":2}");

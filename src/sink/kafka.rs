@@ -157,6 +157,8 @@ pub struct KafkaSink {
 
 /// Watermarks go out at checkpoints, at most this often.
 const WATERMARK_EVERY: Duration = Duration::from_millis(100);
+/// A writer that has sent no event yet says so at most this often.
+const HELLO_EVERY: Duration = Duration::from_millis(500);
 /// A repartition message holds lines from at most this span of event time
 /// (what a reader may hand out ahead of another writer's older events)...
 const MESSAGE_SPAN_MS: i64 = 1_000;
@@ -224,7 +226,7 @@ impl KafkaSink {
             }
             repartition_partitions.push((topic.clone(), n as i32));
         }
-        Ok(KafkaSink {
+        let mut sink = KafkaSink {
             producer,
             spec: spec.clone(),
             reported: 0,
@@ -234,7 +236,9 @@ impl KafkaSink {
             repartition_partitions,
             newest_ts: None,
             watermarked: None,
-        })
+        };
+        sink.watermark(false)?;
+        Ok(sink)
     }
 
     /// Queues a record (`None` payload: a tombstone); when librdkafka's queue
@@ -306,17 +310,32 @@ impl KafkaSink {
     /// out in the order its source merged them), or, at the `end`, nothing
     /// follows. Readers hold other writers' newer events until then
     /// ([`crate::repartition`]).
+    ///
+    /// Before its first event a writer vouches for nothing (the oldest
+    /// time), at open and at each checkpoint while it rebuilds: readers then
+    /// wait for what it is about to send. Unknown to them until its first
+    /// event, an engine that joined its group and spent seconds rebuilding
+    /// found the other writer, catching up, minutes ahead in event time, and
+    /// its events all came behind the readers' watermark. A writer with no
+    /// input checkpoints nothing and is read past after `max_idle`.
     fn watermark(&mut self, end: bool) -> Result<(), SinkError> {
-        let Some(ts) = self.newest_ts else { return Ok(()) };
-        if !end && self.watermarked.is_some_and(|(at, w)| w == ts || at.elapsed() < WATERMARK_EVERY) {
+        let (ts, every) = match self.newest_ts {
+            Some(ts) => (ts, WATERMARK_EVERY),
+            None if self.repartition_partitions.is_empty() => return Ok(()),
+            None => (i64::MIN, HELLO_EVERY),
+        };
+        if !end && self.watermarked.is_some_and(|(at, w)| (w == ts && self.newest_ts.is_some()) || at.elapsed() < every)
+        {
             return Ok(());
         }
         let kind = if end { FrameKind::End } else { FrameKind::Watermark };
         let mut payload = Vec::with_capacity(64);
         Frame { writer: self.writer, newest_ts: ts, kind }.write(&mut payload);
+        // (The record's own time is the event time, or the clock's before any.)
+        let stamp = self.newest_ts;
         for (topic, n) in self.repartition_partitions.clone() {
             for p in 0..n {
-                self.send_at(&topic, b"", Some(&payload), None, Some(ts), Some(p))?;
+                self.send_at(&topic, b"", Some(&payload), None, stamp, Some(p))?;
             }
         }
         self.watermarked = Some((Instant::now(), ts));
