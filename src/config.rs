@@ -73,6 +73,7 @@ struct SinkSection {
     decisions_topic: Option<Spanned<String>>,
     dead_letters_topic: Option<Spanned<String>>,
     flush_timeout: Option<Spanned<String>>,
+    learn_wait: Option<Spanned<String>>,
     /// Entity type → the topic its events are re-keyed to.
     repartition: Option<Spanned<BTreeMap<String, String>>>,
     repartition_partitions: Option<Spanned<i64>>,
@@ -528,6 +529,7 @@ fn kafka_keys_absent(f: &Located<PipelineFile>, v: &SinkSection) -> Result<(), C
         ("decisions_topic", v.decisions_topic.as_ref().map(|x| x.span())),
         ("dead_letters_topic", v.dead_letters_topic.as_ref().map(|x| x.span())),
         ("flush_timeout", v.flush_timeout.as_ref().map(|x| x.span())),
+        ("learn_wait", v.learn_wait.as_ref().map(|x| x.span())),
         ("repartition", v.repartition.as_ref().map(|x| x.span())),
         ("repartition_partitions", v.repartition_partitions.as_ref().map(|x| x.span())),
         ("properties", v.properties.as_ref().map(|x| x.span())),
@@ -775,6 +777,25 @@ fn kafka_sink_from(
             ms as u64
         }
     };
+    let learn_wait_ms = match &v.learn_wait {
+        None => KafkaSinkSpec::DEFAULT_LEARN_WAIT_MS,
+        Some(t) => {
+            let ms = duration(&f.file, &f.src, t, "sinks.learn_wait")?;
+            if decisions_topic.is_none() {
+                return Err(invalid(
+                    &f.file,
+                    &f.src,
+                    t.span(),
+                    "sinks.learn_wait",
+                    "only a sink with decisions_topic reads one",
+                ));
+            }
+            if !(1_000..=86_400_000).contains(&ms) {
+                return Err(invalid(&f.file, &f.src, t.span(), "sinks.learn_wait", "must be from 1s to 24h"));
+            }
+            ms as u64
+        }
+    };
     Ok(KafkaSinkSpec {
         client,
         decisions_topic,
@@ -782,6 +803,7 @@ fn kafka_sink_from(
         flush_timeout_ms,
         repartition,
         repartition_partitions,
+        learn_wait_ms,
     })
 }
 
@@ -1607,6 +1629,7 @@ reason = "too fast"
             vec![(EntityType::ApiKey, "by-key".to_string()), (EntityType::User, "by-user".to_string())]
         );
         assert_eq!(s.repartition_partitions, 12);
+        assert_eq!(s.learn_wait_ms, crate::sink::KafkaSinkSpec::DEFAULT_LEARN_WAIT_MS);
 
         let input = "[input.kafka]\nbrokers = \"k:9092\"\ntopics = [\"a\"]\ngroup = \"g\"\n";
         for (v, ms) in [("off", 0), ("30m", 1_800_000)] {
@@ -1640,6 +1663,18 @@ reason = "too fast"
             (
                 format!("{dl}[[sinks]]\ntype = \"parquet\"\nbrokers = \"k:1\"\n"),
                 "test.toml:5: sinks.brokers: only a kafka sink has it",
+            ),
+            (
+                format!(
+                    "{dl}[[sinks]]\ntype = \"kafka\"\nbrokers = \"k:1\"\ndecisions_topic = \"d\"\nlearn_wait = \"500ms\"\n"
+                ),
+                "test.toml:7: sinks.learn_wait: must be from 1s to 24h",
+            ),
+            (
+                format!(
+                    "{dl}[[sinks]]\ntype = \"kafka\"\nbrokers = \"k:1\"\ndead_letters_topic = \"x\"\nlearn_wait = \"5s\"\n"
+                ),
+                "test.toml:7: sinks.learn_wait: only a sink with decisions_topic reads one",
             ),
             (
                 format!("{input}[input.kafka.entities]\nb = [\"user\"]\n"),

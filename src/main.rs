@@ -386,7 +386,8 @@ fn run(cli: Cli) -> Result<()> {
                         if let Some(spec) = &topic_sink
                             && let Some(feed) = gatewatch::live::learn::open(spec)
                         {
-                            gatewatch::live::learn::read_to_end(e, &feed, &metrics, &stop);
+                            let patience = std::time::Duration::from_millis(spec.learn_wait_ms);
+                            gatewatch::live::learn::read_to_end(e, &feed, &metrics, &stop, patience);
                         }
                     };
                     gatewatch::driver::replay_source_with(p, Box::new(source), format, &out, progress, prepare)?

@@ -181,6 +181,66 @@ pub fn reconcile(store: &LiveStore, latest: Vec<Decision>, now_ms: i64) -> Resul
     Ok((stored, removed))
 }
 
+/// How a read of the topic to its end ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadEnd {
+    /// Every partition read to its end: the records read.
+    Read(u64),
+    /// Stopped first.
+    Stopped,
+    /// Nothing came for the whole patience: the records read until then.
+    Stalled(u64),
+}
+
+/// What one poll of the topic gave.
+#[derive(Debug)]
+enum Polled {
+    Record(Record),
+    /// A record that does not read as one (counted and logged).
+    Skipped,
+    /// Nothing within the wait (or an error, logged).
+    Nothing,
+    /// The end of this partition.
+    End(i32),
+}
+
+/// The loop of [`DecisionFeed::read_to_end_with`] over `next`, apart from
+/// the consumer.
+fn drain(
+    partitions: usize,
+    mut next: impl FnMut(Duration) -> Polled,
+    stop: &AtomicBool,
+    patience: Option<Duration>,
+    mut each: impl FnMut(Record),
+) -> ReadEnd {
+    let mut ended: HashSet<i32> = HashSet::new();
+    let mut records = 0u64;
+    let mut heard = std::time::Instant::now();
+    while ended.len() < partitions {
+        if stop.load(Ordering::Relaxed) {
+            return ReadEnd::Stopped;
+        }
+        if patience.is_some_and(|p| heard.elapsed() >= p) {
+            return ReadEnd::Stalled(records);
+        }
+        match next(Duration::from_millis(200)) {
+            Polled::Record(r) => {
+                records += 1;
+                heard = std::time::Instant::now();
+                each(r);
+            }
+            // Unreadable, but the broker is there.
+            Polled::Skipped => heard = std::time::Instant::now(),
+            Polled::Nothing => {}
+            Polled::End(p) => {
+                heard = std::time::Instant::now();
+                ended.insert(p);
+            }
+        }
+    }
+    ReadEnd::Read(records)
+}
+
 /// librdkafka's log lines and errors through `tracing`, as elsewhere.
 pub struct FeedContext;
 
@@ -244,20 +304,19 @@ impl DecisionFeed {
         Ok(DecisionFeed { consumer, topic, partitions })
     }
 
-    /// The next record, `Ok(None)` when nothing came within `wait`;
-    /// `Err(partition)` when a partition's end was reached.
-    fn next(&self, wait: Duration, metrics: &Metrics) -> Result<Option<Record>, i32> {
+    /// What came within `wait`.
+    fn next(&self, wait: Duration, metrics: &Metrics) -> Polled {
         match self.consumer.poll(wait) {
-            None => Ok(None),
-            Some(Err(RdError::PartitionEOF(p))) => Err(p),
+            None => Polled::Nothing,
+            Some(Err(RdError::PartitionEOF(p))) => Polled::End(p),
             Some(Err(e)) => {
                 tracing::warn!(topic = %self.topic, error = %e, "reading the decisions topic");
-                Ok(None)
+                Polled::Nothing
             }
             Some(Ok(m)) => {
                 let id = m.headers().and_then(|h| h.iter().find(|h| h.key == DECISION_ID_HEADER).and_then(|h| h.value));
                 match read_record(m.key(), m.payload(), id) {
-                    Ok(r) => Ok(Some(r)),
+                    Ok(r) => Polled::Record(r),
                     Err(why) => {
                         metrics.feed_records.with_label_values(&["unreadable"]).inc();
                         tracing::warn!(
@@ -266,7 +325,7 @@ impl DecisionFeed {
                             offset = m.offset(),
                             "decisions topic: record skipped: {why}"
                         );
-                        Ok(None)
+                        Polled::Skipped
                     }
                 }
             }
@@ -274,34 +333,27 @@ impl DecisionFeed {
     }
 
     /// Hands every record to `each` until every partition has been read to
-    /// its end; the number of records, `None` when stopped first.
-    pub fn read_to_end_with(&self, metrics: &Metrics, stop: &AtomicBool, mut each: impl FnMut(Record)) -> Option<u64> {
-        let mut ended: HashSet<i32> = HashSet::new();
-        let mut records = 0u64;
-        while ended.len() < self.partitions.len() {
-            if stop.load(Ordering::Relaxed) {
-                return None;
-            }
-            match self.next(Duration::from_millis(200), metrics) {
-                Ok(Some(r)) => {
-                    records += 1;
-                    each(r);
-                }
-                Ok(None) => {}
-                Err(p) => {
-                    ended.insert(p);
-                }
-            }
-        }
-        Some(records)
+    /// its end, `stop` is set, or (with `patience`) the topic gives nothing
+    /// — no record, no partition's end — for that long: a broker that
+    /// vanished mid-read would otherwise hold the caller forever.
+    pub fn read_to_end_with(
+        &self,
+        metrics: &Metrics,
+        stop: &AtomicBool,
+        patience: Option<Duration>,
+        each: impl FnMut(Record),
+    ) -> ReadEnd {
+        drain(self.partitions.len(), |wait| self.next(wait, metrics), stop, patience, each)
     }
 
     /// Reads every partition to its end: the last decision per entity and the
     /// number of records read, `None` when stopped first.
     pub fn read_to_end(&self, metrics: &Metrics, stop: &AtomicBool) -> Option<(Latest, u64)> {
         let mut latest = Latest::default();
-        let records = self.read_to_end_with(metrics, stop, |r| latest.apply(r, crate::event::time::now_ms()))?;
-        Some((latest, records))
+        match self.read_to_end_with(metrics, stop, None, |r| latest.apply(r, crate::event::time::now_ms())) {
+            ReadEnd::Read(records) => Some((latest, records)),
+            ReadEnd::Stopped | ReadEnd::Stalled(_) => None,
+        }
     }
 
     /// Reads every partition to its end, then makes the store hold what the
@@ -324,7 +376,7 @@ impl DecisionFeed {
     /// Hands each record to `each` as it arrives, until `stop`.
     pub fn follow_with(&self, metrics: &Metrics, stop: &AtomicBool, mut each: impl FnMut(Record)) {
         while !stop.load(Ordering::Relaxed) {
-            if let Ok(Some(r)) = self.next(Duration::from_millis(200), metrics) {
+            if let Polled::Record(r) = self.next(Duration::from_millis(200), metrics) {
                 each(r);
             }
         }
@@ -390,6 +442,62 @@ mod tests {
             expires_ms,
             offense: 1,
         }
+    }
+
+    /// A topic of `records` records over `partitions` partitions as `next`
+    /// sees it: the records, then each partition's end, then silence when
+    /// `ends` is false (a broker gone mid-read).
+    fn topic(records: usize, partitions: i32, ends: bool) -> impl FnMut(Duration) -> Polled {
+        let mut calls = 0usize;
+        move |wait| {
+            calls += 1;
+            if calls <= records {
+                return Polled::Record(lift("192.0.2.1", Some(calls as u64)));
+            }
+            let p = (calls - records - 1) as i32;
+            if ends && p < partitions {
+                return Polled::End(p);
+            }
+            std::thread::sleep(wait.min(Duration::from_millis(5)));
+            Polled::Nothing
+        }
+    }
+
+    #[test]
+    fn a_read_to_the_end_waits_for_a_silent_topic_only_as_long_as_it_was_told() {
+        let go = AtomicBool::new(false);
+        let mut seen = 0;
+        assert_eq!(drain(3, topic(5, 3, true), &go, Some(Duration::from_secs(60)), |_| seen += 1), ReadEnd::Read(5));
+        assert_eq!(seen, 5);
+        // Records, then nothing: the broker went away before the ends came.
+        let patience = Duration::from_millis(50);
+        assert_eq!(drain(3, topic(5, 3, false), &go, Some(patience), |_| {}), ReadEnd::Stalled(5));
+        // No patience: only `stop` ends the wait.
+        let stop = AtomicBool::new(false);
+        let mut polls = 0;
+        let next = |wait| {
+            polls += 1;
+            if polls == 20 {
+                stop.store(true, Ordering::Relaxed);
+            }
+            topic(0, 1, false)(wait)
+        };
+        assert_eq!(drain(1, next, &stop, None, |_| {}), ReadEnd::Stopped);
+        // Patience counts from the last thing heard, not from the start: a
+        // slow topic that keeps giving is read to its end.
+        let mut calls = 0;
+        let slow = |_wait| {
+            calls += 1;
+            std::thread::sleep(Duration::from_millis(2));
+            match calls {
+                1..=20 => Polled::Record(lift("192.0.2.2", None)),
+                // Records that do not read are still the broker talking.
+                21..=40 => Polled::Skipped,
+                41 => Polled::End(0),
+                _ => Polled::Nothing,
+            }
+        };
+        assert_eq!(drain(1, slow, &go, Some(Duration::from_millis(60)), |_| {}), ReadEnd::Read(20));
     }
 
     fn lift(entity: &str, id: Option<u64>) -> Record {

@@ -21,7 +21,9 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::{Receiver, sync_channel};
 
-use super::feed::{DecisionFeed, Record, restored};
+use std::time::Duration;
+
+use super::feed::{DecisionFeed, ReadEnd, Record, restored};
 use crate::decision::Decision;
 use crate::engine::Engine;
 use crate::metrics::Metrics;
@@ -46,18 +48,45 @@ pub fn open(spec: &KafkaSinkSpec) -> Option<DecisionFeed> {
 
 /// Teaches `engine` every decision on the topic up to its end; the number
 /// learned, `None` when stopped first.
-pub fn read_to_end(engine: &mut Engine, feed: &DecisionFeed, metrics: &Metrics, stop: &AtomicBool) -> Option<u64> {
+///
+/// When the topic gives nothing for `patience` (the sink's `learn_wait`:
+/// the broker went away mid-read), the engine starts on what it has
+/// learned, logged as a warning, rather than wait with its API closed: the
+/// decision API serves only once the engine has started, and the gateways
+/// need it more than this engine needs the last of the others' decisions,
+/// which it learns as they arrive once the broker is back ([`start`]
+/// follows the topic from where this read stopped). Until then it may
+/// decide again on an entity another instance decided on.
+pub fn read_to_end(
+    engine: &mut Engine,
+    feed: &DecisionFeed,
+    metrics: &Metrics,
+    stop: &AtomicBool,
+    patience: Duration,
+) -> Option<u64> {
     let mut learned = 0u64;
-    let records = feed.read_to_end_with(metrics, stop, |r| {
+    let end = feed.read_to_end_with(metrics, stop, Some(patience), |r| {
         if let Record::Put(d) = r
             && let Some(r) = restored(&d)
         {
             engine.restore_decision(r);
             learned += 1;
         }
-    })?;
+    });
     metrics.feed_records.with_label_values(&["learned"]).inc_by(learned);
-    tracing::info!(records, learned, "decisions topic read to its end: what every instance decided is known");
+    match end {
+        ReadEnd::Read(records) => {
+            tracing::info!(records, learned, "decisions topic read to its end: what every instance decided is known")
+        }
+        ReadEnd::Stalled(records) => tracing::warn!(
+            records,
+            learned,
+            waited_ms = patience.as_millis() as u64,
+            "the decisions topic gave nothing for learn_wait before its end: starting on what is known; \
+             the rest is learned as it arrives"
+        ),
+        ReadEnd::Stopped => return None,
+    }
     Some(learned)
 }
 
@@ -87,7 +116,7 @@ pub fn start(
     stop: &Arc<AtomicBool>,
 ) -> Option<Learner> {
     let feed = open(spec)?;
-    read_to_end(engine, &feed, metrics, stop)?;
+    read_to_end(engine, &feed, metrics, stop, Duration::from_millis(spec.learn_wait_ms))?;
     let (tx, rx) = sync_channel(QUEUE);
     let (metrics, stop) = (metrics.clone(), stop.clone());
     let spawned = std::thread::Builder::new().name("decision-learn".into()).spawn(move || {

@@ -129,10 +129,16 @@ pub struct KafkaSinkSpec {
     /// Partitions of a repartition topic this sink creates (one it finds is
     /// used as it is).
     pub repartition_partitions: i32,
+    /// How long an engine starting up waits for the decisions topic to give
+    /// anything more (a record, a partition's end) before it starts on what
+    /// it has learned of the other instances' decisions
+    /// ([`crate::live::learn::read_to_end`]).
+    pub learn_wait_ms: u64,
 }
 
 impl KafkaSinkSpec {
     pub const DEFAULT_FLUSH_TIMEOUT_MS: u64 = 10_000;
+    pub const DEFAULT_LEARN_WAIT_MS: u64 = 30_000;
     pub const DEFAULT_REPARTITION_PARTITIONS: i32 = 8;
 }
 
