@@ -631,6 +631,10 @@ pub struct KafkaSource {
     stop_at_end: bool,
     last_end_check: Option<Instant>,
     name: String,
+    /// The newest message time handed out (rebuild excepted), and when an
+    /// older one was last reported ([`KafkaSource::report_behind`]).
+    newest_handed: i64,
+    behind_reported: Option<Instant>,
 }
 
 impl KafkaSource {
@@ -679,6 +683,8 @@ impl KafkaSource {
             keep,
             stop_at_end,
             last_end_check: None,
+            newest_handed: i64::MIN,
+            behind_reported: None,
         })
     }
 
@@ -822,6 +828,48 @@ impl KafkaSource {
         (!held).then_some(tp)
     }
 
+    /// Logs (at debug level, at most once a second) a message handed out
+    /// older than one handed before it — an event the engine will count as
+    /// reordered — with what every partition and writer looked like then:
+    /// which one was read past, and whether it had been silent, at its end
+    /// or never heard from.
+    fn report_behind(&mut self, tp: Tp, writer: u64, ts: i64) {
+        if !tracing::enabled!(tracing::Level::DEBUG)
+            || self.behind_reported.is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.behind_reported = Some(Instant::now());
+        let ms = |i: Instant| i.elapsed().as_millis();
+        let mut parts: Vec<String> = Vec::with_capacity(self.parts.len());
+        for ((t, p), part) in &self.parts {
+            let writers: Vec<String> = part
+                .writers
+                .iter()
+                .map(|(id, w)| format!("{id:x}:frontier={},heard={}ms ago,ended={}", w.frontier, ms(w.heard), w.ended))
+                .collect();
+            parts.push(format!(
+                "{}/{p}: newest={:?} eof={} heard={:?}ms ago queued={} writers=[{}]",
+                self.topics[*t as usize],
+                part.newest,
+                part.eof,
+                part.heard.map(ms),
+                part.queues.iter().map(|(_, q)| q.len()).sum::<usize>(),
+                writers.join(" ")
+            ));
+        }
+        tracing::debug!(
+            topic = self.topics[tp.0 as usize],
+            partition = tp.1,
+            writer = format!("{writer:x}"),
+            ts,
+            newest_handed = self.newest_handed,
+            behind_ms = self.newest_handed - ts,
+            "kafka: a message handed out behind an earlier one; partitions: {}",
+            parts.join("; ")
+        );
+    }
+
     /// Whether the broker holds messages of a partition past those read, by
     /// the high watermark of its last fetch (librdkafka's cache; no request).
     fn behind(&self, tp: Tp, part: &Part) -> bool {
@@ -934,6 +982,7 @@ impl Source for KafkaSource {
             let topic = self.topics[tp.0 as usize];
             let Some(part) = self.parts.get_mut(&tp) else { break };
             let Some((_, queue)) = part.head() else { break };
+            let writer = part.queues[queue].0;
             let Some(msg) = part.pop(queue) else { break };
             part.bytes -= msg.payload.len();
             self.queued_bytes -= msg.payload.len();
@@ -970,6 +1019,12 @@ impl Source for KafkaSource {
             }
             applied.push((tp, msg.offset + 1));
             self.last_handed = Some((tp, msg.offset));
+            if !msg.rebuild {
+                if msg.ts < self.newest_handed {
+                    self.report_behind(tp, writer, msg.ts);
+                }
+                self.newest_handed = self.newest_handed.max(msg.ts);
+            }
         }
         if !applied.is_empty() {
             let mut s = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
