@@ -14,7 +14,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError as RdError;
@@ -215,7 +215,7 @@ fn drain(
 ) -> ReadEnd {
     let mut ended: HashSet<i32> = HashSet::new();
     let mut records = 0u64;
-    let mut heard = std::time::Instant::now();
+    let mut heard = Instant::now();
     while ended.len() < partitions {
         if stop.load(Ordering::Relaxed) {
             return ReadEnd::Stopped;
@@ -226,14 +226,14 @@ fn drain(
         match next(Duration::from_millis(200)) {
             Polled::Record(r) => {
                 records += 1;
-                heard = std::time::Instant::now();
+                heard = Instant::now();
                 each(r);
             }
             // Unreadable, but the broker is there.
-            Polled::Skipped => heard = std::time::Instant::now(),
+            Polled::Skipped => heard = Instant::now(),
             Polled::Nothing => {}
             Polled::End(p) => {
-                heard = std::time::Instant::now();
+                heard = Instant::now();
                 ended.insert(p);
             }
         }

@@ -20,7 +20,6 @@
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::{Receiver, sync_channel};
-
 use std::time::Duration;
 
 use super::feed::{DecisionFeed, ReadEnd, Record, restored};
