@@ -197,3 +197,53 @@ fn confidential_clients_are_known_by_their_grant_and_never_attested() {
     assert_eq!(conf(EntityType::Ip, "4.4.4.4"), Some(6.0), "the order of the log does not matter");
     assert_eq!(conf(EntityType::ApiKey, "export"), Some(6.0));
 }
+
+/// A failed password is "cold" only while failing is all the address has
+/// done; the campaign columns count addresses, not requests, so one rig
+/// sending thousands of passwords does not drown a campaign of many.
+#[test]
+fn cold_failures_and_the_campaign_they_add_up_to() {
+    let fail = r#""auth_result":"invalid_credentials""#;
+    let mut lines = vec![
+        // A person: the page first, then a typo, then in.
+        line(T0, "198.51.100.1", ""),
+        line(T0 + 5_000, "198.51.100.1", fail),
+        line(T0 + 9_000, "198.51.100.1", r#""auth_result":"ok""#),
+        // The genuine app, attested, mistyping on a fresh address: not cold.
+        line(
+            T0 + 1_000,
+            "198.51.100.2",
+            r#""grant_type":"password","auth_result":"invalid_credentials","attestation":"valid""#,
+        ),
+        // A browser's typo logged before the page that started its session: not cold either.
+        line(T0 + 1_500, "198.51.100.3", r#""session_id":"ws-1","auth_result":"invalid_credentials""#),
+        line(T0 + 1_400, "198.51.100.3", r#""session_id":"ws-1""#),
+    ];
+    // Twelve addresses that only ever send failing passwords, two each.
+    for i in 0..12 {
+        lines.push(line(T0 + 2_000 + i, &format!("203.0.113.{i}"), fail));
+        lines.push(line(T0 + 20_000 + i, &format!("203.0.113.{i}"), fail));
+    }
+    // One rig with hundreds of attempts: one address among the loggers-in.
+    for i in 0..300 {
+        lines.push(line(T0 + 3_000 + i * 10, "192.0.2.9", fail));
+    }
+    // A cold address that then opens a page is no longer only failing.
+    lines.push(line(T0 + 4_000, "203.0.113.200", fail));
+    lines.push(line(T0 + 30_000, "203.0.113.200", ""));
+    let s = run(&lines);
+    let v = |e: &str, f: &str| value(&s, EntityType::Ip, e, f);
+    assert_eq!(v("198.51.100.1", "cold_failures_10m"), Some(0.0), "loaded the page first");
+    assert_eq!(v("198.51.100.2", "cold_failures_10m"), Some(0.0), "attested");
+    assert_eq!(v("198.51.100.3", "cold_failures_10m"), Some(0.0), "a session");
+    assert_eq!(v("203.0.113.5", "cold_failures_10m"), Some(2.0));
+    assert_eq!(v("203.0.113.5", "requests_10m"), Some(2.0));
+    assert_eq!(v("192.0.2.9", "cold_failures_10m"), Some(300.0));
+    assert_eq!(v("203.0.113.200", "cold_failures_10m"), Some(1.0));
+    assert_eq!(v("203.0.113.200", "requests_10m"), Some(2.0), "the rule's own-evidence clause fails");
+    // 14 cold addresses (the twelve, the rig, .200) of 17 that tried a password.
+    assert_eq!(v("198.51.100.1", "campaign_cold_addresses_10m"), Some(14.0));
+    assert_eq!(v("203.0.113.5", "campaign_cold_share_10m"), Some(14.0 / 17.0));
+    // The same value on every entity type's rows of that tick.
+    assert_eq!(value(&s, EntityType::Cidr, "203.0.113.0/24", "campaign_cold_addresses_10m"), Some(14.0));
+}

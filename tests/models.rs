@@ -150,9 +150,12 @@ fn rules_and_models_catch_what_rules_miss_at_no_more_collateral_on_a_held_out_se
     for s in rules.scenarios.iter().filter(|s| s.attack && !simulate::EVADES_RULES.contains(&s.scenario.as_str())) {
         assert!(share(&default, &s.scenario) >= share(&rules, &s.scenario) - 1e-9, "{} got worse", s.scenario);
     }
-    // Without the guard the model also takes on the thin stuffing campaign, at a
-    // collateral that is measured (docs/MODELS.md) and must stay bounded.
-    assert!(share(&aggressive, "distributed-stuffing") > share(&rules, "distributed-stuffing") + 0.2);
+    // The thin stuffing campaign: the rules' campaign signal takes about as
+    // much of it as the unguarded model once did alone (docs/MODELS.md), and
+    // the model without its guard adds to it, at a collateral that is
+    // measured and must stay bounded.
+    assert!(share(&rules, "distributed-stuffing") >= 0.25, "the campaign rule");
+    assert!(share(&aggressive, "distributed-stuffing") >= share(&rules, "distributed-stuffing") - 1e-9);
     assert!(aggressive.benign_blocked_share() <= 0.003, "{:.4}%", 100.0 * aggressive.benign_blocked_share());
     for r in [&default, &aggressive] {
         for nat in ["172.58.10.21", "172.58.77.4"] {

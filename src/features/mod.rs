@@ -99,8 +99,53 @@ pub const FEATURES: [(&str, &str); NF] = [
         "confidential_10m",
         "requests authenticated (auth_result=ok) with an API key that has obtained a token with the client-credentials grant and never carried app attestation while held (a server-side integration's own credentials); on an entity that obtained such a token itself and never carried attestation, all its authenticated requests",
     ),
+    (
+        "cold_failures_10m",
+        "bare failed credential checks (invalid_credentials carrying neither a valid app attestation nor a session id) made while such failures were all the entity had done (within state retention): credentials sent without first opening the page or the app that asks for them",
+    ),
+    (
+        "campaign_cold_share_10m",
+        "service-wide, the same on every row of a tick: of the addresses that attempted a login in the last 10 minutes, the share whose first request was a bare failed credential check (null without attempts)",
+    ),
+    (
+        "campaign_cold_addresses_10m",
+        "service-wide: addresses first seen in the last 10 minutes whose first request was a bare failed credential check",
+    ),
 ];
-pub const NF: usize = 48;
+pub const NF: usize = 51;
+/// Where the service-wide columns sit (filled by the tick, not by an entity).
+const CAMPAIGN_SHARE: usize = 49;
+const CAMPAIGN_ADDRESSES: usize = 50;
+
+/// Per minute over the last ten, across every address this engine counts:
+/// addresses that began attempting logins (their first attempt in ten
+/// minutes), and new addresses whose first request was a bare failed
+/// credential check ([`state::Contribution::bare_failure`]). A campaign
+/// spread over hundreds of addresses, a few attempts each, shows here and
+/// in no single address's window. Counted per address, not per request: one
+/// address sending thousands of passwords (a stuffing rig the per-address
+/// rules catch) does not hide a campaign.
+type Campaign = window::Ring<10, 2>;
+
+/// The service-wide columns as of one tick.
+#[derive(Debug, Clone, Copy)]
+pub struct Context {
+    pub cold_share_10m: f64,
+    pub cold_addresses_10m: f64,
+}
+
+impl Context {
+    /// No service-wide view (a batch built outside the engine): nulls.
+    pub const NONE: Context = Context { cold_share_10m: f64::NAN, cold_addresses_10m: f64::NAN };
+
+    fn of(campaign: &Campaign, now: i64) -> Context {
+        let [logins, cold] = campaign.sums(now.div_euclid(state::G10_MS));
+        Context {
+            cold_share_10m: if logins == 0 { f64::NAN } else { (cold as f64 / logins as f64).min(1.0) },
+            cold_addresses_10m: cold as f64,
+        }
+    }
+}
 
 /// The longest window any feature covers. An event further behind the newest
 /// one than this can update no window, so the engine refuses it (dead letter)
@@ -392,6 +437,7 @@ pub struct FeatureEngine {
     ticks_since_persist: u32,
     judged: [bool; 6],
     needed: [[bool; NF]; 6],
+    campaign: Campaign,
 }
 
 const SWEEP_EVERY_MS: i64 = 60_000;
@@ -491,6 +537,7 @@ impl FeatureEngine {
             ticks_since_persist: 0,
             judged: [true; 6],
             needed: [[true; NF]; 6],
+            campaign: Campaign::default(),
         }
     }
 
@@ -714,6 +761,8 @@ impl FeatureEngine {
         let grant = opt(cols.grant, i);
         let login = grant == Some("password") || auth == Some("invalid_credentials");
         n[c::LOGIN_ATT] = login as u32;
+        k.bare_failure =
+            auth == Some("invalid_credentials") && opt(cols.attest, i) != Some("valid") && cols.session.is_null(i);
         n[c::LOGIN_FAIL] = (auth == Some("invalid_credentials")) as u32;
         n[c::AUTH_OK] = (auth == Some("ok")) as u32;
         n[c::TOKEN_FAIL] = matches!(auth, Some("invalid_token" | "invalid_client")) as u32;
@@ -783,7 +832,14 @@ impl FeatureEngine {
             }
         }
         if counts(EntityType::Ip) {
-            self.touch(EntityType::Ip, ip_text, &k, Some(d::IPS), new_device);
+            let t = &mut self.tables[EntityType::Ip.index()];
+            let (idx, created) = t.upsert(ip_text, ts);
+            let st = &t.states[idx];
+            let first_login = login && st.count_10m(c::LOGIN_ATT, ts) == 0;
+            let cold = k.bare_failure && st.flags & state::ACTED == 0 && created;
+            t.apply(idx, &k, Some(d::IPS), new_device);
+            let seen = [first_login as u32, cold as u32];
+            self.campaign.add(ts.div_euclid(state::G10_MS), &seen);
         }
         self.subnet_buf.clear();
         if counts(EntityType::Cidr) {
@@ -874,7 +930,8 @@ impl FeatureEngine {
                 continue;
             }
             let need = if emit == Emit::Persist { &[true; NF] } else { &self.needed[t.index()] };
-            let batch = build_batch_masked(t, now, rows.iter().map(|&i| &*table.states[i as usize]), need)?;
+            let states = rows.iter().map(|&i| &*table.states[i as usize]);
+            let batch = build_batch_in(t, now, states, need, Context::of(&self.campaign, now))?;
             self.stats.feature_rows += batch.num_rows() as u64;
             batches.push((t, batch));
         }
@@ -904,25 +961,27 @@ pub fn build_batch<'a>(
     now: i64,
     states: impl ExactSizeIterator<Item = &'a EntityState>,
 ) -> Result<RecordBatch, ArrowError> {
-    build_batch_masked(t, now, states, &[true; NF])
+    build_batch_in(t, now, states, &[true; NF], Context::NONE)
 }
 
 /// Rows computed at a time before they are spread into columns: small
 /// enough that the rows stay in cache while each column reads its value.
 const ROW_CHUNK: usize = 256;
 
-/// Like [`build_batch`], filling only the columns marked in `need` (the others are null).
+/// Like [`build_batch`], filling only the columns marked in `need` (the
+/// others are null), and the service-wide ones from `context`.
 ///
 /// Built column by column: each entity's values are computed once into a
 /// row, a chunk of rows is spread into plain value vectors, and each column
 /// becomes an array with a validity bitmap only if it holds a null (NaN).
 /// Appending every value to its own builder cost a capacity check and a
-/// bitmap bit per value, with 48 values per row.
-pub fn build_batch_masked<'a>(
+/// bitmap bit per value, with 51 values per row.
+fn build_batch_in<'a>(
     t: EntityType,
     now: i64,
     states: impl ExactSizeIterator<Item = &'a EntityState>,
     need: &[bool; NF],
+    context: Context,
 ) -> Result<RecordBatch, ArrowError> {
     use datafusion::arrow::array::Float64Array;
     use datafusion::arrow::buffer::NullBuffer;
@@ -944,7 +1003,10 @@ pub fn build_batch_masked<'a>(
         // arrives out of order, "now" (the newest event of all) may be minutes
         // past an entity whose events are still arriving, and its short windows
         // would be read as empty. In order, the two differ by less than a tick.
-        rows.push(s.features_masked(s.last_seen.min(now), need));
+        let mut row = s.features_masked(s.last_seen.min(now), need);
+        row[CAMPAIGN_SHARE] = context.cold_share_10m;
+        row[CAMPAIGN_ADDRESSES] = context.cold_addresses_10m;
+        rows.push(row);
         if rows.len() == ROW_CHUNK {
             spread(&mut rows);
         }

@@ -32,7 +32,8 @@ pub mod c {
     pub const GRANT_ATT: usize = 22;
     pub const GRANT_FAIL: usize = 23;
     pub const CONF: usize = 24;
-    pub const N: usize = 25;
+    pub const COLD_FAIL: usize = 25;
+    pub const N: usize = 26;
 }
 
 /// The counters an hour-long feature reads, and where each sits in the
@@ -86,6 +87,12 @@ pub struct Contribution {
     /// [`SEEN_CLIENT_CREDENTIALS`] / [`SEEN_ATTESTATION`]: what the request
     /// shows of its client, kept by every entity it names.
     pub flags: u8,
+    /// A bare failed credential check: invalid_credentials, carrying
+    /// neither a valid app attestation nor a session (what the login page
+    /// starts and the browser sends back with the password). What a
+    /// credential list sent by a script looks like; [`c::COLD_FAIL`] counts
+    /// it where it is all the entity has done.
+    pub bare_failure: bool,
 }
 
 /// Everything known about one entity.
@@ -124,6 +131,14 @@ pub const SEEN_CLIENT_CREDENTIALS: u8 = 1;
 /// Requests with the key carried an app attestation: it is an app's public
 /// key, whatever grant it was also used with.
 pub const SEEN_ATTESTATION: u8 = 2;
+/// The entity has made a request other than a bare failed credential check
+/// ([`Contribution::bare_failure`]) while held: it loaded a page, called the
+/// API, signed in, or failed with a session or an attestation. Until then
+/// each of its failures is "cold" ([`c::COLD_FAIL`]): people open the form
+/// (which starts a session) and the genuine app carries its attestation
+/// before they send a password; a credential list sent by a script does not.
+/// Entity-local: never part of a [`Contribution`]'s flags.
+pub const ACTED: u8 = 4;
 
 const IAT_ALPHA: f32 = 0.1;
 
@@ -171,6 +186,11 @@ impl EntityState {
         self.flags & (SEEN_CLIENT_CREDENTIALS | SEEN_ATTESTATION) == SEEN_CLIENT_CREDENTIALS
     }
 
+    /// One 10-minute counter ([`c`]) as of `now`.
+    pub fn count_10m(&self, counter: usize, now: i64) -> u64 {
+        self.r10.sums(now.div_euclid(G10_MS))[counter]
+    }
+
     /// Applies one request. `skip_distinct` is the entity's own attribute (an IP
     /// does not count its own address). Returns the change in heap bytes.
     #[inline]
@@ -184,8 +204,13 @@ impl EntityState {
     fn apply_inner(&mut self, k: &Contribution, skip_distinct: Option<usize>, new_device: bool) {
         let ts = k.ts;
         self.flags |= k.flags;
-        self.r1.add(ts.div_euclid(G1_MS), &[1]);
         let mut extra = [0u32; c::N];
+        if !k.bare_failure {
+            self.flags |= ACTED;
+        } else if self.flags & ACTED == 0 {
+            extra[c::COLD_FAIL] = 1;
+        }
+        self.r1.add(ts.div_euclid(G1_MS), &[1]);
         if let Some(id) = k.numeric_id {
             let v = (id as u32).wrapping_add(1);
             let near = |r: u32| r != 0 && r != v && r.wrapping_sub(v).min(v.wrapping_sub(r)) <= ID_NEAR;
@@ -338,6 +363,10 @@ impl EntityState {
             // token request and the first calls were logged in; elsewhere,
             // the requests whose key was known confidential when applied.
             if self.is_confidential_client() { s10[c::AUTH_OK] } else { s10[c::CONF] } as f64,
+            s10[c::COLD_FAIL] as f64,
+            // The service-wide columns: filled in by the tick (`Context`).
+            f64::NAN,
+            f64::NAN,
         ]
     }
 

@@ -101,9 +101,16 @@ pub const ATTACKS: &[&str] = &[
 ];
 
 /// Attacks built so that no fixed per-entity threshold catches them without
-/// blocking normal users too: spread thin over many addresses, or paced like a
-/// person. The default rules are not expected to catch them; models are.
-pub const EVADES_RULES: &[&str] = &["distributed-stuffing", "slow-scraper"];
+/// blocking normal users too: paced like a person. The default rules are not
+/// expected to catch them; models are. (The campaign spread thin over many
+/// addresses, `distributed-stuffing`, is seen by the service-wide campaign
+/// columns and judged by a rule: docs/FEATURES.md, "Cold failures".)
+pub const EVADES_RULES: &[&str] = &["slow-scraper"];
+
+/// Attacks whose every address makes only a few requests: the first request
+/// of each passes whatever decides per address, so their blocked share has
+/// a ceiling well below other scenarios' (about 40 % measured, 2026-12-03).
+pub const THIN_CAMPAIGNS: &[&str] = &["distributed-stuffing"];
 
 /// The benign scenarios, for reports.
 pub const BENIGN: &[&str] =
