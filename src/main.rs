@@ -211,12 +211,14 @@ enum Command {
     },
     /// Train a model from stored feature snapshots and labels; writes the model and its card.
     Train {
-        /// A run directory with a features/ table (`gatewatch replay --out`).
-        #[arg(long, value_name = "DIR")]
-        data: PathBuf,
-        /// Labels: simulator labels.jsonl, or analyst verdicts {"entity_type","entity","attack","from"?,"to"?}.
-        #[arg(long, value_name = "FILE")]
-        labels: PathBuf,
+        /// A run directory with a features/ table (`gatewatch replay --out`); give several
+        /// (seeds, scales, mixes), each followed by its --labels, to train on all of them.
+        #[arg(long, value_name = "DIR", required = true)]
+        data: Vec<PathBuf>,
+        /// Labels of the --data in the same position: simulator labels.jsonl, or analyst
+        /// verdicts {"entity_type","entity","attack","from"?,"to"?}.
+        #[arg(long, value_name = "FILE", required = true)]
+        labels: Vec<PathBuf>,
         /// anomaly (Gaussian mixture, unsupervised) or classifier (logistic regression on labels).
         #[arg(long)]
         kind: ModelKind,

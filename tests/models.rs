@@ -25,8 +25,8 @@ fn replayed(seed: u64, hours: f64) -> (tempfile::TempDir, PathBuf, PathBuf) {
 
 fn config(run: &Path, labels: &Path, kind: Kind, out: PathBuf) -> TrainConfig {
     TrainConfig {
-        data: run.to_path_buf(),
-        labels: labels.to_path_buf(),
+        data: vec![run.to_path_buf()],
+        labels: vec![labels.to_path_buf()],
         kind,
         entity: EntityType::Ip,
         out,
@@ -100,6 +100,35 @@ fn training_is_deterministic_and_the_card_adds_up() {
         assert!(md.contains("Held-out metrics") && md.contains("Reproduce"), "{md}");
         eprintln!("{kind:?}: {:?}", card.holdout);
     }
+}
+
+/// Several runs (another seed, another length) train one model; each run is
+/// split by its own time range, so both contribute to training and to the
+/// held-out metrics. A run without its labels is refused, naming both counts.
+#[test]
+fn several_runs_train_one_model_each_split_by_its_own_time() {
+    let (dir, run1, labels1) = replayed(31, 2.0);
+    let (_dir2, run2, labels2) = replayed(32, 1.0);
+    let out = dir.path().join("two-runs");
+    let mut cfg = config(&run1, &labels1, Kind::Classifier, out);
+    cfg.data.push(run2.clone());
+    cfg.labels.push(labels2.clone());
+    let card = train::train(&cfg).expect("train on two runs");
+    let mut train_rows = 0;
+    for (run, labels) in [(&run1, &labels1), (&run2, &labels2)] {
+        let ds = train::dataset(run, labels, EntityType::Ip).expect("dataset");
+        let (t0, t1) = (ds.ts[0], ds.ts[ds.ts.len() - 1]);
+        let cutoff = t1 - ((t1 - t0) as f64 * 0.3) as i64;
+        let own = ds.ts.iter().filter(|&&t| t < cutoff).count();
+        assert!(own > 0 && own < ds.ts.len(), "each run on both sides of its own split");
+        train_rows += own;
+    }
+    assert_eq!(card.train_rows, train_rows);
+    assert!(card.data.contains(&run1.display().to_string()) && card.data.contains(&run2.display().to_string()));
+    assert_eq!(card.label_source.matches("request labels").count(), 2, "{}", card.label_source);
+    cfg.labels.pop();
+    let e = train::train(&cfg).unwrap_err().to_string();
+    assert!(e.contains("each --data needs its --labels") && e.contains("2 data, 1 labels"), "{e}");
 }
 
 #[test]

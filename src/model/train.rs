@@ -19,11 +19,14 @@ use crate::features::{self, EntityType, subnet_of};
 /// What to train.
 #[derive(Debug, Clone)]
 pub struct TrainConfig {
-    /// A run directory with a `features/` table (`gatewatch replay --out`).
-    pub data: PathBuf,
-    /// JSON lines: simulator labels (one per request, naming its entities) or
-    /// analyst verdicts `{"entity_type", "entity", "attack", "from"?, "to"?}`.
-    pub labels: PathBuf,
+    /// Run directories with a `features/` table (`gatewatch replay --out`):
+    /// several seeds, scales and mixes, so that a model learns behaviour
+    /// rather than one run's constants.
+    pub data: Vec<PathBuf>,
+    /// The labels of each run, in the same order: JSON lines of simulator
+    /// labels (one per request, naming its entities) or analyst verdicts
+    /// `{"entity_type", "entity", "attack", "from"?, "to"?}`.
+    pub labels: Vec<PathBuf>,
     pub kind: Kind,
     pub entity: EntityType,
     /// The model directory to write (`model.json`, `card.md`, `card.json`).
@@ -289,14 +292,60 @@ pub fn dataset(data: &Path, labels: &Path, t: EntityType) -> Result<Dataset, Mod
     Ok(ds)
 }
 
-/// Trains, picks the threshold, evaluates on the held-out time range, writes the
-/// model and its card. Deterministic for a seed.
+/// Each data set's rows, split by its own time range: the latest `holdout`
+/// share of every run is held out, so that runs of different lengths (or
+/// simulated on the same dates) each contribute to both sides.
+struct Split {
+    ds: Dataset,
+    train_idx: Vec<usize>,
+    test_idx: Vec<usize>,
+    /// (train from, train to, held out from, held out to) over all sets.
+    range: (i64, i64, i64, i64),
+}
+
+fn split(cfg: &TrainConfig) -> Result<Split, ModelError> {
+    if cfg.data.is_empty() || cfg.data.len() != cfg.labels.len() {
+        return Err(ModelError::Train(format!(
+            "each --data needs its --labels, in the same order: {} data, {} labels",
+            cfg.data.len(),
+            cfg.labels.len()
+        )));
+    }
+    let mut all =
+        Dataset { ts: Vec::new(), entity: Vec::new(), raw: Vec::new(), label: Vec::new(), label_source: String::new() };
+    let (mut train_idx, mut test_idx) = (Vec::new(), Vec::new());
+    let mut range = (i64::MAX, i64::MIN, i64::MAX, i64::MIN);
+    let mut sources = Vec::new();
+    for (data, labels) in cfg.data.iter().zip(&cfg.labels) {
+        let ds = dataset(data, labels, cfg.entity)?;
+        let (t0, t1) = (ds.ts[0], ds.ts[ds.ts.len() - 1]);
+        let cutoff = t1 - ((t1 - t0) as f64 * cfg.holdout.clamp(0.05, 0.9)) as i64;
+        let base = all.ts.len();
+        for (i, &ts) in ds.ts.iter().enumerate() {
+            if ts < cutoff {
+                train_idx.push(base + i);
+                range.0 = range.0.min(ts);
+                range.1 = range.1.max(ts);
+            } else {
+                test_idx.push(base + i);
+            }
+        }
+        range.2 = range.2.min(cutoff);
+        range.3 = range.3.max(t1);
+        sources.push(ds.label_source);
+        all.ts.extend(ds.ts);
+        all.entity.extend(ds.entity);
+        all.raw.extend(ds.raw);
+        all.label.extend(ds.label);
+    }
+    all.label_source = sources.join("; ");
+    Ok(Split { ds: all, train_idx, test_idx, range })
+}
+
+/// Trains, picks the threshold, evaluates on the held-out time ranges, writes
+/// the model and its card. Deterministic for a seed.
 pub fn train(cfg: &TrainConfig) -> Result<Card, ModelError> {
-    let ds = dataset(&cfg.data, &cfg.labels, cfg.entity)?;
-    let (t0, t1) = (ds.ts[0], ds.ts[ds.ts.len() - 1]);
-    let cutoff = t1 - ((t1 - t0) as f64 * cfg.holdout.clamp(0.05, 0.9)) as i64;
-    let train_idx: Vec<usize> = (0..ds.ts.len()).filter(|&i| ds.ts[i] < cutoff).collect();
-    let test_idx: Vec<usize> = (0..ds.ts.len()).filter(|&i| ds.ts[i] >= cutoff).collect();
+    let Split { ds, train_idx, test_idx, range: (train_from, train_to, cutoff, t1) } = split(cfg)?;
     if train_idx.len() < 50 || test_idx.is_empty() {
         return Err(ModelError::Train(format!(
             "too few rows: {} to train, {} held out",
@@ -437,7 +486,7 @@ pub fn train(cfg: &TrainConfig) -> Result<Card, ModelError> {
     let test_labels: Vec<bool> = test_idx.iter().map(|&i| ds.label[i]).collect();
     let holdout = metrics::evaluate(&test_scores, &test_labels, threshold);
     let iso = crate::event::time::format_rfc3339;
-    let last_train = train_idx[train_idx.len() - 1];
+    let shown = |paths: &[PathBuf]| paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
     let card = Card {
         name,
         version: cfg.version.clone(),
@@ -447,11 +496,11 @@ pub fn train(cfg: &TrainConfig) -> Result<Card, ModelError> {
         transform: "ln(1 + max(x, 0)), missing = 0, then (x - mean) / std".into(),
         scaler_mean: mean,
         scaler_std: std,
-        data: cfg.data.display().to_string(),
-        labels: cfg.labels.display().to_string(),
+        data: shown(&cfg.data),
+        labels: shown(&cfg.labels),
         label_source: ds.label_source.clone(),
-        train_from: iso(t0),
-        train_to: iso(ds.ts[last_train]),
+        train_from: iso(train_from),
+        train_to: iso(train_to),
         holdout_from: iso(cutoff),
         holdout_to: iso(t1),
         train_rows: train_idx.len(),
@@ -501,7 +550,7 @@ pub fn render_card(c: &Card) -> String {
          - **Scaler**: {transform} (means and deviations in `card.json` and `model.json`)\n\
          - **Training data**: `{data}`, {train_from} → {train_to}: {train_rows} rows ({fitted} fitted), {pos} labelled attack\n\
          - **Labels**: {labels}\n\
-         - **Held out** (the latest part of the time range, never seen in training): {ho_from} → {ho_to}\n\
+         - **Held out** (the latest part of each data set's time range, never seen in training): {ho_from} → {ho_to}\n\
          - **Threshold**: {threshold:.6} — the score reached by {fpr_pct}% of benign training rows\n\n\
          ## Held-out metrics\n\n\
          | rows | attacks | flagged attacks | flagged benign | precision | recall | FPR | PR-AUC |\n\
