@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use crate::config::Pipeline;
 use crate::engine::{Engine, EngineError, Summary};
 use crate::event::Format;
-use crate::source::{Poll, Records, Source};
+use crate::source::{Poll, Records, Share, Source};
 
 /// Records taken from a source per poll. Replay used 16 times this, and the
 /// copy of ~30 MB of lines it held was 35 MB of peak memory touched for
@@ -29,6 +29,18 @@ const IDLE: Duration = Duration::from_secs(1);
 
 fn io_error(source: &dyn Source, e: std::io::Error) -> EngineError {
     EngineError::Io { path: source.name().into(), source: e }
+}
+
+/// Passes a change of the source's share (a rebalance) on to the sinks
+/// before the records read under it, and, while it waits for one, that it
+/// still does ([`crate::sink::Sink::share`]).
+fn tell_share(engine: &mut Engine, source: &dyn Source, last: &mut Share) -> Result<(), EngineError> {
+    let now = source.share();
+    if now != *last || now.awaiting {
+        engine.share(now)?;
+        *last = now;
+    }
+    Ok(())
 }
 
 /// Reads `source` to its end through `engine`; returns the run's summary.
@@ -48,9 +60,11 @@ pub fn replay(mut engine: Engine, source: &mut dyn Source, progress: bool) -> Re
     };
     let mut records = Records::default();
     let mut last = None;
+    let mut share = Share::default();
     loop {
         records.clear();
         let poll = source.poll(&mut records, ROUND).map_err(|e| io_error(source, e))?;
+        tell_share(&mut engine, source, &mut share)?;
         last = records.last_position().or(last);
         for line in records.iter() {
             engine.push_line(&line)?;
@@ -93,6 +107,7 @@ pub fn live(
     let mut last_input_ts: Option<i64> = None;
     let mut clock = crate::event::clock::StepClock::default();
     let mut last_progress = Instant::now();
+    let mut share = Share::default();
     while !stop.load(Ordering::Relaxed) {
         if let Some(hook) = between.as_mut() {
             hook(&mut engine);
@@ -101,6 +116,7 @@ pub fn live(
         let now = clock.read();
         engine.set_clock(now);
         let poll = source.poll(&mut records, ROUND).map_err(|e| io_error(source.as_ref(), e))?;
+        tell_share(&mut engine, source.as_ref(), &mut share)?;
         if let Some(pos) = records.last_position() {
             for line in records.iter() {
                 engine.push_line(&line)?;

@@ -346,7 +346,7 @@ impl Engine {
         let specs = &self.pipeline.sinks;
         let sinks = std::mem::take(&mut self.sinks);
         for (i, sink) in sinks.into_iter().enumerate() {
-            let Some(spec) = specs.get(i) else {
+            let Some(spec) = specs.get(i).filter(|s| !s.feeds_others()) else {
                 self.sinks.push(sink);
                 continue;
             };
@@ -363,6 +363,17 @@ impl Engine {
         self.flush_batch()?;
         for s in &mut self.sinks {
             s.checkpoint()?;
+        }
+        Ok(())
+    }
+
+    /// Tells the sinks the source's share of its input changed (or that it
+    /// still waits for one), after sending on the events read under the
+    /// previous share.
+    pub fn share(&mut self, share: crate::source::Share) -> Result<(), EngineError> {
+        self.flush_batch()?;
+        for s in &mut self.sinks {
+            s.share(share)?;
         }
         Ok(())
     }

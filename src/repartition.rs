@@ -11,6 +11,12 @@
 //! their time, and a last one when it stops. The reader merges the writers
 //! of a partition as it merges partitions ([`crate::source::kafka`]).
 //!
+//! A writer id speaks for one share of the writing instance's input (its
+//! partitions between two rebalances): a partition it gains may be behind
+//! what it sent, so after a rebalance it writes under a new id that has
+//! vouched for nothing, and while it waits for a share it keeps saying so
+//! ([`crate::sink::Sink::share`]).
+//!
 //! The frame is in the payload rather than in Kafka headers: the brokers
 //! store a header per record, and the broker the tests run (tansu on SQLite)
 //! slowed to a stall when every record carried one. Lines are packed several

@@ -159,12 +159,22 @@ pub struct KafkaSink {
     newest_ts: Option<i64>,
     /// When the last watermarks went out, and for which time.
     watermarked: Option<(Instant, i64)>,
+    /// The source's share this writer id speaks for ([`Sink::share`]).
+    generation: u64,
+    /// Since when the source has been waiting for a share.
+    awaiting_since: Option<Instant>,
+    /// This writer id has sent its end (its source was given nothing to read).
+    ended: bool,
 }
 
 /// Watermarks go out at checkpoints, at most this often.
 const WATERMARK_EVERY: Duration = Duration::from_millis(100);
 /// A writer that has sent no event yet says so at most this often.
 const HELLO_EVERY: Duration = Duration::from_millis(500);
+/// A source waiting this long for its share of the input (a rebalance that
+/// does not end) stops holding its readers back; they read past it after
+/// their `max_idle`, as past any silent writer.
+const AWAIT_AT_MOST: Duration = Duration::from_secs(60);
 /// A repartition message holds lines from at most this span of event time
 /// (what a reader may hand out ahead of another writer's older events)...
 const MESSAGE_SPAN_MS: i64 = 1_000;
@@ -177,6 +187,11 @@ struct Packed {
     lines: Vec<u8>,
     first_ts: i64,
     newest_ts: i64,
+}
+
+/// A writer id for the repartition topics: random, never 0.
+fn new_writer() -> u64 {
+    rand::random::<u64>() | 1
 }
 
 pub(crate) fn client_error(spec: &KafkaSinkSpec, e: impl std::fmt::Display) -> SinkError {
@@ -238,10 +253,13 @@ impl KafkaSink {
             reported: 0,
             buf: Vec::with_capacity(512),
             expiring: ExpiryTracker::default(),
-            writer: rand::random::<u64>() | 1,
+            writer: new_writer(),
             repartition_partitions,
             newest_ts: None,
             watermarked: None,
+            generation: 0,
+            awaiting_since: None,
+            ended: false,
         };
         sink.watermark(false)?;
         Ok(sink)
@@ -330,21 +348,30 @@ impl KafkaSink {
             None if self.repartition_partitions.is_empty() => return Ok(()),
             None => (i64::MIN, HELLO_EVERY),
         };
-        if !end && self.watermarked.is_some_and(|(at, w)| (w == ts && self.newest_ts.is_some()) || at.elapsed() < every)
+        if !end
+            && (self.ended
+                || self
+                    .watermarked
+                    .is_some_and(|(at, w)| (w == ts && self.newest_ts.is_some()) || at.elapsed() < every))
         {
             return Ok(());
         }
         let kind = if end { FrameKind::End } else { FrameKind::Watermark };
+        self.send_to_every_partition(Frame { writer: self.writer, newest_ts: ts, kind }, self.newest_ts)?;
+        self.watermarked = Some((Instant::now(), ts));
+        Ok(())
+    }
+
+    /// Sends a frame without lines to every partition of every repartition
+    /// topic, stamped `stamp` (the event time; `None`: the clock's, before any).
+    fn send_to_every_partition(&mut self, frame: Frame, stamp: Option<i64>) -> Result<(), SinkError> {
         let mut payload = Vec::with_capacity(64);
-        Frame { writer: self.writer, newest_ts: ts, kind }.write(&mut payload);
-        // (The record's own time is the event time, or the clock's before any.)
-        let stamp = self.newest_ts;
+        frame.write(&mut payload);
         for (topic, n) in self.repartition_partitions.clone() {
             for p in 0..n {
                 self.send_at(&topic, b"", Some(&payload), None, stamp, Some(p))?;
             }
         }
-        self.watermarked = Some((Instant::now(), ts));
         Ok(())
     }
 
@@ -512,14 +539,72 @@ impl Sink for KafkaSink {
     fn checkpoint(&mut self) -> Result<(), SinkError> {
         self.tombstone_expired()?;
         self.watermark(false)?;
-        if self.producer.in_flight_count() > 0 {
-            self.producer
-                .flush(Duration::from_millis(self.spec.flush_timeout_ms))
-                .map_err(|e| client_error(&self.spec, format!("records not acknowledged in time: {e}")))?;
-        } else {
+        if self.producer.in_flight_count() == 0 {
             self.producer.poll(Duration::ZERO);
+            return self.check_deliveries();
+        }
+        let started = Instant::now();
+        loop {
+            match self.producer.flush(Duration::from_millis(self.spec.flush_timeout_ms)) {
+                Ok(()) => break,
+                // Repartitioned events are the entity engines' only input: a
+                // checkpoint waits until the brokers have them, or until
+                // librdkafka gives them up (`message.timeout.ms`, then the
+                // run ends and resumes from the offsets committed before).
+                // Skipped, they were lost while their offsets were committed.
+                Err(e) if !self.spec.repartition.is_empty() => {
+                    self.check_deliveries()?;
+                    tracing::warn!(
+                        waited_s = started.elapsed().as_secs(),
+                        error = %e,
+                        "kafka: the brokers have not acknowledged repartitioned events yet; still waiting"
+                    );
+                }
+                Err(e) => return Err(client_error(&self.spec, format!("records not acknowledged in time: {e}"))),
+            }
         }
         self.check_deliveries()
+    }
+
+    /// A writer id speaks for one share of the source. When the share
+    /// changes, this instance goes on as a new writer that has vouched for
+    /// nothing yet, because a partition it gained may be behind what it sent
+    /// so far; the new id says so before the old one ends, so its readers
+    /// never lose sight of this instance. While its source waits for a share
+    /// it keeps saying so (it may be given partitions behind every other
+    /// writer). Without this, an engine that joined its group and waited four
+    /// seconds for its partitions was read past: the other writer, alone,
+    /// sent nine minutes of event time, and the joining one's first events
+    /// all came behind the readers' watermark.
+    fn share(&mut self, share: crate::source::Share) -> Result<(), SinkError> {
+        if self.repartition_partitions.is_empty() {
+            return Ok(());
+        }
+        if share.generation != self.generation {
+            let (old, old_newest) = (self.writer, self.newest_ts);
+            self.generation = share.generation;
+            self.writer = new_writer();
+            self.newest_ts = None;
+            self.watermarked = None;
+            self.ended = false;
+            self.watermark(false)?;
+            let end = Frame { writer: old, newest_ts: old_newest.unwrap_or(i64::MIN), kind: FrameKind::End };
+            self.send_to_every_partition(end, old_newest)?;
+        }
+        if share.awaiting {
+            let since = *self.awaiting_since.get_or_insert_with(Instant::now);
+            if since.elapsed() < AWAIT_AT_MOST {
+                self.watermark(false)?;
+            }
+        } else {
+            self.awaiting_since = None;
+            if share.empty && !self.ended && self.newest_ts.is_none() {
+                // Given nothing to read: nothing to wait for.
+                self.watermark(true)?;
+                self.ended = true;
+            }
+        }
+        Ok(())
     }
 
     fn finish(mut self: Box<Self>) -> Result<(), SinkError> {

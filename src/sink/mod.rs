@@ -144,6 +144,14 @@ pub trait Sink: Send {
         Ok(())
     }
 
+    /// The source's share of its input changed, or it is still waiting for
+    /// one (called after each poll while it waits). Every event received
+    /// before this was read under the previous share. Only a sink whose
+    /// readers merge writers by time (repartition topics) cares.
+    fn share(&mut self, _share: crate::source::Share) -> Result<(), SinkError> {
+        Ok(())
+    }
+
     /// Flushes and closes everything (end of input, shutdown).
     fn finish(self: Box<Self>) -> Result<(), SinkError> {
         Ok(())
@@ -210,6 +218,15 @@ impl SinkSpec {
     /// A sink of `kind` with every setting at its default.
     pub fn of(kind: SinkKind) -> SinkSpec {
         SinkSpec { kind, tables: Vec::new(), max_bytes: None, roll_every_ms: None, clickhouse: None, kafka: None }
+    }
+
+    /// Whether what this sink drops is lost to the rest of the pipeline, so
+    /// that it may never be closed and skipped ([`Resilient`]): a Kafka sink
+    /// carrying repartition topics feeds the entity engines, and an event
+    /// it dropped would never count for its user, key, device or session
+    /// while the offsets covering it were committed.
+    pub fn feeds_others(&self) -> bool {
+        self.kafka.as_ref().is_some_and(|k| !k.repartition.is_empty())
     }
 
     /// The roll age of a Parquet sink's parts.

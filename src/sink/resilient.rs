@@ -142,6 +142,11 @@ impl Sink for Resilient {
         Ok(())
     }
 
+    fn share(&mut self, share: crate::source::Share) -> Result<(), SinkError> {
+        self.with(0, |s| s.share(share));
+        Ok(())
+    }
+
     fn finish(mut self: Box<Self>) -> Result<(), SinkError> {
         if let Some(sink) = self.inner.take()
             && let Err(e) = sink.finish()

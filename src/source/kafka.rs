@@ -280,6 +280,10 @@ struct Shared {
     commit_errors: u64,
     /// Partitions this member reads now.
     assigned_now: usize,
+    /// Rebalance callbacks (revokes and assignments) served so far, and
+    /// whether the last left this member waiting for a share.
+    generation: u64,
+    awaiting: bool,
     /// Messages behind the partitions' ends, summed over the assigned ones,
     /// as librdkafka's last statistics said (`None` before the first).
     lag: Option<i64>,
@@ -589,6 +593,8 @@ impl ConsumerContext for Ctx {
             s.rebuild_until.remove(&k);
             s.revoked.push(k);
         }
+        s.generation += 1;
+        s.awaiting = true;
         if commit.count() > 0
             && let Err(e) = consumer.commit(&commit, CommitMode::Sync)
         {
@@ -605,6 +611,8 @@ impl ConsumerContext for Ctx {
             let until = s.rebuild_until.remove(&k);
             s.assigned.push((k, until));
         }
+        s.generation += 1;
+        s.awaiting = false;
     }
 }
 
@@ -629,6 +637,8 @@ pub struct KafkaSource {
     keep: usize,
     /// Replay: end once every assigned partition is at its end.
     stop_at_end: bool,
+    /// Replay: since when it has been waiting for the group to give it partitions.
+    awaiting_since: Option<Instant>,
     last_end_check: Option<Instant>,
     name: String,
     /// The newest message time handed out (rebuild excepted), and when an
@@ -640,7 +650,7 @@ pub struct KafkaSource {
 impl KafkaSource {
     /// Joins the group and subscribes; partitions arrive with the first polls.
     pub fn open(spec: &KafkaInput, keep: usize, stop_at_end: bool) -> io::Result<KafkaSource> {
-        let shared = Arc::new(Mutex::new(Shared::default()));
+        let shared = Arc::new(Mutex::new(Shared { awaiting: true, ..Shared::default() }));
         let consumer: BaseConsumer<Ctx> = spec
             .client
             .config(&[
@@ -682,6 +692,7 @@ impl KafkaSource {
             spec: spec.clone(),
             keep,
             stop_at_end,
+            awaiting_since: None,
             last_end_check: None,
             newest_handed: i64::MIN,
             behind_reported: None,
@@ -910,6 +921,37 @@ impl KafkaSource {
 
     /// Whether every assigned partition has been read up to the brokers'
     /// high watermark (asked over the network: replay's end only).
+    /// Replay: whether the group gave this reader no partition at all (its
+    /// other members hold them all), which ends the replay at once; an
+    /// error when no assignment came for longer than the group may take to
+    /// rebalance (`max.poll.interval.ms`, which a member that died holds
+    /// its partitions for, plus a margin), instead of waiting forever.
+    fn replay_has_nothing_to_read(&mut self) -> io::Result<bool> {
+        let share = Source::share(self);
+        if !share.awaiting {
+            self.awaiting_since = None;
+            if share.empty {
+                tracing::warn!(
+                    group = %self.spec.group,
+                    "kafka: the group gave this reader no partition (its other members hold them all): nothing to replay"
+                );
+            }
+            return Ok(share.empty);
+        }
+        let since = *self.awaiting_since.get_or_insert_with(Instant::now);
+        let interval = self.spec.client.properties.get("max.poll.interval.ms").and_then(|v| v.parse().ok());
+        let limit = Duration::from_millis(interval.unwrap_or(300_000)) + Duration::from_secs(30);
+        if since.elapsed() > limit {
+            return Err(io::Error::other(format!(
+                "no partition of {} assigned in {} s (group {}): are the brokers' group coordinator and the group's other members well?",
+                self.spec.topics.join(","),
+                limit.as_secs(),
+                self.spec.group
+            )));
+        }
+        Ok(false)
+    }
+
     fn at_end(&self) -> bool {
         let timeout = Duration::from_secs(10);
         let committed = match self.consumer.committed(timeout) {
@@ -1035,6 +1077,9 @@ impl Source for KafkaSource {
         }
         self.resume_drained();
         let emitted = out.len() > before;
+        if self.stop_at_end && !emitted && self.replay_has_nothing_to_read()? {
+            return Ok(Poll::End);
+        }
         if self.stop_at_end
             && !emitted
             && !self.parts.is_empty()
@@ -1047,6 +1092,11 @@ impl Source for KafkaSource {
             }
         }
         Ok(if emitted { Poll::More } else { Poll::Idle })
+    }
+
+    fn share(&self) -> super::Share {
+        let s = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
+        super::Share { generation: s.generation, awaiting: s.awaiting, empty: !s.awaiting && s.assigned_now == 0 }
     }
 
     fn ack(&mut self, pos: Position) -> io::Result<()> {

@@ -153,6 +153,26 @@ pub enum Poll {
     End,
 }
 
+/// Which part of its input a source reads, where readers split one input
+/// between them (a member of a Kafka consumer group); a file is read whole
+/// and keeps the default.
+///
+/// The writers of repartition topics need it ([`crate::repartition`]): an
+/// instance whose share of the input changes may next send events older
+/// than what it sent before (a partition it gained is behind), and one that
+/// waits for its share may be about to, so its readers must hold the other
+/// writers' newer events until it speaks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Share {
+    /// Changes each time the share is taken away or given (a rebalance).
+    pub generation: u64,
+    /// In the group but not yet given a share (joining, or between a
+    /// revoke and the next assignment).
+    pub awaiting: bool,
+    /// Given a share, and it is empty (more members than partitions).
+    pub empty: bool,
+}
+
 /// A source of log lines.
 pub trait Source: Send {
     /// Shown in dead letters and errors (a path, `-`, a topic).
@@ -177,6 +197,12 @@ pub trait Source: Send {
     /// Bytes read and total bytes, when known (replay's progress bar).
     fn progress(&self) -> Option<(u64, u64)> {
         None
+    }
+
+    /// This source's share of its input as of the last poll: the records
+    /// that poll returned were read under it.
+    fn share(&self) -> Share {
+        Share::default()
     }
 }
 
