@@ -919,8 +919,6 @@ impl KafkaSource {
         }
     }
 
-    /// Whether every assigned partition has been read up to the brokers'
-    /// high watermark (asked over the network: replay's end only).
     /// Replay: whether the group gave this reader no partition at all (its
     /// other members hold them all), which ends the replay at once; an
     /// error when no assignment came for longer than the group may take to
@@ -952,6 +950,8 @@ impl KafkaSource {
         Ok(false)
     }
 
+    /// Whether every assigned partition has been read up to the brokers'
+    /// high watermark (asked over the network: replay's end only).
     fn at_end(&self) -> bool {
         let timeout = Duration::from_secs(10);
         let committed = match self.consumer.committed(timeout) {
