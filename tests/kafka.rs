@@ -1188,8 +1188,10 @@ fn a_broker_outage_of_30_s_is_ridden_out() {
 
 /// A live engine keeps deciding when a sink fails, closing it until it
 /// opens again (`Resilient`), but repartitioned events are the entity
-/// engines' only input: a checkpoint waits for the brokers instead, and
-/// every event reaches the topic once the broker is back. (Closed and
+/// engines' only input: a checkpoint, and a send that finds the producer's
+/// queue full, wait for the brokers instead, and every event reaches the
+/// topic once the broker is back. (A full queue ended the run after the
+/// flush timeout, taking the decision API down with it. Closed and
 /// skipped, the sink lost 201 of 93,614 copies when a loaded broker took
 /// longer than the flush timeout, and the offsets covering them were
 /// committed.)
@@ -1205,6 +1207,10 @@ fn repartitioned_events_wait_out_a_broker_outage_rather_than_being_dropped() {
     let dir = tempfile::tempdir().expect("tempdir");
     let by_user = unique("by-user");
     let writers = user_writers(dir.path(), &brokers, &by_user);
+    // A producer queue of four records, so that the outage fills it.
+    let text = std::fs::read_to_string(&writers).expect("read pipeline")
+        + "[sinks.properties]\n\"queue.buffering.max.messages\" = \"4\"\n";
+    std::fs::write(&writers, text).expect("write pipeline");
     gatewatch(&writers, &["produce", "--input", "/dev/null", "--topic", &by_user, "--partitions", "1"]);
     let pipeline = gatewatch::config::Pipeline::load(&writers).expect("pipeline");
     let mut engine = gatewatch::engine::Engine::new(pipeline, None, "test", &dir.path().join("run")).expect("engine");
@@ -1213,7 +1219,6 @@ fn repartitioned_events_wait_out_a_broker_outage_rather_than_being_dropped() {
     engine.checkpoint().expect("checkpoint");
 
     broker.stop();
-    push_minutes(&mut engine, "u2", 30..60, 0);
     // Back after longer than the sink's flush timeout (10 s).
     let restart = {
         let broker = broker.clone();
@@ -1222,6 +1227,12 @@ fn repartitioned_events_wait_out_a_broker_outage_rather_than_being_dropped() {
             broker.start();
         })
     };
+    // A batch each: the sends fill the producer's queue long before the
+    // broker is back, and wait for it.
+    for m in 30..60 {
+        push_minutes(&mut engine, "u2", m..m + 1, 0);
+        engine.flush_batch().expect("a full producer queue waits for the broker");
+    }
     engine.checkpoint().expect("the checkpoint waits for the broker");
     restart.join().expect("restarted");
     engine.finish().expect("finish");

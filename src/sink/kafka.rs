@@ -302,17 +302,33 @@ impl KafkaSink {
         if let Some(h) = headers {
             record = record.headers(h);
         }
+        let mut warned = started;
         loop {
             match self.producer.send(record) {
                 Ok(()) => {
                     self.producer.poll(Duration::ZERO);
                     return Ok(());
                 }
+                // The producer's queue is full: the brokers are slow or away.
+                // A sink that feeds other instances waits as its checkpoint
+                // does (until the brokers take the records or librdkafka gives
+                // up on the queued ones); any other gives up after the flush
+                // timeout and is closed and retried ([`crate::sink::Resilient`]).
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r))
-                    if started.elapsed() < Duration::from_millis(self.spec.flush_timeout_ms) =>
+                    if !self.spec.repartition.is_empty()
+                        || started.elapsed() < Duration::from_millis(self.spec.flush_timeout_ms) =>
                 {
                     record = r;
                     self.producer.poll(Duration::from_millis(50));
+                    self.check_deliveries()?;
+                    if warned.elapsed() >= Duration::from_secs(10) {
+                        warned = Instant::now();
+                        tracing::warn!(
+                            topic,
+                            waited_s = started.elapsed().as_secs(),
+                            "kafka: the producer's queue is full (brokers slow or away); still waiting to send"
+                        );
+                    }
                 }
                 Err((e, _)) => return Err(client_error(&self.spec, format!("{topic}: {e}"))),
             }
