@@ -22,8 +22,6 @@ use crate::source::{Poll, Records, Share, Source};
 /// copy of ~30 MB of lines it held was 35 MB of peak memory touched for
 /// nothing: a round this size stays in cache and costs no more polls that matter.
 const ROUND: usize = 4096;
-/// How often a live source is polled when it has nothing new.
-const POLL: Duration = Duration::from_millis(50);
 /// Quiet time after which event time follows the wall clock.
 const IDLE: Duration = Duration::from_secs(1);
 
@@ -108,6 +106,10 @@ pub fn live(
     let mut clock = crate::event::clock::StepClock::default();
     let mut last_progress = Instant::now();
     let mut share = Share::default();
+    // Each round is evaluated, checkpointed and acknowledged whatever its
+    // size: waiting this long when the source is caught up keeps rounds of
+    // trickling input from being many and tiny (`input.poll_interval`).
+    let poll_every = Duration::from_millis(engine.pipeline().input.poll_interval_ms.max(1) as u64);
     while !stop.load(Ordering::Relaxed) {
         if let Some(hook) = between.as_mut() {
             hook(&mut engine);
@@ -148,7 +150,7 @@ pub fn live(
             last_progress = Instant::now();
         }
         // An ended stdin leaves the API serving what was decided until stopped.
-        std::thread::sleep(POLL);
+        std::thread::sleep(poll_every);
     }
     let summary = engine.finish()?;
     source.close().map_err(|e| io_error(source.as_ref(), e))?;

@@ -378,6 +378,11 @@ impl Engine {
         Ok(())
     }
 
+    /// The pipeline this engine runs.
+    pub fn pipeline(&self) -> &Pipeline {
+        &self.pipeline
+    }
+
     /// Running totals; the timing and memory peaks are filled in by `finish`.
     pub fn summary(&mut self) -> &Summary {
         self.refresh_summary();
