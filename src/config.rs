@@ -363,9 +363,10 @@ pub const DEFAULT_MAX_FUTURE_MS: i64 = 5_000;
 
 /// Default for `input.poll_interval`. Measured (docs/PERFORMANCE.md,
 /// 2026-12-04): a followed file appended at 5,000 lines/s took 2.3–2.4 CPU-s
-/// polled every 50 ms and 1.9 every 200 ms; 500 ms saved little more. A
-/// fifth of a second is nothing beside the time a log takes to be shipped.
-pub const DEFAULT_POLL_INTERVAL_MS: i64 = 200;
+/// polled every 50 ms and 1.9 every 200 ms; 500 ms saved little more. The
+/// default stays 50 ms until the two CI failures of the repartition test
+/// seen with 200 ms are understood (PERFORMANCE.md says which).
+pub const DEFAULT_POLL_INTERVAL_MS: i64 = 50;
 
 /// What the pipeline writes besides decisions.
 #[derive(Debug, Clone)]
@@ -1761,7 +1762,7 @@ reason = "too fast"
     #[test]
     fn input_poll_interval() {
         assert_eq!(load("").unwrap().input.poll_interval_ms, DEFAULT_POLL_INTERVAL_MS);
-        assert_eq!(load("[input]\npoll_interval = \"50ms\"\n").unwrap().input.poll_interval_ms, 50);
+        assert_eq!(load("[input]\npoll_interval = \"200ms\"\n").unwrap().input.poll_interval_ms, 200);
         for (v, want) in [
             ("\"20s\"", "test.toml:2: input.poll_interval: must be from 1ms to 10s"),
             ("\"0s\"", "test.toml:2: input.poll_interval"),
