@@ -124,7 +124,9 @@ pub fn live(
                 engine.push_line(&line)?;
             }
             engine.evaluate_now()?;
-            engine.checkpoint()?;
+            // A consumer group drops a member that stops polling while a
+            // slow broker acknowledges what the sinks sent.
+            engine.checkpoint_while(&mut || source.keep_alive())?;
             source.ack(pos).map_err(|e| io_error(source.as_ref(), e))?;
             if let Some(p) = progress.as_mut() {
                 p(engine.summary());

@@ -360,9 +360,15 @@ impl Engine {
     /// Applies what is pending and makes every sink as durable as it can be:
     /// after this returns, a source may acknowledge everything pushed so far.
     pub fn checkpoint(&mut self) -> Result<(), EngineError> {
+        self.checkpoint_while(&mut || {})
+    }
+
+    /// [`Engine::checkpoint`], calling `waiting` while a sink waits on
+    /// something outside the process ([`crate::sink::Sink::checkpoint_while`]).
+    pub fn checkpoint_while(&mut self, waiting: &mut dyn FnMut()) -> Result<(), EngineError> {
         self.flush_batch()?;
         for s in &mut self.sinks {
-            s.checkpoint()?;
+            s.checkpoint_while(waiting)?;
         }
         Ok(())
     }

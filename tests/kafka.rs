@@ -64,10 +64,13 @@ fn gatewatch(pipeline: &Path, args: &[&str]) -> String {
 }
 
 /// A pipeline in `dir` extending the default one, reading `topic` as `group`,
-/// with `extra` (TOML) appended. A member killed with -9 keeps its partitions
-/// until the group gives up on it — its session timeout, and with this broker
-/// the rebalance timeout (`max.poll.interval.ms`, 5 min by default) — so both
-/// are short here.
+/// with `extra` (TOML) appended. Its group's timeouts are shorter than
+/// librdkafka's defaults (45 s session, 5 min poll interval, which this
+/// broker also takes as the rebalance timeout: how long a join waits for
+/// the members) and longer than [`short_sessions`]: with five engines and
+/// the broker on two cores, the broker answered heartbeats more than 6 s
+/// late, members were dropped mid-stream, and their partitions' uncommitted
+/// records were counted again by the next owner.
 fn pipeline(dir: &Path, brokers: &str, topic: &str, group: &str, extra: &str) -> PathBuf {
     let p = dir.join(format!("{group}.toml"));
     std::fs::write(
@@ -75,13 +78,28 @@ fn pipeline(dir: &Path, brokers: &str, topic: &str, group: &str, extra: &str) ->
         format!(
             "extends = \"{}\"\n[state]\ndir = \"state-{group}\"\n[input]\nformat = \"auto\"\n\
              [input.kafka]\nbrokers = \"{brokers}\"\ntopics = [\"{topic}\"]\ngroup = \"{group}\"\n\
-             max_idle = \"5s\"\n[input.kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n\
-             \"max.poll.interval.ms\" = \"10000\"\n{extra}",
+             max_idle = \"5s\"\n[input.kafka.properties]\n\"session.timeout.ms\" = \"20000\"\n\
+             \"max.poll.interval.ms\" = \"30000\"\n{extra}",
             Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/default.toml").display()
         ),
     )
     .expect("pipeline");
     p
+}
+
+/// Shortens the group timeouts of a [`pipeline`] to 6 s (session) and 10 s
+/// (poll interval, and this broker's rebalance timeout), for a test that
+/// kills a member with -9 (it keeps its partitions until the group gives up
+/// on it) or outwaits the poll interval.
+fn short_sessions(p: &Path) {
+    let text = std::fs::read_to_string(p).expect("pipeline");
+    let short = text.replacen("\"session.timeout.ms\" = \"20000\"", "\"session.timeout.ms\" = \"6000\"", 1).replacen(
+        "\"max.poll.interval.ms\" = \"30000\"",
+        "\"max.poll.interval.ms\" = \"10000\"",
+        1,
+    );
+    assert_ne!(short, text, "the pipeline's group timeouts");
+    std::fs::write(p, short).expect("pipeline");
 }
 
 /// The tests that run four or more engines at once take turns: with two of
@@ -627,6 +645,7 @@ fn a_run_killed_with_9_resumes_from_its_committed_offsets() {
     let (first, second, first_file, second_file) = halves(dir.path(), &input);
     let (topic, group) = (unique("access"), unique("gw"));
     let p = pipeline(dir.path(), &brokers, &topic, &group, "");
+    short_sessions(&p);
     let key = common::create_key(&p, "gateway", "edge");
     gatewatch(&p, &["produce", "--input", first_file.to_str().unwrap(), "--topic", &topic, "--partitions", "3"]);
 
@@ -1257,6 +1276,94 @@ fn repartitioned_events_wait_out_a_broker_outage_rather_than_being_dropped() {
         }
     }
     assert_eq!(users, [("u1".to_string(), 30), ("u2".to_string(), 30)].into(), "every event on the topic once");
+}
+
+/// An address engine's checkpoint waits until the brokers acknowledge the
+/// events it sent to the repartition topics; it must keep its place in its
+/// consumer group meanwhile. Waiting without polling, a member past
+/// `max.poll.interval.ms` leaves the group (and one that cannot answer a
+/// rebalance is evicted), and the records it handed out since its last
+/// commit are read and sent on again by the partitions' next owner: on a
+/// loaded broker the address engines counted 60,549 events for 51,975
+/// lines. Here the repartition topic's broker (its own) is away for longer
+/// than the group's poll interval while the source's broker stays up.
+#[test]
+fn a_checkpoint_waiting_on_the_brokers_keeps_the_engine_in_its_group() {
+    use gatewatch::source::{Records, Source};
+    let Some(brokers) = brokers() else { return };
+    let sink_broker =
+        std::sync::Arc::new(PrivateBroker { dir: tempfile::tempdir().expect("tempdir"), port: common::free_port() });
+    sink_broker.start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (topic, by_user) = (unique("access"), unique("by-user"));
+    let p = pipeline(
+        dir.path(),
+        &brokers,
+        &topic,
+        &unique("keep"),
+        &format!(
+            "[[sinks]]\ntype = \"dead_letters\"\n[[sinks]]\ntype = \"kafka\"\nbrokers = \"127.0.0.1:{}\"\n\
+             repartition_partitions = 1\n[sinks.repartition]\nuser = \"{by_user}\"\n",
+            sink_broker.port
+        ),
+    );
+    short_sessions(&p);
+    let input = dir.path().join("access.jsonl");
+    let lines: String = (0..30)
+        .map(|i| {
+            format!(
+                "{{\"ts\":\"2026-11-02T06:{i:02}:00Z\",\"client_ip\":\"10.0.0.{}\",\"method\":\"GET\",\
+                 \"path\":\"/v1/items\",\"status\":200,\"user_id\":\"u{i}\"}}\n",
+                i + 1
+            )
+        })
+        .collect();
+    std::fs::write(&input, lines).expect("input");
+    gatewatch(&p, &["produce", "--input", input.to_str().unwrap(), "--topic", &topic, "--partitions", "1"]);
+
+    let pipeline = gatewatch::config::Pipeline::load(&p).expect("pipeline");
+    let k = pipeline.input.kafka.clone().expect("[input.kafka]");
+    let mut source = gatewatch::source::KafkaSource::open(&k, pipeline.input.max_line_bytes, false).expect("source");
+    let mut engine = gatewatch::engine::Engine::new(pipeline, None, "test", &dir.path().join("run")).expect("engine");
+    let mut records = Records::default();
+    let started = std::time::Instant::now();
+    while records.len() < 30 {
+        assert!(started.elapsed() < Duration::from_secs(60), "read {} of 30 lines", records.len());
+        source.poll(&mut records, 4096).expect("poll");
+    }
+    for line in records.iter() {
+        engine.push_line(&line).expect("push");
+    }
+    let pos = records.last_position().expect("a position");
+    let before = source.share();
+
+    // Away for longer than `max.poll.interval.ms` (10 s here).
+    sink_broker.stop();
+    let restart = {
+        let broker = sink_broker.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(16));
+            broker.start();
+        })
+    };
+    engine.checkpoint_while(&mut || source.keep_alive()).expect("the checkpoint waits for the broker");
+    restart.join().expect("restarted");
+    source.ack(pos).expect("ack");
+    // Whatever the group did meanwhile reaches the source with its next polls.
+    for _ in 0..30 {
+        records.clear();
+        source.poll(&mut records, 4096).expect("poll");
+        assert!(records.is_empty(), "nothing read twice");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let after = source.share();
+    assert_eq!(
+        (after.generation, after.awaiting),
+        (before.generation, false),
+        "the member kept its partition through the wait (no revoke, no reassignment)"
+    );
+    engine.finish().expect("finish");
+    source.close().expect("close");
 }
 
 #[test]

@@ -190,6 +190,10 @@ struct Packed {
 }
 
 /// A writer id for the repartition topics: random, never 0.
+/// How long a checkpoint waits on the brokers between two calls of its
+/// caller's `waiting` ([`Sink::checkpoint_while`]).
+const WAIT_SLICE: Duration = Duration::from_millis(100);
+
 fn new_writer() -> u64 {
     rand::random::<u64>() | 1
 }
@@ -553,31 +557,42 @@ impl Sink for KafkaSink {
     }
 
     fn checkpoint(&mut self) -> Result<(), SinkError> {
+        self.checkpoint_while(&mut || {})
+    }
+
+    fn checkpoint_while(&mut self, waiting: &mut dyn FnMut()) -> Result<(), SinkError> {
         self.tombstone_expired()?;
         self.watermark(false)?;
         if self.producer.in_flight_count() == 0 {
             self.producer.poll(Duration::ZERO);
             return self.check_deliveries();
         }
-        let started = Instant::now();
-        loop {
-            match self.producer.flush(Duration::from_millis(self.spec.flush_timeout_ms)) {
-                Ok(()) => break,
-                // Repartitioned events are the entity engines' only input: a
-                // checkpoint waits until the brokers have them, or until
-                // librdkafka gives them up (`message.timeout.ms`, then the
-                // run ends and resumes from the offsets committed before).
-                // Skipped, they were lost while their offsets were committed.
-                Err(e) if !self.spec.repartition.is_empty() => {
-                    self.check_deliveries()?;
-                    tracing::warn!(
-                        waited_s = started.elapsed().as_secs(),
-                        error = %e,
-                        "kafka: the brokers have not acknowledged repartitioned events yet; still waiting"
-                    );
-                }
-                Err(e) => return Err(client_error(&self.spec, format!("records not acknowledged in time: {e}"))),
+        let (started, timeout) = (Instant::now(), Duration::from_millis(self.spec.flush_timeout_ms));
+        let mut warned = started;
+        // In slices, so that the caller's source keeps its place in its
+        // consumer group meanwhile: on a loaded broker this wait passed
+        // `max.poll.interval.ms`, the address engine left its group, and
+        // the next owners of its partitions sent thousands of its events to
+        // the repartition topics again.
+        while let Err(e) = self.producer.flush(WAIT_SLICE) {
+            // Repartitioned events are the entity engines' only input: a
+            // checkpoint waits until the brokers have them, or until
+            // librdkafka gives them up (`message.timeout.ms`, then the run
+            // ends and resumes from the offsets committed before). Skipped,
+            // they were lost while their offsets were committed.
+            if self.spec.repartition.is_empty() && started.elapsed() >= timeout {
+                return Err(client_error(&self.spec, format!("records not acknowledged in time: {e}")));
             }
+            self.check_deliveries()?;
+            if warned.elapsed() >= timeout {
+                warned = Instant::now();
+                tracing::warn!(
+                    waited_s = started.elapsed().as_secs(),
+                    error = %e,
+                    "kafka: the brokers have not acknowledged repartitioned events yet; still waiting"
+                );
+            }
+            waiting();
         }
         self.check_deliveries()
     }

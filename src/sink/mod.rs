@@ -144,6 +144,15 @@ pub trait Sink: Send {
         Ok(())
     }
 
+    /// [`Sink::checkpoint`], calling `waiting` every fraction of a second
+    /// while it waits on something outside the process (brokers
+    /// acknowledging what was sent), so that the caller keeps its own
+    /// obligations meanwhile ([`crate::source::Source::keep_alive`]). Only a
+    /// sink that can wait that long needs more than this default.
+    fn checkpoint_while(&mut self, _waiting: &mut dyn FnMut()) -> Result<(), SinkError> {
+        self.checkpoint()
+    }
+
     /// The source's share of its input changed, or it is still waiting for
     /// one (called after each poll while it waits). Every event received
     /// before this was read under the previous share. Only a sink whose

@@ -135,7 +135,11 @@ impl Sink for Resilient {
     }
 
     fn checkpoint(&mut self) -> Result<(), SinkError> {
-        self.with(0, |s| s.checkpoint());
+        self.checkpoint_while(&mut || {})
+    }
+
+    fn checkpoint_while(&mut self, waiting: &mut dyn FnMut()) -> Result<(), SinkError> {
+        self.with(0, |s| s.checkpoint_while(waiting));
         if self.health.up {
             self.unconfirmed = 0;
         }

@@ -740,11 +740,15 @@ impl KafkaSource {
         shared.lock().unwrap_or_else(PoisonError::into_inner).assigned_now = parts.len();
     }
 
-    /// Reads what the consumer has ready into the partitions' queues.
-    fn fill(&mut self, wait: Duration) {
+    /// Reads what the consumer has ready into the partitions' queues. With
+    /// `always`, the consumer is polled at least once even when the queues
+    /// are full (a full partition is paused, so this adds at most a message
+    /// already fetched): a poll is what keeps this member in its group.
+    fn fill(&mut self, wait: Duration, always: bool) {
         let per_part = (self.spec.buffer_bytes / self.parts.len().max(1)).max(1 << 20);
         let mut timeout = wait;
-        while self.queued_bytes < self.spec.buffer_bytes {
+        let mut first = always;
+        while std::mem::take(&mut first) || self.queued_bytes < self.spec.buffer_bytes {
             let Some(r) = self.consumer.poll(timeout) else { break };
             timeout = Duration::ZERO;
             Self::apply_rebalance(
@@ -1017,7 +1021,7 @@ impl Source for KafkaSource {
         }
         let before = out.len();
         let wait = if self.next_ready().is_some() { Duration::ZERO } else { Duration::from_millis(50) };
-        self.fill(wait);
+        self.fill(wait, false);
         let mut applied: Vec<(Tp, i64)> = Vec::new();
         while out.len() - before < max {
             let Some(tp) = self.next_ready() else { break };
@@ -1092,6 +1096,18 @@ impl Source for KafkaSource {
             }
         }
         Ok(if emitted { Poll::More } else { Poll::Idle })
+    }
+
+    /// A checkpoint that waits on the brokers (a repartition sink's events
+    /// not yet acknowledged) must not cost this member its place in the
+    /// group: past `max.poll.interval.ms` without a poll it leaves, and a
+    /// rebalance it cannot answer while it waits evicts it; either way the
+    /// records it handed out since its last commit are read and counted
+    /// again by the partitions' next owner. Polled here, its rebalances are
+    /// served as they come (a revoked partition's unacknowledged records are
+    /// never committed from here, as in [`KafkaSource::poll`]).
+    fn keep_alive(&mut self) {
+        self.fill(Duration::ZERO, true);
     }
 
     fn share(&self) -> super::Share {

@@ -204,6 +204,15 @@ pub trait Source: Send {
     fn share(&self) -> Share {
         Share::default()
     }
+
+    /// Called while the engine waits on something else (a broker
+    /// acknowledging what a sink sent) between two polls: a source that must
+    /// show signs of life (a consumer group drops a member that does not poll
+    /// within `max.poll.interval.ms`, and its partitions' uncommitted records
+    /// are then read again elsewhere) does so here, keeping what it reads for
+    /// the next poll. A change of share found here is reported by
+    /// [`Source::share`] after the next poll, as any other.
+    fn keep_alive(&mut self) {}
 }
 
 /// The source for `path` (`-` is stdin): read to the end (`follow = false`,
