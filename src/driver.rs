@@ -30,11 +30,11 @@ fn io_error(source: &dyn Source, e: std::io::Error) -> EngineError {
 }
 
 /// Passes a change of the source's share (a rebalance) on to the sinks
-/// before the records read under it, and, while it waits for one, that it
-/// still does ([`crate::sink::Sink::share`]).
+/// before the records read under it, and, while it waits for one or has
+/// caught up with it, that it still does ([`crate::sink::Sink::share`]).
 fn tell_share(engine: &mut Engine, source: &dyn Source, last: &mut Share) -> Result<(), EngineError> {
     let now = source.share();
-    if now != *last || now.awaiting {
+    if now != *last || now.awaiting || now.caught_up {
         engine.share(now)?;
         *last = now;
     }

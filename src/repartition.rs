@@ -35,6 +35,11 @@ pub enum FrameKind {
     Watermark,
     /// No lines: the writer has stopped and sends nothing more.
     End,
+    /// No lines: the writer has caught up with its input (sent everything
+    /// it has read, through `newest_ts`); until it speaks again, readers
+    /// need not wait for it. A writer's silence alone says nothing: it may
+    /// be blocked on its brokers, or reading a slow partition.
+    Idle,
 }
 
 /// A message's frame line.
@@ -56,6 +61,7 @@ impl Frame {
             FrameKind::Lines => "",
             FrameKind::Watermark => " watermark",
             FrameKind::End => " end",
+            FrameKind::Idle => " idle",
         };
         // Writing to a Vec cannot fail.
         let _ = writeln!(out, "{:016x} {}{kind}", self.writer, self.newest_ts);
@@ -75,6 +81,7 @@ impl Frame {
             None => FrameKind::Lines,
             Some("watermark") => FrameKind::Watermark,
             Some("end") => FrameKind::End,
+            Some("idle") => FrameKind::Idle,
             Some(_) => return None,
         };
         if fields.next().is_some() {

@@ -165,6 +165,10 @@ pub struct KafkaSink {
     awaiting_since: Option<Instant>,
     /// This writer id has sent its end (its source was given nothing to read).
     ended: bool,
+    /// Since when the source has been caught up with its share, and whether
+    /// this writer id has said so since it last sent lines.
+    caught_up_since: Option<Instant>,
+    idle_said: bool,
 }
 
 /// Watermarks go out at checkpoints, at most this often.
@@ -175,6 +179,9 @@ const HELLO_EVERY: Duration = Duration::from_millis(500);
 /// does not end) stops holding its readers back; they read past it after
 /// their `max_idle`, as past any silent writer.
 const AWAIT_AT_MOST: Duration = Duration::from_secs(60);
+/// A writer whose source has been caught up this long says so to its
+/// readers ([`FrameKind::Idle`]); a busy one vouches with its watermarks.
+const IDLE_AFTER: Duration = Duration::from_secs(1);
 /// A repartition message holds lines from at most this span of event time
 /// (what a reader may hand out ahead of another writer's older events)...
 const MESSAGE_SPAN_MS: i64 = 1_000;
@@ -264,6 +271,8 @@ impl KafkaSink {
             generation: 0,
             awaiting_since: None,
             ended: false,
+            caught_up_since: None,
+            idle_said: false,
         };
         sink.watermark(false)?;
         Ok(sink)
@@ -395,8 +404,27 @@ impl KafkaSink {
         Ok(())
     }
 
+    /// Tells the readers that this writer has caught up with its input, once
+    /// it has been so for [`IDLE_AFTER`]: they need not wait for it until it
+    /// speaks again. Silent without saying so, it is waited for (it may be
+    /// blocked on its brokers, or on a slow partition of its input).
+    fn say_idle(&mut self) -> Result<(), SinkError> {
+        if self.repartition_partitions.is_empty()
+            || self.ended
+            || self.idle_said
+            || self.caught_up_since.is_none_or(|t| t.elapsed() < IDLE_AFTER)
+        {
+            return Ok(());
+        }
+        let frame = Frame { writer: self.writer, newest_ts: self.newest_ts.unwrap_or(i64::MIN), kind: FrameKind::Idle };
+        self.send_to_every_partition(frame, self.newest_ts)?;
+        self.idle_said = true;
+        Ok(())
+    }
+
     /// Sends the lines packed for partition `p` of repartition topic `t`.
     fn send_packed(&mut self, t: usize, p: i32, packed: &Packed) -> Result<(), SinkError> {
+        self.idle_said = false;
         let mut payload = Vec::with_capacity(packed.lines.len() + 64);
         Frame { writer: self.writer, newest_ts: packed.newest_ts, kind: FrameKind::Lines }.write(&mut payload);
         payload.extend_from_slice(&packed.lines);
@@ -618,6 +646,7 @@ impl Sink for KafkaSink {
             self.newest_ts = None;
             self.watermarked = None;
             self.ended = false;
+            self.idle_said = false;
             self.watermark(false)?;
             let end = Frame { writer: old, newest_ts: old_newest.unwrap_or(i64::MIN), kind: FrameKind::End };
             self.send_to_every_partition(end, old_newest)?;
@@ -635,7 +664,19 @@ impl Sink for KafkaSink {
                 self.ended = true;
             }
         }
-        Ok(())
+        match (share.caught_up, self.caught_up_since) {
+            (true, None) => self.caught_up_since = Some(Instant::now()),
+            (false, Some(_)) => {
+                self.caught_up_since = None;
+                if std::mem::take(&mut self.idle_said) {
+                    // Reading again: from now on its readers wait for it.
+                    self.watermarked = None;
+                    self.watermark(false)?;
+                }
+            }
+            _ => {}
+        }
+        self.say_idle()
     }
 
     fn finish(mut self: Box<Self>) -> Result<(), SinkError> {

@@ -105,6 +105,8 @@ struct Writer {
     frontier: i64,
     heard: Instant,
     ended: bool,
+    /// Its last frame said it had caught up with its input.
+    idle: bool,
 }
 
 #[derive(Default)]
@@ -184,15 +186,23 @@ impl Part {
             || self.writer_holds_back(ts, idle)
     }
 
-    /// Whether a writer of this partition with nothing queued, heard from
-    /// within `idle` and not ended, has vouched only for times before `ts`:
-    /// it may still send something older (the partition rule above, per
-    /// writer; a writer silent longer is read past, as a silent partition is).
+    /// Whether a writer of this partition with nothing queued, neither
+    /// ended nor caught up with its input, has vouched only for times before
+    /// `ts`: it may still send something older (the partition rule above,
+    /// per writer). A writer says when it has caught up
+    /// ([`FrameKind::Idle`]), so its silence is not taken for idleness: it
+    /// is waited for up to [`STALLED`] (or `idle`, if longer). Read past
+    /// after `max_idle` of silence, an address engine blocked on a loaded
+    /// broker for a few seconds had thousands of its copies handed out
+    /// behind the readers' watermark, and the entity engines denied the
+    /// public mobile app key: its window held an attack without the app's
+    /// ordinary traffic.
     fn writer_holds_back(&self, ts: i64, idle: Duration) -> bool {
         self.writers.iter().any(|(id, w)| {
             !w.ended
+                && !w.idle
                 && w.frontier < ts
-                && w.heard.elapsed() < idle
+                && w.heard.elapsed() < STALLED.max(idle)
                 && self.queues.iter().all(|(q, m)| q != id || m.is_empty())
         })
     }
@@ -239,17 +249,19 @@ impl Part {
     }
 
     /// Notes what writer `id` vouched for with a message stamped `ts`.
-    fn heard_from(&mut self, id: u64, ts: i64, end: bool) {
+    fn heard_from(&mut self, id: u64, ts: i64, kind: FrameKind) {
         if !self.writers.contains_key(&id)
             && self.writers.len() >= MAX_WRITERS
             && let Some(oldest) = self.writers.iter().min_by_key(|(_, w)| w.heard).map(|(k, _)| *k)
         {
             self.writers.remove(&oldest);
         }
-        let w = self.writers.entry(id).or_insert(Writer { frontier: ts, heard: Instant::now(), ended: false });
+        let w =
+            self.writers.entry(id).or_insert(Writer { frontier: ts, heard: Instant::now(), ended: false, idle: false });
         w.frontier = w.frontier.max(ts);
         w.heard = Instant::now();
-        w.ended |= end;
+        w.ended |= kind == FrameKind::End;
+        w.idle = kind == FrameKind::Idle;
     }
 }
 
@@ -645,6 +657,8 @@ pub struct KafkaSource {
     /// older one was last reported ([`KafkaSource::report_behind`]).
     newest_handed: i64,
     behind_reported: Option<Instant>,
+    /// The last poll handed records out.
+    emitted: bool,
 }
 
 impl KafkaSource {
@@ -696,6 +710,7 @@ impl KafkaSource {
             last_end_check: None,
             newest_handed: i64::MIN,
             behind_reported: None,
+            emitted: false,
         })
     }
 
@@ -804,7 +819,7 @@ impl KafkaSource {
             let mut writer = 0;
             if let Some(f) = frame {
                 writer = f.writer;
-                part.heard_from(f.writer, f.newest_ts, f.kind == FrameKind::End);
+                part.heard_from(f.writer, f.newest_ts, f.kind);
                 if f.kind != FrameKind::Lines {
                     // No lines: committed with the messages around it.
                     continue;
@@ -1081,6 +1096,7 @@ impl Source for KafkaSource {
         }
         self.resume_drained();
         let emitted = out.len() > before;
+        self.emitted = emitted;
         if self.stop_at_end && !emitted && self.replay_has_nothing_to_read()? {
             return Ok(Poll::End);
         }
@@ -1112,7 +1128,14 @@ impl Source for KafkaSource {
 
     fn share(&self) -> super::Share {
         let s = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
-        super::Share { generation: s.generation, awaiting: s.awaiting, empty: !s.awaiting && s.assigned_now == 0 }
+        super::Share {
+            generation: s.generation,
+            awaiting: s.awaiting,
+            empty: !s.awaiting && s.assigned_now == 0,
+            // Only after a poll that handed nothing out: what the poll before
+            // handed out has been pushed and checkpointed by then.
+            caught_up: !s.awaiting && !self.emitted && self.parts.values().all(|p| p.eof && p.is_empty()),
+        }
     }
 
     fn ack(&mut self, pos: Position) -> io::Result<()> {
@@ -1230,7 +1253,7 @@ mod tests {
         let mut p = Part { eof: true, ..Part::default() };
         // Writer 1 is an hour ahead of writer 2, in the same partition.
         for (w, ts, offset) in [(1, 3_600_000, 0), (1, 3_600_500, 1), (2, 1_000, 2), (2, 2_000, 3)] {
-            p.heard_from(w, ts, false);
+            p.heard_from(w, ts, FrameKind::Lines);
             p.push(w, msg(ts, offset));
             p.next = Some(offset + 1);
         }
@@ -1247,15 +1270,24 @@ mod tests {
         }
         assert_eq!(order, [2, 3], "writer 2's older events first; writer 1's wait for writer 2");
         // A watermark (or newer data) from writer 2 releases writer 1's.
-        p.heard_from(2, 3_600_000, false);
+        p.heard_from(2, 3_600_000, FrameKind::Watermark);
         let (ts, _) = p.head().expect("queued");
         assert!(!p.holds_back(ts, long, idle, true, || false));
         assert!(p.holds_back(3_600_001, long, idle, true, || false), "writer 2 has not vouched for later");
-        // A writer that ended, or has been silent past max_idle, holds nothing.
-        p.heard_from(2, 3_600_000, true);
+        // A writer that ended, or said it caught up, holds nothing; one
+        // silent past max_idle still does, until STALLED.
+        p.heard_from(2, 3_600_000, FrameKind::End);
         assert!(!p.holds_back(3_600_001, long, idle, true, || false));
-        p.writers.insert(3, Writer { frontier: 0, heard: Instant::now() - Duration::from_secs(3), ended: false });
-        assert!(!p.holds_back(3_600_001, long, idle, true, || false));
+        let silent =
+            |secs| Writer { frontier: 0, heard: Instant::now() - Duration::from_secs(secs), ended: false, idle: false };
+        p.writers.insert(3, silent(3));
+        assert!(p.holds_back(3_600_001, long, idle, true, || false), "silent is not idle");
+        p.heard_from(3, 0, FrameKind::Idle);
+        assert!(!p.holds_back(3_600_001, long, idle, true, || false), "caught up");
+        p.heard_from(3, 0, FrameKind::Watermark);
+        assert!(p.holds_back(3_600_001, long, idle, true, || false), "speaking again");
+        p.writers.insert(3, silent(STALLED.as_secs() + 1));
+        assert!(!p.holds_back(3_600_001, long, idle, true, || false), "stalled");
         while let Some((_, q)) = p.head() {
             order.push(p.pop(q).expect("queued").offset);
         }

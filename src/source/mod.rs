@@ -171,6 +171,10 @@ pub struct Share {
     pub awaiting: bool,
     /// Given a share, and it is empty (more members than partitions).
     pub empty: bool,
+    /// Everything of the share read so far has been handed out and the
+    /// brokers had nothing more when last asked (a writer of repartition
+    /// topics then tells its readers not to wait for it).
+    pub caught_up: bool,
 }
 
 /// A source of log lines.
