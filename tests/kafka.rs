@@ -1363,8 +1363,7 @@ fn repartitioned_events_wait_out_a_broker_outage_rather_than_being_dropped() {
 fn a_checkpoint_waiting_on_the_brokers_keeps_the_engine_in_its_group() {
     use gatewatch::source::{Records, Source};
     let Some(brokers) = brokers() else { return };
-    let sink_broker =
-        std::sync::Arc::new(PrivateBroker { dir: tempfile::tempdir().expect("tempdir"), port: common::free_port() });
+    let sink_broker = PrivateBroker { dir: tempfile::tempdir().expect("tempdir"), port: common::free_port() };
     sink_broker.start();
     let dir = tempfile::tempdir().expect("tempdir");
     let (topic, by_user) = (unique("access"), unique("by-user"));
@@ -1409,17 +1408,22 @@ fn a_checkpoint_waiting_on_the_brokers_keeps_the_engine_in_its_group() {
     let pos = records.last_position().expect("a position");
     let before = source.share();
 
-    // Away for longer than `max.poll.interval.ms` (10 s here).
-    sink_broker.stop();
-    let restart = {
-        let broker = sink_broker.clone();
-        std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_secs(16));
-            broker.start();
-        })
+    // Frozen (SIGSTOP: connections stay open, nothing is answered) for
+    // longer than `max.poll.interval.ms` (10 s here): a broker too loaded to
+    // acknowledge. (Stopped and restarted instead, this broker sometimes
+    // failed the idempotent producer's resent record with an unknown error.)
+    let pid = std::fs::read_to_string(sink_broker.dir.path().join("pid")).expect("the broker's pid");
+    let signal = move |sig: &str| {
+        let status = std::process::Command::new("kill").args([sig, pid.trim()]).status().expect("kill");
+        assert!(status.success(), "kill {sig} {pid}");
     };
+    signal("-STOP");
+    let thaw = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(16));
+        signal("-CONT");
+    });
     engine.checkpoint_while(&mut || source.keep_alive()).expect("the checkpoint waits for the broker");
-    restart.join().expect("restarted");
+    thaw.join().expect("thawed");
     source.ack(pos).expect("ack");
     // Whatever the group did meanwhile reaches the source with its next polls.
     for _ in 0..30 {

@@ -176,8 +176,8 @@ const WATERMARK_EVERY: Duration = Duration::from_millis(100);
 /// A writer that has sent no event yet says so at most this often.
 const HELLO_EVERY: Duration = Duration::from_millis(500);
 /// A source waiting this long for its share of the input (a rebalance that
-/// does not end) stops holding its readers back; they read past it after
-/// their `max_idle`, as past any silent writer.
+/// does not end) stops announcing itself; its readers read past it after
+/// their stall limit, as past any writer silent without saying it caught up.
 const AWAIT_AT_MOST: Duration = Duration::from_secs(60);
 /// A writer whose source has been caught up this long says so to its
 /// readers ([`FrameKind::Idle`]); a busy one vouches with its watermarks.
@@ -196,11 +196,11 @@ struct Packed {
     newest_ts: i64,
 }
 
-/// A writer id for the repartition topics: random, never 0.
 /// How long a checkpoint waits on the brokers between two calls of its
 /// caller's `waiting` ([`Sink::checkpoint_while`]).
 const WAIT_SLICE: Duration = Duration::from_millis(100);
 
+/// A writer id for the repartition topics: random, never 0.
 fn new_writer() -> u64 {
     rand::random::<u64>() | 1
 }
