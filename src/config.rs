@@ -507,11 +507,7 @@ fn sinks_from(
         let roll_every_ms = match (&v.roll_every, v.kind) {
             (None, _) => None,
             (Some(t), SinkKind::Parquet) => {
-                let ms = duration(&f.file, &f.src, t, "sinks.roll_every")?;
-                if !(1_000..=86_400_000).contains(&ms) {
-                    return Err(invalid(&f.file, &f.src, t.span(), "sinks.roll_every", "must be from 1s to 24h"));
-                }
-                Some(ms)
+                Some(duration_in(&f.file, &f.src, t, "sinks.roll_every", 1_000..=86_400_000, "must be from 1s to 24h")?)
             }
             (Some(t), _) => {
                 return Err(invalid(&f.file, &f.src, t.span(), "sinks.roll_every", "only a parquet sink rolls files"));
@@ -783,11 +779,7 @@ fn kafka_sink_from(
     let flush_timeout_ms = match &v.flush_timeout {
         None => KafkaSinkSpec::DEFAULT_FLUSH_TIMEOUT_MS,
         Some(t) => {
-            let ms = duration(&f.file, &f.src, t, "sinks.flush_timeout")?;
-            if !(100..=600_000).contains(&ms) {
-                return Err(invalid(&f.file, &f.src, t.span(), "sinks.flush_timeout", "must be from 100ms to 10m"));
-            }
-            ms as u64
+            duration_in(&f.file, &f.src, t, "sinks.flush_timeout", 100..=600_000, "must be from 100ms to 10m")? as u64
         }
     };
     let learn_wait_ms = match &v.learn_wait {
@@ -957,6 +949,22 @@ fn duration(file: &Path, src: &str, v: &Spanned<String>, key: &str) -> Result<i6
     Ok(ms)
 }
 
+/// [`duration`], within `range` (ms); outside it the error says `bounds`.
+fn duration_in(
+    file: &Path,
+    src: &str,
+    v: &Spanned<String>,
+    key: &str,
+    range: std::ops::RangeInclusive<i64>,
+    bounds: &str,
+) -> Result<i64, ConfigError> {
+    let ms = duration(file, src, v, key)?;
+    if !range.contains(&ms) {
+        return Err(invalid(file, src, v.span(), key, bounds));
+    }
+    Ok(ms)
+}
+
 /// The pipeline used when none is named: `pipelines/default.toml`, shipped in the binary
 /// too so that `gatewatch demo` runs from any directory.
 pub const DEFAULT_PIPELINE: &str = include_str!("../pipelines/default.toml");
@@ -1049,17 +1057,7 @@ impl Pipeline {
                 };
                 let poll_interval_ms = match &v.poll_interval {
                     Some(d) => {
-                        let ms = duration(&f.file, &f.src, d, "input.poll_interval")?;
-                        if !(1..=10_000).contains(&ms) {
-                            return Err(invalid(
-                                &f.file,
-                                &f.src,
-                                d.span(),
-                                "input.poll_interval",
-                                "must be from 1ms to 10s",
-                            ));
-                        }
-                        ms
+                        duration_in(&f.file, &f.src, d, "input.poll_interval", 1..=10_000, "must be from 1ms to 10s")?
                     }
                     None => DEFAULT_POLL_INTERVAL_MS,
                 };
@@ -1446,11 +1444,8 @@ impl Pipeline {
                 api.header_timeout_ms = ms;
             }
             if let Some(t) = &v.max_wait {
-                let ms = duration(&f.file, &f.src, t, "api.max_wait")?;
-                if !(1_000..=600_000).contains(&ms) {
-                    return Err(invalid(&f.file, &f.src, t.span(), "api.max_wait", "must be from 1s to 10m"));
-                }
-                api.max_wait_ms = ms;
+                api.max_wait_ms =
+                    duration_in(&f.file, &f.src, t, "api.max_wait", 1_000..=600_000, "must be from 1s to 10m")?;
             }
             if let Some(n) = v.stream_retention {
                 if !(1..=10_000_000).contains(&n) {
@@ -1471,11 +1466,8 @@ impl Pipeline {
                 api.query_max_rows = n;
             }
             if let Some(t) = &v.query_timeout {
-                let ms = duration(&f.file, &f.src, t, "api.query_timeout")?;
-                if !(100..=3_600_000).contains(&ms) {
-                    return Err(invalid(&f.file, &f.src, t.span(), "api.query_timeout", "must be from 100ms to 1h"));
-                }
-                api.query_timeout_ms = ms;
+                api.query_timeout_ms =
+                    duration_in(&f.file, &f.src, t, "api.query_timeout", 100..=3_600_000, "must be from 100ms to 1h")?;
             }
             if let Some(b) = &v.query_memory {
                 let n = crate::features::budget::parse_size(b.get_ref())
