@@ -237,9 +237,21 @@ pub(crate) fn ensure_topic(
 
 impl KafkaSink {
     pub fn open(spec: &KafkaSinkSpec) -> Result<KafkaSink, SinkError> {
+        // `linger.ms` well above a round's length: what a round sends goes
+        // out at its checkpoint's flush, one request per partition. At 5 ms a
+        // round's records left in many small requests; an idempotent producer
+        // keeps at most five in flight per partition, and librdkafka serves a
+        // partition with records waiting behind them again at once, so on a
+        // broker slow to acknowledge its broker thread spun (two engines
+        // spent 4.9–5.2 CPU-s on 129 k lines, 2.1–2.3 at 100 ms).
         let producer: BaseProducer<Deliveries> = spec
             .client
-            .config(&[("enable.idempotence", "true"), ("acks", "all"), ("linger.ms", "5"), ("compression.type", "lz4")])
+            .config(&[
+                ("enable.idempotence", "true"),
+                ("acks", "all"),
+                ("linger.ms", "100"),
+                ("compression.type", "lz4"),
+            ])
             .create_with_context(Deliveries::default())
             .map_err(|e| client_error(spec, e))?;
         for topic in [&spec.decisions_topic, &spec.dead_letters_topic].into_iter().flatten() {
