@@ -169,6 +169,8 @@ pub struct KafkaSink {
     /// this writer id has said so since it last sent lines.
     caught_up_since: Option<Instant>,
     idle_said: bool,
+    /// Frames without lines sent so far ([`KafkaSink::send_now`]).
+    frames: u64,
 }
 
 /// Watermarks go out at checkpoints, at most this often.
@@ -288,6 +290,7 @@ impl KafkaSink {
             ended: false,
             caught_up_since: None,
             idle_said: false,
+            frames: 0,
         };
         sink.watermark(false)?;
         Ok(sink)
@@ -409,6 +412,7 @@ impl KafkaSink {
     /// Sends a frame without lines to every partition of every repartition
     /// topic, stamped `stamp` (the event time; `None`: the clock's, before any).
     fn send_to_every_partition(&mut self, frame: Frame, stamp: Option<i64>) -> Result<(), SinkError> {
+        self.frames += 1;
         let mut payload = Vec::with_capacity(64);
         frame.write(&mut payload);
         for (topic, n) in self.repartition_partitions.clone() {
@@ -445,6 +449,15 @@ impl KafkaSink {
         payload.extend_from_slice(&packed.lines);
         let topic = self.repartition_partitions[t].0.clone();
         self.send_at(&topic, b"", Some(&payload), None, Some(packed.first_ts), Some(p))
+    }
+
+    /// Sends what is queued without lingering: the frames a share change
+    /// sends (a hello, an end, a writer waiting or idle) tell readers whom
+    /// to wait for, and are not followed by a checkpoint's flush. Left to
+    /// `linger.ms`, a waiting writer's hello reached its reader 100 ms after
+    /// the other writer's newer lines, which were handed out past it.
+    fn send_now(&mut self) {
+        self.flush_a_little();
     }
 
     /// Sends what is queued at once and waits a few milliseconds for the
@@ -685,6 +698,7 @@ impl Sink for KafkaSink {
         if self.repartition_partitions.is_empty() {
             return Ok(());
         }
+        let frames = self.frames;
         if share.generation != self.generation {
             let (old, old_newest) = (self.writer, self.newest_ts);
             self.generation = share.generation;
@@ -722,7 +736,11 @@ impl Sink for KafkaSink {
             }
             _ => {}
         }
-        self.say_idle()
+        self.say_idle()?;
+        if self.frames != frames {
+            self.send_now();
+        }
+        Ok(())
     }
 
     fn finish(mut self: Box<Self>) -> Result<(), SinkError> {
