@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: installs what the tests need (nginx, wrk, Caddy, HAProxy,
 # the CrowdSec bouncers, schemathesis, libfaketime, ClickHouse, a Kafka-protocol
-# broker), starts a ClickHouse server (GATEWATCH_CLICKHOUSE_URL) and a broker
+# broker, Chromium and Playwright), starts a ClickHouse server (GATEWATCH_CLICKHOUSE_URL) and a broker
 # (GATEWATCH_KAFKA_BROKERS) for the suite, then runs every test target, benches
 # included (each bench runs once as a smoke test).
 set -euo pipefail
@@ -14,6 +14,7 @@ bash scripts/services/schemathesis.sh
 bash scripts/services/faketime.sh
 bash scripts/services/clickhouse.sh
 bash scripts/services/kafka.sh
+bash scripts/services/browser.sh
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 # A ClickHouse server and a broker for the suite, stopped however the tests end.
 ch_dir=$(mktemp -d) kafka_dir=$(mktemp -d)

@@ -4,6 +4,7 @@
 //! body `{"error": "..."}` with the status that says whose fault it is.
 
 mod admin;
+mod console;
 mod crowdsec;
 pub mod keys;
 mod lookup;
@@ -90,6 +91,8 @@ pub struct AppState {
     /// Set at shutdown: long polls and event streams end so the server can stop.
     closing: tokio::sync::watch::Sender<bool>,
     publisher: Option<Arc<crate::live::publish::DecisionPublisher>>,
+    /// Signed-in analyst consoles (`/ui`).
+    console: console::sessions::Sessions,
 }
 
 /// The first id of manual decisions (engine ids count up from 1).
@@ -128,6 +131,7 @@ impl AppState {
             bouncers: Mutex::new(HashMap::new()),
             closing: tokio::sync::watch::channel(false).0,
             publisher: s.publisher,
+            console: console::sessions::Sessions::default(),
         }
     }
 
@@ -191,6 +195,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/admin/models", get(admin::models))
         .route("/v1/admin/models/rollback", post(admin::rollback))
         .route("/v1/admin/query", post(query::query))
+        .merge(console::routes())
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), authenticate))
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
@@ -224,7 +229,8 @@ async fn observe(State(state): State<Arc<AppState>>, req: Request, next: Next) -
 
 /// The role a path needs; `None` for the open health checks.
 fn required_role(path: &str) -> Option<Role> {
-    if path == "/healthz" || path == "/readyz" || path == "/openapi.json" {
+    // The console's pages send a browser to its login page themselves.
+    if path == "/healthz" || path == "/readyz" || path == "/openapi.json" || console::is_console_page(path) {
         None
     } else if path.starts_with("/v1/admin") {
         Some(Role::Admin)
@@ -246,11 +252,28 @@ fn bearer(v: &str) -> Option<&str> {
 async fn authenticate(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
     let Some(need) = required_role(req.uri().path()) else { return next.run(req).await };
     let h = req.headers();
-    let presented = h
+    let mut presented: Option<std::borrow::Cow<str>> = h
         .get("x-api-key")
         .and_then(|v| v.to_str().ok())
         .or_else(|| h.get("authorization").and_then(|v| v.to_str().ok()).and_then(bearer))
-        .map(str::trim);
+        .map(|k| k.trim().into());
+    // A signed-in console's cookie stands for its admin key. What a page on
+    // another site could make a browser send (a form post, a plain GET)
+    // changes nothing: a request that changes something must carry the
+    // console's header as well.
+    if presented.is_none()
+        && let Some(key) = console::sessions::token(h).and_then(|t| state.console.key(t, now_ms()))
+    {
+        let reads = matches!(*req.method(), axum::http::Method::GET | axum::http::Method::HEAD);
+        if !reads && !h.contains_key(console::CSRF_HEADER) {
+            return ApiError {
+                status: StatusCode::FORBIDDEN,
+                message: format!("a console request that changes something must carry {}", console::CSRF_HEADER),
+            }
+            .into_response();
+        }
+        presented = Some(key.into());
+    }
     let unauthorized = |message: &str| {
         let mut r = ApiError { status: StatusCode::UNAUTHORIZED, message: message.to_string() }.into_response();
         r.headers_mut().insert(axum::http::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -263,7 +286,7 @@ async fn authenticate(State(state): State<Arc<AppState>>, mut req: Request, next
             "missing API key: send it as X-Api-Key or Authorization: Bearer"
         });
     };
-    match state.keys.verify_caller(key) {
+    match state.keys.verify_caller(&key) {
         None => unauthorized("unknown or revoked API key"),
         Some((role, _)) if role < need => ApiError {
             status: StatusCode::FORBIDDEN,

@@ -1,0 +1,125 @@
+//! The analyst console over HTTP: the login trades an admin key for a
+//! session cookie (a gateway key or an unknown one opens nothing), the pages
+//! and assets are served with their security headers, the cookie reaches the
+//! API's own routes, and nothing changes without the console's header.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+/// A form post, as a browser sends the login page's.
+fn post_form(addr: &str, path: &str, body: &str) -> (u16, Vec<(String, String)>, String) {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: gatewatch\r\nConnection: close\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).expect("send");
+    let mut raw = String::new();
+    let _ = s.read_to_string(&mut raw);
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let mut lines = head.lines();
+    let status = lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|c| c.parse().ok()).expect("status");
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    (status, headers, body.to_string())
+}
+
+fn header<'a>(h: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    h.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+fn encode(key: &str) -> String {
+    key.bytes()
+        .map(|b| if b.is_ascii_alphanumeric() || b == b'_' { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect()
+}
+
+#[test]
+fn the_console_opens_for_an_admin_key_only_and_acts_through_the_api() {
+    let (_dir, pipeline, input) = common::live_setup();
+    let (server, admin) = common::serve_with_keys(&pipeline, &input, "edge-1");
+    let addr = server.addr.clone();
+
+    // Not signed in: the page sends the browser to the login page.
+    let (status, h, _) = server.get_raw("/ui", &[]);
+    assert_eq!((status, header(&h, "location")), (303, Some("/ui/login")));
+    let (status, h, body) = server.get_raw("/ui/login", &[]);
+    assert_eq!(status, 200);
+    assert!(body.contains("name=\"key\"") && body.contains("type=\"password\""), "{body}");
+    assert!(header(&h, "content-security-policy").is_some_and(|c| c.contains("default-src 'self'")), "{h:?}");
+    assert_eq!(header(&h, "x-content-type-options"), Some("nosniff"));
+
+    // A gateway key, an unknown key and an empty form open nothing.
+    for (form, want) in [
+        (format!("key={}", encode(&server.key)), 403),
+        ("key=gw_00000000_nope".to_string(), 401),
+        ("nokey=1".to_string(), 400),
+    ] {
+        let (status, h, body) = post_form(&addr, "/ui/login", &form);
+        assert_eq!(status, want, "{form}: {body}");
+        assert!(header(&h, "set-cookie").is_none(), "{form}");
+        assert!(body.contains("role=\"alert\""), "the page says why: {body}");
+    }
+    let (_, _, body) = post_form(&addr, "/ui/login", &format!("key={}", encode(&server.key)));
+    assert!(body.contains("gateway key"), "{body}");
+
+    // An admin key: a session cookie that script cannot read, and no key in it.
+    let (status, h, _) = post_form(&addr, "/ui/login", &format!("key={}", encode(&admin)));
+    assert_eq!((status, header(&h, "location")), (303, Some("/ui")));
+    let set = header(&h, "set-cookie").expect("a session cookie").to_string();
+    assert!(set.contains("HttpOnly") && set.contains("SameSite=Strict"), "{set}");
+    assert!(!set.contains(&admin), "the cookie is a token, not the key");
+    let cookie = set.split(';').next().expect("name=value").to_string();
+    let with = [("Cookie", cookie.as_str())];
+    let (status, _, body) = server.get_raw("/ui", &with);
+    assert_eq!(status, 200);
+    assert!(body.contains("/ui/assets/console.js"), "{body}");
+
+    // Assets are the embedded files; an unknown one is a JSON 404.
+    let (status, h, body) = server.get_raw("/ui/assets/uPlot.iife.min.js", &[]);
+    assert_eq!(status, 200);
+    assert!(header(&h, "content-type").is_some_and(|t| t.starts_with("text/javascript")));
+    let vendored =
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("ui/vendor/uPlot.iife.min.js"))
+            .expect("vendored file");
+    assert_eq!(body, vendored);
+    let (status, _, body) = server.get_raw("/ui/assets/../../Cargo.toml", &[]);
+    assert_eq!(status, 404, "{body}");
+
+    // The cookie reaches the API's routes; a change needs the console's header too.
+    let (status, _, body) = server.get_raw("/v1/admin/decisions", &with);
+    assert_eq!(status, 200, "{body}");
+    let deny =
+        r#"{"entity_type":"ip","entity":"203.0.113.9","action":"deny","ttl":"1h","reason":"seen in the console"}"#;
+    let (status, _, body) = server.request("POST", "/v1/admin/decisions", &with, deny);
+    assert_eq!(status, 403, "no console header: {body}");
+    let gate = |ip: &str| server.get("/v1/authz", &[("X-Forwarded-For", ip)]).0;
+    assert_eq!(gate("203.0.113.9"), 200, "nothing was changed");
+    let console = [("Cookie", cookie.as_str()), ("X-Gatewatch-Console", "1")];
+    let (status, _, body) = server.request("POST", "/v1/admin/decisions", &console, deny);
+    assert_eq!(status, 201, "{body}");
+    assert!(body.contains("manual:ops"), "the audit trail names the key behind the session: {body}");
+    assert_eq!(gate("203.0.113.9"), 403);
+    let (status, _, body) =
+        server.request("DELETE", "/v1/admin/decisions?entity_type=ip&entity=203.0.113.9", &console, "");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(gate("203.0.113.9"), 200);
+
+    // A forged cookie is no session; signing out ends this one.
+    assert_eq!(server.get_raw("/v1/admin/decisions", &[("Cookie", "gw_console=forged")]).0, 401);
+    let mut s = TcpStream::connect(&addr).expect("connect");
+    write!(s, "POST /ui/logout HTTP/1.1\r\nHost: gatewatch\r\nConnection: close\r\nCookie: {cookie}\r\nContent-Length: 0\r\n\r\n")
+        .expect("send");
+    let mut raw = String::new();
+    let _ = s.read_to_string(&mut raw);
+    assert!(raw.starts_with("HTTP/1.1 303"), "{raw}");
+    assert_eq!(server.get_raw("/ui", &with).0, 303);
+    assert_eq!(server.get_raw("/v1/admin/decisions", &with).0, 401);
+}
