@@ -112,6 +112,18 @@ fn the_console_opens_for_an_admin_key_only_and_acts_through_the_api() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(gate("203.0.113.9"), 200);
 
+    // The plotted rates: columns of one length, for a session or an admin key only.
+    let (status, _, body) = server.get_raw("/ui/api/rates", &with);
+    assert_eq!(status, 200, "{body}");
+    let r: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let n = r["t"].as_array().expect("t").len();
+    assert!(n >= 1, "{r}");
+    for c in ["events", "decisions", "dead_letters"] {
+        assert_eq!(r[c].as_array().map(Vec::len), Some(n), "{c}: {r}");
+    }
+    assert_eq!(server.get_raw("/ui/api/rates", &[]).0, 401);
+    assert_eq!(server.get("/ui/api/rates", &[]).0, 403, "a gateway key");
+
     // A forged cookie is no session; signing out ends this one.
     assert_eq!(server.get_raw("/v1/admin/decisions", &[("Cookie", "gw_console=forged")]).0, 401);
     let mut s = TcpStream::connect(&addr).expect("connect");

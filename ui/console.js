@@ -5,7 +5,6 @@
 
 const CSRF = { "X-Gatewatch-Console": "1" };
 const SAMPLE_MS = 5000;
-const KEEP = 720; // an hour of samples
 
 function el(tag, attrs, ...children) {
   const e = document.createElement(tag);
@@ -21,49 +20,24 @@ async function getJson(url) {
   return r.json();
 }
 
-// Requests, decisions and dead letters per second, from the Prometheus counters.
-const series = [[], [], [], []];
-let last = null;
+// Requests, decisions and dead letters per second over the last hour, as the
+// server sampled them (so the plot is full as soon as the page opens).
 let plot = null;
 
-function counters(text) {
-  const sum = { events: 0, decisions: 0, dead: 0 };
-  for (const line of text.split("\n")) {
-    if (line.startsWith("#")) continue;
-    const [name, value] = line.split(/\s+/);
-    const v = Number(value);
-    if (!Number.isFinite(v)) continue;
-    if (name === "gatewatch_events_total") sum.events += v;
-    else if (name.startsWith("gatewatch_decisions_total")) sum.decisions += v;
-    else if (name === "gatewatch_dead_letters_total") sum.dead += v;
-  }
-  return sum;
-}
-
 async function sample() {
-  const r = await fetch("/metrics", { credentials: "same-origin" });
-  if (!r.ok) throw new Error("/metrics: " + r.status);
-  const now = { t: Date.now() / 1000, ...counters(await r.text()) };
-  if (last) {
-    const dt = Math.max(now.t - last.t, 0.001);
-    series[0].push(now.t);
-    series[1].push((now.events - last.events) / dt);
-    series[2].push((now.decisions - last.decisions) / dt);
-    series[3].push((now.dead - last.dead) / dt);
-    for (const s of series) if (s.length > KEEP) s.shift();
-    if (!plot && window.uPlot) {
-      const box = document.getElementById("rates");
-      plot = new uPlot({
-        width: Math.max(box.clientWidth, 400), height: 220,
-        series: [{}, { label: "requests/s", stroke: "#0b57d0" }, { label: "decisions/s", stroke: "#b3261e" },
-                 { label: "dead letters/s", stroke: "#9a5b00" }],
-        axes: [{}, { label: "per second" }],
-      }, series, box);
-    } else if (plot) {
-      plot.setData(series);
-    }
+  const s = await getJson("/ui/api/rates");
+  const data = [s.t, s.events, s.decisions, s.dead_letters];
+  if (!plot && window.uPlot) {
+    const box = document.getElementById("rates");
+    plot = new uPlot({
+      width: Math.max(box.clientWidth, 400), height: 220,
+      series: [{}, { label: "requests/s", stroke: "#0b57d0" }, { label: "decisions/s", stroke: "#b3261e" },
+               { label: "dead letters/s", stroke: "#9a5b00" }],
+      axes: [{}, { label: "per second" }],
+    }, data, box);
+  } else if (plot) {
+    plot.setData(data);
   }
-  last = now;
 }
 
 function entityLink(d) {

@@ -93,6 +93,8 @@ pub struct AppState {
     publisher: Option<Arc<crate::live::publish::DecisionPublisher>>,
     /// Signed-in analyst consoles (`/ui`).
     console: console::sessions::Sessions,
+    /// The last hour of the counters the console plots.
+    rates: Arc<console::rates::Rates>,
 }
 
 /// The first id of manual decisions (engine ids count up from 1).
@@ -110,6 +112,7 @@ impl AppState {
     pub fn new(s: Services) -> Self {
         let next_manual_id = AtomicU64::new(s.store.max_id().max(MANUAL_ID_BASE) + 1);
         s.metrics.set_models(&s.pipeline.models);
+        let rates = console::rates::Rates::start(s.metrics.clone());
         AppState {
             store: s.store,
             shadow: s.shadow,
@@ -132,6 +135,7 @@ impl AppState {
             closing: tokio::sync::watch::channel(false).0,
             publisher: s.publisher,
             console: console::sessions::Sessions::default(),
+            rates,
         }
     }
 
@@ -232,7 +236,7 @@ fn required_role(path: &str) -> Option<Role> {
     // The console's pages send a browser to its login page themselves.
     if path == "/healthz" || path == "/readyz" || path == "/openapi.json" || console::is_console_page(path) {
         None
-    } else if path.starts_with("/v1/admin") {
+    } else if path.starts_with("/v1/admin") || path.starts_with("/ui/api/") {
         Some(Role::Admin)
     } else {
         Some(Role::Gateway)

@@ -10,15 +10,16 @@
 //! site cannot send without the browser asking this server first.
 
 mod assets;
+pub mod rates;
 pub mod sessions;
 
 use std::sync::Arc;
 
-use axum::Router;
 use axum::extract::{RawForm, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::{Json, Router};
 
 use super::{AppState, Role, now_ms};
 
@@ -37,12 +38,19 @@ pub(super) fn routes() -> Router<Arc<AppState>> {
         .route("/ui/login", get(login_page).post(login))
         .route("/ui/logout", post(logout))
         .route("/ui/assets/{name}", get(assets::serve))
+        .route("/ui/api/rates", get(rates))
+}
+
+/// `GET /ui/api/rates`: the last hour per second (admin key or console session).
+async fn rates(State(state): State<Arc<AppState>>) -> Json<rates::Series> {
+    Json(state.rates.series(&state.metrics))
 }
 
 /// Whether `path` is one the console's handlers guard themselves (pages
-/// redirect to the login page rather than answer 401).
+/// redirect to the login page rather than answer 401). Its data routes,
+/// under `/ui/api/`, are guarded like the admin API.
 pub(super) fn is_console_page(path: &str) -> bool {
-    path == "/ui" || path.starts_with("/ui/")
+    (path == "/ui" || path.starts_with("/ui/")) && !path.starts_with("/ui/api/")
 }
 
 /// Headers every console page carries: nothing from elsewhere runs or loads,
