@@ -8,7 +8,9 @@
 #   kafka.sh                 builds tansu once (~20 min on 2 cores) into
 #                            $GATEWATCH_SERVICES (default ~/.cache/gatewatch-services),
 #                            outside the clone so later runs reuse it; also installs
-#                            cmake and libcurl, which rdkafka's bundled librdkafka needs
+#                            cmake and libcurl's headers for the broker's build (its
+#                            aws-lc-sys builds with cmake; gatewatch's own librdkafka
+#                            builds with its configure script and make, no cmake)
 #   kafka.sh start DIR PORT  starts a broker on 127.0.0.1:PORT, its database, log and
 #                            pid in DIR, and waits until it accepts connections
 #   kafka.sh stop DIR        stops that broker
