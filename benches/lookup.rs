@@ -1,12 +1,13 @@
 //! The per-request path of the decision API: a verdict from 100,000 decisions in
-//! force (hits and misses, with a range decision to check), and reading the
-//! change stream.
+//! force (hits and misses, with a range decision to check), counting what a
+//! refused lookup met (the console's collateral), and reading the change stream.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use gatewatch::config::Allowlist;
 use gatewatch::decision::Action;
 use gatewatch::decision::Decision;
 use gatewatch::features::EntityType;
+use gatewatch::live::collateral::Collateral;
 use gatewatch::live::store::{LiveStore, Query};
 
 fn decision(id: u64, t: EntityType, entity: String, action: Action) -> Decision {
@@ -53,6 +54,21 @@ fn bench(c: &mut Criterion) {
             for ip in &ips {
                 let q = Query { ip: Some(*ip), user: Some("user-17"), ..Default::default() };
                 std::hint::black_box(store.lookup(&q, &allow, 1));
+            }
+        })
+    });
+    g.finish();
+    // What a refused lookup adds to count the decision's collateral (the
+    // console's users and sessions behind each decision): one shard lock and
+    // two keyed hashes, over as many decisions as the lookups above meet.
+    let tallies = Collateral::default();
+    let users: Vec<String> = (0..1024).map(|i| format!("user-{i}")).collect();
+    let mut g = c.benchmark_group("collateral");
+    g.throughput(Throughput::Elements(users.len() as u64));
+    g.bench_function("record_refused_lookup", |b| {
+        b.iter(|| {
+            for (i, u) in users.iter().enumerate() {
+                tallies.record((i % 512) as u64 + 1, Some(u), Some("session-1"), true, 1);
             }
         })
     });

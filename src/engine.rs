@@ -223,6 +223,9 @@ pub struct Engine {
     /// What any sink wants, so nothing nobody reads is built.
     wants: Wants,
     summary: Summary,
+    /// Live mode: where every score a model computes is counted for the
+    /// day (the console's histograms); `None` in replay and eval.
+    scores_to: Option<Arc<crate::metrics::Metrics>>,
     first_ts: Option<i64>,
     started: Instant,
     batch_started: Instant,
@@ -275,6 +278,7 @@ impl Engine {
             sinks,
             wants,
             summary: Summary::default(),
+            scores_to: None,
             first_ts: None,
             started: Instant::now(),
             batch_started: Instant::now(),
@@ -326,6 +330,12 @@ impl Engine {
     /// it is not re-made with a shorter TTL and repeat offences keep escalating.
     pub fn restore_decision(&mut self, r: crate::decision::Restored<'_>) {
         self.store.restore(r);
+    }
+
+    /// Live mode: count every model score for the day in `metrics`
+    /// ([`crate::fired::Fired::record_scores`]).
+    pub fn count_scores_in(&mut self, metrics: Arc<crate::metrics::Metrics>) {
+        self.scores_to = Some(metrics);
     }
 
     /// Numbers decisions from `id` on.
@@ -709,7 +719,14 @@ impl Engine {
                 None => None,
             };
             let keep = |row: usize| allowed.as_ref().is_none_or(|a| a.get(row).copied().unwrap_or(false));
-            for s in m.model.score_where(batch, keep, m.challenge_at)? {
+            let mut seen = Vec::new();
+            let flagged =
+                m.model.score_where(batch, keep, m.challenge_at, self.scores_to.is_some().then_some(&mut seen))?;
+            if let Some(metrics) = &self.scores_to {
+                let source = format!("model:{}", m.model.id());
+                metrics.fired.record_scores(&source, m.shadow, &seen, crate::event::time::now_ms());
+            }
+            for s in flagged {
                 let action = if m.deny_at.is_some_and(|d| s.score >= d) { Action::Deny } else { Action::Challenge };
                 let top: Vec<String> = s
                     .top

@@ -22,6 +22,7 @@ pub mod engine;
 pub mod eval;
 pub mod event;
 pub mod features;
+pub mod fired;
 pub mod fsutil;
 pub mod fuzzing;
 pub mod kafka;

@@ -135,3 +135,103 @@ fn the_console_opens_for_an_admin_key_only_and_acts_through_the_api() {
     assert_eq!(server.get_raw("/ui", &with).0, 303);
     assert_eq!(server.get_raw("/v1/admin/decisions", &with).0, 401);
 }
+
+/// One console data route, read with an admin key.
+fn api(server: &common::Server, admin: &str, path: &str) -> serde_json::Value {
+    let (status, _, body) = server.get_raw(path, &[("X-Api-Key", admin)]);
+    assert_eq!(status, 200, "{path}: {body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: not JSON ({e}): {body}"))
+}
+
+#[test]
+fn the_console_pages_100000_decisions_on_the_server_and_shows_what_each_stops() {
+    let (_dir, pipeline, input) = common::live_setup();
+    let (server, admin) = common::serve_with_keys(&pipeline, &input, "edge-1");
+    let key = [("X-Api-Key", admin.as_str())];
+
+    // A block list of 100,000 addresses, in force at once.
+    let list: Vec<serde_json::Value> = (0..100_000u32)
+        .map(|i| {
+            serde_json::json!({"entity_type": "ip", "entity": format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255),
+                               "action": "deny", "ttl": "1h", "reason": "block list"})
+        })
+        .collect();
+    let (status, _, body) =
+        server.request("POST", "/v1/admin/decisions", &key, &serde_json::Value::Array(list).to_string());
+    assert_eq!(status, 201, "{body}");
+
+    // Behind one of them a NAT: 40 users, a session each; behind another an
+    // attacker: many requests, no user. What the gateways meet is counted.
+    let nat = "10.0.0.1";
+    for u in 0..40 {
+        let (user, session) = (format!("user-{u}"), format!("session-{u}"));
+        let h = [("X-Forwarded-For", nat), ("X-User-Id", user.as_str()), ("X-Session-Id", session.as_str())];
+        assert_eq!(server.get("/v1/authz", &h).0, 403);
+    }
+    for _ in 0..100 {
+        assert_eq!(server.get("/v1/authz", &[("X-Forwarded-For", "10.0.0.2")]).0, 403);
+    }
+
+    // Sorted by users on the server: the NAT first, its collateral estimated.
+    let p = api(&server, &admin, "/ui/api/decisions?sort=users&limit=2");
+    assert_eq!((p["total"].as_u64(), p["matched"].as_u64()), (Some(100_000), Some(100_000)), "{p}");
+    assert_eq!(p["rows"].as_array().map(Vec::len), Some(2));
+    let first = &p["rows"][0];
+    assert_eq!(
+        (first["entity"].as_str(), first["requests"].as_u64(), first["refused"].as_u64()),
+        (Some(nat), Some(40), Some(40))
+    );
+    let (users, sessions) = (first["users"].as_u64().unwrap_or(0), first["sessions"].as_u64().unwrap_or(0));
+    assert!((28..=52).contains(&users) && (28..=52).contains(&sessions), "40 users and sessions estimated as {first}");
+    let p = api(&server, &admin, "/ui/api/decisions?sort=requests&limit=1");
+    assert_eq!((p["rows"][0]["entity"].as_str(), p["rows"][0]["requests"].as_u64()), (Some("10.0.0.2"), Some(100)));
+    assert_eq!(p["rows"][0]["users"].as_u64(), Some(0));
+
+    // Pages move on the server: the last page, a filter, and bad parameters refused.
+    let p = api(&server, &admin, "/ui/api/decisions?sort=newest&offset=99990&limit=50");
+    assert_eq!(p["rows"].as_array().map(Vec::len), Some(10), "{}", p["rows"]);
+    let p = api(&server, &admin, "/ui/api/decisions?q=10.1.100.&limit=500");
+    assert_eq!(p["matched"].as_u64(), Some(256), "{}", p["matched"]);
+    assert_eq!(p["by_action"]["deny"].as_u64(), Some(100_000));
+    for bad in ["sort=nope", "limit=501", "offset=-1", "entity_type=planet", "extra=1"] {
+        let (status, _, body) = server.get_raw(&format!("/ui/api/decisions?{bad}"), &key);
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert!(body.contains("\"error\""), "{body}");
+    }
+
+    // Top entities by refused requests, per type.
+    let top = api(&server, &admin, "/ui/api/top?n=3");
+    assert_eq!(top["ip"]["by_refused"][0]["entity"], "10.0.0.2", "{top}");
+    assert_eq!(top["ip"]["by_score"].as_array().map(Vec::len), Some(3));
+
+    // The entity page: what is in force and what it met; no tables yet is
+    // an empty story, not an error.
+    let e = api(&server, &admin, &format!("/ui/api/entity?entity_type=ip&entity={nat}"));
+    assert_eq!((e["in_force"]["action"].as_str(), e["in_force"]["requests"].as_u64()), (Some("deny"), Some(40)), "{e}");
+    assert!(e["timeline"]["t"].is_array(), "{e}");
+    let (status, _, _) = server.get_raw("/ui/api/entity?entity_type=ip&entity=not-an-address", &key);
+    assert_eq!(status, 400);
+
+    // Today's manual decisions by source, and the shipped investigations.
+    let f = api(&server, &admin, "/ui/api/fired");
+    let manual = f["counts"].as_array().and_then(|c| c.iter().find(|c| c["source"] == "manual:ops")).cloned();
+    assert_eq!(manual.and_then(|m| m["decisions"].as_u64()), Some(100_000), "{}", f["counts"]);
+    assert!(f["rules"].as_array().is_some_and(|r| !r.is_empty()), "{}", f["rules"]);
+    let inv = api(&server, &admin, "/ui/api/investigations");
+    let names: Vec<&str> = inv["investigations"]
+        .as_array()
+        .map(|l| l.iter().filter_map(|i| i["name"].as_str()).collect())
+        .unwrap_or_default();
+    assert!(names.contains(&"blocked-by-collateral") && names.len() == 6, "{names:?}");
+
+    // A gateway key reads none of it.
+    for path in [
+        "/ui/api/decisions",
+        "/ui/api/top",
+        "/ui/api/fired",
+        "/ui/api/investigations",
+        "/ui/api/entity?entity_type=ip&entity=10.0.0.1",
+    ] {
+        assert_eq!(server.get(path, &[]).0, 403, "{path}");
+    }
+}

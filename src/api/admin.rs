@@ -19,7 +19,7 @@ use crate::event::time::format_rfc3339;
 use crate::features::EntityType;
 use crate::live::allow::{AllowEntry, AllowKind};
 
-fn entity_type(t: &str) -> Result<EntityType, ApiError> {
+pub(super) fn entity_type(t: &str) -> Result<EntityType, ApiError> {
     EntityType::parse(t).ok_or_else(|| {
         ApiError::bad_request(format!(
             "entity_type: '{}' is not one of ip, cidr, user, api_key, device, session",
@@ -178,6 +178,7 @@ pub(super) async fn create(
         .map_err(ApiError::store)?;
     for d in &ds {
         state.metrics.decisions.with_label_values(&[d.source.as_str(), d.action.as_str()]).inc();
+        state.metrics.fired.record(d, false, now);
     }
     // Stored here, so this instance enforces it whatever the brokers do; the
     // other instances learn it from the topic (the producer retries).

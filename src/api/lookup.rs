@@ -35,7 +35,15 @@ pub(super) async fn decision(
         session: params.get("session").map(String::as_str),
         user_agent: params.get("user_agent").map(String::as_str),
     };
-    Ok(Json(state.store.lookup(&q, &state.allowlist.load(), now_ms())))
+    let now = now_ms();
+    let v = state.store.lookup(&q, &state.allowlist.load(), now);
+    if let Some(id) = v.decision_id
+        && v.action != Action::Allow
+    {
+        let refused = matches!(v.action, Action::Deny | Action::Challenge);
+        state.collateral.record(id, q.user, q.session, refused, now);
+    }
+    Ok(Json(v))
 }
 
 /// The client address per the configured header.
@@ -131,6 +139,11 @@ pub(super) async fn authz(State(state): State<Arc<AppState>>, headers: HeaderMap
             }
         }
     };
+    if let Some(id) = v.decision_id
+        && v.action != Action::Allow
+    {
+        state.collateral.record(id, q.user, q.session, status != StatusCode::OK, now);
+    }
     let mut resp = status.into_response();
     let h = resp.headers_mut();
     h.insert("x-gatewatch-action", HeaderValue::from_static(v.action.as_str()));

@@ -95,6 +95,8 @@ pub struct AppState {
     console: console::sessions::Sessions,
     /// The last hour of the counters the console plots.
     rates: Arc<console::rates::Rates>,
+    /// Who each decision in force has stopped (the console's collateral).
+    collateral: crate::live::collateral::Collateral,
 }
 
 /// The first id of manual decisions (engine ids count up from 1).
@@ -136,6 +138,7 @@ impl AppState {
             publisher: s.publisher,
             console: console::sessions::Sessions::default(),
             rates,
+            collateral: crate::live::collateral::Collateral::default(),
         }
     }
 

@@ -39,7 +39,7 @@ pub struct QueryRequest {
 }
 
 /// The runtime queries run on: one worker, apart from the API's.
-fn runtime() -> Result<&'static tokio::runtime::Runtime, ApiError> {
+pub(super) fn runtime() -> Result<&'static tokio::runtime::Runtime, ApiError> {
     static RT: OnceLock<Option<tokio::runtime::Runtime>> = OnceLock::new();
     RT.get_or_init(|| {
         tokio::runtime::Builder::new_multi_thread()
@@ -55,7 +55,7 @@ fn runtime() -> Result<&'static tokio::runtime::Runtime, ApiError> {
 }
 
 /// One query at a time.
-fn running() -> &'static Arc<tokio::sync::Semaphore> {
+pub(super) fn running() -> &'static Arc<tokio::sync::Semaphore> {
     static ONE: OnceLock<Arc<tokio::sync::Semaphore>> = OnceLock::new();
     ONE.get_or_init(|| Arc::new(tokio::sync::Semaphore::new(1)))
 }

@@ -2,6 +2,7 @@
 //! and publish decisions to the API's store.
 
 pub mod allow;
+pub mod collateral;
 pub mod control;
 pub mod feed;
 pub mod learn;

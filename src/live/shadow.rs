@@ -97,6 +97,7 @@ impl Sink for ShadowSink {
 
     fn shadow_decision(&mut self, d: &Decision) -> Result<(), SinkError> {
         self.metrics.shadow_decisions.with_label_values(&[d.source.as_str(), d.action.as_str()]).inc();
+        self.metrics.fired.record(d, true, crate::event::time::now_ms());
         self.log.push(d);
         Ok(())
     }

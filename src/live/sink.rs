@@ -36,6 +36,7 @@ impl Sink for StoreSink {
     /// deciding, and the decision is still in every other sink.
     fn decision(&mut self, d: &Decision) -> Result<(), SinkError> {
         self.metrics.decisions.with_label_values(&[d.source.as_str(), d.action.as_str()]).inc();
+        self.metrics.fired.record(d, false, now_ms());
         // Event time is already bounded by the wall clock in live mode; this
         // makes sure no automatic decision outlives max_ttl from now,
         // whatever stamped it.

@@ -296,19 +296,22 @@ impl Model {
 
     /// Scores every row of a feature batch (of this model's entity type).
     pub fn score_batch(&self, batch: &RecordBatch) -> Result<Vec<Score>, ModelError> {
-        self.score_where(batch, |_| true, f64::NEG_INFINITY)
+        self.score_where(batch, |_| true, f64::NEG_INFINITY, None)
     }
 
     /// Scores the rows `keep` selects and returns those scoring at least
     /// `at_least`. Explaining a score (its top features) allocates and sorts,
     /// and the engine acts only on rows its guard lets through that pass a
     /// threshold: in a flood of new addresses, explaining every row was most
-    /// of what the model cost.
+    /// of what the model cost. Every score computed, above the threshold
+    /// or not, is pushed onto `seen` when given (the distribution the
+    /// console plots beside the thresholds).
     pub fn score_where(
         &self,
         batch: &RecordBatch,
         keep: impl Fn(usize) -> bool,
         at_least: f64,
+        mut seen: Option<&mut Vec<f64>>,
     ) -> Result<Vec<Score>, ModelError> {
         let cols: Vec<&Float64Array> = self
             .columns
@@ -328,6 +331,9 @@ impl Model {
             }
             self.standardise(&raw, &mut z);
             let score = self.score_row(&z, &mut contrib);
+            if let Some(s) = seen.as_mut() {
+                s.push(score);
+            }
             if score < at_least {
                 continue;
             }
@@ -451,7 +457,7 @@ mod tests {
         let all = model.score_batch(&batch).expect("score");
         assert_eq!(all.len(), 40);
         let at_least = all.iter().map(|s| s.score).fold(f64::NEG_INFINITY, f64::max) / 2.0;
-        let some = model.score_where(&batch, |r| r % 2 == 0, at_least).expect("score");
+        let some = model.score_where(&batch, |r| r % 2 == 0, at_least, None).expect("score");
         let want: Vec<&Score> = all.iter().filter(|s| s.row % 2 == 0 && s.score >= at_least).collect();
         assert!(!want.is_empty() && want.len() < 20, "{} rows kept", want.len());
         assert_eq!(some.len(), want.len());

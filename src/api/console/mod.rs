@@ -10,7 +10,10 @@
 //! site cannot send without the browser asking this server first.
 
 mod assets;
+mod decisions;
+mod entity;
 pub mod rates;
+mod reports;
 pub mod sessions;
 
 use std::sync::Arc;
@@ -39,6 +42,11 @@ pub(super) fn routes() -> Router<Arc<AppState>> {
         .route("/ui/logout", post(logout))
         .route("/ui/assets/{name}", get(assets::serve))
         .route("/ui/api/rates", get(rates))
+        .route("/ui/api/decisions", get(decisions::page))
+        .route("/ui/api/top", get(decisions::top))
+        .route("/ui/api/entity", get(entity::entity))
+        .route("/ui/api/fired", get(reports::fired))
+        .route("/ui/api/investigations", get(reports::investigations))
 }
 
 /// `GET /ui/api/rates`: the last hour per second (admin key or console session).
