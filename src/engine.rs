@@ -225,7 +225,7 @@ pub struct Engine {
     summary: Summary,
     /// Live mode: where every score a model computes is counted for the
     /// day (the console's histograms); `None` in replay and eval.
-    scores_to: Option<Arc<crate::metrics::Metrics>>,
+    scores_to: Option<Arc<crate::fired::Fired>>,
     first_ts: Option<i64>,
     started: Instant,
     batch_started: Instant,
@@ -332,10 +332,10 @@ impl Engine {
         self.store.restore(r);
     }
 
-    /// Live mode: count every model score for the day in `metrics`
-    /// ([`crate::fired::Fired::record_scores`]).
-    pub fn count_scores_in(&mut self, metrics: Arc<crate::metrics::Metrics>) {
-        self.scores_to = Some(metrics);
+    /// Live mode: count every model score for the day in `fired`
+    /// ([`crate::fired::Fired::record_scores`]; the metrics hold it).
+    pub fn count_scores_in(&mut self, fired: Arc<crate::fired::Fired>) {
+        self.scores_to = Some(fired);
     }
 
     /// Numbers decisions from `id` on.
@@ -722,9 +722,9 @@ impl Engine {
             let mut seen = Vec::new();
             let flagged =
                 m.model.score_where(batch, keep, m.challenge_at, self.scores_to.is_some().then_some(&mut seen))?;
-            if let Some(metrics) = &self.scores_to {
+            if let Some(fired) = &self.scores_to {
                 let source = format!("model:{}", m.model.id());
-                metrics.fired.record_scores(&source, m.shadow, &seen, crate::event::time::now_ms());
+                fired.record_scores(&source, m.shadow, &seen, crate::event::time::now_ms());
             }
             for s in flagged {
                 let action = if m.deny_at.is_some_and(|d| s.score >= d) { Action::Deny } else { Action::Challenge };

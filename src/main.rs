@@ -932,7 +932,7 @@ fn start_engine(
     let source_name = source.name();
     let mut engine = engine::Engine::new(p.clone(), None, &source_name, &run_dir)?;
     engine.keep_deciding_when_sinks_fail();
-    engine.count_scores_in(metrics.clone());
+    engine.count_scores_in(metrics.fired.clone());
     engine.set_next_decision_id(store.max_id_below(api::MANUAL_ID_BASE) + 1);
     // What the engine decided before a restart still counts: decisions in force
     // are not re-made shorter, and repeat offenders keep escalating.

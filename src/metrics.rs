@@ -58,7 +58,7 @@ pub struct Metrics {
     pub kafka_commit_errors: IntCounter,
     /// Today's decisions by source, and the scores models decided on (the
     /// console's "rules and models"; Prometheus counters have no day).
-    pub fired: crate::fired::Fired,
+    pub fired: std::sync::Arc<crate::fired::Fired>,
 }
 
 /// Labels of `gatewatch_api_connections_refused_total`: the limit a refused
@@ -228,7 +228,7 @@ impl Metrics {
         registry.register(Box::new(api_latency.clone()))?;
         registry.register(Box::new(store_errors.clone()))?;
         Ok(Metrics {
-            fired: crate::fired::Fired::default(),
+            fired: Default::default(),
             registry,
             events_in,
             events_rebuilt,
