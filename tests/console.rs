@@ -11,10 +11,16 @@ use std::time::Duration;
 
 /// A form post, as a browser sends the login page's.
 fn post_form(addr: &str, path: &str, body: &str) -> (u16, Vec<(String, String)>, String) {
+    post_form_from(addr, path, body, None)
+}
+
+/// [`post_form`] with the `Origin` a browser would send (the server is `Host: gatewatch`).
+fn post_form_from(addr: &str, path: &str, body: &str, origin: Option<&str>) -> (u16, Vec<(String, String)>, String) {
     let mut s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let origin = origin.map(|o| format!("Origin: {o}\r\n")).unwrap_or_default();
     let req = format!(
-        "POST {path} HTTP/1.1\r\nHost: gatewatch\r\nConnection: close\r\n\
+        "POST {path} HTTP/1.1\r\nHost: gatewatch\r\nConnection: close\r\n{origin}\
          Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
@@ -69,6 +75,16 @@ fn the_console_opens_for_an_admin_key_only_and_acts_through_the_api() {
     }
     let (_, _, body) = post_form(&addr, "/ui/login", &format!("key={}", encode(&server.key)));
     assert!(body.contains("gateway key"), "{body}");
+
+    // A page elsewhere cannot sign a browser in (login CSRF); this server's own page can.
+    let form = format!("key={}", encode(&admin));
+    for origin in ["http://evil.example", "null"] {
+        let (status, h, body) = post_form_from(&addr, "/ui/login", &form, Some(origin));
+        assert_eq!(status, 403, "{origin}: {body}");
+        assert!(header(&h, "set-cookie").is_none() && body.contains("own login page"), "{body}");
+    }
+    let (status, h, _) = post_form_from(&addr, "/ui/login", &form, Some("http://gatewatch"));
+    assert_eq!((status, header(&h, "set-cookie").is_some()), (303, true));
 
     // An admin key: a session cookie that script cannot read, and no key in it.
     let (status, h, _) = post_form(&addr, "/ui/login", &format!("key={}", encode(&admin)));

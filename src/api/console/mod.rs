@@ -62,7 +62,10 @@ pub(super) fn is_console_page(path: &str) -> bool {
 }
 
 /// Headers every console page carries: nothing from elsewhere runs or loads,
-/// the page cannot be framed, and its address is not sent on.
+/// the page cannot be framed, and its address is not sent to other sites
+/// (`same-origin`, not `no-referrer`: under `no-referrer` a browser sends
+/// `Origin: null` with the login form, and [`same_origin`] could not tell
+/// this server's own page from another site's).
 fn page(status: StatusCode, body: String) -> Response {
     let mut r = (status, body).into_response();
     let h = r.headers_mut();
@@ -75,7 +78,7 @@ fn page(status: StatusCode, body: String) -> Response {
         ),
     );
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
 }
@@ -120,6 +123,9 @@ struct LoginForm {
 /// key, an unknown key or a malformed form gets the login page again with
 /// the reason, and nothing else.
 async fn login(State(state): State<Arc<AppState>>, h: HeaderMap, RawForm(body): RawForm) -> Response {
+    if !same_origin(&h) {
+        return page(StatusCode::FORBIDDEN, login_html(Some("Sign in from this server's own login page.")));
+    }
     if body.len() > MAX_FORM {
         return page(StatusCode::PAYLOAD_TOO_LARGE, login_html(Some("The form is too large.")));
     }
@@ -150,6 +156,19 @@ async fn login(State(state): State<Arc<AppState>>, h: HeaderMap, RawForm(body): 
             r
         }
     }
+}
+
+/// Whether a form post comes from a page of this server. Browsers send
+/// `Origin` with every POST; a page elsewhere posting its own key here
+/// (login CSRF: the analyst would work, unknowingly, in a session the
+/// other side chose) names its own site there. A client that sends no
+/// `Origin` (curl, a script) is not a browser led by another page.
+fn same_origin(h: &HeaderMap) -> bool {
+    let Some(origin) = h.get(header::ORIGIN) else { return true };
+    let Ok(origin) = origin.to_str() else { return false };
+    let Some((_, host)) = origin.split_once("://") else { return false };
+    let ours = |name: &str| h.get(name).and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case(host));
+    ours("host") || ours("x-forwarded-host")
 }
 
 /// `POST /ui/logout`: ends the session and clears the cookie.
