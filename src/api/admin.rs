@@ -19,6 +19,13 @@ use crate::event::time::format_rfc3339;
 use crate::features::EntityType;
 use crate::live::allow::{AllowEntry, AllowKind};
 
+/// An `action` query parameter.
+pub(super) fn action(a: &str) -> Result<Action, ApiError> {
+    Action::parse(a).ok_or_else(|| {
+        ApiError::bad_request(format!("action: '{}' is not one of allow, throttle, challenge, deny", shorten(a)))
+    })
+}
+
 pub(super) fn entity_type(t: &str) -> Result<EntityType, ApiError> {
     EntityType::parse(t).ok_or_else(|| {
         ApiError::bad_request(format!(
@@ -35,17 +42,7 @@ pub(super) async fn list(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     check_params(&params, &["entity_type", "entity", "action", "source"])?;
     let t = params.get("entity_type").map(|t| entity_type(t)).transpose()?;
-    let action = params
-        .get("action")
-        .map(|a| {
-            Action::parse(a).ok_or_else(|| {
-                ApiError::bad_request(format!(
-                    "action: '{}' is not one of allow, throttle, challenge, deny",
-                    shorten(a)
-                ))
-            })
-        })
-        .transpose()?;
+    let action = params.get("action").map(|a| action(a)).transpose()?;
     let list: Vec<_> = state
         .store
         .active(now_ms())

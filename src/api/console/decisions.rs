@@ -12,7 +12,7 @@ use axum::extract::{Query, State};
 use serde_json::{Value, json};
 
 use crate::api::{ApiError, AppState, check_params, decision_json, now_ms, shorten};
-use crate::decision::{Action, Decision};
+use crate::decision::Decision;
 use crate::features::EntityType;
 use crate::live::collateral::Hits;
 
@@ -71,18 +71,7 @@ pub(super) async fn page(
     check_params(&params, &["entity_type", "action", "source", "q", "sort", "offset", "limit"])?;
     let t =
         params.get("entity_type").filter(|t| !t.is_empty()).map(|t| crate::api::admin::entity_type(t)).transpose()?;
-    let action = params
-        .get("action")
-        .filter(|a| !a.is_empty())
-        .map(|a| {
-            Action::parse(a).ok_or_else(|| {
-                ApiError::bad_request(format!(
-                    "action: '{}' is not one of allow, throttle, challenge, deny",
-                    shorten(a)
-                ))
-            })
-        })
-        .transpose()?;
+    let action = params.get("action").filter(|a| !a.is_empty()).map(|a| crate::api::admin::action(a)).transpose()?;
     let sort = params.get("sort").map(String::as_str).unwrap_or("newest");
     if !SORTS.contains(&sort) {
         return Err(ApiError::bad_request(format!("sort: '{}' is not one of {}", shorten(sort), SORTS.join(", "))));
@@ -104,13 +93,15 @@ pub(super) async fn page(
         *by_type.entry(d.entity_type.as_str()).or_default() += 1;
         *by_action.entry(d.action.as_str()).or_default() += 1;
     }
+    let by_hits = matches!(sort, "requests" | "refused" | "users" | "sessions");
     let mut rows: Vec<(&Arc<Decision>, Hits)> = active
         .iter()
         .filter(|d| t.is_none_or(|t| d.entity_type == t))
         .filter(|d| action.is_none_or(|a| d.action == a))
         .filter(|d| source.is_none_or(|s| &d.source == s))
         .filter(|d| needle.as_ref().is_none_or(|n| d.entity.to_lowercase().contains(n.as_str())))
-        .map(|d| (d, state.collateral.hits(d.id)))
+        // What each met is read for every row only when the order needs it.
+        .map(|d| (d, if by_hits { state.collateral.hits(d.id) } else { Hits::default() }))
         .collect();
     let newest = |a: &Decision, b: &Decision| b.created_ms.cmp(&a.created_ms).then(b.id.cmp(&a.id));
     rows.sort_by(|(a, ha), (b, hb)| {
@@ -126,7 +117,12 @@ pub(super) async fn page(
         key.then_with(|| newest(a, b))
     });
     let matched = rows.len();
-    let page: Vec<Value> = rows.into_iter().skip(offset).take(limit).map(|(d, h)| with_hits(d, h)).collect();
+    let page: Vec<Value> = rows
+        .into_iter()
+        .skip(offset)
+        .take(limit)
+        .map(|(d, h)| with_hits(d, if by_hits { h } else { state.collateral.hits(d.id) }))
+        .collect();
     Ok(Json(json!({
         "cursor": cursor, "total": active.len(), "matched": matched, "offset": offset, "limit": limit,
         "sort": sort, "by_type": by_type, "by_action": by_action, "rows": page,
