@@ -106,6 +106,7 @@ pub fn live(
     let mut clock = crate::event::clock::StepClock::default();
     let mut last_progress = Instant::now();
     let mut share = Share::default();
+    let mut rounds = 0u64;
     // Each round is evaluated, checkpointed and acknowledged whatever its
     // size: waiting this long when the source is caught up keeps rounds of
     // trickling input from being many and tiny (`input.poll_interval`).
@@ -120,6 +121,7 @@ pub fn live(
         let poll = source.poll(&mut records, ROUND).map_err(|e| io_error(source.as_ref(), e))?;
         tell_share(&mut engine, source.as_ref(), &mut share)?;
         if let Some(pos) = records.last_position() {
+            rounds += 1;
             for line in records.iter() {
                 engine.push_line(&line)?;
             }
@@ -155,6 +157,8 @@ pub fn live(
         std::thread::sleep(poll_every);
     }
     let summary = engine.finish()?;
+    // How large the rounds were says whether their fixed cost matters (docs/PERFORMANCE.md).
+    tracing::info!(rounds, events = summary.events, "live input taken in");
     source.close().map_err(|e| io_error(source.as_ref(), e))?;
     Ok(summary)
 }

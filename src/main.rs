@@ -659,6 +659,30 @@ fn produce(
     Ok(())
 }
 
+/// A live engine takes its input in rounds and waits between them; the
+/// allocator hands memory freed in a wait back to the kernel, and the next
+/// round touches it afresh. With transparent huge pages (`always` on many
+/// distributions) each first touch faults and zeroes 2 MiB: two saturated
+/// Kafka instances spent 1.5–1.9× the CPU of a file replay of their share,
+/// and 0.9–1.4× without huge pages (docs/PERFORMANCE.md, 2026-12-05). Replay
+/// keeps them (without, its user time rose by a tenth on the simulator's
+/// mix). `MIMALLOC_ALLOW_THP`, set in the service's environment, decides
+/// instead.
+fn without_huge_pages() {
+    if std::env::var_os("MIMALLOC_ALLOW_THP").is_some() {
+        return;
+    }
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: PR_SET_THP_DISABLE takes integer arguments only and changes
+        // no memory this process holds, only how later faults are served.
+        let rc = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+        if rc != 0 {
+            tracing::debug!(error = %std::io::Error::last_os_error(), "transparent huge pages left as they are");
+        }
+    }
+}
+
 fn live(
     pipeline: &Path,
     input: Option<PathBuf>,
@@ -674,6 +698,7 @@ fn live(
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
 
+    without_huge_pages();
     let mut p = load(pipeline)?;
     if let Some(l) = listen {
         if l.parse::<std::net::SocketAddr>().is_err() {
