@@ -137,14 +137,23 @@ for i in 0 1; do
     "$bin" --pipeline "$work/full$i.toml" run --role engine >"$work/full$i.log" 2>&1 &
     pids+=($!)
 done
+# Each instance's CPU is also sampled when its own count last grew: the one
+# with the smaller share idles (polling) while the other finishes.
+done0=0 done1=0 prev0=-1 prev1=-1
 for _ in $(seq 2400); do
     sleep 0.2
     a=$(taken "${ports[0]}" "${keys[0]}")
     b=$(taken "${ports[1]}" "${keys[1]}")
+    [ "$a" != "$prev0" ] && done0=$(cpu_of "${pids[0]}") prev0=$a
+    [ "$b" != "$prev1" ] && done1=$(cpu_of "${pids[1]}") prev1=$b
     [ $(( a + b )) -ge "$lines" ] && break
 done
 full0=$(cpu_of "${pids[0]}")
 full1=$(cpu_of "${pids[1]}")
+# Lines read again to rebuild windows (a partition that moved at the
+# group's first rebalance): work, but not events.
+rebuilt0=$(metric "${ports[0]}" "${keys[0]}" gatewatch_events_rebuilt_total || true)
+rebuilt1=$(metric "${ports[1]}" "${keys[1]}" gatewatch_events_rebuilt_total || true)
 wall=$(awk -v hz="$(getconf CLK_TCK)" -v up="$(cut -d' ' -f1 /proc/uptime)" \
     '{ printf "%.1f", up - $22 / hz }' "/proc/${pids[0]}/stat")
 kill "${pids[@]}"
@@ -192,4 +201,5 @@ echo "file replay:         $file_cpu CPU-s  $(rate "$lines" "$file_cpu") events/
 echo "kafka, 1 instance:   $one_cpu CPU-s  $(rate "$one_events" "$one_cpu") events/CPU-s ($one_events events)"
 echo "kafka, 2 instances:  $cpu0 + $cpu1 CPU-s  $(rate "$live_a" "$cpu0") + $(rate "$live_b" "$cpu1") events/CPU-s ($live_a + $live_b lines taken in, late ones included, read as they were sent, from the send on; the engines' start-up not counted)"
 echo "kafka, 2 saturated:  $full0 + $full1 CPU-s  $(rate "$a" "$full0") + $(rate "$b" "$full1") events/CPU-s ($a + $b lines taken in, topic filled first, from process start, ${wall} s wall)"
+echo "  each until its own last line: $done0 + $done1 CPU-s  $(rate "$a" "$done0") + $(rate "$b" "$done1") events/CPU-s; lines read again to rebuild windows: ${rebuilt0:-0} + ${rebuilt1:-0}"
 echo "file, each one's share: ${share_cpu[0]} + ${share_cpu[1]} CPU-s  $(rate "$a" "${share_cpu[0]}") + $(rate "$b" "${share_cpu[1]}") events/CPU-s (the lines each saturated instance read, replayed from a file)"

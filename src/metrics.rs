@@ -56,6 +56,8 @@ pub struct Metrics {
     pub kafka_assigned: IntGauge,
     pub kafka_lag: IntGauge,
     pub kafka_commit_errors: IntCounter,
+    pub kafka_revokes_held: IntCounter,
+    pub kafka_revokes_released_early: IntCounter,
     /// Today's decisions by source, and the scores models decided on (the
     /// console's "rules and models"; Prometheus counters have no day).
     pub fired: std::sync::Arc<crate::fired::Fired>,
@@ -204,7 +206,19 @@ impl Metrics {
         )?;
         registry.register(Box::new(kafka_assigned.clone()))?;
         registry.register(Box::new(kafka_lag.clone()))?;
+        let kafka_revokes_held = IntCounter::new(
+            "gatewatch_kafka_revokes_held_total",
+            "Rebalances that took partitions away while a round of them was being checkpointed, answered once the \
+             round was acknowledged (so its offsets were committed and nothing was read twice)",
+        )?;
+        let kafka_revokes_released_early = IntCounter::new(
+            "gatewatch_kafka_revokes_released_unacknowledged_total",
+            "Of those, answered before the round was acknowledged because its checkpoint outlasted the hold (10 s): \
+             the partitions' next owner reads that round again",
+        )?;
         registry.register(Box::new(kafka_commit_errors.clone()))?;
+        registry.register(Box::new(kafka_revokes_held.clone()))?;
+        registry.register(Box::new(kafka_revokes_released_early.clone()))?;
         registry.register(Box::new(feed_records.clone()))?;
         registry.register(Box::new(publish_failed.clone()))?;
         registry.register(Box::new(sink_up.clone()))?;
@@ -259,6 +273,8 @@ impl Metrics {
             kafka_assigned,
             kafka_lag,
             kafka_commit_errors,
+            kafka_revokes_held,
+            kafka_revokes_released_early,
         })
     }
 
@@ -270,6 +286,9 @@ impl Metrics {
         }
         let errors = k.commit_errors();
         self.kafka_commit_errors.inc_by(errors.saturating_sub(self.kafka_commit_errors.get()));
+        let (held, early) = k.revokes_held();
+        self.kafka_revokes_held.inc_by(held.saturating_sub(self.kafka_revokes_held.get()));
+        self.kafka_revokes_released_early.inc_by(early.saturating_sub(self.kafka_revokes_released_early.get()));
     }
 
     /// Brings the engine's gauges and counters up to its running summary.

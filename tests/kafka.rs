@@ -1442,6 +1442,113 @@ fn a_checkpoint_waiting_on_the_brokers_keeps_the_engine_in_its_group() {
     source.close().expect("close");
 }
 
+/// Lines a source hands out for the first time (rebuilds excepted), by
+/// where they were read.
+fn first_reads(records: &gatewatch::source::Records) -> Vec<String> {
+    records.iter().filter(|l| !l.rebuild).map(|l| format!("{:?}", l.pos)).collect()
+}
+
+/// A member asked to give partitions up while a round read from them is
+/// being checkpointed answers once the round is acknowledged, so that its
+/// offsets are committed first. Answered at once (as it was), the round was
+/// read again by the partitions' next owner: two address engines counted
+/// one round's 4,096 events twice.
+#[test]
+fn a_rebalance_during_a_checkpoint_waits_for_its_round_and_nothing_is_read_twice() {
+    use gatewatch::source::{Records, Source};
+    let Some(brokers) = brokers() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let topic = unique("access");
+    let p = pipeline(dir.path(), &brokers, &topic, &unique("held"), "");
+    let input = dir.path().join("access.jsonl");
+    // Sixty-four subnets a second apart: both partitions have lines all along,
+    // so the first round (merged by time) takes from both.
+    let n = 600;
+    let lines: String = (0..n)
+        .map(|i| {
+            format!(
+                "{{\"ts\":\"2026-11-02T06:{:02}:{:02}Z\",\"client_ip\":\"10.{}.0.1\",\"method\":\"GET\",\
+                 \"path\":\"/v1/items\",\"status\":200}}\n",
+                i / 60,
+                i % 60,
+                i % 64
+            )
+        })
+        .collect();
+    std::fs::write(&input, lines).expect("input");
+    gatewatch(&p, &["produce", "--input", input.to_str().unwrap(), "--topic", &topic, "--partitions", "2"]);
+    let pipeline = gatewatch::config::Pipeline::load(&p).expect("pipeline");
+    let k = pipeline.input.kafka.clone().expect("[input.kafka]");
+    let open = || gatewatch::source::KafkaSource::open(&k, 65_536, false).expect("source");
+
+    // A's first round: handed out, not acknowledged.
+    let mut a = open();
+    let mut round = Records::default();
+    let started = std::time::Instant::now();
+    while round.is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(60), "a read nothing");
+        a.poll(&mut round, 100).expect("poll");
+    }
+    let pos = round.last_position().expect("a position");
+    let mut read = first_reads(&round);
+    let partitions: BTreeSet<String> =
+        round.iter().map(|l| format!("{:?}", l.pos).split("offset").next().unwrap_or("").to_string()).collect();
+    assert_eq!(partitions.len(), 2, "the round read both partitions: {partitions:?}");
+
+    // B joins the group while A waits on its checkpoint.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let b = {
+        let (stop, mut b) = (stop.clone(), open());
+        std::thread::spawn(move || {
+            let mut read = Vec::new();
+            let mut records = Records::default();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                records.clear();
+                b.poll(&mut records, 100).expect("poll");
+                read.extend(first_reads(&records));
+                if let Some(pos) = records.last_position() {
+                    b.ack(pos).expect("ack");
+                }
+            }
+            b.close().expect("close");
+            read
+        })
+    };
+    let (stats, generation) = (a.stats(), a.share().generation);
+    let started = std::time::Instant::now();
+    while stats.revokes_held().0 == 0 && a.share().generation == generation {
+        assert!(started.elapsed() < Duration::from_secs(60), "no revoke came while a checkpoint waited");
+        a.keep_alive();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(a.share().generation, generation, "the revoke waits for the round");
+    a.ack(pos).expect("ack");
+
+    // Both read on until every line was read and nothing more comes.
+    let mut records = Records::default();
+    let mut quiet = std::time::Instant::now();
+    let started = std::time::Instant::now();
+    while quiet.elapsed() < Duration::from_secs(5) {
+        assert!(started.elapsed() < Duration::from_secs(120), "a and b did not settle");
+        records.clear();
+        a.poll(&mut records, 100).expect("poll");
+        if let Some(pos) = records.last_position() {
+            read.extend(first_reads(&records));
+            a.ack(pos).expect("ack");
+            quiet = std::time::Instant::now();
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let by_b = b.join().expect("b");
+    assert!(!by_b.is_empty(), "b took a partition over");
+    assert_eq!(a.stats().revokes_held(), (1, 0), "held once, released after the acknowledgement");
+    a.close().expect("close");
+    let mut all = read;
+    all.extend(by_b);
+    let once: BTreeSet<&String> = all.iter().collect();
+    assert_eq!((all.len(), once.len()), (n, n), "every line read once across the two members");
+}
+
 #[test]
 fn the_shipped_kafka_pipeline_loads() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/kafka.toml");

@@ -299,7 +299,28 @@ struct Shared {
     /// Messages behind the partitions' ends, summed over the assigned ones,
     /// as librdkafka's last statistics said (`None` before the first).
     lag: Option<i64>,
+    /// Set while the engine waits on a checkpoint with a round handed out
+    /// and not yet acknowledged ([`KafkaSource::keep_alive`]): a revoke that
+    /// arrives then is held ([`Shared::held`]) instead of served.
+    holding: bool,
+    /// A revoke held until the round in flight is acknowledged, and since
+    /// when. librdkafka lets the application answer a rebalance after its
+    /// callback returns; answered at once, the round's offsets were never
+    /// committed and the partitions' next owner counted its events again.
+    held: Option<(TopicPartitionList, Instant)>,
+    /// Revokes held so far, and of those, served before their round was
+    /// acknowledged because it took longer than [`HOLD_REVOKE`].
+    revokes_held: u64,
+    revokes_released_early: u64,
 }
+
+/// Longest a revoke is held for the round in flight (or a third of
+/// `max.poll.interval.ms`, if shorter): the group's other members wait for
+/// this one meanwhile (up to that interval, past which it is dropped from
+/// the group), so a checkpoint stuck on an unreachable broker gives the
+/// partitions up with its round unacknowledged (their next owner reads it
+/// again: at-least-once) rather than stall them.
+const HOLD_REVOKE: Duration = Duration::from_secs(10);
 
 /// An acknowledged position of a partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -392,6 +413,13 @@ impl KafkaStats {
     /// Partitions assigned to this member now.
     pub fn assigned(&self) -> usize {
         self.0.lock().unwrap_or_else(PoisonError::into_inner).assigned_now
+    }
+
+    /// Revokes held for a round in flight, and of those, released before it
+    /// was acknowledged (its events then count twice: see [`HOLD_REVOKE`]).
+    pub fn revokes_held(&self) -> (u64, u64) {
+        let s = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        (s.revokes_held, s.revokes_released_early)
     }
 
     /// Messages not yet read, over the assigned partitions (librdkafka's
@@ -578,6 +606,17 @@ impl ConsumerContext for Ctx {
                 r
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let mut s = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
+                if s.holding && s.held.is_none() {
+                    s.held = Some((tpl.clone(), Instant::now()));
+                    s.revokes_held += 1;
+                    tracing::debug!(
+                        partitions = tpl.count(),
+                        "kafka: revoke held until the round in flight is acknowledged"
+                    );
+                    return;
+                }
+                drop(s);
                 self.pre_rebalance(consumer, &Rebalance::Revoke(tpl));
                 if cooperative { consumer.incremental_unassign(tpl) } else { consumer.unassign() }
             }
@@ -659,6 +698,8 @@ pub struct KafkaSource {
     behind_reported: Option<Instant>,
     /// The last poll handed records out.
     emitted: bool,
+    /// [`HOLD_REVOKE`], or less for a short `max.poll.interval.ms`.
+    hold_revoke: Duration,
 }
 
 impl KafkaSource {
@@ -692,6 +733,8 @@ impl KafkaSource {
         consumer.subscribe(&topics).map_err(kafka_io)?;
         // A topic name with a NUL byte cannot have been subscribed to above.
         let topic_names = topics.iter().filter_map(|t| std::ffi::CString::new(*t).ok()).collect();
+        let interval = spec.client.properties.get("max.poll.interval.ms").and_then(|v| v.parse::<u64>().ok());
+        let hold_revoke = HOLD_REVOKE.min(Duration::from_millis(interval.unwrap_or(300_000) / 3));
         Ok(KafkaSource {
             consumer,
             shared,
@@ -711,6 +754,7 @@ impl KafkaSource {
             newest_handed: i64::MIN,
             behind_reported: None,
             emitted: false,
+            hold_revoke,
         })
     }
 
@@ -1018,6 +1062,22 @@ impl KafkaSource {
         }
     }
 
+    /// Answers a revoke held for the round in flight: what was acknowledged
+    /// of its partitions (that round, when this follows its
+    /// acknowledgement) is committed, then they are given up.
+    fn release_held_revoke(&mut self) {
+        let Some((tpl, _)) = self.shared.lock().unwrap_or_else(PoisonError::into_inner).held.take() else { return };
+        use rdkafka::consumer::RebalanceProtocol;
+        self.consumer.context().pre_rebalance(&self.consumer, &Rebalance::Revoke(&tpl));
+        let r = match self.consumer.rebalance_protocol() {
+            RebalanceProtocol::Cooperative => self.consumer.incremental_unassign(&tpl),
+            _ => self.consumer.unassign(),
+        };
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "kafka: giving up revoked partitions failed");
+        }
+    }
+
     /// A handle on the source's counters for `/metrics`.
     pub fn stats(&self) -> KafkaStats {
         KafkaStats(self.shared.clone())
@@ -1030,6 +1090,9 @@ impl Source for KafkaSource {
     }
 
     fn poll(&mut self, out: &mut Records, max: usize) -> io::Result<Poll> {
+        // Held for a round whose acknowledgement never came (a checkpoint
+        // that failed is the end of the run; this is only belt and braces).
+        self.release_held_revoke();
         // Acknowledged offsets are committed even when nothing new arrives.
         if self.last_commit.elapsed() >= Duration::from_millis(self.spec.commit_every_ms) {
             self.commit()?;
@@ -1123,7 +1186,21 @@ impl Source for KafkaSource {
     /// served as they come (a revoked partition's unacknowledged records are
     /// never committed from here, as in [`KafkaSource::poll`]).
     fn keep_alive(&mut self) {
+        let overdue = {
+            let mut s = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
+            s.holding = true;
+            s.held.as_ref().is_some_and(|(_, since)| since.elapsed() >= self.hold_revoke)
+        };
+        if overdue {
+            self.shared.lock().unwrap_or_else(PoisonError::into_inner).revokes_released_early += 1;
+            tracing::warn!(
+                held_ms = self.hold_revoke.as_millis() as u64,
+                "kafka: a checkpoint outlasted the rebalance held for it; the partitions go with their last round unacknowledged (their next owner reads it again)"
+            );
+            self.release_held_revoke();
+        }
         self.fill(Duration::ZERO, true);
+        self.shared.lock().unwrap_or_else(PoisonError::into_inner).holding = false;
     }
 
     fn share(&self) -> super::Share {
@@ -1154,6 +1231,7 @@ impl Source for KafkaSource {
                 s.acked.entry((self.topics[t as usize].to_string(), p)).or_insert(a).merge(a);
             }
         }
+        self.release_held_revoke();
         if self.last_commit.elapsed() >= Duration::from_millis(self.spec.commit_every_ms) {
             self.commit()?;
         }
@@ -1161,7 +1239,16 @@ impl Source for KafkaSource {
     }
 
     fn close(&mut self) -> io::Result<()> {
+        self.release_held_revoke();
         self.commit()
+    }
+}
+
+/// A revoke left held would keep the group waiting on this member until
+/// librdkafka's close gave up on it.
+impl Drop for KafkaSource {
+    fn drop(&mut self) {
+        self.release_held_revoke();
     }
 }
 
