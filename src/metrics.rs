@@ -213,7 +213,8 @@ impl Metrics {
         )?;
         let kafka_revokes_released_early = IntCounter::new(
             "gatewatch_kafka_revokes_released_unacknowledged_total",
-            "Of those, answered before the round was acknowledged because its checkpoint outlasted the hold (10 s): \
+            "Of those, answered before the round was acknowledged because its checkpoint outlasted the hold (10 s, or a third of \
+             max.poll.interval.ms): \
              the partitions' next owner reads that round again",
         )?;
         registry.register(Box::new(kafka_commit_errors.clone()))?;

@@ -563,6 +563,19 @@ impl Ctx {
     }
 }
 
+impl Ctx {
+    /// Commits what was acknowledged of the partitions leaving, then gives
+    /// them up (at the callback, or later for a revoke that was held).
+    fn give_up(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) -> rdkafka::error::KafkaResult<()> {
+        use rdkafka::consumer::RebalanceProtocol;
+        self.pre_rebalance(consumer, &Rebalance::Revoke(tpl));
+        match consumer.rebalance_protocol() {
+            RebalanceProtocol::Cooperative => consumer.incremental_unassign(tpl),
+            _ => consumer.unassign(),
+        }
+    }
+}
+
 impl ClientContext for Ctx {
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
         crate::kafka::log_client(level, fac, message);
@@ -617,8 +630,7 @@ impl ConsumerContext for Ctx {
                     return;
                 }
                 drop(s);
-                self.pre_rebalance(consumer, &Rebalance::Revoke(tpl));
-                if cooperative { consumer.incremental_unassign(tpl) } else { consumer.unassign() }
+                self.give_up(consumer, tpl)
             }
             other => {
                 tracing::warn!(error = ?other, "kafka: rebalance failed; dropping the assignment");
@@ -698,8 +710,8 @@ pub struct KafkaSource {
     behind_reported: Option<Instant>,
     /// The last poll handed records out.
     emitted: bool,
-    /// [`HOLD_REVOKE`], or less for a short `max.poll.interval.ms`.
-    hold_revoke: Duration,
+    /// `max.poll.interval.ms` (librdkafka's default unless configured).
+    poll_interval: Duration,
 }
 
 impl KafkaSource {
@@ -734,7 +746,7 @@ impl KafkaSource {
         // A topic name with a NUL byte cannot have been subscribed to above.
         let topic_names = topics.iter().filter_map(|t| std::ffi::CString::new(*t).ok()).collect();
         let interval = spec.client.properties.get("max.poll.interval.ms").and_then(|v| v.parse::<u64>().ok());
-        let hold_revoke = HOLD_REVOKE.min(Duration::from_millis(interval.unwrap_or(300_000) / 3));
+        let poll_interval = Duration::from_millis(interval.unwrap_or(300_000));
         Ok(KafkaSource {
             consumer,
             shared,
@@ -754,7 +766,7 @@ impl KafkaSource {
             newest_handed: i64::MIN,
             behind_reported: None,
             emitted: false,
-            hold_revoke,
+            poll_interval,
         })
     }
 
@@ -1000,8 +1012,7 @@ impl KafkaSource {
             return Ok(share.empty);
         }
         let since = *self.awaiting_since.get_or_insert_with(Instant::now);
-        let interval = self.spec.client.properties.get("max.poll.interval.ms").and_then(|v| v.parse().ok());
-        let limit = Duration::from_millis(interval.unwrap_or(300_000)) + Duration::from_secs(30);
+        let limit = self.poll_interval + Duration::from_secs(30);
         if since.elapsed() > limit {
             return Err(io::Error::other(format!(
                 "no partition of {} assigned in {} s (group {}): are the brokers' group coordinator and the group's other members well?",
@@ -1067,13 +1078,7 @@ impl KafkaSource {
     /// acknowledgement) is committed, then they are given up.
     fn release_held_revoke(&mut self) {
         let Some((tpl, _)) = self.shared.lock().unwrap_or_else(PoisonError::into_inner).held.take() else { return };
-        use rdkafka::consumer::RebalanceProtocol;
-        self.consumer.context().pre_rebalance(&self.consumer, &Rebalance::Revoke(&tpl));
-        let r = match self.consumer.rebalance_protocol() {
-            RebalanceProtocol::Cooperative => self.consumer.incremental_unassign(&tpl),
-            _ => self.consumer.unassign(),
-        };
-        if let Err(e) = r {
+        if let Err(e) = self.consumer.context().give_up(&self.consumer, &tpl) {
             tracing::warn!(error = %e, "kafka: giving up revoked partitions failed");
         }
     }
@@ -1182,19 +1187,20 @@ impl Source for KafkaSource {
     /// group: past `max.poll.interval.ms` without a poll it leaves, and a
     /// rebalance it cannot answer while it waits evicts it; either way the
     /// records it handed out since its last commit are read and counted
-    /// again by the partitions' next owner. Polled here, its rebalances are
-    /// served as they come (a revoked partition's unacknowledged records are
-    /// never committed from here, as in [`KafkaSource::poll`]).
+    /// again by the partitions' next owner. Polled here, an assignment is
+    /// served as it comes and a revoke is held until the round in flight is
+    /// acknowledged ([`Shared::held`], at most [`HOLD_REVOKE`]).
     fn keep_alive(&mut self) {
+        let hold = HOLD_REVOKE.min(self.poll_interval / 3);
         let overdue = {
             let mut s = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
             s.holding = true;
-            s.held.as_ref().is_some_and(|(_, since)| since.elapsed() >= self.hold_revoke)
+            s.held.as_ref().is_some_and(|(_, since)| since.elapsed() >= hold)
         };
         if overdue {
             self.shared.lock().unwrap_or_else(PoisonError::into_inner).revokes_released_early += 1;
             tracing::warn!(
-                held_ms = self.hold_revoke.as_millis() as u64,
+                held_ms = hold.as_millis() as u64,
                 "kafka: a checkpoint outlasted the rebalance held for it; the partitions go with their last round unacknowledged (their next owner reads it again)"
             );
             self.release_held_revoke();
