@@ -3,6 +3,7 @@
 //! librdkafka properties a pipeline names, and how a log line is keyed.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use rdkafka::ClientConfig;
 
@@ -126,6 +127,35 @@ pub struct Produced {
 }
 
 /// Creates `topic` with `partitions` (replication 1) unless it exists.
+/// How long start-up keeps asking the brokers for a topic's metadata while
+/// they time out.
+const METADATA_PATIENCE: Duration = Duration::from_secs(60);
+
+/// A topic's metadata, asked again while the brokers time out or cannot be
+/// reached, for at most a minute; any other error at once. One request waits
+/// 10 s: a broker busy with other clients answered later than that, and the
+/// engine ended at start-up before reading a line (a supervisor would only
+/// have restarted it into the same wait).
+pub fn fetch_metadata_patiently<C: rdkafka::client::ClientContext>(
+    client: &rdkafka::client::Client<C>,
+    topic: &str,
+) -> Result<rdkafka::metadata::Metadata, rdkafka::error::KafkaError> {
+    use rdkafka::error::KafkaError as E;
+    use rdkafka::types::RDKafkaErrorCode as Code;
+    let started = std::time::Instant::now();
+    loop {
+        match client.fetch_metadata(Some(topic), Duration::from_secs(10)) {
+            Err(E::MetadataFetch(Code::OperationTimedOut | Code::BrokerTransportFailure | Code::AllBrokersDown))
+                if started.elapsed() < METADATA_PATIENCE =>
+            {
+                tracing::warn!(topic, "kafka: the brokers did not answer a metadata request in 10 s; asking again");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            other => return other,
+        }
+    }
+}
+
 pub fn create_topic(client: &KafkaClient, topic: &str, partitions: i32) -> Result<(), KafkaError> {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     use rdkafka::client::DefaultClientContext;

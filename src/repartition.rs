@@ -71,7 +71,7 @@ impl Frame {
     /// without a well-formed frame line (read as plain lines).
     pub fn read(payload: &[u8]) -> Option<(Frame, &[u8])> {
         let rest = payload.strip_prefix(PREFIX)?;
-        let end = rest.iter().position(|b| *b == b'\n').unwrap_or(rest.len());
+        let end = memchr::memchr(b'\n', rest).unwrap_or(rest.len());
         let line = std::str::from_utf8(&rest[..end]).ok()?;
         let lines = rest.get(end + 1..).unwrap_or_default();
         let mut fields = line.split(' ');

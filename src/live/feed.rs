@@ -284,8 +284,7 @@ impl DecisionFeed {
             ])
             .create_with_context(FeedContext)
             .map_err(|e| client_error(spec, e))?;
-        let meta = consumer
-            .fetch_metadata(Some(&topic), Duration::from_secs(10))
+        let meta = crate::kafka::fetch_metadata_patiently(consumer.client(), &topic)
             .map_err(|e| client_error(spec, format!("{topic}: {e}")))?;
         let partitions: Vec<i32> = meta
             .topics()

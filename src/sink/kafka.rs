@@ -223,8 +223,7 @@ pub(crate) fn ensure_topic(
     topic: &str,
     partitions: i32,
 ) -> Result<(), SinkError> {
-    let meta = client
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
+    let meta = crate::kafka::fetch_metadata_patiently(client, topic)
         .map_err(|e| client_error(spec, format!("{topic}: {e}")))?;
     let missing = meta.topics().iter().any(|t| {
         t.name() == topic
@@ -265,9 +264,7 @@ impl KafkaSink {
         let mut repartition_partitions = Vec::new();
         for (_, topic) in &spec.repartition {
             ensure_topic(producer.client(), spec, topic, spec.repartition_partitions)?;
-            let meta = producer
-                .client()
-                .fetch_metadata(Some(topic), Duration::from_secs(10))
+            let meta = crate::kafka::fetch_metadata_patiently(producer.client(), topic)
                 .map_err(|e| client_error(spec, format!("{topic}: {e}")))?;
             let n = meta.topics().iter().find(|t| t.name() == topic).map_or(0, |t| t.partitions().len());
             if n == 0 {

@@ -91,21 +91,20 @@ impl Follower {
                 break;
             }
             let mut chunk_start = 0;
-            for i in 0..n {
-                if self.buf[i] == b'\n' {
-                    self.take_part(chunk_start, i);
-                    let mut len = self.partial_len;
-                    if self.partial.last() == Some(&b'\r') && self.partial.len() as u64 == len {
-                        self.partial.pop();
-                        len -= 1;
-                    }
-                    self.line_no += 1;
-                    out.push(&self.partial, len, Position::Line { no: self.line_no, offset: self.partial_offset });
-                    self.partial.clear();
-                    self.partial_len = 0;
-                    self.partial_offset = self.pos + i as u64 + 1;
-                    chunk_start = i + 1;
+            while let Some(k) = memchr::memchr(b'\n', &self.buf[chunk_start..n]) {
+                let i = chunk_start + k;
+                self.take_part(chunk_start, i);
+                let mut len = self.partial_len;
+                if self.partial.last() == Some(&b'\r') && self.partial.len() as u64 == len {
+                    self.partial.pop();
+                    len -= 1;
                 }
+                self.line_no += 1;
+                out.push(&self.partial, len, Position::Line { no: self.line_no, offset: self.partial_offset });
+                self.partial.clear();
+                self.partial_len = 0;
+                self.partial_offset = self.pos + i as u64 + 1;
+                chunk_start = i + 1;
             }
             self.take_part(chunk_start, n);
             self.pos += n as u64;
