@@ -29,28 +29,8 @@ lines=$(grep -c . "$log")
 topic=instr-$(date +%s%N)
 port=18831
 
-cat > "$work/p.toml" <<EOF
-extends = "$root/pipelines/kafka.toml"
-[state]
-dir = "$work/state"
-[api]
-listen = "127.0.0.1:$port"
-[input.kafka]
-brokers = "$brokers"
-topics = ["$topic"]
-group = "g-$topic"
-[[sinks]]
-type = "parquet"
-[[sinks]]
-type = "decisions_jsonl"
-[[sinks]]
-type = "dead_letters"
-[[sinks]]
-type = "kafka"
-brokers = "$brokers"
-decisions_topic = "$topic-decisions"
-dead_letters_topic = "$topic-dead-letters"
-EOF
+. "$root/scripts/bench/kafka-pipeline.sh"
+kafka_pipeline "$work/p.toml" "$work/state" "$port" "$brokers" "$topic" "g-$topic"
 "$bin" --pipeline "$work/p.toml" produce --input "$log" --topic "$topic" --partitions "$partitions" \
     --lines-per-message "$per_message" >&2
 key=$("$bin" --pipeline "$work/p.toml" keys create --role gateway --name bench 2>/dev/null)

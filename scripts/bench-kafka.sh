@@ -26,29 +26,9 @@ lines=$(grep -c . "$log")
 stamp=$(date +%s%N)
 topic=bench-$stamp
 
+. "$root/scripts/bench/kafka-pipeline.sh"
 pipeline() { # NAME GROUP PORT
-    cat > "$work/$1.toml" <<EOF
-extends = "$root/pipelines/kafka.toml"
-[state]
-dir = "state-$1"
-[api]
-listen = "127.0.0.1:$3"
-[input.kafka]
-brokers = "$brokers"
-topics = ["$topic"]
-group = "$2"
-[[sinks]]
-type = "parquet"
-[[sinks]]
-type = "decisions_jsonl"
-[[sinks]]
-type = "dead_letters"
-[[sinks]]
-type = "kafka"
-brokers = "$brokers"
-decisions_topic = "$topic-decisions"
-dead_letters_topic = "$topic-dead-letters"
-EOF
+    kafka_pipeline "$work/$1.toml" "state-$1" "$3" "$brokers" "$topic" "$2"
     echo "$work/$1.toml"
 }
 
