@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use crate::config::Pipeline;
 use crate::engine::{Engine, EngineError, Summary};
 use crate::event::Format;
-use crate::source::{Poll, Records, Share, Source};
+use crate::source::{Poll, Position, Records, Share, Source};
 
 /// Records taken from a source per poll. Replay used 16 times this, and the
 /// copy of ~30 MB of lines it held was 35 MB of peak memory touched for
@@ -87,8 +87,19 @@ pub fn replay(mut engine: Engine, source: &mut dyn Source, progress: bool) -> Re
     Ok(summary)
 }
 
-/// Called between two rounds of live input, with the engine (reloads).
-pub type RoundHook = Box<dyn FnMut(&mut Engine) + Send>;
+/// Called between two rounds of live input, with the engine (reloads, what
+/// other instances decided), and when the source's share changed.
+pub type RoundHook = Box<dyn FnMut(&mut Engine, Between) + Send>;
+
+/// When a [`RoundHook`] is called.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Between {
+    /// Before a poll of the source.
+    Rounds,
+    /// The source was given a new share of its input (a rebalance), and
+    /// nothing read under it has been judged yet.
+    NewShare,
+}
 /// Called with the running totals after each round of input.
 pub type Progress = Box<dyn FnMut(&Summary) + Send>;
 
@@ -113,23 +124,24 @@ pub fn live(
     let poll_every = Duration::from_millis(engine.pipeline().input.poll_interval_ms.max(1) as u64);
     while !stop.load(Ordering::Relaxed) {
         if let Some(hook) = between.as_mut() {
-            hook(&mut engine);
+            hook(&mut engine, Between::Rounds);
         }
         records.clear();
         let now = clock.read();
         engine.set_clock(now);
         let poll = source.poll(&mut records, ROUND).map_err(|e| io_error(source.as_ref(), e))?;
+        let generation = share.generation;
         tell_share(&mut engine, source.as_ref(), &mut share)?;
+        if share.generation != generation
+            && !share.awaiting
+            && !share.empty
+            && let Some(hook) = between.as_mut()
+        {
+            hook(&mut engine, Between::NewShare);
+        }
         if let Some(pos) = records.last_position() {
             rounds += 1;
-            for line in records.iter() {
-                engine.push_line(&line)?;
-            }
-            engine.evaluate_now()?;
-            // A consumer group drops a member that stops polling while a
-            // slow broker acknowledges what the sinks sent.
-            engine.checkpoint_while(&mut || source.keep_alive())?;
-            source.ack(pos).map_err(|e| io_error(source.as_ref(), e))?;
+            take_round(&mut engine, source.as_mut(), &records, pos)?;
             if let Some(p) = progress.as_mut() {
                 p(engine.summary());
                 last_progress = Instant::now();
@@ -156,11 +168,39 @@ pub fn live(
         // An ended stdin leaves the API serving what was decided until stopped.
         std::thread::sleep(poll_every);
     }
+    // What the source held back behind records it handed out goes through
+    // the engine before the end: its positions are then committed exactly
+    // (a partition's next owner counts none of them again, and misses none).
+    source.wind_down();
+    loop {
+        records.clear();
+        source.poll(&mut records, ROUND).map_err(|e| io_error(source.as_ref(), e))?;
+        let Some(pos) = records.last_position() else { break };
+        take_round(&mut engine, source.as_mut(), &records, pos)?;
+    }
     let summary = engine.finish()?;
     // How large the rounds were says whether their fixed cost matters (docs/PERFORMANCE.md).
     tracing::info!(rounds, events = summary.events, "live input taken in");
     source.close().map_err(|e| io_error(source.as_ref(), e))?;
     Ok(summary)
+}
+
+/// Takes a round of live input through `engine`: applied, judged,
+/// checkpointed, then acknowledged to `source` up to `pos`.
+fn take_round(
+    engine: &mut Engine,
+    source: &mut dyn Source,
+    records: &Records,
+    pos: Position,
+) -> Result<(), EngineError> {
+    for line in records.iter() {
+        engine.push_line(&line)?;
+    }
+    engine.evaluate_now()?;
+    // A consumer group drops a member that stops polling while a slow
+    // broker acknowledges what the sinks sent.
+    engine.checkpoint_while(&mut || source.keep_alive())?;
+    source.ack(pos).map_err(|e| io_error(source, e))
 }
 
 /// Replays a file (or `-` for stdin) through the pipeline into `out_dir`;

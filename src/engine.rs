@@ -332,6 +332,12 @@ impl Engine {
         self.store.restore(r);
     }
 
+    /// Automatic decisions in force at `now_ms` that this engine knows of
+    /// (its own, restored, and learned from other instances).
+    pub fn decisions_in_force(&self, now_ms: i64) -> usize {
+        self.store.active_count(now_ms)
+    }
+
     /// Live mode: count every model score for the day in `fired`
     /// ([`crate::fired::Fired::record_scores`]; the metrics hold it).
     pub fn count_scores_in(&mut self, fired: Arc<crate::fired::Fired>) {

@@ -991,10 +991,12 @@ fn start_engine(
     let stop = stop.clone();
     let thread = std::thread::Builder::new().name("engine".into()).spawn(move || {
         runner::lower_thread_priority(runner::ENGINE_NICE);
-        let between: gatewatch::driver::RoundHook = Box::new(move |e| {
+        let between: gatewatch::driver::RoundHook = Box::new(move |e, when| {
             inbox.apply(e);
-            if let Some(l) = &learner {
-                l.apply(e);
+            match (&learner, when) {
+                (Some(l), gatewatch::driver::Between::NewShare) => l.catch_up(e),
+                (Some(l), gatewatch::driver::Between::Rounds) => l.apply(e),
+                (None, _) => {}
             }
         });
         gatewatch::driver::live(engine, source, stop, Some(between), Some(progress))

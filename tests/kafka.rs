@@ -853,6 +853,8 @@ fn engines_joining_a_group_split_the_work_and_decide_on_addresses_what_one_does(
 /// rebuilds), so its two writers are far apart in event time: read in
 /// arrival order, 95 % of the copies came behind the entity engines'
 /// watermark and the public mobile app key was denied (docs/SCALING.md).
+/// The second entity engine joins once the first has counted copies, so
+/// the entity stage rebalances mid-stream too.
 #[test]
 fn repartition_topics_carry_each_event_once_per_entity_to_the_engines_that_keep_its_type() {
     let Some(brokers) = brokers() else { return };
@@ -912,16 +914,14 @@ fn repartition_topics_carry_each_event_once_per_entity_to_the_engines_that_keep_
     // partitions' messages are merged by what has arrived, not by time.
     gatewatch(&solo_p, &["produce", "--input", input.to_str().unwrap(), "--topic", &topic, "--partitions", "4"]);
 
-    // The entity engines split the repartition topics before anything is
-    // sent to them. (Their own rebalance while the writers are far apart can
-    // count a handful of copies twice: docs/SCALING.md, "Not yet".)
+    // The first entity engine reads the repartition topics from the start;
+    // the second joins once it has counted some of the copies (below).
     for (_, name) in &by {
         gatewatch(&solo_p, &["produce", "--input", "/dev/null", "--topic", name, "--partitions", "2"]);
     }
     let e2_p = member(&entity_p, "e2");
     let e1 = start_role(&entity_p, "engine", &common::create_key(&entity_p, "gateway", "e1"));
-    let e2 = start_role(&e2_p, "engine", &common::create_key(&e2_p, "gateway", "e2"));
-    wait_for(&e1, "the entity engines split the repartition topics", |s| assigned(s) == 4.0 && assigned(&e2) == 4.0);
+    wait_for(&e1, "e1 took the repartition topics", |s| assigned(s) == 8.0);
 
     // The first address engine starts alone; the second joins, takes two
     // partitions over, and rebuilds their windows: the two writers of every
@@ -934,6 +934,16 @@ fn repartition_topics_carry_each_event_once_per_entity_to_the_engines_that_keep_
     wait_for(&engines[0], "the address engines split the log's partitions", |s| {
         assigned(s) == 2.0 && assigned(&engines[1]) == 2.0
     });
+    // The entity engines rebalance mid-stream, while the two writers of each
+    // of their partitions are far apart in time: each gives partitions up
+    // with copies held back behind newer ones it has counted, which must go
+    // out first (counted twice or never, they did not).
+    wait_for(&e1, "e1 counted copies", |s| events(s) > 0.0);
+    let e2 = start_role(&e2_p, "engine", &common::create_key(&e2_p, "gateway", "e2"));
+    wait_for(&e1, "the entity engines split the repartition topics", |s| assigned(s) == 4.0 && assigned(&e2) == 4.0);
+    let at_split = events(&e1);
+    assert!(at_split < copies as f64, "e2 joined mid-stream ({at_split} of {copies} copies counted)");
+    eprintln!("e2 joined when e1 had counted {at_split} of {copies} copies");
     engines.push(e1);
     engines.push(e2);
     let mut solo = start_role(&solo_p, "engine", &common::create_key(&solo_p, "gateway", "solo"));
@@ -1060,7 +1070,7 @@ fn a_writer_waiting_for_its_share_of_the_input_holds_its_readers_back() {
     use gatewatch::source::Share;
     let Some(brokers) = brokers() else { return };
     let dir = tempfile::tempdir().expect("tempdir");
-    let (mut reader, mut a, mut b) = two_writers_and_a_reader(dir.path(), &brokers);
+    let (mut reader, _, mut a, mut b) = two_writers_and_a_reader(dir.path(), &brokers);
     let mut handed: Vec<String> = Vec::new();
     let read = |reader: &mut gatewatch::source::KafkaSource, handed: &mut Vec<String>| handed.extend(users(reader));
     let push = |e: &mut Engine, user: &str, minutes: std::ops::Range<u32>, second: u32| {
@@ -1099,7 +1109,8 @@ fn a_writer_waiting_for_its_share_of_the_input_holds_its_readers_back() {
 fn two_writers_and_a_reader(
     dir: &Path,
     brokers: &str,
-) -> (gatewatch::source::KafkaSource, gatewatch::engine::Engine, gatewatch::engine::Engine) {
+) -> (gatewatch::source::KafkaSource, gatewatch::source::KafkaInput, gatewatch::engine::Engine, gatewatch::engine::Engine)
+{
     use gatewatch::source::Source;
     let by_user = unique("by-user");
     let writers = user_writers(dir, brokers, &by_user);
@@ -1121,7 +1132,7 @@ fn two_writers_and_a_reader(
     }
     let engine =
         |name: &str| gatewatch::engine::Engine::new(load(&writers), None, "test", &dir.join(name)).expect("engine");
-    (reader, engine("a"), engine("b"))
+    (reader, input, engine("a"), engine("b"))
 }
 
 /// Polls `reader` once: each line handed out as "TIME USER".
@@ -1152,7 +1163,7 @@ fn a_silent_writer_is_waited_for_and_one_caught_up_is_not() {
     use gatewatch::source::Share;
     let Some(brokers) = brokers() else { return };
     let dir = tempfile::tempdir().expect("tempdir");
-    let (mut reader, mut a, mut b) = two_writers_and_a_reader(dir.path(), &brokers);
+    let (mut reader, _, mut a, mut b) = two_writers_and_a_reader(dir.path(), &brokers);
     let reading = Share { generation: 1, ..Share::default() };
     a.share(reading).expect("a reads");
     b.share(reading).expect("b reads");
@@ -1192,6 +1203,190 @@ fn a_silent_writer_is_waited_for_and_one_caught_up_is_not() {
     assert_eq!(handed, sorted, "both writers' events in time order");
     a.finish().expect("a ends");
     b.finish().expect("b ends");
+}
+
+/// Polls `reader` once and acknowledges what it handed out: each line read
+/// for the first time (not to rebuild state) as "TIME USER".
+fn take(reader: &mut dyn gatewatch::source::Source) -> Vec<String> {
+    use gatewatch::source::Records;
+    let mut records = Records::default();
+    reader.poll(&mut records, 1000).expect("poll");
+    if let Some(pos) = records.last_position() {
+        reader.ack(pos).expect("ack");
+    }
+    records
+        .iter()
+        .filter(|l| !l.rebuild)
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_slice(l.bytes).expect("a json line");
+            format!("{} {}", v["ts"], v["user_id"].as_str().unwrap_or(""))
+        })
+        .collect()
+}
+
+/// A reader of a repartition topic that has handed out and acknowledged
+/// writer a's minutes 0 to 4 and holds back writer b's minute 10, an older
+/// offset (b sent first): a has vouched only for minute 4 so far. What it
+/// handed out, and the writers.
+fn a_reader_with_a_gap(
+    dir: &Path,
+    brokers: &str,
+) -> (
+    gatewatch::source::KafkaSource,
+    gatewatch::source::KafkaInput,
+    gatewatch::engine::Engine,
+    gatewatch::engine::Engine,
+    Vec<String>,
+) {
+    use gatewatch::source::Share;
+    let (mut reader, input, mut a, mut b) = two_writers_and_a_reader(dir, brokers);
+    let reading = Share { generation: 1, ..Share::default() };
+    a.share(reading).expect("a reads");
+    b.share(reading).expect("b reads");
+    a.checkpoint().expect("a speaks");
+    b.checkpoint().expect("b speaks");
+    push_minutes(&mut b, "ub", 10..11, 0);
+    b.checkpoint().expect("checkpoint");
+    push_minutes(&mut a, "ua", 0..5, 0);
+    a.checkpoint().expect("checkpoint");
+    let mut handed = Vec::new();
+    let started = std::time::Instant::now();
+    while handed.len() < 5 {
+        assert!(started.elapsed() < Duration::from_secs(25), "a's five events handed: {handed:?}");
+        handed.extend(take(&mut reader));
+    }
+    assert!(handed.iter().all(|h| h.ends_with(" ua")), "b's newer event held back behind a's: {handed:?}");
+    (reader, input, a, b, handed)
+}
+
+/// A member asked to give a partition up hands out first what it held back
+/// there behind newer offsets it had already handed out (a slower writer's
+/// messages, merged by time), so that its commit covers exactly what it
+/// counted. Given up with that gap, its commit could cover only the offsets
+/// below it: the partition's next owner counted the newer ones again (on a
+/// broker that keeps no commit metadata, as the one in these tests), or,
+/// told where the old owner had read to, never counted the gap — the entity
+/// engines of `repartition_topics_…` counted 7 to 19 of 93,614 copies twice
+/// when they rebalanced mid-stream.
+#[test]
+fn a_partition_given_up_hands_out_what_it_held_back_first_and_nothing_counts_twice() {
+    use gatewatch::source::Source;
+    let Some(brokers) = brokers() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut reader, input, a, b, mut handed) = a_reader_with_a_gap(dir.path(), &brokers);
+    // A second member joins: the first is asked to give its partition up.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let second = {
+        let stop = stop.clone();
+        let mut second = gatewatch::source::KafkaSource::open(&input, 65_536, false).expect("second member");
+        std::thread::spawn(move || {
+            let mut handed = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                handed.extend(take(&mut second));
+            }
+            second.close().expect("close");
+            handed
+        })
+    };
+    let generation = reader.share().generation;
+    let started = std::time::Instant::now();
+    let mut before_answer = Vec::new();
+    while reader.share().generation == generation {
+        assert!(started.elapsed() < Duration::from_secs(60), "no rebalance came");
+        before_answer.extend(take(&mut reader));
+    }
+    assert_eq!(before_answer, ["1793599800000 ub"], "b's event handed out before the partition went");
+    handed.extend(before_answer);
+    // Both writers end; whoever holds the partition now reads on.
+    a.finish().expect("a ends");
+    b.finish().expect("b ends");
+    let quiet = std::time::Instant::now();
+    while quiet.elapsed() < Duration::from_secs(8) {
+        handed.extend(take(&mut reader));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    handed.extend(second.join().expect("second member"));
+    reader.close().expect("close");
+    handed.sort();
+    let once: BTreeSet<&String> = handed.iter().collect();
+    assert_eq!((handed.len(), once.len()), (6, 6), "each event handed once across the members: {handed:?}");
+}
+
+/// A member whose run ends hands out what it held back before it commits:
+/// the partition's next owner starts after everything it counted.
+#[test]
+fn a_member_winding_down_hands_out_what_it_held_back_before_it_commits() {
+    use gatewatch::source::Source;
+    let Some(brokers) = brokers() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut reader, input, a, b, mut handed) = a_reader_with_a_gap(dir.path(), &brokers);
+    reader.wind_down();
+    let last = take(&mut reader);
+    assert_eq!(last, ["1793599800000 ub"], "what was held back goes out as the run ends");
+    assert!(take(&mut reader).is_empty(), "then nothing more");
+    handed.extend(last);
+    reader.close().expect("close");
+    drop(reader);
+    a.finish().expect("a ends");
+    b.finish().expect("b ends");
+    let mut next = gatewatch::source::KafkaSource::open(&input, 65_536, false).expect("next member");
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(12) {
+        handed.extend(take(&mut next));
+    }
+    next.close().expect("close");
+    assert_eq!(handed.len(), 6, "the next member counts nothing again: {handed:?}");
+}
+
+/// An engine given partitions by a rebalance learns every decision on the
+/// decisions topic up to its end before it judges what it reads from them.
+/// The previous owner published its decisions before it let the partitions
+/// go, but the thread following the topic may not have read them yet:
+/// judged first, a partition's new owner challenged six addresses of a /24
+/// the previous owner had denied.
+#[test]
+fn a_new_share_is_judged_once_every_decision_on_the_topic_is_learned() {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let Some(brokers) = brokers() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let decided = unique("decisions");
+    let p = pipeline(
+        dir.path(),
+        &brokers,
+        &unique("unread"),
+        &unique("learner"),
+        &format!(
+            "[[sinks]]\ntype = \"dead_letters\"\n[[sinks]]\ntype = \"kafka\"\nbrokers = \"{brokers}\"\n\
+             decisions_topic = \"{decided}\"\n"
+        ),
+    );
+    gatewatch(&p, &["produce", "--input", "/dev/null", "--topic", &decided, "--partitions", "2"]);
+    let pipeline = gatewatch::config::Pipeline::load(&p).expect("pipeline");
+    let spec = pipeline.sinks.iter().find_map(|s| s.kafka.as_deref()).expect("a kafka sink").clone();
+    let mut engine = gatewatch::engine::Engine::new(pipeline, None, "test", &dir.path().join("e")).expect("engine");
+    let metrics = std::sync::Arc::new(gatewatch::metrics::Metrics::new().expect("metrics"));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let learner = gatewatch::live::learn::start(&mut engine, &spec, &metrics, &stop).expect("the topic is followed");
+    let created = 1_793_599_800_000i64;
+    assert_eq!(engine.decisions_in_force(created), 0);
+    // Another engine's decisions, published just before this one is given partitions.
+    let producer: BaseProducer = ClientConfig::new().set("bootstrap.servers", &brokers).create().expect("producer");
+    let n = 200;
+    for i in 0..n {
+        let d = format!(
+            "{{\"id\":{},\"entity_type\":\"ip\",\"entity\":\"10.9.{}.{}\",\"action\":\"deny\",\"reason\":\"r\",             \"source\":\"rule:other\",\"score\":1.0,\"offense\":1,\"created_ms\":{created},\"expires_ms\":{}}}",
+            i + 1,
+            i / 200,
+            i % 200,
+            created + 3_600_000
+        );
+        let key = format!("ip:10.9.{}.{}", i / 200, i % 200);
+        producer.send(BaseRecord::<str, str>::to(&decided).key(&key).payload(&d)).expect("send");
+    }
+    producer.flush(Duration::from_secs(10)).expect("flush");
+    learner.catch_up(&mut engine);
+    assert_eq!(engine.decisions_in_force(created + 1), n, "every decision published before the new share is known");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// A broker of this test's own, stopped and started on the same port and data.

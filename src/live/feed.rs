@@ -12,8 +12,8 @@
 //! decision on the same entity does not undo it.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -262,6 +262,10 @@ pub struct DecisionFeed {
     consumer: BaseConsumer<FeedContext>,
     topic: String,
     partitions: Vec<i32>,
+    /// Per partition, the offset after the last record [`Self::follow_with`]
+    /// has handed on: another thread asks whether that reaches the topic's
+    /// end ([`Self::has_read`]).
+    handed: Mutex<HashMap<i32, i64>>,
 }
 
 impl DecisionFeed {
@@ -300,21 +304,22 @@ impl DecisionFeed {
             tpl.add_partition_offset(&topic, p, Offset::Beginning).map_err(|e| client_error(spec, e))?;
         }
         consumer.assign(&tpl).map_err(|e| client_error(spec, e))?;
-        Ok(DecisionFeed { consumer, topic, partitions })
+        Ok(DecisionFeed { consumer, topic, partitions, handed: Mutex::default() })
     }
 
-    /// What came within `wait`.
-    fn next(&self, wait: Duration, metrics: &Metrics) -> Polled {
+    /// What came within `wait`, and the partition and offset of a message.
+    fn next_at(&self, wait: Duration, metrics: &Metrics) -> (Polled, Option<(i32, i64)>) {
         match self.consumer.poll(wait) {
-            None => Polled::Nothing,
-            Some(Err(RdError::PartitionEOF(p))) => Polled::End(p),
+            None => (Polled::Nothing, None),
+            Some(Err(RdError::PartitionEOF(p))) => (Polled::End(p), None),
             Some(Err(e)) => {
                 tracing::warn!(topic = %self.topic, error = %e, "reading the decisions topic");
-                Polled::Nothing
+                (Polled::Nothing, None)
             }
             Some(Ok(m)) => {
+                let at = Some((m.partition(), m.offset()));
                 let id = m.headers().and_then(|h| h.iter().find(|h| h.key == DECISION_ID_HEADER).and_then(|h| h.value));
-                match read_record(m.key(), m.payload(), id) {
+                let polled = match read_record(m.key(), m.payload(), id) {
                     Ok(r) => Polled::Record(r),
                     Err(why) => {
                         metrics.feed_records.with_label_values(&["unreadable"]).inc();
@@ -326,9 +331,31 @@ impl DecisionFeed {
                         );
                         Polled::Skipped
                     }
-                }
+                };
+                (polled, at)
             }
         }
+    }
+
+    /// Each partition's first and next offsets at the brokers now (the
+    /// topic's end as of this call); `None` if they do not answer in `wait`.
+    pub fn ends(&self, wait: Duration) -> Option<Vec<(i32, i64, i64)>> {
+        self.partitions
+            .iter()
+            .map(|&p| self.consumer.fetch_watermarks(&self.topic, p, wait).ok().map(|(low, high)| (p, low, high)))
+            .collect()
+    }
+
+    fn note_handed(&self, partition: i32, offset: i64) {
+        let mut handed = self.handed.lock().unwrap_or_else(PoisonError::into_inner);
+        let h = handed.entry(partition).or_insert(offset + 1);
+        *h = (*h).max(offset + 1);
+    }
+
+    /// Whether every record before `ends` has been handed on.
+    pub fn has_read(&self, ends: &[(i32, i64, i64)]) -> bool {
+        let handed = self.handed.lock().unwrap_or_else(PoisonError::into_inner);
+        ends.iter().all(|(p, low, high)| high <= low || handed.get(p).is_some_and(|h| h >= high))
     }
 
     /// Hands every record to `each` until every partition has been read to
@@ -342,7 +369,16 @@ impl DecisionFeed {
         patience: Option<Duration>,
         each: impl FnMut(Record),
     ) -> ReadEnd {
-        drain(self.partitions.len(), |wait| self.next(wait, metrics), stop, patience, each)
+        // Noted before `each` sees the record: on this thread, which is the
+        // one that asks (an engine starting), nothing runs in between.
+        let next = |wait| {
+            let (polled, at) = self.next_at(wait, metrics);
+            if let Some((p, offset)) = at {
+                self.note_handed(p, offset);
+            }
+            polled
+        };
+        drain(self.partitions.len(), next, stop, patience, each)
     }
 
     /// Reads every partition to its end: the last decision per entity and the
@@ -375,8 +411,12 @@ impl DecisionFeed {
     /// Hands each record to `each` as it arrives, until `stop`.
     pub fn follow_with(&self, metrics: &Metrics, stop: &AtomicBool, mut each: impl FnMut(Record)) {
         while !stop.load(Ordering::Relaxed) {
-            if let Polled::Record(r) = self.next(Duration::from_millis(200), metrics) {
+            let (polled, at) = self.next_at(Duration::from_millis(200), metrics);
+            if let Polled::Record(r) = polled {
                 each(r);
+            }
+            if let Some((p, offset)) = at {
+                self.note_handed(p, offset);
             }
         }
     }

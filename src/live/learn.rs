@@ -20,7 +20,7 @@
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::{Receiver, sync_channel};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::feed::{DecisionFeed, ReadEnd, Record, restored};
 use crate::decision::Decision;
@@ -92,6 +92,9 @@ pub fn read_to_end(
 /// Decisions read from the topic since the engine last took them.
 pub struct Learner {
     rx: Receiver<Decision>,
+    feed: Arc<DecisionFeed>,
+    /// How long [`Learner::catch_up`] waits for the topic at most.
+    patience: Duration,
 }
 
 impl Learner {
@@ -104,6 +107,42 @@ impl Learner {
             }
         }
     }
+
+    /// Gives the engine every decision on the topic up to its end as of
+    /// now; called when the source's share changed (a rebalance gave this
+    /// engine partitions), before anything read under it is judged. The
+    /// previous owner published its decisions before it committed and let
+    /// the partitions go, so they are on the topic by then, but the thread
+    /// following it may not have read them yet: judged first, the new owner
+    /// decided again (a `challenge` beside the previous owner's `deny` of
+    /// the addresses' /24). Waits at most the sink's `learn_wait`, then
+    /// goes on with what it has (logged).
+    pub fn catch_up(&self, engine: &mut Engine) {
+        let started = Instant::now();
+        let Some(ends) = self.feed.ends(self.patience.min(Duration::from_secs(5))) else {
+            tracing::warn!(
+                "the decisions topic's end is unknown (brokers away): judging the new share on what is known"
+            );
+            self.apply(engine);
+            return;
+        };
+        while !self.feed.has_read(&ends) {
+            if started.elapsed() >= self.patience {
+                tracing::warn!(
+                    waited_ms = started.elapsed().as_millis() as u64,
+                    "the decisions topic was not read to its end in learn_wait: judging the new share on what is known"
+                );
+                break;
+            }
+            self.apply(engine);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        self.apply(engine);
+        tracing::debug!(
+            waited_ms = started.elapsed().as_millis() as u64,
+            "decisions topic read to its end before judging a new share"
+        );
+    }
 }
 
 /// Reads the topic to its end into `engine`, then follows it on a thread of
@@ -114,11 +153,13 @@ pub fn start(
     metrics: &Arc<Metrics>,
     stop: &Arc<AtomicBool>,
 ) -> Option<Learner> {
-    let feed = open(spec)?;
-    read_to_end(engine, &feed, metrics, stop, Duration::from_millis(spec.learn_wait_ms))?;
+    let feed = Arc::new(open(spec)?);
+    let patience = Duration::from_millis(spec.learn_wait_ms);
+    read_to_end(engine, &feed, metrics, stop, patience)?;
     let (tx, rx) = sync_channel(QUEUE);
-    let (metrics, stop) = (metrics.clone(), stop.clone());
+    let (metrics, stop, follower) = (metrics.clone(), stop.clone(), feed.clone());
     let spawned = std::thread::Builder::new().name("decision-learn".into()).spawn(move || {
+        let feed = follower;
         feed.follow_with(&metrics, &stop, |r| {
             let Record::Put(d) = r else { return };
             let kind = if tx.try_send(d).is_ok() { "learned" } else { "not_learned" };
@@ -126,7 +167,7 @@ pub fn start(
         })
     });
     match spawned {
-        Ok(_) => Some(Learner { rx }),
+        Ok(_) => Some(Learner { rx, feed, patience }),
         Err(e) => {
             tracing::warn!(error = %e, "cannot follow the decisions topic: later decisions of other instances are not known");
             None

@@ -137,6 +137,9 @@ struct Part {
     /// Messages before this offset are read to rebuild state only (the
     /// partition's committed offset when it was taken over).
     rebuild_until: Option<i64>,
+    /// Past it, messages the previous owner handed out ahead of its
+    /// committed offset ([`Acked::ahead`]): read to rebuild state only too.
+    rebuild_ahead: Vec<(i64, i64)>,
 }
 
 impl Part {
@@ -249,6 +252,44 @@ impl Part {
         }
     }
 
+    /// [`Acked::ahead`] for an acknowledgement up to `next`: the offsets
+    /// from `next` to the newest handed out, less the messages held back.
+    fn ahead_ranges(&self, next: i64) -> Vec<(i64, i64)> {
+        let Some(&last) = self.ahead.last() else { return Vec::new() };
+        let mut held: Vec<i64> = self
+            .queues
+            .iter()
+            .flat_map(|(_, q)| q.iter())
+            .filter(|m| !m.rebuild && m.offset >= next && m.offset < last)
+            .map(|m| m.offset)
+            .collect();
+        held.sort_unstable();
+        let mut ranges = Vec::new();
+        let mut from = next;
+        for h in held {
+            if h > from {
+                ranges.push((from, h - 1));
+            }
+            from = h + 1;
+        }
+        if from <= last {
+            ranges.push((from, last));
+        }
+        ranges
+    }
+
+    /// Whether the message at `offset` is read only to rebuild state.
+    fn rebuilds(&mut self, offset: i64) -> bool {
+        if self.rebuild_until.is_some_and(|until| offset < until) {
+            return true;
+        }
+        self.rebuild_until = None;
+        while self.rebuild_ahead.first().is_some_and(|(_, to)| *to < offset) {
+            self.rebuild_ahead.remove(0);
+        }
+        self.rebuild_ahead.first().is_some_and(|(from, _)| *from <= offset)
+    }
+
     /// Notes what writer `id` vouched for with a message stamped `ts`.
     fn heard_from(&mut self, id: u64, ts: i64, kind: FrameKind) {
         if !self.writers.contains_key(&id)
@@ -285,10 +326,14 @@ struct Shared {
     applied: HashMap<(String, i32), i64>,
     /// Partitions being rebuilt: their committed offset when assigned.
     rebuild_until: HashMap<(String, i32), i64>,
+    /// Partitions taken over: what their previous owner handed out past its
+    /// committed offset ([`Acked::ahead`]).
+    rebuild_ahead: HashMap<(String, i32), Vec<(i64, i64)>>,
     /// Revoked partitions' offsets handed out ahead ([`Part::ahead`]).
     ahead: HashMap<(String, i32), BTreeSet<i64>>,
-    /// Partitions gained (with where their rebuild ends) and lost since the source last looked.
-    assigned: Vec<((String, i32), Option<i64>)>,
+    /// Partitions gained (with where their rebuild ends, and what else is
+    /// read to rebuild only) and lost since the source last looked.
+    assigned: Vec<Gained>,
     revoked: Vec<(String, i32)>,
     commit_errors: u64,
     /// Partitions this member reads now.
@@ -304,15 +349,37 @@ struct Shared {
     /// and not yet acknowledged ([`KafkaSource::keep_alive`]): a revoke that
     /// arrives then is held ([`Shared::held`]) instead of served.
     holding: bool,
-    /// A revoke held until the round in flight is acknowledged, and since
-    /// when. librdkafka lets the application answer a rebalance after its
-    /// callback returns; answered at once, the round's offsets were never
-    /// committed and the partitions' next owner counted its events again.
+    /// Set while [`KafkaSource::poll`] polls its consumer: a revoke that
+    /// arrives then is held too, for the partitions' messages held back
+    /// behind ones already handed out ([`Part::ahead`]) to go first.
+    polling: bool,
+    /// A revoke held until the round in flight is acknowledged and the
+    /// partitions' held-back messages are handed out, and since when.
+    /// librdkafka lets the application answer a rebalance after its
+    /// callback returns. Answered at once, the round's offsets were never
+    /// committed and the partitions' next owner counted its events again;
+    /// and a partition given up with a gap (a slower writer's message not
+    /// yet handed out, newer offsets already counted) could be committed
+    /// only below the gap, so its next owner counted those newer ones again
+    /// (a broker that keeps no commit metadata), or, told only how far the
+    /// old owner had read, never counted the gap.
     held: Option<(TopicPartitionList, Instant)>,
+    /// The held revoke waits for a round's acknowledgement (it came during
+    /// that round's checkpoint).
+    held_round: bool,
     /// Revokes held so far, and of those, served before their round was
     /// acknowledged because it took longer than [`HOLD_REVOKE`].
     revokes_held: u64,
     revokes_released_early: u64,
+}
+
+/// A partition assigned to this member, as the rebalance callback planned it.
+struct Gained {
+    topic: String,
+    partition: i32,
+    /// [`Part::rebuild_until`], [`Part::rebuild_ahead`].
+    rebuild_until: Option<i64>,
+    rebuild_ahead: Vec<(i64, i64)>,
 }
 
 /// Longest a revoke is held for the round in flight (or a third of
@@ -324,51 +391,67 @@ struct Shared {
 const HOLD_REVOKE: Duration = Duration::from_secs(10);
 
 /// An acknowledged position of a partition.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Acked {
     next: i64,
     /// Newest message timestamp acknowledged.
     ts: i64,
-    /// The offset after the newest message acknowledged. Past `next` when a
-    /// repartition topic's writers were handed out in time order, not the
-    /// partition's: the messages in between were applied or are still held
-    /// here, and whoever takes the partition over applies them to state
-    /// only (they are read again from `next`), so none is counted twice.
-    read_to: i64,
+    /// Offsets past `next` handed out and acknowledged too, as inclusive
+    /// ranges: a repartition topic's writers are handed out in time order,
+    /// not the partition's, so a slower writer's message may be held back
+    /// behind newer offsets already counted. Whoever takes the partition
+    /// over after a crash applies these to state only and counts the rest
+    /// (a partition given up in a rebalance or at the end of a run hands
+    /// its held-back messages out first, and has none).
+    ahead: Vec<(i64, i64)>,
 }
+
+/// Most ranges of [`Acked::ahead`] a commit carries (Kafka keeps 4 KiB of
+/// commit metadata by default); past that, none: the next owner counts
+/// those messages again (at-least-once) rather than miss any.
+const MAX_AHEAD_RANGES: usize = 100;
 
 impl Acked {
     fn merge(&mut self, other: Acked) {
         self.next = self.next.max(other.next);
         self.ts = self.ts.max(other.ts);
-        self.read_to = self.read_to.max(other.read_to);
+        // The later acknowledgement's view of what is ahead is the current one.
+        let next = self.next;
+        self.ahead = other.ahead;
+        self.ahead.retain(|(_, to)| *to >= next);
     }
 }
 
 /// The commit metadata that carries a partition's newest acknowledged
-/// message time: a small JSON object, so other tools can read it.
-fn commit_metadata(a: Acked) -> String {
-    if a.read_to > a.next {
-        format!("{{\"gatewatch_time_ms\":{},\"gatewatch_read_to\":{}}}", a.ts, a.read_to)
-    } else {
-        format!("{{\"gatewatch_time_ms\":{}}}", a.ts)
+/// message time (and what was handed out past the committed offset): a
+/// small JSON object, so other tools can read it.
+fn commit_metadata(a: &Acked) -> String {
+    if a.ahead.is_empty() || a.ahead.len() > MAX_AHEAD_RANGES {
+        return format!("{{\"gatewatch_time_ms\":{}}}", a.ts);
     }
+    let ranges: Vec<String> = a.ahead.iter().map(|(from, to)| format!("[{from},{to}]")).collect();
+    format!("{{\"gatewatch_time_ms\":{},\"gatewatch_ahead\":[{}]}}", a.ts, ranges.join(","))
 }
 
 /// The time [`commit_metadata`] wrote, if these bytes are that (another
-/// client may have committed anything, or nothing), and the offset it was
-/// read to when that is past the committed one.
-fn metadata_time(bytes: &[u8]) -> Option<(i64, Option<i64>)> {
+/// client may have committed anything, or nothing), and the ranges it
+/// handed out ahead.
+fn metadata_time(bytes: &[u8]) -> Option<(i64, Vec<(i64, i64)>)> {
     #[derive(serde::Deserialize)]
     struct Meta {
         gatewatch_time_ms: i64,
-        gatewatch_read_to: Option<i64>,
+        #[serde(default)]
+        gatewatch_ahead: Vec<(i64, i64)>,
     }
-    serde_json::from_slice::<Meta>(bytes).ok().map(|m| (m.gatewatch_time_ms, m.gatewatch_read_to))
+    let m = serde_json::from_slice::<Meta>(bytes).ok()?;
+    let mut ahead = m.gatewatch_ahead;
+    ahead.retain(|(from, to)| from <= to);
+    ahead.truncate(MAX_AHEAD_RANGES);
+    Some((m.gatewatch_time_ms, ahead))
 }
 
 /// Adds `(topic, partition)` at `a.next` with `a.ts` as metadata.
-fn add_acked(tpl: &mut TopicPartitionList, topic: &str, partition: i32, a: Acked) -> Result<(), KafkaError> {
+fn add_acked(tpl: &mut TopicPartitionList, topic: &str, partition: i32, a: &Acked) -> Result<(), KafkaError> {
     let mut e = tpl.add_partition(topic, partition);
     e.set_offset(Offset::Offset(a.next))?;
     e.set_metadata(commit_metadata(a));
@@ -499,7 +582,7 @@ impl Ctx {
         let applied = self.shared.lock().unwrap_or_else(PoisonError::into_inner).applied.clone();
         let mut at = HashMap::new();
         let mut time = HashMap::new();
-        let mut read_to = HashMap::new();
+        let mut ahead = HashMap::new();
         for (topic, p, offset, meta) in entries(&committed) {
             // No committed offset: the group has never read it, and starts at its beginning.
             let Offset::Offset(committed) = offset else { continue };
@@ -507,14 +590,16 @@ impl Ctx {
             if committed <= 0 || applied.get(&k).is_some_and(|a| *a >= committed) {
                 continue; // nothing before it, or held here up to there already
             }
-            if let Some((ts, to)) = metadata_time(&meta) {
+            if let Some((ts, mut handed)) = metadata_time(&meta) {
                 time.insert(k.clone(), ts);
-                if let Some(to) = to.filter(|to| *to > committed) {
-                    read_to.insert(k.clone(), to);
+                handed.retain(|(_, to)| *to >= committed);
+                if !handed.is_empty() {
+                    ahead.insert(k.clone(), handed);
                 }
             }
             at.insert(k, committed);
         }
+        self.shared.lock().unwrap_or_else(PoisonError::into_inner).rebuild_ahead.extend(ahead);
         // Brokers that keep no commit metadata (or offsets committed by
         // another client): the time of the last message the offset covers.
         let unknown: HashMap<_, _> =
@@ -555,10 +640,9 @@ impl Ctx {
             let k = (e.topic().to_string(), e.partition());
             let (Offset::Offset(start), Some(&committed)) = (e.offset(), at.get(&k)) else { continue };
             let start = start.max(applied.get(&k).copied().unwrap_or(0));
-            let until = read_to.get(&k).copied().unwrap_or(committed);
             if start < committed && tpl.set_partition_offset(&k.0, k.1, Offset::Offset(start)).is_ok() {
-                tracing::info!(topic = %k.0, partition = k.1, from = start, to = until, "kafka: rebuilding the partition's feature state");
-                s.rebuild_until.insert(k, until);
+                tracing::info!(topic = %k.0, partition = k.1, from = start, to = committed, "kafka: rebuilding the partition's feature state");
+                s.rebuild_until.insert(k, committed);
             }
         }
     }
@@ -621,12 +705,13 @@ impl ConsumerContext for Ctx {
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 let mut s = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
-                if s.holding && s.held.is_none() {
+                if (s.holding || s.polling) && s.held.is_none() {
                     s.held = Some((tpl.clone(), Instant::now()));
-                    s.revokes_held += 1;
+                    s.held_round = s.holding;
+                    s.revokes_held += u64::from(s.holding);
                     tracing::debug!(
                         partitions = tpl.count(),
-                        "kafka: revoke held until the round in flight is acknowledged"
+                        "kafka: revoke held for the round in flight and the partitions' held-back messages"
                     );
                     return;
                 }
@@ -652,9 +737,10 @@ impl ConsumerContext for Ctx {
         for e in tpl.elements() {
             let k = (e.topic().to_string(), e.partition());
             if let Some(a) = s.acked.remove(&k) {
-                let _ = add_acked(&mut commit, &k.0, k.1, a);
+                let _ = add_acked(&mut commit, &k.0, k.1, &a);
             }
             s.rebuild_until.remove(&k);
+            s.rebuild_ahead.remove(&k);
             s.revoked.push(k);
         }
         s.generation += 1;
@@ -672,8 +758,9 @@ impl ConsumerContext for Ctx {
         let mut s = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
         for e in tpl.elements() {
             let k = (e.topic().to_string(), e.partition());
-            let until = s.rebuild_until.remove(&k);
-            s.assigned.push((k, until));
+            let rebuild_until = s.rebuild_until.remove(&k);
+            let rebuild_ahead = s.rebuild_ahead.remove(&k).unwrap_or_default();
+            s.assigned.push(Gained { topic: k.0, partition: k.1, rebuild_until, rebuild_ahead });
         }
         s.generation += 1;
         s.awaiting = false;
@@ -695,7 +782,7 @@ pub struct KafkaSource {
     queued_bytes: usize,
     /// The newest offset and message time handed out per partition since
     /// the last acknowledgement (messages read to rebuild state excepted) ...
-    handed: FxHashMap<Tp, (i64, i64, i64)>,
+    handed: FxHashMap<Tp, (i64, i64)>,
     /// ... and the newest message handed out of all.
     last_handed: Option<(Tp, i64)>,
     last_commit: Instant,
@@ -715,6 +802,9 @@ pub struct KafkaSource {
     emitted: bool,
     /// `max.poll.interval.ms` (librdkafka's default unless configured).
     poll_interval: Duration,
+    /// The run is ending ([`Source::wind_down`]): polls hand out only
+    /// messages held back behind ones already handed out.
+    winding_down: bool,
 }
 
 impl KafkaSource {
@@ -770,6 +860,7 @@ impl KafkaSource {
             behind_reported: None,
             emitted: false,
             poll_interval,
+            winding_down: false,
         })
     }
 
@@ -780,7 +871,7 @@ impl KafkaSource {
         topics: &[&'static str],
         parts: &mut FxHashMap<Tp, Part>,
         queued_bytes: &mut usize,
-        handed: &mut FxHashMap<Tp, (i64, i64, i64)>,
+        handed: &mut FxHashMap<Tp, (i64, i64)>,
     ) {
         let (assigned, revoked) = {
             let mut s = shared.lock().unwrap_or_else(PoisonError::into_inner);
@@ -801,12 +892,13 @@ impl KafkaSource {
             handed.remove(&(i, p));
             tracing::info!(topic = %t, partition = p, "kafka: partition revoked");
         }
-        for ((t, p), rebuild_until) in assigned {
+        for Gained { topic: t, partition: p, rebuild_until, rebuild_ahead } in assigned {
             if let Some(i) = index(&t) {
                 let skip = shared.lock().unwrap_or_else(PoisonError::into_inner).ahead.remove(&(t.clone(), p));
                 let part = parts.entry((i, p)).or_default();
                 part.heard = Some(Instant::now());
                 part.rebuild_until = rebuild_until;
+                part.rebuild_ahead = rebuild_ahead;
                 part.skip = skip.unwrap_or_default();
                 tracing::info!(topic = %t, partition = p, "kafka: partition assigned");
             }
@@ -868,10 +960,7 @@ impl KafkaSource {
                 .min(crate::event::time::now_ms().saturating_add(self.spec.max_future_ms));
             let offset = m.offset();
             let part = self.parts.entry(tp).or_default();
-            let rebuild = part.rebuild_until.is_some_and(|until| offset < until);
-            if !rebuild {
-                part.rebuild_until = None;
-            }
+            let rebuild = part.rebuilds(offset);
             part.eof = false;
             part.heard = Some(Instant::now());
             part.next = Some(offset + 1);
@@ -1058,7 +1147,7 @@ impl KafkaSource {
         }
         let mut tpl = TopicPartitionList::new();
         for ((t, p), a) in &s.acked {
-            add_acked(&mut tpl, t, *p, *a).map_err(kafka_io)?;
+            add_acked(&mut tpl, t, *p, a).map_err(kafka_io)?;
         }
         match self.consumer.commit(&tpl, CommitMode::Sync) {
             Ok(()) => {
@@ -1076,13 +1165,147 @@ impl KafkaSource {
         }
     }
 
-    /// Answers a revoke held for the round in flight: what was acknowledged
-    /// of its partitions (that round, when this follows its
-    /// acknowledgement) is committed, then they are given up.
-    fn release_held_revoke(&mut self) {
-        let Some((tpl, _)) = self.shared.lock().unwrap_or_else(PoisonError::into_inner).held.take() else { return };
+    /// Answers a held revoke once nothing keeps it: the round in flight is
+    /// acknowledged and no partition leaving has a message held back behind
+    /// newer offsets already handed out. What was acknowledged of the
+    /// partitions is committed, then they are given up (and dropped here
+    /// at once, so that nothing more of them is handed out). With `force`
+    /// (closing), or once held [`HOLD_REVOKE`], they go as they are.
+    fn release_held_revoke(&mut self, force: bool) {
+        let hold = HOLD_REVOKE.min(self.poll_interval / 3);
+        let early = {
+            let s = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
+            let Some((tpl, since)) = s.held.as_ref() else { return };
+            let waiting = s.held_round || self.has_gap(tpl);
+            if waiting && !force && since.elapsed() < hold {
+                return;
+            }
+            waiting
+        };
+        let tpl = {
+            let mut s = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
+            s.held_round = false;
+            if early {
+                s.revokes_released_early += 1;
+            }
+            let Some((tpl, _)) = s.held.take() else { return };
+            tpl
+        };
+        if early {
+            tracing::warn!(
+                held_ms = hold.as_millis() as u64,
+                "kafka: a revoke waited as long as it may for the round in flight or for messages held back; the partitions go as they are (their next owner reads again what was not acknowledged)"
+            );
+        }
         if let Err(e) = self.consumer.context().give_up(&self.consumer, &tpl) {
             tracing::warn!(error = %e, "kafka: giving up revoked partitions failed");
+        }
+        Self::apply_rebalance(&self.shared, &self.topics, &mut self.parts, &mut self.queued_bytes, &mut self.handed);
+    }
+
+    /// Whether a partition of `tpl` has messages held back behind newer
+    /// offsets already handed out.
+    fn has_gap(&self, tpl: &TopicPartitionList) -> bool {
+        tpl.elements().iter().any(|e| self.tp(e.topic(), e.partition()).is_some_and(|tp| self.gap(tp)))
+    }
+
+    fn gap(&self, tp: Tp) -> bool {
+        self.parts.get(&tp).is_some_and(|p| !p.ahead.is_empty())
+    }
+
+    fn tp(&self, topic: &str, partition: i32) -> Option<Tp> {
+        self.topics.iter().position(|t| *t == topic).map(|i| (i as u16, partition))
+    }
+
+    /// The partitions whose held-back messages go out before anything else:
+    /// those of a held revoke, or every one when the run is ending (`None`:
+    /// none, read as usual).
+    fn draining(&self) -> Option<Vec<Tp>> {
+        if self.winding_down {
+            return Some(self.parts.keys().copied().filter(|tp| self.gap(*tp)).collect());
+        }
+        let s = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
+        let (tpl, _) = s.held.as_ref()?;
+        let tps = tpl.elements().into_iter().filter_map(|e| self.tp(e.topic(), e.partition()));
+        Some(tps.filter(|tp| self.gap(*tp)).collect())
+    }
+
+    /// Hands out, in offset order, the messages of `tps` held back behind
+    /// newer offsets already handed out (a slower writer's, merged by
+    /// time), so that what is committed covers exactly what was counted.
+    fn hand_out_gaps(&mut self, tps: &[Tp], out: &mut Records, max: usize, applied: &mut Vec<(Tp, i64)>) {
+        let before = out.len();
+        for &tp in tps {
+            while out.len() - before < max {
+                let Some(part) = self.parts.get_mut(&tp) else { break };
+                let Some(&last) = part.ahead.last() else { break };
+                let lowest =
+                    part.queues.iter().enumerate().filter_map(|(i, (_, q))| q.front().map(|m| (m.offset, i))).min();
+                match lowest {
+                    Some((offset, q)) if offset < last => self.hand_out(tp, q, out, applied),
+                    // Nothing queued below what was handed out: no gap after all.
+                    _ => {
+                        part.ahead.clear();
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Hands out the head of queue `q` of partition `tp`, line by line.
+    fn hand_out(&mut self, tp: Tp, q: usize, out: &mut Records, applied: &mut Vec<(Tp, i64)>) {
+        let topic = self.topics[tp.0 as usize];
+        let Some(part) = self.parts.get_mut(&tp) else { return };
+        let writer = part.queues.get(q).map_or(0, |(w, _)| *w);
+        let Some(msg) = part.pop(q) else { return };
+        part.bytes -= msg.payload.len();
+        self.queued_bytes -= msg.payload.len();
+        let entities = self.spec.entities.get(tp.0 as usize).copied().unwrap_or(super::ALL_ENTITIES);
+        let mut line_no = 0u32;
+        // memchr finds the newlines a vector at a time: splitting byte by
+        // byte cost ~2,700 instructions a line, 6 % of an instance's work
+        // (docs/PERFORMANCE.md, "counted in instructions").
+        let mut from = 0;
+        let ends = memchr::memchr_iter(b'\n', &msg.payload).chain(std::iter::once(msg.payload.len()));
+        for end in ends {
+            let line = &msg.payload[from..end];
+            from = end + 1;
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if line.is_empty() {
+                continue;
+            }
+            line_no += 1;
+            let pos = Position::Kafka { topic, partition: tp.1, offset: msg.offset, line: line_no };
+            let kept = &line[..line.len().min(self.keep)];
+            out.push_as(kept, line.len() as u64, pos, msg.rebuild, entities);
+        }
+        if !msg.rebuild {
+            let through = part.handed_through().unwrap_or(msg.offset);
+            if msg.offset > through {
+                if part.ahead.len() >= MAX_AHEAD {
+                    tracing::warn!(
+                        topic,
+                        partition = tp.1,
+                        "kafka: too many messages handed out ahead of a slower writer to remember; should the partition come back here, some may count twice"
+                    );
+                    part.ahead.clear();
+                }
+                part.ahead.insert(msg.offset);
+            }
+            if part.ahead.first().is_some_and(|o| *o <= through) {
+                part.ahead = part.ahead.split_off(&(through + 1));
+            }
+            let h = self.handed.entry(tp).or_insert((through, msg.ts));
+            *h = (h.0.max(through), h.1.max(msg.ts));
+        }
+        applied.push((tp, msg.offset + 1));
+        self.last_handed = Some((tp, msg.offset));
+        if !msg.rebuild {
+            if msg.ts < self.newest_handed {
+                self.report_behind(tp, writer, msg.ts);
+            }
+            self.newest_handed = self.newest_handed.max(msg.ts);
         }
     }
 
@@ -1098,71 +1321,33 @@ impl Source for KafkaSource {
     }
 
     fn poll(&mut self, out: &mut Records, max: usize) -> io::Result<Poll> {
-        // Held for a round whose acknowledgement never came (a checkpoint
-        // that failed is the end of the run; this is only belt and braces).
-        self.release_held_revoke();
+        // A revoke held for a round whose acknowledgement never came (a
+        // checkpoint that failed is the end of the run; belt and braces)
+        // waits no longer for it, only for held-back messages.
+        self.shared.lock().unwrap_or_else(PoisonError::into_inner).held_round = false;
+        self.release_held_revoke(false);
         // Acknowledged offsets are committed even when nothing new arrives.
         if self.last_commit.elapsed() >= Duration::from_millis(self.spec.commit_every_ms) {
             self.commit()?;
         }
         let before = out.len();
-        let wait = if self.next_ready().is_some() { Duration::ZERO } else { Duration::from_millis(50) };
-        self.fill(wait, false);
+        if !self.winding_down {
+            let wait = if self.next_ready().is_some() { Duration::ZERO } else { Duration::from_millis(50) };
+            self.shared.lock().unwrap_or_else(PoisonError::into_inner).polling = true;
+            self.fill(wait, false);
+            self.shared.lock().unwrap_or_else(PoisonError::into_inner).polling = false;
+            // A revoke that came meanwhile is answered now unless messages
+            // of its partitions are held back (handed out just below).
+            self.release_held_revoke(false);
+        }
         let mut applied: Vec<(Tp, i64)> = Vec::new();
-        while out.len() - before < max {
-            let Some(tp) = self.next_ready() else { break };
-            let topic = self.topics[tp.0 as usize];
-            let Some(part) = self.parts.get_mut(&tp) else { break };
-            let Some((_, queue)) = part.head() else { break };
-            let writer = part.queues[queue].0;
-            let Some(msg) = part.pop(queue) else { break };
-            part.bytes -= msg.payload.len();
-            self.queued_bytes -= msg.payload.len();
-            let entities = self.spec.entities.get(tp.0 as usize).copied().unwrap_or(super::ALL_ENTITIES);
-            let mut line_no = 0u32;
-            // memchr finds the newlines a vector at a time: splitting byte by
-            // byte cost ~2,700 instructions a line, 6 % of an instance's work
-            // (docs/PERFORMANCE.md, "counted in instructions").
-            let mut from = 0;
-            let ends = memchr::memchr_iter(b'\n', &msg.payload).chain(std::iter::once(msg.payload.len()));
-            for end in ends {
-                let line = &msg.payload[from..end];
-                from = end + 1;
-                let line = line.strip_suffix(b"\r").unwrap_or(line);
-                if line.is_empty() {
-                    continue;
-                }
-                line_no += 1;
-                let pos = Position::Kafka { topic, partition: tp.1, offset: msg.offset, line: line_no };
-                let kept = &line[..line.len().min(self.keep)];
-                out.push_as(kept, line.len() as u64, pos, msg.rebuild, entities);
-            }
-            if !msg.rebuild {
-                let through = part.handed_through().unwrap_or(msg.offset);
-                if msg.offset > through {
-                    if part.ahead.len() >= MAX_AHEAD {
-                        tracing::warn!(
-                            topic,
-                            partition = tp.1,
-                            "kafka: too many messages handed out ahead of a slower writer to remember; should the partition come back here, some may count twice"
-                        );
-                        part.ahead.clear();
-                    }
-                    part.ahead.insert(msg.offset);
-                }
-                if part.ahead.first().is_some_and(|o| *o <= through) {
-                    part.ahead = part.ahead.split_off(&(through + 1));
-                }
-                let h = self.handed.entry(tp).or_insert((through, msg.ts, msg.offset));
-                *h = (h.0.max(through), h.1.max(msg.ts), h.2.max(msg.offset));
-            }
-            applied.push((tp, msg.offset + 1));
-            self.last_handed = Some((tp, msg.offset));
-            if !msg.rebuild {
-                if msg.ts < self.newest_handed {
-                    self.report_behind(tp, writer, msg.ts);
-                }
-                self.newest_handed = self.newest_handed.max(msg.ts);
+        if let Some(tps) = self.draining() {
+            self.hand_out_gaps(&tps, out, max, &mut applied);
+        } else {
+            while out.len() - before < max {
+                let Some(tp) = self.next_ready() else { break };
+                let Some((_, queue)) = self.parts.get(&tp).and_then(Part::head) else { break };
+                self.hand_out(tp, queue, out, &mut applied);
             }
         }
         if !applied.is_empty() {
@@ -1201,20 +1386,15 @@ impl Source for KafkaSource {
     /// served as it comes and a revoke is held until the round in flight is
     /// acknowledged ([`Shared::held`], at most [`HOLD_REVOKE`]).
     fn keep_alive(&mut self) {
-        let hold = HOLD_REVOKE.min(self.poll_interval / 3);
-        let overdue = {
+        {
             let mut s = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
             s.holding = true;
-            s.held.as_ref().is_some_and(|(_, since)| since.elapsed() >= hold)
-        };
-        if overdue {
-            self.shared.lock().unwrap_or_else(PoisonError::into_inner).revokes_released_early += 1;
-            tracing::warn!(
-                held_ms = hold.as_millis() as u64,
-                "kafka: a checkpoint outlasted the rebalance held for it; the partitions go with their last round unacknowledged (their next owner reads it again)"
-            );
-            self.release_held_revoke();
+            // A revoke held for held-back messages now waits for the round
+            // that hands them out, too.
+            s.held_round |= s.held.is_some();
         }
+        // Only a revoke held too long goes now.
+        self.release_held_revoke(false);
         self.fill(Duration::ZERO, true);
         self.shared.lock().unwrap_or_else(PoisonError::into_inner).holding = false;
     }
@@ -1242,20 +1422,31 @@ impl Source for KafkaSource {
         self.last_handed = None;
         {
             let mut s = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
-            for ((t, p), (o, ts, newest)) in self.handed.drain() {
-                let a = Acked { next: o + 1, ts, read_to: newest + 1 };
-                s.acked.entry((self.topics[t as usize].to_string(), p)).or_insert(a).merge(a);
+            for ((t, p), (o, ts)) in self.handed.drain() {
+                let ahead = self.parts.get(&(t, p)).map(|part| part.ahead_ranges(o + 1)).unwrap_or_default();
+                let a = Acked { next: o + 1, ts, ahead };
+                match s.acked.entry((self.topics[t as usize].to_string(), p)) {
+                    std::collections::hash_map::Entry::Occupied(mut e) => e.get_mut().merge(a),
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        e.insert(a);
+                    }
+                }
             }
         }
-        self.release_held_revoke();
+        self.shared.lock().unwrap_or_else(PoisonError::into_inner).held_round = false;
+        self.release_held_revoke(false);
         if self.last_commit.elapsed() >= Duration::from_millis(self.spec.commit_every_ms) {
             self.commit()?;
         }
         Ok(())
     }
 
+    fn wind_down(&mut self) {
+        self.winding_down = true;
+    }
+
     fn close(&mut self) -> io::Result<()> {
-        self.release_held_revoke();
+        self.release_held_revoke(true);
         self.commit()
     }
 }
@@ -1264,7 +1455,7 @@ impl Source for KafkaSource {
 /// librdkafka's close gave up on it.
 impl Drop for KafkaSource {
     fn drop(&mut self) {
-        self.release_held_revoke();
+        self.release_held_revoke(true);
     }
 }
 
@@ -1288,18 +1479,44 @@ mod tests {
 
     #[test]
     fn commit_metadata_carries_the_time_and_anything_else_is_no_time() {
-        let acked = |next, ts, read_to| Acked { next, ts, read_to };
+        let acked = |next, ts, ahead: &[(i64, i64)]| Acked { next, ts, ahead: ahead.to_vec() };
         let t = 1_793_600_454_992;
-        assert_eq!(metadata_time(commit_metadata(acked(5, t, 5)).as_bytes()), Some((t, None)));
-        assert_eq!(metadata_time(commit_metadata(acked(5, t, 9)).as_bytes()), Some((t, Some(9))));
+        assert_eq!(metadata_time(commit_metadata(&acked(5, t, &[])).as_bytes()), Some((t, vec![])));
+        let ahead = [(6, 8), (10, 10)];
+        assert_eq!(metadata_time(commit_metadata(&acked(5, t, &ahead)).as_bytes()), Some((t, ahead.to_vec())));
+        // Too many ranges for Kafka's 4 KiB of metadata: none (counted again, never missed).
+        let many: Vec<(i64, i64)> = (0..=MAX_AHEAD_RANGES as i64).map(|i| (10 + 2 * i, 10 + 2 * i)).collect();
+        let text = commit_metadata(&acked(5, t, &many));
+        assert!(text.len() < 4096);
+        assert_eq!(metadata_time(text.as_bytes()), Some((t, vec![])));
+        let most: Vec<(i64, i64)> =
+            many[..MAX_AHEAD_RANGES].iter().map(|(f, _)| (*f * 1_000_000, *f * 1_000_000)).collect();
+        assert!(commit_metadata(&acked(5, t, &most)).len() < 4096, "the most ranges a commit carries fit");
         for other in
             [&b""[..], b"\xff\xfe", b"{}", b"{\"gatewatch_time_ms\":\"x\"}", b"12345", b"{\"gatewatch_time_ms\":1e400}"]
         {
             assert_eq!(metadata_time(other), None, "{other:?}");
         }
-        let mut a = acked(10, 500, 10);
-        a.merge(acked(7, 900, 12));
-        assert_eq!(a, acked(10, 900, 12), "the furthest offsets and the newest time");
+        let mut a = acked(10, 500, &[(12, 12)]);
+        a.merge(acked(11, 900, &[(13, 14)]));
+        assert_eq!(a, acked(11, 900, &[(13, 14)]), "the furthest offset, the newest time, the later view ahead");
+    }
+
+    #[test]
+    fn what_was_handed_out_ahead_is_told_in_ranges_around_what_was_held_back() {
+        let msg = |offset| Msg { ts: 0, offset, payload: Vec::new(), rebuild: false, arrived: Instant::now() };
+        let mut p = Part::default();
+        // Offsets 3 and 6 held back (a slower writer's); 4, 5, 7, 8 handed out.
+        p.push(1, msg(3));
+        p.push(1, msg(6));
+        p.push(2, msg(9));
+        p.ahead = [4, 5, 7, 8].into_iter().collect();
+        assert_eq!(p.ahead_ranges(3), [(4, 5), (7, 8)]);
+        assert_eq!(Part::default().ahead_ranges(3), [], "nothing ahead");
+        // The next owner: before 3 and in those ranges, state only.
+        let mut next = Part { rebuild_until: Some(3), rebuild_ahead: p.ahead_ranges(3), ..Part::default() };
+        let rebuilt: Vec<i64> = (0..11).filter(|o| next.rebuilds(*o)).collect();
+        assert_eq!(rebuilt, [0, 1, 2, 4, 5, 7, 8]);
     }
 
     #[test]

@@ -217,6 +217,12 @@ pub trait Source: Send {
     /// the next poll. A change of share found here is reported by
     /// [`Source::share`] after the next poll, as any other.
     fn keep_alive(&mut self) {}
+
+    /// The run is ending: the next polls hand out only what was held back
+    /// behind records already handed out (a Kafka partition's slower
+    /// writer, merged by time), then nothing, so that the positions
+    /// committed on [`Source::close`] cover exactly what was counted.
+    fn wind_down(&mut self) {}
 }
 
 /// The source for `path` (`-` is stdin): read to the end (`follow = false`,
