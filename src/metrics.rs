@@ -58,6 +58,7 @@ pub struct Metrics {
     pub kafka_commit_errors: IntCounter,
     pub kafka_revokes_held: IntCounter,
     pub kafka_revokes_released_early: IntCounter,
+    pub kafka_gap_handed: IntCounter,
     /// Today's decisions by source, and the scores models decided on (the
     /// console's "rules and models"; Prometheus counters have no day).
     pub fired: std::sync::Arc<crate::fired::Fired>,
@@ -208,15 +209,23 @@ impl Metrics {
         registry.register(Box::new(kafka_lag.clone()))?;
         let kafka_revokes_held = IntCounter::new(
             "gatewatch_kafka_revokes_held_total",
-            "Rebalances that took partitions away while a round of them was being checkpointed, answered once the \
-             round was acknowledged (so its offsets were committed and nothing was read twice)",
+            "Rebalances that took partitions away while a round of them was being checkpointed, or while messages of \
+             theirs were held back behind newer offsets already handed out, answered once the round was acknowledged \
+             and those messages were handed out (so the offsets committed cover exactly what was counted)",
         )?;
         let kafka_revokes_released_early = IntCounter::new(
             "gatewatch_kafka_revokes_released_unacknowledged_total",
-            "Of those, answered before the round was acknowledged because its checkpoint outlasted the hold (10 s, or a third of \
+            "Of those, answered before that was done because it outlasted the hold (10 s, or a third of \
              max.poll.interval.ms): \
-             the partitions' next owner reads that round again",
+             the partitions' next owner reads what was not acknowledged again",
         )?;
+        let kafka_gap_handed = IntCounter::new(
+            "gatewatch_kafka_held_back_messages_handed_out_total",
+            "Messages of a repartition topic held back behind newer offsets already handed out (a slower writer's, \
+             merged by time) that were handed out out of time order because their partition was being given up or \
+             the run was ending",
+        )?;
+        registry.register(Box::new(kafka_gap_handed.clone()))?;
         registry.register(Box::new(kafka_commit_errors.clone()))?;
         registry.register(Box::new(kafka_revokes_held.clone()))?;
         registry.register(Box::new(kafka_revokes_released_early.clone()))?;
@@ -276,6 +285,7 @@ impl Metrics {
             kafka_commit_errors,
             kafka_revokes_held,
             kafka_revokes_released_early,
+            kafka_gap_handed,
         })
     }
 
@@ -290,6 +300,7 @@ impl Metrics {
         let (held, early) = k.revokes_held();
         self.kafka_revokes_held.inc_by(held.saturating_sub(self.kafka_revokes_held.get()));
         self.kafka_revokes_released_early.inc_by(early.saturating_sub(self.kafka_revokes_released_early.get()));
+        self.kafka_gap_handed.inc_by(k.gap_handed().saturating_sub(self.kafka_gap_handed.get()));
     }
 
     /// Brings the engine's gauges and counters up to its running summary.

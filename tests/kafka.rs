@@ -969,10 +969,17 @@ fn repartition_topics_carry_each_event_once_per_entity_to_the_engines_that_keep_
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(events(&engines[0]) + events(&engines[1]), lines as f64, "each line once across the address engines");
     let how = |s: &common::Server| {
-        ["gatewatch_events_total", "gatewatch_events_rebuilt_total", "gatewatch_kafka_commit_errors_total"]
-            .map(|m| format!("{m} {}", s.metric(m)))
-            .join(", ")
+        [
+            "gatewatch_events_total",
+            "gatewatch_events_rebuilt_total",
+            "gatewatch_kafka_commit_errors_total",
+            "gatewatch_kafka_revokes_held_total",
+            "gatewatch_kafka_held_back_messages_handed_out_total",
+        ]
+        .map(|m| format!("{m} {}", s.metric(m)))
+        .join(", ")
     };
+    eprintln!("entity engines: {} | {}", how(&engines[2]), how(&engines[3]));
     assert_eq!(
         events(&engines[2]) + events(&engines[3]),
         copies as f64,

@@ -367,6 +367,12 @@ struct Shared {
     /// The held revoke waits for a round's acknowledgement (it came during
     /// that round's checkpoint).
     held_round: bool,
+    /// The held revoke is counted in `revokes_held` (it waited for
+    /// something: a round, or held-back messages).
+    held_counted: bool,
+    /// Messages handed out out of time order because they were held back
+    /// behind newer offsets and their partition was being given up.
+    gap_handed: u64,
     /// Revokes held so far, and of those, served before their round was
     /// acknowledged because it took longer than [`HOLD_REVOKE`].
     revokes_held: u64,
@@ -499,11 +505,18 @@ impl KafkaStats {
         self.0.lock().unwrap_or_else(PoisonError::into_inner).assigned_now
     }
 
-    /// Revokes held for a round in flight, and of those, released before it
-    /// was acknowledged (its events then count twice: see [`HOLD_REVOKE`]).
+    /// Revokes held for a round in flight or for held-back messages, and of
+    /// those, released before that was done (its events then count twice:
+    /// see [`HOLD_REVOKE`]).
     pub fn revokes_held(&self) -> (u64, u64) {
         let s = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         (s.revokes_held, s.revokes_released_early)
+    }
+
+    /// Messages held back behind newer offsets that were handed out because
+    /// their partition was being given up or the run was ending.
+    pub fn gap_handed(&self) -> u64 {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).gap_handed
     }
 
     /// Messages not yet read, over the assigned partitions (librdkafka's
@@ -708,6 +721,7 @@ impl ConsumerContext for Ctx {
                 if (s.holding || s.polling) && s.held.is_none() {
                     s.held = Some((tpl.clone(), Instant::now()));
                     s.held_round = s.holding;
+                    s.held_counted = s.holding;
                     s.revokes_held += u64::from(s.holding);
                     tracing::debug!(
                         partitions = tpl.count(),
@@ -1235,6 +1249,7 @@ impl KafkaSource {
     /// time), so that what is committed covers exactly what was counted.
     fn hand_out_gaps(&mut self, tps: &[Tp], out: &mut Records, max: usize, applied: &mut Vec<(Tp, i64)>) {
         let before = out.len();
+        let handed = applied.len();
         for &tp in tps {
             while out.len() - before < max {
                 let Some(part) = self.parts.get_mut(&tp) else { break };
@@ -1249,6 +1264,15 @@ impl KafkaSource {
                         break;
                     }
                 }
+            }
+        }
+        let gap = (applied.len() - handed) as u64;
+        if gap > 0 {
+            let mut s = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
+            s.gap_handed += gap;
+            if s.held.is_some() && !s.held_counted {
+                s.held_counted = true;
+                s.revokes_held += 1;
             }
         }
     }
