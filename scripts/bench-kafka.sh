@@ -36,6 +36,10 @@ cpu_of() { # PID: user + system seconds
     awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$1/stat"
 }
 
+sys_of() { # PID: system seconds (the kernel's share: page faults, wake-ups)
+    awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", $15 / hz }' "/proc/$1/stat"
+}
+
 metric() { # PORT KEY NAME
     curl -s -H "X-Api-Key: $2" "http://127.0.0.1:$1/metrics" | awk -v n="$3" '$1 == n { print $2 }'
 }
@@ -130,6 +134,8 @@ for _ in $(seq 2400); do
 done
 full0=$(cpu_of "${pids[0]}")
 full1=$(cpu_of "${pids[1]}")
+sys0=$(sys_of "${pids[0]}")
+sys1=$(sys_of "${pids[1]}")
 # Lines read again to rebuild windows (a partition that moved at the
 # group's first rebalance): work, but not events.
 rebuilt0=$(metric "${ports[0]}" "${keys[0]}" gatewatch_events_rebuilt_total || true)
@@ -169,10 +175,12 @@ for i, n in enumerate(counts):
         f.writelines(l for l, p in zip(lines, where) if share is not None and p in share)
 PY
 share_cpu=()
+share_sys=()
 for i in 0 1; do
     /usr/bin/time -f "%U %S" -o "$work/share$i.time" "$bin" --pipeline "$one" replay --input "$work/share$i.jsonl" \
         --out "$work/share$i" >/dev/null 2>&1
     share_cpu+=("$(awk '{ print $1 + $2 }' "$work/share$i.time")")
+    share_sys+=("$(awk '{ print $2 }' "$work/share$i.time")")
 done
 
 rate() { awk -v n="$1" -v s="$2" 'BEGIN { printf "%.0f", (s > 0 ? n / s : 0) }'; }
@@ -180,6 +188,6 @@ echo "lines: $lines, partitions: $partitions, lines per message: $per_message"
 echo "file replay:         $file_cpu CPU-s  $(rate "$lines" "$file_cpu") events/CPU-s"
 echo "kafka, 1 instance:   $one_cpu CPU-s  $(rate "$one_events" "$one_cpu") events/CPU-s ($one_events events)"
 echo "kafka, 2 instances:  $cpu0 + $cpu1 CPU-s  $(rate "$live_a" "$cpu0") + $(rate "$live_b" "$cpu1") events/CPU-s ($live_a + $live_b lines taken in, late ones included, read as they were sent, from the send on; the engines' start-up not counted)"
-echo "kafka, 2 saturated:  $full0 + $full1 CPU-s  $(rate "$a" "$full0") + $(rate "$b" "$full1") events/CPU-s ($a + $b lines taken in, topic filled first, from process start, ${wall} s wall)"
+echo "kafka, 2 saturated:  $full0 + $full1 CPU-s  $(rate "$a" "$full0") + $(rate "$b" "$full1") events/CPU-s ($a + $b lines taken in, topic filled first, from process start, ${wall} s wall; system $sys0 + $sys1)"
 echo "  each until its own last line: $done0 + $done1 CPU-s  $(rate "$a" "$done0") + $(rate "$b" "$done1") events/CPU-s; lines read again to rebuild windows: ${rebuilt0:-0} + ${rebuilt1:-0}"
-echo "file, each one's share: ${share_cpu[0]} + ${share_cpu[1]} CPU-s  $(rate "$a" "${share_cpu[0]}") + $(rate "$b" "${share_cpu[1]}") events/CPU-s (the lines each saturated instance read, replayed from a file)"
+echo "file, each one's share: ${share_cpu[0]} + ${share_cpu[1]} CPU-s  $(rate "$a" "${share_cpu[0]}") + $(rate "$b" "${share_cpu[1]}") events/CPU-s (the lines each saturated instance read, replayed from a file; system ${share_sys[0]} + ${share_sys[1]})"
