@@ -123,14 +123,26 @@ for i in 0 1; do
 done
 # Each instance's CPU is also sampled when its own count last grew: the one
 # with the smaller share idles (polling) while the other finishes.
-done0=0 done1=0 prev0=-1 prev1=-1
+done0=0 done1=0 prev0=-1 prev1=-1 still=0
 for _ in $(seq 2400); do
     sleep 0.2
     a=$(taken "${ports[0]}" "${keys[0]}")
     b=$(taken "${ports[1]}" "${keys[1]}")
-    [ "$a" != "$prev0" ] && done0=$(cpu_of "${pids[0]}") prev0=$a
-    [ "$b" != "$prev1" ] && done1=$(cpu_of "${pids[1]}") prev1=$b
+    still=$(( still + 1 ))
+    [ "$a" != "$prev0" ] && done0=$(cpu_of "${pids[0]}") prev0=$a still=0
+    [ "$b" != "$prev1" ] && done1=$(cpu_of "${pids[1]}") prev1=$b still=0
     [ $(( a + b )) -ge "$lines" ] && break
+    # A minute without a line taken in, short of the total: an engine has
+    # stopped reading. What each holds, for whoever looks into it.
+    if [ "$still" -ge 300 ]; then
+        echo "saturated instances stopped at $a + $b of $lines lines:" >&2
+        for i in 0 1; do
+            curl -s -H "X-Api-Key: ${keys[$i]}" "http://127.0.0.1:${ports[$i]}/metrics" |
+                grep -E '^gatewatch_(events|events_rebuilt|dead_letters|input_anomalies|kafka)_' | sed "s/^/  instance $i: /" >&2
+            echo "  instance $i: $(cpu_of "${pids[$i]}") CPU-s" >&2
+        done
+        exit 1
+    fi
 done
 full0=$(cpu_of "${pids[0]}")
 full1=$(cpu_of "${pids[1]}")
