@@ -171,12 +171,13 @@ pub fn live(
     // What the source held back behind records it handed out goes through
     // the engine before the end: its positions are then committed exactly
     // (a partition's next owner counts none of them again, and misses none).
-    source.wind_down();
-    loop {
-        records.clear();
-        source.poll(&mut records, ROUND).map_err(|e| io_error(source.as_ref(), e))?;
-        let Some(pos) = records.last_position() else { break };
-        take_round(&mut engine, source.as_mut(), &records, pos)?;
+    if source.wind_down() {
+        loop {
+            records.clear();
+            source.poll(&mut records, ROUND).map_err(|e| io_error(source.as_ref(), e))?;
+            let Some(pos) = records.last_position() else { break };
+            take_round(&mut engine, source.as_mut(), &records, pos)?;
+        }
     }
     let summary = engine.finish()?;
     // How large the rounds were says whether their fixed cost matters (docs/PERFORMANCE.md).

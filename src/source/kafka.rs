@@ -1465,8 +1465,9 @@ impl Source for KafkaSource {
         Ok(())
     }
 
-    fn wind_down(&mut self) {
+    fn wind_down(&mut self) -> bool {
         self.winding_down = true;
+        true
     }
 
     fn close(&mut self) -> io::Result<()> {

@@ -222,7 +222,12 @@ pub trait Source: Send {
     /// behind records already handed out (a Kafka partition's slower
     /// writer, merged by time), then nothing, so that the positions
     /// committed on [`Source::close`] cover exactly what was counted.
-    fn wind_down(&mut self) {}
+    /// Returns whether it may have such records; a source that holds
+    /// nothing back (a file, stdin) says no and is not polled again, so a
+    /// busy followed file cannot keep a stopping run reading.
+    fn wind_down(&mut self) -> bool {
+        false
+    }
 }
 
 /// The source for `path` (`-` is stdin): read to the end (`follow = false`,
