@@ -132,14 +132,17 @@ for _ in $(seq 2400); do
     [ "$a" != "$prev0" ] && done0=$(cpu_of "${pids[0]}") prev0=$a still=0
     [ "$b" != "$prev1" ] && done1=$(cpu_of "${pids[1]}") prev1=$b still=0
     [ $(( a + b )) -ge "$lines" ] && break
-    # A minute without a line taken in, short of the total: an engine has
-    # stopped reading. What each holds, for whoever looks into it.
-    if [ "$still" -ge 300 ]; then
+    # 80 s without a line taken in, short of the total: an engine has
+    # stopped reading. What each holds, for whoever looks into it (an engine
+    # logs its partitions' state after a minute of messages queued and none
+    # handed out).
+    if [ "$still" -ge 400 ]; then
         echo "saturated instances stopped at $a + $b of $lines lines:" >&2
         for i in 0 1; do
             curl -s -H "X-Api-Key: ${keys[$i]}" "http://127.0.0.1:${ports[$i]}/metrics" |
                 grep -E '^gatewatch_(events|events_rebuilt|dead_letters|input_anomalies|kafka)_' | sed "s/^/  instance $i: /" >&2
             echo "  instance $i: $(cpu_of "${pids[$i]}") CPU-s" >&2
+            grep -E 'none handed out|WARN|ERROR' "$work/full$i.log" | tail -5 | sed "s/^/  instance $i log: /" >&2
         done
         exit 1
     fi

@@ -59,6 +59,8 @@ pub struct Metrics {
     pub kafka_revokes_held: IntCounter,
     pub kafka_revokes_released_early: IntCounter,
     pub kafka_gap_handed: IntCounter,
+    pub kafka_queued: IntGauge,
+    pub kafka_stalls: IntCounter,
     /// Today's decisions by source, and the scores models decided on (the
     /// console's "rules and models"; Prometheus counters have no day).
     pub fired: std::sync::Arc<crate::fired::Fired>,
@@ -226,6 +228,18 @@ impl Metrics {
              the run was ending",
         )?;
         registry.register(Box::new(kafka_gap_handed.clone()))?;
+        let kafka_queued = IntGauge::new(
+            "gatewatch_kafka_queued_messages",
+            "Messages read from the brokers and not yet handed to the engine (merged by time across partitions; with \
+             the consumer lag, where the lines not yet counted are)",
+        )?;
+        let kafka_stalls = IntCounter::new(
+            "gatewatch_kafka_stalls_total",
+            "Times messages sat queued for a minute with none handed to the engine, longer than any hold should \
+             last (each logged with every partition's state)",
+        )?;
+        registry.register(Box::new(kafka_queued.clone()))?;
+        registry.register(Box::new(kafka_stalls.clone()))?;
         registry.register(Box::new(kafka_commit_errors.clone()))?;
         registry.register(Box::new(kafka_revokes_held.clone()))?;
         registry.register(Box::new(kafka_revokes_released_early.clone()))?;
@@ -286,6 +300,8 @@ impl Metrics {
             kafka_revokes_held,
             kafka_revokes_released_early,
             kafka_gap_handed,
+            kafka_queued,
+            kafka_stalls,
         })
     }
 
@@ -301,6 +317,8 @@ impl Metrics {
         self.kafka_revokes_held.inc_by(held.saturating_sub(self.kafka_revokes_held.get()));
         self.kafka_revokes_released_early.inc_by(early.saturating_sub(self.kafka_revokes_released_early.get()));
         self.kafka_gap_handed.inc_by(k.gap_handed().saturating_sub(self.kafka_gap_handed.get()));
+        self.kafka_queued.set(k.queued() as i64);
+        self.kafka_stalls.inc_by(k.stalls().saturating_sub(self.kafka_stalls.get()));
     }
 
     /// Brings the engine's gauges and counters up to its running summary.

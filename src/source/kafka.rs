@@ -312,6 +312,10 @@ impl Part {
 /// reordered or late events, and visible as consumer lag).
 const STALLED: Duration = Duration::from_secs(30);
 
+/// Messages queued this long with none handed out is past every hold
+/// ([`STALLED`], [`HOLD_REVOKE`]): reported with what each partition holds.
+const STUCK: Duration = Duration::from_secs(60);
+
 /// What the rebalance callbacks and the source share.
 #[derive(Default)]
 struct Shared {
@@ -377,7 +381,17 @@ struct Shared {
     /// acknowledged because it took longer than [`HOLD_REVOKE`].
     revokes_held: u64,
     revokes_released_early: u64,
+    /// Messages read from the brokers and not yet handed to the engine, as
+    /// of the last poll.
+    queued: u64,
+    /// Times messages sat queued for [`STUCK`] with none handed out.
+    stalls: u64,
+    /// librdkafka's view of each partition it fetches (its last statistics).
+    fetching: Vec<String>,
 }
+
+/// Partitions described in a stall report, at most.
+const MAX_FETCH_VIEW: usize = 64;
 
 /// A partition assigned to this member, as the rebalance callback planned it.
 struct Gained {
@@ -517,6 +531,17 @@ impl KafkaStats {
     /// their partition was being given up or the run was ending.
     pub fn gap_handed(&self) -> u64 {
         self.0.lock().unwrap_or_else(PoisonError::into_inner).gap_handed
+    }
+
+    /// Messages read from the brokers and not yet handed to the engine:
+    /// with the consumer lag, where the unread lines are.
+    pub fn queued(&self) -> u64 {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).queued
+    }
+
+    /// Times messages sat queued for a minute with none handed out.
+    pub fn stalls(&self) -> u64 {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).stalls
     }
 
     /// Messages not yet read, over the assigned partitions (librdkafka's
@@ -689,7 +714,23 @@ impl ClientContext for Ctx {
             .filter(|(id, p)| **id >= 0 && p.consumer_lag >= 0)
             .map(|(_, p)| p.consumer_lag)
             .sum::<i64>();
-        self.shared.lock().unwrap_or_else(PoisonError::into_inner).lag = Some(lag);
+        // librdkafka's view of the partitions it fetches, for a stall report.
+        let fetching: Vec<String> = statistics
+            .topics
+            .iter()
+            .flat_map(|(name, t)| t.partitions.iter().map(move |(id, p)| (name, id, p)))
+            .filter(|(_, id, p)| **id >= 0 && p.desired)
+            .take(MAX_FETCH_VIEW)
+            .map(|(name, id, p)| {
+                format!(
+                    "{name}/{id}: fetch_state={} next={} app={} committed={} hi={} fetchq={}",
+                    p.fetch_state, p.next_offset, p.app_offset, p.committed_offset, p.hi_offset, p.fetchq_cnt
+                )
+            })
+            .collect();
+        let mut s = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
+        s.lag = Some(lag);
+        s.fetching = fetching;
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
@@ -819,6 +860,10 @@ pub struct KafkaSource {
     /// The run is ending ([`Source::wind_down`]): polls hand out only
     /// messages held back behind ones already handed out.
     winding_down: bool,
+    /// Since when messages have been queued with none handed out, and when
+    /// that was last reported ([`KafkaSource::watch_for_stall`]).
+    stuck_since: Option<Instant>,
+    stuck_reported: Option<Instant>,
 }
 
 impl KafkaSource {
@@ -875,6 +920,8 @@ impl KafkaSource {
             emitted: false,
             poll_interval,
             winding_down: false,
+            stuck_since: None,
+            stuck_reported: None,
         })
     }
 
@@ -1032,24 +1079,7 @@ impl KafkaSource {
             return;
         }
         self.behind_reported = Some(Instant::now());
-        let ms = |i: Instant| i.elapsed().as_millis();
-        let mut parts: Vec<String> = Vec::with_capacity(self.parts.len());
-        for ((t, p), part) in &self.parts {
-            let writers: Vec<String> = part
-                .writers
-                .iter()
-                .map(|(id, w)| format!("{id:x}:frontier={},heard={}ms ago,ended={}", w.frontier, ms(w.heard), w.ended))
-                .collect();
-            parts.push(format!(
-                "{}/{p}: newest={:?} eof={} heard={:?}ms ago queued={} writers=[{}]",
-                self.topics[*t as usize],
-                part.newest,
-                part.eof,
-                part.heard.map(ms),
-                part.queues.iter().map(|(_, q)| q.len()).sum::<usize>(),
-                writers.join(" ")
-            ));
-        }
+        let parts = self.describe_parts();
         tracing::debug!(
             topic = self.topics[tp.0 as usize],
             partition = tp.1,
@@ -1057,8 +1087,93 @@ impl KafkaSource {
             ts,
             newest_handed = self.newest_handed,
             behind_ms = self.newest_handed - ts,
-            "kafka: a message handed out behind an earlier one; partitions: {}",
-            parts.join("; ")
+            "kafka: a message handed out behind an earlier one; partitions: {parts}"
+        );
+    }
+
+    /// Every partition's state, for a log line: what it last delivered,
+    /// whether it is at its end, paused or behind the brokers, what it has
+    /// queued, and whether it holds back the next message.
+    fn describe_parts(&self) -> String {
+        let ms = |i: Instant| i.elapsed().as_millis();
+        let head =
+            self.parts.values().filter_map(|p| p.head().map(|(ts, q)| (ts, p.queues[q].1.front()))).min_by_key(|h| h.0);
+        let waited = head.and_then(|h| h.1).map_or(Duration::ZERO, |m| m.arrived.elapsed());
+        let idle = Duration::from_millis(self.spec.max_idle_ms);
+        let mut parts: Vec<String> = Vec::with_capacity(self.parts.len());
+        for (tp, part) in &self.parts {
+            let writers: Vec<String> = part
+                .writers
+                .iter()
+                .map(|(id, w)| {
+                    format!(
+                        "{id:x}:frontier={},heard={}ms ago,ended={},idle={}",
+                        w.frontier,
+                        ms(w.heard),
+                        w.ended,
+                        w.idle
+                    )
+                })
+                .collect();
+            let holds = head
+                .is_some_and(|(ts, _)| part.holds_back(ts, waited, idle, self.stop_at_end, || self.behind(*tp, part)));
+            parts.push(format!(
+                "{}/{}: newest={:?} next={:?} eof={} paused={} behind={} heard={:?}ms ago queued={} ({} B, head {:?}) \
+                 ahead={} rebuild_until={:?} holds_back={holds} writers=[{}]",
+                self.topics[tp.0 as usize],
+                tp.1,
+                part.newest,
+                part.next,
+                part.eof,
+                part.paused,
+                self.behind(*tp, part),
+                part.heard.map(ms),
+                part.queues.iter().map(|(_, q)| q.len()).sum::<usize>(),
+                part.bytes,
+                part.head().and_then(|(_, q)| part.queues[q].1.front()).map(|m| (m.offset, m.ts)),
+                part.ahead.len(),
+                part.rebuild_until,
+                writers.join(" ")
+            ));
+        }
+        parts.join("; ")
+    }
+
+    /// Counts what is queued for `/metrics` and, when messages have sat
+    /// queued with none handed out for [`STUCK`] — longer than any hold
+    /// should last — says so once a minute with every partition's state
+    /// and counts it, so that a stall is seen and can be explained.
+    fn watch_for_stall(&mut self, emitted: bool) {
+        let queued: usize = self.parts.values().map(|p| p.queues.iter().map(|(_, q)| q.len()).sum::<usize>()).sum();
+        self.shared.lock().unwrap_or_else(PoisonError::into_inner).queued = queued as u64;
+        if emitted || queued == 0 {
+            self.stuck_since = None;
+            return;
+        }
+        let since = *self.stuck_since.get_or_insert_with(Instant::now);
+        if since.elapsed() < STUCK || self.stuck_reported.is_some_and(|t| t.elapsed() < STUCK) {
+            return;
+        }
+        self.stuck_reported = Some(Instant::now());
+        let (held, held_round, fetching) = {
+            let mut s = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
+            s.stalls += 1;
+            (
+                s.held.as_ref().map(|(tpl, since)| (tpl.count(), since.elapsed().as_millis())),
+                s.held_round,
+                s.fetching.join("; "),
+            )
+        };
+        tracing::warn!(
+            queued,
+            queued_bytes = self.queued_bytes,
+            stuck_s = since.elapsed().as_secs(),
+            winding_down = self.winding_down,
+            draining = ?self.draining(),
+            held_revoke = ?held,
+            held_round,
+            "kafka: messages queued and none handed out; partitions: {}; librdkafka: {fetching}",
+            self.describe_parts()
         );
     }
 
@@ -1384,6 +1499,7 @@ impl Source for KafkaSource {
         self.resume_drained();
         let emitted = out.len() > before;
         self.emitted = emitted;
+        self.watch_for_stall(emitted);
         if self.stop_at_end && !emitted && self.replay_has_nothing_to_read()? {
             return Ok(Poll::End);
         }
