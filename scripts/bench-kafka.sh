@@ -142,7 +142,7 @@ for _ in $(seq 2400); do
             curl -s -H "X-Api-Key: ${keys[$i]}" "http://127.0.0.1:${ports[$i]}/metrics" |
                 grep -E '^gatewatch_(events|events_rebuilt|dead_letters|input_anomalies|kafka)_' | sed "s/^/  instance $i: /" >&2
             echo "  instance $i: $(cpu_of "${pids[$i]}") CPU-s" >&2
-            grep -E 'none handed out|WARN|ERROR' "$work/full$i.log" | tail -5 | sed "s/^/  instance $i log: /" >&2
+            grep -E 'nothing handed out|WARN|ERROR' "$work/full$i.log" | tail -5 | sed "s/^/  instance $i log: /" >&2
         done
         exit 1
     fi

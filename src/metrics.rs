@@ -235,8 +235,8 @@ impl Metrics {
         )?;
         let kafka_stalls = IntCounter::new(
             "gatewatch_kafka_stalls_total",
-            "Times messages sat queued for a minute with none handed to the engine, longer than any hold should \
-             last (each logged with every partition's state)",
+            "Times a minute passed with nothing handed to the engine while messages sat queued or a partition had \
+             more to read, longer than any hold should last (each logged with every partition's state)",
         )?;
         registry.register(Box::new(kafka_queued.clone()))?;
         registry.register(Box::new(kafka_stalls.clone()))?;

@@ -384,7 +384,7 @@ struct Shared {
     /// Messages read from the brokers and not yet handed to the engine, as
     /// of the last poll.
     queued: u64,
-    /// Times messages sat queued for [`STUCK`] with none handed out.
+    /// Times messages sat queued or unread for [`STUCK`] with none handed out.
     stalls: u64,
     /// librdkafka's view of each partition it fetches (its last statistics).
     fetching: Vec<String>,
@@ -754,6 +754,18 @@ impl ConsumerContext for Ctx {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 self.plan_rebuild(consumer, tpl);
                 let r = if cooperative { consumer.incremental_assign(tpl) } else { consumer.assign(tpl) };
+                // The source starts a gained partition unpaused, and so never
+                // resumes it; an assignment clears only librdkafka's own pause
+                // flag, not the application's. Whether that flag can outlive
+                // an unassign is not settled (a test that pauses both
+                // partitions and rebalances reads everything either way), so
+                // the two are made to agree here. Resuming a partition that
+                // is not paused does nothing.
+                if r.is_ok()
+                    && let Err(e) = consumer.resume(tpl)
+                {
+                    tracing::warn!(error = %e, "kafka: resuming assigned partitions failed");
+                }
                 self.post_rebalance(consumer, &Rebalance::Assign(tpl));
                 r
             }
@@ -958,6 +970,8 @@ impl KafkaSource {
                 let skip = shared.lock().unwrap_or_else(PoisonError::into_inner).ahead.remove(&(t.clone(), p));
                 let part = parts.entry((i, p)).or_default();
                 part.heard = Some(Instant::now());
+                // Resumed by the assignment (see `Ctx::rebalance`).
+                part.paused = false;
                 part.rebuild_until = rebuild_until;
                 part.rebuild_ahead = rebuild_ahead;
                 part.skip = skip.unwrap_or_default();
@@ -1141,12 +1155,17 @@ impl KafkaSource {
 
     /// Counts what is queued for `/metrics` and, when messages have sat
     /// queued with none handed out for [`STUCK`] — longer than any hold
-    /// should last — says so once a minute with every partition's state
-    /// and counts it, so that a stall is seen and can be explained.
+    /// should last — or a partition has had more to read for as long with
+    /// nothing handed out, says so once a minute with every partition's
+    /// state and librdkafka's, and counts it, so that a stall is seen and
+    /// can be explained; the partitions not paused here are resumed.
     fn watch_for_stall(&mut self, emitted: bool) {
         let queued: usize = self.parts.values().map(|p| p.queues.iter().map(|(_, q)| q.len()).sum::<usize>()).sum();
         self.shared.lock().unwrap_or_else(PoisonError::into_inner).queued = queued as u64;
-        if emitted || queued == 0 {
+        // Or nothing queued, but a partition the brokers hold more of than
+        // was read, or one that has delivered neither a message nor its end.
+        let unread = || self.parts.iter().any(|(tp, p)| self.behind(*tp, p) || (p.next.is_none() && !p.eof));
+        if emitted || (queued == 0 && !unread()) {
             self.stuck_since = None;
             return;
         }
@@ -1164,6 +1183,20 @@ impl KafkaSource {
                 s.fetching.join("; "),
             )
         };
+        // A partition librdkafka will not fetch for a reason this source
+        // does not know of is asked again: every one not paused here is
+        // resumed (a no-op for those that are fetching).
+        let mut tpl = TopicPartitionList::new();
+        for (tp, part) in &self.parts {
+            if !part.paused {
+                tpl.add_partition(self.topics[tp.0 as usize], tp.1);
+            }
+        }
+        if tpl.count() > 0
+            && let Err(e) = self.consumer.resume(&tpl)
+        {
+            tracing::warn!(error = %e, "kafka: resuming stalled partitions failed");
+        }
         tracing::warn!(
             queued,
             queued_bytes = self.queued_bytes,
@@ -1172,7 +1205,7 @@ impl KafkaSource {
             draining = ?self.draining(),
             held_revoke = ?held,
             held_round,
-            "kafka: messages queued and none handed out; partitions: {}; librdkafka: {fetching}",
+            "kafka: nothing handed out for a minute with messages queued or unread; partitions: {}; librdkafka: {fetching}",
             self.describe_parts()
         );
     }
