@@ -215,6 +215,11 @@ impl Part {
         self.queues.iter().all(|(_, q)| q.is_empty())
     }
 
+    /// Messages queued, over its writers' queues.
+    fn queued(&self) -> usize {
+        self.queues.iter().map(|(_, q)| q.len()).sum()
+    }
+
     /// The queued message with the smallest time (ties to the earlier
     /// writer queue): its time and its queue.
     fn head(&self) -> Option<(i64, usize)> {
@@ -1142,7 +1147,7 @@ impl KafkaSource {
                 part.paused,
                 self.behind(*tp, part),
                 part.heard.map(ms),
-                part.queues.iter().map(|(_, q)| q.len()).sum::<usize>(),
+                part.queued(),
                 part.bytes,
                 part.head().and_then(|(_, q)| part.queues[q].1.front()).map(|m| (m.offset, m.ts)),
                 part.ahead.len(),
@@ -1160,7 +1165,7 @@ impl KafkaSource {
     /// state and librdkafka's, and counts it, so that a stall is seen and
     /// can be explained; the partitions not paused here are resumed.
     fn watch_for_stall(&mut self, emitted: bool) {
-        let queued: usize = self.parts.values().map(|p| p.queues.iter().map(|(_, q)| q.len()).sum::<usize>()).sum();
+        let queued: usize = self.parts.values().map(Part::queued).sum();
         self.shared.lock().unwrap_or_else(PoisonError::into_inner).queued = queued as u64;
         // Or nothing queued, but a partition the brokers hold more of than
         // was read, or one that has delivered neither a message nor its end.
