@@ -267,7 +267,7 @@ impl Engine {
             store: DecisionStore::new(pipeline.decisions.clone()),
             shadow_store: {
                 let mut s = DecisionStore::new(pipeline.decisions.clone());
-                s.set_next_id(crate::decision::SHADOW_ID_BASE);
+                s.set_id_base(crate::decision::SHADOW_ID_BASE);
                 s
             },
             rules,
@@ -342,11 +342,6 @@ impl Engine {
     /// ([`crate::fired::Fired::record_scores`]; the metrics hold it).
     pub fn count_scores_in(&mut self, fired: Arc<crate::fired::Fired>) {
         self.scores_to = Some(fired);
-    }
-
-    /// Numbers decisions from `id` on.
-    pub fn set_next_decision_id(&mut self, id: u64) {
-        self.store.set_next_id(id);
     }
 
     /// Adds an output beside the pipeline's (live mode adds the decision store).

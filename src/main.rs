@@ -958,12 +958,10 @@ fn start_engine(
     let mut engine = engine::Engine::new(p.clone(), None, &source_name, &run_dir)?;
     engine.keep_deciding_when_sinks_fail();
     engine.count_scores_in(metrics.fired.clone());
-    engine.set_next_decision_id(store.max_id_below(api::MANUAL_ID_BASE) + 1);
     // What the engine decided before a restart still counts: decisions in force
     // are not re-made shorter, and repeat offenders keep escalating.
     for (entity_type, entity, offense, at) in store.offenses(now - p.decisions.offense_memory_ms)? {
         let r = Restored {
-            id: 0,
             entity_type,
             entity: &entity,
             action: decision::Action::Allow,

@@ -99,7 +99,8 @@ pub struct AppState {
     collateral: crate::live::collateral::Collateral,
 }
 
-/// The first id of manual decisions (engine ids count up from 1).
+/// The first id of manual decisions (engine and shadow ids are below it,
+/// `decision::decision_id`); manual ids count up from here.
 pub const MANUAL_ID_BASE: u64 = 1 << 62;
 
 /// The key that made a request: its id (CrowdSec bouncers are tracked by it)

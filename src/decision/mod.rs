@@ -32,6 +32,36 @@ pub struct DecisionConfig {
 /// force when both are read together (eval's "if promoted").
 pub const SHADOW_ID_BASE: u64 = 1 << 61;
 
+/// How many ids each automatic range (engine, shadow) holds.
+const ID_SPAN: u64 = (1 << 61) - 1;
+
+/// A decision's identity, the same wherever and whenever it is made: a hash
+/// of the entity, the action, the rule or model, and the slot of time it was
+/// made in. An engine that re-reads lines after a crash or a rebalance, and
+/// decides again what the one before it decided, makes the same id, so a
+/// reader (the decision API, the decisions topic's, an analyst over the
+/// JSONL) recognises the second as the first.
+///
+/// The slot is half the decision's TTL, at most a minute: two decisions on
+/// one entity are never in one slot of the same size, since the store makes
+/// another with the same action only after half the one in force has passed
+/// (a renewal) or after it expired, and one with a stronger action differs
+/// in the action. Within a range (`base`), ids are 1..=2^61-1.
+pub fn decision_id(base: u64, p: &Proposal<'_>, ttl_ms: i64) -> u64 {
+    let slot = (ttl_ms / 2).clamp(1, 60_000);
+    let mut key = Vec::with_capacity(64 + p.entity.len() + p.source.len());
+    for part in
+        [p.entity_type.as_str().as_bytes(), p.entity.as_bytes(), p.action.as_str().as_bytes(), p.source.as_bytes()]
+    {
+        // Length-prefixed, so no two different tuples share the bytes.
+        key.extend_from_slice(&(part.len() as u64).to_le_bytes());
+        key.extend_from_slice(part);
+    }
+    key.extend_from_slice(&slot.to_le_bytes());
+    key.extend_from_slice(&p.now_ms.div_euclid(slot).to_le_bytes());
+    base + 1 + xxhash_rust::xxh3::xxh3_64(&key) % ID_SPAN
+}
+
 /// Many users acting normally: logins mostly succeed. An address where most
 /// logins fail is not shared by its users but used against them.
 pub const DEFAULT_SHARED_WHEN: &str =
@@ -79,7 +109,6 @@ pub struct Proposal<'a> {
 /// `expires_ms <= created_ms`: nothing in force, only the count).
 #[derive(Debug, Clone)]
 pub struct Restored<'a> {
-    pub id: u64,
     pub entity_type: EntityType,
     pub entity: &'a str,
     pub action: Action,
@@ -101,19 +130,20 @@ pub struct DecisionStore {
     cfg: DecisionConfig,
     active: HashMap<(EntityType, String), Active>,
     offenses: HashMap<(EntityType, String), (u32, i64)>,
-    next_id: u64,
+    /// The start of this store's id range (see [`decision_id`]).
+    id_base: u64,
     last_gc: i64,
 }
 
 impl DecisionStore {
     pub fn new(cfg: DecisionConfig) -> Self {
-        DecisionStore { cfg, active: HashMap::new(), offenses: HashMap::new(), next_id: 1, last_gc: i64::MIN }
+        DecisionStore { cfg, active: HashMap::new(), offenses: HashMap::new(), id_base: 0, last_gc: i64::MIN }
     }
 
-    /// Numbers the next decision from `id` on (live mode continues after the
-    /// ids already persisted, so ids stay unique across restarts).
-    pub fn set_next_id(&mut self, id: u64) {
-        self.next_id = self.next_id.max(id);
+    /// Gives this store's decisions ids in the range from `base` on (shadow
+    /// decisions have their own, [`SHADOW_ID_BASE`]).
+    pub fn set_id_base(&mut self, base: u64) {
+        self.id_base = base;
     }
 
     /// Applies a new policy from the next proposal on; memory is kept.
@@ -136,7 +166,6 @@ impl DecisionStore {
                 *o = (r.offense, r.created_ms);
             }
         }
-        self.next_id = self.next_id.max(r.id + 1);
     }
 
     /// Decisions in force at `now_ms`.
@@ -178,10 +207,8 @@ impl DecisionStore {
         let ttl_ms = (ttl_ms / 1000).max(1) * 1000;
         let offense = offense.unwrap_or_else(|| self.offenses.get(&key).map(|o| o.0).unwrap_or(1));
         self.active.insert(key, Active { action: p.action, created_ms: p.now_ms, expires_ms: p.now_ms + ttl_ms });
-        let id = self.next_id;
-        self.next_id += 1;
         Decision {
-            id,
+            id: decision_id(self.id_base, p, ttl_ms),
             entity_type: p.entity_type,
             entity: p.entity.to_string(),
             action: p.action,
@@ -257,5 +284,56 @@ mod tests {
         s.propose(prop(0, Action::Throttle)).unwrap();
         let d = s.propose(prop(1_000, Action::Deny)).unwrap();
         assert_eq!(d.action, Action::Deny);
+    }
+
+    /// What one store decides over a day of offences on one entity, with
+    /// the given TTL: (id, created) of each decision.
+    fn day_of(ttl_ms: i64, action_at: impl Fn(i64) -> Action) -> Vec<(u64, i64)> {
+        let mut s = store();
+        (0..86_400_000)
+            .step_by(7_000)
+            .filter_map(|t| s.propose(Proposal { ttl_ms, action: action_at(t), ..prop(t, Action::Deny) }))
+            .map(|d| (d.id, d.created_ms))
+            .collect()
+    }
+
+    #[test]
+    fn a_decision_made_again_elsewhere_has_the_same_id_and_no_two_decisions_share_one() {
+        // Another engine re-reading the same lines proposes the same thing at
+        // the same time: the same id, whichever store and whatever it saw before.
+        let mut a = store();
+        let mut b = store();
+        b.propose(Proposal { entity: "198.51.100.7", ..prop(0, Action::Deny) }).unwrap();
+        let da = a.propose(prop(90_000, Action::Deny)).unwrap();
+        let db = b.propose(prop(90_000, Action::Deny)).unwrap();
+        assert_eq!(da.id, db.id);
+        // Within the minute the proposal was made in, still the same.
+        let mut c = store();
+        assert_eq!(c.propose(prop(119_999, Action::Deny)).unwrap().id, da.id);
+        // Anything else about it changes it: entity, action, rule, minute.
+        let others = [
+            Proposal { entity: "1.2.3.5", ..prop(90_000, Action::Deny) },
+            prop(90_000, Action::Challenge),
+            Proposal { source: "rule:y".into(), ..prop(90_000, Action::Deny) },
+            prop(120_000, Action::Deny),
+        ];
+        for p in others {
+            let mut fresh = store();
+            assert_ne!(fresh.propose(p).unwrap().id, da.id);
+        }
+        // Shadow decisions stay in their own range, engine ones below it.
+        let mut shadow = store();
+        shadow.set_id_base(SHADOW_ID_BASE);
+        let ds = shadow.propose(prop(90_000, Action::Deny)).unwrap();
+        assert!(da.id >= 1 && da.id < SHADOW_ID_BASE);
+        assert!(ds.id > SHADOW_ID_BASE && ds.id < crate::api::MANUAL_ID_BASE);
+        // Renewals, new offences and stronger actions over a day, with TTLs
+        // from a second to the cap and slots of every size: never one id twice.
+        for ttl in [1_000, 5_000, 30_000, 120_000, 3_600_000] {
+            let made = day_of(ttl, |t| if (t / 3_000_000) % 3 == 2 { Action::Challenge } else { Action::Deny });
+            let ids: std::collections::HashSet<u64> = made.iter().map(|m| m.0).collect();
+            assert!(made.len() > 10, "ttl {ttl}: {} decisions", made.len());
+            assert_eq!(ids.len(), made.len(), "ttl {ttl}: an id made twice");
+        }
     }
 }

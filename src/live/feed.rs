@@ -88,8 +88,12 @@ impl Latest {
         match r {
             Record::Put(d) => {
                 let key = (d.entity_type, d.entity.clone());
-                let manual_in_force = self.map.get(&key).is_some_and(|c| is_manual(c) && c.expires_ms > now_ms);
-                if is_manual(&d) || !manual_in_force {
+                let held = self.map.get(&key);
+                let manual_in_force = held.is_some_and(|c| is_manual(c) && c.expires_ms > now_ms);
+                // The same id is the same decision made again (an engine that
+                // re-read lines another had judged): the first one stands.
+                let again = held.is_some_and(|c| c.id == d.id);
+                if !again && (is_manual(&d) || !manual_in_force) {
                     self.map.insert(key, d);
                 }
             }
@@ -114,7 +118,6 @@ impl Latest {
 /// engine's where decisions are served).
 pub fn restored(d: &Decision) -> Option<crate::decision::Restored<'_>> {
     (!is_manual(d)).then_some(crate::decision::Restored {
-        id: d.id,
         entity_type: d.entity_type,
         entity: &d.entity,
         action: d.action,
@@ -137,7 +140,9 @@ pub enum Applied {
 pub fn apply_to_store(store: &LiveStore, r: Record, now_ms: i64) -> Result<Applied, StoreError> {
     match r {
         Record::Put(d) => {
-            if d.expires_ms <= now_ms || store.get(d.entity_type, &d.entity, now_ms).is_some_and(|c| *c == d) {
+            // Held already, or the same decision made again (same id, see
+            // `Latest::apply`).
+            if d.expires_ms <= now_ms || store.get(d.entity_type, &d.entity, now_ms).is_some_and(|c| c.id == d.id) {
                 return Ok(Applied::Unchanged);
             }
             if is_manual(&d) {
@@ -165,8 +170,10 @@ pub fn apply_to_store(store: &LiveStore, r: Record, now_ms: i64) -> Result<Appli
 /// in as few commits as it takes; returns (stored, removed).
 pub fn reconcile(store: &LiveStore, latest: Vec<Decision>, now_ms: i64) -> Result<(usize, usize), StoreError> {
     let wanted: HashSet<(EntityType, String)> = latest.iter().map(|d| (d.entity_type, d.entity.clone())).collect();
-    let changed: Vec<Decision> =
-        latest.into_iter().filter(|d| store.get(d.entity_type, &d.entity, now_ms).is_none_or(|c| *c != *d)).collect();
+    let changed: Vec<Decision> = latest
+        .into_iter()
+        .filter(|d| store.get(d.entity_type, &d.entity, now_ms).is_none_or(|c| c.id != d.id))
+        .collect();
     let stored = changed.len();
     if !changed.is_empty() {
         store.put_many(changed)?;
@@ -572,6 +579,25 @@ mod tests {
         let mut got: Vec<u64> = l.in_force(60).iter().map(|d| d.id).collect();
         got.sort();
         assert_eq!(got, [2]);
+    }
+
+    #[test]
+    fn a_decision_made_again_by_another_engine_changes_nothing() {
+        // The second engine saw one more offence, so its copy lasts longer:
+        // it is still the same decision (same id), and the first one stands.
+        let again = Decision { offense: 2, ..decision(7, "a", "rule:x", 900) };
+        let mut l = Latest::default();
+        l.apply(Record::Put(decision(7, "a", "rule:x", 500)), 0);
+        l.apply(Record::Put(again.clone()), 0);
+        assert_eq!(l.in_force(0).iter().map(|d| (d.id, d.expires_ms)).collect::<Vec<_>>(), [(7, 500)]);
+        let dir = tempfile::tempdir().unwrap();
+        let store = LiveStore::open(dir.path(), 0).unwrap();
+        assert_eq!(apply_to_store(&store, Record::Put(decision(7, "a", "rule:x", 500)), 0).unwrap(), Applied::Stored);
+        let cursor = store.cursor();
+        assert_eq!(apply_to_store(&store, Record::Put(again), 0).unwrap(), Applied::Unchanged);
+        assert_eq!(store.cursor(), cursor, "no change reaches the gateways");
+        // A new decision on the entity (another id) replaces it.
+        assert_eq!(apply_to_store(&store, Record::Put(decision(8, "a", "rule:x", 900)), 0).unwrap(), Applied::Stored);
     }
 
     #[test]

@@ -613,11 +613,6 @@ impl LiveStore {
         Ok(out)
     }
 
-    /// The largest decision id below `limit` (0 when none).
-    pub fn max_id_below(&self, limit: u64) -> u64 {
-        self.published.load().map.values().map(|d| d.id).filter(|id| *id < limit).max().unwrap_or(0)
-    }
-
     /// The largest decision id held (0 when empty).
     pub fn max_id(&self) -> u64 {
         self.published.load().map.values().map(|d| d.id).max().unwrap_or(0)
