@@ -761,11 +761,12 @@ impl ConsumerContext for Ctx {
                 let r = if cooperative { consumer.incremental_assign(tpl) } else { consumer.assign(tpl) };
                 // The source starts a gained partition unpaused, and so never
                 // resumes it; an assignment clears only librdkafka's own pause
-                // flag, not the application's. Whether that flag can outlive
-                // an unassign is not settled (a test that pauses both
-                // partitions and rebalances reads everything either way), so
-                // the two are made to agree here. Resuming a partition that
-                // is not paused does nothing.
+                // flag, not the application's, which outlives the unassign:
+                // a partition paused with its queue full when the group took
+                // it back was never fetched again (`tests/kafka.rs::
+                // a_partition_paused_with_its_queue_full_…`, the bench's
+                // stall). The two are made to agree here. Resuming a
+                // partition that is not paused does nothing.
                 if r.is_ok()
                     && let Err(e) = consumer.resume(tpl)
                 {
