@@ -20,7 +20,7 @@ partitions=${3:-2}
 per_message=${4:-10}
 out=$(realpath -m "${5:-/tmp/gatewatch-instructions}")
 root=$(cd "$(dirname "$0")/.." && pwd)
-bin=$(realpath "${GATEWATCH_BIN:-$root/target/release/gatewatch}")
+bin=$(realpath "${GATEWATCH_BIN:-${CARGO_TARGET_DIR:-$root/target}/release/gatewatch}")
 command -v valgrind >/dev/null || { echo "valgrind is needed" >&2; exit 1; }
 mkdir -p "$out"
 work=$(mktemp -d)

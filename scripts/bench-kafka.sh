@@ -19,7 +19,7 @@ brokers=$2
 partitions=${3:-4}
 per_message=${4:-1}
 root=$(cd "$(dirname "$0")/.." && pwd)
-bin=${GATEWATCH_BIN:-$root/target/release/gatewatch}
+bin=${GATEWATCH_BIN:-${CARGO_TARGET_DIR:-$root/target}/release/gatewatch}
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 lines=$(grep -c . "$log")

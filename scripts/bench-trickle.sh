@@ -16,7 +16,7 @@ rate=$2
 root=$(cd "$(dirname "$0")/.." && pwd)
 base=$(realpath "${3:-$root/pipelines/default.toml}")
 port=${4:-18811}
-bin=${GATEWATCH_BIN:-$root/target/release/gatewatch}
+bin=${GATEWATCH_BIN:-${CARGO_TARGET_DIR:-$root/target}/release/gatewatch}
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 cat > "$work/p.toml" <<P

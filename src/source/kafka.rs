@@ -1341,23 +1341,24 @@ impl KafkaSource {
     /// (closing), or once held [`HOLD_REVOKE`], they go as they are.
     fn release_held_revoke(&mut self, force: bool) {
         let hold = HOLD_REVOKE.min(self.poll_interval / 3);
-        let early = {
-            let s = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
-            let Some((tpl, since)) = s.held.as_ref() else { return };
-            let waiting = s.held_round || self.has_gap(tpl);
-            if waiting && !force && since.elapsed() < hold {
-                return;
-            }
-            waiting
-        };
-        let tpl = {
+        let (tpl, early) = {
             let mut s = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
+            let early = match s.held.as_ref() {
+                None => return,
+                Some((tpl, since)) => {
+                    let waiting = s.held_round || self.has_gap(tpl);
+                    if waiting && !force && since.elapsed() < hold {
+                        return;
+                    }
+                    waiting
+                }
+            };
             s.held_round = false;
             if early {
                 s.revokes_released_early += 1;
             }
             let Some((tpl, _)) = s.held.take() else { return };
-            tpl
+            (tpl, early)
         };
         if early {
             tracing::warn!(
