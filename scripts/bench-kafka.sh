@@ -144,6 +144,12 @@ for _ in $(seq 2400); do
             echo "  instance $i: $(cpu_of "${pids[$i]}") CPU-s" >&2
             grep -E 'nothing handed out|WARN|ERROR' "$work/full$i.log" | tail -5 | sed "s/^/  instance $i log: /" >&2
         done
+        if [ "$a" = 0 ] && [ "$b" = 0 ]; then
+            # Neither was ever given a partition: the group did not form. On
+            # the test broker this is tansu grown slow (a SQLite file near
+            # 1 GB after a bench or two answers no metadata within 10 s).
+            echo "neither instance read a line: the group never formed; rerun on a fresh broker" >&2
+        fi
         exit 1
     fi
 done
