@@ -39,8 +39,8 @@ const ID_SPAN: u64 = (1 << 61) - 1;
 /// of the entity, the action, the rule or model, and the slot of time it was
 /// made in. An engine that re-reads lines after a crash or a rebalance, and
 /// decides again what the one before it decided, makes the same id, so a
-/// reader (the decision API, the decisions topic's, an analyst over the
-/// JSONL) recognises the second as the first.
+/// reader (an API instance following the decisions topic, an analyst over
+/// the JSONL) recognises the second as the first.
 ///
 /// The slot is half the decision's TTL, at most a minute: two decisions on
 /// one entity are never in one slot of the same size, since the store makes
