@@ -122,7 +122,8 @@ fn traffic(dir: &Path) -> PathBuf {
     out.join("access.jsonl")
 }
 
-/// What a run decided, without the ids (numbered per run), in a stable order:
+/// What a run decided, without the ids (they hash the minute made in, which
+/// moves with how lines were grouped), in a stable order:
 /// (entity_type entity action source, created_ms, expires_ms − created_ms).
 fn decisions(run: &Path) -> Vec<(String, i64, i64)> {
     let text = std::fs::read_to_string(run.join("decisions.jsonl")).expect("decisions.jsonl");
