@@ -73,6 +73,10 @@ pub struct Summary {
     pub rebuilt_events: u64,
     /// Entities forgotten early to keep state within `features.state_budget`.
     pub evicted_entities: u64,
+    /// Requests a confidential client's key authenticated from a network it
+    /// is not established in, judged as anyone's (docs/FEATURES.md,
+    /// "Confidential clients").
+    pub confidential_away_events: u64,
     pub state_budget_bytes: u64,
     pub feature_rows: u64,
     pub decisions: u64,
@@ -411,6 +415,7 @@ impl Engine {
         let s = &mut self.summary;
         s.reordered_events = fs.reordered_events;
         s.evicted_entities = fs.entities_evicted;
+        s.confidential_away_events = fs.confidential_away;
         s.feature_rows = fs.feature_rows;
         s.state_bytes = self.features.state_bytes();
         s.state_budget_bytes = self.features.budget_bytes() as u64;

@@ -34,6 +34,10 @@ pub struct Metrics {
     pub state_budget_bytes: IntGauge,
     pub entities: prometheus::IntGaugeVec,
     pub entities_evicted: IntCounter,
+    /// Requests a confidential client's key authenticated from a network it
+    /// is not established in: judged as anyone's (a leaked secret, or the
+    /// client's first hour on a new network).
+    pub confidential_away: IntCounter,
     pub api_connections: IntGauge,
     /// Connections closed on arrival, by the limit they met (`total`, `per_address`).
     pub api_connections_refused: IntCounterVec,
@@ -149,6 +153,10 @@ impl Metrics {
             "gatewatch_entities_evicted_total",
             "Least recently seen entities evicted to stay within the state budget",
         )?;
+        let confidential_away = IntCounter::new(
+            "gatewatch_confidential_away_total",
+            "Requests a confidential client's key authenticated from a network it is not established in",
+        )?;
         let api_connections = IntGauge::new("gatewatch_api_connections", "Connections open to the API")?;
         let api_connections_refused = IntCounterVec::new(
             Opts::new(
@@ -255,6 +263,7 @@ impl Metrics {
         registry.register(Box::new(state_budget_bytes.clone()))?;
         registry.register(Box::new(entities.clone()))?;
         registry.register(Box::new(entities_evicted.clone()))?;
+        registry.register(Box::new(confidential_away.clone()))?;
         registry.register(Box::new(reloads.clone()))?;
         registry.register(Box::new(stream_cursor.clone()))?;
         registry.register(Box::new(events_in.clone()))?;
@@ -286,6 +295,7 @@ impl Metrics {
             state_budget_bytes,
             entities,
             entities_evicted,
+            confidential_away,
             api_connections,
             api_connections_refused,
             sink_up,
@@ -332,6 +342,7 @@ impl Metrics {
         add(&self.events_rebuilt, s.rebuilt_events, &mut seen.rebuilt_events);
         add(&self.dead_letters, s.dead_letters, &mut seen.dead_letters);
         add(&self.entities_evicted, s.evicted_entities, &mut seen.evicted_entities);
+        add(&self.confidential_away, s.confidential_away_events, &mut seen.confidential_away_events);
         let kinds = [
             (s.reordered_events, &mut seen.reordered_events),
             (s.late_events, &mut seen.late_events),

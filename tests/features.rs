@@ -198,6 +198,53 @@ fn confidential_clients_are_known_by_their_grant_and_never_attested() {
     assert_eq!(conf(EntityType::ApiKey, "export"), Some(6.0));
 }
 
+/// A confidential client's standing belongs to its secret where its owner
+/// uses it: the same secret, a valid token and valid calls from another
+/// network (a leaked secret) count as anyone's on the thief's address. The
+/// key's networks are those of its first ten minutes and those it has used
+/// for an hour; the network is the autonomous system when the log has it.
+#[test]
+fn a_confidential_secret_used_from_another_network_is_not_the_clients_standing() {
+    const MIN: i64 = 60_000;
+    let tok = r#""api_key_id":"partner","grant_type":"client_credentials","auth_result":"ok""#;
+    let call = r#""api_key_id":"partner","auth_result":"ok""#;
+    let with_asn = |extra: &str, asn: u32| format!("{extra},\"asn\":{asn}");
+    let mut lines = vec![line(T0, "3.80.12.7", &with_asn(tok, 16509))];
+    // The partner's second server, five minutes later: also home.
+    lines.push(line(T0 + 5 * MIN, "3.80.12.8", &with_asn(call, 16509)));
+    // Twenty minutes in, the thief: another network, a token of its own.
+    lines.push(line(T0 + 20 * MIN, "203.0.113.50", &with_asn(tok, 64500)));
+    for i in 0..10 {
+        lines.push(line(T0 + 20 * MIN + 100 + i, "203.0.113.50", &with_asn(call, 64500)));
+        lines.push(line(T0 + 20 * MIN + 100 + i, "3.80.12.7", &with_asn(call, 16509)));
+        // Inside the partner's own autonomous system: at home (a limit).
+        lines.push(line(T0 + 20 * MIN + 100 + i, "54.210.1.1", &with_asn(call, 16509)));
+        // No ASN in the log: the network is the /24, and this one is new.
+        lines.push(line(T0 + 20 * MIN + 100 + i, "198.51.100.7", call));
+    }
+    // An hour after its first use, the thief's network is established.
+    lines.push(line(T0 + 81 * MIN, "203.0.113.51", &with_asn(call, 64500)));
+    let s = run(&lines[..lines.len() - 1]);
+    let conf = |s: &[Snapshot], e| value(s, EntityType::Ip, e, "confidential_10m");
+    assert_eq!(conf(&s, "3.80.12.8"), Some(1.0));
+    assert_eq!(conf(&s, "3.80.12.7"), Some(10.0), "the partner's own calls still count");
+    assert_eq!(conf(&s, "203.0.113.50"), Some(0.0), "neither the thief's token nor its calls");
+    assert_eq!(value(&s, EntityType::Ip, "203.0.113.50", "requests_10m"), Some(11.0));
+    assert_eq!(conf(&s, "54.210.1.1"), Some(10.0));
+    assert_eq!(conf(&s, "198.51.100.7"), Some(0.0));
+    let s = run(&lines);
+    assert_eq!(conf(&s, "203.0.113.51"), Some(1.0));
+
+    // Counted where the operator sees it.
+    let mut f = FeatureEngine::new(FeatureConfig::default());
+    let mut b = EventBatchBuilder::with_capacity(64);
+    for l in &lines {
+        b.append(&parse_line(l, Format::Json, None).expect("test line parses"));
+    }
+    f.ingest(&b.finish().expect("batch")).expect("ingest");
+    assert_eq!(f.stats().confidential_away, 21, "the thief's 11 and the new /24's 10");
+}
+
 /// A failed password is "cold" only while failing is all the address has
 /// done; the campaign columns count addresses, not requests, so one rig
 /// sending thousands of passwords does not drown a campaign of many.

@@ -13,6 +13,7 @@ pub mod budget;
 pub mod catalog;
 pub mod distinct;
 pub mod entity;
+pub mod homes;
 pub mod key;
 pub mod state;
 pub mod window;
@@ -97,7 +98,7 @@ pub const FEATURES: [(&str, &str); NF] = [
     ("age_s", "seconds since the entity was first seen (within state retention)"),
     (
         "confidential_10m",
-        "requests authenticated (auth_result=ok) with an API key that has obtained a token with the client-credentials grant and never carried app attestation while held (a server-side integration's own credentials); on an entity that obtained such a token itself and never carried attestation, all its authenticated requests",
+        "requests authenticated (auth_result=ok) with an API key that has obtained a token with the client-credentials grant and never carried app attestation while held (a server-side integration's own credentials), from a network the key is established in; on an entity that obtained such a token itself from such a network and never carried attestation, all its authenticated requests",
     ),
     (
         "cold_failures_10m",
@@ -422,6 +423,9 @@ pub struct FeatureStats {
     pub entities_forgotten: u64,
     /// Entities evicted before their time to stay within the state budget.
     pub entities_evicted: u64,
+    /// Requests a confidential key authenticated from a network it is not
+    /// established in ([`homes`]): judged as anyone's, not as the client's.
+    pub confidential_away: u64,
 }
 
 /// The feature stage.
@@ -438,6 +442,7 @@ pub struct FeatureEngine {
     judged: [bool; 6],
     needed: [[bool; NF]; 6],
     campaign: Campaign,
+    homes: homes::Homes,
 }
 
 const SWEEP_EVERY_MS: i64 = 60_000;
@@ -519,6 +524,20 @@ fn column<T: 'static>(b: &RecordBatch, i: usize) -> Result<&T, ArrowError> {
         .ok_or_else(|| ArrowError::SchemaError(format!("events column {i} has an unexpected type")))
 }
 
+/// The network a request came from, as [`homes`] tells a confidential
+/// client's apart: its autonomous system when the log says it, else the
+/// address's /24 (IPv4) or /48 (IPv6), else the address text itself.
+fn network(cols: &Cols<'_>, i: usize, ip_text: &str) -> u64 {
+    if cols.asn.is_valid(i) {
+        return cols.asn.value(i) as u64 ^ 0x9e37_79b9_7f4a_7c15;
+    }
+    match ip_text.parse::<IpAddr>() {
+        Ok(IpAddr::V4(v4)) => xxhash_rust::xxh3::xxh3_64(&(u32::from(v4) >> 8).to_le_bytes()),
+        Ok(IpAddr::V6(v6)) => xxhash_rust::xxh3::xxh3_64(&(u128::from(v6) >> 80).to_le_bytes()),
+        Err(_) => hash(ip_text),
+    }
+}
+
 fn opt(a: &StringArray, i: usize) -> Option<&str> {
     if a.is_valid(i) { Some(a.value(i)) } else { None }
 }
@@ -538,6 +557,7 @@ impl FeatureEngine {
             judged: [true; 6],
             needed: [[true; NF]; 6],
             campaign: Campaign::default(),
+            homes: homes::Homes::default(),
         }
     }
 
@@ -734,6 +754,7 @@ impl FeatureEngine {
         for t in &mut self.tables {
             self.stats.entities_forgotten += t.sweep(cutoff) as u64;
         }
+        self.homes.sweep(cutoff);
         self.next_sweep = self.next_tick + SWEEP_EVERY_MS;
     }
 
@@ -817,7 +838,16 @@ impl FeatureEngine {
             let (idx, _) = t.upsert(name, ts);
             let st = &mut t.states[idx];
             st.flags |= k.flags;
-            k.counts[c::CONF] = (st.is_confidential_client() && auth == Some("ok")) as u32;
+            let confidential = st.is_confidential_client() && auth == Some("ok");
+            // The standing is the secret's where its owner uses it; from
+            // another network it may be a thief's (see `homes`), and nothing
+            // this request touches learns it from there.
+            let home = !confidential || self.homes.observe(hash(name), network(cols, i, ip_text), ts);
+            if !home {
+                k.flags &= !state::SEEN_CLIENT_CREDENTIALS;
+                self.stats.confidential_away += 1;
+            }
+            k.counts[c::CONF] = (confidential && home) as u32;
             key_idx = Some(idx);
         }
 

@@ -47,6 +47,7 @@ pub(super) fn generate(cfg: &SimConfig, which: &[&str], out: &mut Vec<Req>) {
             "bulk-export" => bulk_export(cfg, out),
             "distributed-stuffing" => distributed_stuffing(cfg, out),
             "slow-scraper" => slow_scraper(cfg, out),
+            "leaked-secret" => leaked_secret(cfg, out),
             _ => {}
         }
     }
@@ -394,5 +395,56 @@ fn slow_scraper(cfg: &SimConfig, out: &mut Vec<Req>) {
         out.push(r);
         id += rng.random_range(1..=3);
         t += lognormal(&mut rng, 11_000.0, 0.5) as i64;
+    }
+}
+
+/// A partner's client secret and request-signing key, leaked (a repository,
+/// a CI log, a laptop), used from the thief's own network: a token of its
+/// own with the client-credentials grant, then every order read by id, in
+/// order, as fast as the API answers. The secret, the grant and every
+/// signature are valid; the user agent is the partner's half the time. Only
+/// where it calls from is not the partner's: another autonomous system
+/// (a thief inside the partner's own cloud provider is a limit of
+/// docs/FEATURES.md, "Confidential clients", not this scenario).
+fn leaked_secret(cfg: &SimConfig, out: &mut Vec<Req>) {
+    let mut rng = cfg.rng("leaked-secret", 0);
+    let (start, end) = window(cfg, &mut rng, 15.0, 45.0);
+    let partner_asn = HOSTING[2].asn;
+    let nets: Vec<Net> = HOSTING.iter().chain(PROXY_ABROAD).copied().filter(|n| n.asn != partner_asn).collect();
+    let net = *nets.choose(&mut rng).unwrap_or(&PROXY_ABROAD[0]);
+    let ip = ip_in(&net, &mut rng);
+    let ua = if rng.random::<f64>() < 0.5 {
+        "acme-sync/3.4 (+https://acme.example/integration)"
+    } else {
+        *["python-requests/2.32.3", "curl/8.5.0", "Go-http-client/2.0"].choose(&mut rng).unwrap_or(&"curl/8.5.0")
+    };
+    let mut order = 4_000_000u64 + rng.random_range(0..1_000_000);
+    let mut next_token = start;
+    let mut t = start;
+    while t < end {
+        let mut r = req(t, &ip, &net, "leaked-secret", "GET", String::new(), 200);
+        r.api_key = Some("partner-acme".into());
+        r.ua = Some(ua.into());
+        r.auth = Some("ok");
+        r.signature = Some("valid");
+        if t >= next_token {
+            r.method = "POST";
+            r.path = "/oauth/token".into();
+            r.grant = Some("client_credentials");
+            r.bytes = 900;
+            next_token = t + 3_300_000;
+        } else {
+            order += rng.random_range(1..=3);
+            r.path = format!("/v1/orders/{order}");
+            if rng.random::<f64>() < 0.04 {
+                r.status = 404;
+                r.bytes = 95;
+            } else {
+                r.bytes = rng.random_range(2_000..9_000);
+            }
+        }
+        r.latency_ms = lognormal(&mut rng, 60.0, 0.5);
+        out.push(r);
+        t += lognormal(&mut rng, 90.0, 0.4) as i64 + 1;
     }
 }

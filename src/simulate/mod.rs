@@ -98,6 +98,7 @@ pub const ATTACKS: &[&str] = &[
     "bulk-export",
     "distributed-stuffing",
     "slow-scraper",
+    "leaked-secret",
 ];
 
 /// Attacks built so that no fixed per-entity threshold catches them without
