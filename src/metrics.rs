@@ -64,6 +64,7 @@ pub struct Metrics {
     pub kafka_revokes_released_early: IntCounter,
     pub kafka_gap_handed: IntCounter,
     pub kafka_queued: IntGauge,
+    pub kafka_queued_bytes: IntGauge,
     pub kafka_stalls: IntCounter,
     /// Today's decisions by source, and the scores models decided on (the
     /// console's "rules and models"; Prometheus counters have no day).
@@ -241,12 +242,18 @@ impl Metrics {
             "Messages read from the brokers and not yet handed to the engine (merged by time across partitions; with \
              the consumer lag, where the lines not yet counted are)",
         )?;
+        let kafka_queued_bytes = IntGauge::new(
+            "gatewatch_kafka_queued_bytes",
+            "Payload bytes of the messages queued, which input.kafka.buffer bounds (a partition holding its share is \
+             paused until half of it is handed out)",
+        )?;
         let kafka_stalls = IntCounter::new(
             "gatewatch_kafka_stalls_total",
             "Times a minute passed with nothing handed to the engine while messages sat queued or a partition had \
              more to read, longer than any hold should last (each logged with every partition's state)",
         )?;
         registry.register(Box::new(kafka_queued.clone()))?;
+        registry.register(Box::new(kafka_queued_bytes.clone()))?;
         registry.register(Box::new(kafka_stalls.clone()))?;
         registry.register(Box::new(kafka_commit_errors.clone()))?;
         registry.register(Box::new(kafka_revokes_held.clone()))?;
@@ -311,6 +318,7 @@ impl Metrics {
             kafka_revokes_released_early,
             kafka_gap_handed,
             kafka_queued,
+            kafka_queued_bytes,
             kafka_stalls,
         })
     }
@@ -328,6 +336,7 @@ impl Metrics {
         self.kafka_revokes_released_early.inc_by(early.saturating_sub(self.kafka_revokes_released_early.get()));
         self.kafka_gap_handed.inc_by(k.gap_handed().saturating_sub(self.kafka_gap_handed.get()));
         self.kafka_queued.set(k.queued() as i64);
+        self.kafka_queued_bytes.set(k.queued_bytes() as i64);
         self.kafka_stalls.inc_by(k.stalls().saturating_sub(self.kafka_stalls.get()));
     }
 

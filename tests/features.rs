@@ -198,6 +198,36 @@ fn confidential_clients_are_known_by_their_grant_and_never_attested() {
     assert_eq!(conf(EntityType::ApiKey, "export"), Some(6.0));
 }
 
+/// A new device counts as unattested only when the request that made it new
+/// failed its attestation: a NAT's users passing theirs are churn, a rooted
+/// phone failing every call is one device, a farm's minted ids each count.
+#[test]
+fn new_devices_count_as_unattested_by_their_first_request() {
+    let mut lines = Vec::new();
+    for i in 0..22 {
+        let extra = format!(r#""device_id":"user-{i}","attestation":"valid""#);
+        lines.push(line(T0 + i * 1_000, "172.58.77.4", &extra));
+    }
+    for i in 0..15 {
+        lines.push(line(T0 + 30_000 + i * 1_000, "172.58.77.4", r#""device_id":"rooted","attestation":"invalid""#));
+    }
+    // A device first seen passing, failing later: not minted.
+    lines.push(line(T0 + 50_000, "172.58.77.4", r#""device_id":"user-3","attestation":"missing""#));
+    for i in 0..12 {
+        let extra = format!(r#""device_id":"farm-{i}","attestation":"{}""#, ["invalid", "missing"][i % 2]);
+        lines.push(line(T0 + 60_000 + i as i64 * 1_000, "3.80.111.9", &extra));
+        let extra = format!(r#""device_id":"farm-{i}","attestation":"invalid""#);
+        lines.push(line(T0 + 60_500 + i as i64 * 1_000, "3.80.111.9", &extra));
+    }
+    let s = run(&lines);
+    let v = |e: &str, f: &str| value(&s, EntityType::Ip, e, f);
+    assert_eq!(v("172.58.77.4", "new_devices_1h"), Some(23.0));
+    assert_eq!(v("172.58.77.4", "new_devices_unattested_10m"), Some(1.0), "the rooted phone, once");
+    assert_eq!(v("172.58.77.4", "new_devices_unattested_1h"), Some(1.0));
+    assert_eq!(v("3.80.111.9", "new_devices_unattested_10m"), Some(12.0));
+    assert_eq!(value(&s, EntityType::Cidr, "3.80.111.0/24", "new_devices_unattested_1h"), Some(12.0));
+}
+
 /// A confidential client's standing belongs to its secret where its owner
 /// uses it: the same secret, a valid token and valid calls from another
 /// network (a leaked secret) count as anyone's on the thief's address. The

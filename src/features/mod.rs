@@ -112,8 +112,13 @@ pub const FEATURES: [(&str, &str); NF] = [
         "campaign_cold_addresses_10m",
         "service-wide: addresses first seen in the last 10 minutes whose first request was a bare failed credential check",
     ),
+    (
+        "new_devices_unattested_10m",
+        "of new_devices_10m, those whose first request here failed its app attestation (invalid or missing): device ids minted by a script or an emulator, not an app's users (one rooted phone counts once, however much it calls)",
+    ),
+    ("new_devices_unattested_1h", "as above, last hour"),
 ];
-pub const NF: usize = 51;
+pub const NF: usize = 53;
 /// Where the service-wide columns sit (filled by the tick, not by an entity).
 const CAMPAIGN_SHARE: usize = 49;
 const CAMPAIGN_ADDRESSES: usize = 50;

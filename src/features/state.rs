@@ -33,7 +33,10 @@ pub mod c {
     pub const GRANT_FAIL: usize = 23;
     pub const CONF: usize = 24;
     pub const COLD_FAIL: usize = 25;
-    pub const N: usize = 26;
+    /// A device new to the engine whose first request here failed its app
+    /// attestation (invalid or missing).
+    pub const NEWDEV_BAD: usize = 26;
+    pub const N: usize = 27;
 }
 
 /// The counters an hour-long feature reads, and where each sits in the
@@ -41,7 +44,8 @@ pub mod c {
 /// the ring (7 counters instead of 24).
 pub mod h {
     use super::c;
-    pub const FROM: [usize; N] = [c::REQ, c::LOGIN_FAIL, c::TOKEN_FAIL, c::UNK404, c::KIB, c::SEQ, c::NEWDEV];
+    pub const FROM: [usize; N] =
+        [c::REQ, c::LOGIN_FAIL, c::TOKEN_FAIL, c::UNK404, c::KIB, c::SEQ, c::NEWDEV, c::NEWDEV_BAD];
     pub const REQ: usize = 0;
     pub const LOGIN_FAIL: usize = 1;
     pub const TOKEN_FAIL: usize = 2;
@@ -49,7 +53,8 @@ pub mod h {
     pub const KIB: usize = 4;
     pub const SEQ: usize = 5;
     pub const NEWDEV: usize = 6;
-    pub const N: usize = 7;
+    pub const NEWDEV_BAD: usize = 7;
+    pub const N: usize = 8;
 }
 
 /// Distinct sets kept per entity.
@@ -244,6 +249,7 @@ impl EntityState {
         }
         if new_device {
             extra[c::NEWDEV] = 1;
+            extra[c::NEWDEV_BAD] = k.counts[c::ATT_BAD];
         }
         let mut delta = k.counts;
         for (d, e) in delta.iter_mut().zip(&extra) {
@@ -367,6 +373,8 @@ impl EntityState {
             // The service-wide columns: filled in by the tick (`Context`).
             f64::NAN,
             f64::NAN,
+            s10[c::NEWDEV_BAD] as f64,
+            s60[h::NEWDEV_BAD] as f64,
         ]
     }
 
@@ -421,6 +429,7 @@ mod tests {
             (h::KIB, c::KIB),
             (h::SEQ, c::SEQ),
             (h::NEWDEV, c::NEWDEV),
+            (h::NEWDEV_BAD, c::NEWDEV_BAD),
         ];
         for (hi, ci) in pairs {
             assert_eq!(h::FROM[hi], ci);

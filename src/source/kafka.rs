@@ -389,6 +389,8 @@ struct Shared {
     /// Messages read from the brokers and not yet handed to the engine, as
     /// of the last poll.
     queued: u64,
+    /// Their payload bytes, which `input.kafka.buffer` bounds.
+    queued_bytes: u64,
     /// Times messages sat queued or unread for [`STUCK`] with none handed out.
     stalls: u64,
     /// librdkafka's view of each partition it fetches (its last statistics).
@@ -542,6 +544,12 @@ impl KafkaStats {
     /// with the consumer lag, where the unread lines are.
     pub fn queued(&self) -> u64 {
         self.0.lock().unwrap_or_else(PoisonError::into_inner).queued
+    }
+
+    /// Their payload bytes, as of the last poll: what `input.kafka.buffer`
+    /// bounds (a partition is paused once it holds its share).
+    pub fn queued_bytes(&self) -> u64 {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).queued_bytes
     }
 
     /// Times messages sat queued for a minute with none handed out.
@@ -1167,7 +1175,11 @@ impl KafkaSource {
     /// can be explained; the partitions not paused here are resumed.
     fn watch_for_stall(&mut self, emitted: bool) {
         let queued: usize = self.parts.values().map(Part::queued).sum();
-        self.shared.lock().unwrap_or_else(PoisonError::into_inner).queued = queued as u64;
+        {
+            let mut s = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
+            s.queued = queued as u64;
+            s.queued_bytes = self.queued_bytes as u64;
+        }
         // Or nothing queued, but a partition the brokers hold more of than
         // was read, or one that has delivered neither a message nor its end.
         let unread = || self.parts.iter().any(|(tp, p)| self.behind(*tp, p) || (p.next.is_none() && !p.eof));
