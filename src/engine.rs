@@ -87,9 +87,6 @@ pub struct Summary {
     /// Rows a model scored at or above its threshold.
     pub model_flags: u64,
     pub downgraded_shared: u64,
-    /// Of those, on an entity not shared by the numbers now but found
-    /// shared within the hour before ([`crate::decision::SharedMemory`]).
-    pub downgraded_shared_remembered: u64,
     pub active_entities: std::collections::BTreeMap<String, usize>,
     pub state_bytes: usize,
     pub first_event: Option<String>,
@@ -220,8 +217,6 @@ pub struct Engine {
     rule_columns: Vec<Vec<(usize, &'static str)>>,
     shared: crate::detect::Predicate,
     shared_columns: Vec<(usize, &'static str)>,
-    /// When each entity a rule or model judged was last found shared.
-    shared_memory: crate::decision::SharedMemory,
     store: DecisionStore,
     /// What shadow rules and models would have decided: the same policy
     /// (escalation, precedence) on its own memory, so a shadow rule is judged
@@ -284,7 +279,6 @@ impl Engine {
             model_guards,
             shared,
             shared_columns,
-            shared_memory: crate::decision::SharedMemory::default(),
             sinks,
             wants,
             summary: Summary::default(),
@@ -786,33 +780,15 @@ impl Engine {
         }
         let mut action = c.action;
         let mut reason = c.reason;
-        // What a shadow rule finds changes nothing enforced: only the
-        // enforced set's judgements are remembered.
-        let remembered = if shared {
-            if !c.shadow {
-                self.shared_memory.found(t, entity, now);
-            }
-            None
-        } else {
-            self.shared_memory.recalls(t, entity, now)
-        };
-        if (shared || remembered.is_some()) && c.on_shared < action {
+        if shared && c.on_shared < action {
             self.summary.downgraded_shared += 1;
-            self.summary.downgraded_shared_remembered += u64::from(remembered.is_some());
             action = c.on_shared;
             if action == Action::Allow {
                 return Ok(false);
             }
-            let basis = match remembered {
-                None => evidence(batch, row, &self.shared_columns),
-                Some(at) => format!(
-                    "found shared {}s before; now {}",
-                    (now - at) / 1000,
-                    evidence(batch, row, &self.shared_columns)
-                ),
-            };
             reason.push_str(&format!(
-                "; shared by many users acting normally ({basis}), so {} instead of {}",
+                "; shared by many users acting normally ({}), so {} instead of {}",
+                evidence(batch, row, &self.shared_columns),
                 action.as_str(),
                 c.action.as_str()
             ));

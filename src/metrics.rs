@@ -38,7 +38,6 @@ pub struct Metrics {
     /// is not established in: judged as anyone's (a leaked secret, or the
     /// client's first hour on a new network).
     pub confidential_away: IntCounter,
-    pub shared_downgrades: IntCounterVec,
     pub api_connections: IntGauge,
     /// Connections closed on arrival, by the limit they met (`total`, `per_address`).
     pub api_connections_refused: IntCounterVec,
@@ -159,14 +158,6 @@ impl Metrics {
             "gatewatch_confidential_away_total",
             "Requests a confidential client's key authenticated from a network it is not established in",
         )?;
-        let shared_downgrades = IntCounterVec::new(
-            Opts::new(
-                "gatewatch_shared_downgrades_total",
-                "Decisions made milder because the entity is shared by many users acting normally: found so now, \
-                 or found so within the hour before (its count dipped under decisions.shared_when since)",
-            ),
-            &["found"],
-        )?;
         let api_connections = IntGauge::new("gatewatch_api_connections", "Connections open to the API")?;
         let api_connections_refused = IntCounterVec::new(
             Opts::new(
@@ -280,7 +271,6 @@ impl Metrics {
         registry.register(Box::new(entities.clone()))?;
         registry.register(Box::new(entities_evicted.clone()))?;
         registry.register(Box::new(confidential_away.clone()))?;
-        registry.register(Box::new(shared_downgrades.clone()))?;
         registry.register(Box::new(reloads.clone()))?;
         registry.register(Box::new(stream_cursor.clone()))?;
         registry.register(Box::new(events_in.clone()))?;
@@ -313,7 +303,6 @@ impl Metrics {
             entities,
             entities_evicted,
             confidential_away,
-            shared_downgrades,
             api_connections,
             api_connections_refused,
             sink_up,
@@ -363,17 +352,6 @@ impl Metrics {
         add(&self.dead_letters, s.dead_letters, &mut seen.dead_letters);
         add(&self.entities_evicted, s.evicted_entities, &mut seen.evicted_entities);
         add(&self.confidential_away, s.confidential_away_events, &mut seen.confidential_away_events);
-        let remembered = s.downgraded_shared_remembered;
-        add(
-            &self.shared_downgrades.with_label_values(&["now"]),
-            s.downgraded_shared.saturating_sub(remembered),
-            &mut seen.downgraded_shared,
-        );
-        add(
-            &self.shared_downgrades.with_label_values(&["earlier"]),
-            remembered,
-            &mut seen.downgraded_shared_remembered,
-        );
         let kinds = [
             (s.reordered_events, &mut seen.reordered_events),
             (s.late_events, &mut seen.late_events),

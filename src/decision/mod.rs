@@ -9,9 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::features::EntityType;
 
 mod record;
-mod shared;
 pub use record::Decision;
-pub use shared::{SHARED_MEMORY_CAP, SHARED_MEMORY_MS, SharedMemory};
 
 /// How rule hits become decisions.
 #[derive(Debug, Clone)]
