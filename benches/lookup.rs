@@ -22,6 +22,7 @@ fn decision(id: u64, t: EntityType, entity: String, action: Action) -> Decision 
         created_ms: 0,
         expires_ms: i64::MAX / 2,
         offense: 0,
+        spared: Vec::new(),
     }
 }
 

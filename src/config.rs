@@ -295,6 +295,8 @@ struct RuleSection {
     #[serde(default)]
     on_shared: Option<Spanned<String>>,
     #[serde(default)]
+    spare: Option<Spanned<String>>,
+    #[serde(default)]
     enabled: Option<bool>,
     #[serde(default)]
     shadow: bool,
@@ -312,6 +314,11 @@ pub struct RuleSpec {
     pub score: f64,
     /// What the action becomes on a shared entity (see [`DecisionConfig::shared_when`]).
     pub on_shared: Action,
+    /// A cidr rule's bystanders: a predicate over the feature row of each
+    /// address of the subnet that this engine holds; the addresses it holds
+    /// for are left out of the decision ([`crate::decision::Decision::spared`]),
+    /// with the line it is written on.
+    pub spare: Option<(String, usize)>,
     /// Judged on live traffic without being enforced: its decisions go to
     /// their own tables and stream ([`crate::decision::SHADOW_ID_BASE`]).
     pub shadow: bool,
@@ -1278,6 +1285,19 @@ impl Pipeline {
                 if v.when.get_ref().trim().is_empty() {
                     return Err(bad(v.when.span(), "when: empty predicate".into()));
                 }
+                let spare = match &v.spare {
+                    None => None,
+                    Some(_) if entity != EntityType::Cidr => {
+                        return Err(bad(
+                            span,
+                            "spare: only a cidr rule's decision covers addresses other than its entity".into(),
+                        ));
+                    }
+                    Some(s) if s.get_ref().trim().is_empty() => {
+                        return Err(bad(s.span(), "spare: empty predicate".into()));
+                    }
+                    Some(s) => Some((s.get_ref().clone(), line_of(&f.src, s.span().start))),
+                };
                 rules.push(RuleSpec {
                     name: v.name.clone(),
                     entity,
@@ -1287,6 +1307,7 @@ impl Pipeline {
                     reason: v.reason.clone(),
                     score,
                     on_shared,
+                    spare,
                     shadow: v.shadow,
                     file: f.file.clone(),
                     line: line_of(&f.src, v.when.span().start),
@@ -1580,6 +1601,18 @@ reason = "too fast"
         assert!(p.rules[0].shadow);
         let e = load(&format!("{RULE}shadow = \"yes\"\n")).unwrap_err().to_string();
         assert!(e.contains("test.toml") && e.contains("shadow"), "{e}");
+    }
+
+    #[test]
+    fn spare_is_a_cidr_rules_own_and_names_its_line() {
+        let e = load(&format!("{RULE}spare = \"age_s >= 600\"\n")).unwrap_err().to_string();
+        assert!(e.starts_with("test.toml:") && e.contains("spare: only a cidr rule"), "{e}");
+        let cidr = RULE.replace("entity = \"ip\"", "entity = \"cidr\"");
+        let p = load(&format!("{cidr}spare = \"age_s >= 600\"\n")).unwrap();
+        assert_eq!(p.rules[0].spare, Some(("age_s >= 600".to_string(), 9)));
+        let p = load(&format!("{cidr}spare = \"age_z >= 600\"\n")).unwrap();
+        let e = crate::detect::RuleSet::compile(&p.rules).unwrap_err().to_string();
+        assert!(e.starts_with("test.toml:9: rule 'r1': spare:") && e.contains("age_z"), "{e}");
     }
 
     #[test]

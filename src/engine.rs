@@ -87,6 +87,9 @@ pub struct Summary {
     /// Rows a model scored at or above its threshold.
     pub model_flags: u64,
     pub downgraded_shared: u64,
+    /// Addresses left out of the subnet decisions made, as bystanders (rules'
+    /// `spare`); each decision counts its own, a narrowed one again.
+    pub spared_addresses: u64,
     pub active_entities: std::collections::BTreeMap<String, usize>,
     pub state_bytes: usize,
     pub first_event: Option<String>,
@@ -203,6 +206,8 @@ struct Candidate {
     score: f64,
     /// From a shadow rule or model: decided into the shadow store, never enforced.
     shadow: bool,
+    /// The rule (index) whose `spare` says which addresses of a subnet it leaves out.
+    spare: Option<usize>,
 }
 
 /// A running pipeline.
@@ -713,6 +718,7 @@ impl Engine {
             source: format!("rule:{}", rule.name),
             score: rule.score,
             shadow: rule.shadow,
+            spare: self.rules.rules()[h.rule].spare.is_some().then_some(h.rule),
         }
     }
 
@@ -756,6 +762,7 @@ impl Engine {
                         source: format!("model:{}", m.model.id()),
                         score: s.score,
                         shadow: m.shadow,
+                        spare: None,
                     },
                 ));
                 self.summary.model_flags += 1;
@@ -793,6 +800,10 @@ impl Engine {
                 c.action.as_str()
             ));
         }
+        let spared = match c.spare {
+            Some(rule) if t == EntityType::Cidr => self.spared(rule, entity, now)?,
+            _ => Vec::new(),
+        };
         let proposal = Proposal {
             now_ms: now,
             entity_type: t,
@@ -802,6 +813,7 @@ impl Engine {
             reason,
             source: c.source,
             score: c.score,
+            spared,
         };
         if c.shadow {
             return match self.shadow_store.propose(proposal) {
@@ -817,11 +829,27 @@ impl Engine {
         }
         match self.store.propose(proposal) {
             Some(d) => {
+                self.summary.spared_addresses += d.spared.len() as u64;
                 self.emit(&d)?;
                 Ok(true)
             }
             None => Ok(false),
         }
+    }
+
+    /// The addresses of `subnet` that rule `rule`'s `spare` leaves out of its
+    /// decision, sorted (see [`crate::config::RuleSpec::spare`]).
+    fn spared(&mut self, rule: usize, subnet: &str, now: i64) -> Result<Vec<std::net::IpAddr>, EngineError> {
+        let Some(spare) = &self.rules.rules()[rule].spare else {
+            return Ok(Vec::new());
+        };
+        let Some((addrs, rows)) = self.features.addresses_in(subnet, now)? else {
+            return Ok(Vec::new());
+        };
+        let keep = spare.matches(&rows).map_err(|source| EvalError { rule: spare.sql.clone(), source })?;
+        let mut out: Vec<_> = addrs.into_iter().zip(keep).filter(|(_, k)| *k).map(|(ip, _)| ip).collect();
+        out.sort_unstable();
+        Ok(out)
     }
 
     fn emit(&mut self, d: &Decision) -> Result<(), EngineError> {

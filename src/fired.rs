@@ -186,6 +186,7 @@ mod tests {
             created_ms: 0,
             expires_ms: 1,
             offense: 1,
+            spared: Vec::new(),
         }
     }
 

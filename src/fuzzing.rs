@@ -150,6 +150,7 @@ fn router(repo: &Path, dir: &Path) -> Result<(axum::Router, String), String> {
             created_ms: now,
             expires_ms: now + 3_600_000,
             offense: 0,
+            spared: Vec::new(),
         })
     });
     store.put_many(decisions.collect()).map_err(|x| e(&x))?;

@@ -968,6 +968,7 @@ fn start_engine(
             created_ms: at,
             expires_ms: at,
             offense,
+            spared: &[],
         };
         engine.restore_decision(r);
     }

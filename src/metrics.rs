@@ -34,6 +34,8 @@ pub struct Metrics {
     pub state_budget_bytes: IntGauge,
     pub entities: prometheus::IntGaugeVec,
     pub entities_evicted: IntCounter,
+    /// Addresses left out of subnet decisions as bystanders (rules' `spare`).
+    pub spared_addresses: IntCounter,
     /// Requests a confidential client's key authenticated from a network it
     /// is not established in: judged as anyone's (a leaked secret, or the
     /// client's first hour on a new network).
@@ -154,6 +156,10 @@ impl Metrics {
             "gatewatch_entities_evicted_total",
             "Least recently seen entities evicted to stay within the state budget",
         )?;
+        let spared_addresses = IntCounter::new(
+            "gatewatch_spared_addresses_total",
+            "Addresses left out of the subnet decisions made, as bystanders (a cidr rule's spare; each decision counts its own)",
+        )?;
         let confidential_away = IntCounter::new(
             "gatewatch_confidential_away_total",
             "Requests a confidential client's key authenticated from a network it is not established in",
@@ -270,6 +276,7 @@ impl Metrics {
         registry.register(Box::new(state_budget_bytes.clone()))?;
         registry.register(Box::new(entities.clone()))?;
         registry.register(Box::new(entities_evicted.clone()))?;
+        registry.register(Box::new(spared_addresses.clone()))?;
         registry.register(Box::new(confidential_away.clone()))?;
         registry.register(Box::new(reloads.clone()))?;
         registry.register(Box::new(stream_cursor.clone()))?;
@@ -302,6 +309,7 @@ impl Metrics {
             state_budget_bytes,
             entities,
             entities_evicted,
+            spared_addresses,
             confidential_away,
             api_connections,
             api_connections_refused,
@@ -351,6 +359,7 @@ impl Metrics {
         add(&self.events_rebuilt, s.rebuilt_events, &mut seen.rebuilt_events);
         add(&self.dead_letters, s.dead_letters, &mut seen.dead_letters);
         add(&self.entities_evicted, s.evicted_entities, &mut seen.evicted_entities);
+        add(&self.spared_addresses, s.spared_addresses, &mut seen.spared_addresses);
         add(&self.confidential_away, s.confidential_away_events, &mut seen.confidential_away_events);
         let kinds = [
             (s.reordered_events, &mut seen.reordered_events),

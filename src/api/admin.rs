@@ -139,6 +139,7 @@ fn manual_decision(
         created_ms: now,
         expires_ms: now + ttl_ms,
         offense: 0,
+        spared: Vec::new(),
     })
 }
 

@@ -16,6 +16,13 @@
 //! gets `null` from the live route. Scopes: ip → `Ip`, cidr → `Range`, and
 //! `User`, `ApiKey`, `Device`, `Session` for the rest (only asked-for scopes
 //! are streamed; bouncers ask for `ip,range` by default).
+//!
+//! A subnet decision that spares bystanders (`spared`: addresses of the range
+//! that were there before and took no part) is honoured by the live route,
+//! which asks about one address; a `Range` in the stream cannot carry
+//! exceptions, so a stream-mode bouncer blocks the spared addresses with
+//! their range. Where that matters, run the bouncer in live mode or put the
+//! gateway's own `/v1/authz` in front.
 
 use std::collections::HashMap;
 use std::sync::Arc;

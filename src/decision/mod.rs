@@ -2,6 +2,7 @@
 //! precedence and escalation for repeat offenders.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -46,8 +47,10 @@ const ID_SPAN: u64 = (1 << 61) - 1;
 /// one entity are never in one slot of the same size, since the store makes
 /// another with the same action only after half the one in force has passed
 /// (a renewal) or after it expired, and one with a stronger action differs
-/// in the action. Within a range (`base`), ids are 1..=2^61-1.
-pub fn decision_id(base: u64, p: &Proposal<'_>, ttl_ms: i64) -> u64 {
+/// in the action. A subnet decision that spares fewer addresses than the
+/// one in force (a spared address took part) differs in what it spares,
+/// which is hashed too. Within a range (`base`), ids are 1..=2^61-1.
+pub fn decision_id(base: u64, p: &Proposal<'_>, ttl_ms: i64, spared: &[IpAddr]) -> u64 {
     let slot = (ttl_ms / 2).clamp(1, 60_000);
     let mut key = Vec::with_capacity(64 + p.entity.len() + p.source.len());
     for part in
@@ -59,6 +62,13 @@ pub fn decision_id(base: u64, p: &Proposal<'_>, ttl_ms: i64) -> u64 {
     }
     key.extend_from_slice(&slot.to_le_bytes());
     key.extend_from_slice(&p.now_ms.div_euclid(slot).to_le_bytes());
+    // Nothing spared hashes as before this field existed.
+    for ip in spared {
+        match ip {
+            IpAddr::V4(v4) => key.extend_from_slice(&v4.octets()),
+            IpAddr::V6(v6) => key.extend_from_slice(&v6.octets()),
+        }
+    }
     base + 1 + xxhash_rust::xxh3::xxh3_64(&key) % ID_SPAN
 }
 
@@ -103,6 +113,8 @@ pub struct Proposal<'a> {
     pub reason: String,
     pub source: String,
     pub score: f64,
+    /// A subnet decision's bystanders (see [`Decision::spared`]), sorted.
+    pub spared: Vec<IpAddr>,
 }
 
 /// A decision from before a restart, or an offence still remembered (then
@@ -115,6 +127,7 @@ pub struct Restored<'a> {
     pub created_ms: i64,
     pub expires_ms: i64,
     pub offense: u32,
+    pub spared: &'a [IpAddr],
 }
 
 #[derive(Debug, Clone)]
@@ -122,6 +135,8 @@ struct Active {
     action: Action,
     created_ms: i64,
     expires_ms: i64,
+    offense: u32,
+    spared: Vec<IpAddr>,
 }
 
 /// In-memory decision state for one pipeline run.
@@ -155,7 +170,13 @@ impl DecisionStore {
     pub fn restore(&mut self, r: Restored<'_>) {
         let key = (r.entity_type, r.entity.to_string());
         if r.expires_ms > r.created_ms {
-            let a = Active { action: r.action, created_ms: r.created_ms, expires_ms: r.expires_ms };
+            let a = Active {
+                action: r.action,
+                created_ms: r.created_ms,
+                expires_ms: r.expires_ms,
+                offense: r.offense,
+                spared: r.spared.to_vec(),
+            };
             if self.active.get(&key).is_none_or(|cur| cur.expires_ms < a.expires_ms) {
                 self.active.insert(key.clone(), a);
             }
@@ -176,6 +197,12 @@ impl DecisionStore {
     /// Turns a proposal into a new decision, or `None` when an equal or stronger one
     /// is already in force and not yet past half its lifetime (renewing a live
     /// decision on every tick would only flood the change stream).
+    ///
+    /// What a subnet decision spares only shrinks while it is in force: an
+    /// address spared once and found taking part since is covered from the
+    /// next proposal on (a decision of its own, same action and expiry), and
+    /// an address that took part is not spared again by a renewal. Otherwise
+    /// a bystander's exemption would be a way around the subnet's block.
     pub fn propose(&mut self, p: Proposal<'_>) -> Option<Decision> {
         self.gc(p.now_ms);
         let key = (p.entity_type, p.entity.to_string());
@@ -183,12 +210,18 @@ impl DecisionStore {
             && a.expires_ms > p.now_ms
             && a.action >= p.action
         {
+            let kept: Vec<IpAddr> = a.spared.iter().copied().filter(|ip| p.spared.binary_search(ip).is_ok()).collect();
             let half = a.created_ms + (a.expires_ms - a.created_ms) / 2;
             if p.now_ms < half {
-                return None;
+                if a.action != p.action || kept.len() == a.spared.len() {
+                    return None;
+                }
+                let (expires_ms, offense) = (a.expires_ms, a.offense);
+                return Some(self.record(key, &p, expires_ms - p.now_ms, Some(offense), kept));
             }
+            let spared = if a.action == p.action { kept } else { Vec::new() };
             // Still offending late in its life: renew without escalating.
-            return Some(self.record(key, &p, p.ttl_ms.max(a.expires_ms - a.created_ms), None));
+            return Some(self.record(key, &p, p.ttl_ms.max(a.expires_ms - a.created_ms), None, spared));
         }
         let memory = self.cfg.offense_memory_ms;
         let entry = self.offenses.entry(key.clone()).or_insert((0, p.now_ms));
@@ -200,24 +233,51 @@ impl DecisionStore {
         let n = entry.0;
         let factor = self.cfg.escalation.powi(n.saturating_sub(1).min(30) as i32);
         let ttl = ((p.ttl_ms as f64 * factor) as i64).min(self.cfg.max_ttl_ms.max(p.ttl_ms));
-        Some(self.record(key, &p, ttl, Some(n)))
+        let spared = p.spared.clone();
+        Some(self.record(key, &p, ttl, Some(n), spared))
     }
 
-    fn record(&mut self, key: (EntityType, String), p: &Proposal<'_>, ttl_ms: i64, offense: Option<u32>) -> Decision {
+    fn record(
+        &mut self,
+        key: (EntityType, String),
+        p: &Proposal<'_>,
+        ttl_ms: i64,
+        offense: Option<u32>,
+        spared: Vec<IpAddr>,
+    ) -> Decision {
         let ttl_ms = (ttl_ms / 1000).max(1) * 1000;
         let offense = offense.unwrap_or_else(|| self.offenses.get(&key).map(|o| o.0).unwrap_or(1));
-        self.active.insert(key, Active { action: p.action, created_ms: p.now_ms, expires_ms: p.now_ms + ttl_ms });
+        // Said in the reason from what is spared in the end (the proposal's
+        // list less what an earlier decision no longer spared), for tables
+        // that have no column for it.
+        let mut reason = p.reason.clone();
+        if !spared.is_empty() {
+            let list: Vec<String> = spared.iter().take(8).map(|ip| ip.to_string()).collect();
+            let more = if spared.len() > 8 { format!(" and {} more", spared.len() - 8) } else { String::new() };
+            reason.push_str(&format!("; spares {}{more}: there before, no part in it", list.join(", ")));
+        }
+        self.active.insert(
+            key,
+            Active {
+                action: p.action,
+                created_ms: p.now_ms,
+                expires_ms: p.now_ms + ttl_ms,
+                offense,
+                spared: spared.clone(),
+            },
+        );
         Decision {
-            id: decision_id(self.id_base, p, ttl_ms),
+            id: decision_id(self.id_base, p, ttl_ms, &spared),
             entity_type: p.entity_type,
             entity: p.entity.to_string(),
             action: p.action,
-            reason: p.reason.clone(),
+            reason,
             source: p.source.clone(),
             score: p.score,
             created_ms: p.now_ms,
             expires_ms: p.now_ms + ttl_ms,
             offense,
+            spared,
         }
     }
 
@@ -257,6 +317,7 @@ mod tests {
             reason: "r".into(),
             source: "rule:x".into(),
             score: 1.0,
+            spared: Vec::new(),
         }
     }
 
@@ -284,6 +345,34 @@ mod tests {
         s.propose(prop(0, Action::Throttle)).unwrap();
         let d = s.propose(prop(1_000, Action::Deny)).unwrap();
         assert_eq!(d.action, Action::Deny);
+    }
+
+    #[test]
+    fn what_a_subnet_decision_spares_only_shrinks_while_it_is_in_force() {
+        let mut s = store();
+        let ip = |x: &str| -> IpAddr { x.parse().unwrap() };
+        let (a, b) = (ip("203.0.113.14"), ip("203.0.113.20"));
+        let cidr = |now: i64, spared: Vec<IpAddr>| Proposal {
+            entity_type: EntityType::Cidr,
+            entity: "203.0.113.0/24",
+            spared,
+            ..prop(now, Action::Deny)
+        };
+        let d1 = s.propose(cidr(0, vec![a, b])).unwrap();
+        assert_eq!(d1.spared, vec![a, b]);
+        assert!(s.propose(cidr(10_000, vec![a, b])).is_none(), "nothing changed");
+        // b took part: a narrowed decision, same expiry and offence, new id.
+        let d2 = s.propose(cidr(20_000, vec![a])).unwrap();
+        assert_eq!((d2.spared.clone(), d2.expires_ms, d2.offense), (vec![a], d1.expires_ms, d1.offense));
+        assert_ne!(d2.id, d1.id);
+        assert!(s.propose(cidr(30_000, vec![a, b])).is_none(), "b is not spared again");
+        // A weaker proposal changes nothing; a renewal keeps what is left.
+        assert!(s.propose(Proposal { action: Action::Challenge, ..cidr(40_000, vec![]) }).is_none());
+        let renewed = s.propose(cidr(2_000_000, vec![a, b])).unwrap();
+        assert_eq!((renewed.spared.clone(), renewed.offense), (vec![a], 1));
+        // After it expired, a new offence judges afresh.
+        let again = s.propose(cidr(20_000_000, vec![a, b])).unwrap();
+        assert_eq!((again.spared.clone(), again.offense), (vec![a, b], 2));
     }
 
     /// What one store decides over a day of offences on one entity, with

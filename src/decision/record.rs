@@ -3,6 +3,8 @@
 //! serialised form adds RFC 3339 times and the TTL for people reading
 //! `decisions.jsonl`, and reading accepts either form.
 
+use std::net::IpAddr;
+
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::Action;
@@ -28,6 +30,11 @@ pub struct Decision {
     pub expires_ms: i64,
     /// Which repeat offence of its entity an automatic decision answers (0: manual).
     pub offense: u32,
+    /// Addresses of a subnet (cidr) decision's range it does not cover:
+    /// bystanders that were there before and took no part in what the
+    /// subnet was judged for (an uptime checker renting in the hosting /24
+    /// a scraper also rents in). Empty on every other decision.
+    pub spared: Vec<IpAddr>,
 }
 
 impl Decision {
@@ -53,6 +60,8 @@ struct WireOut<'a> {
     offense: u32,
     created_ms: i64,
     expires_ms: i64,
+    #[serde(skip_serializing_if = "<[IpAddr]>::is_empty")]
+    spared: &'a [IpAddr],
 }
 
 impl Serialize for Decision {
@@ -71,6 +80,7 @@ impl Serialize for Decision {
             offense: self.offense,
             created_ms: self.created_ms,
             expires_ms: self.expires_ms,
+            spared: &self.spared,
         }
         .serialize(s)
     }
@@ -92,6 +102,8 @@ struct WireIn {
     ts: Option<String>,
     expires_at: Option<String>,
     ttl_s: Option<u64>,
+    #[serde(default)]
+    spared: Vec<IpAddr>,
 }
 
 impl<'de> Deserialize<'de> for Decision {
@@ -124,6 +136,7 @@ impl<'de> Deserialize<'de> for Decision {
             created_ms,
             expires_ms,
             offense: w.offense,
+            spared: w.spared,
         })
     }
 }
@@ -145,6 +158,7 @@ mod tests {
             created_ms: 1_795_860_902_113,
             expires_ms: 1_795_864_502_113,
             offense: 1,
+            spared: Vec::new(),
         };
         let text = serde_json::to_string(&d).unwrap();
         assert!(text.starts_with(r#"{"ts":"2026-11-28T10:15:02.113Z""#), "{text}");
@@ -157,7 +171,18 @@ mod tests {
         let stored = r#"{"id":7,"entity_type":"ip","entity":"203.0.113.9","action":"deny","reason":"r","source":"rule:x","score":0.9,"created_ms":1795860902113,"expires_ms":1795864502113,"offense":1}"#;
         assert_eq!(serde_json::from_str::<Decision>(stored).unwrap(), d);
         // Times outside the RFC 3339 parser's range (tests, epoch 0) survive a round trip.
-        let early = Decision { created_ms: 0, expires_ms: 10_000, ..d };
+        let early = Decision { created_ms: 0, expires_ms: 10_000, ..d.clone() };
         assert_eq!(serde_json::from_str::<Decision>(&serde_json::to_string(&early).unwrap()).unwrap(), early);
+        // A subnet decision's spared addresses, written only where there are some.
+        assert!(!text.contains("spared"));
+        let range = Decision {
+            entity_type: EntityType::Cidr,
+            entity: "203.0.113.0/24".into(),
+            spared: vec!["203.0.113.14".parse().unwrap(), "203.0.113.200".parse().unwrap()],
+            ..d
+        };
+        let text = serde_json::to_string(&range).unwrap();
+        assert!(text.ends_with(r#""spared":["203.0.113.14","203.0.113.200"]}"#), "{text}");
+        assert_eq!(serde_json::from_str::<Decision>(&text).unwrap(), range);
     }
 }

@@ -49,6 +49,8 @@ pub struct EvalError {
 pub struct Rule {
     pub spec: RuleSpec,
     expr: Planned,
+    /// [`RuleSpec::spare`], compiled.
+    pub spare: Option<Predicate>,
 }
 
 /// A physical expression over a projection of the features schema.
@@ -128,8 +130,15 @@ impl RuleSet {
         let mut set = RuleSet::default();
         for spec in specs {
             let p = Predicate::compile(&spec.when, &spec.file, spec.line, &format!("rule '{}'", spec.name))?;
+            let spare = match &spec.spare {
+                Some((sql, line)) => Some(
+                    Predicate::compile(sql, &spec.file, *line, &format!("rule '{}'", spec.name))
+                        .map_err(|e| RuleError { message: e.message.replacen("when:", "spare:", 1), ..e })?,
+                ),
+                None => None,
+            };
             set.by_entity[spec.entity.index()].push(set.rules.len());
-            set.rules.push(Rule { spec: spec.clone(), expr: p.expr });
+            set.rules.push(Rule { spec: spec.clone(), expr: p.expr, spare });
         }
         Ok(set)
     }

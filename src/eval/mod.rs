@@ -304,6 +304,10 @@ pub fn evaluate(
                 let Some(v) = v else { continue };
                 if let Some(list) = index.get(&(t, v)) {
                     for a in list {
+                        let spared = &decisions[a.idx].spared;
+                        if !spared.is_empty() && ip.is_some_and(|ip| spared.contains(&ip.to_canonical())) {
+                            continue;
+                        }
                         if a.start <= l.ts && l.ts < a.end && verdict.is_none_or(|(act, _)| a.action > act) {
                             verdict = Some((a.action, a.idx));
                         }

@@ -304,6 +304,14 @@ impl Table {
         (i, true)
     }
 
+    /// The state of `key`, if held.
+    fn find(&self, key: &str) -> Option<&EntityState> {
+        let h = self.hash(key.as_bytes());
+        self.map
+            .find(wide(h), |&(i, eh)| eh == h && self.states[i as usize].key.as_bytes() == key.as_bytes())
+            .map(|&(i, _)| &*self.states[i as usize])
+    }
+
     /// Points the map entry of the entity at `from` (whose name hashes to
     /// `h`) to `to`, or removes it.
     fn reindex(&mut self, h: u32, from: u32, to: Option<u32>) {
@@ -643,6 +651,38 @@ impl FeatureEngine {
     }
 
     /// Applies an events batch; returns the snapshots of the ticks it crossed.
+    /// The feature rows, as of `now`, of the addresses of `subnet` (a cidr
+    /// entity) that this engine holds, with each row's address: what a cidr
+    /// rule's `spare` judges. An IPv4 subnet is walked address by address
+    /// (256 lookups for a /24); an IPv6 one is not (a /64 is one
+    /// subscriber's or one server's network, and cannot be walked): `None`.
+    pub fn addresses_in(&self, subnet: &str, now: i64) -> Result<Option<(Vec<IpAddr>, RecordBatch)>, ArrowError> {
+        let Ok(ipnet::IpNet::V4(net)) = subnet.parse::<ipnet::IpNet>() else {
+            return Ok(None);
+        };
+        if net.prefix_len() < 24 {
+            return Ok(None);
+        }
+        let table = &self.tables[EntityType::Ip.index()];
+        let first = u32::from(net.network());
+        let last = u32::from(net.broadcast());
+        let mut name = String::with_capacity(15);
+        let (mut addrs, mut states) = (Vec::new(), Vec::new());
+        for a in first..=last {
+            let ip = std::net::Ipv4Addr::from(a);
+            name.clear();
+            let _ = write!(name, "{ip}");
+            if let Some(st) = table.find(&name) {
+                addrs.push(IpAddr::V4(ip));
+                states.push(st);
+            }
+        }
+        if states.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some((addrs, build_batch(EntityType::Ip, now, states.into_iter())?)))
+    }
+
     pub fn ingest(&mut self, batch: &RecordBatch) -> Result<Vec<Snapshot>, ArrowError> {
         self.ingest_for(batch, &[])
     }

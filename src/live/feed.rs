@@ -124,6 +124,7 @@ pub fn restored(d: &Decision) -> Option<crate::decision::Restored<'_>> {
         created_ms: d.created_ms,
         expires_ms: d.expires_ms,
         offense: d.offense,
+        spared: &d.spared,
     })
 }
 
@@ -487,6 +488,7 @@ mod tests {
             created_ms: 0,
             expires_ms,
             offense: 1,
+            spared: Vec::new(),
         }
     }
 

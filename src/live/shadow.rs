@@ -121,6 +121,7 @@ mod tests {
             created_ms: i as i64,
             expires_ms: i as i64 + 1_000,
             offense: 1,
+            spared: Vec::new(),
         }
     }
 

@@ -362,6 +362,7 @@ impl LiveStore {
                         created_ms: 0,
                         expires_ms: i64::MIN,
                         offense: 0,
+                        spared: Vec::new(),
                     }
                 });
                 expiry.insert((d.expires_ms, k.value().to_string()));
@@ -689,7 +690,7 @@ impl LiveStore {
         let mut best: Option<&Arc<Decision>> = None;
         for key in candidates {
             let Some(d) = map.get(&key) else { continue };
-            if d.expires_ms <= now_ms {
+            if d.expires_ms <= now_ms || spares(d, q.ip) {
                 continue;
             }
             if d.action == Action::Allow {
@@ -707,9 +708,14 @@ impl LiveStore {
         let published = self.published.load();
         std::iter::once(key_of(EntityType::Ip, &ip.to_string()))
             .chain(published.ranges_of(ip).map(|r| key_of(EntityType::Cidr, &r)))
-            .filter_map(|k| published.map.get(&k).filter(|d| d.expires_ms > now_ms).cloned())
+            .filter_map(|k| published.map.get(&k).filter(|d| d.expires_ms > now_ms && !spares(d, Some(ip))).cloned())
             .collect()
     }
+}
+
+/// Whether `d` (a subnet decision) leaves `ip` out as a bystander.
+fn spares(d: &Decision, ip: Option<IpAddr>) -> bool {
+    !d.spared.is_empty() && ip.is_some_and(|ip| d.spared.contains(&ip.to_canonical()))
 }
 
 /// One transaction: each key's decision written (or removed), its offence
@@ -766,6 +772,7 @@ mod tests {
             created_ms: 0,
             expires_ms: expires,
             offense: 0,
+            spared: Vec::new(),
         }
     }
 
@@ -863,6 +870,20 @@ mod tests {
         assert_eq!(s.lookup(&q("203.0.113.9", None), &none, 150).action, Action::Challenge);
         assert!(s.remove(EntityType::Cidr, "203.0.113.0/24").unwrap().is_some());
         assert_eq!(s.lookup(&q("203.0.113.9", None), &none, 150).action, Action::Allow);
+        // A subnet decision's spared bystander is not covered by it, and
+        // still answers for decisions of its own; its neighbours are covered.
+        let range = Decision {
+            spared: vec!["203.0.113.14".parse().unwrap()],
+            ..d(5, EntityType::Cidr, "203.0.113.0/24", Action::Deny, 10_000)
+        };
+        s.put(range).unwrap();
+        assert_eq!(s.lookup(&q("203.0.113.14", None), &none, 150).action, Action::Allow);
+        assert_eq!(s.lookup(&q("::ffff:203.0.113.14", None), &none, 150).action, Action::Allow);
+        assert_eq!(s.lookup(&q("203.0.113.15", None), &none, 150).action, Action::Deny);
+        assert!(s.covering("203.0.113.14".parse().unwrap(), 150).is_empty());
+        assert_eq!(s.covering("203.0.113.15".parse().unwrap(), 150).len(), 1);
+        s.put(d(6, EntityType::User, "carol", Action::Challenge, 10_000)).unwrap();
+        assert_eq!(s.lookup(&q("203.0.113.14", Some("carol")), &none, 150).action, Action::Challenge);
     }
 
     fn apply(cache: &mut std::collections::HashMap<String, Decision>, since: Since, seen: &mut Vec<u64>) -> u64 {
