@@ -539,6 +539,11 @@ fn models_ship_without_a_restart_and_a_bad_one_is_refused() {
     )
     .expect("shipped model");
     std::fs::write(model_dir.join("model.json"), &shipped).expect("copy");
+    let version = serde_json::from_str::<serde_json::Value>(&shipped).expect("model.json")["version"]
+        .as_str()
+        .expect("version")
+        .to_string();
+    let (v1, v2) = (format!("ip-classifier@{version}"), format!("ip-classifier@{version}-next"));
     let mut f = std::fs::OpenOptions::new().append(true).open(&pipeline).expect("pipeline");
     f.write_all(b"\n[[models]]\npath = \"models/ip-classifier\"\nentity = \"ip\"\nttl = \"10m\"\n").expect("write");
     drop(f);
@@ -556,8 +561,8 @@ fn models_ship_without_a_restart_and_a_bad_one_is_refused() {
             l.starts_with("gatewatch_model_info") && l.contains(&format!("model=\"{id}\"")) && l.ends_with(" 1")
         })
     };
-    assert_eq!(in_force(&server), vec!["ip-classifier@1"]);
-    assert!(metric(&server, "ip-classifier@1"));
+    assert_eq!(in_force(&server), vec![v1.clone()]);
+    assert!(metric(&server, &v1));
     assert_eq!(post(&server, &admin, "/v1/admin/models/rollback", &json!({})).0, 409, "nothing to roll back to yet");
 
     // A corrupt file: refused with why, the running model stays.
@@ -565,23 +570,24 @@ fn models_ship_without_a_restart_and_a_bad_one_is_refused() {
     let (status, v) = post(&server, &admin, "/v1/admin/reload", &json!({}));
     assert_eq!(status, 422, "{v}");
     assert!(v["error"].as_str().expect("error").contains("not a gatewatch model file"), "{v}");
-    assert_eq!(in_force(&server), vec!["ip-classifier@1"]);
+    assert_eq!(in_force(&server), vec![v1.clone()]);
     // An incompatible one (a feature this build does not have): refused too.
     std::fs::write(model_dir.join("model.json"), shipped.replace("\"iat_cv\"", "\"iat_mystery\"")).expect("write");
     let (status, v) = post(&server, &admin, "/v1/admin/reload", &json!({}));
     assert_eq!(status, 422, "{v}");
     assert!(v["error"].as_str().expect("error").contains("iat_mystery"), "{v}");
 
-    // Version 2 ships with a reload; rollback restores version 1.
-    std::fs::write(model_dir.join("model.json"), shipped.replace("\"version\": \"1\"", "\"version\": \"2\""))
-        .expect("v2");
+    // The next version ships with a reload; rollback restores the shipped one.
+    let next = shipped.replace(&format!("\"version\": \"{version}\""), &format!("\"version\": \"{version}-next\""));
+    assert_ne!(next, shipped);
+    std::fs::write(model_dir.join("model.json"), next).expect("next");
     let (status, v) = post(&server, &admin, "/v1/admin/reload", &json!({}));
-    assert_eq!((status, v["models"].clone()), (200, json!(["ip-classifier@2"])), "{v}");
-    assert_eq!(in_force(&server), vec!["ip-classifier@2"]);
-    assert!(metric(&server, "ip-classifier@2") && !metric(&server, "ip-classifier@1"));
+    assert_eq!((status, v["models"].clone()), (200, json!([v2.clone()])), "{v}");
+    assert_eq!(in_force(&server), vec![v2.clone()]);
+    assert!(metric(&server, &v2) && !metric(&server, &v1));
     let (status, v) = post(&server, &admin, "/v1/admin/models/rollback", &json!({}));
     assert_eq!(status, 200, "{v}");
-    assert_eq!(in_force(&server), vec!["ip-classifier@1"]);
-    assert!(metric(&server, "ip-classifier@1"));
+    assert_eq!(in_force(&server), vec![v1.clone()]);
+    assert!(metric(&server, &v1));
     assert_eq!(get(&server, &gateway, "/v1/admin/models").0, 403);
 }
