@@ -352,14 +352,19 @@ impl ApiError {
     }
 }
 
-/// A decision as the API shows it.
+/// A decision as the API shows it; a subnet decision's bystanders, when it
+/// spares any, as `spared`.
 pub fn decision_json(d: &Decision) -> serde_json::Value {
-    json!({
+    let mut v = json!({
         "decision_id": d.id, "entity_type": d.entity_type, "entity": d.entity, "action": d.action,
         "reason": d.reason, "source": d.source, "score": d.score,
         "created_at": crate::event::time::format_rfc3339(d.created_ms),
         "expires_at": crate::event::time::format_rfc3339(d.expires_ms),
-    })
+    });
+    if !d.spared.is_empty() {
+        v["spared"] = json!(d.spared);
+    }
+    v
 }
 
 /// Checks that only `allowed` parameters are present and none is oversized.
@@ -493,6 +498,26 @@ fn header<'a>(h: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, ApiError>
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_subnet_decision_shows_what_it_spares_and_others_do_not_say_it() {
+        let d = super::Decision {
+            id: 9,
+            entity_type: crate::features::EntityType::Cidr,
+            entity: "203.0.113.0/24".into(),
+            action: crate::decision::Action::Deny,
+            reason: "r".into(),
+            source: "rule:x".into(),
+            score: 0.9,
+            created_ms: 0,
+            expires_ms: 1_000,
+            offense: 1,
+            spared: vec!["203.0.113.14".parse().expect("ip")],
+        };
+        assert_eq!(super::decision_json(&d)["spared"], serde_json::json!(["203.0.113.14"]));
+        let plain = super::decision_json(&super::Decision { spared: Vec::new(), ..d });
+        assert!(plain.get("spared").is_none(), "{plain}");
+    }
+
     #[test]
     fn networks_are_canonical_and_bounded() {
         let n = |s: &str| super::parse_net("entity", s).map(|n| n.to_string()).map_err(|e| e.message);
