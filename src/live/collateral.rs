@@ -198,7 +198,10 @@ mod tests {
         for u in ["a", "b", "c", "a"] {
             c.record(1, Some(u), None, true, 0);
         }
-        assert_eq!(c.hits(1).users, 3);
+        // Each collateral draws its own hash key: two of three users share
+        // one of the 512 bits with probability 1 - (511/512)(510/512), about
+        // 0.6 % (it failed CI once on exactly that: 2).
+        assert!((2..=3).contains(&c.hits(1).users), "3 users estimated as {}", c.hits(1).users);
     }
 
     #[test]
