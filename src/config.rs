@@ -39,6 +39,7 @@ struct PipelineFile {
     output: Option<Spanned<OutputSection>>,
     decisions: Option<Spanned<DecisionsSection>>,
     allowlist: Option<Spanned<AllowlistSection>>,
+    classes: Option<Spanned<ClassesSection>>,
     state: Option<Spanned<StateSection>>,
     api: Option<Spanned<ApiSection>>,
     #[serde(default)]
@@ -273,6 +274,14 @@ struct AllowlistSection {
     crawlers: Vec<Spanned<CrawlerSection>>,
 }
 
+/// `[classes]`: which requests a decision on a request class covers.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClassesSection {
+    #[serde(default)]
+    login_forms: Vec<Spanned<String>>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CrawlerSection {
@@ -413,6 +422,8 @@ pub struct Pipeline {
     pub output: OutputConfig,
     pub decisions: DecisionConfig,
     pub allowlist: Allowlist,
+    /// Which requests belong to the request classes decisions can name.
+    pub classes: crate::classes::ClassConfig,
     pub rules: Vec<RuleSpec>,
     pub models: Vec<ModelSpec>,
     pub state_dir: PathBuf,
@@ -1203,6 +1214,23 @@ impl Pipeline {
             }
         }
 
+        let mut classes = crate::classes::ClassConfig::default();
+        if let Some((f, s)) = pick!(classes) {
+            for p in &s.get_ref().login_forms {
+                let v = p.get_ref();
+                if !v.starts_with('/') || v.len() > 1024 || v.contains(['?', '#']) {
+                    return Err(invalid(
+                        &f.file,
+                        &f.src,
+                        p.span(),
+                        "classes.login_forms",
+                        format!("'{v}' is not a path (starting with '/', no query, at most 1024 bytes)"),
+                    ));
+                }
+                classes.login_forms.push(v.clone());
+            }
+        }
+
         let state_dir = match pick!(state) {
             Some((f, s)) => match &s.get_ref().dir {
                 Some(d) => f.file.parent().unwrap_or(Path::new(".")).join(d),
@@ -1253,11 +1281,11 @@ impl Pipeline {
                 if !names.insert(v.name.clone()) {
                     return Err(bad(span, "a rule with this name is already defined".into()));
                 }
-                let entity = EntityType::parse(v.entity.get_ref()).ok_or_else(|| {
+                let entity = EntityType::parse_decided(v.entity.get_ref()).ok_or_else(|| {
                     bad(
                         v.entity.span(),
                         format!(
-                            "entity '{}' is not one of ip, cidr, user, api_key, device, session",
+                            "entity '{}' is not one of ip, cidr, user, api_key, device, session, class",
                             v.entity.get_ref()
                         ),
                     )
@@ -1512,6 +1540,7 @@ impl Pipeline {
             output,
             decisions,
             allowlist,
+            classes,
             rules,
             models,
             state_dir,
@@ -1625,6 +1654,24 @@ reason = "too fast"
         assert!(e.contains("test.toml") && e.contains("line") && e.contains("raison"), "{e}");
         let e = load("[allowlist]\ncidrs = [\"10.0.0.0/33\"]\n").unwrap_err().to_string();
         assert!(e.starts_with("test.toml:2: allowlist.cidrs"), "{e}");
+    }
+
+    #[test]
+    fn request_classes() {
+        let p = load("[classes]\nlogin_forms = [\"/login\", \"/account/sign-in\"]\n").unwrap();
+        assert_eq!(p.classes.login_forms, ["/login", "/account/sign-in"]);
+        assert_eq!(p.classes.classify("POST", "/account/sign-in/", false), Some(crate::classes::BARE_LOGIN));
+        assert!(load("").unwrap().classes.login_forms.is_empty(), "no class without forms");
+        for bad in ["login", "/login?x=1", ""] {
+            let e = load(&format!("[classes]\nlogin_forms = [\n  \"{bad}\"]\n")).unwrap_err().to_string();
+            assert!(e.starts_with("test.toml:3: classes.login_forms: "), "{e}");
+        }
+        // A rule may judge a class; a model may not (nothing is kept per class).
+        let rule = "[[rules]]\nname = \"c\"\nentity = \"class\"\nwhen = \"campaign_cold_share_10m >= 0.25\"\n\
+                    action = \"challenge\"\nttl = \"10m\"\nreason = \"r\"\n";
+        assert_eq!(load(rule).unwrap().rules[0].entity, EntityType::Class);
+        let e = load("[[models]]\npath = \"m\"\nentity = \"class\"\nttl = \"10m\"\n").unwrap_err().to_string();
+        assert!(e.starts_with("test.toml:3: model 'm': entity 'class' is not an entity type"), "{e}");
     }
 
     #[test]

@@ -137,8 +137,8 @@ struct Compiled {
     rule_columns: Vec<Vec<(usize, &'static str)>>,
     shared: crate::detect::Predicate,
     shared_columns: Vec<(usize, &'static str)>,
-    judged: [bool; 6],
-    needed: [[bool; features::NF]; 6],
+    judged: [bool; 7],
+    needed: [[bool; features::NF]; 7],
 }
 
 impl Compiled {
@@ -154,8 +154,8 @@ impl Compiled {
             "decisions.shared_when",
         )?;
         let shared_columns = referenced_features(&decisions.shared_when);
-        let mut judged = [false; 6];
-        let mut needed = [[false; features::NF]; 6];
+        let mut judged = [false; 7];
+        let mut needed = [[false; features::NF]; 7];
         for (r, cols) in rules.rules().iter().zip(&rule_columns) {
             let t = r.spec.entity.index();
             judged[t] = true;

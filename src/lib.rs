@@ -14,6 +14,7 @@
 
 pub mod analytics;
 pub mod api;
+pub mod classes;
 pub mod config;
 pub mod decision;
 pub mod detect;

@@ -409,7 +409,7 @@ fn run(cli: Cli) -> Result<()> {
             };
             let p = load(&cli.pipeline)?;
             let d = eval::read_decisions(&decisions)?;
-            let cfg = eval::EvalConfig::default();
+            let cfg = eval::EvalConfig::for_pipeline(&p);
             let mut r = eval::evaluate(&labels, &d, &p.allowlist, &cfg)?;
             let shadow =
                 shadow.or_else(|| Some(decisions.with_file_name("shadow_decisions.jsonl")).filter(|f| f.is_file()));
@@ -1020,7 +1020,7 @@ fn compare(traffic: &Path, pipelines: &[PathBuf], out: &Path) -> Result<()> {
         let name = p.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "pipeline".into());
         let run = out.join(&name);
         let allow = pipeline.allowlist.clone();
-        let cfg = eval::EvalConfig { throttle_rps: pipeline.api.throttle_rps, ..eval::EvalConfig::default() };
+        let cfg = eval::EvalConfig::for_pipeline(&pipeline);
         gatewatch::driver::replay_file(
             pipeline,
             &traffic.join("access.jsonl"),
@@ -1085,6 +1085,7 @@ fn demo(pipeline: &Path, seed: u64, hours: f64, out: &Path) -> Result<()> {
     println!("    {} requests, {} of them attacks → {}", o.requests, o.attack_requests, traffic.display());
     println!("2/3 replaying through {} …", p.file.display());
     let allow = p.allowlist.clone();
+    let cfg = eval::EvalConfig::for_pipeline(&p);
     let s = gatewatch::driver::replay_file(
         p,
         &traffic.join("access.jsonl"),
@@ -1095,7 +1096,7 @@ fn demo(pipeline: &Path, seed: u64, hours: f64, out: &Path) -> Result<()> {
     println!("    {}", s.line());
     println!("3/3 playing the decisions as a gateway would:\n");
     let d = eval::read_decisions(&run_dir.join("decisions.jsonl"))?;
-    let r = eval::evaluate(&o.labels, &d, &allow, &eval::EvalConfig::default())?;
+    let r = eval::evaluate(&o.labels, &d, &allow, &cfg)?;
     print!("{}", r.render());
     println!(
         "\nexplore: gatewatch query --data {} \"SELECT source, action, count(*) AS n FROM decisions GROUP BY source, action ORDER BY n DESC\"",
@@ -1106,8 +1107,8 @@ fn demo(pipeline: &Path, seed: u64, hours: f64, out: &Path) -> Result<()> {
 
 /// An entity type as decisions name it.
 fn parse_entity_type(s: &str) -> Result<gatewatch::features::EntityType, String> {
-    gatewatch::features::EntityType::parse(s)
-        .ok_or_else(|| format!("'{s}': expected ip, cidr, user, api_key, device or session"))
+    gatewatch::features::EntityType::parse_decided(s)
+        .ok_or_else(|| format!("'{s}': expected ip, cidr, user, api_key, device, session or class"))
 }
 
 /// `NAME=VALUE` of `query --param`.

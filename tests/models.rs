@@ -147,10 +147,11 @@ fn a_pipeline_names_the_line_of_a_corrupt_model() {
 fn report(pipeline: &str, traffic: &Path, labels: &Path, out: &Path) -> gatewatch::eval::Report {
     let p = Pipeline::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines").join(pipeline)).expect("pipeline");
     let allow = p.allowlist.clone();
+    let enforce = gatewatch::eval::EvalConfig::for_pipeline(&p);
     let run = out.join(pipeline);
     gatewatch::driver::replay_file(p, &traffic.join("access.jsonl"), None, &run, false).expect("replay");
     let decisions = gatewatch::eval::read_decisions(&run.join("decisions.jsonl")).expect("decisions");
-    gatewatch::eval::evaluate(labels, &decisions, &allow, &gatewatch::eval::EvalConfig::default()).expect("eval")
+    gatewatch::eval::evaluate(labels, &decisions, &allow, &enforce).expect("eval")
 }
 
 #[test]

@@ -109,6 +109,26 @@ fn nginx_auth_request_blocks_the_attacker_only() {
     assert_eq!(status, 201, "{body}");
     common::until("the allow reaches nginx", || http(&front, "GET", "/v1/products/1", &attacker, "").0 == 200);
 
+    // A decision on a request class: nginx passes the method and URI on,
+    // so a sign-in form posted without a session is challenged from an
+    // address never seen, and a person's post (with the session its page
+    // started), the page itself and other posts go through.
+    let (status, body) = http(
+        &gw_addr,
+        "POST",
+        "/v1/admin/decisions",
+        &[("X-Api-Key", admin.as_str())],
+        r#"{"entity_type":"class","entity":"bare-login","action":"challenge","ttl":"1h","reason":"stuffing campaign"}"#,
+    );
+    assert_eq!(status, 201, "{body}");
+    let fresh = [("X-Forwarded-For", "192.0.2.201")];
+    common::until("the class decision reaches nginx", || http(&front, "POST", "/login", &fresh, "u=a&p=b").0 == 403);
+    assert_eq!(http(&front, "POST", "/login/?next=%2F", &fresh, "u=a&p=b").0, 403, "another spelling of the form");
+    let person = [("X-Forwarded-For", "192.0.2.202"), ("Cookie", "session=ws-7f3a")];
+    assert_eq!(http(&front, "POST", "/login", &person, "u=a&p=b").0, 200, "a person opened the form first");
+    assert_eq!(http(&front, "GET", "/login", &fresh, "").0, 200, "opening the form is not posting it");
+    assert_eq!(http(&front, "POST", "/v1/orders", &fresh, "{}").0, 200, "nor is any other post");
+
     // gatewatch gone: nginx fails closed (docs/SECURITY.md).
     drop(_gw);
     assert_eq!(

@@ -94,6 +94,7 @@ fn replay(dir: &Path, name: &str, lines: &[String], labels: &Path) -> Run {
     write_lines(&input, lines);
     let p = pipeline();
     let allow = p.allowlist.clone();
+    let enforce = EvalConfig::for_pipeline(&p);
     let out = dir.join(name);
     let summary = gatewatch::driver::replay_file(p, &input, None, &out, false).expect("replay");
     let decisions = eval::read_decisions(&out.join("decisions.jsonl")).expect("decisions");
@@ -107,7 +108,7 @@ fn replay(dir: &Path, name: &str, lines: &[String], labels: &Path) -> Run {
     };
     let denied = entities(&|a| a == Action::Deny);
     let blocked = entities(&|a| a >= Action::Challenge);
-    let report = eval::evaluate(labels, &decisions, &allow, &EvalConfig::default()).expect("eval");
+    let report = eval::evaluate(labels, &decisions, &allow, &enforce).expect("eval");
     Run { report, denied, blocked, decisions: out.join("decisions.jsonl"), summary }
 }
 

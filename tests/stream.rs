@@ -346,6 +346,9 @@ fn crowdsec_bouncer_protocol() {
     post(&server, &admin, "/v1/admin/decisions", &manual("ip", "192.0.2.10", "deny"));
     post(&server, &admin, "/v1/admin/decisions", &manual("cidr", "198.51.100.0/24", "challenge"));
     post(&server, &admin, "/v1/admin/decisions", &manual("user", "mallory", "deny"));
+    // A decision on a request class is for gateways that pass the request
+    // on; a bouncer, asking about addresses, is never given one.
+    post(&server, &admin, "/v1/admin/decisions", &manual("class", "bare-login", "challenge"));
 
     // Live mode.
     let (status, v) = get(&server, &bouncer, "/v1/decisions?ip=192.0.2.10");
@@ -374,6 +377,34 @@ fn crowdsec_bouncer_protocol() {
         assert_eq!(status, 400, "{path}: {v}");
     }
     assert_eq!(server.request("GET", "/v1/decisions?ip=192.0.2.10", &[], "").0, 401);
+    let (_, v) = get(&server, &bouncer, "/v1/decisions");
+    let scopes: Vec<&str> = v.as_array().expect("all").iter().filter_map(|d| d["scope"].as_str()).collect();
+    assert_eq!(scopes.len(), 3, "{v}");
+    assert!(!scopes.contains(&"Class"), "{v}");
+    // The gateway's own routes enforce it, told the method and path: the
+    // verdict route by parameters, forward-auth by Traefik's and Caddy's headers.
+    let verdict = |q: &str| get(&server, &bouncer, &format!("/v1/decision?ip=192.0.2.99&{q}")).1["action"].clone();
+    assert_eq!(verdict("method=POST&path=/login%3Fnext%3D%2F"), "challenge");
+    assert_eq!(verdict("method=POST&path=/login&session=ws-1"), "allow", "a person opened the form first");
+    assert_eq!(verdict("method=GET&path=/login"), "allow");
+    assert_eq!(verdict("path=/login"), "allow", "without the method nothing is known of the class");
+    let authz = |uri: &str, session: Option<&str>| {
+        let mut h = vec![
+            ("X-Api-Key", bouncer.as_str()),
+            ("X-Forwarded-For", "192.0.2.99"),
+            ("X-Forwarded-Method", "POST"),
+            ("X-Forwarded-Uri", uri),
+        ];
+        if let Some(s) = session {
+            h.push(("X-Session-Id", s));
+        }
+        let (status, headers, _) = server.request("GET", "/v1/authz", &h, "");
+        let action = headers.iter().find(|(k, _)| k.eq_ignore_ascii_case("x-gatewatch-action")).map(|(_, v)| v.clone());
+        (status, action.unwrap_or_default())
+    };
+    assert_eq!(authz("/LOGIN/", None), (403, "challenge".to_string()));
+    assert_eq!(authz("/login", Some("ws-1")), (200, "allow".to_string()));
+    assert_eq!(authz("/v1/orders", None), (200, "allow".to_string()));
 
     // Stream mode: startup sends what is in force (default scopes ip,range), then only changes.
     let (_, v) = get(&server, &bouncer, "/v1/decisions/stream?startup=true");

@@ -120,6 +120,8 @@ fn entity_expr(t: EntityType) -> &'static str {
         EntityType::ApiKey => "api_key_id",
         EntityType::Device => "device_id",
         EntityType::Session => "session_id",
+        // A request class is judged on service-wide columns; no event names it.
+        EntityType::Class => "CAST(NULL AS VARCHAR)",
     }
 }
 

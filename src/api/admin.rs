@@ -27,9 +27,9 @@ pub(super) fn action(a: &str) -> Result<Action, ApiError> {
 }
 
 pub(super) fn entity_type(t: &str) -> Result<EntityType, ApiError> {
-    EntityType::parse(t).ok_or_else(|| {
+    EntityType::parse_decided(t).ok_or_else(|| {
         ApiError::bad_request(format!(
-            "entity_type: '{}' is not one of ip, cidr, user, api_key, device, session",
+            "entity_type: '{}' is not one of ip, cidr, user, api_key, device, session, class",
             shorten(t)
         ))
     })
@@ -84,6 +84,16 @@ fn canonical_entity(t: crate::features::EntityType, entity: &str) -> Result<Stri
     Ok(match t {
         EntityType::Ip => parse_ip("entity", e)?.to_string(),
         EntityType::Cidr => parse_net("entity", e)?.to_string(),
+        EntityType::Class => match crate::classes::ALL.iter().find(|c| **c == e) {
+            Some(c) => (*c).to_string(),
+            None => {
+                return Err(ApiError::bad_request(format!(
+                    "entity: '{}' is not a request class ({})",
+                    shorten(e),
+                    crate::classes::ALL.join(", ")
+                )));
+            }
+        },
         _ => e.to_string(),
     })
 }
@@ -364,6 +374,9 @@ fn needs_restart(old: &Pipeline, new: &Pipeline) -> Vec<&'static str> {
     }
     if differs(&old.api, &new.api) {
         out.push("api");
+    }
+    if old.classes != new.classes {
+        out.push("classes");
     }
     if old.state_dir != new.state_dir {
         out.push("state");

@@ -23,6 +23,11 @@
 //! exceptions, so a stream-mode bouncer blocks the spared addresses with
 //! their range. Where that matters, run the bouncer in live mode or put the
 //! gateway's own `/v1/authz` in front.
+//!
+//! A decision on a request class (`bare-login` while a credential-stuffing
+//! campaign lasts) is never given to a bouncer: a bouncer asks about
+//! addresses and cannot tell a request's class. Only `/v1/authz` and
+//! `/v1/decision`, told the request's method and path, enforce it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -46,6 +51,7 @@ fn scope_of(t: EntityType) -> &'static str {
         EntityType::ApiKey => "ApiKey",
         EntityType::Device => "Device",
         EntityType::Session => "Session",
+        EntityType::Class => "Class",
     }
 }
 
@@ -130,6 +136,12 @@ impl Filters {
     }
 
     pub(super) fn keep(&self, d: &Decision) -> bool {
+        // A bouncer is asked about addresses and cannot tell a request's
+        // class: a class decision given to it would be read as a block on
+        // whatever its value looks like, or not at all.
+        if d.entity_type == EntityType::Class {
+            return false;
+        }
         if self.scopes.as_ref().is_some_and(|s| !s.contains(&d.entity_type)) {
             return false;
         }

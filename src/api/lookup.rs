@@ -15,10 +15,12 @@ use crate::config::{ApiConfig, ClientIpFrom};
 use crate::decision::Action;
 use crate::live::store::{Query as Lookup, Verdict};
 
-const LOOKUP_PARAMS: [&str; 6] = ["ip", "user", "api_key", "device", "session", "user_agent"];
+const LOOKUP_PARAMS: [&str; 8] = ["ip", "user", "api_key", "device", "session", "user_agent", "method", "path"];
 
-/// `GET /v1/decision?ip=&user=&api_key=&device=&session=`: the verdict for a
-/// request (`ip` required; per-entity questions go to `/v1/decisions` or the admin list).
+/// `GET /v1/decision?ip=&user=&api_key=&device=&session=&method=&path=`: the
+/// verdict for a request (`ip` required; per-entity questions go to
+/// `/v1/decisions` or the admin list). With `method` and `path`, decisions on
+/// the request's class (`crate::classes`) count too.
 pub(super) async fn decision(
     State(state): State<Arc<AppState>>,
     Query(params): Query<HashMap<String, String>>,
@@ -27,6 +29,11 @@ pub(super) async fn decision(
     // A request always comes from an address: a lookup without one is a
     // gateway that lost it, which must hear so rather than get a partial verdict.
     let ip = params.get("ip").ok_or_else(|| ApiError::bad_request("ip: required (the client's address)"))?;
+    // Either alone says nothing about the request's class.
+    let class = match (params.get("method"), params.get("path")) {
+        (Some(m), Some(p)) => state.classes.classify(m, p, params.get("session").is_some_and(|s| !s.is_empty())),
+        _ => None,
+    };
     let q = Lookup {
         ip: Some(parse_ip("ip", ip)?),
         user: params.get("user").map(String::as_str),
@@ -34,6 +41,7 @@ pub(super) async fn decision(
         device: params.get("device").map(String::as_str),
         session: params.get("session").map(String::as_str),
         user_agent: params.get("user_agent").map(String::as_str),
+        class,
     };
     let now = now_ms();
     let v = state.store.lookup(&q, &state.allowlist.load(), now);
@@ -85,6 +93,24 @@ fn client_ip(api: &ApiConfig, h: &HeaderMap) -> Result<IpAddr, ApiError> {
     }
 }
 
+/// The class of the request a gateway forwards, from the original method
+/// and URI it passes on: `X-Original-Method` and `X-Original-URI` (nginx
+/// `auth_request`, as the shipped configuration sets them), else
+/// `X-Forwarded-Method` and `X-Forwarded-Uri` (Traefik ForwardAuth, Caddy
+/// `forward_auth`). Without them no request has a class. The path is read
+/// whole and leniently (bytes that are not UTF-8 are replaced): it decides
+/// only whether a class decision applies, and refusing an odd spelling would
+/// fail the gateway's request instead of judging it.
+fn request_class(h: &HeaderMap, classes: &crate::classes::ClassConfig, has_session: bool) -> Option<&'static str> {
+    if classes.login_forms.is_empty() {
+        return None;
+    }
+    let first = |names: [&str; 2]| names.iter().find_map(|n| h.get(*n)).map(|v| String::from_utf8_lossy(v.as_bytes()));
+    let method = first(["x-original-method", "x-forwarded-method"])?;
+    let uri = first(["x-original-uri", "x-forwarded-uri"])?;
+    classes.classify(method.trim(), uri.trim(), has_session)
+}
+
 /// `GET /v1/authz`: forward-auth for nginx `auth_request`, Traefik ForwardAuth and
 /// Envoy `ext_authz`. 200 allows; 403 denies; 429 with `Retry-After` throttles;
 /// 403 with `X-Gatewatch-Action: challenge` asks for a challenge.
@@ -96,6 +122,7 @@ pub(super) async fn authz(State(state): State<Arc<AppState>>, headers: HeaderMap
     let device = ident_header(&headers, &api.device_header, false)?;
     let session = ident_header(&headers, &api.session_header, false)?;
     let user_agent = ident_header(&headers, "user-agent", true)?;
+    let class = request_class(&headers, &state.classes, session.is_some());
     let q = Lookup {
         ip: Some(ip),
         user: user.as_deref(),
@@ -103,6 +130,7 @@ pub(super) async fn authz(State(state): State<Arc<AppState>>, headers: HeaderMap
         device: device.as_deref(),
         session: session.as_deref(),
         user_agent: user_agent.as_deref(),
+        class,
     };
     let now = now_ms();
     let v = state.store.lookup(&q, &state.allowlist.load(), now);

@@ -73,6 +73,8 @@ pub struct AppState {
     pub shadow: Arc<crate::live::ShadowLog>,
     pub allowlist: Arc<ArcSwap<Allowlist>>,
     pub api: ApiConfig,
+    /// Which requests belong to a request class (as the pipeline said at start).
+    pub classes: crate::classes::ClassConfig,
     pub metrics: Arc<Metrics>,
     pub keys: Arc<KeyRing>,
     pub ready: Arc<AtomicBool>,
@@ -121,6 +123,7 @@ impl AppState {
             shadow: s.shadow,
             allowlist: s.allowlist,
             api: s.pipeline.api.clone(),
+            classes: s.pipeline.classes.clone(),
             metrics: s.metrics,
             keys: s.keys,
             ready: s.ready,

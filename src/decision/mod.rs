@@ -231,7 +231,14 @@ impl DecisionStore {
         entry.0 += 1;
         entry.1 = p.now_ms;
         let n = entry.0;
-        let factor = self.cfg.escalation.powi(n.saturating_sub(1).min(30) as i32);
+        // A request class is not an offender with a record: its decision is
+        // about the campaign of the moment, and one that outlived it would
+        // only challenge the people who post the form next.
+        let factor = if p.entity_type == EntityType::Class {
+            1.0
+        } else {
+            self.cfg.escalation.powi(n.saturating_sub(1).min(30) as i32)
+        };
         let ttl = ((p.ttl_ms as f64 * factor) as i64).min(self.cfg.max_ttl_ms.max(p.ttl_ms));
         let spared = p.spared.clone();
         Some(self.record(key, &p, ttl, Some(n), spared))
@@ -337,6 +344,27 @@ mod tests {
         assert_eq!((d3.offense, d3.ttl_s()), (3, 14_400));
         let d4 = s.propose(prop(40_000_000, Action::Deny)).unwrap();
         assert_eq!(d4.ttl_s(), 14_400);
+    }
+
+    /// A campaign that comes back is met with the class's own TTL, not a
+    /// doubled one: the class has no record, the people posting it differ.
+    #[test]
+    fn a_request_class_does_not_escalate() {
+        let mut s = store();
+        let class = |now| Proposal {
+            entity_type: EntityType::Class,
+            entity: "bare-login",
+            ttl_ms: 120_000,
+            ..prop(now, Action::Challenge)
+        };
+        let d1 = s.propose(class(0)).unwrap();
+        let d2 = s.propose(class(1_000_000)).unwrap();
+        let d3 = s.propose(class(2_000_000)).unwrap();
+        assert_eq!((d1.ttl_s(), d2.ttl_s(), d3.ttl_s()), (120, 120, 120));
+        assert_eq!(d3.offense, 3, "the offences are still counted");
+        // An address escalates as before.
+        s.propose(prop(0, Action::Deny)).unwrap();
+        assert_eq!(s.propose(prop(10_000_000, Action::Deny)).unwrap().ttl_s(), 7200);
     }
 
     #[test]

@@ -41,11 +41,21 @@ pub struct EvalConfig {
     pub throttle_rps: f64,
     /// Attack requests in a scenario's first minutes are reported but not judged.
     pub grace_ms: i64,
+    /// Which requests the gateway puts in a request class (labels carry
+    /// each request's method and path, as a gateway passes them on).
+    pub classes: crate::classes::ClassConfig,
 }
 
 impl Default for EvalConfig {
     fn default() -> Self {
-        EvalConfig { throttle_rps: 1.0, grace_ms: 600_000 }
+        EvalConfig { throttle_rps: 1.0, grace_ms: 600_000, classes: Default::default() }
+    }
+}
+
+impl EvalConfig {
+    /// Enforcing as a gateway in front of `p`'s API would.
+    pub fn for_pipeline(p: &crate::config::Pipeline) -> Self {
+        EvalConfig { throttle_rps: p.api.throttle_rps, classes: p.classes.clone(), ..Default::default() }
     }
 }
 
@@ -292,6 +302,10 @@ pub fn evaluate(
         let mut verdict: Option<(Action, usize)> = None;
         if !allowed {
             let subnet = ip.map(subnet_of);
+            let class = match (&l.method, &l.path) {
+                (Some(m), Some(p)) => cfg.classes.classify(m, p, l.session.is_some()),
+                _ => None,
+            };
             let keys = [
                 (EntityType::Ip, Some(l.ip.as_str())),
                 (EntityType::Cidr, subnet.as_deref()),
@@ -299,6 +313,7 @@ pub fn evaluate(
                 (EntityType::ApiKey, l.api_key.as_deref()),
                 (EntityType::Device, l.device.as_deref()),
                 (EntityType::Session, l.session.as_deref()),
+                (EntityType::Class, class),
             ];
             for (t, v) in keys {
                 let Some(v) = v else { continue };

@@ -15,6 +15,13 @@ pub enum EntityType {
     ApiKey,
     Device,
     Session,
+    /// A class of request, whatever entity sends it (`bare-login`: a sign-in
+    /// form posted without the session its page starts). A campaign spread
+    /// over addresses that each send too little to judge is stopped at the
+    /// class: the gateway names the class of each request it asks about
+    /// (`crate::classes`). No feature table is kept per class; the rules
+    /// for it read the service-wide columns.
+    Class,
 }
 
 impl EntityType {
@@ -27,6 +34,18 @@ impl EntityType {
         EntityType::Session,
     ];
 
+    /// What a decision can be about: the entities features are kept for, and
+    /// request classes.
+    pub const DECIDED: [EntityType; 7] = [
+        EntityType::Ip,
+        EntityType::Cidr,
+        EntityType::User,
+        EntityType::ApiKey,
+        EntityType::Device,
+        EntityType::Session,
+        EntityType::Class,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             EntityType::Ip => "ip",
@@ -35,6 +54,7 @@ impl EntityType {
             EntityType::ApiKey => "api_key",
             EntityType::Device => "device",
             EntityType::Session => "session",
+            EntityType::Class => "class",
         }
     }
 
@@ -46,6 +66,14 @@ impl EntityType {
         match s {
             "subnet" => Some(EntityType::Cidr),
             _ => EntityType::ALL.into_iter().find(|t| t.as_str() == s),
+        }
+    }
+
+    /// [`Self::parse`], request classes included: what a rule or a decision may name.
+    pub fn parse_decided(s: &str) -> Option<Self> {
+        match s {
+            "class" => Some(EntityType::Class),
+            _ => Self::parse(s),
         }
     }
 }

@@ -452,8 +452,8 @@ pub struct FeatureEngine {
     stats: FeatureStats,
     subnet_buf: String,
     ticks_since_persist: u32,
-    judged: [bool; 6],
-    needed: [[bool; NF]; 6],
+    judged: [bool; 7],
+    needed: [[bool; NF]; 7],
     campaign: Campaign,
     homes: homes::Homes,
 }
@@ -567,8 +567,8 @@ impl FeatureEngine {
             stats: FeatureStats::default(),
             subnet_buf: String::with_capacity(48),
             ticks_since_persist: 0,
-            judged: [true; 6],
-            needed: [[true; NF]; 6],
+            judged: [true, true, true, true, true, true, false],
+            needed: [[true; NF]; 7],
             campaign: Campaign::default(),
             homes: homes::Homes::default(),
         }
@@ -576,13 +576,14 @@ impl FeatureEngine {
 
     /// Which entity types something evaluates every tick (rules, models); the
     /// others are only computed for persisted snapshots.
-    pub fn set_judged(&mut self, judged: [bool; 6]) {
+    /// Indexed by [`EntityType::index`], request classes last.
+    pub fn set_judged(&mut self, judged: [bool; 7]) {
         self.judged = judged;
     }
 
     /// Which feature columns the per-tick evaluation of each entity type reads;
     /// the others may be left null between persisted snapshots.
-    pub fn set_needed(&mut self, needed: [[bool; NF]; 6]) {
+    pub fn set_needed(&mut self, needed: [[bool; NF]; 7]) {
         self.needed = needed;
     }
 
@@ -1009,6 +1010,18 @@ impl FeatureEngine {
             let batch = build_batch_in(t, now, states, need, Context::of(&self.campaign, now))?;
             self.stats.feature_rows += batch.num_rows() as u64;
             batches.push((t, batch));
+        }
+        // The request classes, when something judges them: one row each, of
+        // the service-wide columns only, while logins are attempted at all.
+        let context = Context::of(&self.campaign, now);
+        if self.judged[EntityType::Class.index()] && !context.cold_share_10m.is_nan() {
+            let mut need = [false; NF];
+            need[CAMPAIGN_SHARE] = true;
+            need[CAMPAIGN_ADDRESSES] = true;
+            let class = EntityState::new(Key::new(crate::classes::BARE_LOGIN), now);
+            let batch = build_batch_in(EntityType::Class, now, std::iter::once(&class), &need, context)?;
+            self.stats.feature_rows += 1;
+            batches.push((EntityType::Class, batch));
         }
         Ok((!batches.is_empty()).then_some(Snapshot {
             as_of_ms: now,

@@ -51,7 +51,8 @@ pub fn read_record(key: Option<&[u8]>, payload: Option<&[u8]>, id: Option<&[u8]>
             let key = key.ok_or("a tombstone without a key")?;
             let key = std::str::from_utf8(key).map_err(|_| "a key that is not UTF-8".to_string())?;
             let (t, entity) = key.split_once(':').ok_or_else(|| format!("key '{key}' is not entity_type:entity"))?;
-            let entity_type = EntityType::parse(t).ok_or_else(|| format!("key '{key}': unknown entity type"))?;
+            let entity_type =
+                EntityType::parse_decided(t).ok_or_else(|| format!("key '{key}': unknown entity type"))?;
             let id = match id {
                 None => None,
                 Some(v) => Some(

@@ -56,6 +56,8 @@ pub struct Query<'a> {
     pub device: Option<&'a str>,
     pub session: Option<&'a str>,
     pub user_agent: Option<&'a str>,
+    /// The request's class (`crate::classes`), when it has one.
+    pub class: Option<&'a str>,
 }
 
 /// The answer for one request.
@@ -600,7 +602,8 @@ impl LiveStore {
             for row in t.iter().map_err(|e| self.err(e))? {
                 let (k, v) = row.map_err(|e| self.err(e))?;
                 let (count, at) = v.value();
-                let parsed = k.value().split_once('\u{1f}').and_then(|(t, e)| EntityType::parse(t).map(|t| (t, e)));
+                let parsed =
+                    k.value().split_once('\u{1f}').and_then(|(t, e)| EntityType::parse_decided(t).map(|t| (t, e)));
                 match parsed {
                     Some((t, e)) if at >= since_ms => out.push((t, e.to_string(), count, at)),
                     _ => old.push(k.value().to_string()),
@@ -682,6 +685,7 @@ impl LiveStore {
             (EntityType::ApiKey, q.api_key),
             (EntityType::Device, q.device),
             (EntityType::Session, q.session),
+            (EntityType::Class, q.class),
         ];
         let candidates = keys
             .into_iter()
@@ -884,6 +888,16 @@ mod tests {
         assert_eq!(s.covering("203.0.113.15".parse().unwrap(), 150).len(), 1);
         s.put(d(6, EntityType::User, "carol", Action::Challenge, 10_000)).unwrap();
         assert_eq!(s.lookup(&q("203.0.113.14", Some("carol")), &none, 150).action, Action::Challenge);
+        // A decision on a request class covers that class from any address,
+        // an address never seen included, and nothing else; an allowlisted
+        // address is still let through.
+        s.put(d(7, EntityType::Class, "bare-login", Action::Challenge, 10_000)).unwrap();
+        let bare = |ip: &str| Query { ip: ip.parse().ok(), class: Some("bare-login"), ..Default::default() };
+        let v = s.lookup(&bare("192.0.2.200"), &none, 150);
+        assert_eq!((v.action, v.decision_id), (Action::Challenge, Some(7)));
+        assert_eq!(s.lookup(&q("192.0.2.200", None), &none, 150).action, Action::Allow);
+        let trusted = Allowlist { cidrs: vec!["192.0.2.0/24".parse().unwrap()], ..Default::default() };
+        assert_eq!(s.lookup(&bare("192.0.2.200"), &trusted, 150).action, Action::Allow);
     }
 
     fn apply(cache: &mut std::collections::HashMap<String, Decision>, since: Since, seen: &mut Vec<u64>) -> u64 {

@@ -142,6 +142,7 @@ fn load_labels(path: &Path, t: EntityType, data: &Path) -> Result<Counts, ModelE
             EntityType::ApiKey => field("api_key"),
             EntityType::Device => field("device"),
             EntityType::Session => field("session"),
+            EntityType::Class => None,
         };
         if let Some(e) = entity {
             let b = c.buckets.entry((e, ts.div_euclid(BUCKET))).or_default();
@@ -173,6 +174,8 @@ fn resolve_requests(
         EntityType::ApiKey => "api_key_id",
         EntityType::Device => "device_id",
         EntityType::Session => "session_id",
+        // No model scores a class (the CLI and the pipeline refuse one).
+        EntityType::Class => return Ok(()),
     };
     let sql = format!(
         "SELECT request_id, CAST(ts AS BIGINT) AS ts, CAST({column} AS VARCHAR) AS entity FROM events \

@@ -109,8 +109,10 @@ pub const ATTACKS: &[&str] = &[
 pub const EVADES_RULES: &[&str] = &["slow-scraper"];
 
 /// Attacks whose every address makes only a few requests: the first request
-/// of each passes whatever decides per address, so their blocked share has
-/// a ceiling well below other scenarios' (about 40 % measured, 2026-12-03).
+/// of each passes whatever decides per address, so what per-address
+/// decisions block of them has a ceiling well below other scenarios' (about
+/// 40 % measured, 2026-12-03); a decision on their request class
+/// (`crate::classes`) stops them from any address.
 pub const THIN_CAMPAIGNS: &[&str] = &["distributed-stuffing"];
 
 /// The benign scenarios, for reports.
@@ -162,6 +164,12 @@ pub struct Label {
     pub session: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ua: Option<String>,
+    /// The method and path (query included) a gateway passes on with the
+    /// request, for decisions on request classes (`crate::classes`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -317,6 +325,11 @@ pub fn write(cfg: &SimConfig, reqs: &[Req], dir: &Path, formats: &[OutFormat]) -
             device: r.device.clone(),
             session: r.session.clone(),
             ua: r.ua.clone(),
+            method: Some(r.method.to_string()),
+            path: Some(match &r.query {
+                Some(q) => format!("{}?{q}", r.path),
+                None => r.path.clone(),
+            }),
         };
         serde_json::to_writer(&mut labels, &label)?;
         labels.write_all(b"\n")?;

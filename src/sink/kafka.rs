@@ -529,7 +529,8 @@ impl Sink for KafkaSink {
                     EntityType::Device => col::DEVICE_ID,
                     EntityType::Session => col::SESSION_ID,
                     EntityType::Ip => col::CLIENT_IP,
-                    EntityType::Cidr => return None,
+                    // Subnets follow their addresses; a request class is no key.
+                    EntityType::Cidr | EntityType::Class => return None,
                 };
                 let a = batch.column(c).as_any().downcast_ref::<StringArray>()?.clone();
                 Some((a, i, self.repartition_partitions.get(i)?.1))
