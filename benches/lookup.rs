@@ -74,6 +74,24 @@ fn bench(c: &mut Criterion) {
         })
     });
     g.finish();
+    // Naming a forwarded request's class (`/v1/authz` with the original
+    // method and URI): a post of the form, spellings that must normalise,
+    // and the other requests, which most lookups are.
+    let classes = gatewatch::classes::ClassConfig { login_forms: vec!["/login".into()] };
+    let requests: Vec<(&str, String)> = (0..1024)
+        .map(|i| match i % 8 {
+            0 => ("POST", "/login".to_string()),
+            1 => ("POST", "/%6Cogin/?next=%2Fcart".to_string()),
+            2 => ("POST", format!("/v1/orders/{i}")),
+            _ => ("GET", format!("/v1/products/{i}?fields=price")),
+        })
+        .collect();
+    let mut g = c.benchmark_group("classes");
+    g.throughput(Throughput::Elements(requests.len() as u64));
+    g.bench_function("classify_forwarded_request", |b| {
+        b.iter(|| requests.iter().filter(|(m, p)| classes.classify(m, p, false).is_some()).count())
+    });
+    g.finish();
     let mut g = c.benchmark_group("stream");
     g.throughput(Throughput::Elements(1000));
     let cursor = store.cursor() - 1000;

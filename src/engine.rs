@@ -269,6 +269,7 @@ impl Engine {
             builder: EventBatchBuilder::with_capacity(pipeline.output.batch_rows),
             features: {
                 let mut f = FeatureEngine::new(pipeline.features);
+                f.set_classes(&pipeline.classes);
                 f.set_judged(judged);
                 f.set_needed(needed);
                 f

@@ -456,6 +456,9 @@ pub struct FeatureEngine {
     needed: [[bool; NF]; 7],
     campaign: Campaign,
     homes: homes::Homes,
+    /// The sign-in forms (`[classes] login_forms`), normalised: a refused
+    /// post of one without a session is campaign evidence.
+    login_forms: Vec<String>,
 }
 
 const SWEEP_EVERY_MS: i64 = 60_000;
@@ -514,6 +517,7 @@ fn hash(s: &str) -> u64 {
 struct Cols<'a> {
     ts: &'a TimestampMillisecondArray,
     ip: &'a StringArray,
+    method: &'a StringArray,
     path: &'a StringArray,
     status: &'a UInt16Array,
     bytes: &'a UInt64Array,
@@ -571,11 +575,22 @@ impl FeatureEngine {
             needed: [[true; NF]; 7],
             campaign: Campaign::default(),
             homes: homes::Homes::default(),
+            login_forms: Vec::new(),
         }
     }
 
     /// Which entity types something evaluates every tick (rules, models); the
     /// others are only computed for persisted snapshots.
+    /// The sign-in forms of the request classes. Once a gateway refuses the
+    /// class `bare-login`, a campaign's posts reach the log as refusals
+    /// (403 or 429, no credential check): counted as the bare failures
+    /// they stand for, they keep the campaign columns, and so the decision,
+    /// in place while the campaign lasts, instead of letting it lapse
+    /// because it worked.
+    pub fn set_classes(&mut self, classes: &crate::classes::ClassConfig) {
+        self.login_forms = classes.login_forms.iter().map(|f| crate::classes::normalize(f)).collect();
+    }
+
     /// Indexed by [`EntityType::index`], request classes last.
     pub fn set_judged(&mut self, judged: [bool; 7]) {
         self.judged = judged;
@@ -697,6 +712,7 @@ impl FeatureEngine {
         let cols = Cols {
             ts: column(batch, col::TS)?,
             ip: column(batch, col::CLIENT_IP)?,
+            method: column(batch, col::METHOD)?,
             path: column(batch, col::PATH)?,
             status: column(batch, col::STATUS)?,
             bytes: column(batch, col::BYTES_SENT)?,
@@ -828,8 +844,15 @@ impl FeatureEngine {
         let grant = opt(cols.grant, i);
         let login = grant == Some("password") || auth == Some("invalid_credentials");
         n[c::LOGIN_ATT] = login as u32;
-        k.bare_failure =
-            auth == Some("invalid_credentials") && opt(cols.attest, i) != Some("valid") && cols.session.is_null(i);
+        let bare = opt(cols.attest, i) != Some("valid") && cols.session.is_null(i);
+        // Refused by the gateway before any check: the request class at work.
+        let refused_post = bare
+            && auth.is_none()
+            && matches!(status, 403 | 429)
+            && !self.login_forms.is_empty()
+            && cols.method.value(i).eq_ignore_ascii_case("POST")
+            && self.login_forms.contains(&crate::classes::normalize(path));
+        k.bare_failure = bare && (auth == Some("invalid_credentials") || refused_post);
         n[c::LOGIN_FAIL] = (auth == Some("invalid_credentials")) as u32;
         n[c::AUTH_OK] = (auth == Some("ok")) as u32;
         n[c::TOKEN_FAIL] = matches!(auth, Some("invalid_token" | "invalid_client")) as u32;
@@ -911,7 +934,7 @@ impl FeatureEngine {
             let t = &mut self.tables[EntityType::Ip.index()];
             let (idx, created) = t.upsert(ip_text, ts);
             let st = &t.states[idx];
-            let first_login = login && st.count_10m(c::LOGIN_ATT, ts) == 0;
+            let first_login = (login && st.count_10m(c::LOGIN_ATT, ts) == 0) || (refused_post && created);
             let cold = k.bare_failure && st.flags & state::ACTED == 0 && created;
             t.apply(idx, &k, Some(d::IPS), new_device);
             let seen = [first_login as u32, cold as u32];

@@ -96,7 +96,10 @@ pub struct Contribution {
     /// neither a valid app attestation nor a session (what the login page
     /// starts and the browser sends back with the password). What a
     /// credential list sent by a script looks like; [`c::COLD_FAIL`] counts
-    /// it where it is all the entity has done.
+    /// it where it is all the entity has done. A post of a sign-in form
+    /// without a session that the gateway refused before any check (a
+    /// decision on the request class at work) is one too: the credentials
+    /// were sent bare, and only the refusal kept them from failing.
     pub bare_failure: bool,
 }
 
