@@ -14,6 +14,8 @@ use common::{Proc, Server, get_from, subst, until};
 
 const ATTACKER: &str = "127.0.0.77";
 const BENIGN: &str = "127.0.0.20";
+/// An address gatewatch has never seen.
+const FRESH: &str = "127.0.0.55";
 
 /// A live pipeline whose allowlist leaves loopback addresses to be judged (the
 /// test plays its clients from 127.0.0.x).
@@ -73,6 +75,22 @@ fn exercise(server: &Server, admin: &str, input: &Path, front: &str) {
         &format!(r#"{{"entity_type":"ip","entity":"{ATTACKER}","action":"allow","ttl":"1h","reason":"support"}}"#),
     );
     until("the allow reaches the gateway", || get(ATTACKER).0 == 200);
+
+    // A decision on a request class: the gateway passes the method and URI
+    // on, so the sign-in form posted without a session is refused from an
+    // address never seen, and a person's post, the page and other posts pass.
+    admin_post(
+        server,
+        admin,
+        r#"{"entity_type":"class","entity":"bare-login","action":"challenge","ttl":"1h","reason":"campaign"}"#,
+    );
+    let post =
+        |path: &str, headers: &[(&str, &str)]| common::request_from(FRESH, front, "POST", path, headers, "u=a&p=b").0;
+    until("the class decision reaches the gateway", || post("/login", &[]) == 403);
+    assert_eq!(post("/Login/?next=%2F", &[]), 403, "another spelling of the form");
+    assert_eq!(post("/login", &[("X-Session-Id", "ws-7f3a")]), 200, "a person opened the form first");
+    assert_eq!(post("/v1/orders", &[]), 200, "another post");
+    assert_eq!(get_from(FRESH, front, "/login", &[]).0, 200, "opening the form");
 }
 
 /// Caddy `forward_auth`, as the README shows it.

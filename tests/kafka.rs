@@ -999,14 +999,18 @@ fn repartition_topics_carry_each_event_once_per_entity_to_the_engines_that_keep_
         groups.iter().flat_map(|g| decided(&state(g), |_| true)).collect()
     };
     let kind = |d: &String| d.split(' ').next().unwrap_or("").to_string();
-    let address = |d: &String| ["\"ip\"", "\"cidr\""].contains(&kind(d).as_str());
+    // Address engines hold the campaign columns (they count addresses), so
+    // the decision on the campaign's request class is theirs too.
+    let address = |d: &String| ["\"ip\"", "\"cidr\"", "\"class\""].contains(&kind(d).as_str());
+    let class = |s: &BTreeSet<String>| s.iter().any(|d| kind(d) == "\"class\"");
     let want = decided(&state(&solo_group), |_| true);
     assert!(
         want.iter().any(|d| !address(d)),
         "the traffic has decisions on users, keys, devices or sessions: {want:?}"
     );
     let addr = of([addr_group.clone(), format!("{addr_group}-a2")]);
-    assert!(addr.iter().all(address), "the address engines decide on addresses only: {addr:?}");
+    assert!(addr.iter().all(address), "the address engines decide on addresses and classes only: {addr:?}");
+    assert_eq!(class(&addr), class(&want), "the campaign's class decision, address engines against one engine");
     let (addr, addr_wide) = [addr_group.clone(), format!("{addr_group}-a2")]
         .iter()
         .map(|g| address_decisions(&state(g)))

@@ -403,6 +403,22 @@ fn crowdsec_bouncer_protocol() {
         (status, action.unwrap_or_default())
     };
     assert_eq!(authz("/LOGIN/", None), (403, "challenge".to_string()));
+    // Behind a gateway that sets one pair, a client cannot take its post out
+    // of the class with the other pair.
+    let (status, _, _) = server.request(
+        "GET",
+        "/v1/authz",
+        &[
+            ("X-Api-Key", bouncer.as_str()),
+            ("X-Forwarded-For", "192.0.2.99"),
+            ("X-Original-Method", "GET"),
+            ("X-Original-URI", "/"),
+            ("X-Forwarded-Method", "POST"),
+            ("X-Forwarded-Uri", "/login"),
+        ],
+        "",
+    );
+    assert_eq!(status, 403, "the client's own X-Original-* hid the form post");
     assert_eq!(authz("/login", Some("ws-1")), (200, "allow".to_string()));
     assert_eq!(authz("/v1/orders", None), (200, "allow".to_string()));
 

@@ -95,20 +95,35 @@ fn client_ip(api: &ApiConfig, h: &HeaderMap) -> Result<IpAddr, ApiError> {
 
 /// The class of the request a gateway forwards, from the original method
 /// and URI it passes on: `X-Original-Method` and `X-Original-URI` (nginx
-/// `auth_request`, as the shipped configuration sets them), else
+/// `auth_request`, as the shipped configuration sets them) and
 /// `X-Forwarded-Method` and `X-Forwarded-Uri` (Traefik ForwardAuth, Caddy
-/// `forward_auth`). Without them no request has a class. The path is read
-/// whole and leniently (bytes that are not UTF-8 are replaced): it decides
-/// only whether a class decision applies, and refusing an odd spelling would
-/// fail the gateway's request instead of judging it.
+/// `forward_auth`). Without them no request has a class.
+///
+/// Each gateway overwrites only its own pair and passes the client's other
+/// headers on, so a client could send the pair its gateway does not set. No
+/// pair is trusted over the other: a request is in a class when any method
+/// and URI given put it there. A client can only put its own request in a
+/// class, never take it out. At most four values of each header are read.
+/// The URI is read whole and leniently (bytes that are not UTF-8 are
+/// replaced): it decides only whether a class decision applies, and
+/// refusing an odd spelling would fail the gateway's request instead of
+/// judging it.
 fn request_class(h: &HeaderMap, classes: &crate::classes::ClassConfig, has_session: bool) -> Option<&'static str> {
-    if classes.login_forms.is_empty() {
+    if classes.login_forms.is_empty() || has_session {
         return None;
     }
-    let first = |names: [&str; 2]| names.iter().find_map(|n| h.get(*n)).map(|v| String::from_utf8_lossy(v.as_bytes()));
-    let method = first(["x-original-method", "x-forwarded-method"])?;
-    let uri = first(["x-original-uri", "x-forwarded-uri"])?;
-    classes.classify(method.trim(), uri.trim(), has_session)
+    let values = |names: [&str; 2]| -> Vec<String> {
+        names
+            .iter()
+            .flat_map(|n| h.get_all(*n).iter().take(4))
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).trim().to_string())
+            .collect()
+    };
+    let methods = values(["x-original-method", "x-forwarded-method"]);
+    if !methods.iter().any(|m| m.eq_ignore_ascii_case("POST")) {
+        return None;
+    }
+    values(["x-original-uri", "x-forwarded-uri"]).iter().find_map(|u| classes.classify("POST", u, false))
 }
 
 /// `GET /v1/authz`: forward-auth for nginx `auth_request`, Traefik ForwardAuth and

@@ -283,12 +283,28 @@ pub fn connect_from(from: &str, addr: &str) -> std::io::Result<TcpStream> {
 /// `GET path` from the loopback address `from`: status, lower-cased headers,
 /// body; status 0 when the server closed the connection without an answer.
 pub fn get_from(from: &str, addr: &str, path: &str, headers: &[(&str, &str)]) -> (u16, Vec<(String, String)>, String) {
+    request_from(from, addr, "GET", path, headers, "")
+}
+
+/// Any request from the loopback address `from` (see [`get_from`]).
+pub fn request_from(
+    from: &str,
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, Vec<(String, String)>, String) {
     let Ok(mut s) = connect_from(from, addr) else { return (0, Vec::new(), String::new()) };
-    let mut req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
+    if !body.is_empty() || method != "GET" {
+        req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
     req.push_str("\r\n");
+    req.push_str(body);
     if s.write_all(req.as_bytes()).is_err() {
         return (0, Vec::new(), String::new());
     }
