@@ -25,6 +25,7 @@ pub enum EntityType {
 }
 
 impl EntityType {
+    /// The entities features are kept for: every type but request classes.
     pub const ALL: [EntityType; 6] = [
         EntityType::Ip,
         EntityType::Cidr,
@@ -32,18 +33,6 @@ impl EntityType {
         EntityType::ApiKey,
         EntityType::Device,
         EntityType::Session,
-    ];
-
-    /// What a decision can be about: the entities features are kept for, and
-    /// request classes.
-    pub const DECIDED: [EntityType; 7] = [
-        EntityType::Ip,
-        EntityType::Cidr,
-        EntityType::User,
-        EntityType::ApiKey,
-        EntityType::Device,
-        EntityType::Session,
-        EntityType::Class,
     ];
 
     pub fn as_str(self) -> &'static str {

@@ -995,6 +995,7 @@ impl FeatureEngine {
             return Ok(None);
         }
         let now = self.max_ts;
+        let context = Context::of(&self.campaign, now);
         let mut batches = Vec::new();
         for t in EntityType::ALL {
             let table = &mut self.tables[t.index()];
@@ -1030,13 +1031,12 @@ impl FeatureEngine {
             }
             let need = if emit == Emit::Persist { &[true; NF] } else { &self.needed[t.index()] };
             let states = rows.iter().map(|&i| &*table.states[i as usize]);
-            let batch = build_batch_in(t, now, states, need, Context::of(&self.campaign, now))?;
+            let batch = build_batch_in(t, now, states, need, context)?;
             self.stats.feature_rows += batch.num_rows() as u64;
             batches.push((t, batch));
         }
         // The request classes, when something judges them: one row each, of
         // the service-wide columns only, while logins are attempted at all.
-        let context = Context::of(&self.campaign, now);
         if self.judged[EntityType::Class.index()] && !context.cold_share_10m.is_nan() {
             let mut need = [false; NF];
             need[CAMPAIGN_SHARE] = true;
