@@ -77,7 +77,7 @@ fn bench(c: &mut Criterion) {
     // Naming a forwarded request's class (`/v1/authz` with the original
     // method and URI): a post of the form, spellings that must normalise,
     // and the other requests, which most lookups are.
-    let classes = gatewatch::classes::ClassConfig { login_forms: vec!["/login".into()] };
+    let classes = gatewatch::classes::ClassConfig { login_forms: vec!["/login".into()], ..Default::default() };
     let requests: Vec<(&str, String)> = (0..1024)
         .map(|i| match i % 8 {
             0 => ("POST", "/login".to_string()),
@@ -91,6 +91,13 @@ fn bench(c: &mut Criterion) {
     g.bench_function("classify_forwarded_request", |b| {
         b.iter(|| requests.iter().filter(|(m, p)| classes.classify(m, p, false).is_some()).count())
     });
+    // Whether a forwarded session id is one the engine saw opened: a keyed
+    // hash and a lock, over a full registry, half the ids held.
+    let opened = gatewatch::sessions::OpenedSessions::new(gatewatch::sessions::DEFAULT_HELD);
+    let held: Vec<String> = (0..gatewatch::sessions::DEFAULT_HELD / 2).map(|i| format!("ws-{i:016x}")).collect();
+    opened.insert_all(held.iter().map(String::as_str));
+    let asked: Vec<String> = (0..1024).map(|i| format!("ws-{:016x}", i * 977)).collect();
+    g.bench_function("opened_session_lookup", |b| b.iter(|| asked.iter().filter(|s| opened.contains(s)).count()));
     g.finish();
     let mut g = c.benchmark_group("stream");
     g.throughput(Throughput::Elements(1000));

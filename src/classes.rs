@@ -19,13 +19,22 @@ pub const BARE_LOGIN: &str = "bare-login";
 pub const ALL: [&str; 1] = [BARE_LOGIN];
 
 /// `[classes]` of the pipeline: which requests belong to which class.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClassConfig {
     /// Paths of the web sign-in forms: pages a person opens (which starts a
     /// session) before posting the password. Compared after normalising the
     /// path the way servers route it (see [`normalize`]). Empty: no request
     /// is `bare-login`, and a decision on it stops nothing.
     pub login_forms: Vec<String>,
+    /// How many opened sessions the API remembers to tell a session from a
+    /// made-up id ([`crate::sessions`]).
+    pub sessions_held: usize,
+}
+
+impl Default for ClassConfig {
+    fn default() -> Self {
+        ClassConfig { login_forms: Vec::new(), sessions_held: crate::sessions::DEFAULT_HELD }
+    }
 }
 
 impl ClassConfig {
@@ -108,7 +117,7 @@ mod tests {
     use super::*;
 
     fn forms() -> ClassConfig {
-        ClassConfig { login_forms: vec!["/login".into()] }
+        ClassConfig { login_forms: vec!["/login".into()], ..Default::default() }
     }
 
     #[test]

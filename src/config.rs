@@ -280,6 +280,7 @@ struct AllowlistSection {
 struct ClassesSection {
     #[serde(default)]
     login_forms: Vec<Spanned<String>>,
+    sessions_held: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -1229,6 +1230,19 @@ impl Pipeline {
                 }
                 classes.login_forms.push(v.clone());
             }
+            if let Some(n) = &s.get_ref().sessions_held {
+                let v = *n.get_ref();
+                if !(2..=100_000_000).contains(&v) {
+                    return Err(invalid(
+                        &f.file,
+                        &f.src,
+                        n.span(),
+                        "classes.sessions_held",
+                        format!("{v}: must be 2 to 100000000 sessions"),
+                    ));
+                }
+                classes.sessions_held = v as usize;
+            }
         }
 
         let state_dir = match pick!(state) {
@@ -1665,6 +1679,12 @@ reason = "too fast"
         for bad in ["login", "/login?x=1", ""] {
             let e = load(&format!("[classes]\nlogin_forms = [\n  \"{bad}\"]\n")).unwrap_err().to_string();
             assert!(e.starts_with("test.toml:3: classes.login_forms: "), "{e}");
+        }
+        assert_eq!(load("").unwrap().classes.sessions_held, crate::sessions::DEFAULT_HELD);
+        assert_eq!(load("[classes]\nsessions_held = 5000\n").unwrap().classes.sessions_held, 5000);
+        for bad in ["1", "-3", "1000000000"] {
+            let e = load(&format!("[classes]\nsessions_held = {bad}\n")).unwrap_err().to_string();
+            assert!(e.starts_with("test.toml:2: classes.sessions_held: "), "{e}");
         }
         // A rule may judge a class; a model may not (nothing is kept per class).
         let rule = "[[rules]]\nname = \"c\"\nentity = \"class\"\nwhen = \"campaign_cold_share_10m >= 0.25\"\n\

@@ -247,6 +247,9 @@ pub struct Engine {
     builder_entities: Vec<u8>,
     /// Where the pipeline's sinks write (reopened there after a failure).
     out_dir: PathBuf,
+    /// Live mode, an engine that reads every line: where the sessions it
+    /// sees opened go, for the API to tell them from made-up ids.
+    opened_sessions: Option<Arc<crate::sessions::OpenedSessions>>,
 }
 
 impl Engine {
@@ -297,8 +300,24 @@ impl Engine {
             builder_rebuild: false,
             builder_entities: Vec::with_capacity(pipeline.output.batch_rows),
             out_dir: out_dir.to_path_buf(),
+            opened_sessions: None,
             pipeline,
         })
+    }
+
+    /// Shares the sessions this engine sees opened with the API
+    /// ([`crate::sessions`]). Only for an engine that reads every line the
+    /// API's gateways log: another instance's sessions are not in it.
+    pub fn share_opened_sessions(&mut self, to: Arc<crate::sessions::OpenedSessions>) {
+        self.features.collect_opened_sessions();
+        self.opened_sessions = Some(to);
+    }
+
+    fn publish_opened_sessions(&mut self) {
+        if let Some(to) = &self.opened_sessions {
+            let opened = self.features.take_opened_sessions();
+            to.insert_all(opened.iter().map(String::as_str));
+        }
     }
 
     /// The allowlist decisions are checked against; storing a new one applies
@@ -591,6 +610,7 @@ impl Engine {
             for s in self.features.ingest_rebuild(&batch, &entities)? {
                 self.handle_snapshot(s)?;
             }
+            self.publish_opened_sessions();
             self.builder_entities = entities;
             self.builder_entities.clear();
             return Ok(());
@@ -600,6 +620,7 @@ impl Engine {
         self.builder_entities = entities;
         self.builder_entities.clear();
         let snapshots = snapshots?;
+        self.publish_opened_sessions();
         if self.wants.events {
             for s in self.sinks.iter_mut().filter(|s| s.wants().events) {
                 s.events(&batch)?;

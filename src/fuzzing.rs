@@ -136,6 +136,7 @@ fn router(repo: &Path, dir: &Path) -> Result<(axum::Router, String), String> {
         control: None,
         shadow: Arc::new(crate::live::ShadowLog::new()),
         publisher: None,
+        opened_sessions: Some(Arc::new(crate::sessions::OpenedSessions::new(1000))),
     }));
     let decisions = [("ip", "203.0.113.77"), ("cidr", "198.51.100.0/24"), ("user", "mallory")];
     let decisions = decisions.iter().enumerate().filter_map(|(i, (t, entity))| {

@@ -31,6 +31,7 @@ pub mod live;
 pub mod metrics;
 pub mod model;
 pub mod repartition;
+pub mod sessions;
 pub mod simulate;
 pub mod sink;
 pub mod source;

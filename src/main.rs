@@ -729,6 +729,7 @@ fn live(
     let stop = Arc::new(AtomicBool::new(false));
     let shadow = Arc::new(ShadowLog::new());
     let mut kafka = None;
+    let mut opened_sessions = None;
     let (reading, worker, allowlist, control) = if role == RunRole::Api {
         let Some(spec) = &topic_sink else { unreachable!("checked above") };
         let feed = DecisionFeed::open(spec).with_context(|| "cannot read the decisions topic")?;
@@ -741,6 +742,7 @@ fn live(
         let allowlist = engine.allowlist.clone();
         allowlist.store(Arc::new(overlay.apply(&p.allowlist)));
         kafka = engine.kafka.clone();
+        opened_sessions = engine.opened_sessions.clone();
         (format!("following {}", engine.source_name), Worker::Engine(engine.thread), allowlist, Some(engine.control))
     };
     let publisher = match (&topic_sink, role) {
@@ -770,6 +772,7 @@ fn live(
         control,
         shadow,
         publisher: publisher.clone(),
+        opened_sessions,
     }));
     // Expiry reaches the change stream within a second. Purging commits (and
     // fsyncs) through the store's writer, so it runs on its own thread: an API
@@ -897,6 +900,9 @@ struct RunningEngine {
     control: gatewatch::live::control::Control,
     /// The Kafka source's counters, when it reads Kafka.
     kafka: Option<gatewatch::source::KafkaStats>,
+    /// The sessions the engine has seen opened, when it reads every line
+    /// (a file or stdin; a Kafka group shares the lines out).
+    opened_sessions: Option<std::sync::Arc<gatewatch::sessions::OpenedSessions>>,
 }
 
 /// Opens the log source and starts the engine on its own thread, with the
@@ -958,6 +964,11 @@ fn start_engine(
     let mut engine = engine::Engine::new(p.clone(), None, &source_name, &run_dir)?;
     engine.keep_deciding_when_sinks_fail();
     engine.count_scores_in(metrics.fired.clone());
+    let opened_sessions = kafka.is_none().then(|| {
+        let opened = std::sync::Arc::new(gatewatch::sessions::OpenedSessions::new(p.classes.sessions_held));
+        engine.share_opened_sessions(opened.clone());
+        opened
+    });
     // What the engine decided before a restart still counts: decisions in force
     // are not re-made shorter, and repeat offenders keep escalating.
     for (entity_type, entity, offense, at) in store.offenses(now - p.decisions.offense_memory_ms)? {
@@ -1000,7 +1011,7 @@ fn start_engine(
         });
         gatewatch::driver::live(engine, source, stop, Some(between), Some(progress))
     })?;
-    Ok(RunningEngine { thread, source_name, allowlist, control, kafka })
+    Ok(RunningEngine { thread, source_name, allowlist, control, kafka, opened_sessions })
 }
 
 /// What a `run` instance does (`run --role`).

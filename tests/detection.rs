@@ -10,8 +10,14 @@ use gatewatch::features::EntityType;
 use gatewatch::simulate::{self, ATTACKS, OutFormat, SimConfig};
 
 fn run(cfg: &SimConfig) -> Report {
+    run_altered(cfg, |_| {})
+}
+
+/// [`run`] on the simulated requests as `alter` leaves them.
+fn run_altered(cfg: &SimConfig, alter: impl FnOnce(&mut Vec<simulate::Req>)) -> Report {
     let dir = tempfile::tempdir().expect("tempdir");
-    let reqs = simulate::generate(cfg);
+    let mut reqs = simulate::generate(cfg);
+    alter(&mut reqs);
     let out = simulate::write(cfg, &reqs, dir.path(), &[OutFormat::Json]).expect("simulate");
     drop(reqs);
     let pipeline =
@@ -142,6 +148,27 @@ fn other_mix_and_span() {
     let report = run(&cfg);
     check(&cfg, &report);
     assert!(report.scenario("credential-stuffing").is_none());
+}
+
+/// The thin campaign with made-up session ids: a fresh one on every
+/// attempt, or one per address, never opened by anything but failing
+/// passwords. A session id is the client's word; without the engine's own
+/// check of it (`gatewatch::sessions`), these took the campaign out of its
+/// columns and its posts out of the class.
+#[test]
+fn a_campaign_with_made_up_sessions_is_still_stopped() {
+    let mut cfg = SimConfig::new(6161, 6.0);
+    cfg.attacks = Some(vec!["distributed-stuffing".into(), "credential-stuffing".into()]);
+    let report = run_altered(&cfg, |reqs| {
+        for (i, r) in reqs.iter_mut().enumerate().filter(|(_, r)| r.scenario == "distributed-stuffing") {
+            r.session = Some(if i % 2 == 0 {
+                format!("ws-{:016x}", (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15))
+            } else {
+                format!("ws-{}", r.ip.replace(['.', ':'], ""))
+            });
+        }
+    });
+    check(&cfg, &report);
 }
 
 #[test]

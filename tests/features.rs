@@ -292,9 +292,16 @@ fn cold_failures_and_the_campaign_they_add_up_to() {
             "198.51.100.2",
             r#""grant_type":"password","auth_result":"invalid_credentials","attestation":"valid""#,
         ),
-        // A browser's typo logged before the page that started its session: not cold either.
-        line(T0 + 1_500, "198.51.100.3", r#""session_id":"ws-1","auth_result":"invalid_credentials""#),
+        // A browser's typo in the session its page started: not cold either.
         line(T0 + 1_400, "198.51.100.3", r#""session_id":"ws-1""#),
+        line(T0 + 1_500, "198.51.100.3", r#""session_id":"ws-1","auth_result":"invalid_credentials""#),
+        // Made-up session ids: one per attempt, or one reused, never opened
+        // by anything but failing passwords. As bare as no session at all.
+        line(T0 + 1_600, "203.0.113.100", r#""session_id":"forged-1","auth_result":"invalid_credentials""#),
+        line(T0 + 1_700, "203.0.113.101", r#""session_id":"forged-2","auth_result":"invalid_credentials""#),
+        line(T0 + 1_800, "203.0.113.101", r#""session_id":"forged-2","auth_result":"invalid_credentials""#),
+        // A session id another address opened is a session here too.
+        line(T0 + 1_900, "198.51.100.4", r#""session_id":"ws-1","auth_result":"invalid_credentials""#),
     ];
     // Twelve addresses that only ever send failing passwords, two each.
     for i in 0..12 {
@@ -313,14 +320,20 @@ fn cold_failures_and_the_campaign_they_add_up_to() {
     assert_eq!(v("198.51.100.1", "cold_failures_10m"), Some(0.0), "loaded the page first");
     assert_eq!(v("198.51.100.2", "cold_failures_10m"), Some(0.0), "attested");
     assert_eq!(v("198.51.100.3", "cold_failures_10m"), Some(0.0), "a session");
+    assert_eq!(v("198.51.100.4", "cold_failures_10m"), Some(0.0), "a session opened elsewhere");
+    assert_eq!(v("203.0.113.100", "cold_failures_10m"), Some(1.0), "a made-up session");
+    assert_eq!(v("203.0.113.101", "cold_failures_10m"), Some(2.0), "a made-up session, reused");
+    assert_eq!(value(&s, EntityType::Session, "forged-2", "cold_failures_10m"), Some(2.0));
+    assert_eq!(value(&s, EntityType::Session, "ws-1", "cold_failures_10m"), Some(0.0));
     assert_eq!(v("203.0.113.5", "cold_failures_10m"), Some(2.0));
     assert_eq!(v("203.0.113.5", "requests_10m"), Some(2.0));
     assert_eq!(v("192.0.2.9", "cold_failures_10m"), Some(300.0));
     assert_eq!(v("203.0.113.200", "cold_failures_10m"), Some(1.0));
     assert_eq!(v("203.0.113.200", "requests_10m"), Some(2.0), "the rule's own-evidence clause fails");
-    // 14 cold addresses (the twelve, the rig, .200) of 17 that tried a password.
-    assert_eq!(v("198.51.100.1", "campaign_cold_addresses_10m"), Some(14.0));
-    assert_eq!(v("203.0.113.5", "campaign_cold_share_10m"), Some(14.0 / 17.0));
+    // 16 cold addresses (the twelve, the rig, .200, the two made-up
+    // sessions) of 20 that tried a password.
+    assert_eq!(v("198.51.100.1", "campaign_cold_addresses_10m"), Some(16.0));
+    assert_eq!(v("203.0.113.5", "campaign_cold_share_10m"), Some(16.0 / 20.0));
     // The same value on every entity type's rows of that tick.
-    assert_eq!(value(&s, EntityType::Cidr, "203.0.113.0/24", "campaign_cold_addresses_10m"), Some(14.0));
+    assert_eq!(value(&s, EntityType::Cidr, "203.0.113.0/24", "campaign_cold_addresses_10m"), Some(16.0));
 }

@@ -385,7 +385,26 @@ fn crowdsec_bouncer_protocol() {
     // verdict route by parameters, forward-auth by Traefik's and Caddy's headers.
     let verdict = |q: &str| get(&server, &bouncer, &format!("/v1/decision?ip=192.0.2.99&{q}")).1["action"].clone();
     assert_eq!(verdict("method=POST&path=/login%3Fnext%3D%2F"), "challenge");
+    // A session id counts once the engine has seen the session opened: a
+    // made-up one leaves the post in the class.
+    assert_eq!(verdict("method=POST&path=/login&session=ws-1"), "challenge", "a session id nobody opened");
+    {
+        use std::io::Write;
+        let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as i64;
+        let ts = gatewatch::event::time::format_rfc3339(ms);
+        let mut f = std::fs::OpenOptions::new().append(true).open(&input).expect("append");
+        // The form opened in ws-1; ws-2 only ever failed a password.
+        writeln!(f, r#"{{"ts":"{ts}","client_ip":"192.0.2.99","method":"GET","path":"/login","status":200,"session_id":"ws-1"}}"#)
+            .expect("write");
+        writeln!(
+            f,
+            r#"{{"ts":"{ts}","client_ip":"192.0.2.98","method":"POST","path":"/login","status":401,"session_id":"ws-2","auth_result":"invalid_credentials"}}"#
+        )
+        .expect("write");
+    }
+    server.until("the engine read the page", |s| s.metric("gatewatch_events_total") >= 2.0);
     assert_eq!(verdict("method=POST&path=/login&session=ws-1"), "allow", "a person opened the form first");
+    assert_eq!(verdict("method=POST&path=/login&session=ws-2"), "challenge", "a session that only failed");
     assert_eq!(verdict("method=GET&path=/login"), "allow");
     assert_eq!(verdict("path=/login"), "allow", "without the method nothing is known of the class");
     let authz = |uri: &str, session: Option<&str>| {
@@ -403,6 +422,7 @@ fn crowdsec_bouncer_protocol() {
         (status, action.unwrap_or_default())
     };
     assert_eq!(authz("/LOGIN/", None), (403, "challenge".to_string()));
+    assert_eq!(authz("/login", Some("made-up")), (403, "challenge".to_string()));
     // Behind a gateway that sets one pair, a client cannot take its post out
     // of the class with the other pair.
     let (status, _, _) = server.request(

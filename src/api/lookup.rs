@@ -31,7 +31,9 @@ pub(super) async fn decision(
     let ip = params.get("ip").ok_or_else(|| ApiError::bad_request("ip: required (the client's address)"))?;
     // Either alone says nothing about the request's class.
     let class = match (params.get("method"), params.get("path")) {
-        (Some(m), Some(p)) => state.classes.classify(m, p, params.get("session").is_some_and(|s| !s.is_empty())),
+        (Some(m), Some(p)) => {
+            state.classes.classify(m, p, state.has_session(params.get("session").map(String::as_str)))
+        }
         _ => None,
     };
     let q = Lookup {
@@ -137,7 +139,7 @@ pub(super) async fn authz(State(state): State<Arc<AppState>>, headers: HeaderMap
     let device = ident_header(&headers, &api.device_header, false)?;
     let session = ident_header(&headers, &api.session_header, false)?;
     let user_agent = ident_header(&headers, "user-agent", true)?;
-    let class = request_class(&headers, &state.classes, session.is_some());
+    let class = request_class(&headers, &state.classes, state.has_session(session.as_deref()));
     let q = Lookup {
         ip: Some(ip),
         user: user.as_deref(),

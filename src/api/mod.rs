@@ -57,6 +57,10 @@ pub struct Services {
     /// Where operators' decisions and lifts go for the other instances
     /// (`None`: no decisions topic, this instance is alone).
     pub publisher: Option<Arc<crate::live::publish::DecisionPublisher>>,
+    /// The sessions the engine has seen opened, when it reads every line
+    /// the gateways log (`None`: an API-only instance, or an engine of a
+    /// Kafka group, takes a session id as a session).
+    pub opened_sessions: Option<Arc<crate::sessions::OpenedSessions>>,
 }
 
 /// What only admin routes change, one at a time.
@@ -75,6 +79,8 @@ pub struct AppState {
     pub api: ApiConfig,
     /// Which requests belong to a request class (as the pipeline said at start).
     pub classes: crate::classes::ClassConfig,
+    /// See [`Services::opened_sessions`].
+    pub opened_sessions: Option<Arc<crate::sessions::OpenedSessions>>,
     pub metrics: Arc<Metrics>,
     pub keys: Arc<KeyRing>,
     pub ready: Arc<AtomicBool>,
@@ -124,6 +130,7 @@ impl AppState {
             allowlist: s.allowlist,
             api: s.pipeline.api.clone(),
             classes: s.pipeline.classes.clone(),
+            opened_sessions: s.opened_sessions,
             metrics: s.metrics,
             keys: s.keys,
             ready: s.ready,
@@ -143,6 +150,16 @@ impl AppState {
             console: console::sessions::Sessions::default(),
             rates,
             collateral: crate::live::collateral::Collateral::default(),
+        }
+    }
+
+    /// Whether a request carrying `session` has a session, as request
+    /// classes read it: an id this instance's engine has seen opened
+    /// ([`crate::sessions`]); any id where it cannot know.
+    pub fn has_session(&self, session: Option<&str>) -> bool {
+        match session.filter(|s| !s.is_empty()) {
+            None => false,
+            Some(s) => self.opened_sessions.as_ref().is_none_or(|o| o.contains(s)),
         }
     }
 

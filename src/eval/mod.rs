@@ -287,6 +287,11 @@ pub fn evaluate(
     let mut buckets: HashMap<usize, (f64, i64)> = HashMap::new();
     // Benign sessions already sent to sign in again, per (decision, session).
     let mut reauthenticated: HashSet<(usize, String)> = HashSet::new();
+    // Sessions opened by an earlier request (anything but a post of a
+    // sign-in form), as the API tells a session from a made-up id
+    // (`crate::sessions`); labels do not say whether a post failed, so a
+    // session opened by a successful first post counts from its next request.
+    let mut opened: HashSet<String> = HashSet::new();
     for (i, line) in std::io::BufReader::with_capacity(1 << 20, f).lines().enumerate() {
         let line = line.map_err(|source| EvalError::Io { path: labels.to_path_buf(), source })?;
         if line.trim().is_empty() {
@@ -297,13 +302,20 @@ pub fn evaluate(
             line: i + 1,
             message: e.to_string(),
         })?;
+        let has_session = l.session.as_ref().is_some_and(|s| opened.contains(s));
+        if let Some(s) = &l.session
+            && !has_session
+            && !matches!((&l.method, &l.path), (Some(m), Some(p)) if cfg.classes.classify(m, p, false).is_some())
+        {
+            opened.insert(s.clone());
+        }
         let ip: Option<std::net::IpAddr> = l.ip.parse().ok();
         let allowed = ip.is_some_and(|ip| allowlist.allows_request(ip, l.ua.as_deref(), l.api_key.as_deref()));
         let mut verdict: Option<(Action, usize)> = None;
         if !allowed {
             let subnet = ip.map(subnet_of);
             let class = match (&l.method, &l.path) {
-                (Some(m), Some(p)) => cfg.classes.classify(m, p, l.session.is_some()),
+                (Some(m), Some(p)) => cfg.classes.classify(m, p, has_session),
                 _ => None,
             };
             let keys = [

@@ -102,7 +102,7 @@ pub const FEATURES: [(&str, &str); NF] = [
     ),
     (
         "cold_failures_10m",
-        "bare failed credential checks (invalid_credentials carrying neither a valid app attestation nor a session id) made while such failures were all the entity had done (within state retention): credentials sent without first opening the page or the app that asks for them",
+        "bare failed credential checks (invalid_credentials carrying neither a valid app attestation nor a session the engine saw opened) made while such failures were all the entity had done (within state retention): credentials sent without first opening the page or the app that asks for them",
     ),
     (
         "campaign_cold_share_10m",
@@ -335,6 +335,18 @@ impl Table {
         self.mark_dirty(idx);
     }
 
+    /// Keeps the state at `idx` held by a request whose rows count
+    /// elsewhere: seen now, and opened ([`state::ACTED`]) by anything but a
+    /// bare failure; no window, no row.
+    fn hold(&mut self, idx: usize, k: &Contribution) {
+        let st = &mut self.states[idx];
+        st.last_seen = st.last_seen.max(k.ts);
+        if !k.bare_failure {
+            st.flags |= state::ACTED;
+        }
+        self.seen[idx] = st.last_seen;
+    }
+
     /// Memory held, including the map's and the lists' spare capacity.
     fn bytes(&self) -> usize {
         self.state_bytes + self.map.capacity() * ENTRY_BYTES + self.states.capacity() * SLOT_BYTES
@@ -459,6 +471,9 @@ pub struct FeatureEngine {
     /// The sign-in forms (`[classes] login_forms`), normalised: a refused
     /// post of one without a session is campaign evidence.
     login_forms: Vec<String>,
+    /// Sessions seen opened since [`FeatureEngine::take_opened_sessions`]
+    /// last took them; collected only when asked for.
+    opened: Option<Vec<String>>,
 }
 
 const SWEEP_EVERY_MS: i64 = 60_000;
@@ -576,7 +591,20 @@ impl FeatureEngine {
             campaign: Campaign::default(),
             homes: homes::Homes::default(),
             login_forms: Vec::new(),
+            opened: None,
         }
+    }
+
+    /// Collects the sessions seen opened, for the API to tell a session
+    /// from a made-up id ([`crate::sessions`]): taken with
+    /// [`FeatureEngine::take_opened_sessions`].
+    pub fn collect_opened_sessions(&mut self) {
+        self.opened.get_or_insert_with(Vec::new);
+    }
+
+    /// The sessions seen opened since the last call (none unless collected).
+    pub fn take_opened_sessions(&mut self) -> Vec<String> {
+        self.opened.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
     /// Which entity types something evaluates every tick (rules, models); the
@@ -844,7 +872,20 @@ impl FeatureEngine {
         let grant = opt(cols.grant, i);
         let login = grant == Some("password") || auth == Some("invalid_credentials");
         n[c::LOGIN_ATT] = login as u32;
-        let bare = opt(cols.attest, i) != Some("valid") && cols.session.is_null(i);
+        // A session id is what the client sent: it stands for a session
+        // only once the engine has seen the session opened (a request with
+        // it that was not a bare failed sign-in). A credential list posted
+        // with made-up session ids is as bare as one posted without. The
+        // session is held by every engine, whether or not its rows count
+        // here, so that each one judges this alike.
+        let mut held_session = None;
+        if let Some(s) = session {
+            let t = &mut self.tables[EntityType::Session.index()];
+            let (idx, created) = t.upsert(s, ts);
+            held_session = Some((idx, !created && t.states[idx].flags & state::ACTED != 0));
+        }
+        let session_opened = held_session.is_some_and(|(_, opened)| opened);
+        let bare = opt(cols.attest, i) != Some("valid") && !session_opened;
         // Refused by the gateway before any check: the request class at work.
         let refused_post = bare
             && auth.is_none()
@@ -969,8 +1010,19 @@ impl FeatureEngine {
         if let Some(idx) = key_idx.filter(|_| counts(EntityType::ApiKey)) {
             self.tables[EntityType::ApiKey.index()].apply(idx, &k, None, new_device);
         }
-        if let Some(s) = session.filter(|_| counts(EntityType::Session)) {
-            self.touch(EntityType::Session, s, &k, None, new_device);
+        if let Some((idx, was_opened)) = held_session {
+            let t = &mut self.tables[EntityType::Session.index()];
+            if counts(EntityType::Session) {
+                t.apply(idx, &k, None, new_device);
+            } else {
+                t.hold(idx, &k);
+            }
+            if !was_opened
+                && !k.bare_failure
+                && let (Some(opened), Some(s)) = (&mut self.opened, session)
+            {
+                opened.push(s.to_string());
+            }
         }
     }
 
@@ -1183,7 +1235,8 @@ mod tests {
 
     /// A row counts only for the types its mask names: a repartitioned copy
     /// keyed by user leaves the address, key, device and session alone
-    /// (though the key's standing and the device's novelty are still learned).
+    /// (though the key's standing, the device's novelty and whether the
+    /// session was opened are still learned).
     #[test]
     fn a_masked_row_counts_only_for_its_entity_types() {
         use super::{EntityType, FeatureConfig, FeatureEngine};
@@ -1200,7 +1253,7 @@ mod tests {
             (snap.batches.iter().map(|(t, _)| *t).collect::<Vec<_>>(), held)
         };
         let user = 1 << EntityType::User.index();
-        assert_eq!(types(&[user]), (vec![EntityType::User], [0, 0, 1, 1, 1, 0]));
+        assert_eq!(types(&[user]), (vec![EntityType::User], [0, 0, 1, 1, 1, 1]));
         let (all, held) = types(&[]);
         assert_eq!(all, EntityType::ALL.to_vec());
         assert_eq!(held, [1; 6]);

@@ -167,6 +167,16 @@ pub fn stuffing_lines_at(ip: &str, n: usize, offset_ms: i64) -> String {
         .collect()
 }
 
+/// A log line of `ip` opening the sign-in form in `session`, stamped now:
+/// once the engine has read it, the session counts as one (`gatewatch::sessions`).
+pub fn form_opened_line(ip: &str, session: &str) -> String {
+    let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as i64;
+    format!(
+        r#"{{"ts":"{}","client_ip":"{ip}","method":"GET","path":"/login","status":200,"session_id":"{session}"}}"#,
+        gatewatch::event::time::format_rfc3339(ms)
+    ) + "\n"
+}
+
 pub struct Server {
     pub child: std::process::Child,
     pub addr: String,
