@@ -441,6 +441,22 @@ fn crowdsec_bouncer_protocol() {
     assert_eq!(status, 403, "the client's own X-Original-* hid the form post");
     assert_eq!(authz("/login", Some("ws-1")), (200, "allow".to_string()));
     assert_eq!(authz("/v1/orders", None), (200, "allow".to_string()));
+    // Envoy's HTTP ext_authz asks with the request's own method at its
+    // path_prefix followed by the request's path (README: `/v1/authz?`).
+    let envoy = |method: &str, path: &str, session: Option<&str>| {
+        let mut h = vec![("X-Api-Key", bouncer.as_str()), ("X-Forwarded-For", "192.0.2.99")];
+        if let Some(s) = session {
+            h.push(("X-Session-Id", s));
+        }
+        server.request(method, &format!("/v1/authz?{path}"), &h, "").0
+    };
+    assert_eq!(envoy("POST", "/login?next=%2Fcart", None), 403, "Envoy: the form posted without a session");
+    assert_eq!(envoy("POST", "/login", Some("made-up")), 403, "Envoy: with a made-up session");
+    assert_eq!(envoy("POST", "/login", Some("ws-1")), 200, "Envoy: a person's post");
+    assert_eq!(envoy("GET", "/login", None), 200, "Envoy: opening the form");
+    for method in ["POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"] {
+        assert_eq!(envoy(method, "/v1/orders/1", None), 200, "Envoy: {method} of another path");
+    }
 
     // Stream mode: startup sends what is in force (default scopes ip,range), then only changes.
     let (_, v) = get(&server, &bouncer, "/v1/decisions/stream?startup=true");

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 
 use axum::Json;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 
 use super::{ApiError, AppState, MAX_PARAM, check_params, header, ident_header, now_ms, parse_ip};
@@ -99,7 +99,12 @@ fn client_ip(api: &ApiConfig, h: &HeaderMap) -> Result<IpAddr, ApiError> {
 /// and URI it passes on: `X-Original-Method` and `X-Original-URI` (nginx
 /// `auth_request`, as the shipped configuration sets them) and
 /// `X-Forwarded-Method` and `X-Forwarded-Uri` (Traefik ForwardAuth, Caddy
-/// `forward_auth`). Without them no request has a class.
+/// `forward_auth`), and `envoy`: the method this request came with and its
+/// query when that is a path. Envoy's HTTP `ext_authz` sets no header for
+/// either: it asks with the original request's method, at `path_prefix`
+/// followed by the original path, so with the README's prefix
+/// `/v1/authz?` the query is the original URI. Without any of them no
+/// request has a class.
 ///
 /// Each gateway overwrites only its own pair and passes the client's other
 /// headers on, so a client could send the pair its gateway does not set. No
@@ -110,7 +115,12 @@ fn client_ip(api: &ApiConfig, h: &HeaderMap) -> Result<IpAddr, ApiError> {
 /// replaced): it decides only whether a class decision applies, and
 /// refusing an odd spelling would fail the gateway's request instead of
 /// judging it.
-fn request_class(h: &HeaderMap, classes: &crate::classes::ClassConfig, has_session: bool) -> Option<&'static str> {
+fn request_class(
+    h: &HeaderMap,
+    envoy: (&Method, &Uri),
+    classes: &crate::classes::ClassConfig,
+    has_session: bool,
+) -> Option<&'static str> {
     if classes.login_forms.is_empty() || has_session {
         return None;
     }
@@ -121,17 +131,30 @@ fn request_class(h: &HeaderMap, classes: &crate::classes::ClassConfig, has_sessi
             .map(|v| String::from_utf8_lossy(v.as_bytes()).trim().to_string())
             .collect()
     };
-    let methods = values(["x-original-method", "x-forwarded-method"]);
+    let envoy_uri = envoy.1.query().filter(|q| q.starts_with('/'));
+    let mut methods = values(["x-original-method", "x-forwarded-method"]);
+    let mut uris = values(["x-original-uri", "x-forwarded-uri"]);
+    if let Some(u) = envoy_uri {
+        methods.push(envoy.0.as_str().to_string());
+        uris.push(u.to_string());
+    }
     if !methods.iter().any(|m| m.eq_ignore_ascii_case("POST")) {
         return None;
     }
-    values(["x-original-uri", "x-forwarded-uri"]).iter().find_map(|u| classes.classify("POST", u, false))
+    uris.iter().find_map(|u| classes.classify("POST", u, false))
 }
 
-/// `GET /v1/authz`: forward-auth for nginx `auth_request`, Traefik ForwardAuth and
-/// Envoy `ext_authz`. 200 allows; 403 denies; 429 with `Retry-After` throttles;
-/// 403 with `X-Gatewatch-Action: challenge` asks for a challenge.
-pub(super) async fn authz(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response, ApiError> {
+/// `/v1/authz`: forward-auth for nginx `auth_request`, Traefik ForwardAuth and
+/// Envoy `ext_authz` (which asks with the original request's method, so
+/// every method is answered alike). 200 allows; 403 denies; 429 with
+/// `Retry-After` throttles; 403 with `X-Gatewatch-Action: challenge` asks
+/// for a challenge.
+pub(super) async fn authz(
+    State(state): State<Arc<AppState>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let api = &state.api;
     let ip = client_ip(api, &headers)?;
     let user = ident_header(&headers, &api.user_header, false)?;
@@ -139,7 +162,7 @@ pub(super) async fn authz(State(state): State<Arc<AppState>>, headers: HeaderMap
     let device = ident_header(&headers, &api.device_header, false)?;
     let session = ident_header(&headers, &api.session_header, false)?;
     let user_agent = ident_header(&headers, "user-agent", true)?;
-    let class = request_class(&headers, &state.classes, state.has_session(session.as_deref()));
+    let class = request_class(&headers, (&method, &uri), &state.classes, state.has_session(session.as_deref()));
     let q = Lookup {
         ip: Some(ip),
         user: user.as_deref(),

@@ -24,7 +24,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use axum::{Json, Router};
 use serde_json::json;
 
@@ -206,7 +206,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics_text))
         .route("/openapi.json", get(openapi_document))
         .route("/v1/decision", get(lookup::decision))
-        .route("/v1/authz", get(lookup::authz))
+        // Envoy's HTTP ext_authz asks with the request's own method.
+        .route("/v1/authz", any(lookup::authz))
         .route("/v1/decisions", get(crowdsec::decisions))
         .route("/v1/decisions/stream", get(stream::stream))
         .route(
