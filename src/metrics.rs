@@ -20,6 +20,10 @@ pub struct Metrics {
     pub api_requests: IntCounterVec,
     pub api_latency: HistogramVec,
     pub store_errors: IntCounter,
+    /// Sessions the engine has seen opened, held for the API (`crate::sessions`).
+    pub opened_sessions: IntGauge,
+    /// Sign-in form posts whose session id the engine never saw opened.
+    pub unopened_session_posts: IntCounter,
     pub reloads: IntCounter,
     pub stream_cursor: IntGauge,
     pub stream_readers: IntGauge,
@@ -288,6 +292,20 @@ impl Metrics {
         registry.register(Box::new(api_requests.clone()))?;
         registry.register(Box::new(api_latency.clone()))?;
         registry.register(Box::new(store_errors.clone()))?;
+        let opened_sessions = IntGauge::new(
+            "gatewatch_opened_sessions",
+            "Sessions the engine has seen opened (a request with the session that was not a bare failed sign-in), \
+             held so that a session id counts for request classes only when it stands for one ([classes] \
+             sessions_held bounds them)",
+        )?;
+        registry.register(Box::new(opened_sessions.clone()))?;
+        let unopened_session_posts = IntCounter::new(
+            "gatewatch_unopened_session_posts_total",
+            "Forward-auth and verdict lookups of a sign-in form post carrying a session id the engine never saw \
+             opened (a made-up id, or a page that had not reached the engine yet): such a post is in the class \
+             bare-login",
+        )?;
+        registry.register(Box::new(unopened_session_posts.clone()))?;
         Ok(Metrics {
             fired: Default::default(),
             registry,
@@ -300,6 +318,8 @@ impl Metrics {
             api_requests,
             api_latency,
             store_errors,
+            opened_sessions,
+            unopened_session_posts,
             reloads,
             stream_cursor,
             stream_readers,

@@ -405,6 +405,8 @@ fn crowdsec_bouncer_protocol() {
     server.until("the engine read the page", |s| s.metric("gatewatch_events_total") >= 2.0);
     assert_eq!(verdict("method=POST&path=/login&session=ws-1"), "allow", "a person opened the form first");
     assert_eq!(verdict("method=POST&path=/login&session=ws-2"), "challenge", "a session that only failed");
+    assert_eq!(server.metric("gatewatch_unopened_session_posts_total"), 2.0, "made-up session ids are counted");
+    assert_eq!(server.metric("gatewatch_opened_sessions"), 1.0, "ws-1 is held, ws-2 is not");
     assert_eq!(verdict("method=GET&path=/login"), "allow");
     assert_eq!(verdict("path=/login"), "allow", "without the method nothing is known of the class");
     let authz = |uri: &str, session: Option<&str>| {

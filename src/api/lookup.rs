@@ -32,7 +32,7 @@ pub(super) async fn decision(
     // Either alone says nothing about the request's class.
     let class = match (params.get("method"), params.get("path")) {
         (Some(m), Some(p)) => {
-            state.classes.classify(m, p, state.has_session(params.get("session").map(String::as_str)))
+            state.class_of(state.classes.classify(m, p, false), params.get("session").map(String::as_str))
         }
         _ => None,
     };
@@ -115,13 +115,8 @@ fn client_ip(api: &ApiConfig, h: &HeaderMap) -> Result<IpAddr, ApiError> {
 /// replaced): it decides only whether a class decision applies, and
 /// refusing an odd spelling would fail the gateway's request instead of
 /// judging it.
-fn request_class(
-    h: &HeaderMap,
-    envoy: (&Method, &Uri),
-    classes: &crate::classes::ClassConfig,
-    has_session: bool,
-) -> Option<&'static str> {
-    if classes.login_forms.is_empty() || has_session {
+fn request_class(h: &HeaderMap, envoy: (&Method, &Uri), classes: &crate::classes::ClassConfig) -> Option<&'static str> {
+    if classes.login_forms.is_empty() {
         return None;
     }
     let values = |names: [&str; 2]| -> Vec<String> {
@@ -162,7 +157,7 @@ pub(super) async fn authz(
     let device = ident_header(&headers, &api.device_header, false)?;
     let session = ident_header(&headers, &api.session_header, false)?;
     let user_agent = ident_header(&headers, "user-agent", true)?;
-    let class = request_class(&headers, (&method, &uri), &state.classes, state.has_session(session.as_deref()));
+    let class = state.class_of(request_class(&headers, (&method, &uri), &state.classes), session.as_deref());
     let q = Lookup {
         ip: Some(ip),
         user: user.as_deref(),

@@ -156,11 +156,25 @@ impl AppState {
     /// Whether a request carrying `session` has a session, as request
     /// classes read it: an id this instance's engine has seen opened
     /// ([`crate::sessions`]); any id where it cannot know.
-    pub fn has_session(&self, session: Option<&str>) -> bool {
+    fn has_session(&self, session: Option<&str>) -> bool {
         match session.filter(|s| !s.is_empty()) {
             None => false,
             Some(s) => self.opened_sessions.as_ref().is_none_or(|o| o.contains(s)),
         }
+    }
+
+    /// The class of a request, given the class it is in without a session:
+    /// none when it carries a session the engine saw opened. A form post
+    /// whose session id was never opened is counted.
+    fn class_of(&self, bare_class: Option<&'static str>, session: Option<&str>) -> Option<&'static str> {
+        let class = bare_class?;
+        if self.has_session(session) {
+            return None;
+        }
+        if session.is_some_and(|s| !s.is_empty()) {
+            self.metrics.unopened_session_posts.inc();
+        }
+        Some(class)
     }
 
     /// Ends open long polls and event streams (call on shutdown, before the
@@ -351,6 +365,9 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
 async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
     state.metrics.active_decisions.set(state.store.active(now_ms()).len() as i64);
     state.metrics.stream_cursor.set(state.store.cursor() as i64);
+    if let Some(o) = &state.opened_sessions {
+        state.metrics.opened_sessions.set(o.len() as i64);
+    }
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response()
 }
 
