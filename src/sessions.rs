@@ -101,6 +101,18 @@ impl OpenedSessions {
         g.newer.contains(&h) || g.older.contains(&h)
     }
 
+    /// Whether a request carrying `session` counts as having a session: the
+    /// session was seen opened, or no session has been seen opened at all.
+    /// A log without session ids (a format or mapping that leaves them out,
+    /// while the gateway passes the header) opens none, and there the
+    /// features count every failure bare anyway; judging the header there
+    /// would put every person's post in the class while a campaign lasts.
+    pub fn admits(&self, session: &str) -> bool {
+        let h = self.hash(session);
+        let g = self.gens.lock().unwrap_or_else(PoisonError::into_inner);
+        (g.newer.is_empty() && g.older.is_empty()) || g.newer.contains(&h) || g.older.contains(&h)
+    }
+
     /// Sessions held.
     pub fn len(&self) -> usize {
         let g = self.gens.lock().unwrap_or_else(PoisonError::into_inner);
@@ -122,6 +134,14 @@ mod tests {
         s.insert_all(["ws-1", "ws-2"]);
         assert!(s.contains("ws-1") && s.contains("ws-2"));
         assert!(!s.contains("ws-3") && !s.contains("") && !s.contains("ws-10"));
+    }
+
+    #[test]
+    fn admits_any_session_only_while_none_was_opened() {
+        let s = OpenedSessions::new(100);
+        assert!(s.admits("anything"), "a log without sessions opens none: the header is all there is");
+        s.insert_all(["ws-1"]);
+        assert!(s.admits("ws-1") && !s.admits("anything"));
     }
 
     #[test]

@@ -70,7 +70,7 @@ fn an_enforced_class_decision_holds_while_the_campaign_lasts() {
     for (i, (line, label)) in access.lines().zip(labels.lines()).enumerate() {
         let l: Label = serde_json::from_str(label).expect("label");
         let class = match (&l.method, &l.path) {
-            (Some(m), Some(p)) => classes.classify(m, p, l.session.as_deref().is_some_and(|s| opened.contains(s))),
+            (Some(m), Some(p)) => classes.classify(m, p, l.session.as_deref().is_some_and(|s| opened.admits(s))),
             _ => None,
         };
         let enforced = class.is_some_and(|c| {

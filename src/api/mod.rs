@@ -155,11 +155,12 @@ impl AppState {
 
     /// Whether a request carrying `session` has a session, as request
     /// classes read it: an id this instance's engine has seen opened
-    /// ([`crate::sessions`]); any id where it cannot know.
+    /// ([`crate::sessions::OpenedSessions::admits`]); any id where it
+    /// cannot know.
     fn has_session(&self, session: Option<&str>) -> bool {
         match session.filter(|s| !s.is_empty()) {
             None => false,
-            Some(s) => self.opened_sessions.as_ref().is_none_or(|o| o.contains(s)),
+            Some(s) => self.opened_sessions.as_ref().is_none_or(|o| o.admits(s)),
         }
     }
 

@@ -302,9 +302,11 @@ pub fn evaluate(
             line: i + 1,
             message: e.to_string(),
         })?;
-        let has_session = l.session.as_ref().is_some_and(|s| opened.contains(s));
+        let known = l.session.as_ref().is_some_and(|s| opened.contains(s));
+        // Until any session is opened (labels of a log without them) the id is all there is.
+        let has_session = known || (l.session.is_some() && opened.is_empty());
         if let Some(s) = &l.session
-            && !has_session
+            && !known
             && !matches!((&l.method, &l.path), (Some(m), Some(p)) if cfg.classes.classify(m, p, false).is_some())
         {
             opened.insert(s.clone());
