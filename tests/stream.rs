@@ -461,6 +461,7 @@ fn crowdsec_bouncer_protocol() {
     for method in ["POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"] {
         assert_eq!(envoy(method, "/v1/orders/1", None), 200, "Envoy: {method} of another path");
     }
+    assert_eq!(envoy("TRACE", "/v1/orders/1", None), 405, "not a method of an API");
 
     // Stream mode: startup sends what is in force (default scopes ip,range), then only changes.
     let (_, v) = get(&server, &bouncer, "/v1/decisions/stream?startup=true");

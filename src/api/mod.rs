@@ -24,7 +24,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get, post};
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 
@@ -213,6 +213,11 @@ impl IntoResponse for ApiError {
 
 pub use crate::event::time::now_ms;
 
+/// The methods `/v1/authz` answers (HEAD with GET): those of the requests
+/// an API serves, which Envoy's `ext_authz` asks with. TRACE and CONNECT
+/// are not an API's, and get 405.
+pub const AUTHZ_METHODS: [&str; 7] = ["get", "head", "post", "put", "patch", "delete", "options"];
+
 /// The router with every route.
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
@@ -222,7 +227,15 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/openapi.json", get(openapi_document))
         .route("/v1/decision", get(lookup::decision))
         // Envoy's HTTP ext_authz asks with the request's own method.
-        .route("/v1/authz", any(lookup::authz))
+        .route(
+            "/v1/authz",
+            get(lookup::authz)
+                .post(lookup::authz)
+                .put(lookup::authz)
+                .patch(lookup::authz)
+                .delete(lookup::authz)
+                .options(lookup::authz),
+        )
         .route("/v1/decisions", get(crowdsec::decisions))
         .route("/v1/decisions/stream", get(stream::stream))
         .route(

@@ -38,6 +38,15 @@ pub fn document(api: &ApiConfig) -> Result<String, serde_json::Error> {
     if let Some(op) = doc.pointer_mut("/paths/~1v1~1authz/get").and_then(Value::as_object_mut) {
         op.insert("parameters".into(), Value::Array(params));
     }
+    // Envoy's ext_authz asks with the original request's method: the same
+    // operation under each method a request to the API may have.
+    if let Some(path) = doc.pointer_mut("/paths/~1v1~1authz").and_then(Value::as_object_mut)
+        && let Some(get) = path.get("get").cloned()
+    {
+        for m in crate::api::AUTHZ_METHODS.iter().filter(|m| **m != "get") {
+            path.insert((*m).to_string(), get.clone());
+        }
+    }
     let max_wait = api.max_wait_ms / 1000;
     if let Some(ps) = doc.pointer_mut("/paths/~1v1~1decisions~1stream/get/parameters").and_then(Value::as_array_mut) {
         for p in ps.iter_mut().filter(|p| p["name"] == "wait") {
@@ -100,5 +109,6 @@ mod tests {
         api.client_ip = ClientIpFrom::XRealIp;
         let doc: Value = serde_json::from_str(&document(&api).expect("document")).expect("JSON");
         assert_eq!(doc["paths"]["/v1/authz"]["get"]["parameters"][0]["name"], "X-Real-IP");
+        assert_eq!(doc["paths"]["/v1/authz"]["post"], doc["paths"]["/v1/authz"]["get"], "Envoy asks with POST too");
     }
 }
