@@ -139,9 +139,10 @@ fn request_class(h: &HeaderMap, envoy: (&Method, &Uri), classes: &crate::classes
     uris.iter().find_map(|u| classes.classify("POST", u, false))
 }
 
-/// `/v1/authz`: forward-auth for nginx `auth_request`, Traefik ForwardAuth and
-/// Envoy `ext_authz` (which asks with the original request's method, so
-/// every method an API serves is answered alike: [`super::AUTHZ_METHODS`]). 200 allows; 403 denies; 429 with
+/// `/v1/authz`: forward-auth for nginx `auth_request`, Traefik ForwardAuth
+/// and Envoy `ext_authz` (which asks with the original request's method,
+/// so every method an API serves is answered alike:
+/// [`super::AUTHZ_METHODS`]). 200 allows; 403 denies; 429 with
 /// `Retry-After` throttles; 403 with `X-Gatewatch-Action: challenge` asks
 /// for a challenge.
 pub(super) async fn authz(
