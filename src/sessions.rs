@@ -39,6 +39,12 @@ struct Generations {
     older: HashSet<u64, Prehashed>,
 }
 
+impl Generations {
+    fn holds(&self, h: u64) -> bool {
+        self.newer.contains(&h) || self.older.contains(&h)
+    }
+}
+
 /// The values are already keyed hashes: hashing them again adds nothing.
 #[derive(Debug, Default, Clone, Copy)]
 struct Prehashed;
@@ -97,8 +103,7 @@ impl OpenedSessions {
     /// Whether `session` has been seen opened (and not yet forgotten).
     pub fn contains(&self, session: &str) -> bool {
         let h = self.hash(session);
-        let g = self.gens.lock().unwrap_or_else(PoisonError::into_inner);
-        g.newer.contains(&h) || g.older.contains(&h)
+        self.gens.lock().unwrap_or_else(PoisonError::into_inner).holds(h)
     }
 
     /// Whether a request carrying `session` counts as having a session: the
@@ -110,7 +115,7 @@ impl OpenedSessions {
     pub fn admits(&self, session: &str) -> bool {
         let h = self.hash(session);
         let g = self.gens.lock().unwrap_or_else(PoisonError::into_inner);
-        (g.newer.is_empty() && g.older.is_empty()) || g.newer.contains(&h) || g.older.contains(&h)
+        (g.newer.is_empty() && g.older.is_empty()) || g.holds(h)
     }
 
     /// Sessions held.

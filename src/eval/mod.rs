@@ -305,9 +305,14 @@ pub fn evaluate(
         let known = l.session.as_ref().is_some_and(|s| opened.contains(s));
         // Until any session is opened (labels of a log without them) the id is all there is.
         let has_session = known || (l.session.is_some() && opened.is_empty());
+        // The class the request is in without a session: a post of a sign-in form.
+        let form_post = match (&l.method, &l.path) {
+            (Some(m), Some(p)) => cfg.classes.classify(m, p, false),
+            _ => None,
+        };
         if let Some(s) = &l.session
             && !known
-            && !matches!((&l.method, &l.path), (Some(m), Some(p)) if cfg.classes.classify(m, p, false).is_some())
+            && form_post.is_none()
         {
             opened.insert(s.clone());
         }
@@ -316,10 +321,7 @@ pub fn evaluate(
         let mut verdict: Option<(Action, usize)> = None;
         if !allowed {
             let subnet = ip.map(subnet_of);
-            let class = match (&l.method, &l.path) {
-                (Some(m), Some(p)) => cfg.classes.classify(m, p, has_session),
-                _ => None,
-            };
+            let class = form_post.filter(|_| !has_session);
             let keys = [
                 (EntityType::Ip, Some(l.ip.as_str())),
                 (EntityType::Cidr, subnet.as_deref()),
