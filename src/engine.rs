@@ -275,6 +275,9 @@ impl Engine {
                 f.set_classes(&pipeline.classes);
                 f.set_judged(judged);
                 f.set_needed(needed);
+                if wants.opened_sessions {
+                    f.collect_opened_sessions();
+                }
                 f
             },
             store: DecisionStore::new(pipeline.decisions.clone()),
@@ -306,18 +309,34 @@ impl Engine {
     }
 
     /// Shares the sessions this engine sees opened with the API
-    /// ([`crate::sessions`]). Only for an engine that reads every line the
-    /// API's gateways log: another instance's sessions are not in it.
+    /// ([`crate::sessions`]). What the other engines of a Kafka group saw
+    /// opened reaches the same registry from the decisions topic
+    /// ([`crate::live::learn`]), where this engine's Kafka sink publishes its own.
     pub fn share_opened_sessions(&mut self, to: Arc<crate::sessions::OpenedSessions>) {
         self.features.collect_opened_sessions();
         self.opened_sessions = Some(to);
     }
 
-    fn publish_opened_sessions(&mut self) {
-        if let Some(to) = &self.opened_sessions {
-            let opened = self.features.take_opened_sessions();
-            to.insert_all(opened.iter().map(String::as_str));
+    /// Hands the sessions first seen opened in the last batch to the API's
+    /// registry and to the sinks that publish them for other instances.
+    fn publish_opened_sessions(&mut self) -> Result<(), EngineError> {
+        if self.opened_sessions.is_none() && !self.wants.opened_sessions {
+            return Ok(());
         }
+        let opened = self.features.take_opened_sessions();
+        if opened.is_empty() {
+            return Ok(());
+        }
+        let digests: Vec<u64> = opened.iter().map(|s| crate::sessions::digest(s)).collect();
+        if let Some(to) = &self.opened_sessions {
+            to.insert_digests(digests.iter().copied());
+        }
+        if self.wants.opened_sessions {
+            for s in self.sinks.iter_mut().filter(|s| s.wants().opened_sessions) {
+                s.sessions_opened(&digests)?;
+            }
+        }
+        Ok(())
     }
 
     /// The allowlist decisions are checked against; storing a new one applies
@@ -376,6 +395,9 @@ impl Engine {
     /// Adds an output beside the pipeline's (live mode adds the decision store).
     pub fn add_sink(&mut self, sink: Box<dyn Sink>) {
         self.wants = self.wants.or(sink.wants());
+        if self.wants.opened_sessions {
+            self.features.collect_opened_sessions();
+        }
         self.sinks.push(sink);
     }
 
@@ -610,7 +632,7 @@ impl Engine {
             for s in self.features.ingest_rebuild(&batch, &entities)? {
                 self.handle_snapshot(s)?;
             }
-            self.publish_opened_sessions();
+            self.publish_opened_sessions()?;
             self.builder_entities = entities;
             self.builder_entities.clear();
             return Ok(());
@@ -620,7 +642,7 @@ impl Engine {
         self.builder_entities = entities;
         self.builder_entities.clear();
         let snapshots = snapshots?;
-        self.publish_opened_sessions();
+        self.publish_opened_sessions()?;
         if self.wants.events {
             for s in self.sinks.iter_mut().filter(|s| s.wants().events) {
                 s.events(&batch)?;

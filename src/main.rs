@@ -729,21 +729,28 @@ fn live(
     let stop = Arc::new(AtomicBool::new(false));
     let shadow = Arc::new(ShadowLog::new());
     let mut kafka = None;
-    let mut opened_sessions = None;
-    let (reading, worker, allowlist, control) = if role == RunRole::Api {
+    let (reading, worker, allowlist, control, opened_sessions) = if role == RunRole::Api {
         let Some(spec) = &topic_sink else { unreachable!("checked above") };
-        let feed = DecisionFeed::open(spec).with_context(|| "cannot read the decisions topic")?;
+        let mut feed = DecisionFeed::open(spec).with_context(|| "cannot read the decisions topic")?;
+        let opened = Arc::new(gatewatch::sessions::OpenedSessions::new(p.classes.sessions_held));
+        feed.fill_opened_sessions(opened.clone());
         let topic = spec.decisions_topic.clone().unwrap_or_default();
         let handle = feed.spawn(store.clone(), metrics.clone(), ready.clone(), stop.clone())?;
         let allowlist = Arc::new(arc_swap::ArcSwap::from_pointee(overlay.apply(&p.allowlist)));
-        (format!("reading decisions from the topic {topic}"), Worker::Feed(handle), allowlist, None)
+        (format!("reading decisions from the topic {topic}"), Worker::Feed(handle), allowlist, None, opened)
     } else {
         let engine = start_engine(&p, input, from_start, now, &store, &metrics, &shadow, &stop, topic_sink.as_ref())?;
         let allowlist = engine.allowlist.clone();
         allowlist.store(Arc::new(overlay.apply(&p.allowlist)));
         kafka = engine.kafka.clone();
-        opened_sessions = engine.opened_sessions.clone();
-        (format!("following {}", engine.source_name), Worker::Engine(engine.thread), allowlist, Some(engine.control))
+        let opened = engine.opened_sessions;
+        (
+            format!("following {}", engine.source_name),
+            Worker::Engine(engine.thread),
+            allowlist,
+            Some(engine.control),
+            opened,
+        )
     };
     let publisher = match (&topic_sink, role) {
         (Some(spec), RunRole::All | RunRole::Api) => DecisionPublisher::open(spec)?.map(Arc::new),
@@ -772,7 +779,7 @@ fn live(
         control,
         shadow,
         publisher: publisher.clone(),
-        opened_sessions,
+        opened_sessions: Some(opened_sessions),
     }));
     // Expiry reaches the change stream within a second. Purging commits (and
     // fsyncs) through the store's writer, so it runs on its own thread: an API
@@ -900,9 +907,9 @@ struct RunningEngine {
     control: gatewatch::live::control::Control,
     /// The Kafka source's counters, when it reads Kafka.
     kafka: Option<gatewatch::source::KafkaStats>,
-    /// The sessions the engine has seen opened, when it reads every line
-    /// (a file or stdin; a Kafka group shares the lines out).
-    opened_sessions: Option<std::sync::Arc<gatewatch::sessions::OpenedSessions>>,
+    /// The sessions seen opened: by this engine, and by the others of its
+    /// Kafka group as the decisions topic tells.
+    opened_sessions: std::sync::Arc<gatewatch::sessions::OpenedSessions>,
 }
 
 /// Opens the log source and starts the engine on its own thread, with the
@@ -964,11 +971,8 @@ fn start_engine(
     let mut engine = engine::Engine::new(p.clone(), None, &source_name, &run_dir)?;
     engine.keep_deciding_when_sinks_fail();
     engine.count_scores_in(metrics.fired.clone());
-    let opened_sessions = kafka.is_none().then(|| {
-        let opened = std::sync::Arc::new(gatewatch::sessions::OpenedSessions::new(p.classes.sessions_held));
-        engine.share_opened_sessions(opened.clone());
-        opened
-    });
+    let opened_sessions = std::sync::Arc::new(gatewatch::sessions::OpenedSessions::new(p.classes.sessions_held));
+    engine.share_opened_sessions(opened_sessions.clone());
     // What the engine decided before a restart still counts: decisions in force
     // are not re-made shorter, and repeat offenders keep escalating.
     for (entity_type, entity, offense, at) in store.offenses(now - p.decisions.offense_memory_ms)? {
@@ -988,7 +992,9 @@ fn start_engine(
             engine.restore_decision(r);
         }
     }
-    let learner = topic_sink.and_then(|spec| gatewatch::live::learn::start(&mut engine, spec, metrics, stop));
+    let learner = topic_sink.and_then(|spec| {
+        gatewatch::live::learn::start(&mut engine, spec, metrics, stop, Some(opened_sessions.clone()))
+    });
     let allowlist = engine.allowlist();
     engine.add_sink(Box::new(StoreSink::new(store.clone(), metrics.clone(), p.decisions.max_ttl_ms)));
     engine.add_sink(Box::new(ShadowSink::new(shadow.clone(), metrics.clone())));

@@ -85,8 +85,10 @@ pub const REFUSED_PER_ADDRESS: &str = "per_address";
 /// Kinds of `gatewatch_decision_feed_records_total`.
 /// `learned` and `not_learned` are an engine's: decisions read from the topic
 /// (other instances' and its own) taken into its decision memory, or dropped
-/// because it was too far behind.
-pub const FEED_KINDS: [&str; 6] = ["stored", "removed", "unchanged", "unreadable", "learned", "not_learned"];
+/// because it was too far behind. `opened_sessions`: records of the digests
+/// of sessions an engine saw opened ([`crate::sessions`]).
+pub const FEED_KINDS: [&str; 7] =
+    ["stored", "removed", "unchanged", "unreadable", "learned", "not_learned", "opened_sessions"];
 
 /// Kinds of `gatewatch_input_anomalies_total`.
 pub const ANOMALY_KINDS: [&str; 6] =

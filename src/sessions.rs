@@ -9,23 +9,48 @@
 //! bare (loaded the form, signed in: [`crate::features`], `ACTED`); a
 //! session id seen only on failed sign-ins, or never seen, is no session.
 //!
-//! Held as keyed 64-bit hashes in two generations: a lookup checks both,
-//! an insert goes to the newer, and once the newer holds half the capacity
-//! the older is dropped. Memory is bounded by the capacity whatever the
-//! traffic; what is forgotten first is what was opened longest ago, which
-//! costs the person behind it at most a challenge while a campaign lasts.
+//! A session is known by its [`digest`], which every instance computes
+//! alike, so that engines can publish the digests of the sessions they saw
+//! opened on the decisions topic ([`crate::sink::kafka`]) and every API
+//! instance and engine of a group fill their registry from it
+//! ([`crate::live::feed`]). The digest is cut from SHA-256: with its
+//! function public, a client still cannot make up an id whose digest
+//! matches a session opened by somebody else, nor many ids matching one
+//! session it opened itself (a second preimage of 64 bits).
+//!
+//! Held as keyed 64-bit hashes of the digests (a key per process, so a
+//! client cannot crowd the table's buckets with ids it chose) in two
+//! generations: a lookup checks both, an insert goes to the newer, and once
+//! the newer holds half the capacity the older is dropped. Memory is bounded
+//! by the capacity whatever the traffic; what is forgotten first is what
+//! was opened longest ago, which costs the person behind it at most a
+//! challenge while a campaign lasts.
 
 use std::collections::HashSet;
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::sync::{Mutex, PoisonError};
 
+use sha2::{Digest, Sha256};
+
+/// A session id's digest: the same in every instance, what the decisions
+/// topic carries (never the id itself, which stands for a signed-in person).
+pub fn digest(session: &str) -> u64 {
+    let mut h = Sha256::new();
+    h.update(b"gatewatch opened session\0");
+    h.update(session.as_bytes());
+    let d = h.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&d[..8]);
+    u64::from_le_bytes(first)
+}
+
 /// Sessions held by default: two generations of half a million hashes,
 /// ~20 MB at most.
 pub const DEFAULT_HELD: usize = 1_000_000;
 
-/// Opened sessions, as hashes keyed per process (a client cannot aim a
-/// made-up id at a hash it cannot compute).
+/// Opened sessions, as their [`digest`]s hashed again under a key of this
+/// process.
 #[derive(Debug)]
 pub struct OpenedSessions {
     hasher: RandomState,
@@ -80,12 +105,22 @@ impl OpenedSessions {
     }
 
     fn hash(&self, session: &str) -> u64 {
-        self.hasher.hash_one(session.as_bytes())
+        self.keyed(digest(session))
+    }
+
+    fn keyed(&self, digest: u64) -> u64 {
+        self.hasher.hash_one(digest)
     }
 
     /// Records sessions seen opened.
     pub fn insert_all<'a>(&self, sessions: impl IntoIterator<Item = &'a str>) {
-        let hashes: Vec<u64> = sessions.into_iter().map(|s| self.hash(s)).collect();
+        self.insert_digests(sessions.into_iter().map(digest));
+    }
+
+    /// Records sessions seen opened, by their [`digest`]s (another
+    /// instance's, read from the decisions topic).
+    pub fn insert_digests(&self, digests: impl IntoIterator<Item = u64>) {
+        let hashes: Vec<u64> = digests.into_iter().map(|d| self.keyed(d)).collect();
         if hashes.is_empty() {
             return;
         }
@@ -160,6 +195,16 @@ mod tests {
         // The newest half is always held; the oldest is long gone.
         assert!(names[995..].iter().all(|n| s.contains(n)));
         assert!(!s.contains("s0") && !s.contains("s500"));
+    }
+
+    #[test]
+    fn digests_name_the_same_sessions_in_every_instance() {
+        let (engine, api) = (OpenedSessions::new(100), OpenedSessions::new(100));
+        engine.insert_all(["ws-1"]);
+        api.insert_digests([digest("ws-1")]);
+        assert!(api.contains("ws-1") && !api.contains("ws-2"));
+        assert_eq!(digest("ws-1"), digest("ws-1"));
+        assert_ne!(digest("ws-1"), digest("ws-2"));
     }
 
     #[test]

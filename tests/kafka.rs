@@ -615,6 +615,75 @@ fn api_instances_serve_the_engines_decisions_and_agree_on_what_operators_do() {
     assert!(c.metric("gatewatch_decision_feed_records_total{kind=\"unreadable\"}") == 0.0);
 }
 
+/// A form post's verdict at an instance: the class `bare-login` applies
+/// unless the session was seen opened.
+fn post_verdict(s: &common::Server, session: &str) -> String {
+    let (status, v) = s.json(&format!("/v1/decision?ip=192.0.2.99&method=POST&path=/login&session={session}"));
+    assert_eq!(status, 200, "{v}");
+    v["action"].as_str().unwrap_or_default().to_string()
+}
+
+#[test]
+fn api_instances_tell_a_session_an_engine_saw_opened_from_a_made_up_one() {
+    let Some(brokers) = brokers() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (topic, decided) = (unique("access"), unique("decisions"));
+    let sink = format!(
+        "[[sinks]]\ntype = \"dead_letters\"\n[[sinks]]\ntype = \"kafka\"\nbrokers = \"{brokers}\"\n\
+         decisions_topic = \"{decided}\"\n"
+    );
+    let engine_p = pipeline(dir.path(), &brokers, &topic, &unique("engine"), &sink);
+    let (a_p, b_p) = (
+        pipeline(dir.path(), &brokers, &topic, &unique("api-a"), &sink),
+        pipeline(dir.path(), &brokers, &topic, &unique("api-b"), &sink),
+    );
+    // ws-1 opened the form; ws-2 only ever failed a password.
+    let log = dir.path().join("sessions.jsonl");
+    let failed =
+        common::stuffing_lines("192.0.2.98", 1).replace(r#""grant_type":"password","#, r#""session_id":"ws-2","#);
+    std::fs::write(&log, common::form_opened_line("192.0.2.99", "ws-1") + &failed).expect("write");
+    gatewatch(&engine_p, &["produce", "--input", log.to_str().unwrap(), "--topic", &topic, "--partitions", "2"]);
+
+    let engine = start_role(&engine_p, "engine", &common::create_key(&engine_p, "gateway", "ops"));
+    let a = start_role(&a_p, "api", &common::create_key(&a_p, "admin", "ops-a"));
+    wait_for(&a, "the API instance ready", |s| s.get("/readyz", &[]).0 == 200);
+    let body = r#"{"entity_type":"class","entity":"bare-login","action":"challenge","ttl":"1h","reason":"a campaign"}"#;
+    let (status, _, text) = a.request(
+        "POST",
+        "/v1/admin/decisions",
+        &[("X-Api-Key", a.key.as_str()), ("Content-Type", "application/json")],
+        body,
+    );
+    assert_eq!(status, 201, "{text}");
+    wait_for(&engine, "the engine read the log", |s| s.metric("gatewatch_events_total") >= 2.0);
+    wait_for(&a, "the engine's opened session known", |s| s.metric("gatewatch_opened_sessions") == 1.0);
+    assert_eq!(post_verdict(&a, "ws-1"), "allow", "the session the engine saw opened");
+    assert_eq!(post_verdict(&a, "ws-2"), "challenge", "a session that only failed");
+    assert_eq!(post_verdict(&a, "made-up"), "challenge", "a session id nobody opened");
+    assert!(a.metric("gatewatch_decision_feed_records_total{kind=\"opened_sessions\"}") >= 1.0);
+
+    // A new instance learns it from the topic alone.
+    let b = start_role(&b_p, "api", &common::create_key(&b_p, "gateway", "edge"));
+    wait_for(&b, "the new instance ready", |s| s.get("/readyz", &[]).0 == 200);
+    wait_for(&b, "the class decision served", |s| post_verdict(s, "made-up") == "challenge");
+    assert_eq!(post_verdict(&b, "ws-1"), "allow");
+    assert_eq!(b.metric("gatewatch_decision_feed_records_total{kind=\"unreadable\"}"), 0.0);
+
+    // The topic carries digests, never a session id.
+    let records = read_topic(&brokers, &decided, 2);
+    let opened: Vec<&Read> = records.iter().filter(|(k, _, _)| k.starts_with("opened-sessions:")).collect();
+    assert!(!opened.is_empty(), "{records:?}");
+    for (_, payload, headers) in &records {
+        assert!(!String::from_utf8_lossy(payload).contains("ws-1"), "a session id on the topic");
+        assert!(!headers.iter().any(|(_, v)| v.contains("ws-1")));
+    }
+    assert!(
+        opened
+            .iter()
+            .all(|(_, p, h)| p.len() % 8 == 0 && h.iter().any(|(k, v)| k == "record" && v == "opened_sessions"))
+    );
+}
+
 #[test]
 fn an_api_instance_needs_a_decisions_topic() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -1480,7 +1549,8 @@ fn a_new_share_is_judged_once_every_decision_on_the_topic_is_learned() {
     let mut engine = gatewatch::engine::Engine::new(pipeline, None, "test", &dir.path().join("e")).expect("engine");
     let metrics = std::sync::Arc::new(gatewatch::metrics::Metrics::new().expect("metrics"));
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let learner = gatewatch::live::learn::start(&mut engine, &spec, &metrics, &stop).expect("the topic is followed");
+    let learner =
+        gatewatch::live::learn::start(&mut engine, &spec, &metrics, &stop, None).expect("the topic is followed");
     let created = 1_793_599_800_000i64;
     assert_eq!(engine.decisions_in_force(created), 0);
     // Another engine's decisions, published just before this one is given partitions.

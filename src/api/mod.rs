@@ -57,9 +57,9 @@ pub struct Services {
     /// Where operators' decisions and lifts go for the other instances
     /// (`None`: no decisions topic, this instance is alone).
     pub publisher: Option<Arc<crate::live::publish::DecisionPublisher>>,
-    /// The sessions the engine has seen opened, when it reads every line
-    /// the gateways log (`None`: an API-only instance, or an engine of a
-    /// Kafka group, takes a session id as a session).
+    /// The sessions seen opened, by the engine beside this API and by the
+    /// others on the decisions topic (`None`: a session id is taken as a
+    /// session, as in tests that serve without an engine).
     pub opened_sessions: Option<Arc<crate::sessions::OpenedSessions>>,
 }
 
@@ -154,7 +154,8 @@ impl AppState {
     }
 
     /// Whether a request carrying `session` has a session, as request
-    /// classes read it: an id this instance's engine has seen opened
+    /// classes read it: an id seen opened by this instance's engine or, on
+    /// the decisions topic, by another
     /// ([`crate::sessions::OpenedSessions::admits`]); any id where it
     /// cannot know.
     fn has_session(&self, session: Option<&str>) -> bool {

@@ -10,6 +10,12 @@
 //! instance ([`LiveStore::put_automatic`]), and a tombstone removes a
 //! decision only when it names the one held: a lift that crosses a newer
 //! decision on the same entity does not undo it.
+//!
+//! The engines also publish there the digests of the sessions they saw
+//! opened ([`crate::sink::kafka`]); a feed given a registry
+//! ([`DecisionFeed::fill_opened_sessions`]) fills it from them as it reads,
+//! so that the API tells a made-up session id from a real one whichever
+//! engine saw it opened.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,8 +32,11 @@ use super::store::StoreError;
 use crate::decision::Decision;
 use crate::features::EntityType;
 use crate::metrics::Metrics;
+use crate::sessions::OpenedSessions;
 use crate::sink::SinkError;
-use crate::sink::kafka::{DECISION_ID_HEADER, KafkaSinkSpec, client_error};
+use crate::sink::kafka::{
+    DECISION_ID_HEADER, KafkaSinkSpec, OPENED_SESSIONS, RECORD_HEADER, client_error, decode_digests,
+};
 
 /// One record of the decisions topic, read.
 #[derive(Debug, Clone, PartialEq)]
@@ -37,11 +46,27 @@ pub enum Record {
     /// A tombstone: the decision `id` on the entity ended (any decision when
     /// the tombstone names none).
     Lift { entity_type: EntityType, entity: String, id: Option<u64> },
+    /// The digests of sessions an engine saw opened ([`crate::sessions`]).
+    Opened(Vec<u64>),
 }
 
-/// Reads a record from its key, payload (`None`: a tombstone) and the
-/// tombstone's `decision_id` header.
-pub fn read_record(key: Option<&[u8]>, payload: Option<&[u8]>, id: Option<&[u8]>) -> Result<Record, String> {
+/// Reads a record from its key, payload (`None`: a tombstone), the
+/// tombstone's `decision_id` header and the `record` header (what a record
+/// that is not a decision holds).
+pub fn read_record(
+    key: Option<&[u8]>,
+    payload: Option<&[u8]>,
+    id: Option<&[u8]>,
+    record: Option<&[u8]>,
+) -> Result<Record, String> {
+    if let Some(kind) = record {
+        return match kind {
+            k if k == OPENED_SESSIONS.as_bytes() => decode_digests(payload.unwrap_or_default())
+                .map(Record::Opened)
+                .ok_or_else(|| "opened sessions: the payload is not whole digests of eight bytes".to_string()),
+            k => Err(format!("unknown {RECORD_HEADER} '{}'", String::from_utf8_lossy(k))),
+        };
+    }
     match payload {
         Some(p) if !p.is_empty() => {
             let d: Decision = serde_json::from_slice(p).map_err(|e| format!("not a decision: {e}"))?;
@@ -104,6 +129,7 @@ impl Latest {
                     self.map.remove(&key);
                 }
             }
+            Record::Opened(_) => {}
         }
     }
 
@@ -165,6 +191,7 @@ pub fn apply_to_store(store: &LiveStore, r: Record, now_ms: i64) -> Result<Appli
                 Ok(Applied::Unchanged)
             }
         }
+        Record::Opened(_) => Ok(Applied::Unchanged),
     }
 }
 
@@ -205,7 +232,8 @@ pub enum ReadEnd {
 #[derive(Debug)]
 enum Polled {
     Record(Record),
-    /// A record that does not read as one (counted and logged).
+    /// A record not handed on: one that does not read as one (counted and
+    /// logged), or opened sessions, taken by the feed itself.
     Skipped,
     /// Nothing within the wait (or an error, logged).
     Nothing,
@@ -275,6 +303,8 @@ pub struct DecisionFeed {
     /// has handed on: another thread asks whether that reaches the topic's
     /// end ([`Self::has_read`]).
     handed: Mutex<HashMap<i32, i64>>,
+    /// Where the opened-session records go as they are read.
+    opened: Option<Arc<OpenedSessions>>,
 }
 
 impl DecisionFeed {
@@ -313,7 +343,14 @@ impl DecisionFeed {
             tpl.add_partition_offset(&topic, p, Offset::Beginning).map_err(|e| client_error(spec, e))?;
         }
         consumer.assign(&tpl).map_err(|e| client_error(spec, e))?;
-        Ok(DecisionFeed { consumer, topic, partitions, handed: Mutex::default() })
+        Ok(DecisionFeed { consumer, topic, partitions, handed: Mutex::default(), opened: None })
+    }
+
+    /// Puts the opened-session records read from now on into `to`: the
+    /// feed takes them as it reads, so they never wait behind the decisions
+    /// or in a queue, and are not handed on.
+    pub fn fill_opened_sessions(&mut self, to: Arc<OpenedSessions>) {
+        self.opened = Some(to);
     }
 
     /// What came within `wait`, and the partition and offset of a message.
@@ -327,8 +364,17 @@ impl DecisionFeed {
             }
             Some(Ok(m)) => {
                 let at = Some((m.partition(), m.offset()));
-                let id = m.headers().and_then(|h| h.iter().find(|h| h.key == DECISION_ID_HEADER).and_then(|h| h.value));
-                let polled = match read_record(m.key(), m.payload(), id) {
+                let header =
+                    |name: &str| m.headers().and_then(|h| h.iter().find(|h| h.key == name).and_then(|h| h.value));
+                let polled = match read_record(m.key(), m.payload(), header(DECISION_ID_HEADER), header(RECORD_HEADER))
+                {
+                    Ok(Record::Opened(digests)) => {
+                        if let Some(to) = &self.opened {
+                            to.insert_digests(digests);
+                        }
+                        metrics.feed_records.with_label_values(&["opened_sessions"]).inc();
+                        Polled::Skipped
+                    }
                     Ok(r) => Polled::Record(r),
                     Err(why) => {
                         metrics.feed_records.with_label_values(&["unreadable"]).inc();
@@ -557,13 +603,21 @@ mod tests {
     fn records_are_read_from_key_payload_and_header() {
         let d = decision(7, "2001:db8::1", "rule:x", 10);
         let payload = serde_json::to_vec(&d).unwrap();
-        assert_eq!(read_record(Some(b"ip:2001:db8::1"), Some(&payload), None), Ok(Record::Put(d)));
-        assert_eq!(read_record(Some(b"ip:2001:db8::1"), None, Some(b"7")), Ok(lift("2001:db8::1", Some(7))));
-        assert_eq!(read_record(Some(b"ip:10.0.0.1"), Some(b""), None), Ok(lift("10.0.0.1", None)));
-        assert!(read_record(Some(b"planet:x"), None, None).is_err());
-        assert!(read_record(Some(b"ip:x"), None, Some(b"seven")).is_err());
-        assert!(read_record(None, None, None).is_err());
-        assert!(read_record(Some(b"ip:x"), Some(b"{"), None).is_err());
+        assert_eq!(read_record(Some(b"ip:2001:db8::1"), Some(&payload), None, None), Ok(Record::Put(d)));
+        assert_eq!(read_record(Some(b"ip:2001:db8::1"), None, Some(b"7"), None), Ok(lift("2001:db8::1", Some(7))));
+        assert_eq!(read_record(Some(b"ip:10.0.0.1"), Some(b""), None, None), Ok(lift("10.0.0.1", None)));
+        assert!(read_record(Some(b"planet:x"), None, None, None).is_err());
+        assert!(read_record(Some(b"ip:x"), None, Some(b"seven"), None).is_err());
+        assert!(read_record(None, None, None, None).is_err());
+        assert!(read_record(Some(b"ip:x"), Some(b"{"), None, None).is_err());
+        let digests = crate::sink::kafka::encode_digests(&[7, 9]);
+        let opened = Some(OPENED_SESSIONS.as_bytes());
+        assert_eq!(
+            read_record(Some(b"opened-sessions:1:0"), Some(&digests), None, opened),
+            Ok(Record::Opened(vec![7, 9]))
+        );
+        assert!(read_record(Some(b"opened-sessions:1:0"), Some(&digests[..5]), None, opened).is_err());
+        assert!(read_record(Some(b"x"), Some(&digests), None, Some(b"planets")).is_err());
     }
 
     #[test]

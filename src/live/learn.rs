@@ -16,6 +16,11 @@
 //! offences past expiry, and an operator's lift does not make a single engine
 //! forget a decision either. The memory keeps one decision per entity,
 //! whatever the topic holds.
+//!
+//! The sessions the other engines saw opened go, as the feed reads them,
+//! into the registry this instance's API judges session ids by
+//! ([`crate::sessions`]); the engine's own features judge only by the lines
+//! it reads, so that a replay of the same lines decides alike.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -145,15 +150,21 @@ impl Learner {
     }
 }
 
-/// Reads the topic to its end into `engine`, then follows it on a thread of
-/// its own until `stop`. `None` when the topic cannot be read or followed.
+/// Reads the topic to its end into `engine` (and its opened sessions into
+/// `opened`), then follows it on a thread of its own until `stop`. `None`
+/// when the topic cannot be read or followed.
 pub fn start(
     engine: &mut Engine,
     spec: &KafkaSinkSpec,
     metrics: &Arc<Metrics>,
     stop: &Arc<AtomicBool>,
+    opened: Option<Arc<crate::sessions::OpenedSessions>>,
 ) -> Option<Learner> {
-    let feed = Arc::new(open(spec)?);
+    let mut feed = open(spec)?;
+    if let Some(o) = opened {
+        feed.fill_opened_sessions(o);
+    }
+    let feed = Arc::new(feed);
     let patience = Duration::from_millis(spec.learn_wait_ms);
     read_to_end(engine, &feed, metrics, stop, patience)?;
     let (tx, rx) = sync_channel(QUEUE);

@@ -14,6 +14,15 @@
 //! longer holds, and a reader (`run --role api`, [`crate::live::feed`])
 //! removes a decision only when the id matches the one it holds.
 //!
+//! It also publishes, on the decisions topic, the digests of the sessions
+//! the engine saw opened ([`crate::sessions`]): records with the header
+//! `record: opened_sessions`, keyed `opened-sessions:<writer>:<slot>` (a
+//! compacted topic keeps a writer's last [`OPENED_SLOTS`] of them), the
+//! payload digests of eight bytes each, little-endian. Readers of the topic
+//! fill their registry from them, so that an API instance, or an engine
+//! that did not read the lines that opened a session, tells it from a
+//! made-up id too.
+//!
 //! With `[sinks.repartition]` it also sends every event to a topic per
 //! entity type, keyed by that entity: the repartition topics through which
 //! the instances that keep a type's features receive all of an entity's
@@ -41,6 +50,32 @@ use crate::source::Position;
 
 /// The header of a tombstone naming the decision it ends.
 pub const DECISION_ID_HEADER: &str = "decision_id";
+
+/// The header naming what a record of the decisions topic holds when it is
+/// not a decision or a tombstone...
+pub const RECORD_HEADER: &str = "record";
+/// ...the digests of sessions seen opened.
+pub const OPENED_SESSIONS: &str = "opened_sessions";
+/// Keys a writer's opened-session records cycle through.
+pub const OPENED_SLOTS: u64 = 64;
+/// Digests per opened-session record at most (64 KiB).
+const OPENED_PER_RECORD: usize = 8192;
+
+/// Digests as an opened-session record's payload.
+pub fn encode_digests(digests: &[u64]) -> Vec<u8> {
+    digests.iter().flat_map(|d| d.to_le_bytes()).collect()
+}
+
+/// An opened-session record's digests; `None` when its length is not a
+/// multiple of eight.
+pub fn decode_digests(payload: &[u8]) -> Option<Vec<u64>> {
+    if !payload.len().is_multiple_of(8) {
+        return None;
+    }
+    Some(
+        payload.chunks_exact(8).map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])).collect(),
+    )
+}
 
 /// The key of an entity's decisions: `entity_type:entity` (an entity may
 /// hold colons, an IPv6 address does; the type never does).
@@ -171,6 +206,8 @@ pub struct KafkaSink {
     idle_said: bool,
     /// Frames without lines sent so far (a share change sends its own at once).
     frames: u64,
+    /// Opened-session records sent so far (their keys cycle through slots).
+    opened_records: u64,
 }
 
 /// Watermarks go out at checkpoints, at most this often.
@@ -288,6 +325,7 @@ impl KafkaSink {
             caught_up_since: None,
             idle_said: false,
             frames: 0,
+            opened_records: 0,
         };
         sink.watermark(false)?;
         Ok(sink)
@@ -499,6 +537,7 @@ impl Sink for KafkaSink {
             events: !self.spec.repartition.is_empty(),
             decisions: self.spec.decisions_topic.is_some(),
             dead_letters: self.spec.dead_letters_topic.is_some(),
+            opened_sessions: self.spec.decisions_topic.is_some(),
             ..Wants::NONE
         }
     }
@@ -594,6 +633,17 @@ impl Sink for KafkaSink {
         self.buf = buf;
         r?;
         self.expiring.track(key, d.id, d.expires_ms);
+        Ok(())
+    }
+
+    fn sessions_opened(&mut self, digests: &[u64]) -> Result<(), SinkError> {
+        let Some(topic) = self.spec.decisions_topic.clone() else { return Ok(()) };
+        for chunk in digests.chunks(OPENED_PER_RECORD) {
+            let key = format!("opened-sessions:{:016x}:{}", self.writer, self.opened_records % OPENED_SLOTS);
+            self.opened_records += 1;
+            let headers = OwnedHeaders::new().insert(Header { key: RECORD_HEADER, value: Some(OPENED_SESSIONS) });
+            self.send(&topic, key.as_bytes(), Some(&encode_digests(chunk)), Some(headers))?;
+        }
         Ok(())
     }
 
@@ -766,5 +816,15 @@ mod tests {
     fn keys_hold_the_entity_whole() {
         assert_eq!(decision_key(EntityType::Ip, "2001:db8::1"), "ip:2001:db8::1");
         assert_eq!(decision_key(EntityType::ApiKey, "k"), "api_key:k");
+    }
+
+    #[test]
+    fn digests_survive_the_record_and_a_cut_record_is_refused() {
+        let ds = [0u64, 1, u64::MAX, crate::sessions::digest("ws-1")];
+        let bytes = encode_digests(&ds);
+        assert_eq!(bytes.len(), 32);
+        assert_eq!(decode_digests(&bytes).as_deref(), Some(&ds[..]));
+        assert_eq!(decode_digests(&bytes[..31]), None);
+        assert_eq!(decode_digests(&[]).as_deref(), Some(&[][..]));
     }
 }

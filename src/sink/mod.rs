@@ -86,10 +86,13 @@ pub struct Wants {
     pub features: bool,
     pub decisions: bool,
     pub dead_letters: bool,
+    /// The digests of the sessions seen opened ([`crate::sessions`]).
+    pub opened_sessions: bool,
 }
 
 impl Wants {
-    pub const NONE: Wants = Wants { events: false, features: false, decisions: false, dead_letters: false };
+    pub const NONE: Wants =
+        Wants { events: false, features: false, decisions: false, dead_letters: false, opened_sessions: false };
 
     /// Either side's wants.
     pub fn or(self, o: Wants) -> Wants {
@@ -98,6 +101,7 @@ impl Wants {
             features: self.features || o.features,
             decisions: self.decisions || o.decisions,
             dead_letters: self.dead_letters || o.dead_letters,
+            opened_sessions: self.opened_sessions || o.opened_sessions,
         }
     }
 }
@@ -130,6 +134,13 @@ pub trait Sink: Send {
     /// recorded beside the decisions, never enforced. Sinks that enforce
     /// (the live store) keep this default and never see one.
     fn shadow_decision(&mut self, _d: &Decision) -> Result<(), SinkError> {
+        Ok(())
+    }
+
+    /// The [`crate::sessions::digest`]s of sessions first seen opened
+    /// since the last call, for the instances that did not read the lines
+    /// that opened them.
+    fn sessions_opened(&mut self, _digests: &[u64]) -> Result<(), SinkError> {
         Ok(())
     }
 

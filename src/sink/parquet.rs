@@ -325,6 +325,7 @@ impl Sink for ParquetSink {
             features: self.features.is_some(),
             decisions: self.decisions.is_some(),
             dead_letters: self.dead_letters.is_some(),
+            opened_sessions: false,
         }
     }
 

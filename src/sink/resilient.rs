@@ -129,6 +129,11 @@ impl Sink for Resilient {
         Ok(())
     }
 
+    fn sessions_opened(&mut self, digests: &[u64]) -> Result<(), SinkError> {
+        self.with(digests.len() as u64, |s| s.sessions_opened(digests));
+        Ok(())
+    }
+
     fn dead_letter(&mut self, dl: &DeadLetter<'_>) -> Result<(), SinkError> {
         self.with(1, |s| s.dead_letter(dl));
         Ok(())

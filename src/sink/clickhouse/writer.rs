@@ -177,6 +177,7 @@ impl ClickHouseSink {
                 // Shadow decisions travel with the decisions.
                 decisions: want("decisions") || want("shadow_decisions"),
                 dead_letters: want("dead_letters"),
+                opened_sessions: false,
             },
             decisions: DecisionColumns::default(),
             write_decisions: want("decisions"),
