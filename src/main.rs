@@ -785,15 +785,22 @@ fn live(
     // fsyncs) through the store's writer, so it runs on its own thread: an API
     // worker never waits on a disk or on the engine's writes.
     let purge_stop = Arc::new(AtomicBool::new(false));
+    // An engine keeps its opened sessions across restarts (an API instance
+    // reads them from the decisions topic again).
+    let keep_sessions = SessionsKeeper::for_role(role, &state);
     let purger = {
         let (store, stop, metrics) = (store.clone(), purge_stop.clone(), state.metrics.clone());
         let publisher = publisher.clone();
+        let mut keep_sessions = keep_sessions.clone();
         std::thread::Builder::new().name("purge".into()).spawn(move || {
             let mut last = std::time::Instant::now();
             let mut refused = 0;
             while !stop.load(Ordering::Relaxed) {
                 if last.elapsed() >= std::time::Duration::from_secs(1) {
                     last = std::time::Instant::now();
+                    if let Some(k) = keep_sessions.as_mut() {
+                        k.save_every(std::time::Duration::from_secs(60));
+                    }
                     if let Err(e) = store.purge_expired(api::now_ms()) {
                         tracing::warn!(error = %e, "purging expired decisions failed");
                     }
@@ -888,9 +895,44 @@ fn live(
             format!("{} decisions in force", store.active(api::now_ms()).len())
         }
     };
+    if let Some(mut k) = keep_sessions {
+        k.save_every(std::time::Duration::ZERO);
+    }
     served?;
     eprintln!("gatewatch: stopped; {ended}");
     Ok(())
+}
+
+/// Writes an engine's opened sessions to its state directory
+/// ([`gatewatch::sessions::FILE`]) when new ones were recorded.
+#[derive(Clone)]
+struct SessionsKeeper {
+    sessions: std::sync::Arc<gatewatch::sessions::OpenedSessions>,
+    path: PathBuf,
+    saved: u64,
+    at: std::time::Instant,
+}
+
+impl SessionsKeeper {
+    fn for_role(role: RunRole, state: &gatewatch::api::AppState) -> Option<SessionsKeeper> {
+        let sessions = state.opened_sessions.clone().filter(|_| role != RunRole::Api)?;
+        let path = state.state_dir.join(gatewatch::sessions::FILE);
+        Some(SessionsKeeper { saved: sessions.added(), sessions, path, at: std::time::Instant::now() })
+    }
+
+    /// Saves when new sessions were recorded and `every` has passed since the
+    /// last save (`ZERO`: now, at shutdown).
+    fn save_every(&mut self, every: std::time::Duration) {
+        let added = self.sessions.added();
+        if added == self.saved || self.at.elapsed() < every {
+            return;
+        }
+        self.at = std::time::Instant::now();
+        match self.sessions.save(&self.path) {
+            Ok(()) => self.saved = added,
+            Err(e) => tracing::warn!(error = %e, "the opened sessions were not saved (kept in memory)"),
+        }
+    }
 }
 
 /// What reads for a `run` instance: its engine, or its decisions feed.
@@ -972,6 +1014,14 @@ fn start_engine(
     engine.keep_deciding_when_sinks_fail();
     engine.count_scores_in(metrics.fired.clone());
     let opened_sessions = std::sync::Arc::new(gatewatch::sessions::OpenedSessions::new(p.classes.sessions_held));
+    // What was held before a restart: the people mid-session still have one.
+    match opened_sessions.load(&p.state_dir.join(gatewatch::sessions::FILE)) {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(sessions = n, "opened sessions kept from before the restart"),
+        Err(e) => {
+            tracing::warn!(error = %e, "the opened sessions kept before the restart are not taken; starting without")
+        }
+    }
     engine.share_opened_sessions(opened_sessions.clone());
     // What the engine decided before a restart still counts: decisions in force
     // are not re-made shorter, and repeat offenders keep escalating.

@@ -18,8 +18,8 @@
 //! matches a session opened by somebody else, nor many ids matching one
 //! session it opened itself (a second preimage of 64 bits).
 //!
-//! Held as keyed 64-bit hashes of the digests (a key per process, so a
-//! client cannot crowd the table's buckets with ids it chose) in two
+//! Held as digests in hash sets keyed per process (so a client cannot
+//! crowd a table's buckets with ids it chose), in two
 //! generations: a lookup checks both, an insert goes to the newer, and once
 //! the newer holds half the capacity the older is dropped. Memory is bounded
 //! by the capacity whatever the traffic; what is forgotten first is what
@@ -28,7 +28,8 @@
 
 use std::collections::HashSet;
 use std::collections::hash_map::RandomState;
-use std::hash::BuildHasher;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use sha2::{Digest, Sha256};
@@ -45,100 +46,94 @@ pub fn digest(session: &str) -> u64 {
     u64::from_le_bytes(first)
 }
 
-/// Sessions held by default: two generations of half a million hashes,
+/// Sessions held by default: two generations of half a million digests,
 /// ~20 MB at most.
 pub const DEFAULT_HELD: usize = 1_000_000;
 
-/// Opened sessions, as their [`digest`]s hashed again under a key of this
+/// Where an engine keeps its registry across restarts, in its state
+/// directory: without it, every person in the middle of a session when the
+/// engine restarts would be challenged on the form while a campaign's class
+/// decision (kept in the store) is in force, until their next page reached
+/// the engine.
+pub const FILE: &str = "opened-sessions.bin";
+/// The file's first eight bytes; the digests follow, little-endian, oldest
+/// first.
+const MAGIC: &[u8; 8] = b"gwopen01";
+
+/// The registry's file could not be read as one.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("{path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: not a registry of opened sessions ({why})")]
+    Format { path: std::path::PathBuf, why: &'static str },
+}
+
+/// Opened sessions, as their [`digest`]s in sets hashed under keys of this
 /// process.
 #[derive(Debug)]
 pub struct OpenedSessions {
-    hasher: RandomState,
     half: usize,
     gens: Mutex<Generations>,
+    /// Digests inserted that were not held (what a saver asks about).
+    added: AtomicU64,
 }
 
 #[derive(Debug, Default)]
 struct Generations {
-    newer: HashSet<u64, Prehashed>,
-    older: HashSet<u64, Prehashed>,
+    newer: HashSet<u64, RandomState>,
+    older: HashSet<u64, RandomState>,
 }
 
 impl Generations {
-    fn holds(&self, h: u64) -> bool {
-        self.newer.contains(&h) || self.older.contains(&h)
-    }
-}
-
-/// The values are already keyed hashes: hashing them again adds nothing.
-#[derive(Debug, Default, Clone, Copy)]
-struct Prehashed;
-
-impl BuildHasher for Prehashed {
-    type Hasher = Passthrough;
-    fn build_hasher(&self) -> Passthrough {
-        Passthrough(0)
-    }
-}
-
-#[derive(Debug, Default)]
-struct Passthrough(u64);
-
-impl std::hash::Hasher for Passthrough {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
-        }
-    }
-    fn write_u64(&mut self, v: u64) {
-        self.0 = v;
+    fn holds(&self, d: u64) -> bool {
+        self.newer.contains(&d) || self.older.contains(&d)
     }
 }
 
 impl OpenedSessions {
     /// Holds up to `capacity` sessions (at least 2).
     pub fn new(capacity: usize) -> Self {
-        OpenedSessions { hasher: RandomState::new(), half: (capacity / 2).max(1), gens: Mutex::default() }
+        OpenedSessions { half: (capacity / 2).max(1), gens: Mutex::default(), added: AtomicU64::new(0) }
     }
 
-    fn hash(&self, session: &str) -> u64 {
-        self.keyed(digest(session))
-    }
-
-    fn keyed(&self, digest: u64) -> u64 {
-        self.hasher.hash_one(digest)
+    fn gens(&self) -> std::sync::MutexGuard<'_, Generations> {
+        // A panic elsewhere cannot leave the sets half-written: an insert is
+        // one call, so the data is usable whatever poisoned the lock.
+        self.gens.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Records sessions seen opened.
     pub fn insert_all<'a>(&self, sessions: impl IntoIterator<Item = &'a str>) {
-        self.insert_digests(sessions.into_iter().map(digest));
+        self.insert_digests(sessions.into_iter().map(digest).collect::<Vec<_>>());
     }
 
     /// Records sessions seen opened, by their [`digest`]s (another
     /// instance's, read from the decisions topic).
     pub fn insert_digests(&self, digests: impl IntoIterator<Item = u64>) {
-        let hashes: Vec<u64> = digests.into_iter().map(|d| self.keyed(d)).collect();
-        if hashes.is_empty() {
-            return;
-        }
-        // A panic elsewhere cannot leave the sets half-written: an insert is
-        // one call, so the data is usable whatever poisoned the lock.
-        let mut g = self.gens.lock().unwrap_or_else(PoisonError::into_inner);
-        for h in hashes {
+        let mut added = 0;
+        let mut g = self.gens();
+        for d in digests {
+            if g.holds(d) {
+                continue;
+            }
             if g.newer.len() >= self.half {
                 g.older = std::mem::take(&mut g.newer);
             }
-            g.newer.insert(h);
+            g.newer.insert(d);
+            added += 1;
         }
+        self.added.fetch_add(added, Ordering::Relaxed);
     }
 
     /// Whether `session` has been seen opened (and not yet forgotten).
     pub fn contains(&self, session: &str) -> bool {
-        let h = self.hash(session);
-        self.gens.lock().unwrap_or_else(PoisonError::into_inner).holds(h)
+        let d = digest(session);
+        self.gens().holds(d)
     }
 
     /// Whether a request carrying `session` counts as having a session: the
@@ -148,19 +143,55 @@ impl OpenedSessions {
     /// features count every failure bare anyway; judging the header there
     /// would put every person's post in the class while a campaign lasts.
     pub fn admits(&self, session: &str) -> bool {
-        let h = self.hash(session);
-        let g = self.gens.lock().unwrap_or_else(PoisonError::into_inner);
-        (g.newer.is_empty() && g.older.is_empty()) || g.holds(h)
+        let d = digest(session);
+        let g = self.gens();
+        (g.newer.is_empty() && g.older.is_empty()) || g.holds(d)
     }
 
     /// Sessions held.
     pub fn len(&self) -> usize {
-        let g = self.gens.lock().unwrap_or_else(PoisonError::into_inner);
+        let g = self.gens();
         g.newer.len() + g.older.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// New sessions recorded since this registry was made: a saver writes
+    /// the file again only when this moved.
+    pub fn added(&self) -> u64 {
+        self.added.load(Ordering::Relaxed)
+    }
+
+    /// Writes the digests held to `path` (whole or not at all), older
+    /// generation first, so a registry loading it forgets in the same order.
+    pub fn save(&self, path: &Path) -> Result<(), FileError> {
+        let mut bytes = MAGIC.to_vec();
+        {
+            let g = self.gens();
+            bytes.reserve(8 * (g.older.len() + g.newer.len()));
+            for d in g.older.iter().chain(g.newer.iter()) {
+                bytes.extend_from_slice(&d.to_le_bytes());
+            }
+        }
+        crate::fsutil::write_atomic(path, &bytes).map_err(|source| FileError::Io { path: path.to_path_buf(), source })
+    }
+
+    /// Takes what [`OpenedSessions::save`] wrote to `path`, the newest up
+    /// to this registry's capacity; 0 when there is no such file.
+    pub fn load(&self, path: &Path) -> Result<usize, FileError> {
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(source) => return Err(FileError::Io { path: path.to_path_buf(), source }),
+        };
+        let format = |why| FileError::Format { path: path.to_path_buf(), why };
+        let body = bytes.strip_prefix(MAGIC).ok_or(format("it does not begin with its mark"))?;
+        let digests = crate::sink::kafka::decode_digests(body).ok_or(format("it ends within a digest"))?;
+        let keep = digests.len().min(2 * self.half);
+        self.insert_digests(digests[digests.len() - keep..].iter().copied());
+        Ok(keep)
     }
 }
 
@@ -208,8 +239,30 @@ mod tests {
     }
 
     #[test]
-    fn keyed_per_process() {
-        let (a, b) = (OpenedSessions::new(10), OpenedSessions::new(10));
-        assert_ne!(a.hash("ws-1"), b.hash("ws-1"), "two registries hash alike");
+    fn kept_across_a_restart_and_refused_when_it_is_not_a_registry() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(FILE);
+        let before = OpenedSessions::new(100);
+        assert_eq!(before.load(&path).expect("no file yet"), 0);
+        before.insert_all(["ws-1", "ws-2"]);
+        before.insert_all(["ws-1"]);
+        assert_eq!(before.added(), 2, "a session opened again is not new");
+        before.save(&path).expect("save");
+        let after = OpenedSessions::new(100);
+        assert_eq!(after.load(&path).expect("load"), 2);
+        assert!(after.contains("ws-1") && after.contains("ws-2") && !after.contains("ws-3"));
+        // A smaller registry keeps the newer generation.
+        let names: Vec<String> = (0..50).map(|i| format!("s{i}")).collect();
+        let big = OpenedSessions::new(20);
+        big.insert_all(names.iter().map(String::as_str));
+        big.save(&path).expect("save");
+        let small = OpenedSessions::new(10);
+        assert_eq!(small.load(&path).expect("load"), 10);
+        assert!(names[40..].iter().all(|n| small.contains(n)), "the newest ten");
+        assert!(!small.contains("s39") && !small.contains("s0"));
+        std::fs::write(&path, b"gwopen01abc").expect("write");
+        assert!(matches!(OpenedSessions::new(10).load(&path), Err(FileError::Format { .. })));
+        std::fs::write(&path, b"not-mine-at-all!").expect("write");
+        assert!(matches!(OpenedSessions::new(10).load(&path), Err(FileError::Format { .. })));
     }
 }

@@ -77,6 +77,43 @@ impl Follower {
     }
 }
 
+/// A form post's verdict for a request from 192.0.2.99 in `session`.
+fn post_verdict(s: &Server, key: &str, session: &str) -> String {
+    let (status, v) = get(s, key, &format!("/v1/decision?ip=192.0.2.99&method=POST&path=/login&session={session}"));
+    assert_eq!(status, 200, "{v}");
+    v["action"].as_str().unwrap_or_default().to_string()
+}
+
+#[test]
+fn the_sessions_seen_opened_are_kept_across_a_restart() {
+    let (dir, pipeline, input) = common::live_setup();
+    let gateway = create_key(&pipeline, "gateway", "edge");
+    let admin = create_key(&pipeline, "admin", "ops");
+    let append = |line: String| {
+        let mut f = std::fs::OpenOptions::new().append(true).open(&input).expect("append");
+        f.write_all(line.as_bytes()).expect("write");
+    };
+    let mut server = Server::start(&pipeline, &input, &gateway);
+    server.until("ready", |s| s.json("/readyz").0 == 200);
+    assert_eq!(post(&server, &admin, "/v1/admin/decisions", &manual("class", "bare-login", "challenge")).0, 201);
+    append(common::form_opened_line("192.0.2.99", "ws-1"));
+    server.until("the engine read the page", |s| s.metric("gatewatch_opened_sessions") == 1.0);
+    assert_eq!(post_verdict(&server, &gateway, "ws-1"), "allow");
+    assert!(server.signal("-TERM").success(), "a clean stop");
+    assert!(dir.path().join("state").join(gatewatch::sessions::FILE).exists(), "saved at the stop");
+
+    // The engine follows the log from its end: the page is not read again.
+    // Another person opens a session, so the registry is not empty either way.
+    let server = Server::start(&pipeline, &input, &gateway);
+    server.until("ready", |s| s.json("/readyz").0 == 200);
+    append(common::form_opened_line("192.0.2.98", "ws-2"));
+    server.until("the engine read the new page", |s| s.metric("gatewatch_events_total") == 1.0);
+    assert_eq!(server.metric("gatewatch_opened_sessions"), 2.0, "ws-1 kept, ws-2 new");
+    assert_eq!(post_verdict(&server, &gateway, "ws-1"), "allow", "a session opened before the restart");
+    assert_eq!(post_verdict(&server, &gateway, "ws-2"), "allow");
+    assert_eq!(post_verdict(&server, &gateway, "made-up"), "challenge", "the class decision outlived the restart");
+}
+
 #[test]
 fn stream_misses_nothing_and_repeats_nothing_under_concurrent_writers() {
     let (dir, pipeline, input) = common::live_setup();
