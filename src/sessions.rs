@@ -46,6 +46,21 @@ pub fn digest(session: &str) -> u64 {
     u64::from_le_bytes(first)
 }
 
+/// Digests as bytes: eight each, little-endian (an opened-session record's
+/// payload on the decisions topic, and the registry's file).
+pub fn encode_digests(digests: &[u64]) -> Vec<u8> {
+    digests.iter().flat_map(|d| d.to_le_bytes()).collect()
+}
+
+/// What [`encode_digests`] wrote; `None` when the length is not a multiple
+/// of eight.
+pub fn decode_digests(bytes: &[u8]) -> Option<Vec<u64>> {
+    if !bytes.len().is_multiple_of(8) {
+        return None;
+    }
+    Some(bytes.chunks_exact(8).map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])).collect())
+}
+
 /// Sessions held by default: two generations of half a million digests,
 /// ~20 MB at most.
 pub const DEFAULT_HELD: usize = 1_000_000;
@@ -167,14 +182,12 @@ impl OpenedSessions {
     /// Writes the digests held to `path` (whole or not at all), older
     /// generation first, so a registry loading it forgets in the same order.
     pub fn save(&self, path: &Path) -> Result<(), FileError> {
-        let mut bytes = MAGIC.to_vec();
-        {
+        let digests: Vec<u64> = {
             let g = self.gens();
-            bytes.reserve(8 * (g.older.len() + g.newer.len()));
-            for d in g.older.iter().chain(g.newer.iter()) {
-                bytes.extend_from_slice(&d.to_le_bytes());
-            }
-        }
+            g.older.iter().chain(g.newer.iter()).copied().collect()
+        };
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend_from_slice(&encode_digests(&digests));
         crate::fsutil::write_atomic(path, &bytes).map_err(|source| FileError::Io { path: path.to_path_buf(), source })
     }
 
@@ -188,7 +201,7 @@ impl OpenedSessions {
         };
         let format = |why| FileError::Format { path: path.to_path_buf(), why };
         let body = bytes.strip_prefix(MAGIC).ok_or(format("it does not begin with its mark"))?;
-        let digests = crate::sink::kafka::decode_digests(body).ok_or(format("it ends within a digest"))?;
+        let digests = decode_digests(body).ok_or(format("it ends within a digest"))?;
         let keep = digests.len().min(2 * self.half);
         self.insert_digests(digests[digests.len() - keep..].iter().copied());
         Ok(keep)
@@ -226,6 +239,16 @@ mod tests {
         // The newest half is always held; the oldest is long gone.
         assert!(names[995..].iter().all(|n| s.contains(n)));
         assert!(!s.contains("s0") && !s.contains("s500"));
+    }
+
+    #[test]
+    fn digests_survive_their_bytes_and_cut_bytes_are_refused() {
+        let ds = [0u64, 1, u64::MAX, digest("ws-1")];
+        let bytes = encode_digests(&ds);
+        assert_eq!(bytes.len(), 32);
+        assert_eq!(decode_digests(&bytes).as_deref(), Some(&ds[..]));
+        assert_eq!(decode_digests(&bytes[..31]), None);
+        assert_eq!(decode_digests(&[]).as_deref(), Some(&[][..]));
     }
 
     #[test]

@@ -32,11 +32,9 @@ use super::store::StoreError;
 use crate::decision::Decision;
 use crate::features::EntityType;
 use crate::metrics::Metrics;
-use crate::sessions::OpenedSessions;
+use crate::sessions::{OpenedSessions, decode_digests};
 use crate::sink::SinkError;
-use crate::sink::kafka::{
-    DECISION_ID_HEADER, KafkaSinkSpec, OPENED_SESSIONS, RECORD_HEADER, client_error, decode_digests,
-};
+use crate::sink::kafka::{DECISION_ID_HEADER, KafkaSinkSpec, OPENED_SESSIONS, RECORD_HEADER, client_error};
 
 /// One record of the decisions topic, read.
 #[derive(Debug, Clone, PartialEq)]
@@ -610,7 +608,7 @@ mod tests {
         assert!(read_record(Some(b"ip:x"), None, Some(b"seven"), None).is_err());
         assert!(read_record(None, None, None, None).is_err());
         assert!(read_record(Some(b"ip:x"), Some(b"{"), None, None).is_err());
-        let digests = crate::sink::kafka::encode_digests(&[7, 9]);
+        let digests = crate::sessions::encode_digests(&[7, 9]);
         let opened = Some(OPENED_SESSIONS.as_bytes());
         assert_eq!(
             read_record(Some(b"opened-sessions:1:0"), Some(&digests), None, opened),

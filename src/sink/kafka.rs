@@ -46,6 +46,7 @@ use crate::event::col;
 use crate::features::EntityType;
 use crate::kafka::{Deliveries, KafkaClient};
 use crate::repartition::{Frame, FrameKind};
+use crate::sessions::encode_digests;
 use crate::source::Position;
 
 /// The header of a tombstone naming the decision it ends.
@@ -60,22 +61,6 @@ pub const OPENED_SESSIONS: &str = "opened_sessions";
 pub const OPENED_SLOTS: u64 = 64;
 /// Digests per opened-session record at most (64 KiB).
 const OPENED_PER_RECORD: usize = 8192;
-
-/// Digests as an opened-session record's payload.
-pub fn encode_digests(digests: &[u64]) -> Vec<u8> {
-    digests.iter().flat_map(|d| d.to_le_bytes()).collect()
-}
-
-/// An opened-session record's digests; `None` when its length is not a
-/// multiple of eight.
-pub fn decode_digests(payload: &[u8]) -> Option<Vec<u64>> {
-    if !payload.len().is_multiple_of(8) {
-        return None;
-    }
-    Some(
-        payload.chunks_exact(8).map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])).collect(),
-    )
-}
 
 /// The key of an entity's decisions: `entity_type:entity` (an entity may
 /// hold colons, an IPv6 address does; the type never does).
@@ -816,15 +801,5 @@ mod tests {
     fn keys_hold_the_entity_whole() {
         assert_eq!(decision_key(EntityType::Ip, "2001:db8::1"), "ip:2001:db8::1");
         assert_eq!(decision_key(EntityType::ApiKey, "k"), "api_key:k");
-    }
-
-    #[test]
-    fn digests_survive_the_record_and_a_cut_record_is_refused() {
-        let ds = [0u64, 1, u64::MAX, crate::sessions::digest("ws-1")];
-        let bytes = encode_digests(&ds);
-        assert_eq!(bytes.len(), 32);
-        assert_eq!(decode_digests(&bytes).as_deref(), Some(&ds[..]));
-        assert_eq!(decode_digests(&bytes[..31]), None);
-        assert_eq!(decode_digests(&[]).as_deref(), Some(&[][..]));
     }
 }
