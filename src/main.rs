@@ -787,11 +787,10 @@ fn live(
     let purge_stop = Arc::new(AtomicBool::new(false));
     // An engine keeps its opened sessions across restarts (an API instance
     // reads them from the decisions topic again).
-    let keep_sessions = SessionsKeeper::for_role(role, &state);
+    let mut keep_sessions = SessionsKeeper::for_role(role, &state);
     let purger = {
         let (store, stop, metrics) = (store.clone(), purge_stop.clone(), state.metrics.clone());
         let publisher = publisher.clone();
-        let mut keep_sessions = keep_sessions.clone();
         std::thread::Builder::new().name("purge".into()).spawn(move || {
             let mut last = std::time::Instant::now();
             let mut refused = 0;
@@ -823,6 +822,7 @@ fn live(
                 }
                 std::thread::sleep(std::time::Duration::from_millis(100));
             }
+            keep_sessions
         })?
     };
     let workers = if api_workers > 0 {
@@ -881,7 +881,8 @@ fn live(
     // Stop intake, drain, flush sinks, persist: the engine thread finishes its run.
     stop.store(true, Ordering::Relaxed);
     purge_stop.store(true, Ordering::Relaxed);
-    let _ = purger.join();
+    // The keeper comes back for a last save once the engine has finished.
+    let keep_sessions = purger.join().ok().flatten();
     if let Some(p) = &publisher {
         p.flush();
     }
@@ -905,7 +906,6 @@ fn live(
 
 /// Writes an engine's opened sessions to its state directory
 /// ([`gatewatch::sessions::FILE`]) when new ones were recorded.
-#[derive(Clone)]
 struct SessionsKeeper {
     sessions: std::sync::Arc<gatewatch::sessions::OpenedSessions>,
     path: PathBuf,

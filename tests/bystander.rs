@@ -4,9 +4,9 @@
 //! address there all along, and walks no ids, must not be blocked with it,
 //! and must not become a way around the block once it starts walking ids.
 
-use std::path::Path;
+mod common;
 
-use gatewatch::config::Pipeline;
+use common::labelled::Labelled;
 use gatewatch::decision::{Action, Decision};
 use gatewatch::eval::{self, EvalConfig};
 use gatewatch::features::EntityType;
@@ -18,26 +18,21 @@ const NEWCOMER: &str = "203.0.113.50";
 /// When the monitor starts walking ids itself.
 const TURNS: i64 = T0 + 90 * MIN;
 
-struct Traffic {
-    lines: Vec<(i64, String)>,
-    labels: Vec<(i64, String)>,
-}
+#[derive(Default)]
+struct Traffic(Labelled);
 
 impl Traffic {
     fn push(&mut self, ts: i64, ip: &str, path: &str, scenario: &str, attack: bool) {
-        let n = self.lines.len();
-        self.lines.push((
+        let n = self.0.next();
+        self.0.push(
             ts,
             format!(
                 r#"{{"ts":{ts},"client_ip":"{ip}","method":"GET","path":"{path}","status":200,"request_id":"r{n}","user_agent":"{scenario}/1.0"}}"#
             ),
-        ));
-        self.labels.push((
-            ts,
             format!(
                 r#"{{"ts":{ts},"request_id":"r{n}","scenario":"{scenario}","attack":{attack},"ip":"{ip}","ua":"{scenario}/1.0"}}"#
             ),
-        ));
+        );
     }
 }
 
@@ -46,7 +41,7 @@ impl Traffic {
 /// per 10 minutes (below `enumeration-ip`'s 100); a newcomer appears in the
 /// /24 after the subnet is denied; the monitor turns scraper at 90 minutes.
 fn traffic() -> Traffic {
-    let mut t = Traffic { lines: Vec::new(), labels: Vec::new() };
+    let mut t = Traffic::default();
     let mut ts = T0;
     while ts < T0 + 180 * MIN {
         if ts < TURNS {
@@ -65,30 +60,12 @@ fn traffic() -> Traffic {
     for s in 0..(30 * 60 / 8) {
         t.push(TURNS + s * 8_000, MONITOR, &format!("/api/v1/products/{}", 50_000 + s), "monitor-turned", true);
     }
-    t.lines.sort_by_key(|l| l.0);
-    t.labels.sort_by_key(|l| l.0);
     t
-}
-
-fn write(path: &Path, lines: &[(i64, String)]) {
-    let mut text: String = lines.iter().map(|l| l.1.as_str()).collect::<Vec<_>>().join("\n");
-    text.push('\n');
-    std::fs::write(path, text).expect("write");
 }
 
 fn replay() -> (tempfile::TempDir, Vec<Decision>) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let t = traffic();
-    write(&dir.path().join("access.jsonl"), &t.lines);
-    write(&dir.path().join("labels.jsonl"), &t.labels);
-    let p = Pipeline::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/default.toml")).expect("pipeline");
-    let s = gatewatch::driver::replay_file(p, &dir.path().join("access.jsonl"), None, &dir.path().join("out"), false)
-        .expect("replay");
-    eprintln!("{}", s.line());
-    let decisions = eval::read_decisions(&dir.path().join("out/decisions.jsonl")).expect("decisions");
-    for d in &decisions {
-        eprintln!("{}", serde_json::to_string(d).unwrap_or_default());
-    }
+    let (_, decisions) = traffic().0.replay(dir.path());
     (dir, decisions)
 }
 

@@ -530,10 +530,23 @@ fn start_role(pipeline: &Path, role: &str, key: &str) -> common::Server {
     common::Server { child, addr, key: key.to_string() }
 }
 
-fn action(s: &common::Server, ip: &str) -> String {
-    let (status, v) = s.json(&format!("/v1/decision?ip={ip}"));
+/// The sinks of an instance that shares decisions on the topic `decided`.
+fn decisions_sink(brokers: &str, decided: &str) -> String {
+    format!(
+        "[[sinks]]\ntype = \"dead_letters\"\n[[sinks]]\ntype = \"kafka\"\nbrokers = \"{brokers}\"\n\
+         decisions_topic = \"{decided}\"\n"
+    )
+}
+
+/// The action `/v1/decision?{query}` answers at an instance.
+fn verdict(s: &common::Server, query: &str) -> String {
+    let (status, v) = s.json(&format!("/v1/decision?{query}"));
     assert_eq!(status, 200, "{v}");
     v["action"].as_str().unwrap_or_default().to_string()
+}
+
+fn action(s: &common::Server, ip: &str) -> String {
+    verdict(s, &format!("ip={ip}"))
 }
 
 #[test]
@@ -541,10 +554,7 @@ fn api_instances_serve_the_engines_decisions_and_agree_on_what_operators_do() {
     let Some(brokers) = brokers() else { return };
     let dir = tempfile::tempdir().expect("tempdir");
     let (topic, decided) = (unique("access"), unique("decisions"));
-    let sink = format!(
-        "[[sinks]]\ntype = \"dead_letters\"\n[[sinks]]\ntype = \"kafka\"\nbrokers = \"{brokers}\"\n\
-         decisions_topic = \"{decided}\"\n"
-    );
+    let sink = decisions_sink(&brokers, &decided);
     // Each instance has its own state directory (and keys), as on its own machine.
     let engine_p = pipeline(dir.path(), &brokers, &topic, &unique("engine"), &sink);
     let (a_p, b_p, c_p) = (
@@ -618,9 +628,7 @@ fn api_instances_serve_the_engines_decisions_and_agree_on_what_operators_do() {
 /// A form post's verdict at an instance: the class `bare-login` applies
 /// unless the session was seen opened.
 fn post_verdict(s: &common::Server, session: &str) -> String {
-    let (status, v) = s.json(&format!("/v1/decision?ip=192.0.2.99&method=POST&path=/login&session={session}"));
-    assert_eq!(status, 200, "{v}");
-    v["action"].as_str().unwrap_or_default().to_string()
+    verdict(s, &format!("ip=192.0.2.99&method=POST&path=/login&session={session}"))
 }
 
 #[test]
@@ -628,10 +636,7 @@ fn api_instances_tell_a_session_an_engine_saw_opened_from_a_made_up_one() {
     let Some(brokers) = brokers() else { return };
     let dir = tempfile::tempdir().expect("tempdir");
     let (topic, decided) = (unique("access"), unique("decisions"));
-    let sink = format!(
-        "[[sinks]]\ntype = \"dead_letters\"\n[[sinks]]\ntype = \"kafka\"\nbrokers = \"{brokers}\"\n\
-         decisions_topic = \"{decided}\"\n"
-    );
+    let sink = decisions_sink(&brokers, &decided);
     let engine_p = pipeline(dir.path(), &brokers, &topic, &unique("engine"), &sink);
     let (a_p, b_p) = (
         pipeline(dir.path(), &brokers, &topic, &unique("api-a"), &sink),

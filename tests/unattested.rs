@@ -6,9 +6,9 @@
 //! account holder is not the script the rule is for, and must not be
 //! challenged for using the app a lot.
 
-use std::path::Path;
+mod common;
 
-use gatewatch::config::Pipeline;
+use common::labelled::Labelled;
 use gatewatch::decision::Decision;
 use gatewatch::eval::{self, EvalConfig};
 
@@ -17,24 +17,19 @@ const MIN: i64 = 60_000;
 const HOLDER: &str = "198.51.100.20";
 const SCRIPT: &str = "198.51.100.30";
 
-struct Traffic {
-    lines: Vec<(i64, String)>,
-    labels: Vec<(i64, String)>,
-}
+#[derive(Default)]
+struct Traffic(Labelled);
 
 impl Traffic {
     fn push(&mut self, ts: i64, ip: &str, fields: &str, scenario: &str, attack: bool) {
-        let n = self.lines.len();
-        self.lines.push((
+        let n = self.0.next();
+        self.0.push(
             ts,
             format!(
                 r#"{{"ts":{ts},"client_ip":"{ip}","status":200,"request_id":"r{n}","user_agent":"okhttp/4.12.0","api_key_id":"mobile-android","signature":"valid",{fields}}}"#
             ),
-        ));
-        self.labels.push((
-            ts,
             format!(r#"{{"ts":{ts},"request_id":"r{n}","scenario":"{scenario}","attack":{attack},"ip":"{ip}"}}"#),
-        ));
+        );
     }
 }
 
@@ -42,7 +37,7 @@ impl Traffic {
 /// account holder signs in, then browses signed in; the script, from 30
 /// minutes in, reads products by scattered ids with no account.
 fn traffic() -> Traffic {
-    let mut t = Traffic { lines: Vec::new(), labels: Vec::new() };
+    let mut t = Traffic::default();
     let holder = r#""user_id":"m1@mail.example","device_id":"d-1","session_id":"rf-1","attestation":"invalid","auth_result":"ok""#;
     t.push(
         T0,
@@ -66,31 +61,14 @@ fn traffic() -> Traffic {
             true,
         );
     }
-    t.lines.sort_by_key(|l| l.0);
-    t.labels.sort_by_key(|l| l.0);
     t
-}
-
-fn write(path: &Path, lines: &[(i64, String)]) {
-    let mut text: String = lines.iter().map(|l| l.1.as_str()).collect::<Vec<_>>().join("\n");
-    text.push('\n');
-    std::fs::write(path, text).expect("write");
 }
 
 #[test]
 fn an_account_holder_whose_phone_fails_attestation_is_not_the_script_with_the_key() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let t = traffic();
-    write(&dir.path().join("access.jsonl"), &t.lines);
-    write(&dir.path().join("labels.jsonl"), &t.labels);
-    let p = Pipeline::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/default.toml")).expect("pipeline");
-    let s = gatewatch::driver::replay_file(p, &dir.path().join("access.jsonl"), None, &dir.path().join("out"), false)
-        .expect("replay");
+    let (s, decisions) = traffic().0.replay(dir.path());
     assert_eq!(s.dead_letters, 0, "{}", s.line());
-    let decisions = eval::read_decisions(&dir.path().join("out/decisions.jsonl")).expect("decisions");
-    for d in &decisions {
-        eprintln!("{}", serde_json::to_string(d).unwrap_or_default());
-    }
     let on = |entity: &str| decisions.iter().filter(|d| d.entity == entity).collect::<Vec<&Decision>>();
     assert!(on(HOLDER).is_empty(), "the account holder was judged: {:?}", on(HOLDER));
     let script = on(SCRIPT);

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod clickhouse;
+pub mod labelled;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
