@@ -5,7 +5,7 @@ mod common;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use gatewatch::event::{EventBatchBuilder, Format, parse_line};
-use gatewatch::features::{FeatureConfig, FeatureEngine};
+use gatewatch::features::{EntityType, FeatureConfig, FeatureEngine};
 use gatewatch::simulate::OutFormat;
 
 fn batches(n: usize) -> Vec<gatewatch::arrow::record_batch::RecordBatch> {
@@ -43,6 +43,25 @@ fn bench(c: &mut Criterion) {
     g.bench_function("ingest_with_ticks", |b| {
         b.iter_batched(
             || FeatureEngine::new(FeatureConfig::default()),
+            |mut f| {
+                for batch in &input {
+                    std::hint::black_box(f.ingest(batch).expect("ingest"));
+                }
+                f
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    g.bench_function("ingest_with_ticks_and_networks", |b| {
+        // As a pipeline with a network rule keeps them: a seventh table.
+        let mut judged = [true; EntityType::COUNT];
+        judged[EntityType::Class.index()] = false;
+        b.iter_batched(
+            || {
+                let mut f = FeatureEngine::new(FeatureConfig::default());
+                f.set_judged(judged);
+                f
+            },
             |mut f| {
                 for batch in &input {
                     std::hint::black_box(f.ingest(batch).expect("ingest"));

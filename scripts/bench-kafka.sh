@@ -168,7 +168,7 @@ wait "${pids[@]}" 2>/dev/null || true
 
 # Each saturated instance against a file replay of the lines it read: its
 # partitions' lines, in the log's order (librdkafka's default partitioner is
-# CRC-32 of the key, the client's subnet: crate::kafka::key_and_time; the
+# CRC-32 of the key, the client's /24 or IPv6 /48: crate::kafka::key_and_time; the
 # instance's partitions are the ones whose lines add up to its event count).
 # Like with like: this says what reading from Kafka and sharing the work
 # cost, apart from what a smaller input costs per event. JSON logs only.
@@ -184,7 +184,7 @@ def part(line):
         o = str(ip).split(".")
         key = f"{o[0]}.{o[1]}.{o[2]}.0/24"
     else:
-        key = f"{ipaddress.ip_network(f'{ip}/64', strict=False).network_address}/64"
+        key = f"{ipaddress.ip_network(f'{ip}/48', strict=False).network_address}/48"
     return zlib.crc32(key.encode()) % parts
 lines = open(log).readlines()
 where = [part(l) for l in lines]

@@ -715,7 +715,7 @@ fn kafka_input_from(
                         e.span(),
                         key,
                         format!(
-                            "'{name}' (for '{topic}') is not an entity type: ip, cidr, user, api_key, device, session"
+                            "'{name}' (for '{topic}') is not an entity type: ip, cidr, user, api_key, device, session, network"
                         ),
                     )
                 })?;
@@ -772,7 +772,7 @@ fn kafka_sink_from(
                         r.span(),
                         "sinks.repartition",
                         format!(
-                            "'{name}' is not an entity type events can be keyed by: ip, user, api_key, device, session"
+                            "'{name}' is not an entity type events can be keyed by: ip, user, api_key, device, session, network"
                         ),
                     )
                 })?;
@@ -1329,10 +1329,11 @@ impl Pipeline {
                 }
                 let spare = match &v.spare {
                     None => None,
-                    Some(_) if entity != EntityType::Cidr => {
+                    Some(_) if !entity.is_range() => {
                         return Err(bad(
                             span,
-                            "spare: only a cidr rule's decision covers addresses other than its entity".into(),
+                            "spare: only a cidr or network rule's decision covers addresses other than its entity"
+                                .into(),
                         ));
                     }
                     Some(s) if s.get_ref().trim().is_empty() => {
@@ -1649,7 +1650,7 @@ reason = "too fast"
     #[test]
     fn spare_is_a_cidr_rules_own_and_names_its_line() {
         let e = load(&format!("{RULE}spare = \"age_s >= 600\"\n")).unwrap_err().to_string();
-        assert!(e.starts_with("test.toml:") && e.contains("spare: only a cidr rule"), "{e}");
+        assert!(e.starts_with("test.toml:") && e.contains("spare: only a cidr or network rule"), "{e}");
         let cidr = RULE.replace("entity = \"ip\"", "entity = \"cidr\"");
         let p = load(&format!("{cidr}spare = \"age_s >= 600\"\n")).unwrap();
         assert_eq!(p.rules[0].spare, Some(("age_s >= 600".to_string(), 9)));
@@ -1748,7 +1749,7 @@ reason = "too fast"
             "[input.kafka]\nbrokers = \"k:9092\"\ntopics = [\"logs\", \"by-user\"]\ngroup = \"g\"\n\
              [input.kafka.entities]\nlogs = [\"ip\", \"subnet\"]\nby-user = [\"user\"]\n\
              [[sinks]]\ntype = \"dead_letters\"\n[[sinks]]\ntype = \"kafka\"\nbrokers = \"k:1\"\nrepartition_partitions = 12\n\
-             [sinks.repartition]\nuser = \"by-user\"\napi_key = \"by-key\"\n",
+             [sinks.repartition]\nuser = \"by-user\"\napi_key = \"by-key\"\nnetwork = \"by-network\"\n",
         )
         .unwrap();
         assert_eq!(p.input.kafka.as_ref().map(|k| k.entities.clone()), Some(vec![0b11, 0b100]));
@@ -1756,7 +1757,11 @@ reason = "too fast"
         use crate::features::EntityType;
         assert_eq!(
             s.repartition,
-            vec![(EntityType::ApiKey, "by-key".to_string()), (EntityType::User, "by-user".to_string())]
+            vec![
+                (EntityType::ApiKey, "by-key".to_string()),
+                (EntityType::Network, "by-network".to_string()),
+                (EntityType::User, "by-user".to_string())
+            ]
         );
         assert_eq!(s.repartition_partitions, 12);
         assert_eq!(s.learn_wait_ms, crate::sink::KafkaSinkSpec::DEFAULT_LEARN_WAIT_MS);

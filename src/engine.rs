@@ -137,8 +137,8 @@ struct Compiled {
     rule_columns: Vec<Vec<(usize, &'static str)>>,
     shared: crate::detect::Predicate,
     shared_columns: Vec<(usize, &'static str)>,
-    judged: [bool; 7],
-    needed: [[bool; features::NF]; 7],
+    judged: [bool; EntityType::COUNT],
+    needed: [[bool; features::NF]; EntityType::COUNT],
 }
 
 impl Compiled {
@@ -154,8 +154,8 @@ impl Compiled {
             "decisions.shared_when",
         )?;
         let shared_columns = referenced_features(&decisions.shared_when);
-        let mut judged = [false; 7];
-        let mut needed = [[false; features::NF]; 7];
+        let mut judged = [false; EntityType::COUNT];
+        let mut needed = [[false; features::NF]; EntityType::COUNT];
         for (r, cols) in rules.rules().iter().zip(&rule_columns) {
             let t = r.spec.entity.index();
             judged[t] = true;
@@ -708,7 +708,8 @@ impl Engine {
                     .as_any()
                     .downcast_ref::<StringArray>()
                     .ok_or_else(|| ArrowError::SchemaError("features.entity is not Utf8".into()))?;
-                let shareable = matches!(t, EntityType::Ip | EntityType::Cidr | EntityType::ApiKey);
+                let shareable =
+                    matches!(t, EntityType::Ip | EntityType::Cidr | EntityType::Network | EntityType::ApiKey);
                 let shared = if shareable {
                     self.shared
                         .matches(&batch)
@@ -825,6 +826,9 @@ impl Engine {
         shared: bool,
         c: Candidate,
     ) -> Result<bool, EngineError> {
+        // A network's decision is a range, as a subnet's is: allowlisted,
+        // stored, served and escalated as one.
+        let (judged_as, t) = (t, t.decided_as());
         if self.allowlist.load().protects_entity(t, entity) {
             self.summary.suppressed_by_allowlist += 1;
             return Ok(false);
@@ -845,7 +849,11 @@ impl Engine {
             ));
         }
         let spared = match c.spare {
-            Some(rule) if t == EntityType::Cidr => self.spared(rule, entity, now)?,
+            Some(rule) if judged_as.is_range() => {
+                let store = if c.shadow { &self.shadow_store } else { &self.store };
+                let only = store.spared_in_force(t, entity, action, now).map(<[_]>::to_vec);
+                self.spared(rule, entity, only.as_deref(), now)?
+            }
             _ => Vec::new(),
         };
         let proposal = Proposal {
@@ -882,12 +890,24 @@ impl Engine {
     }
 
     /// The addresses of `subnet` that rule `rule`'s `spare` leaves out of its
-    /// decision, sorted (see [`crate::config::RuleSpec::spare`]).
-    fn spared(&mut self, rule: usize, subnet: &str, now: i64) -> Result<Vec<std::net::IpAddr>, EngineError> {
+    /// decision, sorted (see [`crate::config::RuleSpec::spare`]); among
+    /// `only` when a decision in force limits them (judging those few again
+    /// instead of every address of a /16 or /48 held, on every tick).
+    fn spared(
+        &mut self,
+        rule: usize,
+        subnet: &str,
+        only: Option<&[std::net::IpAddr]>,
+        now: i64,
+    ) -> Result<Vec<std::net::IpAddr>, EngineError> {
         let Some(spare) = &self.rules.rules()[rule].spare else {
             return Ok(Vec::new());
         };
-        let Some((addrs, rows)) = self.features.addresses_in(subnet, now)? else {
+        let held = match only {
+            Some(addrs) => self.features.addresses(addrs, now)?,
+            None => self.features.addresses_in(subnet, now)?,
+        };
+        let Some((addrs, rows)) = held else {
             return Ok(Vec::new());
         };
         let keep = spare.matches(&rows).map_err(|source| EvalError { rule: spare.sql.clone(), source })?;

@@ -98,10 +98,11 @@ pub enum KafkaError {
 pub const RESERVED: [&str; 4] = ["enable.auto.commit", "enable.auto.offset.store", "group.id", "bootstrap.servers"];
 
 /// The key and timestamp a log line is produced with. The key is the client
-/// address's subnet (IPv4 /24, IPv6 /64, as the engine's `cidr` entity), so
-/// every request of an address *and* of its subnet lands in one partition, in
-/// order, and the one instance that reads it holds both entities' complete
-/// features (docs/SCALING.md). The timestamp is the line's event time, which
+/// address's network where it has one (IPv6 /48, the engine's `network`
+/// entity), else its subnet (IPv4 /24, its `cidr`): every request of an
+/// address, of its subnet *and* of its network lands in one partition, in
+/// order, and the one instance that reads it holds the three entities'
+/// complete features (docs/SCALING.md). The timestamp is the line's event time, which
 /// the source merges partitions by. `None` when the line cannot be read (it is
 /// still sent, without a key, and becomes a dead letter where it is consumed).
 pub fn key_and_time(
@@ -111,7 +112,7 @@ pub fn key_and_time(
 ) -> Option<(String, i64)> {
     let e = crate::event::parse_line(line, format, mapping).ok()?;
     let ip: std::net::IpAddr = e.client_ip.parse().ok()?;
-    Some((crate::features::subnet_of(ip), e.ts_ms))
+    Some((crate::features::partition_key_of(ip), e.ts_ms))
 }
 
 /// The longest a message of several lines spans, in event time.
@@ -222,9 +223,9 @@ pub fn produce(
     };
     let n = lines_per_message.max(1);
     let mut out = Produced::default();
-    // Lines waiting for their subnet's message to fill: (lines, first line's
+    // Lines waiting for their network's message to fill: (lines, first line's
     // time, count), and the order they started in. A message holds at most
-    // one second of its subnet's lines, as a shipper's batch does: lines
+    // one second of its network's lines, as a shipper's batch does: lines
     // minutes apart in one message would reach the engine minutes early.
     let mut pending: HashMap<String, (Vec<u8>, i64, usize)> = HashMap::new();
     let mut started: std::collections::VecDeque<(i64, String)> = std::collections::VecDeque::new();
@@ -254,7 +255,7 @@ pub fn produce(
                 // Messages whose first line is more than a second older than this one go now.
                 while let Some((t0, k)) = started.front().filter(|(t0, _)| *t0 < ts - BATCH_SPAN_MS).cloned() {
                     started.pop_front();
-                    // (A message of the same subnet that started later keeps its own entry.)
+                    // (A message of the same network that started later keeps its own entry.)
                     if pending.get(&k).is_some_and(|(_, t, _)| *t == t0)
                         && let Some((body, t, _)) = pending.remove(&k)
                     {

@@ -164,7 +164,7 @@ enum Command {
         role: RunRole,
     },
     /// Send a log file to a Kafka topic, a line per message keyed by its
-    /// client's subnet (/24, /64) and stamped with its event time (demos,
+    /// client's /24 (an IPv6 client's /48) and stamped with its event time (demos,
     /// tests, backfills).
     Produce {
         /// Log file to send, or - for stdin.

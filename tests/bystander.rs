@@ -8,7 +8,6 @@ mod common;
 
 use common::labelled::Labelled;
 use gatewatch::decision::{Action, Decision};
-use gatewatch::eval::{self, EvalConfig};
 use gatewatch::features::EntityType;
 
 const T0: i64 = 1_795_860_000_000; // 2026-11-28T10:00:00Z
@@ -103,14 +102,8 @@ fn a_subnet_decision_spares_an_established_bystander_until_it_takes_part() {
         }
     }
 
-    let report = eval::evaluate(
-        &dir.path().join("labels.jsonl"),
-        &decisions,
-        &gatewatch::config::Allowlist::default(),
-        &EvalConfig::default(),
-    )
-    .expect("eval");
-    let scenario = |name: &str| report.scenarios.iter().find(|s| s.scenario == name).expect(name).clone();
+    let report = common::labelled::evaluate(dir.path(), &decisions);
+    let scenario = |name: &str| report.scenario(name).expect(name).clone();
     assert_eq!(scenario("uptime").blocked, 0, "the bystander's checks went through");
     let scraper = scenario("scraper");
     assert!(scraper.blocked_after_grace as f64 >= 0.95 * scraper.requests_after_grace as f64, "{scraper:?}");

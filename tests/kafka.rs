@@ -967,7 +967,7 @@ fn repartition_topics_carry_each_event_once_per_entity_to_the_engines_that_keep_
         &brokers,
         &topic,
         &addr_group,
-        &format!("[input.kafka.entities]\n\"{topic}\" = [\"ip\", \"cidr\"]\n{}", kafka_sink(&repartition)),
+        &format!("[input.kafka.entities]\n\"{topic}\" = [\"ip\", \"cidr\", \"network\"]\n{}", kafka_sink(&repartition)),
     );
     // The entity engines read the four repartition topics (the helper's one
     // topic name, widened to a list).

@@ -10,7 +10,6 @@ mod common;
 
 use common::labelled::Labelled;
 use gatewatch::decision::Decision;
-use gatewatch::eval::{self, EvalConfig};
 
 const T0: i64 = 1_795_860_000_000; // 2026-11-28T10:00:00Z
 const MIN: i64 = 60_000;
@@ -76,14 +75,8 @@ fn an_account_holder_whose_phone_fails_attestation_is_not_the_script_with_the_ke
     assert!(first.source.contains("unattested-app-client"), "{first:?}");
     assert!(first.created_ms <= T0 + 45 * MIN, "{} s after it began", (first.created_ms - T0 - 30 * MIN) / 1000);
 
-    let report = eval::evaluate(
-        &dir.path().join("labels.jsonl"),
-        &decisions,
-        &gatewatch::config::Allowlist::default(),
-        &EvalConfig::default(),
-    )
-    .expect("eval");
-    let scenario = |name: &str| report.scenarios.iter().find(|s| s.scenario == name).expect(name).clone();
+    let report = common::labelled::evaluate(dir.path(), &decisions);
+    let scenario = |name: &str| report.scenario(name).expect(name).clone();
     assert_eq!(scenario("rooted-phone").blocked, 0);
     let key = scenario("extracted-key");
     assert!(key.blocked_after_grace as f64 >= 0.95 * key.requests_after_grace as f64, "{key:?}");

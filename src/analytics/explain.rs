@@ -116,6 +116,7 @@ fn entity_expr(t: EntityType) -> &'static str {
     match t {
         EntityType::Ip => "client_ip",
         EntityType::Cidr => "subnet(client_ip)",
+        EntityType::Network => "network(client_ip)",
         EntityType::User => "user_id",
         EntityType::ApiKey => "api_key_id",
         EntityType::Device => "device_id",
@@ -544,6 +545,7 @@ fn plural(entity_type: &str, n: u64) -> String {
     let name = match entity_type {
         "ip" => "address",
         "cidr" => "subnet",
+        "network" => "network",
         "api_key" => "API key",
         other => other,
     };

@@ -119,6 +119,7 @@ async fn register(ctx: SessionContext, data_dir: &Path) -> Result<SessionContext
         ctx.register_table(t, Arc::new(empty))?;
     }
     ctx.register_udf(udf::subnet());
+    ctx.register_udf(udf::network());
     if ctx.table_exist("events")? {
         ctx.sql(EVENT_ENTITIES).await?;
     }
@@ -129,10 +130,13 @@ async fn register(ctx: SessionContext, data_dir: &Path) -> Result<SessionContext
 /// (`entity_type`, `entity`, as decisions and features name them), so that
 /// "the requests of a decided entity" is one equi-join whatever its type.
 /// Addresses map to their subnet (IPv4 /24, IPv6 /64) as the engine's
-/// `cidr` entity does ([`udf::subnet`]).
+/// `cidr` entity does ([`udf::subnet`]), and IPv6 addresses to their
+/// network (/48, [`udf::network`]) under `cidr` too, the type a network's
+/// decisions are published as: both are address ranges.
 pub const EVENT_ENTITIES: &str = "CREATE VIEW event_entities AS
     SELECT 'ip' AS entity_type, client_ip AS entity, * FROM events
     UNION ALL SELECT 'cidr' AS entity_type, subnet(client_ip) AS entity, * FROM events
+    UNION ALL SELECT 'cidr' AS entity_type, network(client_ip) AS entity, * FROM events WHERE network(client_ip) IS NOT NULL
     UNION ALL SELECT 'user' AS entity_type, user_id AS entity, * FROM events WHERE user_id IS NOT NULL
     UNION ALL SELECT 'api_key' AS entity_type, api_key_id AS entity, * FROM events WHERE api_key_id IS NOT NULL
     UNION ALL SELECT 'device' AS entity_type, device_id AS entity, * FROM events WHERE device_id IS NOT NULL

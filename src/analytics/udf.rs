@@ -14,20 +14,27 @@ use datafusion::logical_expr::{ColumnarValue, ScalarUDF, Volatility, create_udf}
 /// expression that would have to agree with it, and cannot for IPv6's
 /// compressed forms.
 pub fn subnet() -> ScalarUDF {
+    address_udf("subnet", crate::features::entity::subnet_of)
+}
+
+/// `network(client_ip)`: the network entity of an address as the engine
+/// names it (an IPv6 address's `/48`; NULL for IPv4, which has none).
+pub fn network() -> ScalarUDF {
+    address_udf("network", crate::features::entity::network_of)
+}
+
+fn address_udf<T: Into<Option<String>> + 'static>(name: &str, of: fn(std::net::IpAddr) -> T) -> ScalarUDF {
     create_udf(
-        "subnet",
+        name,
         vec![DataType::Utf8],
         DataType::Utf8,
         Volatility::Immutable,
-        Arc::new(|args: &[ColumnarValue]| {
+        Arc::new(move |args: &[ColumnarValue]| {
             let arrays = ColumnarValue::values_to_arrays(args)?;
             let ips = as_string_array(&arrays[0])?;
             let mut out = StringBuilder::with_capacity(ips.len(), ips.len() * 16);
             for ip in ips.iter() {
-                match ip.and_then(|s| s.parse::<std::net::IpAddr>().ok()) {
-                    Some(ip) => out.append_value(crate::features::entity::subnet_of(ip)),
-                    None => out.append_null(),
-                }
+                out.append_option(ip.and_then(|s| s.parse::<std::net::IpAddr>().ok()).and_then(|ip| of(ip).into()));
             }
             let out: ArrayRef = Arc::new(out.finish());
             Ok(ColumnarValue::Array(out))
@@ -44,9 +51,10 @@ mod tests {
     async fn subnet_names_subnets_as_the_engine_does() {
         let ctx = SessionContext::new();
         ctx.register_udf(subnet());
+        ctx.register_udf(network());
         let batches = ctx
             .sql(
-                "SELECT subnet(x) AS s FROM (VALUES ('203.0.113.9'), ('2001:db8:1:2:3:4:5:6'), ('fe80::1'), \
+                "SELECT subnet(x) AS s, network(x) AS n FROM (VALUES ('203.0.113.9'), ('2001:db8:1:2:3:4:5:6'), ('fe80::1'), \
                  ('not an address'), (NULL)) AS t(x)",
             )
             .await
@@ -57,5 +65,8 @@ mod tests {
         let col = as_string_array(batches[0].column(0)).expect("text");
         let got: Vec<Option<&str>> = col.iter().collect();
         assert_eq!(got, [Some("203.0.113.0/24"), Some("2001:db8:1:2::/64"), Some("fe80::/64"), None, None]);
+        let col = as_string_array(batches[0].column(1)).expect("text");
+        let got: Vec<Option<&str>> = col.iter().collect();
+        assert_eq!(got, [None, Some("2001:db8:1::/48"), Some("fe80::/48"), None, None]);
     }
 }

@@ -46,7 +46,8 @@ use crate::live::store::{ChangeKind, Since};
 fn scope_of(t: EntityType) -> &'static str {
     match t {
         EntityType::Ip => "Ip",
-        EntityType::Cidr => "Range",
+        // A network's decisions are published as cidr ones: both ranges.
+        EntityType::Cidr | EntityType::Network => "Range",
         EntityType::User => "User",
         EntityType::ApiKey => "ApiKey",
         EntityType::Device => "Device",

@@ -189,6 +189,15 @@ impl DecisionStore {
         }
     }
 
+    /// What the decision in force on `entity` spares, when one is in force
+    /// at `now_ms` with `action` or a stronger one: a proposal for it can
+    /// spare only those addresses ([`Self::propose`]), so only they need
+    /// judging again.
+    pub fn spared_in_force(&self, t: EntityType, entity: &str, action: Action, now_ms: i64) -> Option<&[IpAddr]> {
+        let a = self.active.get(&(t, entity.to_string()))?;
+        (a.expires_ms > now_ms && a.action >= action).then_some(a.spared.as_slice())
+    }
+
     /// Decisions in force at `now_ms`.
     pub fn active_count(&self, now_ms: i64) -> usize {
         self.active.values().filter(|a| a.expires_ms > now_ms).count()
@@ -386,8 +395,16 @@ mod tests {
             spared,
             ..prop(now, Action::Deny)
         };
+        let spared_now = |s: &DecisionStore, action, now| {
+            s.spared_in_force(EntityType::Cidr, "203.0.113.0/24", action, now).map(<[_]>::to_vec)
+        };
+        assert_eq!(spared_now(&s, Action::Deny, 0), None, "nothing in force");
         let d1 = s.propose(cidr(0, vec![a, b])).unwrap();
         assert_eq!(d1.spared, vec![a, b]);
+        // Only what the decision in force spares can be spared by the next
+        // proposal of its action or a weaker one: the engine judges only those.
+        assert_eq!(spared_now(&s, Action::Challenge, 5_000), Some(vec![a, b]));
+        assert_eq!(spared_now(&s, Action::Deny, d1.expires_ms), None, "expired");
         assert!(s.propose(cidr(10_000, vec![a, b])).is_none(), "nothing changed");
         // b took part: a narrowed decision, same expiry and offence, new id.
         let d2 = s.propose(cidr(20_000, vec![a])).unwrap();

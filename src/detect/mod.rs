@@ -82,7 +82,7 @@ pub struct Hit {
 #[derive(Debug, Clone, Default)]
 pub struct RuleSet {
     rules: Vec<Rule>,
-    by_entity: [Vec<usize>; 7],
+    by_entity: [Vec<usize>; EntityType::COUNT],
 }
 
 /// A boolean SQL predicate over feature batches, compiled once.

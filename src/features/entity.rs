@@ -15,6 +15,16 @@ pub enum EntityType {
     ApiKey,
     Device,
     Session,
+    /// The client's IPv6 network, its /48 ([`network_of`]): what a tunnel
+    /// broker or a host hands one customer for free, so that rotating
+    /// through its 65,536 /64s walks past every `cidr` rule. Its decisions
+    /// are address ranges (`cidr` decisions a gateway enforces from the
+    /// address alone); its rules should demand what a provider's /48 (where
+    /// many households live) does not show. IPv4 addresses have none: a /16
+    /// is a provider's, never one holder's to rotate through, and a rule on
+    /// it denied whole residential blocks where a botnet's bots outnumbered
+    /// the people at night (docs/MODELS.md).
+    Network,
     /// A class of request, whatever entity sends it (`bare-login`: a sign-in
     /// form posted without the session its page starts). A campaign spread
     /// over addresses that each send too little to judge is stopped at the
@@ -26,14 +36,35 @@ pub enum EntityType {
 
 impl EntityType {
     /// The entities features are kept for: every type but request classes.
-    pub const ALL: [EntityType; 6] = [
+    pub const ALL: [EntityType; 7] = [
         EntityType::Ip,
         EntityType::Cidr,
         EntityType::User,
         EntityType::ApiKey,
         EntityType::Device,
         EntityType::Session,
+        EntityType::Network,
     ];
+
+    /// The type a decision on this entity is published as: a network's is
+    /// an address range, as a subnet's is, so gateways, bouncers and the
+    /// store cover it from the address alone.
+    pub fn decided_as(self) -> Self {
+        match self {
+            EntityType::Network => EntityType::Cidr,
+            t => t,
+        }
+    }
+
+    /// Every type, request classes included (what arrays indexed by
+    /// [`Self::index`] hold).
+    pub const COUNT: usize = 8;
+
+    /// Whether this entity is an address range (its decisions may spare
+    /// bystander addresses).
+    pub fn is_range(self) -> bool {
+        matches!(self, EntityType::Cidr | EntityType::Network)
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -43,6 +74,7 @@ impl EntityType {
             EntityType::ApiKey => "api_key",
             EntityType::Device => "device",
             EntityType::Session => "session",
+            EntityType::Network => "network",
             EntityType::Class => "class",
         }
     }
@@ -88,6 +120,26 @@ pub fn subnet_of(ip: IpAddr) -> String {
     }
 }
 
+/// The network entity of an address: the /48 of an IPv6 address; `None`
+/// for IPv4 (see [`EntityType::Network`]).
+pub fn network_of(ip: IpAddr) -> Option<String> {
+    match ip.to_canonical() {
+        IpAddr::V4(_) => None,
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            let net = std::net::Ipv6Addr::new(s[0], s[1], s[2], 0, 0, 0, 0, 0);
+            Some(format!("{net}/48"))
+        }
+    }
+}
+
+/// What a log line is keyed by on Kafka: the address's network where it has
+/// one (IPv6 /48), else its subnet (IPv4 /24), so that every request of an
+/// address, its subnet and its network lands in one partition.
+pub fn partition_key_of(ip: IpAddr) -> String {
+    network_of(ip).unwrap_or_else(|| subnet_of(ip))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,6 +148,11 @@ mod tests {
     fn subnets() {
         assert_eq!(subnet_of("203.0.113.9".parse().unwrap()), "203.0.113.0/24");
         assert_eq!(subnet_of("2001:db8:1:2:3:4:5:6".parse().unwrap()), "2001:db8:1:2::/64");
+        assert_eq!(network_of("203.0.113.9".parse().unwrap()), None);
+        assert_eq!(network_of("::ffff:203.0.113.9".parse().unwrap()), None);
+        assert_eq!(network_of("2001:db8:1:2:3:4:5:6".parse().unwrap()).as_deref(), Some("2001:db8:1::/48"));
+        assert_eq!(partition_key_of("203.0.113.9".parse().unwrap()), "203.0.113.0/24");
+        assert_eq!(partition_key_of("2001:db8:1:2::9".parse().unwrap()), "2001:db8:1::/48");
         assert_eq!(EntityType::parse("subnet"), Some(EntityType::Cidr));
         assert_eq!(EntityType::parse("api_key"), Some(EntityType::ApiKey));
     }

@@ -30,7 +30,7 @@ use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::record_batch::RecordBatch;
 use std::fmt::Write as _;
 
-pub use entity::{EntityType, subnet_of};
+pub use entity::{EntityType, network_of, partition_key_of, subnet_of};
 
 /// A feature value as a reason or a story shows it: integers without decimals.
 pub fn fmt_value(v: f64) -> String {
@@ -456,7 +456,7 @@ pub struct FeatureStats {
 /// The feature stage.
 pub struct FeatureEngine {
     cfg: FeatureConfig,
-    tables: [Table; 6],
+    tables: [Table; EntityType::ALL.len()],
     catalog: catalog::PathCatalog,
     max_ts: i64,
     next_tick: i64,
@@ -464,8 +464,8 @@ pub struct FeatureEngine {
     stats: FeatureStats,
     subnet_buf: String,
     ticks_since_persist: u32,
-    judged: [bool; 7],
-    needed: [[bool; NF]; 7],
+    judged: [bool; EntityType::COUNT],
+    needed: [[bool; NF]; EntityType::COUNT],
     campaign: Campaign,
     homes: homes::Homes,
     /// The sign-in forms (`[classes] login_forms`), normalised: a refused
@@ -477,6 +477,9 @@ pub struct FeatureEngine {
 }
 
 const SWEEP_EVERY_MS: i64 = 60_000;
+/// Addresses of a wide range judged for a decision's `spare`, the most
+/// recently seen first: the others are covered by it.
+pub const SPARED_MAX: usize = 1024;
 /// Every entity type, one bit per [`EntityType::index`] (see [`FeatureEngine::ingest_for`]).
 const ALL: u8 = (1 << EntityType::ALL.len()) - 1;
 
@@ -586,8 +589,8 @@ impl FeatureEngine {
             stats: FeatureStats::default(),
             subnet_buf: String::with_capacity(48),
             ticks_since_persist: 0,
-            judged: [true, true, true, true, true, true, false],
-            needed: [[true; NF]; 7],
+            judged: [true, true, true, true, true, true, false, false],
+            needed: [[true; NF]; EntityType::COUNT],
             campaign: Campaign::default(),
             homes: homes::Homes::default(),
             login_forms: Vec::new(),
@@ -619,14 +622,16 @@ impl FeatureEngine {
         self.login_forms = classes.login_forms.iter().map(|f| crate::classes::normalize(f)).collect();
     }
 
-    /// Indexed by [`EntityType::index`], request classes last.
-    pub fn set_judged(&mut self, judged: [bool; 7]) {
+    /// Indexed by [`EntityType::index`], request classes last. Networks
+    /// are the one type kept only when judged: most pipelines name none,
+    /// and their table would cost every event a lookup for nothing.
+    pub fn set_judged(&mut self, judged: [bool; EntityType::COUNT]) {
         self.judged = judged;
     }
 
     /// Which feature columns the per-tick evaluation of each entity type reads;
     /// the others may be left null between persisted snapshots.
-    pub fn set_needed(&mut self, needed: [[bool; NF]; 7]) {
+    pub fn set_needed(&mut self, needed: [[bool; NF]; EntityType::COUNT]) {
         self.needed = needed;
     }
 
@@ -640,7 +645,7 @@ impl FeatureEngine {
     }
 
     /// Entities held per type, in [`EntityType::ALL`] order.
-    pub fn active_entities(&self) -> [usize; 6] {
+    pub fn active_entities(&self) -> [usize; EntityType::ALL.len()] {
         std::array::from_fn(|i| self.tables[i].states.len())
     }
 
@@ -696,35 +701,95 @@ impl FeatureEngine {
 
     /// Applies an events batch; returns the snapshots of the ticks it crossed.
     /// The feature rows, as of `now`, of the addresses of `subnet` (a cidr
-    /// entity) that this engine holds, with each row's address: what a cidr
-    /// rule's `spare` judges. An IPv4 subnet is walked address by address
-    /// (256 lookups for a /24); an IPv6 one is not (a /64 is one
-    /// subscriber's or one server's network, and cannot be walked): `None`.
+    /// or network entity) that this engine holds, with each row's address:
+    /// what a range rule's `spare` judges. An IPv4 /24 or narrower is walked
+    /// address by address (256 lookups); a wider range (a network's /16 or
+    /// /48, an IPv6 /64) is found by a scan of the addresses held, the
+    /// nearest ones first, at most [`SPARED_MAX`] of them: a decision names
+    /// its bystanders one by one, and a residential block can hold
+    /// thousands. `None` when none is held.
     pub fn addresses_in(&self, subnet: &str, now: i64) -> Result<Option<(Vec<IpAddr>, RecordBatch)>, ArrowError> {
-        let Ok(ipnet::IpNet::V4(net)) = subnet.parse::<ipnet::IpNet>() else {
+        let Ok(net) = subnet.parse::<ipnet::IpNet>() else {
             return Ok(None);
         };
-        if net.prefix_len() < 24 {
-            return Ok(None);
-        }
         let table = &self.tables[EntityType::Ip.index()];
-        let first = u32::from(net.network());
-        let last = u32::from(net.broadcast());
-        let mut name = String::with_capacity(15);
         let (mut addrs, mut states) = (Vec::new(), Vec::new());
-        for a in first..=last {
-            let ip = std::net::Ipv4Addr::from(a);
-            name.clear();
-            let _ = write!(name, "{ip}");
-            if let Some(st) = table.find(&name) {
-                addrs.push(IpAddr::V4(ip));
-                states.push(st);
+        match net {
+            ipnet::IpNet::V4(v4) if v4.prefix_len() >= 24 => {
+                let first = u32::from(v4.network());
+                let last = u32::from(v4.broadcast());
+                let mut name = String::with_capacity(15);
+                for a in first..=last {
+                    let ip = std::net::Ipv4Addr::from(a);
+                    name.clear();
+                    let _ = write!(name, "{ip}");
+                    if let Some(st) = table.find(&name) {
+                        addrs.push(IpAddr::V4(ip));
+                        states.push(st);
+                    }
+                }
+            }
+            _ => {
+                // Addresses are held in canonical text: a cheap look at it
+                // leaves out most of them before any is parsed.
+                let v4_text = match net {
+                    ipnet::IpNet::V4(v4) => {
+                        let o = v4.network().octets();
+                        Some(match v4.prefix_len() {
+                            0..8 => String::new(),
+                            8..16 => format!("{}.", o[0]),
+                            _ => format!("{}.{}.", o[0], o[1]),
+                        })
+                    }
+                    ipnet::IpNet::V6(_) => None,
+                };
+                let parse = |key: &str| match &v4_text {
+                    Some(start) if key.starts_with(start.as_str()) => key.parse().ok().map(IpAddr::V4),
+                    None if key.contains(':') => key.parse().ok().map(IpAddr::V6),
+                    _ => None,
+                };
+                let mut held: Vec<(IpAddr, &EntityState)> = table
+                    .states
+                    .iter()
+                    .filter_map(|st| {
+                        let ip = parse(st.key.as_str())?;
+                        net.contains(&ip).then_some((ip, &**st))
+                    })
+                    .collect();
+                // The most recently seen first, then by address: the same
+                // cut in every engine holding the same state.
+                held.sort_unstable_by(|a, b| b.1.last_seen.cmp(&a.1.last_seen).then(a.0.cmp(&b.0)));
+                held.truncate(SPARED_MAX);
+                for (ip, st) in held {
+                    addrs.push(ip);
+                    states.push(st);
+                }
             }
         }
         if states.is_empty() {
             return Ok(None);
         }
         Ok(Some((addrs, build_batch(EntityType::Ip, now, states.into_iter())?)))
+    }
+
+    /// The feature rows, as of `now`, of those of `addrs` this engine
+    /// holds, with each row's address ([`Self::addresses_in`] for a list).
+    pub fn addresses(&self, addrs: &[IpAddr], now: i64) -> Result<Option<(Vec<IpAddr>, RecordBatch)>, ArrowError> {
+        let table = &self.tables[EntityType::Ip.index()];
+        let mut name = String::with_capacity(39);
+        let (mut held, mut states) = (Vec::new(), Vec::new());
+        for ip in addrs {
+            name.clear();
+            let _ = write!(name, "{ip}");
+            if let Some(st) = table.find(&name) {
+                held.push(*ip);
+                states.push(st);
+            }
+        }
+        if states.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some((held, build_batch(EntityType::Ip, now, states.into_iter())?)))
     }
 
     pub fn ingest(&mut self, batch: &RecordBatch) -> Result<Vec<Snapshot>, ArrowError> {
@@ -1004,6 +1069,13 @@ impl FeatureEngine {
             self.touch(EntityType::Cidr, &buf, &k, None, new_device);
             self.subnet_buf = buf;
         }
+        if counts(EntityType::Network)
+            && self.judged[EntityType::Network.index()]
+            && ip_text.contains(':')
+            && let Some(net) = ip_text.parse::<IpAddr>().ok().and_then(network_of)
+        {
+            self.touch(EntityType::Network, &net, &k, None, new_device);
+        }
         if let Some(u) = user.filter(|_| counts(EntityType::User)) {
             self.touch(EntityType::User, u, &k, Some(d::USERS), new_device);
         }
@@ -1233,6 +1305,42 @@ mod tests {
         }
     }
 
+    /// The addresses of a range, walked (a /24) or found by a scan (a /16,
+    /// a /48), the most recently seen first, and those of a list.
+    #[test]
+    fn the_addresses_of_a_range_or_a_list() {
+        use super::{FeatureConfig, FeatureEngine};
+        use std::net::IpAddr;
+        let ips = ["203.0.113.9", "203.0.7.1", "203.1.0.1", "2001:db8:1:2::1", "2001:db8:1:ffff::9", "2001:db8:2::1"];
+        let mut b = crate::event::EventBatchBuilder::with_capacity(ips.len());
+        for (i, ip) in ips.iter().enumerate() {
+            let ts = 1_772_359_200_000 + i as i64 * 1_000;
+            let line = format!(r#"{{"ts":{ts},"client_ip":"{ip}","method":"GET","path":"/","status":200}}"#);
+            b.append(&crate::event::parse_line(&line, crate::event::Format::Json, None).expect("parses"));
+        }
+        let mut f = FeatureEngine::new(FeatureConfig::default());
+        f.ingest(&b.finish().expect("batch")).expect("ingest");
+        let now = 1_772_359_300_000;
+        let found = |range: &str| -> Vec<String> {
+            f.addresses_in(range, now)
+                .expect("rows")
+                .map(|(a, rows)| {
+                    assert_eq!(rows.num_rows(), a.len());
+                    a.iter().map(IpAddr::to_string).collect()
+                })
+                .unwrap_or_default()
+        };
+        assert_eq!(found("203.0.113.0/24"), ["203.0.113.9"]);
+        // Newest first.
+        assert_eq!(found("203.0.0.0/16"), ["203.0.7.1", "203.0.113.9"]);
+        assert_eq!(found("2001:db8:1::/48"), ["2001:db8:1:ffff::9", "2001:db8:1:2::1"]);
+        assert!(found("2001:db8:3::/48").is_empty());
+        assert!(found("not a range").is_empty());
+        let listed: Vec<IpAddr> = ["2001:db8:2::1", "198.51.100.1"].iter().map(|a| a.parse().expect("ip")).collect();
+        let (held, rows) = f.addresses(&listed, now).expect("rows").expect("one held");
+        assert_eq!((held, rows.num_rows()), (vec![listed[0]], 1));
+    }
+
     /// A row counts only for the types its mask names: a repartitioned copy
     /// keyed by user leaves the address, key, device and session alone
     /// (though the key's standing, the device's novelty and whether the
@@ -1240,23 +1348,31 @@ mod tests {
     #[test]
     fn a_masked_row_counts_only_for_its_entity_types() {
         use super::{EntityType, FeatureConfig, FeatureEngine};
-        let line = r#"{"ts":1772359200000,"client_ip":"10.0.0.1","method":"GET","path":"/v1/a","status":200,"user_id":"u","api_key_id":"k","device_id":"d","session_id":"s"}"#;
+        let line = r#"{"ts":1772359200000,"client_ip":"2001:db8::1","method":"GET","path":"/v1/a","status":200,"user_id":"u","api_key_id":"k","device_id":"d","session_id":"s"}"#;
         let ev = crate::event::parse_line(line, crate::event::Format::Json, None).expect("parses");
         let mut b = crate::event::EventBatchBuilder::with_capacity(1);
         b.append(&ev);
         let batch = b.finish().expect("batch");
-        let types = |mask: &[u8]| {
+        let types_judged = |mask: &[u8], networks: bool| {
             let mut f = FeatureEngine::new(FeatureConfig::default());
+            let mut judged = [true; EntityType::COUNT];
+            judged[EntityType::Network.index()] = networks;
+            f.set_judged(judged);
             f.ingest_for(&batch, mask).expect("ingest");
             let held = f.active_entities();
             let snap = f.flush().expect("flush").expect("rows");
             (snap.batches.iter().map(|(t, _)| *t).collect::<Vec<_>>(), held)
         };
+        let types = |mask: &[u8]| types_judged(mask, true);
         let user = 1 << EntityType::User.index();
-        assert_eq!(types(&[user]), (vec![EntityType::User], [0, 0, 1, 1, 1, 1]));
+        assert_eq!(types(&[user]), (vec![EntityType::User], [0, 0, 1, 1, 1, 1, 0]));
         let (all, held) = types(&[]);
         assert_eq!(all, EntityType::ALL.to_vec());
-        assert_eq!(held, [1; 6]);
+        assert_eq!(held, [1; 7]);
+        // Networks are kept only where something judges them.
+        let (all, held) = types_judged(&[], false);
+        assert_eq!(all, EntityType::ALL[..6].to_vec());
+        assert_eq!(held, [1, 1, 1, 1, 1, 1, 0]);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::metrics::{self, Metrics};
 use super::{FORMAT, Kind, Model, ModelError, ModelFile, Params, transform};
-use crate::features::{self, EntityType, subnet_of};
+use crate::features::{self, EntityType, network_of, subnet_of};
 
 /// What to train.
 #[derive(Debug, Clone)]
@@ -138,6 +138,7 @@ fn load_labels(path: &Path, t: EntityType, data: &Path) -> Result<Counts, ModelE
         let entity = match t {
             EntityType::Ip => field("ip"),
             EntityType::Cidr => field("ip").and_then(|ip| ip.parse().ok()).map(subnet_of),
+            EntityType::Network => field("ip").and_then(|ip| ip.parse().ok()).and_then(network_of),
             EntityType::User => field("user"),
             EntityType::ApiKey => field("api_key"),
             EntityType::Device => field("device"),
@@ -169,7 +170,7 @@ fn resolve_requests(
     c: &mut Counts,
 ) -> Result<(), ModelError> {
     let column = match t {
-        EntityType::Ip | EntityType::Cidr => "client_ip",
+        EntityType::Ip | EntityType::Cidr | EntityType::Network => "client_ip",
         EntityType::User => "user_id",
         EntityType::ApiKey => "api_key_id",
         EntityType::Device => "device_id",
@@ -205,6 +206,10 @@ fn resolve_requests(
                 EntityType::Cidr => match ents.value(r).parse() {
                     Ok(ip) => subnet_of(ip),
                     Err(_) => continue,
+                },
+                EntityType::Network => match ents.value(r).parse().ok().and_then(network_of) {
+                    Some(net) => net,
+                    None => continue,
                 },
                 _ => ents.value(r).to_string(),
             };

@@ -48,9 +48,20 @@ pub(super) fn generate(cfg: &SimConfig, which: &[&str], out: &mut Vec<Req>) {
             "distributed-stuffing" => distributed_stuffing(cfg, out),
             "slow-scraper" => slow_scraper(cfg, out),
             "leaked-secret" => leaked_secret(cfg, out),
+            "ipv6-rotation" => ipv6_rotation(cfg, out),
             _ => {}
         }
     }
+}
+
+/// An account name from a list of leaked credentials.
+fn leaked_account(rng: &mut ChaCha8Rng) -> String {
+    format!(
+        "{}{}@{}",
+        ["j.smith", "anna", "mike", "li.wei", "sara"][rng.random_range(0..5)],
+        rng.random_range(1..999_999),
+        ["gmail.example", "yahoo.example", "mail.example"][rng.random_range(0..3)]
+    )
 }
 
 /// Leaked credentials tried against the mobile token endpoint from one address,
@@ -73,12 +84,7 @@ fn credential_stuffing(cfg: &SimConfig, out: &mut Vec<Req>) {
         let mut r = req(t, &ip, &net, "credential-stuffing", "POST", "/oauth/token".into(), if ok { 200 } else { 401 });
         r.grant = Some("password");
         r.auth = Some(if ok { "ok" } else { "invalid_credentials" });
-        r.user = Some(format!(
-            "{}{}@{}",
-            ["j.smith", "anna", "mike", "li.wei", "sara"][rng.random_range(0..5)],
-            rng.random_range(1..999_999),
-            ["gmail.example", "yahoo.example", "mail.example"][rng.random_range(0..3)]
-        ));
+        r.user = Some(leaked_account(&mut rng));
         r.api_key = Some("mobile-android".into());
         r.ua = Some(ANDROID_APP_UA.into());
         r.device = Some(device.clone());
@@ -118,6 +124,61 @@ fn key_scraper(cfg: &SimConfig, out: &mut Vec<Req>) {
         r.bytes = if exists { rng.random_range(1_500..6_000) } else { 90 };
         out.push(r);
         id += 1;
+        t += exp(&mut rng, gap_ms) as i64 + 1;
+    }
+}
+
+/// One holder of an IPv6 /48 (a tunnel broker's or a host's free
+/// allocation: 65,536 /64s) runs the app's extracted key from a new address
+/// in a new /64 every few requests, either trying leaked passwords on the
+/// token endpoint or walking the product ids. No address or /64 sends more
+/// than a handful of requests.
+fn ipv6_rotation(cfg: &SimConfig, out: &mut Vec<Req>) {
+    let mut rng = cfg.rng("ipv6-rotation", 0);
+    let (start, end) = window(cfg, &mut rng, 40.0, 120.0);
+    let net = Net { prefix: [0, 0], country: "US", asn: 6939 };
+    let block = format!("2001:470:{:x}", rng.random_range(0x1000..0xffffu32));
+    let stuffing = rng.random::<f64>() < 0.5;
+    let gap_ms = if stuffing { rng.random_range(400.0..1_500.0) } else { rng.random_range(150.0..600.0) };
+    let mut id = CATALOG_BASE + rng.random_range(0..CATALOG_SIZE);
+    let (mut ip, mut device, mut left) = (String::new(), String::new(), 0u32);
+    let mut t = start;
+    while t < end {
+        if left == 0 {
+            ip = format!(
+                "{block}:{:x}:{:x}:{:x}:{:x}:{:x}",
+                rng.random_range(0..0xffffu32),
+                rng.random_range(1..0xffffu32),
+                rng.random_range(0..0xffffu32),
+                rng.random_range(0..0xffffu32),
+                rng.random_range(1..0xffffu32)
+            );
+            device = format!("d-{}", hex(&mut rng, 12));
+            left = rng.random_range(1..=4);
+        }
+        left -= 1;
+        let mut r = if stuffing {
+            let ok = rng.random::<f64>() < 0.02;
+            let mut r = req(t, &ip, &net, "ipv6-rotation", "POST", "/oauth/token".into(), if ok { 200 } else { 401 });
+            r.grant = Some("password");
+            r.auth = Some(if ok { "ok" } else { "invalid_credentials" });
+            r.user = Some(leaked_account(&mut rng));
+            r.bytes = 120;
+            r
+        } else {
+            let exists = rng.random::<f64>() < 0.85;
+            let mut r =
+                req(t, &ip, &net, "ipv6-rotation", "GET", format!("/v1/products/{id}"), if exists { 200 } else { 404 });
+            id += 1;
+            r.bytes = if exists { rng.random_range(1_500..6_000) } else { 90 };
+            r
+        };
+        r.api_key = Some("mobile-android".into());
+        r.ua = Some(ANDROID_APP_UA.into());
+        r.device = Some(device.clone());
+        r.attestation = Some("missing");
+        r.signature = Some("valid");
+        out.push(r);
         t += exp(&mut rng, gap_ms) as i64 + 1;
     }
 }

@@ -303,11 +303,14 @@ pub(super) fn generate(cfg: &SimConfig, out: &mut Vec<Req>) {
     for i in 0..n_web {
         let mut rng = cfg.rng("web-user", i as u64);
         let net = *RESIDENTIAL.choose(&mut rng).unwrap_or(&RESIDENTIAL[0]);
+        // A German cable customer on IPv6: a /56 of one of the provider's
+        // few dozen /48s, so a /48 holds many households.
         let ip = if net.country == "DE" && rng.random::<f64>() < 0.4 {
             format!(
-                "2a02:8108:{:x}:{:x}:{:x}::{:x}",
-                rng.random_range(0x1000..0xffffu32),
-                rng.random_range(0..0xffffu32),
+                "2a02:8108:{:x}:{:x}{:02x}:{:x}::{:x}",
+                rng.random_range(0x1000..0x1020u32),
+                rng.random_range(1..0x100u32),
+                rng.random_range(0..0x100u32),
                 rng.random_range(0..0xffffu32),
                 rng.random_range(1..0xffffu32)
             )

@@ -99,6 +99,7 @@ pub const ATTACKS: &[&str] = &[
     "distributed-stuffing",
     "slow-scraper",
     "leaked-secret",
+    "ipv6-rotation",
 ];
 
 /// Attacks built so that no fixed per-entity threshold catches them without

@@ -540,8 +540,9 @@ impl Sink for KafkaSink {
             .downcast_ref::<TimestampMillisecondArray>()
             .ok_or_else(|| client_error(&self.spec, "events batch without its ts column"))?
             .clone();
-        // (the entity column, the topic's index and partition count)
-        let keys: Vec<(StringArray, usize, i32)> = self
+        // (the entity column, the topic's index and partition count, and
+        // whether the key is the address's network rather than the column)
+        let keys: Vec<(StringArray, usize, i32, bool)> = self
             .spec
             .repartition
             .iter()
@@ -552,12 +553,12 @@ impl Sink for KafkaSink {
                     EntityType::ApiKey => col::API_KEY_ID,
                     EntityType::Device => col::DEVICE_ID,
                     EntityType::Session => col::SESSION_ID,
-                    EntityType::Ip => col::CLIENT_IP,
+                    EntityType::Ip | EntityType::Network => col::CLIENT_IP,
                     // Subnets follow their addresses; a request class is no key.
                     EntityType::Cidr | EntityType::Class => return None,
                 };
                 let a = batch.column(c).as_any().downcast_ref::<StringArray>()?.clone();
-                Some((a, i, self.repartition_partitions.get(i)?.1))
+                Some((a, i, self.repartition_partitions.get(i)?.1, *t == EntityType::Network))
             })
             .collect();
         let mut packed: HashMap<(usize, i32), Packed> = HashMap::new();
@@ -566,16 +567,25 @@ impl Sink for KafkaSink {
         'rows: for row in 0..batch.num_rows() {
             row_json.clear();
             let at = ts.value(row);
-            for (a, t, n) in &keys {
+            for (a, t, n, by_network) in &keys {
                 if a.is_null(row) {
                     continue;
                 }
+                let network;
+                let entity = if *by_network {
+                    // An IPv4 address has no network entity.
+                    let Some(n) = a.value(row).parse().ok().and_then(crate::features::network_of) else { continue };
+                    network = n;
+                    network.as_str()
+                } else {
+                    a.value(row)
+                };
                 if row_json.is_empty() {
                     crate::event::json::write_row(batch, row, &mut row_json);
                     row_json.push(b'\n');
                     self.newest_ts = Some(self.newest_ts.map_or(at, |n| n.max(at)));
                 }
-                let key = (*t, crate::repartition::partition_of(a.value(row), *n));
+                let key = (*t, crate::repartition::partition_of(entity, *n));
                 let pk = packed.entry(key).or_default();
                 if !pk.lines.is_empty()
                     && (at > pk.first_ts.saturating_add(MESSAGE_SPAN_MS)

@@ -82,7 +82,7 @@ pub struct Line<'a> {
 }
 
 /// Every entity type: what a line counts for unless its source says otherwise.
-pub const ALL_ENTITIES: u8 = 0b11_1111;
+pub const ALL_ENTITIES: u8 = (1 << crate::features::EntityType::ALL.len()) - 1;
 
 impl Line<'_> {
     /// Whether the line was longer than the bytes kept.

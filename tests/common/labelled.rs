@@ -45,6 +45,17 @@ impl Labelled {
     }
 }
 
+/// `eval` of `decisions` against the labels [`Labelled::replay`] wrote in `dir`.
+pub fn evaluate(dir: &Path, decisions: &[Decision]) -> gatewatch::eval::Report {
+    gatewatch::eval::evaluate(
+        &dir.join("labels.jsonl"),
+        decisions,
+        &gatewatch::config::Allowlist::default(),
+        &gatewatch::eval::EvalConfig::default(),
+    )
+    .expect("eval")
+}
+
 fn write(path: &Path, lines: &[(i64, String)]) {
     let mut text: String = lines.iter().map(|l| l.1.as_str()).collect::<Vec<_>>().join("\n");
     text.push('\n');

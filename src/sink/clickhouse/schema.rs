@@ -90,7 +90,9 @@ pub fn event_entities(database: &str) -> String {
     format!(
         "CREATE VIEW {}.{} AS\n    SELECT 'ip' AS entity_type, client_ip AS entity, * FROM {events}\n    UNION ALL SELECT 'cidr', \
          if(position(client_ip, ':') = 0, replaceRegexpOne(client_ip, '\\\\.[0-9]+$', '.0/24'), \
-         concat(cutIPv6(IPv6StringToNum(client_ip), 8, 0), '/64')), * FROM {events}\n    UNION ALL {}\n    \
+         concat(cutIPv6(IPv6StringToNum(client_ip), 8, 0), '/64')), * FROM {events}\n    UNION ALL SELECT 'cidr', \
+         concat(cutIPv6(IPv6StringToNum(client_ip), 10, 0), '/48'), * FROM {events} WHERE position(client_ip, ':') > 0\n    \
+         UNION ALL {}\n    \
          UNION ALL {}\n    UNION ALL {}\n    UNION ALL {}",
         ident(database),
         ident("event_entities"),
