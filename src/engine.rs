@@ -250,6 +250,9 @@ pub struct Engine {
     /// Live mode, an engine that reads every line: where the sessions it
     /// sees opened go, for the API to tell them from made-up ids.
     opened_sessions: Option<Arc<crate::sessions::OpenedSessions>>,
+    /// Where the confidential clients' networks are kept across restarts,
+    /// with the requests observed at the last save and when it was.
+    homes_file: Option<(std::path::PathBuf, u64, Instant)>,
 }
 
 impl Engine {
@@ -304,6 +307,7 @@ impl Engine {
             builder_entities: Vec::with_capacity(pipeline.output.batch_rows),
             out_dir: out_dir.to_path_buf(),
             opened_sessions: None,
+            homes_file: None,
             pipeline,
         })
     }
@@ -315,6 +319,32 @@ impl Engine {
     pub fn share_opened_sessions(&mut self, to: Arc<crate::sessions::OpenedSessions>) {
         self.features.collect_opened_sessions();
         self.opened_sessions = Some(to);
+    }
+
+    /// Takes the confidential clients' networks kept in `path` before a
+    /// restart ([`crate::features::homes`]) and keeps them there from now
+    /// on: at most once a minute while clients are seen, and at the end.
+    /// The number of clients taken; on an error, none (the file is left
+    /// alone, and written anew at the next save).
+    pub fn keep_homes(&mut self, path: std::path::PathBuf) -> Result<usize, crate::fsutil::StateFileError> {
+        let loaded = self.features.homes().load(&path);
+        self.homes_file = Some((path, self.features.homes().observed(), Instant::now()));
+        loaded
+    }
+
+    /// Saves the clients' networks when `every` has passed since the last
+    /// save and some were seen (`ZERO`: whenever some were).
+    fn save_homes(&mut self, every: std::time::Duration) {
+        let Some((path, saved, at)) = &mut self.homes_file else { return };
+        let observed = self.features.homes().observed();
+        if observed == *saved || at.elapsed() < every {
+            return;
+        }
+        *at = Instant::now();
+        match self.features.homes().save(path) {
+            Ok(()) => *saved = observed,
+            Err(e) => tracing::warn!(error = %e, "the confidential clients' networks were not saved (kept in memory)"),
+        }
     }
 
     /// Hands the sessions first seen opened in the last batch to the API's
@@ -638,6 +668,7 @@ impl Engine {
             return Ok(());
         }
         self.summary.events += batch.num_rows() as u64;
+        self.save_homes(std::time::Duration::from_secs(60));
         let snapshots = self.features.ingest_for(&batch, &entities);
         self.builder_entities = entities;
         self.builder_entities.clear();
@@ -931,6 +962,7 @@ impl Engine {
         if let Some(s) = self.features.flush()? {
             self.handle_snapshot(s)?;
         }
+        self.save_homes(std::time::Duration::ZERO);
         for sink in std::mem::take(&mut self.sinks) {
             sink.finish()?;
         }

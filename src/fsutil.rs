@@ -3,6 +3,20 @@
 use std::io::Write;
 use std::path::Path;
 
+/// A file an engine keeps in its state directory could not be read as
+/// one (it is then started without, with a warning).
+#[derive(Debug, thiserror::Error)]
+pub enum StateFileError {
+    #[error("{path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: not a {what} ({why})")]
+    Format { path: std::path::PathBuf, what: &'static str, why: &'static str },
+}
+
 /// Writes `bytes` to `path` so that after a crash the file holds either the old
 /// or the new content: write a temporary file, fsync it, rename it over, fsync
 /// the directory.

@@ -1023,6 +1023,15 @@ fn start_engine(
         }
     }
     engine.share_opened_sessions(opened_sessions.clone());
+    // Where the partners' servers are: a secret used from elsewhere right
+    // after a restart is not learned as their home.
+    match engine.keep_homes(p.state_dir.join(gatewatch::features::homes::FILE)) {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(clients = n, "confidential clients' networks kept from before the restart"),
+        Err(e) => {
+            tracing::warn!(error = %e, "the confidential clients' networks kept before the restart are not taken")
+        }
+    }
     // What the engine decided before a restart still counts: decisions in force
     // are not re-made shorter, and repeat offenders keep escalating.
     for (entity_type, entity, offense, at) in store.offenses(now - p.decisions.offense_memory_ms)? {

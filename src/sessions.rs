@@ -76,17 +76,7 @@ pub const FILE: &str = "opened-sessions.bin";
 const MAGIC: &[u8; 8] = b"gwopen01";
 
 /// The registry's file could not be read as one.
-#[derive(Debug, thiserror::Error)]
-pub enum FileError {
-    #[error("{path}: {source}")]
-    Io {
-        path: std::path::PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path}: not a registry of opened sessions ({why})")]
-    Format { path: std::path::PathBuf, why: &'static str },
-}
+pub use crate::fsutil::StateFileError as FileError;
 
 /// Opened sessions, as their [`digest`]s in sets hashed under keys of this
 /// process.
@@ -199,7 +189,7 @@ impl OpenedSessions {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
             Err(source) => return Err(FileError::Io { path: path.to_path_buf(), source }),
         };
-        let format = |why| FileError::Format { path: path.to_path_buf(), why };
+        let format = |why| FileError::Format { path: path.to_path_buf(), what: "registry of opened sessions", why };
         let body = bytes.strip_prefix(MAGIC).ok_or(format("it does not begin with its mark"))?;
         let digests = decode_digests(body).ok_or(format("it ends within a digest"))?;
         let keep = digests.len().min(2 * self.half);

@@ -114,6 +114,41 @@ fn the_sessions_seen_opened_are_kept_across_a_restart() {
     assert_eq!(post_verdict(&server, &gateway, "made-up"), "challenge", "the class decision outlived the restart");
 }
 
+/// A partner's secret used from another network right after a restart is
+/// judged as anyone's: the networks the partner's key was learned at are
+/// kept, so no new bootstrap begins that would take the thief's for home.
+#[test]
+fn a_confidential_clients_networks_are_kept_across_a_restart() {
+    let (dir, pipeline, input) = common::live_setup();
+    let gateway = create_key(&pipeline, "gateway", "edge");
+    let append = |ip: &str, ts: i64| {
+        let line = format!(
+            r#"{{"ts":{ts},"client_ip":"{ip}","method":"POST","path":"/oauth/token","status":200,"api_key_id":"partner-x","grant_type":"client_credentials","auth_result":"ok"}}"#
+        );
+        let mut f = std::fs::OpenOptions::new().append(true).open(&input).expect("append");
+        f.write_all(format!("{line}\n").as_bytes()).expect("write");
+    };
+    let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as i64;
+    let mut server = Server::start(&pipeline, &input, &gateway);
+    server.until("ready", |s| s.json("/readyz").0 == 200);
+    // The partner's server, for a quarter of an hour.
+    let start = now() - 15 * 60_000;
+    for m in 0..15 {
+        append("203.0.113.10", start + m * 60_000);
+    }
+    server.until("the engine read the partner", |s| s.metric("gatewatch_events_total") == 15.0);
+    assert_eq!(server.metric("gatewatch_confidential_away_total"), 0.0);
+    assert!(server.signal("-TERM").success(), "a clean stop");
+    assert!(dir.path().join("state").join(gatewatch::features::homes::FILE).exists(), "saved at the stop");
+
+    // After the restart the secret is used from somewhere else.
+    let server = Server::start(&pipeline, &input, &gateway);
+    server.until("ready", |s| s.json("/readyz").0 == 200);
+    append("198.51.100.66", now());
+    server.until("the engine read the thief", |s| s.metric("gatewatch_events_total") == 1.0);
+    assert_eq!(server.metric("gatewatch_confidential_away_total"), 1.0, "judged as anyone's, not learned as home");
+}
+
 #[test]
 fn stream_misses_nothing_and_repeats_nothing_under_concurrent_writers() {
     let (dir, pipeline, input) = common::live_setup();

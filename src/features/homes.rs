@@ -17,14 +17,30 @@
 //! network is *away*: judged as anyone's. A network is the autonomous system
 //! when the log says it, else the address's /24 (IPv4) or /48 (IPv6).
 //!
+//! What was learned outlives a restart: an engine keeps it in its state
+//! directory ([`FILE`]). Without it, every restart (a deploy) began a new
+//! bootstrap, and a thief using a leaked secret at that moment was learned
+//! as the client's home for as long as the key was used.
+//!
 //! Limits (docs/FEATURES.md, "Confidential clients"): a thief in the same
 //! autonomous system as the client (one cloud provider for both) is at home;
 //! a secret used from elsewhere since before the engine's memory began (or
-//! before an instance took the key's partition over, which replays the last
-//! hour) is learned as home; and a client that moves to a new network is
-//! judged as anyone for its first hour there.
+//! before an instance without the file took the key's partition over, which
+//! replays the last hour) is learned as home; and a client that moves to a
+//! new network is judged as anyone for its first hour there.
 
 use std::collections::HashMap;
+use std::path::Path;
+
+use crate::fsutil::StateFileError;
+
+/// Where an engine keeps what it learned, in its state directory.
+pub const FILE: &str = "confidential-homes.bin";
+/// The file's first eight bytes; then per key: its hash, first and last
+/// request (ms), the number of networks, and each network's hash and first
+/// request, all little-endian.
+const MAGIC: &[u8; 8] = b"gwhome01";
+const WHAT: &str = "record of confidential clients' networks";
 
 /// A key's networks seen within this long of its first request are home:
 /// the engine cannot tell the oldest of them apart.
@@ -55,6 +71,9 @@ pub struct Homes {
     keys: HashMap<u64, Home>,
     /// Requests of keys not remembered because [`MAX_KEYS`] were held.
     pub untracked: u64,
+    /// Requests observed so far (what a saver asks about: a key's last
+    /// request matters too, as what the sweep keeps it by).
+    observed: u64,
 }
 
 impl Homes {
@@ -71,6 +90,7 @@ impl Homes {
             self.untracked += 1;
             return true;
         }
+        self.observed += 1;
         let home = self.keys.entry(key).or_insert_with(|| Home { first_ms: ts, last_ms: ts, nets: Vec::new() });
         home.last_ms = home.last_ms.max(ts);
         // A shuffled log can show the key's requests before its first one.
@@ -96,6 +116,66 @@ impl Homes {
         self.keys.retain(|_, h| h.last_ms >= cutoff);
     }
 
+    /// Requests observed since this record was made: a saver writes the
+    /// file again only when this moved.
+    pub fn observed(&self) -> u64 {
+        self.observed
+    }
+
+    /// Writes what is remembered to `path` (whole or not at all).
+    pub fn save(&self, path: &Path) -> Result<(), StateFileError> {
+        let mut b = MAGIC.to_vec();
+        let mut keys: Vec<(&u64, &Home)> = self.keys.iter().collect();
+        keys.sort_unstable_by_key(|(k, _)| **k);
+        for (key, h) in keys {
+            b.extend_from_slice(&key.to_le_bytes());
+            b.extend_from_slice(&h.first_ms.to_le_bytes());
+            b.extend_from_slice(&h.last_ms.to_le_bytes());
+            b.push(h.nets.len() as u8);
+            for (net, since) in &h.nets {
+                b.extend_from_slice(&net.to_le_bytes());
+                b.extend_from_slice(&since.to_le_bytes());
+            }
+        }
+        crate::fsutil::write_atomic(path, &b).map_err(|source| StateFileError::Io { path: path.to_path_buf(), source })
+    }
+
+    /// Takes what [`Homes::save`] wrote to `path` in place of what is held;
+    /// the number of keys, 0 when there is no such file. Nothing is taken
+    /// from a file that is not one.
+    pub fn load(&mut self, path: &Path) -> Result<usize, StateFileError> {
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(source) => return Err(StateFileError::Io { path: path.to_path_buf(), source }),
+        };
+        let format = |why| StateFileError::Format { path: path.to_path_buf(), what: WHAT, why };
+        let body = bytes.strip_prefix(MAGIC).ok_or(format("it does not begin with its mark"))?;
+        let mut r = Reader { body, at: 0 };
+        let mut keys = HashMap::new();
+        let cut = || format("it ends within a key");
+        while let Some(key) = r.word() {
+            let first_ms = i64::from_le_bytes(r.word().ok_or_else(cut)?);
+            let last_ms = i64::from_le_bytes(r.word().ok_or_else(cut)?);
+            let n = r.byte().ok_or_else(cut)? as usize;
+            if n > NETS_PER_KEY || keys.len() >= MAX_KEYS {
+                return Err(format("it holds more than a record may"));
+            }
+            let mut nets = Vec::with_capacity(n);
+            for _ in 0..n {
+                let net = u64::from_le_bytes(r.word().ok_or_else(cut)?);
+                nets.push((net, i64::from_le_bytes(r.word().ok_or_else(cut)?)));
+            }
+            keys.insert(u64::from_le_bytes(key), Home { first_ms, last_ms, nets });
+        }
+        if r.at != body.len() {
+            return Err(cut());
+        }
+        let n = keys.len();
+        self.keys = keys;
+        Ok(n)
+    }
+
     /// Keys remembered.
     pub fn len(&self) -> usize {
         self.keys.len()
@@ -103,6 +183,27 @@ impl Homes {
 
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
+    }
+}
+
+/// Reads a record's file front to back.
+struct Reader<'a> {
+    body: &'a [u8],
+    at: usize,
+}
+
+impl Reader<'_> {
+    /// The next eight bytes; `None` (nothing taken) past the end.
+    fn word(&mut self) -> Option<[u8; 8]> {
+        let w = self.body.get(self.at..self.at + 8)?.try_into().ok()?;
+        self.at += 8;
+        Some(w)
+    }
+
+    fn byte(&mut self) -> Option<u8> {
+        let b = *self.body.get(self.at)?;
+        self.at += 1;
+        Some(b)
     }
 }
 
@@ -124,6 +225,36 @@ mod tests {
         // Another key learns its own networks.
         assert!(h.observe(2, 12, 200 * MIN));
         assert!(!h.observe(2, 10, 220 * MIN));
+    }
+
+    /// What was learned outlives a restart: the bootstrap does not begin
+    /// again, so a network first used after it stays away.
+    #[test]
+    fn kept_across_a_restart_and_refused_when_it_is_not_a_record() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(FILE);
+        let mut h = Homes::default();
+        assert_eq!(h.load(&path).expect("no file yet"), 0);
+        assert!(h.observe(1, 10, 0));
+        assert!(h.observe(1, 11, 5 * MIN));
+        assert!(h.observe(2, 20, 7 * MIN));
+        h.save(&path).expect("save");
+        let mut after = Homes::default();
+        assert_eq!(after.load(&path).expect("load"), 2);
+        // A thief's network an hour later, right after the restart: away.
+        assert!(!after.observe(1, 99, 60 * MIN), "no new bootstrap after a restart");
+        assert!(after.observe(1, 11, 61 * MIN) && after.observe(2, 20, 61 * MIN));
+        // Without the file, the thief would have been learned as home.
+        assert!(Homes::default().observe(1, 99, 60 * MIN));
+        // A file that is not a record, or is cut, is refused and nothing taken.
+        let bytes = std::fs::read(&path).expect("read");
+        for bad in [&b"gwopen01"[..], &bytes[..bytes.len() - 3]] {
+            std::fs::write(&path, bad).expect("write");
+            let mut h = Homes::default();
+            assert!(h.observe(3, 30, 0));
+            assert!(matches!(h.load(&path), Err(StateFileError::Format { .. })));
+            assert_eq!(h.len(), 1);
+        }
     }
 
     #[test]

@@ -610,6 +610,12 @@ impl FeatureEngine {
         self.opened.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
+    /// Where each confidential client is at home ([`homes`]): what an engine
+    /// keeps across restarts.
+    pub fn homes(&mut self) -> &mut homes::Homes {
+        &mut self.homes
+    }
+
     /// Which entity types something evaluates every tick (rules, models); the
     /// others are only computed for persisted snapshots.
     /// The sign-in forms of the request classes. Once a gateway refuses the
