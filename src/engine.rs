@@ -923,7 +923,7 @@ impl Engine {
     /// The addresses of `subnet` that rule `rule`'s `spare` leaves out of its
     /// decision, sorted (see [`crate::config::RuleSpec::spare`]); among
     /// `only` when a decision in force limits them (judging those few again
-    /// instead of every address of a /16 or /48 held, on every tick).
+    /// instead of every address of a /48 held, on every tick).
     fn spared(
         &mut self,
         rule: usize,
