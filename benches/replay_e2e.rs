@@ -58,6 +58,10 @@ fn main() {
     if let Ok(b) = std::env::var("GATEWATCH_BENCH_BUDGET") {
         pipeline.features.state_budget_bytes = gatewatch::features::budget::parse_bytes(&b).expect("budget");
     }
+    // As the binary does (gatewatch::sysmem), unless GATEWATCH_HUGE_PAGES=1.
+    if !gatewatch::sysmem::keep_requested() {
+        let _ = gatewatch::sysmem::disable_huge_pages();
+    }
     let out = dir.path().join("run");
     let cpu0 = cpu_seconds();
     let started = Instant::now();

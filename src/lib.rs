@@ -35,6 +35,7 @@ pub mod sessions;
 pub mod simulate;
 pub mod sink;
 pub mod source;
+pub mod sysmem;
 
 /// The `arrow` that DataFusion is built with; use this one, never a separate crate.
 pub use datafusion::arrow;

@@ -25,6 +25,12 @@ struct Cli {
     #[arg(long, global = true, default_value = DEFAULT_PIPELINE_PATH, value_name = "FILE")]
     pipeline: PathBuf,
 
+    /// Keep transparent huge pages (off for this process by default: a
+    /// growing state then costs the kernel a 2 MiB zeroing per first touch;
+    /// docs/PERFORMANCE.md). Also GATEWATCH_HUGE_PAGES=1.
+    #[arg(long, global = true)]
+    huge_pages: bool,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -329,7 +335,14 @@ fn main() {
     unsafe {
         libc::umask(0o077);
     }
-    if let Err(e) = run(Cli::parse()) {
+    let cli = Cli::parse();
+    if !cli.huge_pages
+        && !gatewatch::sysmem::keep_requested()
+        && let Err(e) = gatewatch::sysmem::disable_huge_pages()
+    {
+        tracing::info!(error = %e, "transparent huge pages left as the system sets them");
+    }
+    if let Err(e) = run(cli) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
