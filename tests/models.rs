@@ -145,10 +145,24 @@ fn a_pipeline_names_the_line_of_a_corrupt_model() {
 
 /// Replays one held-out seed through a pipeline and evaluates it.
 fn report(pipeline: &str, traffic: &Path, labels: &Path, out: &Path) -> gatewatch::eval::Report {
-    let p = Pipeline::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines").join(pipeline)).expect("pipeline");
+    report_edited(pipeline, |_| {}, pipeline, traffic, labels, out)
+}
+
+/// Like [`report`], with the pipeline changed by `edit` first (its run in `out/name`).
+fn report_edited(
+    pipeline: &str,
+    edit: impl FnOnce(&mut Pipeline),
+    name: &str,
+    traffic: &Path,
+    labels: &Path,
+    out: &Path,
+) -> gatewatch::eval::Report {
+    let mut p =
+        Pipeline::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines").join(pipeline)).expect("pipeline");
+    edit(&mut p);
     let allow = p.allowlist.clone();
     let enforce = gatewatch::eval::EvalConfig::for_pipeline(&p);
-    let run = out.join(pipeline);
+    let run = out.join(name);
     gatewatch::driver::replay_file(p, &traffic.join("access.jsonl"), None, &run, false).expect("replay");
     let decisions = gatewatch::eval::read_decisions(&run.join("decisions.jsonl")).expect("decisions");
     gatewatch::eval::evaluate(labels, &decisions, &allow, &enforce).expect("eval")
@@ -187,6 +201,31 @@ fn rules_and_models_catch_what_rules_miss_at_no_more_collateral_on_a_held_out_se
     assert!(share(&rules, "distributed-stuffing") >= 0.25, "the campaign rule");
     assert!(share(&aggressive, "distributed-stuffing") >= share(&rules, "distributed-stuffing") - 1e-9);
     assert!(aggressive.benign_blocked_share() <= 0.003, "{:.4}%", 100.0 * aggressive.benign_blocked_share());
+    // The per-user model: the scraper's and the exporter's own accounts are
+    // challenged sooner than the rules and the address model alone manage,
+    // at no more collateral (docs/MODELS.md, "a per-user model").
+    let without_user = report_edited(
+        "default.toml",
+        |p| p.models.retain(|m| m.entity != EntityType::User),
+        "default-without-user-model",
+        dir.path(),
+        &out.labels,
+        dir.path(),
+    );
+    let detected =
+        |r: &gatewatch::eval::Report, s: &str| r.scenario(s).and_then(|s| s.time_to_detect_s).unwrap_or(f64::INFINITY);
+    assert!(
+        detected(&default, "slow-scraper") + 60.0 < detected(&without_user, "slow-scraper"),
+        "slow-scraper detected after {} s with the user model, {} s without",
+        detected(&default, "slow-scraper"),
+        detected(&without_user, "slow-scraper")
+    );
+    assert!(
+        default.benign_blocked <= without_user.benign_blocked,
+        "{} > {}",
+        default.benign_blocked,
+        without_user.benign_blocked
+    );
     for r in [&default, &aggressive] {
         for nat in ["172.58.10.21", "172.58.77.4"] {
             assert!(!r.was_denied(EntityType::Ip, nat), "a model denied the NAT address {nat}");

@@ -19,7 +19,7 @@ fn root() -> PathBuf {
 const RULE: &str = "rule:credential-stuffing-ip";
 
 /// The default pipeline with its credential-stuffing rule for addresses and
-/// its model in shadow, state in `dir/state`.
+/// its models in shadow, state in `dir/state`.
 fn shadow_pipeline(dir: &Path) -> PathBuf {
     let text = std::fs::read_to_string(root().join("pipelines/default.toml")).expect("default pipeline");
     let models = root().join("models").display().to_string();
@@ -32,6 +32,11 @@ fn shadow_pipeline(dir: &Path) -> PathBuf {
         &changed,
         "path = \"../models/ip-classifier\"\n",
         &format!("path = \"{models}/ip-classifier\"\nshadow = true\n"),
+    );
+    let changed = common::subst(
+        &changed,
+        "path = \"../models/user-classifier\"\n",
+        &format!("path = \"{models}/user-classifier\"\nshadow = true\n"),
     );
     let changed = common::subst(&changed, "dir = \"../gatewatch-state\"", "dir = \"state\"");
     let p = dir.join("shadow.toml");
@@ -167,7 +172,7 @@ fn live_shadow_decisions_are_listed_counted_and_never_enforced() {
     });
     let v = shadow("?entity_type=ip&source=rule:credential-stuffing-ip&limit=5");
     assert_eq!(v["shadow_rules"], serde_json::json!(["credential-stuffing-ip"]));
-    assert_eq!(v["shadow_models"].as_array().map(|m| m.len()), Some(1));
+    assert_eq!(v["shadow_models"].as_array().map(|m| m.len()), Some(2));
     let first = &v["decisions"][0];
     assert_eq!(first["entity"], "203.0.113.77");
     assert_eq!(first["action"], "deny");
