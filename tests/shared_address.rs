@@ -36,7 +36,18 @@ impl Rng {
     }
 }
 
-fn push(t: &mut Labelled, ts: i64, user: &str, session: &str, path: &str, referer: bool, scenario: &str, attack: bool) {
+/// Who sends a request, and how it is labelled.
+#[derive(Clone, Copy)]
+struct Who<'a> {
+    user: &'a str,
+    session: &'a str,
+    referer: bool,
+    scenario: &'a str,
+    attack: bool,
+}
+
+fn push(t: &mut Labelled, ts: i64, who: &Who<'_>, path: &str) {
+    let Who { user, session, referer, scenario, attack } = *who;
     let n = t.next();
     let referer = if referer { r#","referer":"https://shop.example.com/""# } else { "" };
     t.push(
@@ -58,6 +69,7 @@ fn traffic() -> Labelled {
     for person in 0..25 {
         let user = format!("e{person}@corp.example");
         let session = format!("ws-corp-{person}");
+        let who = Who { user: &user, session: &session, referer: true, scenario: "office", attack: false };
         let mut ts = T0 + rng.range(0, 10 * MIN as u64) as i64;
         while ts < T0 + 120 * MIN {
             for _ in 0..rng.range(2, 8) {
@@ -66,16 +78,17 @@ fn traffic() -> Labelled {
                     1 => format!("/v1/search?q=item{}", rng.range(0, 500)),
                     _ => format!("/v1/products/{}", rng.range(100_000, 900_000)),
                 };
-                push(&mut t, ts, &user, &session, &path, true, "office", false);
+                push(&mut t, ts, &who, &path);
                 ts += rng.range(3_000, 40_000) as i64;
             }
             ts += rng.range(2 * MIN as u64, 15 * MIN as u64) as i64;
         }
     }
+    let walker = Who { user: SCRAPER, session: "ws-walker", referer: false, scenario: "account-scraper", attack: true };
     let mut id = 400_000;
     let mut ts = T0 + 20 * MIN;
     while ts < T0 + 120 * MIN {
-        push(&mut t, ts, SCRAPER, "ws-walker", &format!("/v1/products/{id}"), false, "account-scraper", true);
+        push(&mut t, ts, &walker, &format!("/v1/products/{id}"));
         id += rng.range(1, 6);
         ts += rng.range(8_000, 22_000) as i64;
     }
