@@ -59,9 +59,7 @@ fn main() {
         pipeline.features.state_budget_bytes = gatewatch::features::budget::parse_bytes(&b).expect("budget");
     }
     // As the binary does (gatewatch::sysmem), unless GATEWATCH_HUGE_PAGES=1.
-    if !gatewatch::sysmem::keep_requested() {
-        let _ = gatewatch::sysmem::disable_huge_pages();
-    }
+    let _ = gatewatch::sysmem::set_at_start(false);
     let out = dir.path().join("run");
     let cpu0 = cpu_seconds();
     let started = Instant::now();

@@ -336,10 +336,7 @@ fn main() {
         libc::umask(0o077);
     }
     let cli = Cli::parse();
-    if !cli.huge_pages
-        && !gatewatch::sysmem::keep_requested()
-        && let Err(e) = gatewatch::sysmem::disable_huge_pages()
-    {
+    if let Err(e) = gatewatch::sysmem::set_at_start(cli.huge_pages) {
         tracing::info!(error = %e, "transparent huge pages left as the system sets them");
     }
     if let Err(e) = run(cli) {

@@ -22,6 +22,12 @@ pub fn keep_requested() -> bool {
     std::env::var(KEEP_ENV).is_ok_and(|v| !matches!(v.trim(), "" | "0" | "false"))
 }
 
+/// The start-up setting the binary and the end-to-end bench share: huge
+/// pages off unless `keep` (`--huge-pages`) or [`KEEP_ENV`] asks to keep them.
+pub fn set_at_start(keep: bool) -> std::io::Result<()> {
+    if keep || keep_requested() { Ok(()) } else { disable_huge_pages() }
+}
+
 /// Turns transparent huge pages off for this process and its children
 /// (Linux's `PR_SET_THP_DISABLE`, which since 4.13 applies to mappings that
 /// already exist too). Elsewhere, or where the kernel refuses, nothing

@@ -28,16 +28,13 @@ fn shadow_pipeline(dir: &Path) -> PathBuf {
         "name = \"credential-stuffing-ip\"\n",
         "name = \"credential-stuffing-ip\"\nshadow = true\n",
     );
-    let changed = common::subst(
-        &changed,
-        "path = \"../models/ip-classifier\"\n",
-        &format!("path = \"{models}/ip-classifier\"\nshadow = true\n"),
-    );
-    let changed = common::subst(
-        &changed,
-        "path = \"../models/user-classifier\"\n",
-        &format!("path = \"{models}/user-classifier\"\nshadow = true\n"),
-    );
+    let changed = ["ip-classifier", "user-classifier"].iter().fold(changed, |text, name| {
+        common::subst(
+            &text,
+            &format!("path = \"../models/{name}\"\n"),
+            &format!("path = \"{models}/{name}\"\nshadow = true\n"),
+        )
+    });
     let changed = common::subst(&changed, "dir = \"../gatewatch-state\"", "dir = \"state\"");
     let p = dir.join("shadow.toml");
     std::fs::write(&p, changed).expect("write pipeline");

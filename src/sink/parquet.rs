@@ -57,8 +57,8 @@ impl ParquetTable {
         // VM pays for in page faults (zeroing) in the writer threads. At 64
         // KiB the buffers are reused from the allocator's free lists: the
         // simulator's mix ran at 5-20 % fewer CPU-seconds (system time about
-        // halved) and 10-15 % less peak memory, and the files stay the same
-        // size (docs/PERFORMANCE.md, 2026-12-07 (later)).
+        // halved) and 10-15 % less peak memory, for files under 1 % larger
+        // (docs/PERFORMANCE.md, 2026-12-07 (later)).
         props = props.set_data_page_size_limit(PAGE_BYTES);
         for c in plain {
             props = props.set_column_dictionary_enabled(ColumnPath::from(*c), false);
