@@ -1,6 +1,7 @@
 //! The per-request path of the decision API: a verdict from 100,000 decisions in
 //! force (hits and misses, with a range decision to check), counting what a
-//! refused lookup met (the console's collateral), and reading the change stream.
+//! refused lookup met (the console's collateral), and reading the change stream;
+//! and the engine's side of the store: a round's decisions written.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use gatewatch::config::Allowlist;
@@ -104,6 +105,32 @@ fn bench(c: &mut Criterion) {
     let cursor = store.cursor() - 1000;
     g.bench_function("since_cursor_1000_changes", |b| {
         b.iter(|| std::hint::black_box(store.since(Some(cursor), 1000, 1).expect("since")))
+    });
+    g.finish();
+    // The engine's decisions of a round (an attack across 200 addresses
+    // judged at once), published and written: in one transaction, as the
+    // engine does, against one transaction (one fsync) each.
+    let mut g = c.benchmark_group("store");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(200));
+    let mut next = 1_000_000u64;
+    let mut round = move || {
+        next += 200;
+        (next..next + 200).map(move |i| {
+            let mut d = decision(i, EntityType::Ip, format!("100.64.{}.{}", (i >> 8) & 255, i & 255), Action::Deny);
+            d.source = "rule:bench".into();
+            d
+        })
+    };
+    g.bench_function("round_of_200_decisions_one_write", |b| {
+        b.iter(|| store.put_automatic_many(round().collect(), 1).expect("put"))
+    });
+    g.bench_function("round_of_200_decisions_written_each", |b| {
+        b.iter(|| {
+            for d in round() {
+                store.put_automatic(d, 1).expect("put");
+            }
+        })
     });
     g.finish();
 }

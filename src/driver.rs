@@ -157,7 +157,12 @@ pub fn live(
             && let Some(ts) = last_input_ts
         {
             // Never past the wall clock (the last line's time is already bounded by it).
+            let made = engine.decisions_made();
             engine.advance_to((ts + idle.as_millis() as i64).min(now.now_ms))?;
+            // What the clock decided reaches the sinks now, not with the next line.
+            if engine.decisions_made() != made {
+                engine.checkpoint_while(&mut || source.keep_alive())?;
+            }
         }
         // Sinks change state without input (a server goes away, a spool
         // drains): idle, the summary is still reported once a second.

@@ -481,6 +481,11 @@ impl Engine {
         &self.pipeline
     }
 
+    /// Decisions made so far (without refreshing the rest of the summary).
+    pub fn decisions_made(&self) -> u64 {
+        self.summary.decisions
+    }
+
     /// Running totals; the timing and memory peaks are filled in by `finish`.
     pub fn summary(&mut self) -> &Summary {
         self.refresh_summary();

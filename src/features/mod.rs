@@ -1113,8 +1113,10 @@ impl FeatureEngine {
 
     /// Emits the rows due at this tick. Invariants: `dirty` lists exactly the
     /// entities with `DIRTY_TICK`, `sink_dirty` those with `DIRTY_SINK`,
-    /// `early_dirty` those with `DIRTY_EARLY`, and `dirty ∪ early_dirty ⊆
-    /// sink_dirty` (marking sets them all; only a persisted tick clears the last).
+    /// `early_dirty` at least those with `DIRTY_EARLY` (a tick clears the bit
+    /// of what it judged and leaves the list, which the next early
+    /// evaluation drains), and `dirty ∪ early_dirty ⊆ sink_dirty` (marking
+    /// sets them all; only a persisted tick clears the last).
     fn tick(&mut self, persist: bool) -> Result<Option<Snapshot>, ArrowError> {
         self.tick_with(if persist { Emit::Persist } else { Emit::Tick })
     }
@@ -1141,15 +1143,30 @@ impl FeatureEngine {
                 }
                 // An early evaluation leaves the tick's own list alone, so
                 // that every tick judges exactly what it would in a replay.
-                Emit::Tick | Emit::Early => {
-                    let (list, bit) = match emit {
-                        Emit::Tick => (&mut table.dirty, state::DIRTY_TICK),
-                        _ => (&mut table.early_dirty, state::DIRTY_EARLY),
-                    };
-                    let rows = std::mem::take(list);
+                // A tick judges an entity's whole state, so an early
+                // evaluation after it, with nothing new since, would judge
+                // the same again: it skips what a tick judged. Rounds of live
+                // input that span many ticks (catching up, a burst) then cost
+                // what a replay's ticks do, not twice that.
+                Emit::Tick => {
+                    let rows = std::mem::take(&mut table.dirty);
                     for &i in &rows {
-                        table.states[i as usize].dirty &= !bit;
+                        table.states[i as usize].dirty &= !(state::DIRTY_TICK | state::DIRTY_EARLY);
                     }
+                    if !self.judged[t.index()] {
+                        continue;
+                    }
+                    rows
+                }
+                Emit::Early => {
+                    let mut rows = std::mem::take(&mut table.early_dirty);
+                    // Once each, and only if no tick judged it since its touch.
+                    rows.retain(|&i| {
+                        let s = &mut table.states[i as usize];
+                        let due = s.dirty & state::DIRTY_EARLY != 0;
+                        s.dirty &= !state::DIRTY_EARLY;
+                        due
+                    });
                     if !self.judged[t.index()] {
                         continue;
                     }
@@ -1345,6 +1362,59 @@ mod tests {
         let listed: Vec<IpAddr> = ["2001:db8:2::1", "198.51.100.1"].iter().map(|a| a.parse().expect("ip")).collect();
         let (held, rows) = f.addresses(&listed, now).expect("rows").expect("one held");
         assert_eq!((held, rows.num_rows()), (vec![listed[0]], 1));
+    }
+
+    /// Live mode evaluates what it touched after every round, and ticks
+    /// judge it too: an entity a tick judged since its last touch is not
+    /// judged again by the next early evaluation, and one touched again is,
+    /// once.
+    #[test]
+    fn an_early_evaluation_skips_what_a_tick_judged_since() {
+        use super::{EntityType, FeatureConfig, FeatureEngine, Snapshot};
+        use datafusion::arrow::array::AsArray;
+        let t0 = 1_772_359_200_000i64;
+        let batch = |ips: &[&str], ts: i64| {
+            let mut b = crate::event::EventBatchBuilder::with_capacity(ips.len());
+            for ip in ips {
+                let line = format!(r#"{{"ts":{ts},"client_ip":"{ip}","method":"GET","path":"/","status":200}}"#);
+                b.append(&crate::event::parse_line(&line, crate::event::Format::Json, None).expect("parses"));
+            }
+            b.finish().expect("batch")
+        };
+        let ips = |snaps: &[Snapshot]| -> Vec<String> {
+            let mut v: Vec<String> = snaps
+                .iter()
+                .flat_map(|s| s.batches.iter())
+                .filter(|(t, _)| *t == EntityType::Ip)
+                .flat_map(|(_, b)| {
+                    b.column_by_name("entity")
+                        .expect("entity")
+                        .as_string::<i32>()
+                        .iter()
+                        .flatten()
+                        .map(str::to_string)
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            v.sort();
+            v
+        };
+        let mut f = FeatureEngine::new(FeatureConfig::default());
+        assert!(f.evaluate_now().expect("early").is_none(), "nothing touched yet");
+        f.ingest(&batch(&["203.0.113.1", "203.0.113.2"], t0)).expect("ingest");
+        f.ingest(&batch(&["203.0.113.2"], t0 + 1)).expect("ingest");
+        let early: Vec<Snapshot> = f.evaluate_now().expect("early").into_iter().collect();
+        assert_eq!(ips(&early), ["203.0.113.1", "203.0.113.2"], "each once");
+        f.ingest(&batch(&["203.0.113.3"], t0 + 2)).expect("ingest");
+        // Time passes: the ticks judge every entity touched.
+        let mut ticks = Vec::new();
+        f.advance(t0 + 600_000, &mut ticks).expect("advance");
+        assert!(ips(&ticks).contains(&"203.0.113.3".to_string()), "{:?}", ips(&ticks));
+        let early: Vec<Snapshot> = f.evaluate_now().expect("early").into_iter().collect();
+        assert!(ips(&early).is_empty(), "judged by a tick already: {:?}", ips(&early));
+        f.ingest(&batch(&["203.0.113.3"], t0 + 600_001)).expect("ingest");
+        let early: Vec<Snapshot> = f.evaluate_now().expect("early").into_iter().collect();
+        assert_eq!(ips(&early), ["203.0.113.3"]);
     }
 
     /// A row counts only for the types its mask names: a repartitioned copy

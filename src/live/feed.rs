@@ -99,6 +99,11 @@ fn ends(held: &Decision, id: Option<u64>) -> bool {
     id.is_none_or(|id| held.id == id)
 }
 
+/// The most decisions from the topic stored in one commit ([`DecisionFeed::follow`]).
+const ROUND: usize = 4096;
+/// How long a decision from the topic may wait for others to share its commit.
+const ROUND_WAIT: Duration = Duration::from_millis(50);
+
 /// The topic read from its start: the last decision per entity.
 #[derive(Default)]
 pub struct Latest {
@@ -474,21 +479,71 @@ impl DecisionFeed {
         }
     }
 
-    /// Applies records to the store as they arrive until `stop`.
+    /// Applies records to the store as they arrive until `stop`. The
+    /// engines' decisions of a burst are stored in one commit (one fsync),
+    /// once the topic has nothing more at once, [`ROUND`] of them are held
+    /// or the first has waited [`ROUND_WAIT`]: one commit each held an API
+    /// instance to the disk's pace while an attack made thousands a second.
+    /// An operator's decision or a lift is applied at once, after them.
     pub fn follow(&self, store: &LiveStore, metrics: &Metrics, stop: &AtomicBool) {
-        self.follow_with(metrics, stop, |r| {
-            let kind = match apply_to_store(store, r, crate::event::time::now_ms()) {
-                Ok(Applied::Stored) => "stored",
-                Ok(Applied::Removed) => "removed",
-                Ok(Applied::Unchanged) => "unchanged",
-                Err(e) => {
-                    metrics.store_errors.inc();
-                    tracing::error!(error = %e, "a decision from the topic was not stored");
-                    return;
+        let mut round: Vec<Decision> = Vec::new();
+        let mut first = Instant::now();
+        let count = |kind: &str, n: u64| metrics.feed_records.with_label_values(&[kind]).inc_by(n);
+        let store_round = |round: &mut Vec<Decision>| {
+            if round.is_empty() {
+                return;
+            }
+            let n = round.len() as u64;
+            match store.put_automatic_many(std::mem::take(round), crate::event::time::now_ms()) {
+                Ok(stored) => {
+                    count("stored", stored as u64);
+                    count("unchanged", n - stored as u64);
                 }
-            };
-            metrics.feed_records.with_label_values(&[kind]).inc();
-        });
+                Err(e) => {
+                    metrics.store_errors.inc_by(n);
+                    tracing::error!(error = %e, "decisions from the topic were not stored");
+                }
+            }
+        };
+        while !stop.load(Ordering::Relaxed) {
+            let (polled, at) = self.next_at(Duration::from_millis(200), metrics);
+            let more = matches!(polled, Polled::Record(_) | Polled::Skipped);
+            let now = crate::event::time::now_ms();
+            match polled {
+                Polled::Record(Record::Put(d)) if !is_manual(&d) => {
+                    // Held already, or the same decision made again (same id,
+                    // see `Latest::apply`).
+                    if d.expires_ms <= now || store.get(d.entity_type, &d.entity, now).is_some_and(|c| c.id == d.id) {
+                        count("unchanged", 1);
+                    } else {
+                        if round.is_empty() {
+                            first = Instant::now();
+                        }
+                        round.push(d);
+                    }
+                }
+                Polled::Record(r) => {
+                    store_round(&mut round);
+                    match apply_to_store(store, r, now) {
+                        Ok(Applied::Stored) => count("stored", 1),
+                        Ok(Applied::Removed) => count("removed", 1),
+                        Ok(Applied::Unchanged) => count("unchanged", 1),
+                        Err(e) => {
+                            metrics.store_errors.inc();
+                            tracing::error!(error = %e, "a decision from the topic was not stored");
+                        }
+                    }
+                }
+                _ => {}
+            }
+            if !more || round.len() >= ROUND || first.elapsed() >= ROUND_WAIT {
+                store_round(&mut round);
+            }
+            if let Some((p, offset)) = at {
+                self.note_handed(p, offset);
+            }
+        }
+        store_round(&mut round);
     }
 
     /// Reads the topic on its own thread: catches up, sets `ready`, follows.

@@ -1,5 +1,9 @@
-//! The live decision store as a sink: every engine decision is persisted and
-//! published to the API's readers as it is made.
+//! The live decision store as a sink: the engine's decisions of a round are
+//! persisted together and published to the API's readers at the round's
+//! checkpoint, before the source acknowledges the input that made them
+//! (one fsync per round: one per decision held the engine to the disk's
+//! pace). A round is at most a few thousand lines, so a decision waits for
+//! the rest of its round, milliseconds.
 
 use std::sync::Arc;
 
@@ -10,16 +14,21 @@ use crate::sink::{Sink, SinkError, Wants};
 
 use super::LiveStore;
 
+/// The most decisions held for one commit.
+const MAX_ROUND: usize = 4096;
+
 /// Publishes engine decisions to the store the API serves.
 pub struct StoreSink {
     store: Arc<LiveStore>,
     metrics: Arc<Metrics>,
     max_ttl_ms: i64,
+    /// Decisions made since the last checkpoint.
+    round: Vec<Decision>,
 }
 
 impl StoreSink {
     pub fn new(store: Arc<LiveStore>, metrics: Arc<Metrics>, max_ttl_ms: i64) -> Self {
-        StoreSink { store, metrics, max_ttl_ms }
+        StoreSink { store, metrics, max_ttl_ms, round: Vec::new() }
     }
 }
 
@@ -32,8 +41,6 @@ impl Sink for StoreSink {
         Wants { decisions: true, ..Wants::NONE }
     }
 
-    /// A store error is counted and logged, not fatal: the engine keeps
-    /// deciding, and the decision is still in every other sink.
     fn decision(&mut self, d: &Decision) -> Result<(), SinkError> {
         self.metrics.decisions.with_label_values(&[d.source.as_str(), d.action.as_str()]).inc();
         self.metrics.fired.record(d, false, now_ms());
@@ -47,10 +54,34 @@ impl Sink for StoreSink {
         let ahead = d.created_ms.saturating_sub(now).max(0);
         d.created_ms -= ahead;
         d.expires_ms = d.expires_ms.saturating_sub(ahead).min(now.saturating_add(self.max_ttl_ms));
-        if let Err(e) = self.store.put_automatic(d, now) {
-            self.metrics.store_errors.inc();
-            tracing::error!(error = %e, "decision not persisted");
+        self.round.push(d);
+        // Bounded whatever the round: decisions the idle clock makes
+        // between rounds wait for the next checkpoint.
+        if self.round.len() >= MAX_ROUND {
+            self.checkpoint()?;
         }
         Ok(())
+    }
+
+    /// A store error is counted and logged, not fatal: the engine keeps
+    /// deciding, and the decisions are still in every other sink. A disk
+    /// that cannot be written is not even an error here: the decisions are
+    /// enforced from memory and written when it can be (the store logs it
+    /// and counts what waits).
+    fn checkpoint(&mut self) -> Result<(), SinkError> {
+        if self.round.is_empty() {
+            return Ok(());
+        }
+        let round = std::mem::take(&mut self.round);
+        let n = round.len() as u64;
+        if let Err(e) = self.store.put_automatic_many(round, now_ms()) {
+            self.metrics.store_errors.inc_by(n);
+            tracing::error!(error = %e, "decisions not persisted");
+        }
+        Ok(())
+    }
+
+    fn finish(mut self: Box<Self>) -> Result<(), SinkError> {
+        self.checkpoint()
     }
 }
