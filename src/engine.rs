@@ -424,16 +424,30 @@ impl Engine {
 
     /// Adds an output beside the pipeline's (live mode adds the decision store).
     pub fn add_sink(&mut self, sink: Box<dyn Sink>) {
+        self.add_sink_at(self.sinks.len(), sink);
+    }
+
+    /// [`Engine::add_sink`], checkpointed before every other sink: the store
+    /// the gateways are served from takes a round's decisions at its
+    /// checkpoint, which must not wait behind a slow broker's
+    /// acknowledgement of what the Kafka sink sent (up to its `flush_timeout`).
+    pub fn add_sink_first(&mut self, sink: Box<dyn Sink>) {
+        self.add_sink_at(0, sink);
+    }
+
+    fn add_sink_at(&mut self, at: usize, sink: Box<dyn Sink>) {
         self.wants = self.wants.or(sink.wants());
         if self.wants.opened_sessions {
             self.features.collect_opened_sessions();
         }
-        self.sinks.push(sink);
+        self.sinks.insert(at, sink);
     }
 
     /// Live mode: a pipeline sink that fails (a full disk) is closed, counted
     /// and opened again later instead of ending the run
     /// ([`crate::sink::Resilient`]): the decisions keep being made and served.
+    /// Called before any sink is added: the sinks are matched with the
+    /// pipeline's by position.
     pub fn keep_deciding_when_sinks_fail(&mut self) {
         let specs = &self.pipeline.sinks;
         let sinks = std::mem::take(&mut self.sinks);
@@ -1023,4 +1037,45 @@ pub fn peak_rss_bytes() -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sink::{SinkError, Wants};
+    use std::sync::{Arc, Mutex};
+
+    /// Records when it is checkpointed; fails its checkpoint when `fail`.
+    struct Step(&'static str, Arc<Mutex<Vec<&'static str>>>, bool);
+
+    impl Sink for Step {
+        fn name(&self) -> &str {
+            self.0
+        }
+        fn wants(&self) -> Wants {
+            Wants { decisions: true, ..Wants::NONE }
+        }
+        fn checkpoint(&mut self) -> Result<(), SinkError> {
+            self.1.lock().expect("lock").push(self.0);
+            if self.2 {
+                Err(SinkError::Io { path: "broker".into(), source: std::io::Error::other("down") })
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    /// The store the gateways are served from is checkpointed before a
+    /// sink that waits on (or fails with) a broker.
+    #[test]
+    fn a_sink_added_first_is_checkpointed_first() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pipeline = Pipeline::from_source(std::path::Path::new("test.toml"), "").expect("pipeline");
+        let mut engine = Engine::new(pipeline, None, "test", dir.path()).expect("engine");
+        let order = Arc::new(Mutex::new(Vec::new()));
+        engine.add_sink(Box::new(Step("broker", order.clone(), true)));
+        engine.add_sink_first(Box::new(Step("store", order.clone(), false)));
+        assert!(engine.checkpoint().is_err(), "the broker's failure is reported");
+        assert_eq!(*order.lock().expect("lock"), ["store", "broker"]);
+    }
 }

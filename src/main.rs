@@ -1065,7 +1065,7 @@ fn start_engine(
         gatewatch::live::learn::start(&mut engine, spec, metrics, stop, Some(opened_sessions.clone()))
     });
     let allowlist = engine.allowlist();
-    engine.add_sink(Box::new(StoreSink::new(store.clone(), metrics.clone(), p.decisions.max_ttl_ms)));
+    engine.add_sink_first(Box::new(StoreSink::new(store.clone(), metrics.clone(), p.decisions.max_ttl_ms)));
     engine.add_sink(Box::new(ShadowSink::new(shadow.clone(), metrics.clone())));
     let progress: gatewatch::driver::Progress = {
         let metrics = metrics.clone();
