@@ -173,3 +173,41 @@ fn follow_decide_serve_restart() {
     assert!(out.status.success());
     server.until("revoked key refused", |s| s.get("/v1/decision?ip=203.0.113.77", &[]).0 == 401);
 }
+
+/// A decision made while input is quiet is served without waiting for
+/// another line. A model judges whole ticks only, and once the lines stop
+/// it is the idle clock that makes the tick; the store takes a round's
+/// decisions at a checkpoint, so the clock's decisions need one too.
+#[test]
+fn a_decision_the_idle_clock_makes_is_served_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pipeline = dir.path().join("quiet.toml");
+    let model = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/ip-classifier");
+    // Every address the model scores is challenged: what matters here is
+    // when the decision is served, not whether it is right.
+    std::fs::write(
+        &pipeline,
+        format!(
+            "[state]\ndir = \"state\"\n[features]\ntick = \"1s\"\nlateness = \"0s\"\n\
+             [[models]]\npath = \"{}\"\nentity = \"ip\"\nchallenge_at = 0.0\nttl = \"10m\"\n",
+            model.display()
+        ),
+    )
+    .expect("pipeline");
+    let input = dir.path().join("access.log");
+    std::fs::write(&input, "").expect("input");
+    let gateway = create_key(&pipeline, "gateway", "edge");
+    let server = Server::start(&pipeline, &input, &gateway);
+    server.until("ready", |s| s.json("/readyz").0 == 200);
+    let now = gatewatch::event::time::format_rfc3339(gatewatch::event::time::now_ms());
+    let line = format!(
+        r#"{{"ts":"{now}","client_ip":"198.51.100.23","method":"GET","path":"/v1/products/1","status":200,"user_agent":"curl/8.0"}}"#
+    );
+    let mut f = std::fs::OpenOptions::new().append(true).open(&input).expect("open");
+    writeln!(f, "{line}").expect("append");
+    drop(f);
+    // No other line follows.
+    server.until("the model's challenge is served", |s| {
+        s.json("/v1/decision?ip=198.51.100.23").1["action"] == "challenge"
+    });
+}
