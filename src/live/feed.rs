@@ -167,13 +167,17 @@ pub enum Applied {
     Unchanged,
 }
 
+/// Whether `d` changes nothing: expired, held already, or the same decision
+/// made again (same id, see `Latest::apply`).
+fn nothing_new(store: &LiveStore, d: &Decision, now_ms: i64) -> bool {
+    d.expires_ms <= now_ms || store.get(d.entity_type, &d.entity, now_ms).is_some_and(|c| c.id == d.id)
+}
+
 /// Applies one record to the store the API serves.
 pub fn apply_to_store(store: &LiveStore, r: Record, now_ms: i64) -> Result<Applied, StoreError> {
     match r {
         Record::Put(d) => {
-            // Held already, or the same decision made again (same id, see
-            // `Latest::apply`).
-            if d.expires_ms <= now_ms || store.get(d.entity_type, &d.entity, now_ms).is_some_and(|c| c.id == d.id) {
+            if nothing_new(store, &d, now_ms) {
                 return Ok(Applied::Unchanged);
             }
             if is_manual(&d) {
@@ -466,12 +470,15 @@ impl DecisionFeed {
         Ok(true)
     }
 
-    /// Hands each record to `each` as it arrives, until `stop`.
-    pub fn follow_with(&self, metrics: &Metrics, stop: &AtomicBool, mut each: impl FnMut(Record)) {
+    /// Hands each record to `each` as it arrives, and `None` when the topic
+    /// has nothing more at once, until `stop`.
+    pub fn follow_with(&self, metrics: &Metrics, stop: &AtomicBool, mut each: impl FnMut(Option<Record>)) {
         while !stop.load(Ordering::Relaxed) {
             let (polled, at) = self.next_at(Duration::from_millis(200), metrics);
-            if let Polled::Record(r) = polled {
-                each(r);
+            match polled {
+                Polled::Record(r) => each(Some(r)),
+                Polled::Skipped => {}
+                Polled::Nothing | Polled::End(_) => each(None),
             }
             if let Some((p, offset)) = at {
                 self.note_handed(p, offset);
@@ -505,15 +512,11 @@ impl DecisionFeed {
                 }
             }
         };
-        while !stop.load(Ordering::Relaxed) {
-            let (polled, at) = self.next_at(Duration::from_millis(200), metrics);
-            let more = matches!(polled, Polled::Record(_) | Polled::Skipped);
+        self.follow_with(metrics, stop, |polled| {
             let now = crate::event::time::now_ms();
             match polled {
-                Polled::Record(Record::Put(d)) if !is_manual(&d) => {
-                    // Held already, or the same decision made again (same id,
-                    // see `Latest::apply`).
-                    if d.expires_ms <= now || store.get(d.entity_type, &d.entity, now).is_some_and(|c| c.id == d.id) {
+                Some(Record::Put(d)) if !is_manual(&d) => {
+                    if nothing_new(store, &d, now) {
                         count("unchanged", 1);
                     } else {
                         if round.is_empty() {
@@ -522,7 +525,7 @@ impl DecisionFeed {
                         round.push(d);
                     }
                 }
-                Polled::Record(r) => {
+                Some(r) => {
                     store_round(&mut round);
                     match apply_to_store(store, r, now) {
                         Ok(Applied::Stored) => count("stored", 1),
@@ -534,15 +537,12 @@ impl DecisionFeed {
                         }
                     }
                 }
-                _ => {}
+                None => store_round(&mut round),
             }
-            if !more || round.len() >= ROUND || first.elapsed() >= ROUND_WAIT {
+            if round.len() >= ROUND || first.elapsed() >= ROUND_WAIT {
                 store_round(&mut round);
             }
-            if let Some((p, offset)) = at {
-                self.note_handed(p, offset);
-            }
-        }
+        });
         store_round(&mut round);
     }
 

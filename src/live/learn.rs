@@ -172,7 +172,7 @@ pub fn start(
     let spawned = std::thread::Builder::new().name("decision-learn".into()).spawn(move || {
         let feed = follower;
         feed.follow_with(&metrics, &stop, |r| {
-            let Record::Put(d) = r else { return };
+            let Some(Record::Put(d)) = r else { return };
             let kind = if tx.try_send(d).is_ok() { "learned" } else { "not_learned" };
             metrics.feed_records.with_label_values(&[kind]).inc();
         })

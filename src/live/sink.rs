@@ -55,8 +55,7 @@ impl Sink for StoreSink {
         d.created_ms -= ahead;
         d.expires_ms = d.expires_ms.saturating_sub(ahead).min(now.saturating_add(self.max_ttl_ms));
         self.round.push(d);
-        // Bounded whatever the round: decisions the idle clock makes
-        // between rounds wait for the next checkpoint.
+        // Bounded whatever the caller's rounds.
         if self.round.len() >= MAX_ROUND {
             self.checkpoint()?;
         }
