@@ -1661,6 +1661,55 @@ fn a_broker_outage_of_30_s_is_ridden_out() {
     assert!(status.success(), "{status:?}");
 }
 
+/// A broker that keeps its connections open and answers nothing (frozen
+/// with SIGSTOP: a host under swap, a hung process) must not keep an
+/// instance from stopping: the operator's SIGTERM ends it, whatever it was
+/// waiting for (its consumer leaving the group, the decisions it sent),
+/// each wait bounded by a timeout of its own. The bound here only tells a
+/// hang from a slow machine.
+#[test]
+fn a_silent_broker_does_not_keep_an_instance_from_stopping() {
+    if brokers().is_none() {
+        return;
+    }
+    let broker = PrivateBroker { dir: tempfile::tempdir().expect("tempdir"), port: common::free_port() };
+    broker.start();
+    let brokers = format!("127.0.0.1:{}", broker.port);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (topic, group) = (unique("access"), unique("gw"));
+    let p = pipeline(dir.path(), &brokers, &topic, &group, &decisions_sink(&brokers, &unique("decided")));
+    let key = common::create_key(&p, "gateway", "edge");
+    let first = dir.path().join("first.jsonl");
+    std::fs::write(&first, common::stuffing_lines("203.0.113.78", 40)).expect("write");
+    gatewatch(&p, &["produce", "--input", first.to_str().unwrap(), "--topic", &topic, "--partitions", "2"]);
+    let (child, addr) = start_run(&p);
+    let mut server = common::Server { child, addr, key };
+    wait_for(&server, "the attack denied", |s| s.json("/v1/decision?ip=203.0.113.78").1["action"] == "deny");
+
+    let pid = std::fs::read_to_string(broker.dir.path().join("pid")).expect("the broker's pid");
+    let signal = |sig: &str, pid: &str| {
+        let status = std::process::Command::new("kill").args([sig, pid]).status().expect("kill");
+        assert!(status.success(), "kill {sig} {pid}");
+    };
+    signal("-STOP", pid.trim());
+    // Silent long enough for every request in flight to be waiting on it.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(server.json("/v1/decision?ip=203.0.113.78").1["action"], "deny", "served while the broker is silent");
+    signal("-TERM", &server.child.id().to_string());
+    let asked = std::time::Instant::now();
+    let stopped = loop {
+        if let Some(status) = server.child.try_wait().expect("wait") {
+            break Some(status);
+        }
+        if asked.elapsed() > Duration::from_secs(120) {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    signal("-CONT", pid.trim());
+    assert!(stopped.is_some(), "still running two minutes after SIGTERM while the broker was silent");
+}
+
 /// A live engine keeps deciding when a sink fails, closing it until it
 /// opens again (`Resilient`), but repartitioned events are the entity
 /// engines' only input: a checkpoint, and a send that finds the producer's
