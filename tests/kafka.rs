@@ -1611,6 +1611,43 @@ impl PrivateBroker {
     }
 }
 
+impl PrivateBroker {
+    /// Sends `sig` to the broker's process (`-STOP` freezes it: connections
+    /// stay open, nothing is answered; `-CONT` thaws it).
+    fn signal(&self, sig: &str) {
+        let pid = std::fs::read_to_string(self.dir.path().join("pid")).expect("the broker's pid");
+        let status = std::process::Command::new("kill").args([sig, pid.trim()]).status().expect("kill");
+        assert!(status.success(), "kill {sig} {pid}");
+    }
+}
+
+/// A `run` instance on a private broker of its own (sinks `extra`), once it
+/// has denied a stuffing attack from `ip` (40 lines on 2 partitions).
+struct Denying {
+    broker: PrivateBroker,
+    dir: tempfile::TempDir,
+    pipeline: PathBuf,
+    topic: String,
+    server: common::Server,
+}
+
+fn denying_on_a_private_broker(ip: &str, extra: impl FnOnce(&str) -> String) -> Denying {
+    let broker = PrivateBroker { dir: tempfile::tempdir().expect("tempdir"), port: common::free_port() };
+    broker.start();
+    let brokers = format!("127.0.0.1:{}", broker.port);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (topic, group) = (unique("access"), unique("gw"));
+    let p = pipeline(dir.path(), &brokers, &topic, &group, &extra(&brokers));
+    let key = common::create_key(&p, "gateway", "edge");
+    let first = dir.path().join("first.jsonl");
+    std::fs::write(&first, common::stuffing_lines(ip, 40)).expect("write");
+    gatewatch(&p, &["produce", "--input", first.to_str().unwrap(), "--topic", &topic, "--partitions", "2"]);
+    let (child, addr) = start_run(&p);
+    let server = common::Server { child, addr, key };
+    wait_for(&server, "the attack denied", |s| s.json(&format!("/v1/decision?ip={ip}")).1["action"] == "deny");
+    Denying { broker, dir, pipeline: p, topic, server }
+}
+
 impl Drop for PrivateBroker {
     fn drop(&mut self) {
         let _ = std::process::Command::new("bash").arg(Self::script()).arg("stop").arg(self.dir.path()).output();
@@ -1623,20 +1660,8 @@ fn a_broker_outage_of_30_s_is_ridden_out() {
     if brokers().is_none() {
         return;
     }
-    let broker = PrivateBroker { dir: tempfile::tempdir().expect("tempdir"), port: common::free_port() };
-    broker.start();
-    let brokers = format!("127.0.0.1:{}", broker.port);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (topic, group) = (unique("access"), unique("gw"));
-    let p = pipeline(dir.path(), &brokers, &topic, &group, "");
-    let key = common::create_key(&p, "gateway", "edge");
-    let first = dir.path().join("first.jsonl");
-    std::fs::write(&first, common::stuffing_lines("203.0.113.77", 40)).expect("write");
-    gatewatch(&p, &["produce", "--input", first.to_str().unwrap(), "--topic", &topic, "--partitions", "2"]);
-
-    let (child, addr) = start_run(&p);
-    let mut server = common::Server { child, addr, key };
-    wait_for(&server, "the attack denied", |s| s.json("/v1/decision?ip=203.0.113.77").1["action"] == "deny");
+    let Denying { broker, dir, pipeline: p, topic, mut server } =
+        denying_on_a_private_broker("203.0.113.77", |_| String::new());
     std::thread::sleep(Duration::from_millis(1500));
 
     broker.stop();
@@ -1672,30 +1697,14 @@ fn a_silent_broker_does_not_keep_an_instance_from_stopping() {
     if brokers().is_none() {
         return;
     }
-    let broker = PrivateBroker { dir: tempfile::tempdir().expect("tempdir"), port: common::free_port() };
-    broker.start();
-    let brokers = format!("127.0.0.1:{}", broker.port);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (topic, group) = (unique("access"), unique("gw"));
-    let p = pipeline(dir.path(), &brokers, &topic, &group, &decisions_sink(&brokers, &unique("decided")));
-    let key = common::create_key(&p, "gateway", "edge");
-    let first = dir.path().join("first.jsonl");
-    std::fs::write(&first, common::stuffing_lines("203.0.113.78", 40)).expect("write");
-    gatewatch(&p, &["produce", "--input", first.to_str().unwrap(), "--topic", &topic, "--partitions", "2"]);
-    let (child, addr) = start_run(&p);
-    let mut server = common::Server { child, addr, key };
-    wait_for(&server, "the attack denied", |s| s.json("/v1/decision?ip=203.0.113.78").1["action"] == "deny");
-
-    let pid = std::fs::read_to_string(broker.dir.path().join("pid")).expect("the broker's pid");
-    let signal = |sig: &str, pid: &str| {
-        let status = std::process::Command::new("kill").args([sig, pid]).status().expect("kill");
-        assert!(status.success(), "kill {sig} {pid}");
-    };
-    signal("-STOP", pid.trim());
+    let Denying { broker, mut server, dir: _dir, .. } =
+        denying_on_a_private_broker("203.0.113.78", |brokers| decisions_sink(brokers, &unique("decided")));
+    broker.signal("-STOP");
     // Silent long enough for every request in flight to be waiting on it.
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(server.json("/v1/decision?ip=203.0.113.78").1["action"], "deny", "served while the broker is silent");
-    signal("-TERM", &server.child.id().to_string());
+    let term = std::process::Command::new("kill").args(["-TERM", &server.child.id().to_string()]).status();
+    assert!(term.expect("kill").success(), "kill -TERM");
     let asked = std::time::Instant::now();
     let stopped = loop {
         if let Some(status) = server.child.try_wait().expect("wait") {
@@ -1706,7 +1715,7 @@ fn a_silent_broker_does_not_keep_an_instance_from_stopping() {
         }
         std::thread::sleep(Duration::from_millis(200));
     };
-    signal("-CONT", pid.trim());
+    broker.signal("-CONT");
     assert!(stopped.is_some(), "still running two minutes after SIGTERM while the broker was silent");
 }
 
