@@ -48,7 +48,9 @@ enum Command {
         /// Multiplier for the benign user populations.
         #[arg(long, default_value_t = 1.0)]
         scale: f64,
-        /// Only these attack scenarios (comma-separated); default: all.
+        /// Only these attack scenarios (comma-separated); default: every one
+        /// but those held back from the default mix (`proxy-scraper`), which
+        /// this names to include.
         #[arg(long, value_delimiter = ',')]
         attacks: Option<Vec<String>>,
         /// Log shapes to write.
@@ -360,8 +362,12 @@ fn run(cli: Cli) -> Result<()> {
             }
             if let Some(list) = &attacks {
                 for a in list {
-                    if !simulate::ATTACKS.contains(&a.as_str()) {
-                        bail!("unknown attack '{a}'; known: {}", simulate::ATTACKS.join(", "));
+                    if !simulate::ATTACKS.contains(&a.as_str()) && !simulate::HELD_BACK.contains(&a.as_str()) {
+                        bail!(
+                            "unknown attack '{a}'; known: {}, and held back from the default mix: {}",
+                            simulate::ATTACKS.join(", "),
+                            simulate::HELD_BACK.join(", ")
+                        );
                     }
                 }
             }

@@ -49,6 +49,7 @@ pub(super) fn generate(cfg: &SimConfig, which: &[&str], out: &mut Vec<Req>) {
             "slow-scraper" => slow_scraper(cfg, out),
             "leaked-secret" => leaked_secret(cfg, out),
             "ipv6-rotation" => ipv6_rotation(cfg, out),
+            "proxy-scraper" => proxy_scraper(cfg, out),
             _ => {}
         }
     }
@@ -459,6 +460,45 @@ fn slow_scraper(cfg: &SimConfig, out: &mut Vec<Req>) {
     }
 }
 
+/// A catalogue copied through a rotating residential proxy pool: every
+/// few requests the pool hands the scraper another home or mobile address,
+/// across providers and countries, and each exit reads the next ids of one
+/// walk at a person's pace with a browser's user agent. Per campaign it
+/// reads the site's product pages or the app's API, with or without a
+/// referer. No address, subnet or network does enough to stand out, every
+/// request is valid, and the walk is only visible across addresses. Held
+/// back from the default mix ([`super::HELD_BACK`]): the default pipeline
+/// does not catch it (docs/MODELS.md, "A scraper behind a residential proxy
+/// pool").
+fn proxy_scraper(cfg: &SimConfig, out: &mut Vec<Req>) {
+    let mut rng = cfg.rng("proxy-scraper", 0);
+    let (start, end) = window(cfg, &mut rng, 60.0, 150.0);
+    let exits = (rng.random_range(400.0..1_500.0) * cfg.scale.max(0.2)) as usize;
+    let pages = rng.random::<f64>() < 0.5;
+    let referer = rng.random::<f64>() < 0.5;
+    let mut id = CATALOG_BASE + rng.random_range(0..CATALOG_SIZE / 2);
+    for _ in 0..exits {
+        let pool = if rng.random::<f64>() < 0.7 { RESIDENTIAL } else { CARRIER };
+        let net = *pool.choose(&mut rng).unwrap_or(&pool[0]);
+        let ip = ip_in(&net, &mut rng);
+        let ua = *BROWSERS.choose(&mut rng).unwrap_or(&BROWSERS[0]);
+        let mut t = rng.random_range(start..end);
+        for _ in 0..rng.random_range(1..=10) {
+            id += rng.random_range(1..=3);
+            let path = if pages { format!("/products/{id}") } else { format!("/v1/products/{id}") };
+            let mut r = req(t, &ip, &net, "proxy-scraper", "GET", path, 200);
+            if pages {
+                r.host = WEB_HOST;
+            }
+            r.ua = Some(ua.into());
+            r.referer = referer.then(|| SITE.to_string());
+            r.bytes = rng.random_range(2_000..40_000);
+            out.push(r);
+            t += lognormal(&mut rng, 10_000.0, 0.6) as i64;
+        }
+    }
+}
+
 /// A partner's client secret and request-signing key, leaked (a repository,
 /// a CI log, a laptop), used from the thief's own network: a token of its
 /// own with the client-credentials grant, then every order read by id, in
@@ -507,5 +547,32 @@ fn leaked_secret(cfg: &SimConfig, out: &mut Vec<Req>) {
         r.latency_ms = lognormal(&mut rng, 60.0, 0.5);
         out.push(r);
         t += lognormal(&mut rng, 90.0, 0.4) as i64 + 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{SimConfig, generate};
+
+    /// The proxy pool's scraper is what its name says, and only when asked
+    /// for: many addresses, a few anonymous item reads each, nothing else.
+    #[test]
+    fn proxy_scraper_is_thin_anonymous_and_held_back() {
+        let mut cfg = SimConfig::new(5, 4.0);
+        cfg.attacks = Some(vec!["proxy-scraper".into()]);
+        let reqs = generate(&cfg);
+        let ours: Vec<_> = reqs.iter().filter(|r| r.scenario == "proxy-scraper").collect();
+        let mut per_ip = std::collections::HashMap::new();
+        for r in &ours {
+            assert!(r.attack && r.method == "GET" && r.path.contains("/products/"), "{}", r.path);
+            assert!(r.session.is_none() && r.user.is_none() && r.device.is_none() && r.api_key.is_none());
+            *per_ip.entry(r.ip.as_str()).or_insert(0usize) += 1;
+        }
+        assert!(per_ip.len() >= 300, "{} addresses", per_ip.len());
+        // At most ten per exit; the pool may hand out an address twice.
+        let over = per_ip.values().filter(|&&n| n > 10).count();
+        assert!(over * 50 <= per_ip.len() && per_ip.values().all(|&n| n <= 30), "{over} addresses over 10");
+        let default = generate(&SimConfig::new(5, 4.0));
+        assert!(default.iter().all(|r| r.scenario != "proxy-scraper"), "held back from the default mix");
     }
 }
