@@ -398,6 +398,17 @@ fn bulk_export(cfg: &SimConfig, out: &mut Vec<Req>) {
     }
 }
 
+/// An address in a home (share `residential`) or mobile provider's network,
+/// with a browser's user agent: what a botnet's bot or a residential proxy
+/// pool's exit looks like.
+fn home_exit(rng: &mut ChaCha8Rng, residential: f64) -> (Net, String, &'static str) {
+    let pool = if rng.random::<f64>() < residential { RESIDENTIAL } else { CARRIER };
+    let net = *pool.choose(rng).unwrap_or(&pool[0]);
+    let ip = ip_in(&net, rng);
+    let ua = *BROWSERS.choose(rng).unwrap_or(&BROWSERS[0]);
+    (net, ip, ua)
+}
+
 /// Leaked credentials tried on the web login form from a botnet of home and
 /// mobile addresses, each used for a handful of attempts only: no address,
 /// subnet, account or device crosses any per-entity count that normal users do
@@ -408,10 +419,7 @@ fn distributed_stuffing(cfg: &SimConfig, out: &mut Vec<Req>) {
     let (start, end) = window(cfg, &mut rng, 60.0, 150.0);
     let bots = (rng.random_range(600.0..1_500.0) * cfg.scale.max(0.2)) as usize;
     for _ in 0..bots {
-        let pool = if rng.random::<f64>() < 0.6 { RESIDENTIAL } else { CARRIER };
-        let net = *pool.choose(&mut rng).unwrap_or(&pool[0]);
-        let ip = ip_in(&net, &mut rng);
-        let ua = *BROWSERS.choose(&mut rng).unwrap_or(&BROWSERS[0]);
+        let (net, ip, ua) = home_exit(&mut rng, 0.6);
         let mut t = rng.random_range(start..end);
         for _ in 0..rng.random_range(1..=3) {
             let ok = rng.random::<f64>() < 0.03;
@@ -478,10 +486,7 @@ fn proxy_scraper(cfg: &SimConfig, out: &mut Vec<Req>) {
     let referer = rng.random::<f64>() < 0.5;
     let mut id = CATALOG_BASE + rng.random_range(0..CATALOG_SIZE / 2);
     for _ in 0..exits {
-        let pool = if rng.random::<f64>() < 0.7 { RESIDENTIAL } else { CARRIER };
-        let net = *pool.choose(&mut rng).unwrap_or(&pool[0]);
-        let ip = ip_in(&net, &mut rng);
-        let ua = *BROWSERS.choose(&mut rng).unwrap_or(&BROWSERS[0]);
+        let (net, ip, ua) = home_exit(&mut rng, 0.7);
         let mut t = rng.random_range(start..end);
         for _ in 0..rng.random_range(1..=10) {
             id += rng.random_range(1..=3);
