@@ -1609,9 +1609,7 @@ impl PrivateBroker {
             .expect("bash");
         assert!(out.status.success(), "broker stop: {}", String::from_utf8_lossy(&out.stderr));
     }
-}
 
-impl PrivateBroker {
     /// Sends `sig` to the broker's process (`-STOP` freezes it: connections
     /// stay open, nothing is answered; `-CONT` thaws it).
     fn signal(&self, sig: &str) {
