@@ -10,6 +10,7 @@
 mod attacks;
 mod benign;
 pub mod flood;
+mod visitors;
 pub mod world;
 
 use std::fs::File;
@@ -123,13 +124,26 @@ pub const EVADES_RULES: &[&str] = &["slow-scraper"];
 pub const THIN_CAMPAIGNS: &[&str] = &["distributed-stuffing"];
 
 /// The benign scenarios, for reports.
-pub const BENIGN: &[&str] =
-    &["web", "corporate-proxy", "mobile", "mobile-cgnat", "partner", "bi-export", "webhooks", "uptime", "crawler"];
+pub const BENIGN: &[&str] = &[
+    "web",
+    "corporate-proxy",
+    "mobile",
+    "mobile-cgnat",
+    "partner",
+    "bi-export",
+    "webhooks",
+    "uptime",
+    "crawler",
+    "search-visitor",
+    "link-preview",
+    "seo-crawler",
+];
 
 /// Generates every request, sorted by time.
 pub fn generate(cfg: &SimConfig) -> Vec<Req> {
     let mut reqs = Vec::new();
     benign::generate(cfg, &mut reqs);
+    visitors::generate(cfg, &mut reqs);
     let chosen: Vec<&str> = match &cfg.attacks {
         None => ATTACKS.to_vec(),
         Some(list) => ATTACKS.iter().chain(HELD_BACK).copied().filter(|a| list.iter().any(|l| l == a)).collect(),
