@@ -269,6 +269,7 @@ impl Engine {
         let sinks =
             pipeline.sinks.iter().map(|spec| crate::sink::build(spec, out_dir)).collect::<Result<Vec<_>, _>>()?;
         let wants = sinks.iter().fold(Wants::NONE, |w, s| w.or(s.wants()));
+        let allowlist = Arc::new(ArcSwap::from_pointee(pipeline.allowlist.clone()));
         Ok(Engine {
             format: format.unwrap_or(pipeline.input.format),
             source_name: source_name.to_string(),
@@ -276,6 +277,10 @@ impl Engine {
             features: {
                 let mut f = FeatureEngine::new(pipeline.features);
                 f.set_classes(&pipeline.classes);
+                let vouched = allowlist.clone();
+                f.set_vouched(Box::new(move |ip, ua| {
+                    ip.parse().is_ok_and(|ip| vouched.load().allows_request(ip, ua, None))
+                }));
                 f.set_judged(judged);
                 f.set_needed(needed);
                 if wants.opened_sessions {
@@ -301,7 +306,7 @@ impl Engine {
             first_ts: None,
             started: Instant::now(),
             batch_started: Instant::now(),
-            allowlist: Arc::new(ArcSwap::from_pointee(pipeline.allowlist.clone())),
+            allowlist,
             wall_clock: None,
             builder_rebuild: false,
             builder_entities: Vec::with_capacity(pipeline.output.batch_rows),

@@ -363,11 +363,12 @@ fn run(cli: Cli) -> Result<()> {
             if let Some(list) = &attacks {
                 for a in list {
                     if !simulate::ATTACKS.contains(&a.as_str()) && !simulate::HELD_BACK.contains(&a.as_str()) {
-                        bail!(
-                            "unknown attack '{a}'; known: {}, and held back from the default mix: {}",
-                            simulate::ATTACKS.join(", "),
-                            simulate::HELD_BACK.join(", ")
-                        );
+                        let held = if simulate::HELD_BACK.is_empty() {
+                            String::new()
+                        } else {
+                            format!(", and held back from the default mix: {}", simulate::HELD_BACK.join(", "))
+                        };
+                        bail!("unknown attack '{a}'; known: {}{held}", simulate::ATTACKS.join(", "));
                     }
                 }
             }

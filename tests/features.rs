@@ -337,3 +337,79 @@ fn cold_failures_and_the_campaign_they_add_up_to() {
     // The same value on every entity type's rows of that tick.
     assert_eq!(value(&s, EntityType::Cidr, "203.0.113.0/24", "campaign_cold_addresses_10m"), Some(16.0));
 }
+
+/// An item read without a session is "cold" only while such reads are all
+/// the address has done, and a page's own API call within a second of it is
+/// the same look. An address becomes campaign evidence at its second cold
+/// look, once, and never when the operator vouches for it.
+#[test]
+fn cold_reads_and_the_scraping_campaign_they_add_up_to() {
+    let get = |ts: i64, ip: &str, path: &str, extra: &str| {
+        let l = line(ts, ip, extra);
+        l.replace(r#""path":"/""#, &format!(r#""path":"{path}""#))
+    };
+    let mut lines = vec![
+        // A visitor from a search engine: the page without a session, its API
+        // call with the session the page set (not yet seen opened), its
+        // assets, then the next page with the session.
+        get(T0, "198.51.100.1", "/products/1001", ""),
+        get(T0 + 200, "198.51.100.1", "/v1/products/1001", r#""session_id":"ws-a""#),
+        get(T0 + 400, "198.51.100.1", "/assets/app.js", r#""session_id":"ws-a""#),
+        get(T0 + 15_000, "198.51.100.1", "/products/2002", r#""session_id":"ws-a""#),
+        // A browser that keeps no cookies: every request bare, but it loads assets.
+        get(T0 + 1_000, "198.51.100.2", "/products/1001", ""),
+        get(T0 + 1_200, "198.51.100.2", "/v1/products/1001", ""),
+        get(T0 + 1_300, "198.51.100.2", "/assets/app.css", ""),
+        get(T0 + 20_000, "198.51.100.2", "/products/3003", ""),
+        // An app's read carries its key, a partner's too: never bare.
+        get(T0 + 2_000, "198.51.100.3", "/v1/products/1", r#""api_key_id":"mobile-ios""#),
+        get(T0 + 12_000, "198.51.100.3", "/v1/products/2", r#""api_key_id":"mobile-ios""#),
+        // A verified crawler, vouched for by the operator.
+        get(T0 + 3_000, "66.249.66.1", "/products/5", r#""user_agent":"Googlebot/2.1""#),
+        get(T0 + 9_000, "66.249.66.1", "/products/6", r#""user_agent":"Googlebot/2.1""#),
+        get(T0 + 19_000, "66.249.66.1", "/products/7", r#""user_agent":"Googlebot/2.1""#),
+        // A single read and gone (a link preview): one look, no reader.
+        get(T0 + 4_000, "203.0.113.250", "/products/42", ""),
+    ];
+    // Twelve exits of a proxy pool: three reads each, ten seconds apart.
+    for i in 0..12 {
+        for n in 0..3 {
+            lines.push(get(
+                T0 + 5_000 + i + n * 10_000,
+                &format!("203.0.113.{i}"),
+                &format!("/products/{}", 700 + 3 * i + n),
+                "",
+            ));
+        }
+    }
+    // One exit that then loads an asset is no longer cold.
+    lines.push(get(T0 + 6_000, "203.0.113.200", "/products/900", ""));
+    lines.push(get(T0 + 16_000, "203.0.113.200", "/products/901", ""));
+    lines.push(get(T0 + 26_000, "203.0.113.200", "/assets/x.png", ""));
+    lines.sort_by_key(|l| serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v["ts"].as_i64()));
+
+    let mut f = FeatureEngine::new(FeatureConfig::default());
+    f.set_vouched(Box::new(|ip, ua| ip.starts_with("66.249.") && ua.is_some_and(|u| u.contains("Googlebot"))));
+    let mut b = EventBatchBuilder::with_capacity(64);
+    for l in &lines {
+        b.append(&parse_line(l, Format::Json, None).expect("test line parses"));
+    }
+    let mut s = f.ingest(&b.finish().expect("batch")).expect("ingest");
+    s.extend(f.flush().expect("flush"));
+    let v = |e: &str, f: &str| value(&s, EntityType::Ip, e, f);
+    assert_eq!(v("198.51.100.1", "cold_reads_10m"), Some(0.0), "a visitor: one look, then a session and assets");
+    assert_eq!(v("198.51.100.2", "cold_reads_10m"), Some(0.0), "no cookies, but the page's assets");
+    assert_eq!(v("198.51.100.3", "cold_reads_10m"), Some(0.0), "an app's key");
+    assert_eq!(v("66.249.66.1", "cold_reads_10m"), Some(3.0), "a crawler reads cold ...");
+    assert_eq!(v("203.0.113.250", "cold_reads_10m"), Some(1.0));
+    assert_eq!(v("203.0.113.5", "cold_reads_10m"), Some(3.0));
+    assert_eq!(v("203.0.113.200", "cold_reads_10m"), Some(0.0), "an asset ends it");
+    // ... but only the exits are readers: the twelve and .200 (counted at
+    // its second look, before the asset); not the crawler, the single read
+    // or anyone who did anything else.
+    assert_eq!(v("203.0.113.5", "campaign_cold_readers_10m"), Some(13.0));
+    // Of the addresses that read items: the exits, the single read, the
+    // visitor, the cookieless browser, the app and the crawler.
+    assert_eq!(v("203.0.113.5", "campaign_cold_reader_share_10m"), Some(13.0 / 18.0));
+    assert_eq!(value(&s, EntityType::Cidr, "203.0.113.0/24", "campaign_cold_readers_10m"), Some(13.0));
+}

@@ -117,38 +117,70 @@ pub const FEATURES: [(&str, &str); NF] = [
         "of new_devices_10m, those whose first request here failed its app attestation (invalid or missing): device ids minted by a script or an emulator, not an app's users (one rooted phone counts once, however much it calls)",
     ),
     ("new_devices_unattested_1h", "as above, last hour"),
+    (
+        "cold_reads_10m",
+        "looks (requests a second or more after the previous one) that were bare reads, while bare reads are all the entity has done (within state retention; 0 from its first other request): a GET or HEAD of an item (a path with a numeric id) without a session the engine saw opened, an app attestation, an API key or a user",
+    ),
+    (
+        "campaign_cold_readers_10m",
+        "service-wide, the same on every row of a tick: addresses that made their second cold look (cold_reads) in the last 10 minutes, each once while held, none the allowlist vouches for (its networks, its verified crawlers)",
+    ),
+    (
+        "campaign_cold_reader_share_10m",
+        "service-wide: campaign_cold_readers_10m over the addresses that began reading items in the last 10 minutes (their first item read in 10 minutes; null without item reads)",
+    ),
 ];
-pub const NF: usize = 53;
+pub const NF: usize = 56;
 /// Where the service-wide columns sit (filled by the tick, not by an entity).
 const CAMPAIGN_SHARE: usize = 49;
 const CAMPAIGN_ADDRESSES: usize = 50;
+const CAMPAIGN_READERS: usize = 54;
+const CAMPAIGN_READER_SHARE: usize = 55;
 
 /// Per minute over the last ten, across every address this engine counts:
 /// addresses that began attempting logins (their first attempt in ten
 /// minutes), and new addresses whose first request was a bare failed
-/// credential check ([`state::Contribution::bare_failure`]). A campaign
-/// spread over hundreds of addresses, a few attempts each, shows here and
-/// in no single address's window. Counted per address, not per request: one
-/// address sending thousands of passwords (a stuffing rig the per-address
-/// rules catch) does not hide a campaign.
-type Campaign = window::Ring<10, 2>;
+/// credential check ([`state::Contribution::bare_failure`]); addresses that
+/// began reading items, and addresses that made their second cold look
+/// ([`state::c::COLD_READ`]). A campaign spread over hundreds of
+/// addresses, a few attempts or reads each, shows here and in no single
+/// address's window. Counted per address, not per request: one address
+/// sending thousands of passwords or reads (a rig the per-address rules
+/// catch) does not hide a campaign. A person's landing read is one cold
+/// look (the page's own calls follow within a second, then its assets), so
+/// the second is what counts.
+type Campaign = window::Ring<10, 4>;
+
+/// Whether a request (client address, user agent) comes from a client the
+/// operator vouches for.
+pub type Vouched = Box<dyn Fn(&str, Option<&str>) -> bool + Send + Sync>;
 
 /// The service-wide columns as of one tick.
 #[derive(Debug, Clone, Copy)]
 pub struct Context {
     pub cold_share_10m: f64,
     pub cold_addresses_10m: f64,
+    pub cold_readers_10m: f64,
+    pub cold_reader_share_10m: f64,
 }
 
 impl Context {
     /// No service-wide view (a batch built outside the engine): nulls.
-    pub const NONE: Context = Context { cold_share_10m: f64::NAN, cold_addresses_10m: f64::NAN };
+    pub const NONE: Context = Context {
+        cold_share_10m: f64::NAN,
+        cold_addresses_10m: f64::NAN,
+        cold_readers_10m: f64::NAN,
+        cold_reader_share_10m: f64::NAN,
+    };
 
     fn of(campaign: &Campaign, now: i64) -> Context {
-        let [logins, cold] = campaign.sums(now.div_euclid(state::G10_MS));
+        let [logins, cold, readers, cold_readers] = campaign.sums(now.div_euclid(state::G10_MS));
+        let share = |a: u64, of: u64| if of == 0 { f64::NAN } else { (a as f64 / of as f64).min(1.0) };
         Context {
-            cold_share_10m: if logins == 0 { f64::NAN } else { (cold as f64 / logins as f64).min(1.0) },
+            cold_share_10m: share(cold, logins),
             cold_addresses_10m: cold as f64,
+            cold_readers_10m: cold_readers as f64,
+            cold_reader_share_10m: share(cold_readers, readers),
         }
     }
 }
@@ -471,6 +503,12 @@ pub struct FeatureEngine {
     /// The sign-in forms (`[classes] login_forms`), normalised: a refused
     /// post of one without a session is campaign evidence.
     login_forms: Vec<String>,
+    /// Whether a request (client address, user agent) comes from a client the
+    /// operator vouches for (the allowlist: its networks, its verified
+    /// crawlers). A search engine's crawler reads thousands of items without
+    /// a session from dozens of addresses, which is no campaign; asked only
+    /// when an address would count as campaign evidence.
+    vouched: Option<Vouched>,
     /// Sessions seen opened since [`FeatureEngine::take_opened_sessions`]
     /// last took them; collected only when asked for.
     opened: Option<Vec<String>>,
@@ -550,6 +588,7 @@ struct Cols<'a> {
     sig: &'a StringArray,
     country: &'a StringArray,
     asn: &'a UInt32Array,
+    ua: &'a StringArray,
 }
 
 fn column<T: 'static>(b: &RecordBatch, i: usize) -> Result<&T, ArrowError> {
@@ -594,8 +633,15 @@ impl FeatureEngine {
             campaign: Campaign::default(),
             homes: homes::Homes::default(),
             login_forms: Vec::new(),
+            vouched: None,
             opened: None,
         }
+    }
+
+    /// Sets how to tell the clients the operator vouches for
+    /// (the allowlist); none by default.
+    pub fn set_vouched(&mut self, vouched: Vouched) {
+        self.vouched = Some(vouched);
     }
 
     /// Collects the sessions seen opened, for the API to tell a session
@@ -826,6 +872,7 @@ impl FeatureEngine {
             sig: column(batch, col::SIGNATURE)?,
             country: column(batch, col::COUNTRY)?,
             asn: column(batch, col::ASN)?,
+            ua: column(batch, col::USER_AGENT)?,
         };
         let mut out = Vec::new();
         for i in 0..batch.num_rows() {
@@ -994,6 +1041,12 @@ impl FeatureEngine {
         }
         k.numeric_id = catalog::numeric_id(path);
         n[c::IDREQ] = k.numeric_id.is_some() as u32;
+        k.bare_read = bare
+            && k.numeric_id.is_some()
+            && n[c::STATIC] == 0
+            && user.is_none()
+            && key.is_none()
+            && (cols.method.value(i).eq_ignore_ascii_case("GET") || cols.method.value(i).eq_ignore_ascii_case("HEAD"));
         k.country = country.and_then(|c| {
             let b = c.as_bytes();
             (b.len() == 2).then(|| [b[0], b[1]])
@@ -1048,8 +1101,17 @@ impl FeatureEngine {
             let st = &t.states[idx];
             let first_login = (login && st.count_10m(c::LOGIN_ATT, ts) == 0) || (refused_post && created);
             let cold = k.bare_failure && st.flags & state::ACTED == 0 && created;
+            let first_read = k.numeric_id.is_some() && st.count_10m(c::IDREQ, ts) == 0;
+            // Its second cold look makes an address a cold reader, once; a
+            // client the operator vouches for is asked about once and never counts.
+            let second_look =
+                st.cold_look(&k) && st.flags & state::COUNTED_READER == 0 && st.count_10m(c::COLD_READ, ts) >= 1;
+            let cold_reader = second_look && !self.vouched.as_ref().is_some_and(|v| v(ip_text, opt(cols.ua, i)));
+            if second_look {
+                t.states[idx].flags |= state::COUNTED_READER;
+            }
             t.apply(idx, &k, Some(d::IPS), new_device);
-            let seen = [first_login as u32, cold as u32];
+            let seen = [first_login as u32, cold as u32, first_read as u32, cold_reader as u32];
             self.campaign.add(ts.div_euclid(state::G10_MS), &seen);
         }
         self.subnet_buf.clear();
@@ -1264,6 +1326,8 @@ fn build_batch_in<'a>(
         let mut row = s.features_masked(s.last_seen.min(now), need);
         row[CAMPAIGN_SHARE] = context.cold_share_10m;
         row[CAMPAIGN_ADDRESSES] = context.cold_addresses_10m;
+        row[CAMPAIGN_READERS] = context.cold_readers_10m;
+        row[CAMPAIGN_READER_SHARE] = context.cold_reader_share_10m;
         rows.push(row);
         if rows.len() == ROW_CHUNK {
             spread(&mut rows);

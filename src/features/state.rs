@@ -36,7 +36,11 @@ pub mod c {
     /// A device new to the engine whose first request here failed its app
     /// attestation (invalid or missing).
     pub const NEWDEV_BAD: usize = 26;
-    pub const N: usize = 27;
+    /// A cold look: a bare read ([`super::Contribution::bare_read`]) while
+    /// bare reads are all the entity has done, a second or more after its
+    /// previous request.
+    pub const COLD_READ: usize = 27;
+    pub const N: usize = 28;
 }
 
 /// The counters an hour-long feature reads, and where each sits in the
@@ -101,6 +105,13 @@ pub struct Contribution {
     /// decision on the request class at work) is one too: the credentials
     /// were sent bare, and only the refusal kept them from failing.
     pub bare_failure: bool,
+    /// A bare read: a GET or HEAD of an item (a path with a numeric id)
+    /// carrying no session the engine saw opened, no app attestation, no
+    /// API key and no user. A person's first request to a site is one (the
+    /// response sets the session), and so is every request of a scraper
+    /// reading through a proxy pool; [`c::COLD_READ`] counts the looks of
+    /// an entity that never does anything else.
+    pub bare_read: bool,
 }
 
 /// Everything known about one entity.
@@ -147,6 +158,21 @@ pub const SEEN_ATTESTATION: u8 = 2;
 /// before they send a password; a credential list sent by a script does not.
 /// Entity-local: never part of a [`Contribution`]'s flags.
 pub const ACTED: u8 = 4;
+/// The entity has made a request other than a bare read
+/// ([`Contribution::bare_read`]) while held: an asset, a request with its
+/// session, a sign-in, an app's call. A browser fetches the page's assets
+/// and API calls with the session the first response set within a second of
+/// landing; a scraper copying a catalogue through a proxy pool, paying for
+/// every byte, reads the items and nothing else. Entity-local.
+pub const READ_ACTED: u8 = 8;
+/// The address has been counted once as a cold reader in the service-wide
+/// campaign columns (`campaign_cold_readers_10m`): it counts once while held.
+/// Entity-local.
+pub const COUNTED_READER: u8 = 16;
+/// Reads this close after the entity's previous request are one look: a
+/// page and the API calls its script makes right away (which carry the
+/// session the page set, but one the engine has not seen opened yet).
+pub const LOOK_GAP_MS: i64 = 1_000;
 
 const IAT_ALPHA: f32 = 0.1;
 
@@ -194,9 +220,18 @@ impl EntityState {
         self.flags & (SEEN_CLIENT_CREDENTIALS | SEEN_ATTESTATION) == SEEN_CLIENT_CREDENTIALS
     }
 
+    /// Whether `k` would be a cold look of this entity ([`c::COLD_READ`]):
+    /// a bare read, nothing else done while held, and not part of the
+    /// previous look (the first request, or a second or more after the
+    /// previous one; a read logged before an earlier one is part of it).
+    #[inline]
+    pub fn cold_look(&self, k: &Contribution) -> bool {
+        k.bare_read && self.flags & READ_ACTED == 0 && (self.iat_n == 0 || k.ts - self.last_seen >= LOOK_GAP_MS)
+    }
+
     /// One 10-minute counter ([`c`]) as of `now`.
     pub fn count_10m(&self, counter: usize, now: i64) -> u64 {
-        self.r10.sums(now.div_euclid(G10_MS))[counter]
+        self.r10.sum_one(counter, now.div_euclid(G10_MS))
     }
 
     /// Applies one request. `skip_distinct` is the entity's own attribute (an IP
@@ -217,6 +252,10 @@ impl EntityState {
             self.flags |= ACTED;
         } else if self.flags & ACTED == 0 {
             extra[c::COLD_FAIL] = 1;
+        }
+        extra[c::COLD_READ] = self.cold_look(k) as u32;
+        if !k.bare_read {
+            self.flags |= READ_ACTED;
         }
         self.r1.add(ts.div_euclid(G1_MS), &[1]);
         if let Some(id) = k.numeric_id {
@@ -378,6 +417,11 @@ impl EntityState {
             f64::NAN,
             s10[c::NEWDEV_BAD] as f64,
             s60[h::NEWDEV_BAD] as f64,
+            // Nothing once the entity has done anything but bare reads.
+            if self.flags & READ_ACTED == 0 { s10[c::COLD_READ] as f64 } else { 0.0 },
+            // The service-wide read columns: filled in by the tick (`Context`).
+            f64::NAN,
+            f64::NAN,
         ]
     }
 

@@ -328,6 +328,19 @@ impl<const K: usize, const N: usize> SparseRing<K, N> {
         }
     }
 
+    /// One counter of [`Self::sums`], without summing the others.
+    #[inline]
+    pub fn sum_one(&self, counter: usize, now_slot: i64) -> u64 {
+        let inside = |s: u32| i64::from(s) > now_slot - K as i64 && i64::from(s) <= now_slot;
+        match &self.older {
+            Slots::Narrow(v) => {
+                let head = if self.has_head && inside(self.head_slot) { u64::from(self.head[counter]) } else { 0 };
+                head + v.iter().filter(|(s, _)| inside(*s)).map(|(_, r)| u64::from(r[counter])).sum::<u64>()
+            }
+            Slots::Wide(v) => v.iter().filter(|(s, _)| inside(*s)).map(|(_, r)| u64::from(r[counter])).sum(),
+        }
+    }
+
     /// Heap bytes held by the list of older slots.
     pub fn heap_bytes(&self) -> usize {
         match &self.older {
@@ -377,7 +390,9 @@ mod tests {
                 let delta = [1, ((x >> 40) % 900) as u32 + big];
                 assert_eq!(dense.add(slot, &delta), sparse.add(slot, &delta), "seed {seed} step {step}");
                 for now in [base, base + 1, base + 3, base + 6] {
-                    assert_eq!(dense.sums(now), sparse.sums(now), "seed {seed} step {step} now {now}");
+                    let sums = sparse.sums(now);
+                    assert_eq!(dense.sums(now), sums, "seed {seed} step {step} now {now}");
+                    assert_eq!([sparse.sum_one(0, now), sparse.sum_one(1, now)], sums, "one counter at a time");
                 }
             }
             assert_eq!(matches!(sparse.older, Slots::Wide(_)), big_at < 4000, "seed {seed}");
