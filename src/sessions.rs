@@ -6,8 +6,9 @@
 //! otherwise step out of the class `bare-login` ([`crate::classes`]) and out
 //! of the campaign columns that judge it. A session is *opened* once a
 //! request carrying it did something other than fail a credential check
-//! bare (loaded the form, signed in: [`crate::features`], `ACTED`); a
-//! session id seen only on failed sign-ins, or never seen, is no session.
+//! bare or read an item bare (loaded the form or a page's assets, signed
+//! in: [`crate::features`], `OPENED`); a session id seen only on failed
+//! sign-ins and item reads, or never seen, is no session.
 //!
 //! A session is known by its [`digest`], which every instance computes
 //! alike, so that engines can publish the digests of the sessions they saw

@@ -382,6 +382,17 @@ fn cold_reads_and_the_scraping_campaign_they_add_up_to() {
             ));
         }
     }
+    // An exit that sends a made-up session id, the same on every read: the
+    // session is never opened (only bare reads carried it), so it is as bare
+    // as none.
+    for n in 0..3 {
+        lines.push(get(
+            T0 + 7_000 + n * 10_000,
+            "203.0.113.201",
+            &format!("/products/{}", 950 + n),
+            r#""session_id":"made-up""#,
+        ));
+    }
     // One exit that then loads an asset is no longer cold.
     lines.push(get(T0 + 6_000, "203.0.113.200", "/products/900", ""));
     lines.push(get(T0 + 16_000, "203.0.113.200", "/products/901", ""));
@@ -404,12 +415,16 @@ fn cold_reads_and_the_scraping_campaign_they_add_up_to() {
     assert_eq!(v("203.0.113.250", "cold_reads_10m"), Some(1.0));
     assert_eq!(v("203.0.113.5", "cold_reads_10m"), Some(3.0));
     assert_eq!(v("203.0.113.200", "cold_reads_10m"), Some(0.0), "an asset ends it");
-    // ... but only the exits are readers: the twelve and .200 (counted at
-    // its second look, before the asset); not the crawler, the single read
-    // or anyone who did anything else.
-    assert_eq!(v("203.0.113.5", "campaign_cold_readers_10m"), Some(13.0));
+    assert_eq!(v("203.0.113.201", "cold_reads_10m"), Some(3.0), "a made-up session, reused");
+    assert_eq!(value(&s, EntityType::Session, "made-up", "cold_reads_10m"), Some(3.0));
+    // The visitor's session was opened by the assets the page loaded.
+    assert_eq!(value(&s, EntityType::Session, "ws-a", "cold_reads_10m"), Some(0.0));
+    // ... but only the exits are readers: the twelve, .201 and .200 (counted
+    // at its second look, before the asset); not the crawler, the single
+    // read or anyone who did anything else.
+    assert_eq!(v("203.0.113.5", "campaign_cold_readers_10m"), Some(14.0));
     // Of the addresses that read items: the exits, the single read, the
     // visitor, the cookieless browser, the app and the crawler.
-    assert_eq!(v("203.0.113.5", "campaign_cold_reader_share_10m"), Some(13.0 / 18.0));
-    assert_eq!(value(&s, EntityType::Cidr, "203.0.113.0/24", "campaign_cold_readers_10m"), Some(13.0));
+    assert_eq!(v("203.0.113.5", "campaign_cold_reader_share_10m"), Some(14.0 / 19.0));
+    assert_eq!(value(&s, EntityType::Cidr, "203.0.113.0/24", "campaign_cold_readers_10m"), Some(14.0));
 }

@@ -310,9 +310,19 @@ pub fn evaluate(
             (Some(m), Some(p)) => cfg.classes.classify(m, p, false),
             _ => None,
         };
+        // As the engine opens sessions: not by a bare failure (a form post
+        // without one) nor by a bare item read (docs/FEATURES.md, "Cold reads").
+        let bare_read = l.user.is_none()
+            && l.api_key.is_none()
+            && l.method.as_deref().is_some_and(|m| m.eq_ignore_ascii_case("GET") || m.eq_ignore_ascii_case("HEAD"))
+            && l.path.as_deref().is_some_and(|p| {
+                let p = p.split(['?', '#']).next().unwrap_or("");
+                crate::features::catalog::numeric_id(p).is_some() && !crate::features::is_static_asset(p)
+            });
         if let Some(s) = &l.session
             && !known
             && form_post.is_none()
+            && !bare_read
         {
             opened.insert(s.clone());
         }

@@ -368,13 +368,17 @@ impl Table {
     }
 
     /// Keeps the state at `idx` held by a request whose rows count
-    /// elsewhere: seen now, and opened ([`state::ACTED`]) by anything but a
-    /// bare failure; no window, no row.
+    /// elsewhere: seen now, and acted ([`state::ACTED`]) and opened
+    /// ([`state::OPENED`]) as [`EntityState::apply`] would mark it; no
+    /// window, no row.
     fn hold(&mut self, idx: usize, k: &Contribution) {
         let st = &mut self.states[idx];
         st.last_seen = st.last_seen.max(k.ts);
         if !k.bare_failure {
             st.flags |= state::ACTED;
+            if !k.bare_read {
+                st.flags |= state::OPENED;
+            }
         }
         self.seen[idx] = st.last_seen;
     }
@@ -521,7 +525,9 @@ pub const SPARED_MAX: usize = 1024;
 /// Every entity type, one bit per [`EntityType::index`] (see [`FeatureEngine::ingest_for`]).
 const ALL: u8 = (1 << EntityType::ALL.len()) - 1;
 
-fn is_static_asset(path: &str) -> bool {
+/// A page asset, by folder or extension: what a browser fetches right after
+/// a page, and a scraper that pays for its bandwidth does not.
+pub fn is_static_asset(path: &str) -> bool {
     const EXT: [&str; 14] =
         ["js", "css", "png", "jpg", "jpeg", "gif", "svg", "webp", "ico", "woff", "woff2", "ttf", "map", "avif"];
     if path.starts_with("/static/") || path.starts_with("/assets/") {
@@ -992,15 +998,16 @@ impl FeatureEngine {
         n[c::LOGIN_ATT] = login as u32;
         // A session id is what the client sent: it stands for a session
         // only once the engine has seen the session opened (a request with
-        // it that was not a bare failed sign-in). A credential list posted
-        // with made-up session ids is as bare as one posted without. The
+        // it that was neither a bare failed sign-in nor a bare read). A
+        // credential list posted, or a catalogue read, with made-up session
+        // ids is as bare as one sent without. The
         // session is held by every engine, whether or not its rows count
         // here, so that each one judges this alike.
         let mut held_session = None;
         if let Some(s) = session {
             let t = &mut self.tables[EntityType::Session.index()];
             let (idx, created) = t.upsert(s, ts);
-            held_session = Some((idx, !created && t.states[idx].flags & state::ACTED != 0));
+            held_session = Some((idx, !created && t.states[idx].flags & state::OPENED != 0));
         }
         let session_opened = held_session.is_some_and(|(_, opened)| opened);
         let bare = opt(cols.attest, i) != Some("valid") && !session_opened;
@@ -1159,6 +1166,7 @@ impl FeatureEngine {
             }
             if !was_opened
                 && !k.bare_failure
+                && !k.bare_read
                 && let (Some(opened), Some(s)) = (&mut self.opened, session)
             {
                 opened.push(s.to_string());

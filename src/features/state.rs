@@ -169,6 +169,13 @@ pub const READ_ACTED: u8 = 8;
 /// campaign columns (`campaign_cold_readers_10m`): it counts once while held.
 /// Entity-local.
 pub const COUNTED_READER: u8 = 16;
+/// A request that was neither a bare failed credential check nor a bare
+/// read has carried this entity: for a session, the engine has seen it
+/// opened. A session id is the client's word; a list of passwords or a
+/// proxy pool's reads sent with a made-up one (fresh or reused) never open
+/// it, where a browser's first asset or page after the landing read does.
+/// Entity-local.
+pub const OPENED: u8 = 32;
 /// Reads this close after the entity's previous request are one look: a
 /// page and the API calls its script makes right away (which carry the
 /// session the page set, but one the engine has not seen opened yet).
@@ -256,6 +263,9 @@ impl EntityState {
         extra[c::COLD_READ] = self.cold_look(k) as u32;
         if !k.bare_read {
             self.flags |= READ_ACTED;
+            if !k.bare_failure {
+                self.flags |= OPENED;
+            }
         }
         self.r1.add(ts.div_euclid(G1_MS), &[1]);
         if let Some(id) = k.numeric_id {
