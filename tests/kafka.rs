@@ -783,11 +783,12 @@ fn address_decisions(state: &Path) -> (BTreeSet<String>, BTreeSet<String>) {
 }
 
 /// Whether a decision came from a rule judging service-wide columns (the
-/// share of addresses logging in that began with a bare failure): each
-/// engine of a group counts the addresses of its own partitions, so these
-/// are approximate across instances (docs/SCALING.md).
+/// share of addresses logging in that began with a bare failure, the
+/// addresses reading items cold): each engine of a group counts the
+/// addresses of its own partitions, so these are approximate across
+/// instances (docs/SCALING.md).
 fn service_wide(d: &str) -> bool {
-    d.ends_with("\"rule:cold-login-campaign\"")
+    d.ends_with("\"rule:cold-login-campaign\"") || d.ends_with("\"rule:cold-read-campaign\"")
 }
 
 /// Service-wide decisions of a group against one engine's: all but a few
