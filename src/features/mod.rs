@@ -368,18 +368,12 @@ impl Table {
     }
 
     /// Keeps the state at `idx` held by a request whose rows count
-    /// elsewhere: seen now, and acted ([`state::ACTED`]) and opened
-    /// ([`state::OPENED`]) as [`EntityState::apply`] would mark it; no
-    /// window, no row.
+    /// elsewhere: seen now, and marked as [`EntityState::apply`] would mark
+    /// it ([`Contribution::marks`]: acted, opened); no window, no row.
     fn hold(&mut self, idx: usize, k: &Contribution) {
         let st = &mut self.states[idx];
         st.last_seen = st.last_seen.max(k.ts);
-        if !k.bare_failure {
-            st.flags |= state::ACTED;
-            if !k.bare_read {
-                st.flags |= state::OPENED;
-            }
-        }
+        st.flags |= k.marks();
         self.seen[idx] = st.last_seen;
     }
 

@@ -114,6 +114,26 @@ pub struct Contribution {
     pub bare_read: bool,
 }
 
+impl Contribution {
+    /// The entity-local flags this request sets on every entity it names
+    /// ([`ACTED`], [`READ_ACTED`], [`OPENED`]), whether or not its rows
+    /// count there.
+    #[inline]
+    pub fn marks(&self) -> u8 {
+        let mut m = 0;
+        if !self.bare_failure {
+            m |= ACTED;
+        }
+        if !self.bare_read {
+            m |= READ_ACTED;
+        }
+        if !self.bare_failure && !self.bare_read {
+            m |= OPENED;
+        }
+        m
+    }
+}
+
 /// Everything known about one entity.
 #[derive(Debug, Clone)]
 pub struct EntityState {
@@ -255,18 +275,9 @@ impl EntityState {
         let ts = k.ts;
         self.flags |= k.flags;
         let mut extra = [0u32; c::N];
-        if !k.bare_failure {
-            self.flags |= ACTED;
-        } else if self.flags & ACTED == 0 {
-            extra[c::COLD_FAIL] = 1;
-        }
+        extra[c::COLD_FAIL] = (k.bare_failure && self.flags & ACTED == 0) as u32;
         extra[c::COLD_READ] = self.cold_look(k) as u32;
-        if !k.bare_read {
-            self.flags |= READ_ACTED;
-            if !k.bare_failure {
-                self.flags |= OPENED;
-            }
-        }
+        self.flags |= k.marks();
         self.r1.add(ts.div_euclid(G1_MS), &[1]);
         if let Some(id) = k.numeric_id {
             let v = (id as u32).wrapping_add(1);
