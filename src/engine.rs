@@ -84,6 +84,9 @@ pub struct Summary {
     /// Decisions of shadow rules and models: recorded, never enforced.
     pub shadow_decisions: u64,
     pub suppressed_by_allowlist: u64,
+    /// Decisions on an IPv6 /48 not made because one /56 inside it held
+    /// most of its addresses: that /56's rotation, decided at the /56.
+    pub deferred_to_56: u64,
     /// Rows a model scored at or above its threshold.
     pub model_flags: u64,
     pub downgraded_shared: u64,
@@ -886,6 +889,14 @@ impl Engine {
         let (judged_as, t) = (t, t.decided_as());
         if self.allowlist.load().protects_entity(t, entity) {
             self.summary.suppressed_by_allowlist += 1;
+            return Ok(false);
+        }
+        // A /48 is judged for rotation through the /48. Where one /56 holds
+        // most of the addresses, the holder is that /56 (a household's
+        // delegation, in a provider's /48 whose other households did
+        // nothing): the /56's own row is judged, and the /48 is left alone.
+        if judged_as == EntityType::Network && self.features.one_56_holds(entity, now) {
+            self.summary.deferred_to_56 += 1;
             return Ok(false);
         }
         let mut action = c.action;

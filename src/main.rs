@@ -49,8 +49,8 @@ enum Command {
         #[arg(long, default_value_t = 1.0)]
         scale: f64,
         /// Only these attack scenarios (comma-separated); default: every one
-        /// but those held back from the default mix (`proxy-scraper`), which
-        /// this names to include.
+        /// but those held back from the default mix (`simulate::HELD_BACK`,
+        /// none today), which this names to include.
         #[arg(long, value_delimiter = ',')]
         attacks: Option<Vec<String>>,
         /// Log shapes to write.

@@ -258,9 +258,12 @@ fn explain_an_ipv6_address_and_its_64() {
         "SELECT entity, count(*) FROM event_entities WHERE entity_type = 'cidr' GROUP BY entity ORDER BY entity",
         &[],
     );
-    // Subnets, and IPv6 networks (the /48 a network decision names).
-    assert_eq!(texts(&groups, 0), ["198.51.100.0/24", "2001:db8:a::/48", "2001:db8:a:b::/64", "2001:db8:a:c::/64"]);
-    assert_eq!(ints(&groups, 1), [1, 14, 9, 5]);
+    // Subnets, and IPv6 networks (the /48 and /56 a network decision names).
+    assert_eq!(
+        texts(&groups, 0),
+        ["198.51.100.0/24", "2001:db8:a::/48", "2001:db8:a::/56", "2001:db8:a:b::/64", "2001:db8:a:c::/64"]
+    );
+    assert_eq!(ints(&groups, 1), [1, 14, 14, 9, 5]);
     let network = explain(&data, EntityType::Cidr, "2001:db8:a::/48");
     assert_eq!(network.traffic.requests, 14);
 }

@@ -109,6 +109,12 @@ fn enumeration_probing_devices_and_travel() {
     for (i, cc) in ["DE", "BR", "DE", "BR"].iter().enumerate() {
         lines.push(line(T0 + 13_000 + i as i64, "192.0.2.11", &format!(r#""session_id":"s-1","country":"{cc}""#)));
     }
+    // One session from four addresses of three autonomous systems.
+    for (i, (ip, asn)) in
+        [("198.51.100.1", 7922), ("198.51.100.2", 7922), ("203.0.113.3", 701), ("192.0.2.4", 21928)].iter().enumerate()
+    {
+        lines.push(line(T0 + 14_000 + i as i64, ip, &format!(r#""session_id":"s-2","asn":{asn}"#)));
+    }
     let snaps = run(&lines);
     let ip = |f| value(&snaps, EntityType::Ip, "192.0.2.10", f);
     assert_eq!(ip("id_requests_10m"), Some(20.0));
@@ -120,6 +126,9 @@ fn enumeration_probing_devices_and_travel() {
     let s = |f| value(&snaps, EntityType::Session, "s-1", f);
     assert_eq!(s("country_switches_10m"), Some(3.0));
     assert_eq!(s("distinct_countries_1h"), Some(2.0));
+    let s2 = |f| value(&snaps, EntityType::Session, "s-2", f);
+    assert_eq!(s2("distinct_ips_10m"), Some(4.0));
+    assert_eq!(s2("distinct_asns_1h"), Some(3.0));
 }
 
 #[test]

@@ -120,6 +120,7 @@ async fn register(ctx: SessionContext, data_dir: &Path) -> Result<SessionContext
     }
     ctx.register_udf(udf::subnet());
     ctx.register_udf(udf::network());
+    ctx.register_udf(udf::network56());
     if ctx.table_exist("events")? {
         ctx.sql(EVENT_ENTITIES).await?;
     }
@@ -131,12 +132,14 @@ async fn register(ctx: SessionContext, data_dir: &Path) -> Result<SessionContext
 /// "the requests of a decided entity" is one equi-join whatever its type.
 /// Addresses map to their subnet (IPv4 /24, IPv6 /64) as the engine's
 /// `cidr` entity does ([`udf::subnet`]), and IPv6 addresses to their
-/// network (/48, [`udf::network`]) under `cidr` too, the type a network's
-/// decisions are published as: both are address ranges.
+/// networks (/48 and /56, [`udf::network`], [`udf::network56`]) under `cidr`
+/// too, the type a network's decisions are published as: all are address
+/// ranges.
 pub const EVENT_ENTITIES: &str = "CREATE VIEW event_entities AS
     SELECT 'ip' AS entity_type, client_ip AS entity, * FROM events
     UNION ALL SELECT 'cidr' AS entity_type, subnet(client_ip) AS entity, * FROM events
     UNION ALL SELECT 'cidr' AS entity_type, network(client_ip) AS entity, * FROM events WHERE network(client_ip) IS NOT NULL
+    UNION ALL SELECT 'cidr' AS entity_type, network56(client_ip) AS entity, * FROM events WHERE network56(client_ip) IS NOT NULL
     UNION ALL SELECT 'user' AS entity_type, user_id AS entity, * FROM events WHERE user_id IS NOT NULL
     UNION ALL SELECT 'api_key' AS entity_type, api_key_id AS entity, * FROM events WHERE api_key_id IS NOT NULL
     UNION ALL SELECT 'device' AS entity_type, device_id AS entity, * FROM events WHERE device_id IS NOT NULL

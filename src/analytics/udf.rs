@@ -23,6 +23,12 @@ pub fn network() -> ScalarUDF {
     address_udf("network", crate::features::entity::network_of)
 }
 
+/// `network56(client_ip)`: the address's other network entity, its `/56`
+/// (what an ISP delegates to one household; NULL for IPv4).
+pub fn network56() -> ScalarUDF {
+    address_udf("network56", crate::features::entity::network56_of)
+}
+
 fn address_udf<T: Into<Option<String>> + 'static>(name: &str, of: fn(std::net::IpAddr) -> T) -> ScalarUDF {
     create_udf(
         name,
@@ -52,9 +58,10 @@ mod tests {
         let ctx = SessionContext::new();
         ctx.register_udf(subnet());
         ctx.register_udf(network());
+        ctx.register_udf(network56());
         let batches = ctx
             .sql(
-                "SELECT subnet(x) AS s, network(x) AS n FROM (VALUES ('203.0.113.9'), ('2001:db8:1:2:3:4:5:6'), ('fe80::1'), \
+                "SELECT subnet(x) AS s, network(x) AS n, network56(x) AS m FROM (VALUES ('203.0.113.9'), ('2001:db8:1:2:3:4:5:6'), ('fe80::1'), \
                  ('not an address'), (NULL)) AS t(x)",
             )
             .await
@@ -68,5 +75,8 @@ mod tests {
         let col = as_string_array(batches[0].column(1)).expect("text");
         let got: Vec<Option<&str>> = col.iter().collect();
         assert_eq!(got, [None, Some("2001:db8:1::/48"), Some("fe80::/48"), None, None]);
+        let col = as_string_array(batches[0].column(2)).expect("text");
+        let got: Vec<Option<&str>> = col.iter().collect();
+        assert_eq!(got, [None, Some("2001:db8:1::/56"), Some("fe80::/56"), None, None]);
     }
 }

@@ -19,7 +19,7 @@ use serde::Serialize;
 
 use crate::config::Allowlist;
 use crate::decision::{Action, Decision};
-use crate::features::{EntityType, network_of, subnet_of};
+use crate::features::{EntityType, network_of, network56_of, subnet_of};
 use crate::simulate::Label;
 
 #[derive(Debug, thiserror::Error)]
@@ -332,11 +332,13 @@ pub fn evaluate(
         if !allowed {
             let subnet = ip.map(subnet_of);
             let network = ip.and_then(network_of);
+            let network56 = ip.and_then(network56_of);
             let class = form_post.filter(|_| !has_session);
             let keys = [
                 (EntityType::Ip, Some(l.ip.as_str())),
                 (EntityType::Cidr, subnet.as_deref()),
                 (EntityType::Cidr, network.as_deref()),
+                (EntityType::Cidr, network56.as_deref()),
                 (EntityType::User, l.user.as_deref()),
                 (EntityType::ApiKey, l.api_key.as_deref()),
                 (EntityType::Device, l.device.as_deref()),

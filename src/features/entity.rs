@@ -15,9 +15,12 @@ pub enum EntityType {
     ApiKey,
     Device,
     Session,
-    /// The client's IPv6 network, its /48 ([`network_of`]): what a tunnel
-    /// broker or a host hands one customer for free, so that rotating
-    /// through its 65,536 /64s walks past every `cidr` rule. Its decisions
+    /// The client's IPv6 networks, its /48 ([`network_of`]) and its /56
+    /// ([`network56_of`]): what a tunnel broker or a host hands one customer
+    /// for free (a /48), and what an ISP delegates to one household (a /56,
+    /// 256 /64s, inside a /48 that hundreds of other households share), so
+    /// that rotating through its /64s walks past every `cidr` rule. Both are
+    /// rows of this type, told apart by their prefix length. Its decisions
     /// are address ranges (`cidr` decisions a gateway enforces from the
     /// address alone); its rules should demand what a provider's /48 (where
     /// many households live) does not show. IPv4 addresses have none: a /16
@@ -133,6 +136,28 @@ pub fn network_of(ip: IpAddr) -> Option<String> {
     }
 }
 
+/// The other network entity of an IPv6 address: its /56, what an ISP
+/// delegates to one customer (RIPE-690 recommends it for homes; a /48 holds
+/// 256 of them). A holder rotating through its own /56 inside a provider's
+/// /48 is a small part of the /48's traffic, where its own people dominate;
+/// at the /56 it is most of it. `None` for IPv4.
+pub fn network56_of(ip: IpAddr) -> Option<String> {
+    match ip.to_canonical() {
+        IpAddr::V4(_) => None,
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            let net = std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3] & 0xff00, 0, 0, 0, 0);
+            Some(format!("{net}/56"))
+        }
+    }
+}
+
+/// Both network entities of an address ([`network_of`], [`network56_of`]);
+/// none for IPv4.
+pub fn networks_of(ip: IpAddr) -> impl Iterator<Item = String> {
+    network_of(ip).into_iter().chain(network56_of(ip))
+}
+
 /// What a log line is keyed by on Kafka: the address's network where it has
 /// one (IPv6 /48), else its subnet (IPv4 /24), so that every request of an
 /// address, its subnet and its network lands in one partition.
@@ -151,6 +176,12 @@ mod tests {
         assert_eq!(network_of("203.0.113.9".parse().unwrap()), None);
         assert_eq!(network_of("::ffff:203.0.113.9".parse().unwrap()), None);
         assert_eq!(network_of("2001:db8:1:2:3:4:5:6".parse().unwrap()).as_deref(), Some("2001:db8:1::/48"));
+        assert_eq!(network56_of("2001:db8:1:2a3:4:5:6:7".parse().unwrap()).as_deref(), Some("2001:db8:1:200::/56"));
+        assert_eq!(network56_of("2001:db8:1:ff:4:5:6:7".parse().unwrap()).as_deref(), Some("2001:db8:1::/56"));
+        assert_eq!(network56_of("203.0.113.9".parse().unwrap()), None);
+        let both: Vec<String> = networks_of("2001:db8:1:2a3::9".parse().unwrap()).collect();
+        assert_eq!(both, ["2001:db8:1::/48", "2001:db8:1:200::/56"]);
+        assert_eq!(networks_of("203.0.113.9".parse().unwrap()).count(), 0);
         assert_eq!(partition_key_of("203.0.113.9".parse().unwrap()), "203.0.113.0/24");
         assert_eq!(partition_key_of("2001:db8:1:2::9".parse().unwrap()), "2001:db8:1::/48");
         assert_eq!(EntityType::parse("subnet"), Some(EntityType::Cidr));

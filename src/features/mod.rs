@@ -30,7 +30,7 @@ use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::record_batch::RecordBatch;
 use std::fmt::Write as _;
 
-pub use entity::{EntityType, network_of, partition_key_of, subnet_of};
+pub use entity::{EntityType, network_of, network56_of, networks_of, partition_key_of, subnet_of};
 
 /// A feature value as a reason or a story shows it: integers without decimals.
 pub fn fmt_value(v: f64) -> String {
@@ -844,6 +844,37 @@ impl FeatureEngine {
         Ok(Some((held, build_batch(EntityType::Ip, now, states.into_iter())?)))
     }
 
+    /// Whether one /56 of the IPv6 network `net48` (a `/48` name) held
+    /// at least half of its distinct addresses both in the last ten
+    /// minutes and in the last hour. A network decision on the /48 is for
+    /// rotation through the /48; where one /56 holds most of its
+    /// addresses, the rotation is that /56's (a household's delegation, in
+    /// a provider's /48 that other households share). The hour keeps a
+    /// holder walking its /48's /64s in order (one /56 at a time, a quarter
+    /// of an hour each) judged as the /48's. `false` when `net48` is not a
+    /// held /48.
+    pub fn one_56_holds(&self, net48: &str, now: i64) -> bool {
+        let Some(net) = net48.parse::<ipnet::Ipv6Net>().ok().filter(|n| n.prefix_len() == 48) else {
+            return false;
+        };
+        let table = &self.tables[EntityType::Network.index()];
+        let Some(whole) = table.find(net48).map(|st| st.distinct_ips(now)) else {
+            return false;
+        };
+        let s = net.network().segments();
+        let mut busiest = [0.0f64; 2];
+        let mut name = String::with_capacity(40);
+        for b in 0..=255u16 {
+            name.clear();
+            let _ = write!(name, "{}/56", std::net::Ipv6Addr::new(s[0], s[1], s[2], b << 8, 0, 0, 0, 0));
+            if let Some(st) = table.find(&name) {
+                let n = st.distinct_ips(now);
+                busiest = [busiest[0].max(n[0]), busiest[1].max(n[1])];
+            }
+        }
+        busiest[0] * 2.0 >= whole[0] && busiest[1] * 2.0 >= whole[1]
+    }
+
     pub fn ingest(&mut self, batch: &RecordBatch) -> Result<Vec<Snapshot>, ArrowError> {
         self.ingest_for(batch, &[])
     }
@@ -1055,7 +1086,11 @@ impl FeatureEngine {
         k.distinct[d::USERS] = user.map(hash);
         k.distinct[d::IPS] = Some(hash(ip_text));
         k.distinct[d::COUNTRIES] = country.map(hash);
-        k.distinct[d::ASNS] = cols.asn.is_valid(i).then(|| cols.asn.value(i) as u64 ^ 0x9e37_79b9_7f4a_7c15);
+        // Hashed like every other value: the distinct sets keep a hash's
+        // high half, which an ASN merely XORed with a constant leaves
+        // the same for every ASN (every entity then had one).
+        k.distinct[d::ASNS] =
+            cols.asn.is_valid(i).then(|| xxhash_rust::xxh3::xxh3_64(&cols.asn.value(i).to_le_bytes()));
         k.distinct[d::DEVICES] = device.map(hash);
         k.distinct[d::PATHS] = Some(hash(path));
 
@@ -1141,9 +1176,11 @@ impl FeatureEngine {
         if counts(EntityType::Network)
             && self.judged[EntityType::Network.index()]
             && ip_text.contains(':')
-            && let Some(net) = ip_text.parse::<IpAddr>().ok().and_then(network_of)
+            && let Ok(ip) = ip_text.parse::<IpAddr>()
         {
-            self.touch(EntityType::Network, &net, &k, None, new_device);
+            for net in networks_of(ip) {
+                self.touch(EntityType::Network, &net, &k, None, new_device);
+            }
         }
         if let Some(u) = user.filter(|_| counts(EntityType::User)) {
             self.touch(EntityType::User, u, &k, Some(d::USERS), new_device);
@@ -1510,7 +1547,8 @@ mod tests {
         assert_eq!(types(&[user]), (vec![EntityType::User], [0, 0, 1, 1, 1, 1, 0]));
         let (all, held) = types(&[]);
         assert_eq!(all, EntityType::ALL.to_vec());
-        assert_eq!(held, [1; 7]);
+        // An IPv6 address is in two networks, its /48 and its /56.
+        assert_eq!(held, [1, 1, 1, 1, 1, 1, 2]);
         // Networks are kept only where something judges them.
         let (all, held) = types_judged(&[], false);
         assert_eq!(all, EntityType::ALL[..6].to_vec());

@@ -256,6 +256,12 @@ impl EntityState {
         k.bare_read && self.flags & READ_ACTED == 0 && (self.iat_n == 0 || k.ts - self.last_seen >= LOOK_GAP_MS)
     }
 
+    /// Distinct addresses in the last ten minutes and the last hour as of
+    /// `now` (the `distinct_ips_10m` and `distinct_ips_1h` columns).
+    pub fn distinct_ips(&self, now: i64) -> [f64; 2] {
+        [self.distinct.count(d::IPS, M10, now), self.distinct.count(d::IPS, H1, now)]
+    }
+
     /// One 10-minute counter ([`c`]) as of `now`.
     pub fn count_10m(&self, counter: usize, now: i64) -> u64 {
         self.r10.sum_one(counter, now.div_euclid(G10_MS))

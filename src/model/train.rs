@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::metrics::{self, Metrics};
 use super::{FORMAT, Kind, Model, ModelError, ModelFile, Params, transform};
-use crate::features::{self, EntityType, network_of, subnet_of};
+use crate::features::{self, EntityType, networks_of, subnet_of};
 
 /// What to train.
 #[derive(Debug, Clone)]
@@ -135,24 +135,27 @@ fn load_labels(path: &Path, t: EntityType, data: &Path) -> Result<Counts, ModelE
             by_request.insert(id, attack);
             continue;
         };
-        let entity = match t {
-            EntityType::Ip => field("ip"),
-            EntityType::Cidr => field("ip").and_then(|ip| ip.parse().ok()).map(subnet_of),
-            EntityType::Network => field("ip").and_then(|ip| ip.parse().ok()).and_then(network_of),
-            EntityType::User => field("user"),
-            EntityType::ApiKey => field("api_key"),
-            EntityType::Device => field("device"),
-            EntityType::Session => field("session"),
-            EntityType::Class => None,
+        // An IPv6 address is in two networks (its /48 and its /56).
+        let entities: Vec<String> = match t {
+            EntityType::Ip => field("ip").into_iter().collect(),
+            EntityType::Cidr => field("ip").and_then(|ip| ip.parse().ok()).map(subnet_of).into_iter().collect(),
+            EntityType::Network => {
+                field("ip").and_then(|ip| ip.parse().ok()).map(networks_of).into_iter().flatten().collect()
+            }
+            EntityType::User => field("user").into_iter().collect(),
+            EntityType::ApiKey => field("api_key").into_iter().collect(),
+            EntityType::Device => field("device").into_iter().collect(),
+            EntityType::Session => field("session").into_iter().collect(),
+            EntityType::Class => Vec::new(),
         };
-        if let Some(e) = entity {
+        c.requests += usize::from(!entities.is_empty());
+        for e in entities {
             let b = c.buckets.entry((e, ts.div_euclid(BUCKET))).or_default();
             if attack {
                 b.0 += 1;
             } else {
                 b.1 += 1;
             }
-            c.requests += 1;
         }
     }
     if !by_request.is_empty() {
@@ -202,22 +205,24 @@ fn resolve_requests(
             .ok_or_else(|| bad("events.ts".into()))?;
         for r in 0..b.num_rows() {
             let Some(attack) = labels.get(ids.value(r)) else { continue };
-            let entity = match t {
+            let entities: Vec<String> = match t {
                 EntityType::Cidr => match ents.value(r).parse() {
-                    Ok(ip) => subnet_of(ip),
+                    Ok(ip) => vec![subnet_of(ip)],
                     Err(_) => continue,
                 },
-                EntityType::Network => match ents.value(r).parse().ok().and_then(network_of) {
-                    Some(net) => net,
-                    None => continue,
+                EntityType::Network => match ents.value(r).parse() {
+                    Ok(ip) => networks_of(ip).collect(),
+                    Err(_) => continue,
                 },
-                _ => ents.value(r).to_string(),
+                _ => vec![ents.value(r).to_string()],
             };
-            let e = c.buckets.entry((entity, ts.value(r).div_euclid(BUCKET))).or_default();
-            if *attack {
-                e.0 += 1;
-            } else {
-                e.1 += 1;
+            for entity in entities {
+                let e = c.buckets.entry((entity, ts.value(r).div_euclid(BUCKET))).or_default();
+                if *attack {
+                    e.0 += 1;
+                } else {
+                    e.1 += 1;
+                }
             }
             c.requests += 1;
         }
@@ -412,15 +417,37 @@ pub fn train(cfg: &TrainConfig) -> Result<Card, ModelError> {
         .ok_or_else(|| ModelError::Train("--out must name a directory".into()))?;
     let params = match cfg.kind {
         Kind::Anomaly => {
-            let x = standardised(&fit_idx);
-            let rng = Xoshiro256Plus::seed_from_u64(cfg.seed);
-            let gmm = linfa_clustering::GaussianMixtureModel::params_with_rng(cfg.components.max(1), rng)
-                .n_runs(1)
-                .tolerance(1e-4)
-                .reg_covariance(1e-2)
-                .max_n_iterations(300)
-                .fit(&DatasetBase::from(x))
-                .map_err(|e| ModelError::Train(format!("mixture: {e}")))?;
+            let x = DatasetBase::from(standardised(&fit_idx));
+            // EM from a bad start can leave a component with no rows, whose
+            // weight and responsibilities are then NaN (linfa reports it as
+            // an undefined ordering). Such a start is the seed's, not the
+            // data's: the next few seeds are tried in order, so a seed still
+            // always gives the same model.
+            const STARTS: u64 = 5;
+            let mut start = 0;
+            let gmm = loop {
+                let rng = Xoshiro256Plus::seed_from_u64(cfg.seed.wrapping_add(start));
+                let fitted = linfa_clustering::GaussianMixtureModel::params_with_rng(cfg.components.max(1), rng)
+                    .n_runs(1)
+                    .tolerance(1e-4)
+                    .reg_covariance(1e-2)
+                    .max_n_iterations(300)
+                    .fit(&x);
+                match fitted {
+                    Ok(gmm) => break gmm,
+                    Err(e) if start + 1 < STARTS => {
+                        tracing::warn!(seed = cfg.seed.wrapping_add(start), "mixture: {e}; trying the next seed");
+                        start += 1;
+                    }
+                    Err(e) => {
+                        return Err(ModelError::Train(format!(
+                            "mixture: {e} (seeds {} to {})",
+                            cfg.seed,
+                            cfg.seed + start
+                        )));
+                    }
+                }
+            };
             let k = gmm.weights().len();
             Params::Gmm {
                 weights: gmm.weights().to_vec(),

@@ -50,6 +50,7 @@ pub(super) fn generate(cfg: &SimConfig, which: &[&str], out: &mut Vec<Req>) {
             "leaked-secret" => leaked_secret(cfg, out),
             "ipv6-rotation" => ipv6_rotation(cfg, out),
             "proxy-scraper" => proxy_scraper(cfg, out),
+            "proxy-crawler" => proxy_crawler(cfg, out),
             _ => {}
         }
     }
@@ -130,15 +131,25 @@ fn key_scraper(cfg: &SimConfig, out: &mut Vec<Req>) {
 }
 
 /// One holder of an IPv6 /48 (a tunnel broker's or a host's free
-/// allocation: 65,536 /64s) runs the app's extracted key from a new address
-/// in a new /64 every few requests, either trying leaked passwords on the
-/// token endpoint or walking the product ids. No address or /64 sends more
-/// than a handful of requests.
+/// allocation: 65,536 /64s), or of a /56 inside a cable provider's /48 (a
+/// household's delegation: 256 /64s), runs the app's extracted key from a
+/// new address in a new /64 every few requests, either trying leaked
+/// passwords on the token endpoint or walking the product ids. No address
+/// or /64 sends more than a handful of requests.
 fn ipv6_rotation(cfg: &SimConfig, out: &mut Vec<Req>) {
     let mut rng = cfg.rng("ipv6-rotation", 0);
     let (start, end) = window(cfg, &mut rng, 40.0, 120.0);
-    let net = Net { prefix: [0, 0], country: "US", asn: 6939 };
+    let mut net = Net { prefix: [0, 0], country: "US", asn: 6939 };
     let block = format!("2001:470:{:x}", rng.random_range(0x1000..0xffffu32));
+    // Half the time the holder is a German cable customer rotating through
+    // the /64s of its own /56, inside a /48 where the provider's other
+    // households live (benign web users among them). Drawn from a stream of
+    // its own, so the rest of the scenario is the same either way.
+    let mut variant = cfg.rng("ipv6-rotation", 1);
+    let home = (variant.random::<f64>() < 0.5).then(|| {
+        net = RESIDENTIAL.iter().copied().find(|n| n.country == "DE").unwrap_or(RESIDENTIAL[0]);
+        format!("2a02:8108:{:x}:{:x}", variant.random_range(0x1000..0x1020u32), variant.random_range(1..0x100u32))
+    });
     let stuffing = rng.random::<f64>() < 0.5;
     let gap_ms = if stuffing { rng.random_range(400.0..1_500.0) } else { rng.random_range(150.0..600.0) };
     let mut id = CATALOG_BASE + rng.random_range(0..CATALOG_SIZE);
@@ -146,14 +157,13 @@ fn ipv6_rotation(cfg: &SimConfig, out: &mut Vec<Req>) {
     let mut t = start;
     while t < end {
         if left == 0 {
-            ip = format!(
-                "{block}:{:x}:{:x}:{:x}:{:x}:{:x}",
-                rng.random_range(0..0xffffu32),
-                rng.random_range(1..0xffffu32),
-                rng.random_range(0..0xffffu32),
-                rng.random_range(0..0xffffu32),
-                rng.random_range(1..0xffffu32)
-            );
+            let (subnet, iid) = (rng.random_range(0..0xffffu32), rng.random_range(1..0xffffu32));
+            let (a, b, c) =
+                (rng.random_range(0..0xffffu32), rng.random_range(0..0xffffu32), rng.random_range(1..0xffffu32));
+            ip = match &home {
+                Some(h) => format!("{h}{:02x}:{iid:x}:{a:x}:{b:x}:{c:x}", subnet & 0xff),
+                None => format!("{block}:{subnet:x}:{iid:x}:{a:x}:{b:x}:{c:x}"),
+            };
             device = format!("d-{}", hex(&mut rng, 12));
             left = rng.random_range(1..=4);
         }
@@ -503,6 +513,60 @@ fn proxy_scraper(cfg: &SimConfig, out: &mut Vec<Req>) {
     }
 }
 
+/// A crawler framework (one spider, one cookie jar, one browser user
+/// agent) copying the catalogue through a rotating residential proxy pool
+/// targeted at the site's country (as proxy sellers offer, to see local
+/// prices and pass geo-blocks: one country, so no session travels):
+/// it pages through the product listing and reads every item on each page,
+/// the listing as referer, each exit making a few requests at a person's
+/// pace. The jar keeps the session cookie the site's first response set
+/// and sends it back on every request, from every exit: the session is
+/// opened by the second listing page, so its reads are not bare and no
+/// exit is cold. The session, one client's by what it carries, is used from
+/// hundreds of homes and phones in an hour.
+fn proxy_crawler(cfg: &SimConfig, out: &mut Vec<Req>) {
+    let mut rng = cfg.rng("proxy-crawler", 0);
+    let (start, end) = window(cfg, &mut rng, 60.0, 150.0);
+    let exits = (rng.random_range(300.0..1_000.0) * cfg.scale.max(0.2)) as usize;
+    let ua = *BROWSERS.choose(&mut rng).unwrap_or(&BROWSERS[0]);
+    let session = format!("ws-{}", hex(&mut rng, 16));
+    const PER_PAGE: u64 = 24;
+    let first_page = 1 + rng.random_range(0..CATALOG_SIZE / PER_PAGE / 4);
+    let nets: Vec<Net> = RESIDENTIAL.iter().chain(CARRIER).copied().filter(|n| n.country == "US").collect();
+    let mut steps: Vec<(i64, Net, String)> = Vec::new();
+    for _ in 0..exits {
+        let net = *nets.choose(&mut rng).unwrap_or(&RESIDENTIAL[0]);
+        let ip = ip_in(&net, &mut rng);
+        let mut t = rng.random_range(start..end);
+        for _ in 0..rng.random_range(1..=8) {
+            steps.push((t, net, ip.clone()));
+            t += lognormal(&mut rng, 9_000.0, 0.6) as i64;
+        }
+    }
+    // The spider's requests in the order it makes them, whichever exit
+    // carries each: a listing page, then its items.
+    steps.sort_by_key(|s| s.0);
+    let listing = |page: u64| format!("{SITE}products?page={page}");
+    for (n, (t, net, ip)) in steps.into_iter().enumerate() {
+        let n = n as u64;
+        let page = first_page + n / (PER_PAGE + 1);
+        let slot = n % (PER_PAGE + 1);
+        let (path, referer) = if slot == 0 {
+            (format!("/products?page={page}"), (page > first_page).then(|| listing(page - 1)))
+        } else {
+            (format!("/products/{}", CATALOG_BASE + (page - 1) * PER_PAGE + slot), Some(listing(page)))
+        };
+        let mut r = req(t, &ip, &net, "proxy-crawler", "GET", path, 200);
+        r.host = WEB_HOST;
+        r.ua = Some(ua.into());
+        r.referer = referer;
+        // The first response sets the cookie; the jar sends it from then on.
+        r.session = (n > 0).then(|| session.clone());
+        r.bytes = rng.random_range(2_000..40_000);
+        out.push(r);
+    }
+}
+
 /// A partner's client secret and request-signing key, leaked (a repository,
 /// a CI log, a laptop), used from the thief's own network: a token of its
 /// own with the client-credentials grant, then every order read by id, in
@@ -578,5 +642,37 @@ mod tests {
         assert!(over * 50 <= per_ip.len() && per_ip.values().all(|&n| n <= 30), "{over} addresses over 10");
         let default = generate(&SimConfig::new(5, 4.0));
         assert!(default.iter().any(|r| r.scenario == "proxy-scraper"), "in the default mix");
+    }
+
+    /// The proxy pool's crawler keeps one session, sent back from every
+    /// exit, each exit making a few requests: listing pages and their items.
+    #[test]
+    fn proxy_crawler_shares_one_session_across_its_exits() {
+        let mut cfg = SimConfig::new(5, 4.0);
+        cfg.attacks = Some(vec!["proxy-crawler".into()]);
+        let reqs = generate(&cfg);
+        let ours: Vec<_> = reqs.iter().filter(|r| r.scenario == "proxy-crawler").collect();
+        let sessions: std::collections::HashSet<_> = ours.iter().filter_map(|r| r.session.as_deref()).collect();
+        assert_eq!(sessions.len(), 1, "one cookie jar");
+        assert!(
+            ours[0].session.is_none() && ours[1..].iter().all(|r| r.session.is_some()),
+            "set by the first response"
+        );
+        let mut per_ip = std::collections::HashMap::new();
+        for r in &ours {
+            assert!(r.attack && r.method == "GET" && r.path.starts_with("/products"), "{}", r.path);
+            *per_ip.entry(r.ip.as_str()).or_insert(0usize) += 1;
+        }
+        assert!(per_ip.len() >= 200, "{} addresses", per_ip.len());
+        // One country (no session travels), across its providers.
+        assert!(ours.iter().all(|r| r.country == ours[0].country));
+        let asns: std::collections::HashSet<u32> = ours.iter().map(|r| r.asn).collect();
+        assert!(asns.len() >= 3, "{asns:?}");
+        let listings = ours.iter().filter(|r| r.path.starts_with("/products?page=")).count();
+        assert!(
+            listings * 20 <= ours.len() && listings * 30 >= ours.len(),
+            "{listings} listing pages of {}",
+            ours.len()
+        );
     }
 }

@@ -102,6 +102,7 @@ pub const ATTACKS: &[&str] = &[
     "leaked-secret",
     "ipv6-rotation",
     "proxy-scraper",
+    "proxy-crawler",
 ];
 
 /// Attacks left out of the default mix (`--attacks` names them): known

@@ -92,6 +92,8 @@ pub fn event_entities(database: &str) -> String {
          if(position(client_ip, ':') = 0, replaceRegexpOne(client_ip, '\\\\.[0-9]+$', '.0/24'), \
          concat(cutIPv6(IPv6StringToNum(client_ip), 8, 0), '/64')), * FROM {events}\n    UNION ALL SELECT 'cidr', \
          concat(cutIPv6(IPv6StringToNum(client_ip), 10, 0), '/48'), * FROM {events} WHERE position(client_ip, ':') > 0\n    \
+         UNION ALL SELECT 'cidr', \
+         concat(cutIPv6(IPv6StringToNum(client_ip), 9, 0), '/56'), * FROM {events} WHERE position(client_ip, ':') > 0\n    \
          UNION ALL {}\n    \
          UNION ALL {}\n    UNION ALL {}\n    UNION ALL {}",
         ident(database),
