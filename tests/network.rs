@@ -44,35 +44,25 @@ fn sign_in(user: &str, ok: bool) -> String {
     format!(r#","grant_type":"password","user_id":"{user}","auth_result":"{result}""#)
 }
 
-/// Two hours. From 40 minutes in, for 40 minutes, a leaked password every
-/// 1.5 s from a new /64 anywhere in 2001:db8:1::/48 every two attempts
-/// (across its /56s, as a rotation tool picks them). In the
-/// provider's 2001:db8:2::/48, sixty households use the mobile app all
-/// along (attested, signed in; one mistyped password in eight), and twenty
-/// bots of a botnet each fail two passwords while the attack runs.
-fn traffic() -> Traffic {
-    let mut t = Traffic::default();
-    let mut ts = T0;
-    while ts < T0 + 120 * MIN {
-        t.push(ts, BYSTANDER, ("GET", "/healthz", 200), r#","user_agent":"monitor/1.0""#, "holder-server", false);
-        ts += MIN;
-    }
-    let script = r#","user_agent":"python-requests/2.32""#;
-    for s in 0..(40 * 60 * 2 / 3) {
-        let ts = ATTACK + s * 1_500;
-        let ip = format!("2001:db8:1:{:x}::{:x}", (s / 2) * 40_503 % 0xff00, 1 + s % 2);
-        let extra = format!("{script}{}", sign_in(&format!("victim{s}@mail.example"), false));
-        t.push(ts, &ip, ("POST", "/oauth/token", 401), &extra, "rotation", true);
-    }
+/// Sixty households of the provider's 2001:db8:2::/48, each in its own /56,
+/// using the mobile app for two hours (attested, signed in; one mistyped
+/// password in eight), from one device or from `devices` (a phone, a tablet,
+/// a laptop), each on an address of its own.
+fn households(t: &mut Traffic, devices: i64) {
     for h in 0..60i64 {
-        let ip = format!("2001:db8:2:{:x}00::{:x}", h + 1, h + 7);
         let user = format!("home{h}@mail.example");
-        let app = format!(
-            r#","user_agent":"Shop/5.2 (iPhone; iOS 18.1)","api_key_id":"mobile-ios","device_id":"dev-{h}","attestation":"valid","signature":"valid""#
-        );
         let mut ts = T0 + h * 1_700;
         let mut k = 0i64;
         while ts < T0 + 120 * MIN {
+            let (ip, device) = if devices > 1 {
+                let d = k % devices;
+                (format!("2001:db8:2:{:x}00:{d:x}::{:x}", h + 1, h + 7), format!("dev-{h}-{d}"))
+            } else {
+                (format!("2001:db8:2:{:x}00::{:x}", h + 1, h + 7), format!("dev-{h}"))
+            };
+            let app = format!(
+                r#","user_agent":"Shop/5.2 (iPhone; iOS 18.1)","api_key_id":"mobile-ios","device_id":"{device}","attestation":"valid","signature":"valid""#
+            );
             // Whatever each person looks at, anywhere in the catalogue.
             let pick = ((h * 1_000 + k) as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40;
             let product = format!("/v1/products/{}", 100_000 + pick % 60_000);
@@ -93,6 +83,29 @@ fn traffic() -> Traffic {
             k += 1;
         }
     }
+}
+
+/// Two hours. From 40 minutes in, for 40 minutes, a leaked password every
+/// 1.5 s from a new /64 anywhere in 2001:db8:1::/48 every two attempts
+/// (across its /56s, as a rotation tool picks them). In the
+/// provider's 2001:db8:2::/48, sixty households use the mobile app all
+/// along (attested, signed in; one mistyped password in eight), and twenty
+/// bots of a botnet each fail two passwords while the attack runs.
+fn traffic() -> Traffic {
+    let mut t = Traffic::default();
+    let mut ts = T0;
+    while ts < T0 + 120 * MIN {
+        t.push(ts, BYSTANDER, ("GET", "/healthz", 200), r#","user_agent":"monitor/1.0""#, "holder-server", false);
+        ts += MIN;
+    }
+    let script = r#","user_agent":"python-requests/2.32""#;
+    for s in 0..(40 * 60 * 2 / 3) {
+        let ts = ATTACK + s * 1_500;
+        let ip = format!("2001:db8:1:{:x}::{:x}", (s / 2) * 40_503 % 0xff00, 1 + s % 2);
+        let extra = format!("{script}{}", sign_in(&format!("victim{s}@mail.example"), false));
+        t.push(ts, &ip, ("POST", "/oauth/token", 401), &extra, "rotation", true);
+    }
+    households(&mut t, 1);
     for b in 0..20i64 {
         let ip = format!("2001:db8:2:{:x}00::{:x}", 0x80 + b, b + 3);
         for a in 0..2 {
@@ -150,35 +163,7 @@ fn household_traffic() -> Traffic {
         let extra = format!("{script}{}", sign_in(&format!("victim{s}@mail.example"), false));
         t.push(ts, &ip, ("POST", "/oauth/token", 401), &extra, "rotation56", true);
     }
-    for h in 0..60i64 {
-        let user = format!("home{h}@mail.example");
-        let mut ts = T0 + h * 1_700;
-        let mut k = 0i64;
-        while ts < T0 + 120 * MIN {
-            let ip = format!("2001:db8:2:{:x}00:{:x}::{:x}", h + 1, k % 3, h + 7);
-            let app = format!(
-                r#","user_agent":"Shop/5.2 (iPhone; iOS 18.1)","api_key_id":"mobile-ios","device_id":"dev-{h}-{}","attestation":"valid","signature":"valid""#,
-                k % 3
-            );
-            let pick = ((h * 1_000 + k) as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40;
-            let product = format!("/v1/products/{}", 100_000 + pick % 60_000);
-            t.push(
-                ts,
-                &ip,
-                ("GET", &product, 200),
-                &format!(r#"{app},"user_id":"{user}","auth_result":"ok""#),
-                "household",
-                false,
-            );
-            if k % 10 == 0 {
-                let ok = (h + k) % 8 != 0;
-                let extra = format!("{app}{}", sign_in(&user, ok));
-                t.push(ts + 500, &ip, ("POST", "/oauth/token", if ok { 200 } else { 401 }), &extra, "household", false);
-            }
-            ts += 20_000 + (h * 311 + k * 97) % 20_000;
-            k += 1;
-        }
-    }
+    households(&mut t, 3);
     t
 }
 
